@@ -1,0 +1,9 @@
+# Import-light twistd dropins: each names the module that supplies Options and makeService.
+from twisted.application.service import ServiceMaker
+
+telemount = ServiceMaker(
+    "telenet telemount", "telenet.mountplugin", "Docker volume plug-in serving SFTP exports", "telemount"
+)
+sftpAgent = ServiceMaker(
+    "telenet sftp-agent", "telenet.agent", "Raw SFTP server exporting a directory", "sftp-agent"
+)
