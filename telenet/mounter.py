@@ -1,0 +1,414 @@
+# -*- test-case-name: tests.test_mounter -*-
+"""
+The real ``IMounter``: one ``telenet.sftpfs`` helper process per SFTP server.
+
+pyfuse3 serves one mount per process, so each SFTP server (host, port) gets a helper process
+that mounts it under ``<mount-root>/<host>/<port>`` and shows each volume as a directory there.
+The plug-in talks to a helper over its control socket (newline-delimited JSON, see
+``telenet.sftpfs``). Helpers run in their own session and outlive a crashed plug-in, so the
+containers using their volumes keep working; the next plug-in adopts them through their sockets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet import defer, error, protocol
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from telenet.dockerplugin import PluginError
+from telenet.interfaces import IMounter
+
+log = Logger()
+
+#: Seconds a helper gets to start (connect and mount) beyond the SFTP timeout.
+START_GRACE = 10.0
+#: Seconds a helper gets to unmount and exit after being asked to.
+STOP_GRACE = 5.0
+#: Seconds a control request may take.
+CONTROL_TIMEOUT = 15.0
+
+
+class ControlUnavailable(Exception):
+    """No helper answers on the control socket."""
+
+
+class _ControlClient(LineOnlyReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = 4 * 1024 * 1024
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.request = request
+        self.answer: defer.Deferred[dict[str, Any]] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.sendLine(json.dumps(self.request).encode())
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            reply = json.loads(line)
+            if not isinstance(reply, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            self._finish(Failure(ControlUnavailable(f"bad control answer: {e}")))
+        else:
+            self._finish(reply)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._finish(Failure(ControlUnavailable("control connection closed without an answer")))
+
+    def _finish(self, result: dict[str, Any] | Failure) -> None:
+        if not self.answer.called:
+            self.answer.callback(result) if isinstance(result, dict) else self.answer.errback(
+                result
+            )
+
+
+async def control_request(reactor: Any, path: str, request: dict[str, Any],
+                          timeout: float = CONTROL_TIMEOUT) -> dict[str, Any]:
+    """Send one request to a helper's control socket and return its answer."""
+    client = _ControlClient(request)
+    try:
+        await connectProtocol(UNIXClientEndpoint(reactor, path, timeout=5), client)
+    except (error.ConnectError, OSError) as e:
+        raise ControlUnavailable(f"no helper at {path}: {e}") from e
+    try:
+        return await client.answer.addTimeout(timeout, reactor)
+    except defer.TimeoutError as e:
+        raise ControlUnavailable(f"helper at {path} did not answer in {timeout:g}s") from e
+
+
+class _HelperProcess(protocol.ProcessProtocol):
+    """Reads a starting helper's one-line report; notes when the helper ends."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.ready: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._out = b""
+        self._err = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self._out += data
+        if b"\n" in self._out and not self.ready.called:
+            line = self._out.split(b"\n", 1)[0]
+            try:
+                report = json.loads(line)
+                if not isinstance(report, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                report = {"error": f"mount helper said: {line[:300].decode('utf-8', 'replace')}"}
+            self.ready.callback(report)
+
+    def errReceived(self, data: bytes) -> None:
+        self._err = (self._err + data)[-4000:]
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        if not self.ready.called:
+            tail = self._err.decode("utf-8", "replace").strip().splitlines()[-3:]
+            self.ready.callback({"error": f"the mount helper for {self.label} exited "
+                                          f"(code {code}) before mounting: {' / '.join(tail)}"})
+        log.info("mount helper for {label} ended with code {code}", label=self.label, code=code)
+        self.ended.callback(None)
+
+
+class _Server:
+    def __init__(self, host: str, port: int, mountpoint: str, control: str, log_file: str):
+        self.host = host
+        self.port = port
+        self.mountpoint = mountpoint
+        self.control = control
+        self.log_file = log_file
+        self.lock = defer.DeferredLock()
+        self.process: _HelperProcess | None = None
+
+    @property
+    def label(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def host_dir_name(host: str) -> str:
+    """A directory name for ``host``: the Go plug-in's safe name, made unique when it changed."""
+    from telenet.mountplugin import safe_name
+
+    safe = safe_name(host)
+    if safe == host:
+        return safe
+    return f"{safe}-{hashlib.sha256(host.encode()).hexdigest()[:8]}"
+
+
+def is_mounted(path: str) -> bool:
+    """Whether ``path`` is a mount point, read from /proc (never touching a FUSE mount)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            for line in f:
+                fields = line.split(" ")
+                if len(fields) > 4 and _unescape(fields[4]) == path:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace(
+        "\\134", "\\"
+    )
+
+
+@implementer(IMounter)
+class ProcessMounter:
+    """Mounts each SFTP server with a ``python -m telenet.sftpfs`` helper."""
+
+    def __init__(self, reactor: Any, mount_root: str, state_dir: str, timeout: float = 10.0,
+                 helper: list[str] | None = None) -> None:
+        self._reactor = reactor
+        self.mount_root = mount_root
+        self.state_dir = state_dir
+        self.timeout = timeout
+        self._helper = helper or [sys.executable, "-m", "telenet.sftpfs"]
+        self._servers: dict[tuple[str, int], _Server] = {}
+
+    def _server(self, host: str, port: int) -> _Server:
+        key = (host, port)
+        server = self._servers.get(key)
+        if server is None:
+            name = f"{host_dir_name(host)}-{port}"
+            server = _Server(
+                host, port,
+                mountpoint=os.path.join(self.mount_root, host_dir_name(host), str(port)),
+                control=os.path.join(self.state_dir, f"{name}.sock"),
+                log_file=os.path.join(self.state_dir, f"{name}.log"),
+            )
+            self._servers[key] = server
+        return server
+
+    def mountpoint(self, host: str, port: int, name: str) -> str:
+        return os.path.join(self._server(host, port).mountpoint, name)
+
+    def attach(self, host: str, port: int, name: str, remote_dir: str,
+               ro: bool) -> defer.Deferred[str]:
+        return defer.ensureDeferred(self._attach(host, port, name, remote_dir, ro))
+
+    async def _attach(self, host: str, port: int, name: str, remote_dir: str, ro: bool) -> str:
+        server = self._server(host, port)
+        request = {"op": "add", "name": name, "path": remote_dir, "ro": ro}
+        async with server.lock:
+            try:
+                reply = await control_request(self._reactor, server.control, request)
+            except ControlUnavailable:
+                await self._start(server)
+                reply = await control_request(self._reactor, server.control, request)
+        if not reply.get("ok"):
+            raise PluginError(str(reply.get("error") or f"mounting {name} failed"))
+        return self.mountpoint(host, port, name)
+
+    async def _start(self, server: _Server) -> None:
+        """Start a helper for ``server``, clearing what a dead one left behind."""
+        await self._clear_leftovers(server)
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        os.makedirs(server.mountpoint, exist_ok=True)
+        helper = _HelperProcess(server.label)
+        args = [*self._helper, "--host", server.host, "--port", str(server.port),
+                "--mountpoint", server.mountpoint, "--control", server.control,
+                "--log-file", server.log_file, "--timeout", f"{self.timeout:g}"]
+        log.info("starting mount helper for {label}", label=server.label)
+        transport = self._reactor.spawnProcess(helper, args[0], args, env=dict(os.environ))
+        server.process = helper
+        helper.ended.addCallback(lambda _: _forget(server, helper))
+        try:
+            report = await helper.ready.addTimeout(self.timeout + START_GRACE, self._reactor)
+        except defer.TimeoutError:
+            _signal(transport, signal.SIGKILL)
+            raise PluginError(
+                f"timed out mounting the SFTP server at {server.label} "
+                f"({self.timeout + START_GRACE:g}s)"
+            ) from None
+        if not report.get("ready"):
+            raise PluginError(str(report.get("error") or f"cannot mount {server.label}"))
+        transport.closeStdout()
+
+    async def _clear_leftovers(self, server: _Server) -> None:
+        if is_mounted(server.mountpoint):
+            log.warn("removing the stale mount at {path}", path=server.mountpoint)
+            await _lazy_unmount(self._reactor, server.mountpoint)
+        if os.path.exists(server.control):
+            os.unlink(server.control)
+
+    def detach(self, host: str, port: int, name: str) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._detach(host, port, name))
+
+    async def _detach(self, host: str, port: int, name: str) -> None:
+        server = self._server(host, port)
+        async with server.lock:
+            try:
+                await control_request(self._reactor, server.control,
+                                      {"op": "remove", "name": name})
+                status = await control_request(self._reactor, server.control, {"op": "status"})
+            except ControlUnavailable:
+                await self._clear_leftovers(server)
+                return
+            if not status.get("volumes"):
+                await self._stop(server)
+
+    async def _stop(self, server: _Server) -> None:
+        """Ask the helper to unmount and exit; make sure of it if it does not."""
+        try:
+            await control_request(self._reactor, server.control, {"op": "shutdown"},
+                                  timeout=STOP_GRACE)
+        except ControlUnavailable as e:
+            log.warn("helper for {label} did not take shutdown: {error}", label=server.label,
+                     error=e)
+        for _ in range(int(STOP_GRACE / 0.1)):
+            if not is_mounted(server.mountpoint) and not os.path.exists(server.control):
+                break
+            await _sleep(self._reactor, 0.1)
+        else:
+            log.warn("helper for {label} still mounted after shutdown; forcing",
+                     label=server.label)
+            pid = await self._pid(server)
+            if pid:
+                _kill(pid)
+            await self._clear_leftovers(server)
+        try:
+            os.rmdir(server.mountpoint)
+        except OSError:
+            pass
+
+    async def _pid(self, server: _Server) -> int | None:
+        try:
+            status = await control_request(self._reactor, server.control, {"op": "status"},
+                                           timeout=2)
+            return int(status["pid"])
+        except (ControlUnavailable, KeyError, TypeError, ValueError):
+            return None
+
+    def status(self, host: str, port: int) -> defer.Deferred[dict[str, Any]]:
+        return defer.ensureDeferred(self._status(host, port))
+
+    async def _status(self, host: str, port: int) -> dict[str, Any]:
+        server = self._server(host, port)
+        try:
+            status = await control_request(self._reactor, server.control, {"op": "status"})
+        except ControlUnavailable:
+            return {"mounted": False, "connected": False}
+        return {"mounted": True, **status}
+
+    def adopt(self, expected: Mapping[tuple[str, int], Mapping[str, tuple[str, bool]]]
+              ) -> defer.Deferred[None]:
+        """
+        Take over the helpers a previous plug-in left running.
+
+        ``expected`` maps each server to the volumes it should serve (name → remote dir, ro).
+        Helpers with nothing expected are stopped, volumes nobody knows are withdrawn, and
+        dead helpers' mounts are cleared. Missing volumes are added on their next Mount.
+        """
+        return defer.ensureDeferred(self._adopt(expected))
+
+    async def _adopt(self, expected: Mapping[tuple[str, int], Mapping[str, tuple[str, bool]]]
+                     ) -> None:
+        for server in await self._running_helpers():
+            wanted = expected.get((server.host, server.port), {})
+            async with server.lock:
+                try:
+                    status = await control_request(self._reactor, server.control,
+                                                   {"op": "status"})
+                except ControlUnavailable:
+                    await self._clear_leftovers(server)
+                    continue
+                if not wanted:
+                    await self._stop(server)
+                    continue
+                for name in status.get("volumes") or {}:
+                    if name not in wanted:
+                        await control_request(self._reactor, server.control,
+                                              {"op": "remove", "name": name})
+                log.info("adopted mount helper for {label}", label=server.label)
+
+    async def _running_helpers(self) -> list[_Server]:
+        """Servers whose helper socket exists in the state directory."""
+        found = []
+        try:
+            names = sorted(os.listdir(self.state_dir))
+        except FileNotFoundError:
+            return []
+        for entry in names:
+            if not entry.endswith(".sock"):
+                continue
+            path = os.path.join(self.state_dir, entry)
+            try:
+                status = await control_request(self._reactor, path, {"op": "status"}, timeout=5)
+                found.append(self._server(str(status["host"]), int(status["port"])))
+            except (ControlUnavailable, KeyError, TypeError, ValueError):
+                log.warn("removing dead helper socket {path}", path=path)
+                os.unlink(path)
+        return found
+
+    def shutdown(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        servers = await self._running_helpers()
+        results = await defer.DeferredList(
+            [defer.ensureDeferred(self._stop_locked(s)) for s in servers], consumeErrors=True
+        )
+        for ok, result in results:
+            if not ok:
+                log.failure("stopping a mount helper failed", result)
+
+    async def _stop_locked(self, server: _Server) -> None:
+        async with server.lock:
+            await self._stop(server)
+
+
+def _forget(server: _Server, helper: _HelperProcess) -> None:
+    if server.process is helper:
+        server.process = None
+
+
+def _signal(transport: Any, sig: int) -> None:
+    try:
+        transport.signalProcess(sig)
+    except error.ProcessExitedAlready:
+        pass
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)
+
+
+async def _lazy_unmount(reactor: Any, path: str) -> None:
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    out, err, code = await getProcessOutputAndValue(
+        "fusermount3", ["-uz", path], env=dict(os.environ), reactor=reactor
+    )
+    if code != 0 and is_mounted(path):
+        out, err, code = await getProcessOutputAndValue(
+            "umount", ["-l", path], env=dict(os.environ), reactor=reactor
+        )
+        if code != 0:
+            log.error("could not unmount {path}: {err}", path=path,
+                      err=err.decode("utf-8", "replace").strip())

@@ -1,0 +1,453 @@
+# -*- test-case-name: tests.test_mountplugin -*-
+"""
+``twistd telemount``: the Docker volume plug-in that mounts SFTP exports.
+
+``docker volume create -d telemount -o host=H -o port=P -o container=C [-o dir=D] [-o ro=true]``
+names the directory ``/tel_app_exports/C/D`` on the raw SFTP server at H:P. This module keeps the
+volumes (options, who uses them, persisted across restarts) and leaves the mounting to an
+``IMounter``: one FUSE helper process per SFTP server, shared by that server's volumes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import posixpath
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.application import service, strports
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+from telenet import dockerplugin
+from telenet.dockerplugin import BadRequest, JSONObject, PluginError, field, string_map
+from telenet.interfaces import IMounter, IStateStore
+
+log = Logger()
+
+EXPORTS_ROOT = "/tel_app_exports"
+DEFAULT_HOST = "localhost"
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+_KNOWN_OPTIONS = ("container", "dir", "host", "port", "ro")
+
+Runner = Callable[..., "defer.Deferred[Any]"]
+
+
+@attrs.frozen
+class VolumeOptions:
+    """The validated ``-o`` options of one volume."""
+
+    host: str
+    port: int
+    container: str
+    dir: str
+    ro: bool
+
+    @property
+    def remote_dir(self) -> str:
+        """The volume's directory on the SFTP server."""
+        return posixpath.join(EXPORTS_ROOT, self.container, self.dir) if self.dir else (
+            posixpath.join(EXPORTS_ROOT, self.container)
+        )
+
+
+def parse_bool(value: str) -> bool:
+    """Go's ``strconv.ParseBool``, which users of the Go plug-in are used to."""
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(value)
+
+
+def parse_options(opts: dict[str, str]) -> VolumeOptions:
+    """
+    Validate ``docker volume create`` options, with the Go plug-in's messages.
+
+    Beyond it: ``dir`` may not climb out of the container's export, and ``container`` must be
+    one path segment.
+    """
+    for key in sorted(opts):
+        if key not in _KNOWN_OPTIONS:
+            raise PluginError(f'illegal option "{key}"')
+    container = opts.get("container", "")
+    if not container:
+        raise PluginError('missing required option "container"')
+    if "/" in container or container in (".", "..") or "\0" in container:
+        raise PluginError(
+            f'container "{container}" is not a container name: it may not contain "/" '
+            f'or be "." or ".."'
+        )
+    port_text = opts.get("port", "")
+    if not port_text:
+        raise PluginError('missing required option "port"')
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise PluginError("port must be an unsigned integer between 1 and 65535")
+    port = int(port_text)
+    if port == 0:
+        raise PluginError('missing required option "port"')
+    host = opts.get("host") or DEFAULT_HOST
+    _check_host(host)
+    ro = False
+    if "ro" in opts:
+        try:
+            ro = parse_bool(opts["ro"])
+        except ValueError:
+            raise PluginError("ro must be a boolean") from None
+    return VolumeOptions(host=host, port=port, container=container,
+                         dir=_confined_dir(container, opts.get("dir", "")), ro=ro)
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host.strip("[]") if host.startswith("[") else host)
+        return
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(host):
+        raise PluginError(
+            f"failed to parse host address {host}: not an IPv4 or IPv6 address or a host name"
+        )
+
+
+def _confined_dir(container: str, directory: str) -> str:
+    """``directory`` relative to the container's export, refusing any way out of it."""
+    if "\0" in directory:
+        raise PluginError("dir may not contain a NUL character")
+    parts: list[str] = []
+    for part in directory.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise PluginError(
+                    f'dir "{directory}" leaves the export of container "{container}" '
+                    f"({EXPORTS_ROOT}/{container})"
+                )
+            parts.pop()
+        else:
+            parts.append(part)
+    return "/".join(parts)
+
+
+def safe_name(name: str) -> str:
+    """
+    A file name for a host, as the Go plug-in makes it (so mount paths look alike).
+
+    Letters and digits stay; after the first character ``_ . -`` stay too; anything else
+    becomes ``_``, or ``a`` in first place.
+    """
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isascii() and ch.isalnum():
+            out.append(ch)
+        elif i > 0 and ch in "_.-":
+            out.append(ch)
+        else:
+            out.append("_" if i > 0 else "a")
+    return "".join(out)
+
+
+@attrs.define
+class Volume:
+    name: str
+    options: VolumeOptions
+    created_at: float
+    used_by: list[str] = attrs.Factory(list)
+
+    def to_json(self) -> JSONObject:
+        return {"options": attrs.asdict(self.options), "created_at": self.created_at,
+                "used_by": list(self.used_by)}
+
+    @classmethod
+    def from_json(cls, name: str, data: JSONObject) -> Volume:
+        return cls(name=name, options=VolumeOptions(**data["options"]),
+                   created_at=float(data["created_at"]), used_by=list(data.get("used_by", [])))
+
+
+def _rfc3339(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+class VolumeDriver:
+    """
+    Docker's VolumeDriver calls, over an ``IMounter`` and an ``IStateStore``.
+
+    Every change is saved before Docker hears it succeeded, so nothing Docker was told is lost
+    in a crash. Calls on one volume are serialised; calls on different volumes run side by side.
+    """
+
+    def __init__(self, mounter: IMounter, store: IStateStore, clock: IReactorTime,
+                 run_blocking: Runner) -> None:
+        self._mounter = mounter
+        self._store = store
+        self._clock = clock
+        self._run_blocking = run_blocking
+        self._locks: dict[str, defer.DeferredLock] = {}
+        self.volumes: dict[str, Volume] = {}
+
+    # -- persistence
+
+    def restore(self) -> None:
+        """Load the volumes saved by an earlier run; unreadable entries are logged and skipped."""
+        data = self._store.load()
+        for name, entry in (data.get("volumes") or {}).items():
+            try:
+                self.volumes[name] = Volume.from_json(name, entry)
+            except (KeyError, TypeError, ValueError) as e:
+                log.error("skipping unreadable saved volume {name}: {error}", name=name, error=e)
+        log.info("restored {count} volumes", count=len(self.volumes))
+
+    def expected_mounts(self) -> dict[tuple[str, int], dict[str, tuple[str, bool]]]:
+        """What each SFTP server should serve, by the saved volumes (for ``IMounter.adopt``)."""
+        expected: dict[tuple[str, int], dict[str, tuple[str, bool]]] = {}
+        for volume in self.volumes.values():
+            o = volume.options
+            expected.setdefault((o.host, o.port), {})[volume.name] = (o.remote_dir, o.ro)
+        return expected
+
+    def _save(self) -> defer.Deferred[None]:
+        snapshot = {"volumes": {n: v.to_json() for n, v in sorted(self.volumes.items())}}
+        return self._run_blocking(self._store.save, snapshot)
+
+    def _lock(self, name: str) -> defer.DeferredLock:
+        return self._locks.setdefault(name, defer.DeferredLock())
+
+    def _get(self, name: str) -> Volume:
+        volume = self.volumes.get(name)
+        if volume is None:
+            raise PluginError(f'no such volume: "{name}"')
+        return volume
+
+    def _mountpoint(self, volume: Volume) -> str:
+        o = volume.options
+        return self._mounter.mountpoint(o.host, o.port, volume.name)
+
+    # -- the VolumeDriver API
+
+    def handlers(self) -> dict[str, dockerplugin.Handler]:
+        return {
+            "/VolumeDriver.Create": self.create,
+            "/VolumeDriver.Remove": self.remove,
+            "/VolumeDriver.Mount": self.mount,
+            "/VolumeDriver.Unmount": self.unmount,
+            "/VolumeDriver.Path": self.path,
+            "/VolumeDriver.Get": self.get,
+            "/VolumeDriver.List": self.list,
+            "/VolumeDriver.Capabilities": self.capabilities,
+        }
+
+    async def create(self, body: JSONObject) -> JSONObject:
+        name = _volume_name(body)
+        options = parse_options(string_map(body, "Opts"))
+        async with self._lock(name):
+            existing = self.volumes.get(name)
+            if existing is not None:
+                if existing.options == options:
+                    return {}
+                raise PluginError(f'volume "{name}" already exists with other options')
+            # Mount eagerly, as the Go plug-in does, so an unreachable server or a missing
+            # directory is reported by `docker volume create`, not by a later `docker run`.
+            await self._mounter.attach(options.host, options.port, name, options.remote_dir,
+                                       options.ro)
+            self.volumes[name] = Volume(name=name, options=options,
+                                        created_at=self._clock.seconds())
+            await self._save()
+        log.info("created volume {name} for {host}:{port}{remote}", name=name,
+                 host=options.host, port=options.port, remote=options.remote_dir)
+        return {}
+
+    async def remove(self, body: JSONObject) -> JSONObject:
+        name = _volume_name(body)
+        async with self._lock(name):
+            volume = self._get(name)
+            if volume.used_by:
+                raise PluginError(
+                    f"volume {name} is mounted by containers: [{' '.join(volume.used_by)}]"
+                )
+            o = volume.options
+            del self.volumes[name]
+            await self._save()
+            try:
+                await self._mounter.detach(o.host, o.port, name)
+            except Exception:
+                # The volume is gone for Docker either way; a mount left behind is retried
+                # when its server's last volume goes, and cleaned at the next start.
+                log.failure("detaching removed volume {name} failed", name=name)
+        log.info("removed volume {name}", name=name)
+        return {}
+
+    async def mount(self, body: JSONObject) -> JSONObject:
+        name = _volume_name(body)
+        caller = field(body, "ID", str)
+        async with self._lock(name):
+            volume = self._get(name)
+            o = volume.options
+            mountpoint = await self._mounter.attach(o.host, o.port, name, o.remote_dir, o.ro)
+            if caller not in volume.used_by:
+                volume.used_by.append(caller)
+                await self._save()
+        log.info("mounted volume {name} for {caller}", name=name, caller=caller[:12])
+        return {"Mountpoint": mountpoint}
+
+    async def unmount(self, body: JSONObject) -> JSONObject:
+        name = _volume_name(body)
+        caller = field(body, "ID", str)
+        async with self._lock(name):
+            volume = self._get(name)
+            if caller in volume.used_by:
+                volume.used_by.remove(caller)
+                await self._save()
+        log.info("unmounted volume {name} for {caller}", name=name, caller=caller[:12])
+        return {}
+
+    def path(self, body: JSONObject) -> JSONObject:
+        return {"Mountpoint": self._mountpoint(self._get(_volume_name(body)))}
+
+    def get(self, body: JSONObject) -> JSONObject:
+        volume = self._get(_volume_name(body))
+        o = volume.options
+        return {
+            "Volume": {
+                "Name": volume.name,
+                "Mountpoint": self._mountpoint(volume),
+                "CreatedAt": _rfc3339(volume.created_at),
+                "Status": {
+                    "host": o.host,
+                    "port": o.port,
+                    "container": o.container,
+                    "remoteDir": o.remote_dir,
+                    "ro": o.ro,
+                    "usedBy": list(volume.used_by),
+                },
+            }
+        }
+
+    def list(self, body: JSONObject) -> JSONObject:
+        return {
+            "Volumes": [
+                {"Name": v.name, "Mountpoint": self._mountpoint(v)}
+                for _, v in sorted(self.volumes.items())
+            ]
+        }
+
+    def capabilities(self, body: JSONObject) -> JSONObject:
+        return {"Capabilities": {"Scope": "local"}}
+
+
+def _volume_name(body: JSONObject) -> str:
+    name = field(body, "Name", str)
+    if not _VOLUME_NAME.fullmatch(name):
+        raise BadRequest(
+            f"invalid volume name {name!r}: use letters, digits, '_', '.' and '-' "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+# -- the twistd tap
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["listen", "l", dockerplugin.plugin_endpoint("telemount"),
+         "Endpoint the plug-in API listens on."],
+        ["mount-root", "m", "/mnt/volumes", "Directory under which SFTP servers are mounted."],
+        ["state-dir", "s", "/var/lib/telenet/telemount",
+         "Directory for saved volumes, helper sockets and logs."],
+        ["timeout", None, "10", "Seconds an SFTP request may take before the server is "
+         "considered gone."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["timeout"] = float(self["timeout"])
+        except ValueError:
+            raise usage.UsageError("--timeout must be a number of seconds") from None
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be positive")
+
+
+class _ThreadPoolService(service.Service):
+    """A thread pool started and stopped with the application."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class _MounterService(service.Service):
+    """Adopts the helpers of an earlier run at start; unmounts and stops them at the end."""
+
+    def __init__(self, mounter: IMounter, driver: VolumeDriver) -> None:
+        self.mounter = mounter
+        self.driver = driver
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.mounter.adopt(self.driver.expected_mounts())
+        d.addErrback(lambda f: log.failure("adopting earlier mounts failed", f))
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return self.mounter.shutdown()
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    from telenet.mounter import ProcessMounter
+    from telenet.state import JSONFileStore
+
+    assert IReactorTime.providedBy(reactor) and IReactorCore.providedBy(reactor)
+    assert IReactorThreads.providedBy(reactor)
+    state_dir = options["state-dir"]
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    _ensure_socket_dir(options["listen"])
+
+    top = service.MultiService()
+    # One thread: saves then happen in the order they were asked for.
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="telemount-state")
+    _ThreadPoolService(pool).setServiceParent(top)
+
+    def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(reactor, pool, f, *args)
+
+    mounter = ProcessMounter(reactor, mount_root=options["mount-root"],
+                             state_dir=os.path.join(state_dir, "mounts"),
+                             timeout=options["timeout"])
+    driver = VolumeDriver(mounter, JSONFileStore(os.path.join(state_dir, "volumes.json")),
+                          reactor, run_blocking)
+    driver.restore()
+    _MounterService(mounter, driver).setServiceParent(top)
+    resource = dockerplugin.PluginResource(["VolumeDriver"], driver.handlers())
+    strports.service(options["listen"], dockerplugin.plugin_site(resource),
+                     reactor=reactor).setServiceParent(top)
+    return top
+
+
+def _ensure_socket_dir(endpoint: str) -> None:
+    if endpoint.startswith("unix:"):
+        path = endpoint[len("unix:"):].split(":", 1)[0]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

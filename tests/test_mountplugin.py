@@ -1,0 +1,224 @@
+"""The telemount volume driver against memory fakes: options, refcounts, persistence."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet import defer, task
+
+from telenet.dockerplugin import PluginResource
+from telenet.mountplugin import VolumeDriver, parse_options, safe_name
+from telenet.testing import MemoryMounter, MemoryStateStore
+
+from .helpers import dockerd_calls, result_of
+
+OPTS = {"container": "echo", "dir": "/var/run/secrets", "host": "172.17.0.2", "port": "8022"}
+
+
+def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(f, *args)
+
+
+class Harness:
+    def __init__(self, store: MemoryStateStore | None = None,
+                 mounter: MemoryMounter | None = None) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.store = store or MemoryStateStore()
+        self.mounter = mounter or MemoryMounter()
+        self.driver = VolumeDriver(self.mounter, self.store, self.clock, run_now)
+        self.driver.restore()
+        self.stub = StubTreq(PluginResource(["VolumeDriver"], self.driver.handlers()))
+
+    def call(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        response = result_of(self.stub.post("http://p" + path, data=json.dumps(body or {})))
+        return response.code, json.loads(result_of(response.content()))
+
+    def ok(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        code, answer = self.call(path, body)
+        assert code == 200, answer
+        return answer
+
+    def err(self, path: str, body: dict[str, Any] | None = None) -> str:
+        code, answer = self.call(path, body)
+        assert code >= 400, answer
+        return str(answer["Err"])
+
+
+def test_dockerd_volume_story_replays() -> None:
+    """Every call dockerd made in the captured story gets an answer of the captured shape."""
+    h = Harness()
+    for call in dockerd_calls()["volume_calls"]:
+        code, answer = h.call(call["path"], call["request"])
+        expected = call["answer_docker_accepted"]
+        if call["request"].get("Opts", {}).get("bogus"):
+            # The capture plug-in accepted anything; we refuse an illegal option.
+            assert answer == {"Err": 'illegal option "bogus"'}
+            continue
+        if call["request"].get("Name") == "bad":
+            assert answer == {"Err": 'no such volume: "bad"'}
+            continue
+        if "Err" in expected:
+            assert code == 500 and answer["Err"].startswith("no such volume")
+        else:
+            assert code == 200, answer
+            assert set(answer) == set(expected), (call["path"], answer)
+    assert h.mounter.servers == {}
+
+
+def test_create_mounts_eagerly_and_get_reports() -> None:
+    """Create attaches the volume at once; Get shows where and what it is."""
+    h = Harness()
+    assert h.ok("/VolumeDriver.Create", {"Name": "echo-0", "Opts": OPTS}) == {}
+    assert h.mounter.servers == {
+        ("172.17.0.2", 8022): {"echo-0": ("/tel_app_exports/echo/var/run/secrets", False)}
+    }
+    volume = h.ok("/VolumeDriver.Get", {"Name": "echo-0"})["Volume"]
+    assert volume["Mountpoint"] == "/mnt/volumes/172.17.0.2/8022/echo-0"
+    assert volume["CreatedAt"] == "2023-11-14T22:13:20Z"
+    assert volume["Status"] == {
+        "host": "172.17.0.2", "port": 8022, "container": "echo",
+        "remoteDir": "/tel_app_exports/echo/var/run/secrets", "ro": False, "usedBy": [],
+    }
+
+
+def test_list_is_sorted_and_capabilities_local() -> None:
+    """List is sorted by name; the scope is local."""
+    h = Harness()
+    for name in ("b", "a", "c"):
+        h.ok("/VolumeDriver.Create", {"Name": name, "Opts": OPTS})
+    assert [v["Name"] for v in h.ok("/VolumeDriver.List")["Volumes"]] == ["a", "b", "c"]
+    assert h.ok("/VolumeDriver.Capabilities") == {"Capabilities": {"Scope": "local"}}
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        ({**OPTS, "bogus": "1"}, 'illegal option "bogus"'),
+        ({"port": "8022"}, 'missing required option "container"'),
+        ({"container": "echo"}, 'missing required option "port"'),
+        ({"container": "echo", "port": "0"}, 'missing required option "port"'),
+        ({"container": "echo", "port": "70000"},
+         "port must be an unsigned integer between 1 and 65535"),
+        ({"container": "echo", "port": "-1"},
+         "port must be an unsigned integer between 1 and 65535"),
+        ({"container": "echo", "port": "x"},
+         "port must be an unsigned integer between 1 and 65535"),
+        ({**OPTS, "ro": "yes"}, "ro must be a boolean"),
+        ({**OPTS, "dir": "../other"},
+         'dir "../other" leaves the export of container "echo" (/tel_app_exports/echo)'),
+        ({**OPTS, "dir": "a/../../.."}, "leaves the export"),
+        ({**OPTS, "container": ".."}, "is not a container name"),
+        ({**OPTS, "container": "a/b"}, "is not a container name"),
+        ({**OPTS, "host": "bad host!"}, "failed to parse host address bad host!"),
+    ],
+)
+def test_bad_options_are_refused_with_our_message(opts: dict[str, str], message: str) -> None:
+    """Bad -o options reach the user as the Go plug-in's (or our clearer) message."""
+    h = Harness()
+    assert message in h.err("/VolumeDriver.Create", {"Name": "v", "Opts": opts})
+    assert h.driver.volumes == {} and h.store.saves == 0
+
+
+def test_option_defaults_and_forms() -> None:
+    """host defaults to localhost, dir to the container's export; ro takes Go's booleans."""
+    o = parse_options({"container": "c", "port": "1"})
+    assert (o.host, o.remote_dir, o.ro) == ("localhost", "/tel_app_exports/c", False)
+    assert parse_options({"container": "c", "port": "1", "ro": "T"}).ro is True
+    assert parse_options({"container": "c", "port": "1", "host": "::1"}).host == "::1"
+    assert parse_options({"container": "c", "port": "1", "dir": "a/./b/../c/"}).remote_dir == (
+        "/tel_app_exports/c/a/c"
+    )
+
+
+def test_mount_is_refcounted_by_id_and_remove_refused_in_use() -> None:
+    """Mount/Unmount count callers by ID; Remove is refused while any caller remains."""
+    h = Harness()
+    h.ok("/VolumeDriver.Create", {"Name": "v", "Opts": OPTS})
+    mp = h.ok("/VolumeDriver.Mount", {"Name": "v", "ID": "c1"})["Mountpoint"]
+    assert mp == "/mnt/volumes/172.17.0.2/8022/v"
+    h.ok("/VolumeDriver.Mount", {"Name": "v", "ID": "c1"})
+    h.ok("/VolumeDriver.Mount", {"Name": "v", "ID": "c2"})
+    assert h.err("/VolumeDriver.Remove", {"Name": "v"}) == (
+        "volume v is mounted by containers: [c1 c2]"
+    )
+    h.ok("/VolumeDriver.Unmount", {"Name": "v", "ID": "c1"})
+    assert "mounted by containers: [c2]" in h.err("/VolumeDriver.Remove", {"Name": "v"})
+    h.ok("/VolumeDriver.Unmount", {"Name": "v", "ID": "c2"})
+    h.ok("/VolumeDriver.Remove", {"Name": "v"})
+    assert h.mounter.servers == {}
+    assert h.err("/VolumeDriver.Get", {"Name": "v"}) == 'no such volume: "v"'
+
+
+def test_ro_and_rw_volumes_share_a_server() -> None:
+    """Unlike the Go plug-in, a read-only and a writable volume of one server coexist."""
+    h = Harness()
+    h.ok("/VolumeDriver.Create", {"Name": "ro", "Opts": {**OPTS, "ro": "true"}})
+    h.ok("/VolumeDriver.Create", {"Name": "rw", "Opts": OPTS})
+    assert h.mounter.servers[("172.17.0.2", 8022)] == {
+        "ro": ("/tel_app_exports/echo/var/run/secrets", True),
+        "rw": ("/tel_app_exports/echo/var/run/secrets", False),
+    }
+
+
+def test_create_failure_records_nothing() -> None:
+    """When the server cannot be mounted, Create fails with the reason and keeps no volume."""
+    h = Harness()
+    h.mounter.unreachable.add(("172.17.0.2", 8022))
+    assert h.err("/VolumeDriver.Create", {"Name": "v", "Opts": OPTS}) == (
+        "cannot reach SFTP server at 172.17.0.2:8022"
+    )
+    assert h.driver.volumes == {} and h.store.saves == 0
+
+
+def test_create_is_idempotent_but_refuses_other_options() -> None:
+    """Creating an existing volume again is fine with the same options, an error with others."""
+    h = Harness()
+    h.ok("/VolumeDriver.Create", {"Name": "v", "Opts": OPTS})
+    h.ok("/VolumeDriver.Create", {"Name": "v", "Opts": OPTS})
+    assert "already exists with other options" in h.err(
+        "/VolumeDriver.Create", {"Name": "v", "Opts": {**OPTS, "ro": "1"}}
+    )
+
+
+def test_volumes_and_users_survive_a_restart() -> None:
+    """A new driver on the same store knows the volumes and who mounts them."""
+    h = Harness()
+    h.ok("/VolumeDriver.Create", {"Name": "v", "Opts": OPTS})
+    h.ok("/VolumeDriver.Mount", {"Name": "v", "ID": "c1"})
+    again = Harness(store=h.store)
+    assert again.ok("/VolumeDriver.List")["Volumes"] == [
+        {"Name": "v", "Mountpoint": "/mnt/volumes/172.17.0.2/8022/v"}
+    ]
+    assert "mounted by containers: [c1]" in again.err("/VolumeDriver.Remove", {"Name": "v"})
+    assert again.driver.expected_mounts() == {
+        ("172.17.0.2", 8022): {"v": ("/tel_app_exports/echo/var/run/secrets", False)}
+    }
+    again.ok("/VolumeDriver.Mount", {"Name": "v", "ID": "c2"})
+    assert again.mounter.servers[("172.17.0.2", 8022)]["v"][1] is False
+
+
+def test_unreadable_saved_entries_are_skipped() -> None:
+    """A damaged entry in the saved state costs that entry, not the plug-in."""
+    store = MemoryStateStore({"volumes": {"bad": {"options": {}}, "good": {
+        "options": {"host": "h", "port": 1, "container": "c", "dir": "", "ro": False},
+        "created_at": 5, "used_by": []}}})
+    h = Harness(store=store)
+    assert list(h.driver.volumes) == ["good"]
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a/b", "../x", "a" * 300, "é"])
+def test_bad_volume_names_refused(name: str) -> None:
+    """Names Docker would never send (path tricks included) are refused before any work."""
+    h = Harness()
+    assert "invalid volume name" in h.err("/VolumeDriver.Create", {"Name": name, "Opts": OPTS})
+
+
+def test_safe_name_like_go() -> None:
+    """Host names become directory names the way the Go plug-in makes them."""
+    assert safe_name("127.0.0.1") == "127.0.0.1"
+    assert safe_name("::1") == "a_1"
+    assert safe_name("fe80::1%eth0") == "fe80__1_eth0"
