@@ -1,0 +1,167 @@
+"""ProcessMounter's handling of helper processes, with a FUSE-less stand-in helper."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from zope.interface.verify import verifyObject
+
+from telenet.dockerplugin import PluginError
+from telenet.interfaces import IMounter
+from telenet.mounter import ProcessMounter, control_request, host_dir_name
+from telenet.testing import MemoryMounter
+
+HELPER = [sys.executable, os.path.join(os.path.dirname(__file__), "fake_helper.py")]
+
+
+@pytest.fixture
+def mounter(tmp_path: Path) -> Iterator[ProcessMounter]:
+    from twisted.internet import reactor
+
+    m = ProcessMounter(reactor, mount_root=str(tmp_path / "mnt"),
+                       state_dir=str(tmp_path / "state"), timeout=2, helper=HELPER)
+    yield m
+    for entry in os.listdir(m.state_dir) if os.path.isdir(m.state_dir) else []:
+        if entry.endswith(".sock"):
+            os.unlink(os.path.join(m.state_dir, entry))
+
+
+def test_interfaces() -> None:
+    """Both mounters provide IMounter."""
+    from twisted.internet import reactor
+
+    assert verifyObject(IMounter, ProcessMounter(reactor, "/x", "/y"))
+    assert verifyObject(IMounter, MemoryMounter())
+
+
+def test_mountpoints_follow_the_go_layout() -> None:
+    """Volumes appear under <root>/<safe host>/<port>/<volume>; odd hosts get a unique suffix."""
+    from twisted.internet import reactor
+
+    m = ProcessMounter(reactor, "/mnt/volumes", "/s")
+    assert m.mountpoint("127.0.0.1", 8022, "v") == "/mnt/volumes/127.0.0.1/8022/v"
+    assert host_dir_name("::1").startswith("a_1-")
+    assert host_dir_name("::1") != host_dir_name("a_1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_helper_serves_every_volume_of_a_server(mounter: ProcessMounter) -> None:
+    """The first attach starts a helper; later ones reuse it; the last detach stops it."""
+    mp = await mounter.attach("127.0.0.1", 9, "a", "/tel_app_exports/c", False)
+    assert mp.endswith("/127.0.0.1/9/a")
+    status = await mounter.status("127.0.0.1", 9)
+    pid = status["pid"]
+    await mounter.attach("127.0.0.1", 9, "b", "/tel_app_exports/c/d", True)
+    status = await mounter.status("127.0.0.1", 9)
+    assert status["pid"] == pid
+    assert status["volumes"] == {"a": {"path": "/tel_app_exports/c", "ro": False},
+                                 "b": {"path": "/tel_app_exports/c/d", "ro": True}}
+    await mounter.detach("127.0.0.1", 9, "a")
+    assert (await mounter.status("127.0.0.1", 9))["mounted"] is True
+    await mounter.detach("127.0.0.1", 9, "b")
+    assert (await mounter.status("127.0.0.1", 9)) == {"mounted": False, "connected": False}
+    await _wait_gone(pid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_helper_errors_reach_the_caller(mounter: ProcessMounter,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper's error line, or its death before mounting, becomes the PluginError message."""
+    monkeypatch.setenv("FAKE_HELPER_ERROR", "cannot reach SFTP server at 127.0.0.1:9: refused")
+    with pytest.raises(PluginError, match="cannot reach SFTP server at 127.0.0.1:9: refused"):
+        await mounter.attach("127.0.0.1", 9, "a", "/tel_app_exports/c", False)
+    monkeypatch.setenv("FAKE_HELPER_ERROR", "die")
+    with pytest.raises(PluginError, match=r"exited \(code 7\) before mounting: fake helper"):
+        await mounter.attach("127.0.0.1", 9, "a", "/tel_app_exports/c", False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hung_helper_times_out(mounter: ProcessMounter,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper that never reports is killed and the attach fails with a timeout."""
+    import telenet.mounter
+
+    monkeypatch.setattr(telenet.mounter, "START_GRACE", 0.5)
+    monkeypatch.setenv("FAKE_HELPER_ERROR", "hang")
+    with pytest.raises(PluginError, match="timed out mounting the SFTP server at 127.0.0.1:9"):
+        await mounter.attach("127.0.0.1", 9, "a", "/tel_app_exports/c", False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_remote_dir(mounter: ProcessMounter) -> None:
+    """The helper's refusal of a volume is the attach's error."""
+    with pytest.raises(PluginError, match="remote directory /tel_app_exports/missing does not"):
+        await mounter.attach("127.0.0.1", 9, "a", "/tel_app_exports/missing", False)
+    await mounter.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_mounter_adopts_running_helpers(mounter: ProcessMounter,
+                                                    tmp_path: Path) -> None:
+    """After a plug-in restart the helpers are adopted; unknown volumes and servers go."""
+    from twisted.internet import reactor
+
+    await mounter.attach("127.0.0.1", 9, "keep", "/tel_app_exports/c", False)
+    await mounter.attach("127.0.0.1", 9, "stale", "/tel_app_exports/c", False)
+    await mounter.attach("127.0.0.1", 10, "orphan", "/tel_app_exports/c", False)
+    pid = (await mounter.status("127.0.0.1", 9))["pid"]
+    orphan_pid = (await mounter.status("127.0.0.1", 10))["pid"]
+
+    again = ProcessMounter(reactor, mounter.mount_root, mounter.state_dir, timeout=2,
+                           helper=HELPER)
+    await again.adopt({("127.0.0.1", 9): {"keep": ("/tel_app_exports/c", False)}})
+    status = await again.status("127.0.0.1", 9)
+    assert status["pid"] == pid
+    assert list(status["volumes"]) == ["keep"]
+    assert (await again.status("127.0.0.1", 10))["mounted"] is False
+    await _wait_gone(orphan_pid)
+    await again.shutdown()
+    await _wait_gone(pid)
+    assert [e for e in os.listdir(again.state_dir) if e.endswith(".sock")] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_helper_is_replaced(mounter: ProcessMounter) -> None:
+    """A helper killed behind the plug-in's back is replaced at the next attach."""
+    await mounter.attach("127.0.0.1", 9, "a", "/tel_app_exports/c", False)
+    pid = (await mounter.status("127.0.0.1", 9))["pid"]
+    os.kill(pid, signal.SIGKILL)
+    await _wait_gone(pid)
+    await mounter.attach("127.0.0.1", 9, "a", "/tel_app_exports/c", False)
+    assert (await mounter.status("127.0.0.1", 9))["pid"] != pid
+    await mounter.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_control_request_to_nobody(tmp_path: Path) -> None:
+    """A control request to a socket nobody serves fails with ControlUnavailable."""
+    from twisted.internet import reactor
+
+    from telenet.mounter import ControlUnavailable
+
+    with pytest.raises(ControlUnavailable):
+        await control_request(reactor, str(tmp_path / "none.sock"), {"op": "status"})
+
+
+async def _wait_gone(pid: int) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        # Reap it if it is our child (the fake helper is, in these tests).
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        await deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError(f"process {pid} is still alive")
