@@ -46,7 +46,16 @@ class IMounter(Interface):
         """Where volume ``name`` appears (or will appear) on this host."""
 
     def status(host: str, port: int) -> Deferred[dict[str, Any]]:
-        """``{"mounted": bool, "connected": bool, ...}`` for the server's mount."""
+        """
+        ``{"mounted": bool, "connected": bool, "since": float, ...}`` for the server's mount;
+        ``since`` is when it last connected or lost its connection (Unix time).
+        """
+
+    def release(host: str, port: int) -> Deferred[None]:
+        """Unmount the server now; its volumes come back at their next ``attach``."""
+
+    def reachable(host: str, port: int, timeout: float) -> Deferred[bool]:
+        """Whether a TCP connection to the server succeeds within ``timeout`` seconds."""
 
     def adopt(expected: Any) -> Deferred[None]:
         """

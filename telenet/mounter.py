@@ -174,11 +174,12 @@ class ProcessMounter:
     """Mounts each SFTP server with a ``python -m telenet.sftpfs`` helper."""
 
     def __init__(self, reactor: Any, mount_root: str, state_dir: str, timeout: float = 10.0,
-                 helper: list[str] | None = None) -> None:
+                 helper: list[str] | None = None, ping_timeout: float = 1.0) -> None:
         self._reactor = reactor
         self.mount_root = mount_root
         self.state_dir = state_dir
         self.timeout = timeout
+        self.ping_timeout = ping_timeout
         self._helper = helper or [sys.executable, "-m", "telenet.sftpfs"]
         self._servers: dict[tuple[str, int], _Server] = {}
 
@@ -218,6 +219,11 @@ class ProcessMounter:
 
     async def _start(self, server: _Server) -> None:
         """Start a helper for ``server``, clearing what a dead one left behind."""
+        # A quick ping first, as the Go plug-in does: an absent server is reported in
+        # ping_timeout rather than after the helper's whole connect timeout.
+        problem = await _tcp_problem(self._reactor, server.host, server.port, self.ping_timeout)
+        if problem is not None:
+            raise PluginError(f"cannot reach SFTP server at {server.label}: {problem}")
         await self._clear_leftovers(server)
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         os.makedirs(server.mountpoint, exist_ok=True)
@@ -307,6 +313,15 @@ class ProcessMounter:
             return {"mounted": False, "connected": False}
         return {"mounted": True, **status}
 
+    def release(self, host: str, port: int) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._stop_locked(self._server(host, port)))
+
+    def reachable(self, host: str, port: int, timeout: float) -> defer.Deferred[bool]:
+        async def check() -> bool:
+            return await _tcp_problem(self._reactor, host, port, timeout) is None
+
+        return defer.ensureDeferred(check())
+
     def adopt(self, expected: Mapping[tuple[str, int], Mapping[str, tuple[str, bool]]]
               ) -> defer.Deferred[None]:
         """
@@ -372,6 +387,22 @@ class ProcessMounter:
     async def _stop_locked(self, server: _Server) -> None:
         async with server.lock:
             await self._stop(server)
+
+
+async def _tcp_problem(reactor: Any, host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connection to host:port fails within ``timeout``, or None when it succeeds."""
+    from twisted.internet.endpoints import HostnameEndpoint
+
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=max(timeout, 0.1))
+    attempt = connectProtocol(endpoint, protocol.Protocol())
+    try:
+        connected = await attempt.addTimeout(timeout + 0.5, reactor)
+    except defer.TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except Exception as e:  # every way a connect can fail is an answer here
+        return str(getattr(e, "osError", None) or e).strip() or type(e).__name__
+    connected.transport.loseConnection()
+    return None
 
 
 def _forget(server: _Server, helper: _HelperProcess) -> None:

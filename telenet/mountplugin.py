@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 from twisted.application import service, strports
+from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import Logger
@@ -59,6 +60,29 @@ class VolumeOptions:
         return posixpath.join(EXPORTS_ROOT, self.container, self.dir) if self.dir else (
             posixpath.join(EXPORTS_ROOT, self.container)
         )
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                   "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration ("1m30s", "500ms") or a plain number of seconds."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if position != len(text) or not text:
+        raise ValueError(f"not a duration: {text!r}")
+    return total
 
 
 def parse_bool(value: str) -> bool:
@@ -216,6 +240,27 @@ class VolumeDriver:
             expected.setdefault((o.host, o.port), {})[volume.name] = (o.remote_dir, o.ro)
         return expected
 
+    async def reap_disconnected(self, linger: float, ping_timeout: float) -> None:
+        """
+        Unmount servers that lost their connection over ``linger`` seconds ago, stay
+        unreachable, and serve no container: the Go plug-in's linger. Their volumes stay;
+        the next Mount mounts again.
+        """
+        now = self._clock.seconds()
+        for (host, port), names in self.expected_mounts().items():
+            if any(self.volumes[n].used_by for n in names):
+                continue
+            status = await self._mounter.status(host, port)
+            if not status.get("mounted") or status.get("connected"):
+                continue
+            if now - float(status.get("since") or now) < linger:
+                continue
+            if await self._mounter.reachable(host, port, ping_timeout):
+                continue
+            log.info("unmounting {host}:{port}: disconnected for over {linger}s",
+                     host=host, port=port, linger=linger)
+            await self._mounter.release(host, port)
+
     def _save(self) -> defer.Deferred[None]:
         snapshot = {"volumes": {n: v.to_json() for n, v in sorted(self.volumes.items())}}
         return self._run_blocking(self._store.save, snapshot)
@@ -367,15 +412,24 @@ class Options(usage.Options):
          "Directory for saved volumes, helper sockets and logs."],
         ["timeout", None, "10", "Seconds an SFTP request may take before the server is "
          "considered gone."],
+        ["linger", None, os.environ.get("DISCONNECTED_LINGER_TIME", "5s"),
+         "How long a disconnected, unused mount stays before it is unmounted (Go duration; "
+         "default from $DISCONNECTED_LINGER_TIME)."],
+        ["ping-timeout", None, os.environ.get("HOST_PING_TIMEOUT", "1s"),
+         "How long to wait for an SFTP server to accept a connection before mounting it "
+         "(Go duration; default from $HOST_PING_TIMEOUT)."],
     ]
 
     def postOptions(self) -> None:
-        try:
-            self["timeout"] = float(self["timeout"])
-        except ValueError:
-            raise usage.UsageError("--timeout must be a number of seconds") from None
-        if self["timeout"] <= 0:
-            raise usage.UsageError("--timeout must be positive")
+        for key in ("timeout", "linger", "ping-timeout"):
+            try:
+                self[key] = parse_duration(self[key])
+            except ValueError:
+                raise usage.UsageError(
+                    f"--{key} must be a duration such as 10, 1.5s, 500ms or 1m30s"
+                ) from None
+            if self[key] <= 0:
+                raise usage.UsageError(f"--{key} must be positive")
 
 
 class _ThreadPoolService(service.Service):
@@ -436,15 +490,24 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     mounter = ProcessMounter(reactor, mount_root=options["mount-root"],
                              state_dir=os.path.join(state_dir, "mounts"),
-                             timeout=options["timeout"])
+                             timeout=options["timeout"], ping_timeout=options["ping-timeout"])
     driver = VolumeDriver(mounter, JSONFileStore(os.path.join(state_dir, "volumes.json")),
                           reactor, run_blocking)
     driver.restore()
     _MounterService(mounter, driver).setServiceParent(top)
+    linger = TimerService(max(options["linger"] / 2, 0.5), _reap, driver, options)
+    linger.clock = reactor
+    linger.setServiceParent(top)
     resource = dockerplugin.PluginResource(["VolumeDriver"], driver.handlers())
     strports.service(options["listen"], dockerplugin.plugin_site(resource),
                      reactor=reactor).setServiceParent(top)
     return top
+
+
+def _reap(driver: VolumeDriver, options: Options) -> defer.Deferred[None]:
+    d = defer.ensureDeferred(driver.reap_disconnected(options["linger"], options["ping-timeout"]))
+    # A failed round is logged; the timer keeps running.
+    return d.addErrback(lambda f: log.failure("checking disconnected mounts failed", f))
 
 
 def _ensure_socket_dir(endpoint: str) -> None:

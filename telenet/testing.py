@@ -50,6 +50,7 @@ class MemoryMounter:
         self.remote_dirs: set[str] | None = None
         self.unreachable: set[tuple[str, int]] = set()
         self.calls: list[tuple[str, ...]] = []
+        self.since: dict[tuple[str, int], float] = {}
 
     def mountpoint(self, host: str, port: int, name: str) -> str:
         return posixpath.join(self.mount_root, host, str(port), name)
@@ -80,8 +81,17 @@ class MemoryMounter:
             return defer.succeed({"mounted": False, "connected": False})
         return defer.succeed({
             "mounted": True, "connected": (host, port) not in self.unreachable,
+            "since": self.since.get((host, port), 0.0),
             "volumes": {n: {"path": p, "ro": ro} for n, (p, ro) in volumes.items()},
         })
+
+    def release(self, host: str, port: int) -> defer.Deferred[None]:
+        self.calls.append(("release", host, str(port)))
+        self.servers.pop((host, port), None)
+        return defer.succeed(None)
+
+    def reachable(self, host: str, port: int, timeout: float) -> defer.Deferred[bool]:
+        return defer.succeed((host, port) not in self.unreachable)
 
     def adopt(self, expected: Any) -> defer.Deferred[None]:
         self.calls.append(("adopt",))

@@ -10,7 +10,7 @@ from treq.testing import StubTreq
 from twisted.internet import defer, task
 
 from telenet.dockerplugin import PluginResource
-from telenet.mountplugin import VolumeDriver, parse_options, safe_name
+from telenet.mountplugin import Options, VolumeDriver, parse_duration, parse_options, safe_name
 from telenet.testing import MemoryMounter, MemoryStateStore
 
 from .helpers import dockerd_calls, result_of
@@ -222,3 +222,50 @@ def test_safe_name_like_go() -> None:
     assert safe_name("127.0.0.1") == "127.0.0.1"
     assert safe_name("::1") == "a_1"
     assert safe_name("fe80::1%eth0") == "fe80__1_eth0"
+
+
+def test_disconnected_unused_mounts_are_released_after_linger() -> None:
+    """Like the Go plug-in's linger: an unused mount disconnected for too long is unmounted."""
+    h = Harness()
+    h.ok("/VolumeDriver.Create", {"Name": "idle", "Opts": OPTS})
+    h.ok("/VolumeDriver.Create", {"Name": "busy", "Opts": {**OPTS, "port": "9000"}})
+    h.ok("/VolumeDriver.Mount", {"Name": "busy", "ID": "c1"})
+    for port in (8022, 9000):
+        h.mounter.unreachable.add(("172.17.0.2", port))
+        h.mounter.since[("172.17.0.2", port)] = h.clock.seconds()
+    h.clock.advance(3)
+    result_of(defer.ensureDeferred(h.driver.reap_disconnected(5, 1)))
+    assert ("172.17.0.2", 8022) in h.mounter.servers  # not yet: 3s < 5s
+    h.clock.advance(3)
+    result_of(defer.ensureDeferred(h.driver.reap_disconnected(5, 1)))
+    assert ("172.17.0.2", 8022) not in h.mounter.servers
+    assert ("172.17.0.2", 9000) in h.mounter.servers  # a container uses it
+    # The volume stays; the next Mount mounts again once the server is back.
+    h.mounter.unreachable.clear()
+    h.ok("/VolumeDriver.Mount", {"Name": "idle", "ID": "c2"})
+    assert ("172.17.0.2", 8022) in h.mounter.servers
+
+
+@pytest.mark.parametrize("text, seconds", [("5s", 5), ("500ms", 0.5), ("1m30s", 90),
+                                           ("2", 2), ("1.5h", 5400), ("250us", 0.00025)])
+def test_go_durations(text: str, seconds: float) -> None:
+    """Durations are read the way the Go plug-in's environment variables were."""
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5x", "s", "1s2", "-"])
+def test_bad_durations(text: str) -> None:
+    """Anything else is refused."""
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_options_take_durations_and_refuse_nonsense() -> None:
+    """The tap's options parse durations and refuse bad ones with a usage error."""
+    from twisted.python import usage
+
+    options = Options()
+    options.parseOptions(["--linger", "10s", "--ping-timeout", "250ms", "--timeout", "3"])
+    assert (options["linger"], options["ping-timeout"], options["timeout"]) == (10, 0.25, 3)
+    with pytest.raises(usage.UsageError, match="--linger must be a duration"):
+        Options().parseOptions(["--linger", "soon"])
