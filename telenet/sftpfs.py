@@ -1,0 +1,1306 @@
+# -*- test-case-name: tests.test_sftpfs -*-
+"""
+The telemount FUSE filesystem, and the mount helper process that serves it.
+
+pyfuse3 serves one mount per process, so the volume plug-in runs one helper per SFTP server::
+
+    python -m telenet.sftpfs --host H --port P --mountpoint MP --control SOCK
+                             [--log-file F] [--timeout SECONDS]
+
+The mount root lists one directory per volume; volume ``NAME`` is ``MP/NAME`` and shows a
+remote directory, read-only or writable. The plug-in adds and removes volumes over the control
+socket ``SOCK`` (newline-delimited JSON, one answer line per request line):
+
+- ``{"op": "add", "name": N, "path": "/remote/dir", "ro": false}`` → ``{"ok": true}``
+- ``{"op": "remove", "name": N}`` → ``{"ok": true}``
+- ``{"op": "status"}`` → ``{"ok": true, "pid", "host", "port", "mountpoint", "connected",
+  "volumes": {N: {"path", "ro"}}, "since"}``
+- ``{"op": "shutdown"}`` → ``{"ok": true}``, then unmount and exit 0.
+
+Failures answer ``{"ok": false, "error": "..."}``. The helper prints one JSON line on stdout
+when it is ready (``{"ready": true, "pid": PID}``) or cannot start (``{"error": "..."}``,
+exit 1), then logs only to the log file.
+
+pyfuse3 runs in asyncio mode on Twisted's asyncio reactor: FUSE handlers, the SFTP client and
+the control socket share one loop and one thread, so nothing here may block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import functools
+import json
+import logging
+import os
+import stat
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+import pyfuse3
+from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData
+from twisted.conch.ssh import filetransfer as ft
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from telenet.aio import as_deferred, as_future
+from telenet.sftpclient import (
+    FileAttrs,
+    NameEntry,
+    NotConnected,
+    PipelinedWriter,
+    ReadAhead,
+    SFTPClient,
+    SFTPStatusError,
+    error_to_errno,
+)
+
+__all__ = ["ControlFactory", "MountControl", "SFTPOperations", "Volume", "main"]
+
+log = Logger(namespace="telenet.sftpfs")
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+ROOT_INODE = pyfuse3.ROOT_INODE
+#: Seconds the kernel (and we) may trust a name or attributes; short, the server is shared.
+ENTRY_TIMEOUT = 1.0
+ATTR_TIMEOUT = 1.0
+#: Per open file: bytes of READs kept in flight ahead of a sequential reader.
+READAHEAD_WINDOW = 8 << 20
+#: Per open file: bytes of WRITEs sent but not yet answered before a writer has to wait.
+WRITE_BEHIND = 8 << 20
+#: Kernel read-ahead for the mount (KiB), so sequential reads come in big requests.
+KERNEL_READAHEAD_KB = 1024
+_BLKSIZE = 131072
+
+
+class ConnectionSource(Protocol):
+    """Where the filesystem gets its SFTP connection (an ``SFTPConnectionManager``)."""
+
+    label: str
+    since: float
+
+    @property
+    def connected(self) -> bool: ...
+
+    def current(self) -> SFTPClient: ...
+
+
+def _fuse_op(
+    failure_errno: int = errno.EIO,
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
+    """
+    Turn every exception of a FUSE handler into a FUSEError.
+
+    pyfuse3 lets anything else escape into its main loop, which would leave the kernel request
+    unanswered (and its caller stuck in D state). ``failure_errno`` is what a bare SFTP
+    FX_FAILURE most likely means for this operation.
+    """
+
+    def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        @functools.wraps(fn)
+        async def handler(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await fn(*args, **kwargs)
+            except FUSEError:
+                raise
+            except (SFTPStatusError, ConnectionError, ConnectionLost, defer.TimeoutError) as e:
+                raise FUSEError(error_to_errno(e, failure_errno)) from None
+            except Exception:
+                log.failure("FUSE {op} failed", op=fn.__name__)
+                raise FUSEError(errno.EIO) from None
+
+        return handler
+
+    return decorate
+
+
+def _fuse_error(exc: BaseException, failure_errno: int = errno.EIO) -> FUSEError:
+    return exc if isinstance(exc, FUSEError) else FUSEError(error_to_errno(exc, failure_errno))
+
+
+class Volume:
+    """A remote directory shown as ``<mountpoint>/<name>``."""
+
+    __slots__ = ("name", "bname", "path", "prefix", "ro", "vid", "root", "removed")
+
+    def __init__(self, name: str, path: str, ro: bool, vid: int) -> None:
+        self.name = name
+        self.bname = os.fsencode(name)
+        self.path = os.fsencode(path)
+        # Remote path of a child is prefix + b"/" + relative path ("/" itself has no prefix).
+        self.prefix = self.path.rstrip(b"/")
+        self.ro = ro
+        self.vid = vid
+        self.removed = False
+        self.root: _Node  # set right after by the filesystem
+
+    def remote(self, rel: bytes) -> bytes:
+        return self.prefix + b"/" + rel if rel else self.path
+
+
+class _Node:
+    """An inode: one (volume, relative path) the kernel knows about."""
+
+    __slots__ = (
+        "ino",
+        "vol",
+        "rel",
+        "lookups",
+        "entry",
+        "attrs",
+        "expires",
+        "handles",
+        "opened",
+        "detached",
+    )
+
+    def __init__(self, ino: int, vol: Volume, rel: bytes) -> None:
+        self.ino = ino
+        self.vol = vol
+        self.rel = rel
+        self.lookups = 0
+        self.entry: EntryAttributes | None = None
+        self.attrs: FileAttrs | None = None
+        self.expires = 0.0
+        self.handles: set[_FileHandle] = set()
+        self.opened: tuple[int | None, int | None] | None = None  # (mtime, size) at last open
+        self.detached = False  # unlinked or renamed over: its path means something else now
+
+    @property
+    def remote(self) -> bytes:
+        return self.vol.remote(self.rel)
+
+
+class _FileHandle:
+    """An open file: reopened lazily on a new connection after a reconnect."""
+
+    __slots__ = (
+        "fh",
+        "node",
+        "flags",
+        "client",
+        "handle",
+        "reader",
+        "writer",
+        "error",
+        "reopening",
+        "wrote",
+    )
+
+    def __init__(self, fh: int, node: _Node, flags: int, client: SFTPClient, handle: bytes):
+        self.fh = fh
+        self.node = node
+        self.flags = flags  # SFTP FXF_* flags to reopen with (no CREAT/TRUNC/EXCL)
+        self.client = client
+        self.handle = handle
+        self.reader: ReadAhead | None = None
+        self.writer: PipelinedWriter | None = None
+        self.error: int | None = None  # sticky errno: writes were lost
+        self.reopening: asyncio.Future[None] | None = None
+        self.wrote = False
+
+
+class _DirHandle:
+    __slots__ = ("node", "entries")
+
+    def __init__(self, node: _Node | None) -> None:
+        self.node = node  # None for the mount root
+        self.entries: list[tuple[bytes, _Node | FileAttrs]] | None = None
+
+
+def _invalidate_entry(parent: int, name: bytes) -> None:
+    pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+
+
+class SFTPOperations(pyfuse3.Operations):
+    """
+    I am the filesystem: a virtual root of volumes, each a remote directory over SFTP.
+
+    Inodes are stable per (volume, remote path) while the kernel knows them (lookup counts
+    and ``forget``), attributes are cached for ``attr_timeout``, reads go through a
+    ``ReadAhead`` window and writes through a ``PipelinedWriter`` per open file.
+    """
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(
+        self,
+        source: ConnectionSource,
+        *,
+        now: Callable[[], float] = time.monotonic,
+        invalidate: Callable[[int, bytes], None] = _invalidate_entry,
+        entry_timeout: float = ENTRY_TIMEOUT,
+        attr_timeout: float = ATTR_TIMEOUT,
+        readahead: int = READAHEAD_WINDOW,
+        write_behind: int = WRITE_BEHIND,
+    ) -> None:
+        super().__init__()
+        self._source = source
+        self._now = now
+        self._invalidate = invalidate
+        self.entry_timeout = entry_timeout
+        self.attr_timeout = attr_timeout
+        self._readahead = readahead
+        self._write_behind = write_behind
+        self.volumes: dict[str, Volume] = {}
+        self._by_bname: dict[bytes, Volume] = {}
+        self._nodes: dict[int, _Node] = {}
+        self._by_key: dict[tuple[int, bytes], _Node] = {}
+        self._next_ino = ROOT_INODE + 1
+        self._next_vid = 1
+        self._files: dict[int, _FileHandle] = {}
+        self._dirs: dict[int, _DirHandle] = {}
+        self._next_fh = 1
+        self._root_mtime_ns = time.time_ns()
+
+    # -- the inode table -----------------------------------------------------------------------
+
+    @property
+    def node_count(self) -> int:
+        return len(self._nodes)
+
+    def _node(self, inode: int) -> _Node:
+        node = self._nodes.get(inode)
+        if node is None or node.vol.removed:
+            raise FUSEError(errno.ESTALE)
+        return node
+
+    def _child(self, vol: Volume, rel: bytes) -> _Node:
+        node = self._by_key.get((vol.vid, rel))
+        if node is None:
+            node = _Node(self._next_ino, vol, rel)
+            self._next_ino += 1
+            self._nodes[node.ino] = node
+            self._by_key[(vol.vid, rel)] = node
+        return node
+
+    def _maybe_drop(self, node: _Node) -> None:
+        if node.lookups > 0 or node.handles:
+            return
+        if node is node.vol.root and not node.vol.removed:
+            return  # a live volume's root stays
+        del self._nodes[node.ino]
+        if self._by_key.get((node.vol.vid, node.rel)) is node:
+            del self._by_key[(node.vol.vid, node.rel)]
+
+    def _detach(self, vol: Volume, rel: bytes) -> None:
+        """The remote path ``rel`` is gone (and anything under it)."""
+        node = self._by_key.pop((vol.vid, rel), None)
+        if node is not None:
+            node.detached = True
+            self._maybe_drop(node)
+        prefix = rel + b"/"
+        for key in [k for k in self._by_key if k[0] == vol.vid and k[1].startswith(prefix)]:
+            child = self._by_key.pop(key)
+            child.detached = True
+            self._maybe_drop(child)
+
+    def _move(self, vol: Volume, old: bytes, new: bytes) -> None:
+        """The remote path ``old`` is now ``new`` (and so is everything under it)."""
+        self._detach(vol, new)
+        node = self._by_key.pop((vol.vid, old), None)
+        if node is not None:
+            node.rel = new
+            node.expires = 0.0
+            self._by_key[(vol.vid, new)] = node
+        prefix = old + b"/"
+        moved = [k for k in self._by_key if k[0] == vol.vid and k[1].startswith(prefix)]
+        for key in moved:
+            child = self._by_key.pop(key)
+            child.rel = new + child.rel[len(old) :]
+            self._by_key[(vol.vid, child.rel)] = child
+
+    # -- volumes ---------------------------------------------------------------------------------
+
+    async def add_volume(self, name: str, path: str, ro: bool) -> str | None:
+        """
+        Show remote directory ``path`` as volume ``name``; None on success, else why not.
+
+        Re-adding a volume unchanged is fine; a different path or ro flag replaces it.
+        """
+        existing = self.volumes.get(name)
+        if existing is not None and os.fsencode(path) == existing.path and existing.ro == ro:
+            return None
+        label = self._source.label
+        try:
+            client = self._source.current()
+            attrs = await client.stat(os.fsencode(path))
+        except NotConnected as e:
+            return f"SFTP server {label} is not connected: {e}"
+        except SFTPStatusError as e:
+            if e.errno == errno.ENOENT:
+                return f"remote directory {path} does not exist on {label}"
+            return f"cannot use remote directory {path} on {label}: {e.message}"
+        except (ConnectionError, ConnectionLost) as e:
+            return f"SFTP server {label} is not connected: {e}"
+        if attrs.permissions is not None and not stat.S_ISDIR(attrs.permissions):
+            return f"remote directory {path} on {label} is not a directory"
+        current = self.volumes.get(name)  # it may have changed while we waited
+        if current is not None:
+            self._drop_volume(current)
+        vol = Volume(name, path, ro, self._next_vid)
+        self._next_vid += 1
+        vol.root = self._child(vol, b"")
+        self._set_attrs(vol.root, attrs)
+        self.volumes[name] = vol
+        self._by_bname[vol.bname] = vol
+        self._root_mtime_ns = time.time_ns()
+        log.info("volume {name} shows {path} (ro={ro})", name=name, path=path, ro=ro)
+        return None
+
+    def remove_volume(self, name: str) -> None:
+        vol = self.volumes.get(name)
+        if vol is not None:
+            self._drop_volume(vol)
+            self._root_mtime_ns = time.time_ns()
+            log.info("volume {name} removed", name=name)
+
+    def _drop_volume(self, vol: Volume) -> None:
+        vol.removed = True
+        del self.volumes[vol.name]
+        del self._by_bname[vol.bname]
+        for key in [k for k in self._by_key if k[0] == vol.vid]:
+            node = self._by_key.pop(key)
+            self._maybe_drop(node)
+        try:
+            self._invalidate(ROOT_INODE, vol.bname)
+        except Exception:
+            log.failure("invalidating volume {name} failed", name=vol.name)
+
+    # -- attributes ----------------------------------------------------------------------------
+
+    def _set_attrs(self, node: _Node, a: FileAttrs) -> EntryAttributes:
+        e = EntryAttributes()
+        e.st_ino = node.ino
+        e.entry_timeout = self.entry_timeout
+        e.attr_timeout = self.attr_timeout
+        mode = a.permissions if a.permissions is not None else stat.S_IFREG | 0o644
+        if node.vol.ro:
+            mode &= ~0o222
+        e.st_mode = mode
+        e.st_nlink = 1
+        e.st_uid = a.uid or 0
+        e.st_gid = a.gid or 0
+        size = a.size or 0
+        e.st_size = size
+        e.st_blocks = (size + 511) // 512
+        e.st_blksize = _BLKSIZE
+        mtime = (a.mtime or 0) * 1_000_000_000
+        e.st_mtime_ns = mtime
+        e.st_ctime_ns = mtime
+        e.st_atime_ns = (a.atime or 0) * 1_000_000_000
+        node.entry = e
+        node.attrs = a
+        node.expires = self._now() + self.attr_timeout
+        return e
+
+    def _root_entry(self) -> EntryAttributes:
+        e = EntryAttributes()
+        e.st_ino = ROOT_INODE
+        e.entry_timeout = self.entry_timeout
+        e.attr_timeout = self.attr_timeout
+        e.st_mode = stat.S_IFDIR | 0o555
+        e.st_nlink = 2
+        e.st_blksize = _BLKSIZE
+        e.st_mtime_ns = e.st_ctime_ns = e.st_atime_ns = self._root_mtime_ns
+        e.st_uid = os.getuid()
+        e.st_gid = os.getgid()
+        return e
+
+    def _client(self) -> SFTPClient:
+        try:
+            return self._source.current()
+        except NotConnected:
+            raise FUSEError(errno.ENOTCONN) from None
+
+    async def _fresh(self, node: _Node) -> EntryAttributes:
+        if node.expires > self._now() and node.entry is not None:
+            return node.entry
+        if node.detached and node.entry is not None:
+            return node.entry
+        for h in list(node.handles):
+            # Let write-behind land first, or the server reports a size that is too small.
+            if h.writer is not None and h.writer.inFlight:
+                try:
+                    await as_future(h.writer.flush())
+                except Exception:
+                    pass
+        client = self._client()
+        if node is node.vol.root:
+            attrs = await as_future(client.stat(node.remote))
+        else:
+            attrs = await as_future(client.lstat(node.remote))
+        return self._set_attrs(node, attrs)
+
+    def _writable(self, node: _Node) -> None:
+        if node.vol.ro:
+            raise FUSEError(errno.EROFS)
+
+    def _parent(self, inode: int) -> _Node:
+        if inode == ROOT_INODE:
+            raise FUSEError(errno.EROFS)  # the root only holds volumes
+        node = self._node(inode)
+        self._writable(node)
+        return node
+
+    @staticmethod
+    def _join(parent: _Node, name: bytes) -> bytes:
+        return parent.rel + b"/" + name if parent.rel else name
+
+    # -- name operations -----------------------------------------------------------------------
+
+    @_fuse_op()
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> EntryAttributes:
+        if parent_inode == ROOT_INODE:
+            if name in (b".", b".."):
+                return self._root_entry()
+            vol = self._by_bname.get(name)
+            if vol is None:
+                raise FUSEError(errno.ENOENT)  # not cached: a volume may be added any time
+            entry = await self._fresh(vol.root)
+            if vol.removed:
+                raise FUSEError(errno.ENOENT)
+            vol.root.lookups += 1
+            return entry
+        parent = self._node(parent_inode)
+        vol = parent.vol
+        if name == b".":
+            rel = parent.rel
+        elif name == b"..":
+            if not parent.rel:
+                return self._root_entry()
+            rel = parent.rel.rpartition(b"/")[0]
+        else:
+            rel = self._join(parent, name)
+        node = self._by_key.get((vol.vid, rel))
+        if node is not None and node.entry is not None and node.expires > self._now():
+            node.lookups += 1
+            return node.entry
+        attrs = await as_future(self._client().lstat(vol.remote(rel)))
+        if vol.removed:
+            raise FUSEError(errno.ENOENT)
+        node = self._child(vol, rel)  # again: the table may have changed while we waited
+        entry = self._set_attrs(node, attrs)
+        node.lookups += 1
+        return entry
+
+    async def forget(self, inode_list: Any) -> None:
+        for inode, nlookup in inode_list:
+            node = self._nodes.get(inode)
+            if node is not None:
+                node.lookups -= nlookup
+                if node.lookups <= 0:
+                    node.lookups = 0
+                    self._maybe_drop(node)
+
+    @_fuse_op()
+    async def getattr(self, inode: int, ctx: Any = None) -> EntryAttributes:
+        if inode == ROOT_INODE:
+            return self._root_entry()
+        return await self._fresh(self._node(inode))
+
+    @_fuse_op()
+    async def setattr(
+        self, inode: int, attr: EntryAttributes, fields: Any, fh: int | None, ctx: Any = None
+    ) -> EntryAttributes:
+        if inode == ROOT_INODE:
+            raise FUSEError(errno.EROFS)
+        node = self._node(inode)
+        self._writable(node)
+        for h in list(node.handles):
+            if h.writer is not None:  # earlier writes go first, e.g. before a truncate
+                await as_future(h.writer.flush())
+        size = uid = gid = perms = atime = mtime = None
+        if fields.update_size:
+            size = attr.st_size
+        if fields.update_mode:
+            perms = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime:
+            # SFTP v3 sets uid with gid and atime with mtime: fill in the half not changing.
+            if not fields.update_uid or not fields.update_gid:
+                await self._fresh(node)
+            current = node.attrs or FileAttrs()
+            if fields.update_uid or fields.update_gid:
+                uid = attr.st_uid if fields.update_uid else current.uid
+                gid = attr.st_gid if fields.update_gid else current.gid
+            if fields.update_atime or fields.update_mtime:
+                now = int(time.time())
+                atime = attr.st_atime_ns // 1_000_000_000 if fields.update_atime else None
+                mtime = attr.st_mtime_ns // 1_000_000_000 if fields.update_mtime else None
+                if atime is None:
+                    atime = current.atime if current.atime is not None else now
+                if mtime is None:
+                    mtime = current.mtime if current.mtime is not None else now
+        client = self._client()
+        path = node.remote
+        done = client.setstat(path, FileAttrs(size, uid, gid, perms, atime, mtime))
+        fresh = client.lstat(path) if node is not node.vol.root else client.stat(path)
+        node.expires = 0.0
+        if size is not None:
+            for h in node.handles:
+                if h.reader is not None:
+                    h.reader.reset()
+        _, attrs = await _both(done, fresh)
+        return self._set_attrs(node, attrs)
+
+    @_fuse_op()
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        node = self._node(inode)
+        return await as_future(self._client().readlink(node.remote))
+
+    @_fuse_op(errno.EEXIST)
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: Any = None
+    ) -> EntryAttributes:
+        parent = self._parent(parent_inode)
+        return await self._make(
+            parent, name, lambda c, p: c.mkdir(p, FileAttrs(permissions=stat.S_IMODE(mode)))
+        )
+
+    @_fuse_op(errno.EEXIST)
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: Any = None
+    ) -> EntryAttributes:
+        parent = self._parent(parent_inode)
+        return await self._make(parent, name, lambda c, p: c.symlink(p, target))
+
+    @_fuse_op(errno.EEXIST)
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any = None
+    ) -> EntryAttributes:
+        node = self._node(inode)
+        parent = self._parent(new_parent_inode)
+        if parent.vol is not node.vol:
+            raise FUSEError(errno.EXDEV)
+        old = node.remote
+        entry = await self._make(parent, new_name, lambda c, p: c.hardlink(old, p))
+        node.expires = 0.0
+        return entry
+
+    async def _make(
+        self, parent: _Node, name: bytes, create: Callable[[SFTPClient, bytes], Deferred[None]]
+    ) -> EntryAttributes:
+        client = self._client()
+        rel = self._join(parent, name)
+        path = parent.vol.remote(rel)
+        # Pipelined: the server answers in order, so the LSTAT sees what was just made.
+        _, attrs = await _both(create(client, path), client.lstat(path))
+        self._detach(parent.vol, rel)
+        node = self._child(parent.vol, rel)
+        entry = self._set_attrs(node, attrs)
+        node.lookups += 1
+        parent.expires = 0.0
+        return entry
+
+    @_fuse_op()
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
+        parent = self._parent(parent_inode)
+        rel = self._join(parent, name)
+        await as_future(self._client().remove(parent.vol.remote(rel)))
+        self._detach(parent.vol, rel)
+        parent.expires = 0.0
+
+    @_fuse_op(errno.ENOTEMPTY)
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
+        parent = self._parent(parent_inode)
+        rel = self._join(parent, name)
+        await as_future(self._client().rmdir(parent.vol.remote(rel)))
+        self._detach(parent.vol, rel)
+        parent.expires = 0.0
+
+    @_fuse_op()
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any = None,
+    ) -> None:
+        old_parent = self._parent(parent_inode_old)
+        new_parent = self._parent(parent_inode_new)
+        if old_parent.vol is not new_parent.vol:
+            raise FUSEError(errno.EXDEV)
+        client = self._client()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise FUSEError(errno.EINVAL)
+        if flags & pyfuse3.RENAME_NOREPLACE and not client.canNoReplaceRename:
+            raise FUSEError(errno.EINVAL)
+        vol = old_parent.vol
+        old = self._join(old_parent, name_old)
+        new = self._join(new_parent, name_new)
+        overwrite = not flags & pyfuse3.RENAME_NOREPLACE
+        try:
+            await as_future(client.rename(vol.remote(old), vol.remote(new), overwrite=overwrite))
+        except SFTPStatusError as e:
+            raise FUSEError(
+                e.errno if e.code != ft.FX_FAILURE or overwrite else errno.EEXIST
+            ) from None
+        self._move(vol, old, new)
+        old_parent.expires = new_parent.expires = 0.0
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _register(self, node: _Node, flags: int, client: SFTPClient, handle: bytes) -> _FileHandle:
+        fh = self._next_fh
+        self._next_fh += 1
+        h = _FileHandle(fh, node, flags, client, handle)
+        if flags & ft.FXF_READ:
+            h.reader = ReadAhead(client, handle, window=self._readahead)
+        if flags & ft.FXF_WRITE:
+            h.writer = PipelinedWriter(client, handle, self._write_behind)
+        self._files[fh] = h
+        node.handles.add(h)
+        return h
+
+    @staticmethod
+    def _sftp_flags(flags: int) -> int:
+        mode = flags & os.O_ACCMODE
+        if mode == os.O_WRONLY:
+            return ft.FXF_WRITE
+        if mode == os.O_RDWR:
+            return ft.FXF_READ | ft.FXF_WRITE
+        return ft.FXF_READ
+
+    @_fuse_op()
+    async def open(self, inode: int, flags: int, ctx: Any = None) -> FileInfo:
+        node = self._node(inode)
+        sflags = self._sftp_flags(flags)
+        if sflags & ft.FXF_WRITE or flags & os.O_TRUNC:
+            self._writable(node)
+        client = self._client()
+        handle = await as_future(client.open(node.remote, sflags))
+        h = self._register(node, sflags, client, handle)
+        return FileInfo(fh=h.fh, keep_cache=self._keep_cache(node))
+
+    def _keep_cache(self, node: _Node) -> bool:
+        """
+        Whether the kernel may keep this file's cached pages: only if the file did not
+        change since the last open (fresh attributes, same mtime and size, mtime not within
+        the last two seconds since SFTP times have one-second resolution).
+        """
+        a = node.attrs
+        if a is None or node.expires <= self._now():
+            node.opened = None
+            return False
+        version = (a.mtime, a.size)
+        keep = node.opened == version and (a.mtime or 0) < time.time() - 2
+        node.opened = version
+        return keep
+
+    @_fuse_op(errno.EEXIST)
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any = None
+    ) -> tuple[FileInfo, EntryAttributes]:
+        parent = self._parent(parent_inode)
+        sflags = self._sftp_flags(flags)
+        open_flags = sflags | ft.FXF_CREAT
+        if flags & os.O_EXCL:
+            open_flags |= ft.FXF_EXCL
+        if flags & os.O_TRUNC:
+            open_flags |= ft.FXF_TRUNC
+        client = self._client()
+        rel = self._join(parent, name)
+        path = parent.vol.remote(rel)
+        handle, attrs = await _both(
+            client.open(path, open_flags, FileAttrs(permissions=stat.S_IMODE(mode))),
+            client.lstat(path),
+        )
+        node = self._child(parent.vol, rel)
+        entry = self._set_attrs(node, attrs)
+        node.lookups += 1
+        parent.expires = 0.0
+        h = self._register(node, sflags, client, handle)
+        h.wrote = True
+        return FileInfo(fh=h.fh), entry
+
+    async def _ready(self, h: _FileHandle) -> None:
+        """Make sure ``h`` is open on the live connection (reopening after a reconnect)."""
+        while h.client is not self._source.current() or not h.client.alive:
+            if h.reopening is None:
+                h.reopening = asyncio.ensure_future(self._reopen(h))
+            try:
+                await asyncio.shield(h.reopening)
+            finally:
+                if h.reopening is not None and h.reopening.done():
+                    h.reopening = None
+
+    async def _reopen(self, h: _FileHandle) -> None:
+        client = self._source.current()
+        if h.writer is not None and (h.writer.error is not None or h.writer.inFlight):
+            # Writes the old connection never confirmed are lost: say so from now on.
+            h.error = errno.EIO
+        handle = await as_future(client.open(h.node.remote, h.flags))
+        log.info("reopened {path} after a reconnect", path=h.node.remote)
+        h.client = client
+        h.handle = handle
+        if h.reader is not None:
+            h.reader = ReadAhead(client, handle, window=self._readahead)
+        if h.writer is not None:
+            h.writer = PipelinedWriter(client, handle, self._write_behind)
+
+    def _file(self, fh: int) -> _FileHandle:
+        h = self._files.get(fh)
+        if h is None:
+            raise FUSEError(errno.EBADF)
+        return h
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._file(fh)
+        try:
+            client = h.client
+            if not client.alive or client is not self._source.current():
+                await self._ready(h)
+            reader = h.reader
+            if reader is None:
+                raise FUSEError(errno.EBADF)
+            data = reader.read(off, size)
+            if isinstance(data, Deferred):
+                return await as_future(data)
+            return data
+        except Exception as e:
+            raise _fuse_error(e) from None
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._file(fh)
+        try:
+            if h.error is not None:
+                raise FUSEError(h.error)
+            client = h.client
+            if not client.alive or client is not self._source.current():
+                await self._ready(h)
+                if h.error is not None:
+                    raise FUSEError(h.error)
+            writer = h.writer
+            if writer is None:
+                raise FUSEError(errno.EBADF)
+            node = h.node
+            node.expires = 0.0
+            h.wrote = True
+            if len(node.handles) > 1:
+                for other in node.handles:
+                    if other.reader is not None:
+                        other.reader.reset()
+            elif h.reader is not None:
+                h.reader.reset()
+            wait = writer.write(off, buf)
+            if wait is not None:
+                await as_future(wait)
+            return len(buf)
+        except Exception as e:
+            raise _fuse_error(e) from None
+
+    @_fuse_op()
+    async def flush(self, fh: int) -> None:
+        h = self._file(fh)
+        await self._drain(h)
+
+    async def _drain(self, h: _FileHandle) -> None:
+        if h.error is not None:
+            raise FUSEError(h.error)
+        if h.writer is not None:
+            await as_future(h.writer.flush())
+            if h.wrote:
+                h.node.expires = 0.0
+
+    @_fuse_op()
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._file(fh)
+        await self._drain(h)
+        if h.writer is not None:
+            await self._ready(h)
+            await as_future(h.client.fsync(h.handle))
+
+    @_fuse_op()
+    async def release(self, fh: int) -> None:
+        h = self._files.pop(fh, None)
+        if h is None:
+            return
+        node = h.node
+        node.handles.discard(h)
+        try:
+            await self._drain(h)
+        finally:
+            if h.client.alive:
+                h.client.close(h.handle).addErrback(
+                    lambda f: log.warn(
+                        "closing {path}: {error}", path=node.remote, error=f.getErrorMessage()
+                    )
+                )
+            if h.wrote:
+                node.expires = 0.0
+            if node.lookups <= 0:
+                self._maybe_drop(node)
+
+    # -- directories ---------------------------------------------------------------------------
+
+    @_fuse_op()
+    async def opendir(self, inode: int, ctx: Any = None) -> int:
+        node = None if inode == ROOT_INODE else self._node(inode)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = _DirHandle(node)
+        return fh
+
+    @_fuse_op()
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        dh = self._dirs.get(fh)
+        if dh is None:
+            raise FUSEError(errno.EBADF)
+        if dh.entries is None or start_id == 0:
+            dh.entries = await self._list(dh.node)
+        entries = dh.entries
+        for i in range(start_id, len(entries)):
+            name, what = entries[i]
+            if isinstance(what, _Node):  # a volume of the root
+                node = what
+                if node.vol.removed or node.entry is None:
+                    continue
+                entry = node.entry
+            else:
+                assert dh.node is not None
+                vol = dh.node.vol
+                if vol.removed:
+                    raise FUSEError(errno.ESTALE)
+                node = self._child(vol, self._join(dh.node, name))
+                entry = self._set_attrs(node, what)
+            if not pyfuse3.readdir_reply(token, name, entry, i + 1):
+                self._maybe_drop(node)
+                break
+            node.lookups += 1
+
+    async def _list(self, node: _Node | None) -> list[tuple[bytes, _Node | FileAttrs]]:
+        if node is None:
+            return [(v.bname, v.root) for v in self.volumes.values()]
+        listing: list[NameEntry] = await as_future(self._client().listdir(node.remote))
+        return [(e.filename, e.attrs) for e in listing]
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- the rest ------------------------------------------------------------------------------
+
+    @_fuse_op()
+    async def statfs(self, ctx: Any = None) -> StatvfsData:
+        client = self._client()
+        # pyfuse3 does not say which inode is asked about; any volume stands for the server.
+        path = next(iter(self.volumes.values())).path if self.volumes else b"/"
+        v = await as_future(client.statvfs(path))
+        s = StatvfsData()
+        s.f_bsize = v.bsize
+        s.f_frsize = v.frsize
+        s.f_blocks = v.blocks
+        s.f_bfree = v.bfree
+        s.f_bavail = v.bavail
+        s.f_files = v.files
+        s.f_ffree = v.ffree
+        s.f_favail = v.favail
+        s.f_namemax = v.namemax
+        return s
+
+    @_fuse_op()
+    async def access(self, inode: int, mode: int, ctx: Any = None) -> bool:
+        if mode & os.W_OK and (inode == ROOT_INODE or self._node(inode).vol.ro):
+            raise FUSEError(errno.EROFS)
+        return True
+
+    def release_all(self) -> None:
+        """Close every remote handle (at unmount)."""
+        for h in self._files.values():
+            if h.client.alive:
+                h.client.close(h.handle).addErrback(lambda f: None)
+        self._files.clear()
+        self._dirs.clear()
+
+
+async def _both(first: Deferred[Any], second: Deferred[Any]) -> tuple[Any, Any]:
+    """Wait for two pipelined requests; raise the first error (both are always consumed)."""
+    results = await as_future(defer.DeferredList([first, second], consumeErrors=True))
+    for ok, result in results:
+        if not ok:
+            result.raiseException()
+    return results[0][1], results[1][1]
+
+
+# -- the control socket ----------------------------------------------------------------------------
+
+
+class MountControl:
+    """I answer the plug-in's control requests for one mount helper."""
+
+    def __init__(
+        self,
+        fs: SFTPOperations,
+        source: ConnectionSource,
+        host: str,
+        port: int,
+        mountpoint: str,
+        on_shutdown: Callable[[], None],
+    ) -> None:
+        self.fs = fs
+        self.source = source
+        self.host = host
+        self.port = port
+        self.mountpoint = mountpoint
+        self._on_shutdown = on_shutdown
+
+    async def handle(self, request: object) -> dict[str, Any]:
+        if not isinstance(request, dict):
+            return _error("a request must be a JSON object")
+        op = request.get("op")
+        if op == "add":
+            name, path, ro = request.get("name"), request.get("path"), request.get("ro", False)
+            problem = _check_name(name) or _check_path(path)
+            if problem:
+                return _error(problem)
+            if not isinstance(ro, bool):
+                return _error('"ro" must be a boolean')
+            assert isinstance(name, str) and isinstance(path, str)
+            failed = await self.fs.add_volume(name, _normalise(path), ro)
+            return _error(failed) if failed else {"ok": True}
+        if op == "remove":
+            name = request.get("name")
+            if not isinstance(name, str):
+                return _error('"name" must be a string')
+            self.fs.remove_volume(name)
+            return {"ok": True}
+        if op == "status":
+            return {
+                "ok": True,
+                "pid": os.getpid(),
+                "host": self.host,
+                "port": self.port,
+                "mountpoint": self.mountpoint,
+                "connected": self.source.connected,
+                "volumes": {
+                    v.name: {"path": os.fsdecode(v.path), "ro": v.ro}
+                    for v in self.fs.volumes.values()
+                },
+                "since": self.source.since,
+            }
+        if op == "shutdown":
+            self._on_shutdown()
+            return {"ok": True}
+        return _error(f"unknown op {op!r}")
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": message}
+
+
+def _check_name(name: object) -> str | None:
+    if not isinstance(name, str) or not name:
+        return '"name" must be a non-empty string'
+    if "/" in name or "\0" in name or name in (".", "..") or len(name.encode()) > 255:
+        return f"invalid volume name {name!r}"
+    return None
+
+
+def _check_path(path: object) -> str | None:
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        return '"path" must be an absolute path'
+    return None
+
+
+def _normalise(path: str) -> str:
+    import posixpath
+
+    normal = posixpath.normpath(path)
+    return "/" if normal.startswith("//") and normal.strip("/") == "" else normal
+
+
+@implementer(IHalfCloseableProtocol)
+class ControlProtocol(LineOnlyReceiver):
+    """One control connection: a JSON request per line, a JSON answer per line, in order."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 16
+
+    def __init__(self, control: MountControl) -> None:
+        self._control = control
+        self._queue: Deferred[Any] = defer.succeed(None)
+
+    def lineReceived(self, line: bytes) -> None:
+        self._queue.addCallback(lambda _: Deferred.fromCoroutine(self._answer(line)))
+
+    async def _answer(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            request = json.loads(line)
+        except ValueError as e:
+            reply = _error(f"malformed JSON: {e}")
+        else:
+            try:
+                reply = await self._control.handle(request)
+            except Exception as e:
+                log.failure("control request {request!r} failed", request=request)
+                reply = _error(f"internal error: {e}")
+        if self.transport is not None:
+            self.sendLine(json.dumps(reply).encode())
+
+    def readConnectionLost(self) -> None:
+        # The client sent its last request (e.g. ``echo ... | socat``): answer, then close.
+        self._queue.addCallback(self._close)
+
+    def _close(self, _: object = None) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.sendLine(json.dumps(_error("request line too long")).encode())
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+class ControlFactory(Factory):
+    def __init__(self, control: MountControl) -> None:
+        self.control = control
+
+    def buildProtocol(self, addr: IAddress | None) -> TwistedProtocol:
+        return ControlProtocol(self.control)
+
+
+# -- the helper process -------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m telenet.sftpfs", description=__doc__.split("\n")[1])
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", required=True, type=int)
+    p.add_argument("--mountpoint", required=True)
+    p.add_argument("--control", required=True)
+    p.add_argument("--log-file")
+    p.add_argument("--timeout", type=float, default=10.0)
+    return p.parse_args(argv)
+
+
+def _say(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+class _StdlibToTwisted(logging.Handler):
+    """pyfuse3 logs through the standard library; send that to the Twisted log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.emit(
+            _LEVELS.get(record.levelno, _LEVELS[logging.INFO]),
+            "{logger}: {message}",
+            logger=record.name,
+            message=record.getMessage(),
+        )
+
+
+def _levels() -> dict[int, Any]:
+    from twisted.logger import LogLevel
+
+    return {
+        logging.DEBUG: LogLevel.debug,
+        logging.INFO: LogLevel.info,
+        logging.WARNING: LogLevel.warn,
+        logging.ERROR: LogLevel.error,
+        logging.CRITICAL: LogLevel.critical,
+    }
+
+
+_LEVELS = _levels()
+
+
+def _mount_dev(mountpoint: str) -> str | None:
+    """The "major:minor" of the mount at ``mountpoint``, from /proc (never stat a FUSE mount)."""
+    dev = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            for line in f:
+                fields = line.split(" ")
+                if len(fields) > 4 and fields[4] == mountpoint:
+                    dev = fields[2]  # the last one is the mount on top
+    except OSError:
+        pass
+    return dev
+
+
+def _tune_readahead(mountpoint: str) -> None:
+    """FUSE starts at 128 KiB of kernel read-ahead; more means fewer, bigger read requests."""
+    dev = _mount_dev(mountpoint)
+    if dev is None:
+        return
+    try:
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(KERNEL_READAHEAD_KB))
+    except OSError as e:
+        log.info("cannot raise read-ahead of {dev}: {error}", dev=dev, error=e)
+
+
+def _clear_stale_mount(mountpoint: str) -> None:
+    """A dead helper's mount makes the mount point unusable (ENOTCONN): detach it."""
+    import subprocess
+
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
+            subprocess.run(["fusermount3", "-uz", mountpoint], capture_output=True, check=False)
+
+
+def _label(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a mount helper (see the module docstring for the contract)."""
+    try:
+        os.setsid()  # outlive the plug-in that started us
+    except OSError:
+        pass  # already a session (or group) leader
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    label = _label(args.host, args.port)
+
+    from telenet.aio import install_asyncio_reactor
+
+    install_asyncio_reactor()
+    import pyfuse3.asyncio as pyfuse3_asyncio
+
+    pyfuse3_asyncio.enable()
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import HostnameEndpoint
+    from twisted.internet.interfaces import IReactorUNIX
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    from telenet.sftpclient import SFTPConnectionManager
+
+    log_out = open(args.log_file, "a", buffering=1) if args.log_file else sys.stderr  # noqa: SIM115
+    observer = FilteringLogObserver(
+        textFileLogObserver(log_out), [LogLevelFilterPredicate(LogLevel.info)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    stdlib = logging.getLogger()
+    stdlib.addHandler(_StdlibToTwisted())
+    stdlib.setLevel(logging.INFO)
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    timeout = args.timeout
+    manager = SFTPConnectionManager(
+        HostnameEndpoint(reactor, args.host, args.port, timeout=timeout),
+        reactor,
+        timeout=timeout,
+        keepalive=min(5.0, max(timeout / 2, 0.5)),
+        label=label,
+    )
+    fs = SFTPOperations(manager)
+    outcome = {"code": 0}
+    state: dict[str, Any] = {"main": None, "port": None}
+
+    def stop() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    def stop_soon() -> None:
+        reactor.callLater(0, stop)  # after the answer to "shutdown" is on its way
+
+    async def start() -> None:
+        manager.start()
+        try:
+            await as_future(manager.whenConnected(failAfterFailures=1).addTimeout(timeout, reactor))
+        except Exception as e:
+            reason = manager.lastError if isinstance(e, defer.TimeoutError) else str(e)
+            if isinstance(e, NotConnected):
+                reason = manager.lastError
+            _say({"error": f"cannot reach SFTP server at {label}: {reason}"})
+            outcome["code"] = 1
+            stop()
+            return
+        try:
+            _clear_stale_mount(mountpoint)
+            os.makedirs(mountpoint, exist_ok=True)
+            options = {
+                f"fsname=telemount:{label}",
+                "subtype=telemount",
+                "allow_other",
+                "noatime",
+            }
+            pyfuse3.init(fs, mountpoint, options)
+        except Exception as e:
+            _say({"error": f"cannot mount {mountpoint}: {e}"})
+            outcome["code"] = 1
+            stop()
+            return
+        _tune_readahead(mountpoint)
+        control = MountControl(fs, manager, args.host, args.port, mountpoint, stop_soon)
+        try:
+            if os.path.lexists(args.control):
+                os.unlink(args.control)
+            state["port"] = IReactorUNIX(reactor).listenUNIX(
+                args.control, ControlFactory(control), mode=0o600
+            )
+        except Exception as e:
+            pyfuse3.close(unmount=True)
+            _say({"error": f"cannot listen on {args.control}: {e}"})
+            outcome["code"] = 1
+            stop()
+            return
+        main_task = asyncio.ensure_future(pyfuse3.main())
+        state["main"] = main_task
+        main_task.add_done_callback(lambda t: stop())  # e.g. fusermount3 -u from outside
+        _say({"ready": True, "pid": os.getpid()})
+        sink = os.open(args.log_file or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.dup2(sink, 1)
+        os.dup2(sink, 2)
+        os.close(sink)
+        log.info("mounted {label} at {mountpoint}", label=label, mountpoint=mountpoint)
+
+    async def shutdown() -> None:
+        main_task: asyncio.Future[None] | None = state["main"]
+        if main_task is not None:
+            if not main_task.done():
+                pyfuse3.terminate()
+                try:
+                    await asyncio.wait_for(asyncio.shield(main_task), timeout + 5)
+                except Exception:
+                    log.warn("FUSE main loop did not end in time")
+            if main_task.done() and not main_task.cancelled() and main_task.exception():
+                log.failure("FUSE main loop failed", Failure(main_task.exception()))
+            fs.release_all()
+            pyfuse3.close(unmount=True)
+            log.info("unmounted {mountpoint}", mountpoint=mountpoint)
+        if state["port"] is not None:
+            await as_future(defer.maybeDeferred(state["port"].stopListening))
+            try:
+                os.unlink(args.control)
+            except FileNotFoundError:
+                pass
+        await as_future(manager.stop())
+
+    reactor.callWhenRunning(lambda: as_deferred(start()))
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: as_deferred(shutdown()))
+    reactor.run()
+    return outcome["code"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
