@@ -1,0 +1,457 @@
+# -*- test-case-name: tests.test_netlink -*-
+"""
+The daemon's link and route operations: ``INetlink`` and its pyroute2 implementation.
+
+The teleroute servicer needs a handful of netlink operations: the ``br-daemon`` bridge, veth
+pairs whose far end moves into the plug-in's network namespace, and the routes through the
+VIF (watched live). ``PyrouteNetlink`` runs them with pyroute2's ``AsyncIPRoute`` on the
+asyncio loop Twisted runs on, so nothing blocks the reactor and no thread is needed.
+``telenet.testing.MemoryNetlink`` is the fake; ``tests/test_netlink.py`` holds both to one
+contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from telenet.aio import as_deferred
+from telenet.netip import Address, Network
+from telenet.netip import Interface as IPInterface
+
+log = Logger()
+
+T = TypeVar("T")
+
+RouteCallback = Callable[[frozenset[Network]], None]
+
+_IFF_UP = 0x1
+_RT_TABLE_MAIN = 254
+_RTN_UNICAST = 1
+_EEXIST = 17
+_ENODEV = 19
+
+
+class NetlinkFailure(Exception):
+    """A netlink operation failed; the message says which and why."""
+
+
+class LinkNotFound(NetlinkFailure):
+    """The named link does not exist (in this network namespace)."""
+
+
+class AlreadyExists(NetlinkFailure):
+    """What was to be added (a link, an address, a route) exists already."""
+
+
+class LinkExists(AlreadyExists):
+    """A link of that name exists already."""
+
+
+@attrs.frozen
+class Link:
+    """What the daemon needs to know about one network interface."""
+
+    name: str
+    index: int
+    mac: str
+    kind: str | None
+    master: str | None
+    up: bool
+
+
+class IRouteWatch(Interface):
+    """A live watch of the routes through one interface."""
+
+    def stop() -> defer.Deferred[None]:
+        """Stop watching; the callback is not called after this fires."""
+
+
+class INetlink(Interface):
+    """
+    The link and route operations of the teleroute daemon, in one network namespace.
+
+    Every operation returns a Deferred; failures are ``NetlinkFailure`` (``LinkNotFound`` for
+    a missing link, ``LinkExists`` for a name already taken, ``AlreadyExists`` for an address
+    or route that is there already). Routes are the unicast routes of
+    the main table whose output interface is the given link, without default routes and
+    without IPv6 link-local or multicast ones: the subnets reachable *through* that link.
+    """
+
+    def ensure_bridge(name: str) -> defer.Deferred[Link]:
+        """
+        Make sure a bridge ``name`` exists and is up: create it, or take over one left by an
+        earlier run. Fails with ``LinkExists`` if a link of that name is not a bridge.
+        """
+
+    def create_veth(name: str, mac: str, peer: str, peer_mac: str) -> defer.Deferred[None]:
+        """Create a veth pair ``name``/``peer`` with the given MAC addresses, both down."""
+
+    def set_master(name: str, master: str) -> defer.Deferred[None]:
+        """Enslave link ``name`` to the bridge ``master``."""
+
+    def move_to_netns(name: str, pid: int) -> defer.Deferred[None]:
+        """Move link ``name`` into the network namespace of process ``pid``."""
+
+    def set_up(name: str) -> defer.Deferred[None]:
+        """Set link ``name`` administratively up."""
+
+    def delete_link(name: str) -> defer.Deferred[None]:
+        """Delete link ``name`` (for a veth, the pair)."""
+
+    def get_link(name: str) -> defer.Deferred[Link | None]:
+        """The link called ``name``, or None."""
+
+    def links() -> defer.Deferred[list[Link]]:
+        """Every link, in index order."""
+
+    def add_address(name: str, address: IPInterface) -> defer.Deferred[None]:
+        """Add an address with its prefix length to link ``name``."""
+
+    def addresses(name: str) -> defer.Deferred[list[IPInterface]]:
+        """The addresses of link ``name`` (empty when it does not exist)."""
+
+    def add_route(dst: Network, name: str,
+                  gateway: Address | None = None) -> defer.Deferred[None]:
+        """Add a route to ``dst`` through link ``name``, optionally via ``gateway``."""
+
+    def delete_route(dst: Network, name: str) -> defer.Deferred[None]:
+        """Delete the route to ``dst`` through link ``name``."""
+
+    def routes(name: str) -> defer.Deferred[frozenset[Network]]:
+        """The subnets routed through link ``name`` (empty when it does not exist)."""
+
+    def watch_routes(name: str, callback: RouteCallback) -> defer.Deferred[IRouteWatch]:
+        """
+        Watch the subnets routed through link ``name``, which need not exist yet.
+
+        ``callback`` gets the full set once with the current routes before the Deferred
+        fires, then again each time it changes (link created or deleted, addresses or
+        routes added or removed).
+        """
+
+    def close() -> defer.Deferred[None]:
+        """Release sockets; running watches stop."""
+
+
+def include_route(dst: Network) -> bool:
+    """Whether a route to ``dst`` names a subnet worth routing to (see ``INetlink``)."""
+    if dst.prefixlen == 0:
+        return False
+    if isinstance(dst, ipaddress.IPv6Network) and (dst.is_link_local or dst.is_multicast):
+        return False
+    return not dst.is_multicast
+
+
+@implementer(IRouteWatch)
+class _PyrouteWatch:
+    def __init__(self, tasks: list[asyncio.Task[None]], closer: Callable[[], None]) -> None:
+        self._tasks = tasks
+        self._closer = closer
+
+    def stop(self) -> defer.Deferred[None]:
+        for task in self._tasks:
+            task.cancel()
+        self._closer()
+        return defer.succeed(None)
+
+
+@implementer(INetlink)
+class PyrouteNetlink:
+    """
+    ``INetlink`` on pyroute2's ``AsyncIPRoute``, on the asyncio loop of Twisted's reactor.
+
+    ``netns`` names a network namespace to work in (it must exist; tests use a scratch one);
+    by default the daemon's own. Requires the asyncio reactor.
+    """
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._ipr: Any = None
+        self._watches: set[_PyrouteWatch] = set()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _socket(self) -> Any:
+        from pyroute2 import AsyncIPRoute
+
+        if self.netns is None:
+            return AsyncIPRoute()
+        # flags=0: a missing namespace is an error, not silently created.
+        return AsyncIPRoute(netns=self.netns, flags=0)
+
+    async def _conn(self) -> Any:
+        if self._ipr is None:
+            self._ipr = self._socket()
+        return self._ipr
+
+    def _run(self, what: str, coro: Coroutine[Any, Any, T],
+             exists: type[AlreadyExists] = AlreadyExists) -> defer.Deferred[T]:
+        async def guarded() -> T:
+            from pyroute2.netlink.exceptions import NetlinkError
+
+            try:
+                return await coro
+            except NetlinkError as e:
+                if e.code == _EEXIST:
+                    raise exists(f"{what}: {e.args[1] if len(e.args) > 1 else e}") from e
+                if e.code == _ENODEV:
+                    raise LinkNotFound(f"{what}: no such link") from e
+                raise NetlinkFailure(f"{what}: {e}") from e
+            except NetlinkFailure:
+                raise
+            except OSError as e:
+                raise NetlinkFailure(f"{what}: {e}") from e
+
+        return as_deferred(guarded())
+
+    async def _index(self, name: str) -> int:
+        ipr = await self._conn()
+        found = await ipr.link_lookup(ifname=name)
+        if not found:
+            raise LinkNotFound(f"no link named {name!r}")
+        return int(found[0])
+
+    async def _find(self, name: str, ipr: Any = None) -> Any | None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        if ipr is None:
+            ipr = await self._conn()
+        try:
+            msgs = await ipr.link("get", ifname=name)
+        except NetlinkError as e:
+            if e.code == _ENODEV:
+                return None
+            raise
+        return msgs[0] if msgs else None
+
+    async def _names(self) -> dict[int, str]:
+        ipr = await self._conn()
+        return {m["index"]: m.get("ifname") async for m in await ipr.link("dump")}
+
+    @staticmethod
+    def _link(msg: Any, names: dict[int, str]) -> Link:
+        master = msg.get("master")
+        return Link(name=msg.get("ifname"), index=msg["index"], mac=msg.get("address") or "",
+                    kind=msg.get(("linkinfo", "kind")),
+                    master=names.get(master) if master else None,
+                    up=bool(msg["flags"] & _IFF_UP))
+
+    # -- links ----------------------------------------------------------------------------
+
+    def ensure_bridge(self, name: str) -> defer.Deferred[Link]:
+        async def go() -> Link:
+            ipr = await self._conn()
+            msg = await self._find(name)
+            if msg is None:
+                await ipr.link("add", ifname=name, kind="bridge")
+                log.info("Created bridge {bridge}", bridge=name)
+            elif msg.get(("linkinfo", "kind")) != "bridge":
+                raise LinkExists(f"link {name!r} exists and is not a bridge")
+            else:
+                log.info("Taking over bridge {bridge} left by an earlier run", bridge=name)
+            await ipr.link("set", ifname=name, state="up")
+            msg = await self._find(name)
+            if msg is None:
+                raise LinkNotFound(f"bridge {name!r} vanished while being set up")
+            return self._link(msg, await self._names())
+
+        return self._run(f"ensure bridge {name}", go(), LinkExists)
+
+    def create_veth(self, name: str, mac: str, peer: str, peer_mac: str) -> defer.Deferred[None]:
+        async def go() -> None:
+            ipr = await self._conn()
+            await ipr.link("add", ifname=name, kind="veth", address=mac,
+                           peer={"ifname": peer, "address": peer_mac})
+
+        return self._run(f"create veth {name}/{peer}", go(), LinkExists)
+
+    def set_master(self, name: str, master: str) -> defer.Deferred[None]:
+        async def go() -> None:
+            ipr = await self._conn()
+            master_index = await self._index(master)
+            await ipr.link("set", index=await self._index(name), master=master_index)
+
+        return self._run(f"set master of {name} to {master}", go())
+
+    def move_to_netns(self, name: str, pid: int) -> defer.Deferred[None]:
+        async def go() -> None:
+            ipr = await self._conn()
+            await ipr.link("set", index=await self._index(name), net_ns_pid=pid)
+
+        return self._run(f"move {name} to the netns of pid {pid}", go())
+
+    def set_up(self, name: str) -> defer.Deferred[None]:
+        async def go() -> None:
+            ipr = await self._conn()
+            await ipr.link("set", index=await self._index(name), state="up")
+
+        return self._run(f"set {name} up", go())
+
+    def delete_link(self, name: str) -> defer.Deferred[None]:
+        async def go() -> None:
+            ipr = await self._conn()
+            await ipr.link("del", index=await self._index(name))
+
+        return self._run(f"delete {name}", go())
+
+    def get_link(self, name: str) -> defer.Deferred[Link | None]:
+        async def go() -> Link | None:
+            msg = await self._find(name)
+            return None if msg is None else self._link(msg, await self._names())
+
+        return self._run(f"look up {name}", go())
+
+    def links(self) -> defer.Deferred[list[Link]]:
+        async def go() -> list[Link]:
+            ipr = await self._conn()
+            msgs = [m async for m in await ipr.link("dump")]
+            names = {m["index"]: m.get("ifname") for m in msgs}
+            return sorted((self._link(m, names) for m in msgs), key=lambda link: link.index)
+
+        return self._run("list links", go())
+
+    # -- addresses and routes -------------------------------------------------------------
+
+    def add_address(self, name: str, address: IPInterface) -> defer.Deferred[None]:
+        async def go() -> None:
+            ipr = await self._conn()
+            await ipr.addr("add", index=await self._index(name), address=str(address.ip),
+                           prefixlen=address.network.prefixlen)
+
+        return self._run(f"add {address} to {name}", go())
+
+    def addresses(self, name: str) -> defer.Deferred[list[IPInterface]]:
+        async def go() -> list[IPInterface]:
+            msg = await self._find(name)
+            if msg is None:
+                return []
+            ipr = await self._conn()
+            return [ipaddress.ip_interface((m.get("address"), m["prefixlen"]))
+                    async for m in await ipr.addr("dump", index=msg["index"])]
+
+        return self._run(f"list addresses of {name}", go())
+
+    def add_route(self, dst: Network, name: str,
+                  gateway: Address | None = None) -> defer.Deferred[None]:
+        async def go() -> None:
+            ipr = await self._conn()
+            spec: dict[str, Any] = {"dst": str(dst), "oif": await self._index(name)}
+            if gateway is not None:
+                spec["gateway"] = str(gateway)
+            await ipr.route("add", **spec)
+
+        return self._run(f"add route {dst} dev {name}", go())
+
+    def delete_route(self, dst: Network, name: str) -> defer.Deferred[None]:
+        async def go() -> None:
+            ipr = await self._conn()
+            await ipr.route("del", dst=str(dst), oif=await self._index(name))
+
+        return self._run(f"delete route {dst} dev {name}", go())
+
+    async def _routes(self, ipr: Any, name: str) -> frozenset[Network]:
+        msg = await self._find(name, ipr)
+        if msg is None:
+            return frozenset()
+        index = msg["index"]
+        found: set[Network] = set()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            async for r in await ipr.route("dump", family=family):
+                if (r.get("oif") != index or r.get("table") != _RT_TABLE_MAIN
+                        or r["type"] != _RTN_UNICAST or r.get("dst") is None):
+                    continue
+                dst = ipaddress.ip_network((r.get("dst"), r["dst_len"]), strict=False)
+                if include_route(dst):
+                    found.add(dst)
+        return frozenset(found)
+
+    def routes(self, name: str) -> defer.Deferred[frozenset[Network]]:
+        async def go() -> frozenset[Network]:
+            return await self._routes(await self._conn(), name)
+
+        return self._run(f"list routes through {name}", go())
+
+    def watch_routes(self, name: str, callback: RouteCallback) -> defer.Deferred[IRouteWatch]:
+        async def go() -> IRouteWatch:
+            from pyroute2.netlink.rtnl import (
+                RTMGRP_IPV4_IFADDR,
+                RTMGRP_IPV4_ROUTE,
+                RTMGRP_IPV6_IFADDR,
+                RTMGRP_IPV6_ROUTE,
+                RTMGRP_LINK,
+            )
+
+            events = self._socket()
+            await events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+                              | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+            dirty = asyncio.Event()
+            # A connection of its own for dumps: the bound one only carries events.
+            ipr = self._socket()
+            current = await self._routes(ipr, name)
+            _safe_call(callback, current, name)
+
+            async def read() -> None:
+                # The kernel drops IPv4 routes silently when a link goes down, so any
+                # link, address or route event means "look again".
+                while True:
+                    async for _ in events.get():
+                        pass
+                    dirty.set()
+
+            async def refresh() -> None:
+                nonlocal current
+                while True:
+                    await dirty.wait()
+                    dirty.clear()
+                    try:
+                        fresh = await self._routes(ipr, name)
+                    except Exception:
+                        log.failure("Could not list the routes through {link}", link=name)
+                        continue
+                    if fresh != current:
+                        current = fresh
+                        _safe_call(callback, fresh, name)
+
+            tasks = [asyncio.ensure_future(read()), asyncio.ensure_future(refresh())]
+            for task in tasks:
+                task.add_done_callback(_log_task_end)
+
+            def closer() -> None:
+                events.close()
+                ipr.close()
+                self._watches.discard(watch)
+
+            watch = _PyrouteWatch(tasks, closer)
+            self._watches.add(watch)
+            return watch
+
+        return self._run(f"watch routes through {name}", go())
+
+    def close(self) -> defer.Deferred[None]:
+        for watch in list(self._watches):
+            watch.stop()
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        return defer.succeed(None)
+
+
+def _safe_call(callback: RouteCallback, routes: frozenset[Network], name: str) -> None:
+    try:
+        callback(routes)
+    except Exception:
+        log.failure("Route watch callback for {link} failed", link=name)
+
+
+def _log_task_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("Route watch stopped: {error!r}", error=task.exception())
