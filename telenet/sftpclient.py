@@ -57,6 +57,8 @@ T = TypeVar("T")
 
 #: OpenSSH's sftp-server answers at most 256 KiB - 1 KiB per READ; ask for no more.
 MAX_CHUNK = 255 * 1024
+#: Bytes read from the socket per reactor iteration.
+RECV_SIZE = 1 << 18
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_KEEPALIVE = 5.0
 
@@ -174,6 +176,9 @@ class SFTPStatusError(ft.SFTPError):
 
 class ConnectionDead(ConnectionLost):
     """The connection stopped answering (a request or keepalive passed its deadline)."""
+
+    def __str__(self) -> str:
+        return " ".join(str(a) for a in self.args) or "SFTP connection declared dead"
 
 
 class NotConnected(ConnectionError):
@@ -318,6 +323,9 @@ class SFTPClient(ft.FileTransferClient):
         if ITCPTransport.providedBy(transport):
             # Without it every small request waits for a delayed ACK (~40 ms).
             transport.setTcpNoDelay(True)
+        if transport is not None and hasattr(transport, "bufferSize"):
+            # Twisted reads 64 KiB per loop iteration; READ answers come 255 KiB at a time.
+            transport.bufferSize = RECV_SIZE
         self._lastReceived = self._clock.seconds()
         super().connectionMade()
         # VERSION has the same deadline as any request.
@@ -325,10 +333,11 @@ class SFTPClient(ft.FileTransferClient):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
+        # After an abort, its own reason says more than "aborted".
+        cause = self._dead or reason
         lost = ConnectionLost(f"SFTP connection lost: {reason.getErrorMessage()}")
         lost.__cause__ = reason.value
         self._fail(lost, abort=False)
-        cause = self._dead or reason  # an abort's own reason says more than "aborted"
         observers, self.lostObservers = self.lostObservers, []
         for observer in observers:
             try:
@@ -925,6 +934,8 @@ def defaultRetryPolicy(attempt: int) -> float:
 
 
 class _ClientFactory(Factory):
+    noisy = False
+
     def __init__(self, build: Callable[[], SFTPClient]) -> None:
         self._build = build
 

@@ -266,6 +266,12 @@ class SFTPOperations(pyfuse3.Operations):
         self._dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
         self._root_mtime_ns = time.time_ns()
+        #: Called once the kernel's INIT is answered (the mount is live).
+        self.on_init: Callable[[], None] | None = None
+
+    def init(self) -> None:
+        if self.on_init is not None:
+            self.on_init()
 
     # -- the inode table -----------------------------------------------------------------------
 
@@ -1072,6 +1078,8 @@ class ControlProtocol(LineOnlyReceiver):
 
 
 class ControlFactory(Factory):
+    noisy = False
+
     def __init__(self, control: MountControl) -> None:
         self.control = control
 
@@ -1183,6 +1191,7 @@ def main(argv: list[str] | None = None) -> int:
     pyfuse3_asyncio.enable()
     from twisted.internet import reactor
     from twisted.internet.endpoints import HostnameEndpoint
+    from twisted.internet.error import ReactorNotRunning
     from twisted.internet.interfaces import IReactorUNIX
     from twisted.logger import (
         FilteringLogObserver,
@@ -1217,8 +1226,10 @@ def main(argv: list[str] | None = None) -> int:
     state: dict[str, Any] = {"main": None, "port": None}
 
     def stop() -> None:
-        if reactor.running:
+        try:
             reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping
 
     def stop_soon() -> None:
         reactor.callLater(0, stop)  # after the answer to "shutdown" is on its way
@@ -1250,7 +1261,11 @@ def main(argv: list[str] | None = None) -> int:
             outcome["code"] = 1
             stop()
             return
-        _tune_readahead(mountpoint)
+        # The kernel sets the mount's read-ahead when it gets the answer to INIT: after that.
+        def initialised() -> None:
+            reactor.callLater(0, _tune_readahead, mountpoint)
+
+        fs.on_init = initialised
         control = MountControl(fs, manager, args.host, args.port, mountpoint, stop_soon)
         try:
             if os.path.lexists(args.control):
