@@ -243,6 +243,7 @@ class SFTPOperations(pyfuse3.Operations):
         *,
         now: Callable[[], float] = time.monotonic,
         invalidate: Callable[[int, bytes], None] = _invalidate_entry,
+        readdir_reply: Callable[[Any, bytes, EntryAttributes, int], bool] = pyfuse3.readdir_reply,
         entry_timeout: float = ENTRY_TIMEOUT,
         attr_timeout: float = ATTR_TIMEOUT,
         readahead: int = READAHEAD_WINDOW,
@@ -252,6 +253,7 @@ class SFTPOperations(pyfuse3.Operations):
         self._source = source
         self._now = now
         self._invalidate = invalidate
+        self._readdir_reply = readdir_reply
         self.entry_timeout = entry_timeout
         self.attr_timeout = attr_timeout
         self._readahead = readahead
@@ -885,7 +887,7 @@ class SFTPOperations(pyfuse3.Operations):
                     raise FUSEError(errno.ESTALE)
                 node = self._child(vol, self._join(dh.node, name))
                 entry = self._set_attrs(node, what)
-            if not pyfuse3.readdir_reply(token, name, entry, i + 1):
+            if not self._readdir_reply(token, name, entry, i + 1):
                 self._maybe_drop(node)
                 break
             node.lookups += 1
@@ -1261,6 +1263,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome["code"] = 1
             stop()
             return
+
         # The kernel sets the mount's read-ahead when it gets the answer to INIT: after that.
         def initialised() -> None:
             reactor.callLater(0, _tune_readahead, mountpoint)
