@@ -1,0 +1,204 @@
+# -*- test-case-name: tests.test_vif -*-
+"""
+The daemon's view of the remote network (contracts §5): the "VIF".
+
+telenet has no traffic manager: the remote network is whatever the daemon container reaches
+through one interface (``--vif IFACE``), plus subnets named with ``--subnet``. ``RouteTable``
+holds the routed subnets, learning the VIF's kernel routes live over netlink (the interface
+may appear later, when the container is connected to that network). ``Forwarding`` turns on
+IP forwarding and masquerades traffic leaving through the VIF, so the far side needs no route
+back to the teleroute network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from telenet.netip import Network
+from telenet.netlink import INetlink, IRouteWatch
+
+log = Logger()
+
+NFT_TABLE = "telenet"
+Runner = Callable[[str, list[str]], "defer.Deferred[tuple[bytes, bytes, int]]"]
+
+
+def process_runner(reactor: Any) -> Runner:
+    """Run ``executable`` with ``args`` (a list, no shell): Deferred of (out, err, code)."""
+    from twisted.internet import utils
+
+    def run(executable: str, args: list[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:
+        return utils.getProcessOutputAndValue(executable, args, env=dict(os.environ),
+                                              reactor=reactor)
+
+    return run
+
+
+class RouteTable:
+    """
+    I know the subnets the daemon routes: the ``static`` ones and those of the kernel routes
+    through the VIF, kept current by ``VifRouteService``. ``current()`` is what Join gives.
+    """
+
+    def __init__(self, static: Iterable[Network] = ()) -> None:
+        self.static = frozenset(static)
+        self.learned: frozenset[Network] = frozenset()
+        self._listeners: list[Callable[[list[Network]], None]] = []
+
+    def current(self) -> list[Network]:
+        """Every routed subnet, IPv4 first, each once."""
+        return sorted(self.static | self.learned, key=lambda n: (n.version, n))
+
+    def update(self, learned: frozenset[Network]) -> None:
+        """Replace the subnets learned from the VIF."""
+        if learned == self.learned:
+            return
+        added, gone = learned - self.learned, self.learned - learned
+        self.learned = learned
+        log.info("VIF routes changed: added {added}, removed {removed}; now {routes}",
+                 added=[str(n) for n in sorted(added, key=str)],
+                 removed=[str(n) for n in sorted(gone, key=str)],
+                 routes=[str(n) for n in self.current()])
+        for listener in self._listeners:
+            listener(self.current())
+
+    def subscribe(self, listener: Callable[[list[Network]], None]) -> None:
+        self._listeners.append(listener)
+
+
+class VifRouteService(service.Service):
+    """Watches the routes through the VIF while running and feeds them to a ``RouteTable``."""
+
+    def __init__(self, netlink: INetlink, vif: str, table: RouteTable) -> None:
+        self.netlink = netlink
+        self.vif = vif
+        self.table = table
+        self._watch: defer.Deferred[IRouteWatch] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._watch = self.netlink.watch_routes(self.vif, self.table.update)
+        self._watch.addCallback(self._started)
+        self._watch.addErrback(lambda f: log.failure(
+            "Cannot watch the routes through {vif}", f, vif=self.vif))
+
+    def _started(self, watch: IRouteWatch) -> IRouteWatch:
+        log.info("Watching routes through {vif}: {routes}", vif=self.vif,
+                 routes=[str(n) for n in self.table.learned])
+        return watch
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        watching, self._watch = self._watch, None
+        if watching is None:
+            return defer.succeed(None)
+
+        def stop(watch: IRouteWatch | None) -> defer.Deferred[None] | None:
+            return watch.stop() if watch is not None else None
+
+        return watching.addCallback(stop)
+
+
+class Forwarding(service.Service):
+    """
+    While running: IP forwarding on, and traffic leaving through the VIF masqueraded.
+
+    Masquerading uses an nftables table of its own (``inet telenet``, deleted on stop) when
+    ``nft`` is installed, else iptables/ip6tables rules (removed on stop). Failures are logged,
+    not fatal: the daemon still serves DNS and the control API, and the container's
+    ``--sysctl net.ipv4.ip_forward=1`` may already have done half the job.
+    """
+
+    def __init__(self, vif: str, run: Runner, sysctl_root: str = "/proc/sys",
+                 which: Callable[[str], str | None] = shutil.which) -> None:
+        self.vif = vif
+        self.run = run
+        self.sysctl_root = sysctl_root
+        self.which = which
+        self.tool: str | None = None
+        self.ready: defer.Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._sysctls()
+        self.ready = defer.Deferred.fromCoroutine(self._masquerade())
+        self.ready.addErrback(lambda f: log.failure("Masquerading toward {vif} failed", f,
+                                                    vif=self.vif))
+
+    def _sysctls(self) -> None:
+        for key in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
+            path = os.path.join(self.sysctl_root, key)
+            try:
+                with open(path) as f:
+                    if f.read().strip() == "1":
+                        continue
+                with open(path, "w") as f:
+                    f.write("1\n")
+                log.info("Enabled {sysctl}", sysctl=key.replace("/", "."))
+            except OSError as e:
+                log.warn("Cannot enable {sysctl} ({error}); run the container with "
+                         "--sysctl {name}=1", sysctl=key, error=e.strerror or str(e),
+                         name=key.replace("/", "."))
+
+    async def _call(self, tool: str, args: list[str], check: bool = True) -> bool:
+        out, err, code = await self.run(tool, args)
+        if code != 0 and check:
+            raise RuntimeError(f"{os.path.basename(tool)} {' '.join(args)} exited {code}: "
+                               f"{err.decode(errors='replace').strip()}")
+        return code == 0
+
+    async def _masquerade(self) -> None:
+        nft = self.which("nft")
+        if nft is not None:
+            self.tool = nft
+            # A table left by an earlier run would double the rule: replace it.
+            await self._call(nft, ["delete", "table", "inet", NFT_TABLE], check=False)
+            await self._call(nft, ["add", "table", "inet", NFT_TABLE])
+            await self._call(nft, ["add", "chain", "inet", NFT_TABLE, "postrouting", "{",
+                                   "type", "nat", "hook", "postrouting", "priority", "100",
+                                   ";", "policy", "accept", ";", "}"])
+            await self._call(nft, ["add", "rule", "inet", NFT_TABLE, "postrouting",
+                                   "oifname", self.vif, "masquerade"])
+            log.info("Masquerading traffic out of {vif} (nftables table inet {table})",
+                     vif=self.vif, table=NFT_TABLE)
+            return
+        tools = [t for t in (self.which("iptables"), self.which("ip6tables")) if t]
+        if not tools:
+            raise RuntimeError("neither nft nor iptables is installed")
+        self.tool = tools[0]
+        for tool in tools:
+            rule = self._iptables_rule()
+            if not await self._call(tool, ["-t", "nat", "-C", *rule], check=False):
+                await self._call(tool, ["-t", "nat", "-A", *rule], check=tool == tools[0])
+        log.info("Masquerading traffic out of {vif} (iptables)", vif=self.vif)
+
+    def _iptables_rule(self) -> list[str]:
+        return ["POSTROUTING", "-o", self.vif, "-j", "MASQUERADE"]
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.Deferred.fromCoroutine(self._unmasquerade())
+
+    async def _unmasquerade(self) -> None:
+        if self.ready is not None and not self.ready.called:
+            await self.ready
+        tool, self.tool = self.tool, None
+        if tool is None:
+            return
+        try:
+            if os.path.basename(tool) == "nft":
+                await self._call(tool, ["delete", "table", "inet", NFT_TABLE], check=False)
+                return
+            for t in (self.which("iptables"), self.which("ip6tables")):
+                if t:
+                    await self._call(t, ["-t", "nat", "-D", *self._iptables_rule()],
+                                     check=False)
+        except Exception:
+            log.failure("Could not remove the masquerade rules")

@@ -1,0 +1,163 @@
+"""Routes from the VIF (learned live) and forwarding + masquerade toward it."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import subprocess
+import uuid
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, utils
+
+from telenet.netip import Network
+from telenet.testing import MemoryNetlink
+from telenet.vif import Forwarding, RouteTable, VifRouteService
+from tests.conftest import require
+from tests.helpers import result_of
+
+N = ipaddress.ip_network
+I = ipaddress.ip_interface  # noqa: E741
+
+
+def test_route_table_merges_static_and_learned() -> None:
+    """current() is the static subnets plus learned ones, IPv4 first, each once."""
+    table = RouteTable([N("10.96.0.0/12"), N("fd00::/64")])
+    heard: list[list[Network]] = []
+    table.subscribe(heard.append)
+    table.update(frozenset({N("10.96.0.0/12"), N("172.19.0.0/16")}))
+    assert table.current() == [N("10.96.0.0/12"), N("172.19.0.0/16"), N("fd00::/64")]
+    assert heard == [table.current()]
+    table.update(frozenset({N("10.96.0.0/12"), N("172.19.0.0/16")}))
+    assert len(heard) == 1, "an unchanged set is not announced again"
+
+
+def test_vif_service_learns_routes_live() -> None:
+    """The service learns the VIF's routes, even when the VIF appears after it started."""
+    nl = MemoryNetlink()
+    table = RouteTable([N("10.200.0.0/16")])
+    svc = VifRouteService(nl, "eth1", table)
+    svc.startService()
+    assert table.current() == [N("10.200.0.0/16")]
+    result_of(nl.create_veth("eth1", "02:00:00:00:00:01", "tnt-far", "02:00:00:00:00:02"))
+    result_of(nl.set_up("eth1"))
+    result_of(nl.add_address("eth1", I("172.19.0.3/16")))
+    result_of(nl.add_route(N("10.96.0.0/12"), "eth1", ipaddress.ip_address("172.19.0.1")))
+    assert table.current() == [N("10.96.0.0/12"), N("10.200.0.0/16"), N("172.19.0.0/16")]
+    result_of(nl.delete_route(N("10.96.0.0/12"), "eth1"))
+    assert N("10.96.0.0/12") not in table.current()
+    result_of(svc.stopService())
+    result_of(nl.add_route(N("10.97.0.0/16"), "eth1"))
+    assert N("10.97.0.0/16") not in table.current(), "no updates after stop"
+
+
+class FakeRunner:
+    """Records each command; answers from ``codes`` (by first argument) or 0."""
+
+    def __init__(self, codes: dict[tuple[str, ...], int] | None = None) -> None:
+        self.commands: list[list[str]] = []
+        self.codes = codes or {}
+
+    def __call__(self, executable: str, args: list[str]) -> defer.Deferred[Any]:
+        argv = [os.path.basename(executable), *args]
+        self.commands.append(argv)
+        code = next((c for prefix, c in self.codes.items()
+                     if tuple(argv[:len(prefix)]) == prefix), 0)
+        return defer.succeed((b"", b"boom" if code else b"", code))
+
+
+def _sysctl_root(tmp_path: Any, v4: str = "0", v6: str = "0") -> str:
+    root = tmp_path / "sys"
+    (root / "net/ipv4").mkdir(parents=True)
+    (root / "net/ipv6/conf/all").mkdir(parents=True)
+    (root / "net/ipv4/ip_forward").write_text(v4 + "\n")
+    (root / "net/ipv6/conf/all/forwarding").write_text(v6 + "\n")
+    return str(root)
+
+
+def test_forwarding_with_nft(tmp_path: Any) -> None:
+    """With nft: sysctls on, a table of our own with one masquerade rule, deleted on stop."""
+    root = _sysctl_root(tmp_path)
+    run = FakeRunner({("nft", "delete"): 1})
+    fwd = Forwarding("eth1", run, sysctl_root=root, which=lambda t: f"/usr/sbin/{t}")
+    fwd.startService()
+    result_of(fwd.ready)  # type: ignore[arg-type]
+    assert open(os.path.join(root, "net/ipv4/ip_forward")).read().strip() == "1"
+    assert open(os.path.join(root, "net/ipv6/conf/all/forwarding")).read().strip() == "1"
+    assert run.commands == [
+        ["nft", "delete", "table", "inet", "telenet"],
+        ["nft", "add", "table", "inet", "telenet"],
+        ["nft", "add", "chain", "inet", "telenet", "postrouting", "{", "type", "nat", "hook",
+         "postrouting", "priority", "100", ";", "policy", "accept", ";", "}"],
+        ["nft", "add", "rule", "inet", "telenet", "postrouting", "oifname", "eth1",
+         "masquerade"],
+    ]
+    run.commands.clear()
+    result_of(fwd.stopService())
+    assert run.commands == [["nft", "delete", "table", "inet", "telenet"]]
+
+
+def test_forwarding_with_iptables(tmp_path: Any) -> None:
+    """Without nft: an iptables and ip6tables MASQUERADE rule, added once, removed on stop."""
+    run = FakeRunner({("iptables", "-t", "nat", "-C"): 1, ("ip6tables", "-t", "nat", "-C"): 0})
+    tools = {"iptables": "/usr/sbin/iptables", "ip6tables": "/usr/sbin/ip6tables"}
+    fwd = Forwarding("eth1", run, sysctl_root=_sysctl_root(tmp_path, "1", "1"),
+                     which=tools.get)
+    fwd.startService()
+    result_of(fwd.ready)  # type: ignore[arg-type]
+    rule = ["POSTROUTING", "-o", "eth1", "-j", "MASQUERADE"]
+    assert run.commands == [
+        ["iptables", "-t", "nat", "-C", *rule],
+        ["iptables", "-t", "nat", "-A", *rule],
+        ["ip6tables", "-t", "nat", "-C", *rule],  # there already: not added twice
+    ]
+    run.commands.clear()
+    result_of(fwd.stopService())
+    assert run.commands == [["iptables", "-t", "nat", "-D", *rule],
+                            ["ip6tables", "-t", "nat", "-D", *rule]]
+
+
+def test_forwarding_failures_are_not_fatal(tmp_path: Any) -> None:
+    """Read-only sysctls and no firewall tool are logged; start and stop still complete."""
+    fwd = Forwarding("eth1", FakeRunner(), sysctl_root=str(tmp_path / "missing"),
+                     which=lambda t: None)
+    fwd.startService()
+    assert fwd.ready is not None and result_of(fwd.ready) is None
+    assert fwd.tool is None
+    result_of(fwd.stopService())
+
+
+@pytest.mark.e2e
+@pytest_twisted.ensureDeferred
+async def test_forwarding_real_nft_in_scratch_netns(tmp_path: Any) -> None:
+    """Against real nftables in a scratch netns: the masquerade rule is there, then gone."""
+    require(os.geteuid() == 0, "nftables needs root")
+    require(shutil.which("nft") is not None and shutil.which("ip") is not None,
+            "nft and ip must be installed")
+    from twisted.internet import reactor
+
+    ns = f"tntest-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        def in_ns(executable: str, args: list[str]) -> defer.Deferred[Any]:
+            return utils.getProcessOutputAndValue(
+                shutil.which("ip") or "ip", ["netns", "exec", ns, executable, *args],
+                reactor=reactor)
+
+        fwd = Forwarding("tntvif0", in_ns, sysctl_root=_sysctl_root(tmp_path))
+        fwd.startService()
+        await fwd.ready  # type: ignore[misc]
+        assert fwd.tool is not None
+
+        def listing() -> str:
+            return subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "ruleset"],
+                                  capture_output=True, text=True).stdout
+
+        assert 'oifname "tntvif0" masquerade' in listing()
+        await fwd.stopService()
+        assert "telenet" not in listing()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
