@@ -7,3 +7,8 @@ telemount = ServiceMaker(
 sftpAgent = ServiceMaker(
     "telenet sftp-agent", "telenet.agent", "Raw SFTP server exporting a directory", "sftp-agent"
 )
+telepresenceDaemon = ServiceMaker(
+    "telenet telepresence-daemon", "telenet.daemon",
+    "Telepresence daemon side of teleroute: veth pairs, VIF routes, DNS, control API",
+    "telepresence-daemon"
+)
