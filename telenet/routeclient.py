@@ -1,0 +1,225 @@
+# -*- test-case-name: tests.test_routeplugin -*-
+"""
+The teleroute plug-in's view of a daemon: ``ITelerouteClient`` and its gRPC implementation.
+
+The network plug-in talks to the daemon's ``telepresence.teleroute.Teleroute`` service. The
+driver logic in ``routeplugin`` sees only ``ITelerouteClient`` (Deferreds in, ``TelerouteError``
+out), so it runs in unit tests against ``telenet.routetesting.MemoryTeleroute`` with no sockets.
+``GrpcTelerouteClient`` is the real one, on ``grpc.aio``; it needs Twisted's asyncio reactor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from telenet.aio import as_deferred
+from telenet.proto import teleroute_pb2
+
+log = Logger()
+
+StatusCode = grpc.StatusCode
+
+
+class TelerouteError(Exception):
+    """A daemon call failed with a gRPC status ``code``; ``details`` is the daemon's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class ConnectSession:
+    """
+    An open ``Connect`` stream: the daemon's ``Info`` and a way to hear when the stream ends.
+
+    ``ended`` fires (never fails) with a reason text once, when the daemon ends the stream, the
+    connection breaks, or ``cancel`` is called.
+    """
+
+    def __init__(self, info: dict[str, str], cancel: Callable[[], None]) -> None:
+        self.info = info
+        self.ended: defer.Deferred[str] = defer.Deferred()
+        self._cancel = cancel
+
+    @property
+    def is_open(self) -> bool:
+        return not self.ended.called
+
+    def end(self, reason: str) -> None:
+        """Record that the stream is over (called by the client that owns the stream)."""
+        if not self.ended.called:
+            self.ended.callback(reason)
+
+    def cancel(self) -> None:
+        """Close the stream from our side: the daemon sees the plug-in leave."""
+        if self.is_open:
+            self._cancel()
+            self.end("closed by the plug-in")
+
+
+class ITelerouteClient(Interface):
+    """
+    One daemon's teleroute service, as the network plug-in uses it.
+
+    Every call takes a timeout in seconds and returns a Deferred that fails with
+    ``TelerouteError`` (status code and message) when the daemon says no or cannot be reached.
+    """
+
+    target = Attribute("The daemon's address as host:port (IPv6 in brackets).")
+
+    def connect(request: teleroute_pb2.ConnectRequest,
+                timeout: float) -> defer.Deferred[ConnectSession]:
+        """Open the Connect stream; fires when the daemon's first ``Info`` arrived."""
+
+    def create_endpoint(request: teleroute_pb2.CreateEndpointRequest,
+                        timeout: float) -> defer.Deferred[None]:
+        """Ask the daemon for (or to reuse) a veth pair for a Docker endpoint."""
+
+    def remove_endpoint(request: teleroute_pb2.EndpointIdentifier,
+                        timeout: float) -> defer.Deferred[None]:
+        """Tell the daemon to forget an endpoint."""
+
+    def join(request: teleroute_pb2.EndpointIdentifier,
+             timeout: float) -> defer.Deferred[teleroute_pb2.JoinResponse]:
+        """The interface, routes and gateways for the joining container."""
+
+    def leave(request: teleroute_pb2.EndpointIdentifier, timeout: float) -> defer.Deferred[None]:
+        """Tell the daemon a container left the endpoint."""
+
+    def close() -> defer.Deferred[None]:
+        """Close the connection and any open stream."""
+
+
+#: Makes the client of the daemon at (host, port).
+ClientFactory = Callable[[str, int], ITelerouteClient]
+
+
+def grpc_target(host: str, port: int) -> str:
+    """``host:port`` as gRPC wants it; an IPv6 literal goes in brackets."""
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
+
+
+#: gRPC's own reconnect back-off starts at one second and grows to two minutes; a daemon that
+#: comes back must be found at once, and the plug-in paces its own retries anyway.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+]
+
+
+@implementer(ITelerouteClient)
+class GrpcTelerouteClient:
+    """
+    ``ITelerouteClient`` over ``grpc.aio``, on Twisted's asyncio reactor.
+
+    The channel is made on first use (it binds to the running loop), so the client can be built
+    before the reactor runs.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = grpc_target(host, port)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+        self._streams: set[Any] = set()
+
+    def _get_stub(self) -> Any:
+        if self._stub is None:
+            from telenet.proto import teleroute_pb2_grpc
+
+            self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+            self._stub = teleroute_pb2_grpc.TelerouteStub(self._channel)
+        return self._stub
+
+    def connect(self, request: teleroute_pb2.ConnectRequest,
+                timeout: float) -> defer.Deferred[ConnectSession]:
+        return as_deferred(self._connect(request, timeout))
+
+    async def _connect(self, request: teleroute_pb2.ConnectRequest,
+                       timeout: float) -> ConnectSession:
+        call = self._get_stub().Connect(request)
+        try:
+            first = await asyncio.wait_for(call.read(), timeout)
+        except TimeoutError:
+            call.cancel()
+            raise TelerouteError(StatusCode.DEADLINE_EXCEEDED,
+                                 f"no Info from {self.target} within {timeout:g}s") from None
+        except grpc.aio.AioRpcError as e:
+            raise _error(e) from None
+        if first is grpc.aio.EOF:
+            raise TelerouteError(StatusCode.UNAVAILABLE,
+                                 f"{self.target} ended the Connect stream before its Info")
+        session = ConnectSession(dict(first.info), call.cancel)
+        self._streams.add(call)
+        task = asyncio.ensure_future(self._watch(call, session))
+        task.add_done_callback(lambda _: self._streams.discard(call))
+        return session
+
+    async def _watch(self, call: Any, session: ConnectSession) -> None:
+        reason = "the daemon ended the Connect stream"
+        try:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    break
+                log.debug("Info from {target}: {info}", target=self.target,
+                          info=dict(message.info))
+        except grpc.aio.AioRpcError as e:
+            reason = f"the Connect stream broke: {e.code().name}: {e.details()}"
+        except asyncio.CancelledError:
+            reason = "the Connect stream was cancelled"
+        session.end(reason)
+
+    def create_endpoint(self, request: teleroute_pb2.CreateEndpointRequest,
+                        timeout: float) -> defer.Deferred[None]:
+        return as_deferred(self._unary("CreateEndpoint", request, timeout, none=True))
+
+    def remove_endpoint(self, request: teleroute_pb2.EndpointIdentifier,
+                        timeout: float) -> defer.Deferred[None]:
+        return as_deferred(self._unary("RemoveEndpoint", request, timeout, none=True))
+
+    def join(self, request: teleroute_pb2.EndpointIdentifier,
+             timeout: float) -> defer.Deferred[teleroute_pb2.JoinResponse]:
+        return as_deferred(self._unary("Join", request, timeout))
+
+    def leave(self, request: teleroute_pb2.EndpointIdentifier,
+              timeout: float) -> defer.Deferred[None]:
+        return as_deferred(self._unary("Leave", request, timeout, none=True))
+
+    async def _unary(self, method: str, request: Any, timeout: float, none: bool = False) -> Any:
+        try:
+            answer = await getattr(self._get_stub(), method)(request, timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            raise _error(e) from None
+        if none:
+            assert isinstance(answer, empty_pb2.Empty)
+            return None
+        return answer
+
+    def close(self) -> defer.Deferred[None]:
+        for call in list(self._streams):
+            call.cancel()
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is None:
+            return defer.succeed(None)
+        return as_deferred(channel.close(grace=None))
+
+
+def _error(e: grpc.aio.AioRpcError) -> TelerouteError:
+    return TelerouteError(e.code(), e.details() or e.code().name)

@@ -1,0 +1,839 @@
+# -*- test-case-name: tests.test_routeplugin -*-
+"""
+``twistd teleroute``: the Docker network plug-in that routes containers through a daemon.
+
+``docker network create -d teleroute -o host=H -o port=P NET`` ties the network to the
+Telepresence (or telenet) daemon whose teleroute gRPC service listens on H:P. The plug-in
+forwards each endpoint to the daemon: the daemon makes a veth pair, moves one end into our
+network namespace (by our host pid), and Docker moves that end into the container as ``tpd-N``
+with static routes to the daemon's routed subnets.
+
+Behaviour and messages follow the Go plug-in (``cmd/teleroute``). Beyond it:
+
+- when the daemon's Connect stream ends, the plug-in reconnects with back-off, and a new endpoint
+  triggers an immediate attempt, so containers can join again once the daemon is back;
+- networks and endpoints are saved in the state directory and restored at start, so a plug-in
+  restarted after a crash still serves the networks Docker knows;
+- Leave and DeleteEndpoint also succeed when the daemon no longer knows the endpoint (a daemon
+  that restarted), so containers can always be detached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import grpc
+from twisted.application import service, strports
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from telenet import dockerplugin, netip
+from telenet.dockerplugin import BadRequest, JSONObject, PluginError, field
+from telenet.interfaces import IStateStore
+from telenet.proto import teleroute_pb2
+from telenet.routeclient import (
+    ClientFactory,
+    ConnectSession,
+    ITelerouteClient,
+    TelerouteError,
+    grpc_target,
+)
+
+log = Logger()
+
+StatusCode = grpc.StatusCode
+Runner = Callable[..., "defer.Deferred[Any]"]
+
+#: Every daemon call gives up after this many seconds (as the Go plug-in does).
+CALL_TIMEOUT = 3.0
+#: CreateNetwork retries Connect this often, this far apart, while the daemon is UNAVAILABLE.
+CONNECT_RETRIES = 20
+CONNECT_RETRY_DELAY = 0.05
+GENERIC_OPTIONS = "com.docker.network.generic"
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+_SWALLOWED_ON_TEARDOWN = {StatusCode.CANCELLED, StatusCode.UNAVAILABLE}
+
+
+# -- request parsing, with the Go plug-in's messages
+
+
+def _go_type(value: object) -> str:
+    """The Go type name ``encoding/json`` gives a decoded value (for error texts)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "float64"
+    if isinstance(value, dict):
+        return "map[string]interface {}"
+    if isinstance(value, list):
+        return "[]interface {}"
+    if value is None:
+        return "<nil>"
+    return type(value).__name__
+
+
+@attrs.frozen
+class DaemonAddress:
+    host: str
+    port: int
+
+
+def parse_network_options(options: Any) -> DaemonAddress:
+    """The daemon's address from ``-o host=H -o port=P`` (``com.docker.network.generic``)."""
+    generic = options.get(GENERIC_OPTIONS) if isinstance(options, dict) else None
+    if not isinstance(generic, dict):
+        raise PluginError(f"network options are missing {GENERIC_OPTIONS}")
+    host: str | None = None
+    port: int | None = None
+    for key in sorted(generic):
+        value = generic[key]
+        if key not in ("host", "port"):
+            raise PluginError(f'illegal option "{key}"')
+        if not isinstance(value, str):
+            raise PluginError(f'unable to parse "{key}": invalid value type {_go_type(value)}')
+        if key == "host":
+            try:
+                host = str(ipaddress.ip_address(value))
+            except ValueError:
+                raise PluginError(
+                    f'unable to parse "host": "{value}" is not an IPv4 or IPv6 address'
+                ) from None
+        else:
+            if not value.isascii() or not value.isdigit() or not 0 < int(value) <= 65535:
+                raise PluginError(
+                    f'unable to parse "port": "{value}" is not a port number (1-65535)'
+                )
+            port = int(value)
+    if host is None:
+        raise PluginError('option "host" is required')
+    if port is None:
+        raise PluginError('option "port" is required')
+    return DaemonAddress(host, port)
+
+
+def parse_gateways(body: JSONObject) -> list[str]:
+    """The gateways of ``IPv4Data`` and ``IPv6Data``, as CIDR strings (address/length)."""
+    gateways = []
+    for key, family in (("IPv4Data", 4), ("IPv6Data", 6)):
+        for entry in field(body, key, list, required=False) or []:
+            if not isinstance(entry, dict):
+                raise BadRequest(f"{key} entries must be objects")
+            gateway = entry.get("Gateway") or ""
+            if not gateway:
+                continue
+            try:
+                if not isinstance(gateway, str):
+                    raise ValueError(f"{gateway!r} is not a string")
+                parsed = ipaddress.ip_interface(gateway)
+                if parsed.version != family:
+                    raise ValueError(f"{gateway} is not an IPv{family} address")
+            except ValueError as e:
+                raise PluginError(f"invalid IPv{family} gateway address: {e}") from None
+            gateways.append(str(parsed))
+    return gateways
+
+
+def _parse_cidr_address(text: Any) -> str:
+    """The address part of an endpoint's ``Interface.Address``; empty stays empty."""
+    if text is None or text == "":
+        return ""
+    if not isinstance(text, str):
+        raise BadRequest(f"interface addresses must be strings, not {_go_type(text)}")
+    try:
+        return str(ipaddress.ip_interface(text).ip)
+    except ValueError as e:
+        raise PluginError(f'invalid CIDR "{text}": {e}') from None
+
+
+def parse_bool(value: str) -> bool:
+    """Go's ``strconv.ParseBool``."""
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(value)
+
+
+def static_routes(response: teleroute_pb2.JoinResponse) -> list[JSONObject]:
+    """
+    Docker's ``StaticRoutes`` for a Join answer.
+
+    Each route's next hop is that family's ``via_ip_v4``/``via_ip_v6``, else the legacy ``via``;
+    with neither, the route is a connected one (RouteType 1, no next hop).
+    """
+    via_v4 = netip.decode_addr(response.via_ip_v4)
+    via_v6 = netip.decode_addr(response.via_ip_v6)
+    legacy = netip.decode_addr(response.via)
+    routes: list[JSONObject] = []
+    for raw in response.routes:
+        destination = netip.decode_network(raw)
+        if destination is None:
+            continue
+        via = (via_v4 if destination.version == 4 else via_v6) or legacy
+        if via is None:
+            routes.append({"Destination": str(destination), "RouteType": 1, "NextHop": ""})
+        else:
+            routes.append({"Destination": str(destination), "RouteType": 0,
+                           "NextHop": str(via)})
+    return routes
+
+
+def join_answer(response: teleroute_pb2.JoinResponse) -> JSONObject:
+    """The NetworkDriver.Join answer for the daemon's JoinResponse."""
+    try:
+        answer: JSONObject = {
+            "InterfaceName": {"SrcName": response.interface_src_name,
+                              "DstPrefix": response.interface_dst_prefix},
+            "StaticRoutes": static_routes(response),
+            "DisableGatewayService": response.disable_gw,
+        }
+        for key, raw in (("Gateway", response.gw_ip_v4), ("GatewayIPv6", response.gw_ip_v6)):
+            gateway = netip.decode_prefix(raw) if raw else None
+            if gateway is not None:
+                answer[key] = str(gateway.ip)
+    except ValueError as e:
+        raise PluginError(f"the daemon's Join answer is malformed: {e}") from None
+    return answer
+
+
+def own_host_pid(proc: str = "/proc") -> int:
+    """
+    Our pid in the host's pid namespace, where the daemon (``--pid host``) looks us up.
+
+    ``NSpid`` in ``/proc/self/status`` lists our pid as seen from the namespace of the procfs
+    first, then from each nested namespace: in a managed plug-in with ``pidhost`` (and in a
+    legacy plug-in) that first entry is the host pid even if the process itself sits in a
+    nested namespace with a host procfs. Without ``NSpid`` (old kernels), our own pid.
+    """
+    try:
+        with open(os.path.join(proc, "self", "status"), encoding="ascii",
+                  errors="replace") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError) as e:
+        log.warn("cannot read our host pid from {proc}/self/status ({error}); using {pid}",
+                 proc=proc, error=e, pid=os.getpid())
+    return os.getpid()
+
+
+# -- the connection to one daemon
+
+
+@attrs.frozen
+class Backoff:
+    """Delays between reconnection attempts: ``initial``, growing by ``factor`` to ``maximum``."""
+
+    initial: float = 0.1
+    factor: float = 2.0
+    maximum: float = 2.0
+
+
+class DaemonLink:
+    """
+    I keep one network's Connect stream to its daemon open.
+
+    The first connection (CreateNetwork) retries only while the daemon is UNAVAILABLE, briefly,
+    as the Go plug-in does, and a failure refuses the network. Once the network exists, losing
+    the stream starts reconnection with back-off; calls that need the daemon meanwhile make an
+    attempt at once rather than waiting for the next scheduled one.
+    """
+
+    def __init__(self, factory: ClientFactory, address: DaemonAddress,
+                 request: Callable[[], teleroute_pb2.ConnectRequest], clock: IReactorTime,
+                 backoff: Backoff | None = None, timeout: float = CALL_TIMEOUT) -> None:
+        self.address = address
+        self.target = grpc_target(address.host, address.port)
+        self.client: ITelerouteClient | None = None
+        self.session: ConnectSession | None = None
+        self.last_error = "not connected yet"
+        self.connections = 0
+        self._factory = factory
+        self._request = request
+        self._clock = clock
+        self._backoff = backoff or Backoff()
+        self._timeout = timeout
+        self._delay = self._backoff.initial
+        self._attempt: defer.Deferred[ConnectSession] | None = None
+        self._retry: IDelayedCall | None = None
+        self._waiters: list[defer.Deferred[None]] = []
+        self._keep_trying = False
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        return self.session is not None and self.session.is_open
+
+    # -- attempts
+
+    def attempt(self) -> defer.Deferred[None]:
+        """
+        Connect now, or wait for the attempt already under way.
+
+        Fires when connected; fails with ``TelerouteError`` if this attempt fails.
+        """
+        if self._closed:
+            return defer.fail(TelerouteError(StatusCode.CANCELLED, "the network was deleted"))
+        if self.connected:
+            return defer.succeed(None)
+
+        def forget(d: defer.Deferred[None]) -> None:
+            if d in self._waiters:
+                self._waiters.remove(d)
+
+        waiter: defer.Deferred[None] = defer.Deferred(forget)
+        self._waiters.append(waiter)
+        if self._attempt is None:
+            self._start_attempt()
+        return waiter
+
+    def _start_attempt(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        old, self.client = self.client, None
+        if old is not None:
+            # A fresh channel per attempt: gRPC's own back-off would otherwise keep a daemon
+            # that is back unreachable for up to minutes.
+            old.close().addErrback(lambda f: log.failure("closing a client failed", f))
+        try:
+            self.client = self._factory(self.address.host, self.address.port)
+            d = self.client.connect(self._request(), self._timeout)
+        except Exception:
+            d = defer.fail()
+        d.addTimeout(self._timeout + 1, self._clock)
+        self._attempt = d
+        d.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, session: ConnectSession) -> None:
+        self._attempt = None
+        if self._closed:
+            session.cancel()
+            return
+        self.session = session
+        self.connections += 1
+        self._delay = self._backoff.initial
+        self.last_error = ""
+        log.info("Connected to {name} version {version} at {target}",
+                 name=session.info.get("name", "?"), version=session.info.get("version", "?"),
+                 target=self.target)
+        session.ended.addCallback(self._lost, session)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _failed(self, failure: Failure) -> None:
+        self._attempt = None
+        error = _as_teleroute_error(failure, self.target)
+        self.last_error = error.details
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(error)
+        if self._keep_trying and not self._closed:
+            log.info("connecting to {target} failed ({error}); retrying in {delay:.2f}s",
+                     target=self.target, error=error, delay=self._delay)
+            self._schedule()
+
+    def _lost(self, reason: str, session: ConnectSession) -> None:
+        if self.session is not session:
+            return
+        self.session = None
+        self.last_error = reason
+        if self._closed:
+            return
+        log.warn("lost the daemon at {target} ({reason}); reconnecting", target=self.target,
+                 reason=reason)
+        self._keep_trying = True
+        self._delay = self._backoff.initial
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._closed or self._attempt is not None or self.connected:
+            return
+        if self._retry is not None and self._retry.active():
+            return
+        delay, self._delay = self._delay, min(self._delay * self._backoff.factor,
+                                              self._backoff.maximum)
+        self._retry = self._clock.callLater(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        # The outcome is handled by _connected/_failed; this waiter is only for attempt().
+        self.attempt().addErrback(lambda f: None)
+
+    # -- what the driver uses
+
+    async def establish(self, retries: int = CONNECT_RETRIES,
+                        delay: float = CONNECT_RETRY_DELAY) -> None:
+        """The first connection: retry while UNAVAILABLE, then keep reconnecting for ever."""
+        for remaining in range(retries - 1, -1, -1):
+            try:
+                await self.attempt()
+                break
+            except TelerouteError as e:
+                if e.code != StatusCode.UNAVAILABLE or remaining == 0:
+                    raise
+            await task.deferLater(self._clock, delay)
+        self._keep_trying = True
+
+    def keep_connected(self) -> None:
+        """Connect in the background and stay connected (a network restored at start)."""
+        self._keep_trying = True
+        if not self.connected and self._attempt is None:
+            self._retry_now()
+
+    async def ready(self, timeout: float = CALL_TIMEOUT, patient: bool = True,
+                    retry_delay: float = CONNECT_RETRY_DELAY) -> ITelerouteClient:
+        """
+        The connected client, connecting first if needed.
+
+        ``patient`` keeps trying while the daemon is UNAVAILABLE until ``timeout`` (a daemon
+        that is starting); otherwise one attempt decides.
+        """
+        deadline = self._clock.seconds() + timeout
+        while not self.connected:
+            remaining = deadline - self._clock.seconds()
+            try:
+                waiter = self.attempt()
+                waiter.addTimeout(max(remaining, 0.001), self._clock)
+                await waiter
+            except defer.TimeoutError:
+                raise TelerouteError(
+                    StatusCode.DEADLINE_EXCEEDED,
+                    f"no connection to {self.target} within {timeout:g}s"
+                    + (f" (last error: {self.last_error})" if self.last_error else ""),
+                ) from None
+            except TelerouteError as e:
+                remaining = deadline - self._clock.seconds()
+                if not patient or e.code != StatusCode.UNAVAILABLE or remaining <= retry_delay:
+                    raise
+                await task.deferLater(self._clock, retry_delay)
+        assert self.client is not None
+        return self.client
+
+    def close(self) -> defer.Deferred[None]:
+        """Stop for good: end the stream (the daemon sees us leave) and stop reconnecting."""
+        self._closed = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(TelerouteError(StatusCode.CANCELLED, "the network was deleted"))
+        session, self.session = self.session, None
+        if session is not None:
+            session.cancel()
+        client, self.client = self.client, None
+        if client is None:
+            return defer.succeed(None)
+        return client.close()
+
+
+def _as_teleroute_error(failure: Failure, target: str) -> TelerouteError:
+    error = failure.value
+    if isinstance(error, TelerouteError):
+        return error
+    if isinstance(error, defer.TimeoutError | defer.CancelledError):
+        return TelerouteError(StatusCode.DEADLINE_EXCEEDED, f"{target} did not answer in time")
+    log.failure("unexpected error talking to {target}", failure, target=target)
+    return TelerouteError(StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
+
+
+# -- the driver
+
+
+@attrs.define
+class Network:
+    id: str
+    address: DaemonAddress
+    gateways: list[str]
+    link: DaemonLink | None = None
+
+    def to_json(self) -> JSONObject:
+        return {"host": self.address.host, "port": self.address.port,
+                "gateways": list(self.gateways)}
+
+    @classmethod
+    def from_json(cls, network_id: str, data: JSONObject) -> Network:
+        address = DaemonAddress(str(ipaddress.ip_address(data["host"])), int(data["port"]))
+        gateways = [str(ipaddress.ip_interface(g)) for g in data.get("gateways", [])]
+        return cls(id=network_id, address=address, gateways=gateways)
+
+
+@attrs.define
+class Endpoint:
+    id: str
+    network: str
+    ipv4: str = ""
+    ipv6: str = ""
+    daemon: bool = False
+
+    def to_json(self) -> JSONObject:
+        return {"network": self.network, "ipv4": self.ipv4, "ipv6": self.ipv6,
+                "daemon": self.daemon}
+
+    @classmethod
+    def from_json(cls, endpoint_id: str, data: JSONObject) -> Endpoint:
+        return cls(id=endpoint_id, network=str(data["network"]), ipv4=str(data.get("ipv4", "")),
+                   ipv6=str(data.get("ipv6", "")), daemon=bool(data.get("daemon", False)))
+
+    def request(self) -> teleroute_pb2.CreateEndpointRequest:
+        return teleroute_pb2.CreateEndpointRequest(
+            id=self.id,
+            addr_ipv4=netip.encode_addr(ipaddress.ip_address(self.ipv4) if self.ipv4 else None),
+            addr_ipv6=netip.encode_addr(ipaddress.ip_address(self.ipv6) if self.ipv6 else None),
+            daemon=self.daemon,
+        )
+
+
+def _run_now(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(f, *args)
+
+
+class NetworkDriver:
+    """
+    Docker's NetworkDriver calls for teleroute networks, over an ``ITelerouteClient`` factory.
+
+    Every change is saved (through ``run_blocking``) before Docker hears it succeeded.
+    """
+
+    def __init__(self, client_factory: ClientFactory, store: IStateStore, clock: IReactorTime,
+                 run_blocking: Runner = _run_now, pid: int | None = None,
+                 backoff: Backoff | None = None, timeout: float = CALL_TIMEOUT) -> None:
+        self._factory = client_factory
+        self._store = store
+        self._clock = clock
+        self._run_blocking = run_blocking
+        self._pid = pid if pid is not None else own_host_pid()
+        self._backoff = backoff
+        self._timeout = timeout
+        self.networks: dict[str, Network] = {}
+        self.endpoints: dict[str, Endpoint] = {}
+
+    # -- persistence
+
+    def restore(self) -> None:
+        """Load the networks and endpoints an earlier run saved (unreadable ones are skipped)."""
+        data = self._store.load()
+        for network_id, entry in (data.get("networks") or {}).items():
+            try:
+                self.networks[network_id] = Network.from_json(network_id, entry)
+            except (KeyError, TypeError, ValueError) as e:
+                log.error("skipping unreadable saved network {id}: {error}", id=network_id,
+                          error=e)
+        for endpoint_id, entry in (data.get("endpoints") or {}).items():
+            try:
+                endpoint = Endpoint.from_json(endpoint_id, entry)
+            except (KeyError, TypeError, ValueError) as e:
+                log.error("skipping unreadable saved endpoint {id}: {error}", id=endpoint_id,
+                          error=e)
+                continue
+            if endpoint.network in self.networks:
+                self.endpoints[endpoint_id] = endpoint
+        log.info("restored {networks} networks and {endpoints} endpoints",
+                 networks=len(self.networks), endpoints=len(self.endpoints))
+
+    def start(self) -> None:
+        """Reconnect the restored networks to their daemons (in the background)."""
+        for network in self.networks.values():
+            if network.link is None:
+                network.link = self._link(network)
+                network.link.keep_connected()
+
+    def stop(self) -> defer.Deferred[Any]:
+        """Close every daemon connection (the saved state stays for the next start)."""
+        closing = []
+        for network in self.networks.values():
+            if network.link is not None:
+                closing.append(network.link.close())
+                network.link = None
+        return defer.gatherResults(closing, consumeErrors=True)
+
+    def _save(self) -> defer.Deferred[None]:
+        snapshot = {
+            "networks": {i: n.to_json() for i, n in sorted(self.networks.items())},
+            "endpoints": {i: e.to_json() for i, e in sorted(self.endpoints.items())},
+        }
+        return self._run_blocking(self._store.save, snapshot)
+
+    def _link(self, network: Network) -> DaemonLink:
+        def request() -> teleroute_pb2.ConnectRequest:
+            return teleroute_pb2.ConnectRequest(
+                gateways=[netip.encode_prefix(ipaddress.ip_interface(g))
+                          for g in network.gateways],
+                pid=self._pid,
+            )
+
+        return DaemonLink(self._factory, network.address, request, self._clock,
+                          backoff=self._backoff, timeout=self._timeout)
+
+    def _network(self, body: JSONObject) -> Network:
+        network_id = field(body, "NetworkID", str)
+        network = self.networks.get(network_id)
+        if network is None:
+            raise PluginError(f'network "{network_id}" not found')
+        return network
+
+    async def _client(self, network: Network, patient: bool = True) -> ITelerouteClient:
+        if network.link is None:
+            network.link = self._link(network)
+            network.link.keep_connected()
+        return await network.link.ready(self._timeout, patient=patient)
+
+    async def _call(self, network: Network, method: str, request: Any,
+                    patient: bool = True) -> Any:
+        """One daemon call with the call timeout; failures raise ``TelerouteError``."""
+        client = await self._client(network, patient)
+        d = getattr(client, method)(request, self._timeout)
+        d.addTimeout(self._timeout, self._clock)
+        try:
+            return await d
+        except defer.TimeoutError:
+            raise TelerouteError(StatusCode.DEADLINE_EXCEEDED,
+                                 f"{grpc_target(network.address.host, network.address.port)} "
+                                 f"did not answer {method} within {self._timeout:g}s") from None
+
+    # -- the NetworkDriver API
+
+    def handlers(self) -> dict[str, dockerplugin.Handler]:
+        noop: dockerplugin.Handler = lambda body: {}  # noqa: E731
+        return {
+            "/NetworkDriver.GetCapabilities": self.get_capabilities,
+            "/NetworkDriver.CreateNetwork": self.create_network,
+            "/NetworkDriver.DeleteNetwork": self.delete_network,
+            "/NetworkDriver.CreateEndpoint": self.create_endpoint,
+            "/NetworkDriver.EndpointOperInfo": self.endpoint_oper_info,
+            "/NetworkDriver.DeleteEndpoint": self.delete_endpoint,
+            "/NetworkDriver.Join": self.join,
+            "/NetworkDriver.Leave": self.leave,
+            "/NetworkDriver.DiscoverNew": noop,
+            "/NetworkDriver.DiscoverDelete": noop,
+            "/NetworkDriver.ProgramExternalConnectivity": noop,
+            "/NetworkDriver.RevokeExternalConnectivity": noop,
+            "/NetworkDriver.AllocateNetwork": noop,
+            "/NetworkDriver.FreeNetwork": noop,
+        }
+
+    def get_capabilities(self, body: JSONObject) -> JSONObject:
+        return {"Scope": "local", "ConnectivityScope": "local"}
+
+    async def create_network(self, body: JSONObject) -> JSONObject:
+        network_id = field(body, "NetworkID", str)
+        gateways = parse_gateways(body)
+        address = parse_network_options(field(body, "Options", dict, required=False) or {})
+        old = self.networks.pop(network_id, None)
+        if old is not None and old.link is not None:
+            await old.link.close()
+        network = Network(id=network_id, address=address, gateways=gateways)
+        link = network.link = self._link(network)
+        try:
+            await link.establish()
+        except TelerouteError as e:
+            await link.close()
+            raise PluginError(
+                f"unable to connect to the teleroute service at {link.target}: {e.details}"
+            ) from None
+        self.networks[network_id] = network
+        await self._save()
+        log.info("created network {id} for the daemon at {target}", id=network_id[:12],
+                 target=link.target)
+        return {}
+
+    async def delete_network(self, body: JSONObject) -> JSONObject:
+        network_id = field(body, "NetworkID", str)
+        network = self.networks.pop(network_id, None)
+        if network is None:
+            return {}
+        for endpoint_id in [e.id for e in self.endpoints.values() if e.network == network_id]:
+            del self.endpoints[endpoint_id]
+        await self._save()
+        if network.link is not None:
+            try:
+                await network.link.close()
+            except Exception:
+                log.failure("closing the connection of network {id} failed", id=network_id[:12])
+        log.info("deleted network {id}", id=network_id[:12])
+        return {}
+
+    async def create_endpoint(self, body: JSONObject) -> JSONObject:
+        network = self._network(body)
+        endpoint_id = field(body, "EndpointID", str)
+        interface = field(body, "Interface", dict, required=False) or {}
+        endpoint = Endpoint(id=endpoint_id, network=network.id,
+                            ipv4=_parse_cidr_address(interface.get("Address")),
+                            ipv6=_parse_cidr_address(interface.get("AddressIPv6")))
+        options = field(body, "Options", dict, required=False) or {}
+        daemon_option = options.get("daemon")
+        if isinstance(daemon_option, str):
+            try:
+                endpoint.daemon = parse_bool(daemon_option)
+            except ValueError:
+                raise PluginError(
+                    f'invalid value for option "daemon": "{daemon_option}" is not a boolean'
+                ) from None
+        try:
+            await self._call(network, "create_endpoint", endpoint.request())
+        except TelerouteError as e:
+            known = self.endpoints.get(endpoint_id)
+            if not (e.code == StatusCode.ALREADY_EXISTS and known == endpoint):
+                raise PluginError(
+                    f"unable to create endpoint {endpoint_id[:12]}: {e.details}"
+                ) from None
+        self.endpoints[endpoint_id] = endpoint
+        await self._save()
+        log.info("created endpoint {id} ({addresses}{daemon}) on network {network}",
+                 id=endpoint_id[:12], addresses=" ".join(filter(None, (endpoint.ipv4,
+                                                                         endpoint.ipv6))),
+                 daemon=", the daemon's" if endpoint.daemon else "", network=network.id[:12])
+        return {}
+
+    async def join(self, body: JSONObject) -> JSONObject:
+        network = self._network(body)
+        endpoint_id = field(body, "EndpointID", str)
+        request = teleroute_pb2.EndpointIdentifier(id=endpoint_id)
+        try:
+            response = await self._call(network, "join", request)
+        except TelerouteError as e:
+            raise PluginError(f"unable to join endpoint {endpoint_id[:12]}: {e.details}") from None
+        answer = join_answer(response)
+        log.info("endpoint {id} joins with {src} and routes {routes}", id=endpoint_id[:12],
+                 src=response.interface_src_name,
+                 routes=[r["Destination"] for r in answer["StaticRoutes"]])
+        return answer
+
+    async def leave(self, body: JSONObject) -> JSONObject:
+        await self._teardown(body, "leave", "Leave")
+        return {}
+
+    async def delete_endpoint(self, body: JSONObject) -> JSONObject:
+        endpoint_id = await self._teardown(body, "remove_endpoint", "DeleteEndpoint")
+        if self.endpoints.pop(endpoint_id, None) is not None:
+            await self._save()
+        return {}
+
+    async def _teardown(self, body: JSONObject, method: str, call: str) -> str:
+        """
+        Leave or DeleteEndpoint: tell the daemon, but let the container go even if it is gone.
+
+        CANCELLED and UNAVAILABLE (a daemon that went away) are swallowed, as in the Go plug-in;
+        so is NOT_FOUND, which a daemon that restarted says of endpoints made before.
+        """
+        network_id = field(body, "NetworkID", str)
+        endpoint_id = field(body, "EndpointID", str)
+        network = self.networks.get(network_id)
+        if network is None:
+            log.warn("{call} for endpoint {id} of unknown network {network}: nothing to do",
+                     call=call, id=endpoint_id[:12], network=network_id[:12])
+            return endpoint_id
+        request = teleroute_pb2.EndpointIdentifier(id=endpoint_id)
+        try:
+            await self._call(network, method, request, patient=False)
+        except TelerouteError as e:
+            if e.code in _SWALLOWED_ON_TEARDOWN or e.code == StatusCode.NOT_FOUND:
+                log.info("{call} of endpoint {id}: daemon said {error}; done anyway",
+                         call=call, id=endpoint_id[:12], error=e)
+                return endpoint_id
+            log.error("{call} of endpoint {id} failed: {error}", call=call, id=endpoint_id[:12],
+                      error=e)
+            raise PluginError(f"unable to {call} endpoint {endpoint_id[:12]}: {e.details}"
+                              ) from None
+        return endpoint_id
+
+    def endpoint_oper_info(self, body: JSONObject) -> JSONObject:
+        return {"Value": {}}
+
+
+# -- the twistd tap
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["listen", "l", dockerplugin.plugin_endpoint("teleroute"),
+         "Endpoint the plug-in API listens on."],
+        ["state-dir", "s", "/var/lib/telenet/teleroute",
+         "Directory for the saved networks and endpoints."],
+    ]
+
+
+class _ThreadPoolService(service.Service):
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class _DriverService(service.Service):
+    """Reconnects restored networks once the reactor runs; closes connections at the end."""
+
+    def __init__(self, driver: NetworkDriver, reactor: Any) -> None:
+        self.driver = driver
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        # grpc.aio needs the running loop: start after the reactor does.
+        self.reactor.callWhenRunning(self.driver.start)
+
+    def stopService(self) -> defer.Deferred[Any]:
+        super().stopService()
+        return self.driver.stop()
+
+
+def makeService(options: Options, reactor: Any = None,
+                client_factory: ClientFactory | None = None) -> service.MultiService:
+    if reactor is None:
+        # grpc.aio needs asyncio's loop; twistd has not imported a reactor yet, so
+        # `twistd teleroute` works without --reactor (another one chosen is an error).
+        from telenet.aio import install_asyncio_reactor
+
+        install_asyncio_reactor()
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    if client_factory is None:
+        from telenet.routeclient import GrpcTelerouteClient
+
+        client_factory = GrpcTelerouteClient
+    from telenet.state import JSONFileStore
+
+    state_dir = options["state-dir"]
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    if options["listen"].startswith("unix:"):
+        path = options["listen"][len("unix:"):].split(":", 1)[0]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+
+    top = service.MultiService()
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="teleroute-state")
+    _ThreadPoolService(pool).setServiceParent(top)
+
+    def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(reactor, pool, f, *args)
+
+    driver = NetworkDriver(client_factory, JSONFileStore(os.path.join(state_dir, "state.json")),
+                           reactor, run_blocking)
+    driver.restore()
+    log.info("teleroute plug-in, host pid {pid}", pid=driver._pid)
+    _DriverService(driver, reactor).setServiceParent(top)
+    resource = dockerplugin.PluginResource(["NetworkDriver"], driver.handlers())
+    strports.service(options["listen"], dockerplugin.plugin_site(resource),
+                     reactor=reactor).setServiceParent(top)
+    return top
