@@ -227,9 +227,11 @@ class RootedFile:
 class RootedDirectory:
     """A directory listing: an iterator of (name, longname, attrs), as Conch expects."""
 
-    def __init__(self, real: bytes | None, names: list[bytes], fixed: dict[bytes, Attrs]) -> None:
+    def __init__(
+        self, real: bytes | None, names: list[bytes], fixed: dict[bytes, tuple[bytes, Attrs]]
+    ) -> None:
         self._real = real
-        self._names = names
+        self._names = names[::-1]  # popped from the end: O(1) per entry, in the given order
         self._fixed = fixed
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes, Attrs]]:
@@ -237,10 +239,9 @@ class RootedDirectory:
 
     def __next__(self) -> tuple[bytes, bytes, Attrs]:
         while self._names:
-            name = self._names.pop(0)
+            name = self._names.pop()
             if name in self._fixed:
-                attrs = self._fixed[name]
-                return name, name, attrs
+                return name, *self._fixed[name]
             assert self._real is not None
             try:
                 st = os.lstat(os.path.join(self._real, name))
@@ -406,7 +407,9 @@ class RootedFilesystem:
 
     def openDirectory(self, path: bytes) -> RootedDirectory:
         if self._is_virtual_root(path):
-            return RootedDirectory(None, [EXPORT_NAME], {EXPORT_NAME: self._root_attrs()})
+            st = os.stat(self.root)
+            entry = (longname(EXPORT_NAME, st), attrs_from_stat(st))
+            return RootedDirectory(None, [EXPORT_NAME], {EXPORT_NAME: entry})
         real = self._path(path)
         return RootedDirectory(real, sorted(os.listdir(real)), {})
 
