@@ -34,6 +34,7 @@ T = TypeVar("T")
 RouteCallback = Callable[[frozenset[Network]], None]
 
 _IFF_UP = 0x1
+_IFF_NOARP = 0x80
 _RT_TABLE_MAIN = 254
 _RTN_UNICAST = 1
 _EEXIST = 17
@@ -66,6 +67,7 @@ class Link:
     kind: str | None
     master: str | None
     up: bool
+    arp: bool = True
 
 
 class IRouteWatch(Interface):
@@ -88,8 +90,9 @@ class INetlink(Interface):
 
     def ensure_bridge(name: str) -> defer.Deferred[Link]:
         """
-        Make sure a bridge ``name`` exists and is up: create it, or take over one left by an
-        earlier run. Fails with ``LinkExists`` if a link of that name is not a bridge.
+        Make sure a bridge ``name`` exists, is up and answers no ARP: create it, or take over
+        one left by an earlier run. Fails with ``LinkExists`` if a link of that name is not a
+        bridge.
         """
 
     def create_veth(name: str, mac: str, peer: str, peer_mac: str) -> defer.Deferred[None]:
@@ -243,7 +246,7 @@ class PyrouteNetlink:
         return Link(name=msg.get("ifname"), index=msg["index"], mac=msg.get("address") or "",
                     kind=msg.get(("linkinfo", "kind")),
                     master=names.get(master) if master else None,
-                    up=bool(msg["flags"] & _IFF_UP))
+                    up=bool(msg["flags"] & _IFF_UP), arp=not msg["flags"] & _IFF_NOARP)
 
     # -- links ----------------------------------------------------------------------------
 
@@ -258,7 +261,10 @@ class PyrouteNetlink:
                 raise LinkExists(f"link {name!r} exists and is not a bridge")
             else:
                 log.info("Taking over bridge {bridge} left by an earlier run", bridge=name)
-            await ipr.link("set", ifname=name, state="up")
+            # No ARP: the bridge has no address of its own, but the kernel would answer ARP
+            # for the daemon's tpd-0 address on it too, and containers would then send to the
+            # bridge instead of tpd-0 (see telenet.vif.Forwarding).
+            await ipr.link("set", ifname=name, state="up", arp=False)
             msg = await self._find(name)
             if msg is None:
                 raise LinkNotFound(f"bridge {name!r} vanished while being set up")

@@ -365,7 +365,8 @@ class TelerouteServicer(teleroute_pb2_grpc.TelerouteServicer):
 
 class GrpcServerService(service.Service):
     """
-    Runs a grpc.aio server with the teleroute servicer on ``address`` (``[::]:4039``).
+    Runs a grpc.aio server with the teleroute servicer on the first of ``addresses`` that can
+    be bound (``["[::]:4039", "0.0.0.0:4039"]``).
 
     Needs Twisted's asyncio reactor. On start the bridge is made first; ``whenListening``
     fires with the port bound (if that fails, ``on_fatal`` is called: the daemon is useless
@@ -411,10 +412,13 @@ class GrpcServerService(service.Service):
         port = 0
         errors = []
         for address in self.addresses:
+            # Alternatives, best first ("[::]:4039" is dual-stack where IPv6 exists).
             try:
-                port = server.add_insecure_port(address) or port
+                port = server.add_insecure_port(address)
             except RuntimeError as e:
                 errors.append(f"{address}: {e}")
+            if port:
+                break
         if not port:
             raise RuntimeError("teleroute gRPC could not listen on " + "; ".join(errors))
         await server.start()

@@ -231,7 +231,8 @@ class MemoryNetlink:
                 self._new(name, _fake_mac(self._next_index), "bridge")
             elif link.kind != "bridge":
                 raise LinkExists(f"link {name!r} exists and is not a bridge")
-            self.links_by_name[name] = attrs.evolve(self.links_by_name[name], up=True)
+            self.links_by_name[name] = attrs.evolve(self.links_by_name[name], up=True,
+                                                    arp=False)
             return self.links_by_name[name]
 
         return self._call(go)

@@ -114,11 +114,20 @@ class Forwarding(service.Service):
     ``nft`` is installed, else iptables/ip6tables rules (removed on stop). Failures are logged,
     not fatal: the daemon still serves DNS and the control API, and the container's
     ``--sysctl net.ipv4.ip_forward=1`` may already have done half the job.
+
+    Frames switched by ``bridge`` (between the containers' veth ports and the daemon's own
+    ``tpd-0``) are exempt from connection tracking. On Docker hosts ``br_netfilter`` is
+    loaded, so bridged frames also pass the IP hooks; conntrack would then see each
+    connection first on the bridge, bind it to "no NAT", and the masquerade rule would never
+    apply when the same packet is routed to the VIF (checked in a scratch netns: without the
+    exemption the far side gets the containers' addresses and its replies go nowhere).
     """
 
     def __init__(self, vif: str, run: Runner, sysctl_root: str = "/proc/sys",
-                 which: Callable[[str], str | None] = shutil.which) -> None:
+                 which: Callable[[str], str | None] = shutil.which,
+                 bridge: str = "br-daemon") -> None:
         self.vif = vif
+        self.bridge = bridge
         self.run = run
         self.sysctl_root = sysctl_root
         self.which = which
@@ -166,6 +175,11 @@ class Forwarding(service.Service):
                                    ";", "policy", "accept", ";", "}"])
             await self._call(nft, ["add", "rule", "inet", NFT_TABLE, "postrouting",
                                    "oifname", self.vif, "masquerade"])
+            await self._call(nft, ["add", "chain", "inet", NFT_TABLE, "prerouting", "{",
+                                   "type", "filter", "hook", "prerouting", "priority", "-300",
+                                   ";", "policy", "accept", ";", "}"])
+            await self._call(nft, ["add", "rule", "inet", NFT_TABLE, "prerouting",
+                                   "iifname", self.bridge, "notrack"])
             log.info("Masquerading traffic out of {vif} (nftables table inet {table})",
                      vif=self.vif, table=NFT_TABLE)
             return
@@ -174,13 +188,15 @@ class Forwarding(service.Service):
             raise RuntimeError("neither nft nor iptables is installed")
         self.tool = tools[0]
         for tool in tools:
-            rule = self._iptables_rule()
-            if not await self._call(tool, ["-t", "nat", "-C", *rule], check=False):
-                await self._call(tool, ["-t", "nat", "-A", *rule], check=tool == tools[0])
+            for table, rule in self._iptables_rules():
+                if not await self._call(tool, ["-t", table, "-C", *rule], check=False):
+                    await self._call(tool, ["-t", table, "-A", *rule],
+                                     check=tool == tools[0])
         log.info("Masquerading traffic out of {vif} (iptables)", vif=self.vif)
 
-    def _iptables_rule(self) -> list[str]:
-        return ["POSTROUTING", "-o", self.vif, "-j", "MASQUERADE"]
+    def _iptables_rules(self) -> list[tuple[str, list[str]]]:
+        return [("nat", ["POSTROUTING", "-o", self.vif, "-j", "MASQUERADE"]),
+                ("raw", ["PREROUTING", "-i", self.bridge, "-j", "CT", "--notrack"])]
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -198,7 +214,7 @@ class Forwarding(service.Service):
                 return
             for t in (self.which("iptables"), self.which("ip6tables")):
                 if t:
-                    await self._call(t, ["-t", "nat", "-D", *self._iptables_rule()],
-                                     check=False)
+                    for table, rule in self._iptables_rules():
+                        await self._call(t, ["-t", table, "-D", *rule], check=False)
         except Exception:
             log.failure("Could not remove the masquerade rules")

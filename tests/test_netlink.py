@@ -121,9 +121,10 @@ async def test_provides_interface(ns: Namespace) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_ensure_bridge_creates_then_takes_over(ns: Namespace) -> None:
-    """ensure_bridge creates an up bridge, and a second call takes the same one over."""
+    """ensure_bridge creates an up, ARP-less bridge; a second call takes the same one over."""
     first = await ns.nl.ensure_bridge("br-daemon")
     assert first.name == "br-daemon" and first.kind == "bridge" and first.up
+    assert not first.arp
     again = await ns.nl.ensure_bridge("br-daemon")
     assert again.index == first.index
     assert [link.name for link in await ns.nl.links()].count("br-daemon") == 1
@@ -146,7 +147,7 @@ async def test_veth_pair_mac_master_up(ns: Namespace) -> None:
     peer = await ns.nl.get_link("tp-bbbb")
     assert host is not None and peer is not None
     assert (host.mac, peer.mac) == ("02:11:22:33:44:55", "02:11:22:33:44:66")
-    assert host.kind == "veth" and not host.up and host.master is None
+    assert host.kind == "veth" and not host.up and host.master is None and host.arp
     await ns.nl.set_master("tp-aaaa", "br-daemon")
     await ns.nl.set_up("tp-aaaa")
     host = await ns.nl.get_link("tp-aaaa")

@@ -94,6 +94,10 @@ def test_forwarding_with_nft(tmp_path: Any) -> None:
          "postrouting", "priority", "100", ";", "policy", "accept", ";", "}"],
         ["nft", "add", "rule", "inet", "telenet", "postrouting", "oifname", "eth1",
          "masquerade"],
+        ["nft", "add", "chain", "inet", "telenet", "prerouting", "{", "type", "filter", "hook",
+         "prerouting", "priority", "-300", ";", "policy", "accept", ";", "}"],
+        ["nft", "add", "rule", "inet", "telenet", "prerouting", "iifname", "br-daemon",
+         "notrack"],
     ]
     run.commands.clear()
     result_of(fwd.stopService())
@@ -101,23 +105,31 @@ def test_forwarding_with_nft(tmp_path: Any) -> None:
 
 
 def test_forwarding_with_iptables(tmp_path: Any) -> None:
-    """Without nft: an iptables and ip6tables MASQUERADE rule, added once, removed on stop."""
-    run = FakeRunner({("iptables", "-t", "nat", "-C"): 1, ("ip6tables", "-t", "nat", "-C"): 0})
+    """Without nft: iptables and ip6tables rules (masquerade, bridge notrack), added once."""
+    run = FakeRunner({("iptables", "-t", "nat", "-C"): 1, ("iptables", "-t", "raw", "-C"): 1,
+                      ("ip6tables", "-t", "nat", "-C"): 0, ("ip6tables", "-t", "raw", "-C"): 1})
     tools = {"iptables": "/usr/sbin/iptables", "ip6tables": "/usr/sbin/ip6tables"}
     fwd = Forwarding("eth1", run, sysctl_root=_sysctl_root(tmp_path, "1", "1"),
                      which=tools.get)
     fwd.startService()
     result_of(fwd.ready)  # type: ignore[arg-type]
     rule = ["POSTROUTING", "-o", "eth1", "-j", "MASQUERADE"]
+    raw = ["PREROUTING", "-i", "br-daemon", "-j", "CT", "--notrack"]
     assert run.commands == [
         ["iptables", "-t", "nat", "-C", *rule],
         ["iptables", "-t", "nat", "-A", *rule],
+        ["iptables", "-t", "raw", "-C", *raw],
+        ["iptables", "-t", "raw", "-A", *raw],
         ["ip6tables", "-t", "nat", "-C", *rule],  # there already: not added twice
+        ["ip6tables", "-t", "raw", "-C", *raw],
+        ["ip6tables", "-t", "raw", "-A", *raw],
     ]
     run.commands.clear()
     result_of(fwd.stopService())
     assert run.commands == [["iptables", "-t", "nat", "-D", *rule],
-                            ["ip6tables", "-t", "nat", "-D", *rule]]
+                            ["iptables", "-t", "raw", "-D", *raw],
+                            ["ip6tables", "-t", "nat", "-D", *rule],
+                            ["ip6tables", "-t", "raw", "-D", *raw]]
 
 
 def test_forwarding_failures_are_not_fatal(tmp_path: Any) -> None:
@@ -157,6 +169,7 @@ async def test_forwarding_real_nft_in_scratch_netns(tmp_path: Any) -> None:
                                   capture_output=True, text=True).stdout
 
         assert 'oifname "tntvif0" masquerade' in listing()
+        assert 'iifname "br-daemon" notrack' in listing()
         await fwd.stopService()
         assert "telenet" not in listing()
     finally:

@@ -1,0 +1,212 @@
+# -*- test-case-name: tests.test_daemon -*-
+"""
+``twistd telepresence-daemon``: the daemon container's side of teleroute.
+
+    twistd -n telepresence-daemon [--vif IFACE] [--subnet CIDR ...] [--cluster-domain D ...]
+        [--cluster-dns ADDR] [--teleroute-port 4039] [--control ENDPOINT]
+
+One process, on Twisted's asyncio reactor (installed here, so no ``--reactor`` is needed):
+
+- the teleroute gRPC service (``telenet.teleroute``) on ``--teleroute-port``, with the
+  ``br-daemon`` bridge and the veth pairs of the containers on the teleroute network;
+- the routed subnets: ``--subnet`` plus the kernel routes through ``--vif``, watched live,
+  with forwarding and masquerading toward the VIF (``telenet.vif``);
+- DNS on the daemon's teleroute address, port 53 (``telenet.dns``), bound as soon as the
+  daemon's own endpoint is created;
+- the control API for the CLI (``telenet.control``) on ``--control``, with SFTP bridges.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python import usage
+
+import telenet
+from telenet.dns import DEFAULT_CLUSTER_DOMAIN, in_domains, parse_server
+from telenet.netip import Network
+from telenet.netlink import INetlink
+
+log = Logger()
+
+DEFAULT_TELEROUTE_PORT = 4039
+DEFAULT_CONTROL = "tcp:4038:interface=127.0.0.1"
+
+
+class Options(usage.Options):
+    synopsis = "[--vif IFACE] [--subnet CIDR ...] [--cluster-domain D ...] [--cluster-dns ADDR]"
+    longdesc = ("The Telepresence daemon's teleroute side: veth pairs for the containers of a "
+                "teleroute network, routes to the remote network behind --vif, DNS, and the "
+                "control API.")
+
+    optParameters = [
+        ["vif", None, None, "Interface toward the remote network; the subnets routed through "
+                            "it are watched live and traffic leaving by it is masqueraded."],
+        ["cluster-dns", None, None, "DNS server (ADDR or ADDR:PORT) for names under the "
+                                    "cluster domains."],
+        ["teleroute-port", None, str(DEFAULT_TELEROUTE_PORT), "Port of the teleroute gRPC "
+                                                              "service."],
+        ["control", None, DEFAULT_CONTROL, "Endpoint of the control API."],
+        ["dns-port", None, "53", "DNS port on the daemon's teleroute addresses."],
+        ["resolv-conf", None, "/etc/resolv.conf", "Resolver configuration for every name "
+                                                  "outside the cluster domains."],
+        ["name", None, "telenet-daemon", "Daemon name sent to plug-ins in Connect."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["subnet"] = []
+        self["cluster-domain"] = []
+
+    def opt_subnet(self, value: str) -> None:
+        """A subnet (CIDR) to route to, in addition to those through --vif. Repeatable."""
+        try:
+            network = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise usage.UsageError(f"--subnet {value!r} is not a CIDR like 10.96.0.0/12"
+                                   ) from None
+        if network.prefixlen == 0:
+            raise usage.UsageError("--subnet must not be a default route")
+        self["subnet"].append(network)
+
+    def opt_cluster_domain(self, value: str) -> None:
+        """A domain resolved by --cluster-dns (default: cluster.local). Repeatable."""
+        domain = value.strip().rstrip(".").lower()
+        if not domain or " " in domain:
+            raise usage.UsageError(f"--cluster-domain {value!r} is not a domain")
+        self["cluster-domain"].append(domain)
+
+    def postOptions(self) -> None:
+        if not self["cluster-domain"]:
+            self["cluster-domain"] = [DEFAULT_CLUSTER_DOMAIN]
+        for key in ("teleroute-port", "dns-port"):
+            try:
+                self[key] = int(self[key])
+            except ValueError:
+                raise usage.UsageError(f"--{key} must be a port number") from None
+            if not 0 <= self[key] < 65536:
+                raise usage.UsageError(f"--{key} must be between 0 and 65535")
+        if self["cluster-dns"]:
+            try:
+                parse_server(self["cluster-dns"])
+            except ValueError:
+                raise usage.UsageError(f"--cluster-dns {self['cluster-dns']!r} is not an IP "
+                                       "address (optionally with :PORT)") from None
+        vif = self["vif"]
+        if vif is not None and (not vif or len(vif) > 15 or "/" in vif or " " in vif):
+            raise usage.UsageError(f"--vif {vif!r} is not an interface name")
+
+
+class _Closer(service.Service):
+    """Closes the netlink sockets last, once everything using them has stopped."""
+
+    def __init__(self, netlink: INetlink) -> None:
+        self.netlink = netlink
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return self.netlink.close()
+
+
+def makeService(options: Options, reactor: Any = None,  # noqa: N802
+                netlink: INetlink | None = None) -> service.MultiService:
+    """
+    The daemon as one ``MultiService``. Children, started in this order and stopped in the
+    reverse: ``netlink``, ``forwarding`` and ``vif-routes`` (with ``--vif``), ``teleroute``,
+    ``dns``, ``bridges``, ``control``.
+    """
+    if reactor is None:
+        from telenet.aio import install_asyncio_reactor
+
+        install_asyncio_reactor()
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    from telenet.control import Bridges, control_site
+    from telenet.dns import DNSService, make_factory, make_resolver
+    from telenet.teleroute import GrpcServerService, Teleroute
+    from telenet.vif import Forwarding, RouteTable, VifRouteService, process_runner
+
+    if netlink is None:
+        from telenet.netlink import PyrouteNetlink
+
+        netlink = PyrouteNetlink()
+
+    top = service.MultiService()
+
+    def add(name: str, child: service.Service) -> None:
+        child.setName(name)
+        child.setServiceParent(top)
+
+    add("netlink", _Closer(netlink))
+    table = RouteTable(options["subnet"])
+    vif = options["vif"]
+    if vif:
+        add("forwarding", Forwarding(vif, process_runner(reactor)))
+        add("vif-routes", VifRouteService(netlink, vif, table))
+
+    core = Teleroute(netlink, table.current, name=options["name"])
+    port = options["teleroute-port"]
+
+    def fatal() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    grpc_service = GrpcServerService(core, [f"[::]:{port}", f"0.0.0.0:{port}"],
+                                     on_fatal=fatal)
+    add("teleroute", grpc_service)
+
+    resolver = make_resolver(options["cluster-domain"], options["cluster-dns"], reactor,
+                             resolv_conf=options["resolv-conf"])
+    dns_service = DNSService(reactor, make_factory(resolver), port=options["dns-port"])
+    core.on_daemon_address(lambda v4, v6: dns_service.listen([v4, v6]))
+    add("dns", dns_service)
+
+    def open_bridge(host: str, agent_port: int) -> defer.Deferred[Any]:
+        from telenet import sftpproxy
+
+        return sftpproxy.open_bridge(reactor, "tcp:0", host, agent_port)
+
+    bridges = Bridges(open_bridge)
+    add("bridges", bridges)
+
+    def status() -> dict[str, Any]:
+        local = dns_service.local_addresses
+        return {
+            "version": telenet.__version__,
+            "name": options["name"],
+            "vif": vif,
+            "dns": {
+                "local_address": local[0] if local else None,
+                "local_addresses": local,
+                "cluster_domains": options["cluster-domain"],
+                "cluster_dns": options["cluster-dns"],
+            },
+            "teleroute": {"port": grpc_service.port or port, **core.status()},
+            "routes": [str(n) for n in table.current()],
+            "bridges": bridges.describe(),
+        }
+
+    add("control", strports.service(options["control"], control_site(status, bridges),
+                                    reactor=reactor))
+    _warn_overlaps(options["subnet"], options["cluster-domain"])
+    log.info("telepresence-daemon {version}: vif {vif}, subnets {subnets}, cluster domains "
+             "{domains} via {dns}", version=telenet.__version__, vif=vif or "-",
+             subnets=[str(s) for s in options["subnet"]], domains=options["cluster-domain"],
+             dns=options["cluster-dns"] or "the daemon's own resolver")
+    return top
+
+
+def _warn_overlaps(subnets: list[Network], domains: list[str]) -> None:
+    for a in subnets:
+        for b in subnets:
+            if a is not b and a.version == b.version and a.subnet_of(b):  # type: ignore[arg-type]
+                log.warn("--subnet {inner} lies inside --subnet {outer}", inner=str(a),
+                         outer=str(b))
+    for d in domains:
+        if in_domains(d, [x for x in domains if x != d]):
+            log.warn("--cluster-domain {domain} is inside another cluster domain", domain=d)
