@@ -178,9 +178,9 @@ CLIENT = textwrap.dedent('''
     from telenet.netip import decode_addr, decode_network, encode_addr, encode_prefix
     from telenet.proto import teleroute_pb2 as pb, teleroute_pb2_grpc as pbg
 
-    async def main(pid):
+    async def main(pid, host):
         out = {}
-        async with grpc.aio.insecure_channel("127.0.0.1:4039") as channel:
+        async with grpc.aio.insecure_channel(f"{host}:4039") as channel:
             stub = pbg.TelerouteStub(channel)
             stream = stub.Connect(pb.ConnectRequest(pid=pid, gateways=[
                 encode_prefix(ipaddress.ip_interface("172.30.0.1/16"))]))
@@ -197,7 +197,7 @@ CLIENT = textwrap.dedent('''
                 await stub.Join(pb.EndpointIdentifier(id="nope"))
             except grpc.aio.AioRpcError as e:
                 out["unknown"] = e.code().name
-            out["status"] = json.load(urllib.request.urlopen("http://127.0.0.1:4038/status"))
+            out["status"] = json.load(urllib.request.urlopen(f"http://{host}:4038/status"))
             print(json.dumps(out), flush=True)
             # Held open until the daemon stops.
             rest = []
@@ -206,7 +206,7 @@ CLIENT = textwrap.dedent('''
             print(json.dumps({"ended": (await stream.code()).name, "more": len(rest)}),
                   flush=True)
 
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"))
 ''')
 
 DNS_QUERY = textwrap.dedent('''
@@ -321,9 +321,7 @@ def test_daemon_in_scratch_netns(scratch: Scratch) -> None:
         wait_for(lambda: "listening on port 4039" in daemon.log() or not daemon.alive(), 20,
                  "the daemon's gRPC port")
         assert daemon.alive(), daemon.log()
-        wait_for(lambda: os.path.exists(f"/proc/{sleeper.pid}/ns/net") and
-                 os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino ==
-                 os.stat(f"/run/netns/{s.host_ns}").st_ino, 5, "the sleeper's netns")
+        wait_for(lambda: _same_netns(sleeper.pid, s.host_ns), 5, "the sleeper's netns")
         client = s.spawn(s.daemon_ns, py, "-c", CLIENT, str(sleeper.pid), log="client.log")
         client_log = os.path.join(s.root, "client.log")
         wait_for(lambda: open(client_log).read().count("\n") >= 1 or client.poll() is not None,
@@ -375,3 +373,76 @@ def test_daemon_in_scratch_netns(scratch: Scratch) -> None:
     assert leftovers == []
     if shutil.which("nft"):
         assert "telenet" not in s.exec(s.daemon_ns, "nft", "list", "ruleset").stdout
+
+
+IMAGE = os.environ.get("TELENET_IMAGE", "telenet")
+
+
+@pytest.mark.e2e
+def test_daemon_in_container(tmp_path: Any) -> None:
+    """
+    The daemon in the project image, as the issue runs it (--pid host, NET_ADMIN): the VIF
+    network is connected after start and its subnet is learned live; a client on the host
+    gets veth ends moved into a scratch netns by pid; docker stop ends the Connect stream.
+    """
+    require(os.geteuid() == 0, "moving links between namespaces needs root")
+    require(shutil.which("docker") is not None, "the docker CLI is not installed")
+    require(subprocess.run(["docker", "image", "inspect", IMAGE],
+                           capture_output=True).returncode == 0,
+            f"image {IMAGE} is missing (scripts/build-image)")
+    tag = uuid.uuid4().hex[:6]
+    name, network, ns = f"tntest-daemon-{tag}", f"tntest-cluster-{tag}", f"tntest-{tag}"
+    run("docker", "network", "create", "--internal", network)
+    run("ip", "netns", "add", ns)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"])
+    client: subprocess.Popen[bytes] | None = None
+    try:
+        run("docker", "run", "-d", "--name", name, "--pid", "host", "--cap-add", "NET_ADMIN",
+            "--sysctl", "net.ipv4.ip_forward=1", IMAGE, "twistd", "-n",
+            "telepresence-daemon", "--vif", "eth1", "--control", "tcp:4038")
+
+        def logs() -> str:
+            return run("docker", "logs", name, check=False).stdout + run(
+                "docker", "logs", name, check=False).stderr
+
+        wait_for(lambda: "listening on port 4039" in logs(), 30, "the daemon in its container")
+        run("docker", "network", "connect", network, name)
+        subnet = run("docker", "network", "inspect", "-f",
+                     "{{(index .IPAM.Config 0).Subnet}}", network).stdout.strip()
+        wait_for(lambda: f"now ['{subnet}']" in logs(), 15, "the VIF subnet to be learned")
+        address = run("docker", "inspect", "-f",
+                      "{{.NetworkSettings.Networks.bridge.IPAddress}}", name).stdout.strip()
+        wait_for(lambda: _same_netns(sleeper.pid, ns), 5, "the sleeper's netns")
+        log_path = tmp_path / "client.log"
+        with open(log_path, "wb") as out:
+            client = subprocess.Popen([sys.executable, "-c", CLIENT, str(sleeper.pid), address],
+                                      stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: log_path.read_text().count("\n") >= 1 or client.poll() is not None,
+                 20, "the client's answers")
+        story = json.loads(log_path.read_text().splitlines()[0])
+        assert story["w"]["routes"] == [subnet] and story["w"]["via"] == "172.30.0.2"
+        assert story["status"]["dns"]["local_address"] == "172.30.0.2:53"
+        moved = run("ip", "-n", ns, "-o", "link").stdout
+        assert story["d"]["src"] in moved and story["w"]["src"] in moved
+        assert "masquerade" in run("docker", "exec", name, "nft", "list", "ruleset").stdout
+        run("docker", "stop", name)
+        wait_for(lambda: client.poll() is not None, 10, "the Connect stream to end")
+        assert json.loads(log_path.read_text().splitlines()[-1]) == {"ended": "OK", "more": 0}
+        assert "Server Shut Down" in logs() and "Traceback" not in logs()
+        # The pairs went with the daemon: nothing is left in the plug-in's netns.
+        assert " tp-" not in run("ip", "-n", ns, "-o", "link").stdout
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+        run("docker", "rm", "-f", name, check=False)
+        run("docker", "network", "rm", network, check=False)
+        sleeper.kill()
+        sleeper.wait()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _same_netns(pid: int, ns: str) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{ns}").st_ino
+    except OSError:
+        return False
