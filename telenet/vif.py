@@ -152,9 +152,12 @@ class Forwarding(service.Service):
                     f.write("1\n")
                 log.info("Enabled {sysctl}", sysctl=key.replace("/", "."))
             except OSError as e:
-                log.warn("Cannot enable {sysctl} ({error}); run the container with "
-                         "--sysctl {name}=1", sysctl=key, error=e.strerror or str(e),
-                         name=key.replace("/", "."))
+                # IPv6 forwarding matters only for IPv6 routes; Docker's containers have
+                # IPv6 off unless asked, so only IPv4 is worth a warning.
+                emit = log.warn if key.startswith("net/ipv4") else log.info
+                emit("Cannot enable {sysctl} ({error}); run the container with "
+                     "--sysctl {sysctl}=1", sysctl=key.replace("/", "."),
+                     error=e.strerror or str(e))
 
     async def _call(self, tool: str, args: list[str], check: bool = True) -> bool:
         out, err, code = await self.run(tool, args)
