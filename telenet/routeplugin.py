@@ -46,6 +46,7 @@ from telenet.routeclient import (
     TelerouteError,
     grpc_target,
 )
+from telenet.routelinks import IEndpointPlumbing, PlumbingError
 
 log = Logger()
 
@@ -61,6 +62,8 @@ GENERIC_OPTIONS = "com.docker.network.generic"
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 _SWALLOWED_ON_TEARDOWN = {StatusCode.CANCELLED, StatusCode.UNAVAILABLE}
+#: The daemon is not there (yet): its own endpoint is then set up when it connects.
+_DAEMON_AWAY = {StatusCode.CANCELLED, StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED}
 
 
 # -- request parsing, with the Go plug-in's messages
@@ -142,14 +145,14 @@ def parse_gateways(body: JSONObject) -> list[str]:
     return gateways
 
 
-def _parse_cidr_address(text: Any) -> str:
-    """The address part of an endpoint's ``Interface.Address``; empty stays empty."""
+def _parse_cidr(text: Any) -> str:
+    """An endpoint's ``Interface.Address`` (address/length) normalised; empty stays empty."""
     if text is None or text == "":
         return ""
     if not isinstance(text, str):
         raise BadRequest(f"interface addresses must be strings, not {_go_type(text)}")
     try:
-        return str(ipaddress.ip_interface(text).ip)
+        return str(ipaddress.ip_interface(text))
     except ValueError as e:
         raise PluginError(f'invalid CIDR "{text}": {e}') from None
 
@@ -250,7 +253,8 @@ class DaemonLink:
 
     def __init__(self, factory: ClientFactory, address: DaemonAddress,
                  request: Callable[[], teleroute_pb2.ConnectRequest], clock: IReactorTime,
-                 backoff: Backoff | None = None, timeout: float = CALL_TIMEOUT) -> None:
+                 backoff: Backoff | None = None, timeout: float = CALL_TIMEOUT,
+                 on_connect: Callable[[], None] | None = None) -> None:
         self.address = address
         self.target = grpc_target(address.host, address.port)
         self.client: ITelerouteClient | None = None
@@ -268,6 +272,7 @@ class DaemonLink:
         self._waiters: list[defer.Deferred[None]] = []
         self._keep_trying = False
         self._closed = False
+        self._on_connect = on_connect
 
     @property
     def connected(self) -> bool:
@@ -327,6 +332,11 @@ class DaemonLink:
                  name=session.info.get("name", "?"), version=session.info.get("version", "?"),
                  target=self.target)
         session.ended.addCallback(self._lost, session)
+        if self._on_connect is not None:
+            try:
+                self._on_connect()
+            except Exception:
+                log.failure("handling the connection to {target} failed", target=self.target)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -459,6 +469,8 @@ class Network:
     address: DaemonAddress
     gateways: list[str]
     link: DaemonLink | None = None
+    #: Set while the daemon's own pending endpoint is being set up after a (re)connection.
+    settling: defer.Deferred[None] | None = None
 
     def to_json(self) -> JSONObject:
         return {"host": self.address.host, "port": self.address.port,
@@ -473,27 +485,43 @@ class Network:
 
 @attrs.define
 class Endpoint:
+    """
+    A Docker endpoint on a teleroute network.
+
+    ``ipv4``/``ipv6`` are the interface CIDRs Docker assigned. ``pending`` marks the daemon's own
+    endpoint created while the daemon was away (a ``docker restart`` of its container); once
+    the daemon is connected, the plug-in sets its interface up itself in ``sandbox``.
+    """
+
     id: str
     network: str
     ipv4: str = ""
     ipv6: str = ""
     daemon: bool = False
+    pending: bool = False
+    sandbox: str = ""
 
     def to_json(self) -> JSONObject:
         return {"network": self.network, "ipv4": self.ipv4, "ipv6": self.ipv6,
-                "daemon": self.daemon}
+                "daemon": self.daemon, "pending": self.pending, "sandbox": self.sandbox}
 
     @classmethod
     def from_json(cls, endpoint_id: str, data: JSONObject) -> Endpoint:
-        return cls(id=endpoint_id, network=str(data["network"]), ipv4=str(data.get("ipv4", "")),
-                   ipv6=str(data.get("ipv6", "")), daemon=bool(data.get("daemon", False)))
+        return cls(id=endpoint_id, network=str(data["network"]),
+                   ipv4=_parse_cidr(data.get("ipv4", "")), ipv6=_parse_cidr(data.get("ipv6", "")),
+                   daemon=bool(data.get("daemon", False)), pending=bool(data.get("pending", False)),
+                   sandbox=str(data.get("sandbox", "")))
+
+    def same_as(self, other: Endpoint) -> bool:
+        return (self.network, self.ipv4, self.ipv6, self.daemon) == (
+            other.network, other.ipv4, other.ipv6, other.daemon)
 
     def request(self) -> teleroute_pb2.CreateEndpointRequest:
+        def addr(cidr: str) -> bytes:
+            return netip.encode_addr(ipaddress.ip_interface(cidr).ip if cidr else None)
+
         return teleroute_pb2.CreateEndpointRequest(
-            id=self.id,
-            addr_ipv4=netip.encode_addr(ipaddress.ip_address(self.ipv4) if self.ipv4 else None),
-            addr_ipv6=netip.encode_addr(ipaddress.ip_address(self.ipv6) if self.ipv6 else None),
-            daemon=self.daemon,
+            id=self.id, addr_ipv4=addr(self.ipv4), addr_ipv6=addr(self.ipv6), daemon=self.daemon,
         )
 
 
@@ -510,8 +538,10 @@ class NetworkDriver:
 
     def __init__(self, client_factory: ClientFactory, store: IStateStore, clock: IReactorTime,
                  run_blocking: Runner = _run_now, pid: int | None = None,
-                 backoff: Backoff | None = None, timeout: float = CALL_TIMEOUT) -> None:
+                 backoff: Backoff | None = None, timeout: float = CALL_TIMEOUT,
+                 plumbing: IEndpointPlumbing | None = None) -> None:
         self._factory = client_factory
+        self._plumbing = plumbing
         self._store = store
         self._clock = clock
         self._run_blocking = run_blocking
@@ -535,7 +565,7 @@ class NetworkDriver:
         for endpoint_id, entry in (data.get("endpoints") or {}).items():
             try:
                 endpoint = Endpoint.from_json(endpoint_id, entry)
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, PluginError) as e:
                 log.error("skipping unreadable saved endpoint {id}: {error}", id=endpoint_id,
                           error=e)
                 continue
@@ -576,7 +606,8 @@ class NetworkDriver:
             )
 
         return DaemonLink(self._factory, network.address, request, self._clock,
-                          backoff=self._backoff, timeout=self._timeout)
+                          backoff=self._backoff, timeout=self._timeout,
+                          on_connect=lambda: self._on_connect(network))
 
     def _network(self, body: JSONObject) -> Network:
         network_id = field(body, "NetworkID", str)
@@ -589,7 +620,10 @@ class NetworkDriver:
         if network.link is None:
             network.link = self._link(network)
             network.link.keep_connected()
-        return await network.link.ready(self._timeout, patient=patient)
+        client = await network.link.ready(self._timeout, patient=patient)
+        if network.settling is not None:
+            await network.settling
+        return client
 
     async def _call(self, network: Network, method: str, request: Any,
                     patient: bool = True) -> Any:
@@ -671,8 +705,8 @@ class NetworkDriver:
         endpoint_id = field(body, "EndpointID", str)
         interface = field(body, "Interface", dict, required=False) or {}
         endpoint = Endpoint(id=endpoint_id, network=network.id,
-                            ipv4=_parse_cidr_address(interface.get("Address")),
-                            ipv6=_parse_cidr_address(interface.get("AddressIPv6")))
+                            ipv4=_parse_cidr(interface.get("Address")),
+                            ipv6=_parse_cidr(interface.get("AddressIPv6")))
         options = field(body, "Options", dict, required=False) or {}
         daemon_option = options.get("daemon")
         if isinstance(daemon_option, str):
@@ -683,10 +717,22 @@ class NetworkDriver:
                     f'invalid value for option "daemon": "{daemon_option}" is not a boolean'
                 ) from None
         try:
-            await self._call(network, "create_endpoint", endpoint.request())
+            # The daemon's own endpoint may come while its container is (re)starting: one
+            # attempt, then it waits for the daemon (see _settle).
+            await self._call(network, "create_endpoint", endpoint.request(),
+                             patient=not endpoint.daemon)
         except TelerouteError as e:
             known = self.endpoints.get(endpoint_id)
-            if not (e.code == StatusCode.ALREADY_EXISTS and known == endpoint):
+            if e.code == StatusCode.ALREADY_EXISTS and known is not None and known.same_as(
+                    endpoint):
+                endpoint = known
+            elif endpoint.daemon and e.code in _DAEMON_AWAY:
+                endpoint.pending = True
+                log.warn("the daemon at {target} is away ({error}): its own endpoint {id} is set "
+                         "up when it connects", target=grpc_target(network.address.host,
+                                                                  network.address.port),
+                         error=e, id=endpoint_id[:12])
+            else:
                 raise PluginError(
                     f"unable to create endpoint {endpoint_id[:12]}: {e.details}"
                 ) from None
@@ -701,6 +747,14 @@ class NetworkDriver:
     async def join(self, body: JSONObject) -> JSONObject:
         network = self._network(body)
         endpoint_id = field(body, "EndpointID", str)
+        endpoint = self.endpoints.get(endpoint_id)
+        if endpoint is not None and endpoint.pending:
+            endpoint.sandbox = field(body, "SandboxKey", str, required=False) or ""
+            if not await self._realize(network, endpoint):
+                # No interface for now: the container starts, and gets it once the daemon
+                # connects.
+                await self._save()
+                return {"StaticRoutes": [], "DisableGatewayService": False}
         request = teleroute_pb2.EndpointIdentifier(id=endpoint_id)
         try:
             response = await self._call(network, "join", request)
@@ -749,6 +803,66 @@ class NetworkDriver:
             raise PluginError(f"unable to {call} endpoint {endpoint_id[:12]}: {e.details}"
                               ) from None
         return endpoint_id
+
+    async def _realize(self, network: Network, endpoint: Endpoint) -> bool:
+        """Create a pending daemon endpoint on a connected daemon; False if it is still away."""
+        if network.link is None or not network.link.connected or network.link.client is None:
+            return False
+        try:
+            d = network.link.client.create_endpoint(endpoint.request(), self._timeout)
+            d.addTimeout(self._timeout, self._clock)
+            await d
+        except TelerouteError as e:
+            if e.code != StatusCode.ALREADY_EXISTS:
+                log.warn("the daemon refused its endpoint {id}: {error}", id=endpoint.id[:12],
+                         error=e)
+                return False
+        except defer.TimeoutError:
+            return False
+        endpoint.pending = False
+        await self._save()
+        return True
+
+    def _on_connect(self, network: Network) -> None:
+        """A (re)connected daemon: set up its own endpoint if it joined while away."""
+        pending = [e for e in self.endpoints.values()
+                   if e.network == network.id and e.pending and e.sandbox]
+        if not pending or network.settling is not None:
+            return
+
+        def done(_: object) -> None:
+            network.settling = None
+
+        settling = defer.ensureDeferred(self._settle(network, pending))
+        settling.addErrback(lambda f: log.failure("setting up the daemon's endpoint failed", f))
+        if not settling.called:
+            network.settling = settling
+            settling.addBoth(done)
+
+    async def _settle(self, network: Network, pending: list[Endpoint]) -> None:
+        for endpoint in pending:
+            if not await self._realize(network, endpoint):
+                continue
+            assert network.link is not None and network.link.client is not None
+            try:
+                d = network.link.client.join(
+                    teleroute_pb2.EndpointIdentifier(id=endpoint.id), self._timeout)
+                d.addTimeout(self._timeout, self._clock)
+                response = await d
+                if self._plumbing is None:
+                    raise PlumbingError("this plug-in cannot configure interfaces itself")
+                name = await self._plumbing.adopt(
+                    response.interface_src_name, endpoint.sandbox, network.address.host,
+                    [c for c in (endpoint.ipv4, endpoint.ipv6) if c])
+            except (TelerouteError, PlumbingError, defer.TimeoutError) as e:
+                log.error("cannot give the daemon its interface for endpoint {id}: {error}",
+                          id=endpoint.id[:12], error=e)
+                endpoint.pending = True
+                await self._save()
+                continue
+            log.info("gave the daemon its interface {name} ({addresses}) for endpoint {id}",
+                     name=name, addresses=" ".join(filter(None, (endpoint.ipv4, endpoint.ipv6))),
+                     id=endpoint.id[:12])
 
     def endpoint_oper_info(self, body: JSONObject) -> JSONObject:
         return {"Value": {}}
@@ -828,8 +942,10 @@ def makeService(options: Options, reactor: Any = None,
 
         return deferToThreadPool(reactor, pool, f, *args)
 
+    from telenet.routelinks import NetnsPlumbing, process_runner
+
     driver = NetworkDriver(client_factory, JSONFileStore(os.path.join(state_dir, "state.json")),
-                           reactor, run_blocking)
+                           reactor, run_blocking, plumbing=NetnsPlumbing(process_runner(reactor)))
     driver.restore()
     log.info("teleroute plug-in, host pid {pid}", pid=driver._pid)
     _DriverService(driver, reactor).setServiceParent(top)

@@ -3,7 +3,8 @@ A memory fake of a daemon's teleroute service, for unit tests of the network plu
 
 ``MemoryTeleroute`` keeps the books the daemon keeps (reference §3: endpoints, the daemon's own
 addresses, routes, the last Connect's pid and gateways) and answers with the daemon's status
-codes. ``MemoryTeleroute.client`` is an ``ITelerouteClient`` factory for ``NetworkDriver``.
+codes. ``MemoryTeleroute.client`` is an ``ITelerouteClient`` factory for ``NetworkDriver``;
+``MemoryPlumbing`` stands in for moving interfaces between namespaces.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from zope.interface import implementer
 
 from telenet.proto import teleroute_pb2
 from telenet.routeclient import ConnectSession, ITelerouteClient, TelerouteError, grpc_target
+from telenet.routelinks import IEndpointPlumbing, PlumbingError
 
 StatusCode = grpc.StatusCode
 
@@ -219,3 +221,19 @@ class MemoryTeleroute:
     def remove_endpoint(self, request: teleroute_pb2.EndpointIdentifier) -> None:
         self._get(request.id)
         del self.endpoints[request.id]
+
+
+@implementer(IEndpointPlumbing)
+class MemoryPlumbing:
+    """An ``IEndpointPlumbing`` that records what it was asked; ``fail`` makes it refuse."""
+
+    def __init__(self) -> None:
+        self.adopted: list[tuple[str, str, str, list[str]]] = []
+        self.fail: str | None = None
+
+    def adopt(self, link: str, sandbox_key: str, daemon_host: str,
+              addresses: list[str]) -> defer.Deferred[str]:
+        if self.fail is not None:
+            return defer.fail(PlumbingError(self.fail))
+        self.adopted.append((link, sandbox_key, daemon_host, list(addresses)))
+        return defer.succeed("tpd-0")

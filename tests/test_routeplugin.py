@@ -28,7 +28,7 @@ from telenet.routeplugin import (
     own_host_pid,
     static_routes,
 )
-from telenet.routetesting import MemoryTeleroute
+from telenet.routetesting import MemoryPlumbing, MemoryTeleroute
 from telenet.testing import MemoryStateStore
 
 from .helpers import dockerd_calls, result_of
@@ -73,7 +73,9 @@ class Harness:
         self.clock = task.Clock()
         self.store = store or MemoryStateStore()
         self.daemon = daemon or MemoryTeleroute(routes=["10.123.0.0/16"])
-        self.driver = NetworkDriver(self.daemon.client, self.store, self.clock, pid=PID)
+        self.plumbing = MemoryPlumbing()
+        self.driver = NetworkDriver(self.daemon.client, self.store, self.clock, pid=PID,
+                                    plumbing=self.plumbing)
         self.driver.restore()
         self.driver.start()
         self.stub = StubTreq(PluginResource(["NetworkDriver"], self.driver.handlers()))
@@ -570,6 +572,102 @@ def test_join_fails_when_the_daemon_stays_away() -> None:
     assert answer["Err"].startswith("unable to create endpoint 30b306bd1f07: failed to connect")
 
 
+# -- the daemon container restarted: Docker joins its endpoint before the daemon runs
+
+SANDBOX = "/var/run/docker/netns/0123456789ab"
+D2 = "d2" * 32
+
+
+def daemon_container_restarts(h: Harness) -> None:
+    """What ``docker restart`` of the daemon container does, up to the daemon process start."""
+    h.daemon.stop()
+    assert h.ok("/NetworkDriver.Leave", ids(DAEMON_EP)) == {}
+    assert h.ok("/NetworkDriver.DeleteEndpoint", ids(DAEMON_EP)) == {}
+    h.ok("/NetworkDriver.CreateEndpoint",
+         endpoint_body(D2, "172.21.0.4/16", options={"daemon": "true"}))
+    assert h.ok("/NetworkDriver.Join", {**ids(D2), "SandboxKey": SANDBOX}) == {
+        "StaticRoutes": [], "DisableGatewayService": False}
+
+
+def test_daemon_endpoint_joins_while_the_daemon_is_away() -> None:
+    """The restarted daemon's endpoint is accepted without an interface, then set up."""
+    h = Harness()
+    h.network()
+    h.daemon_joins()
+    h.workload_joins()
+    daemon_container_restarts(h)
+    assert h.driver.endpoints[D2].pending
+    assert h.store.load()["endpoints"][D2]["sandbox"] == SANDBOX
+    h.daemon.start()
+    h.clock.advance(2)
+    assert h.daemon.daemon_ipv4 == "172.21.0.4"
+    (veth, sandbox, host, addresses), = h.plumbing.adopted
+    assert (veth, sandbox, host, addresses) == (h.daemon.endpoints[D2].veth, SANDBOX,
+                                                "172.17.0.2", ["172.21.0.4/16"])
+    assert not h.driver.endpoints[D2].pending
+    answer = h.workload_joins(endpoint="w2" * 32, address="172.21.0.5/16")
+    assert answer["StaticRoutes"][0]["NextHop"] == "172.21.0.4"
+
+
+def test_workload_joining_first_waits_for_the_daemon_endpoint() -> None:
+    """A workload whose call brings the connection back waits until the daemon has its address."""
+    h = Harness()
+    h.network()
+    h.daemon_joins()
+    daemon_container_restarts(h)
+    h.daemon.start()
+    answer = h.workload_joins(endpoint="w2" * 32, address="172.21.0.5/16")
+    assert answer["StaticRoutes"][0]["NextHop"] == "172.21.0.4"
+    assert len(h.plumbing.adopted) == 1
+
+
+def test_daemon_endpoint_back_before_join_is_normal() -> None:
+    """If the daemon is back by the time Docker joins its endpoint, Docker moves the interface."""
+    h = Harness()
+    h.network()
+    h.daemon_joins()
+    h.daemon.stop()
+    h.ok("/NetworkDriver.CreateEndpoint",
+         endpoint_body(D2, "172.21.0.4/16", options={"daemon": "true"}))
+    h.daemon.start()
+    h.clock.advance(2)
+    answer = h.ok("/NetworkDriver.Join", {**ids(D2), "SandboxKey": SANDBOX})
+    assert answer["InterfaceName"]["SrcName"] == h.daemon.endpoints[D2].veth
+    assert h.plumbing.adopted == []
+    assert not h.driver.endpoints[D2].pending
+
+
+def test_daemon_endpoint_setup_failure_is_retried_on_reconnect() -> None:
+    """If the interface cannot be set up, the endpoint stays pending for the next connection."""
+    h = Harness()
+    h.network()
+    h.daemon_joins()
+    daemon_container_restarts(h)
+    h.plumbing.fail = "no network namespace holds the daemon's address"
+    h.daemon.start(fresh=True)
+    h.clock.advance(2)
+    assert h.driver.endpoints[D2].pending and h.plumbing.adopted == []
+    h.plumbing.fail = None
+    h.daemon.restart()
+    h.clock.advance(2)
+    assert not h.driver.endpoints[D2].pending and len(h.plumbing.adopted) == 1
+
+
+def test_pending_daemon_endpoint_survives_a_plugin_restart() -> None:
+    """A pending daemon endpoint is saved, and set up by the next plug-in process."""
+    store = MemoryStateStore()
+    first = Harness(store=store)
+    first.network()
+    first.daemon_joins()
+    daemon_container_restarts(first)
+    daemon = first.daemon
+    second = Harness(store=store, daemon=daemon)
+    daemon.start()
+    second.clock.advance(2)
+    assert not second.driver.endpoints[D2].pending
+    assert [a[1] for a in second.plumbing.adopted] == [SANDBOX]
+
+
 # -- persistence
 
 
@@ -798,3 +896,91 @@ async def test_grpc_client_sees_a_daemon_going_away() -> None:
         assert e.value.code == grpc.StatusCode.UNAVAILABLE
     finally:
         await client.close()
+
+
+# -- finding the daemon container's namespace (managed plug-in: /proc only)
+
+FIB_TRIE = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     +-- 127.0.0.0/8 2 0 2
+           |-- 127.0.0.1
+              /32 host LOCAL
+     +-- 172.17.0.0/16 2 0 2
+              |-- 172.17.0.0
+                 /16 link UNICAST
+              |-- 172.17.0.2
+                 /32 host LOCAL
+"""
+
+
+def _fake_proc(tmp_path: Any) -> Any:
+    """A /proc with ourselves, a process in our netns and one in the daemon's."""
+    proc = tmp_path / "proc"
+    for pid, netns, trie in (("self", "net:[1]", ""), ("10", "net:[1]", ""),
+                             ("20", "net:[2]", FIB_TRIE)):
+        (proc / pid / "ns").mkdir(parents=True)
+        (proc / pid / "net").mkdir()
+        os.symlink(netns, proc / pid / "ns" / "net")
+        (proc / pid / "net" / "fib_trie").write_text(trie)
+        (proc / pid / "net" / "if_inet6").write_text(
+            "fd000000000000000000000000000002 05 40 00 80     eth0\n" if pid == "20" else "")
+    return proc
+
+
+def test_local_addresses_and_finding_the_daemon_namespace(tmp_path: Any) -> None:
+    """The namespace holding the daemon's address is found through /proc, never our own."""
+    from telenet.routelinks import find_pid_holding, find_pid_in_sandbox, local_addresses
+
+    proc = _fake_proc(tmp_path)
+    assert local_addresses(str(proc / "20" / "net")) == {"127.0.0.1", "172.17.0.2", "fd00::2"}
+    assert find_pid_holding("172.17.0.2", str(proc)) == 20
+    assert find_pid_holding("fd00::2", str(proc)) == 20
+    assert find_pid_holding("172.17.0.9", str(proc)) is None
+    sandbox = tmp_path / "netns-0123"
+    sandbox.write_text("")
+    (proc / "30" / "ns").mkdir(parents=True)
+    os.symlink(sandbox, proc / "30" / "ns" / "net")
+    assert find_pid_in_sandbox(str(sandbox), str(proc)) == 30
+    assert find_pid_in_sandbox(str(tmp_path / "gone"), str(proc)) is None
+
+
+def test_plumbing_moves_renames_addresses_and_raises(tmp_path: Any) -> None:
+    """The link goes in by pid, then gets the next free tpd-N, its addresses, and up."""
+    from telenet.routelinks import NetnsPlumbing
+
+    proc = _fake_proc(tmp_path)
+    (proc / "20" / "net" / "dev").write_text(
+        "Inter-|   Receive\n face |bytes\n    lo: 0 0\n  eth0: 0 0\n tpd-0: 0 0\n")
+    commands: list[list[str]] = []
+
+    def run(argv: list[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:
+        commands.append([os.path.basename(argv[0]), *argv[1:]])
+        return defer.succeed((b"", b"", 0))
+
+    plumbing = NetnsPlumbing(run, proc=str(proc))
+    name = result_of(plumbing.adopt("tp-abc", "", "172.17.0.2", ["172.21.0.4/16"]))
+    inside = ["nsenter", "--target", "20", "--net", "--"]
+    assert name == "tpd-1"
+    assert commands == [
+        ["ip", "link", "set", "dev", "tp-abc", "netns", "20"],
+        [*inside, "ip", "link", "set", "dev", "tp-abc", "name", "tpd-1"],
+        [*inside, "ip", "addr", "add", "172.21.0.4/16", "dev", "tpd-1"],
+        [*inside, "ip", "link", "set", "dev", "tpd-1", "up"],
+    ]
+
+
+def test_plumbing_errors(tmp_path: Any) -> None:
+    """No namespace with the daemon's address, or a failing command: a clear PlumbingError."""
+    from telenet.routelinks import NetnsPlumbing, PlumbingError
+
+    proc = _fake_proc(tmp_path)
+    (proc / "20" / "net" / "dev").write_text("  eth0: 0 0\n")
+
+    def refuse(argv: list[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:
+        return defer.succeed((b"", b"nsenter: Operation not permitted\n", 1))
+
+    plumbing = NetnsPlumbing(refuse, proc=str(proc))
+    with pytest.raises(PlumbingError, match="no network namespace holds"):
+        result_of(plumbing.adopt("tp-x", "/nonexistent/netns", "172.17.0.9", []))
+    with pytest.raises(PlumbingError, match="Operation not permitted"):
+        result_of(plumbing.adopt("tp-x", "", "172.17.0.2", []))

@@ -1,0 +1,464 @@
+"""
+End to end: the teleroute plug-in, the daemon container and busybox workloads on real dockerd.
+
+The topology of the test bed (spec/testbed.md): a daemon container from the project image
+(``--pid host``, NET_ADMIN) on the default bridge, with its VIF ``eth1`` on an internal
+"cluster" network where a cluster container serves HTTP and DNS for ``cluster.local``; the
+teleroute network ``blue`` made by the plug-in, legacy (``twistd teleroute`` on the host) or
+managed (``docker plugin create`` from the image); busybox workloads on ``blue`` using the
+daemon as their DNS server.
+
+Everything is named ``tntest*`` and removed afterwards; the last check of every test is that no
+``tp-*`` link is left on the host and that the plug-in forgot the network's endpoints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import BUSYBOX, TWISTD, Daemon, port_open, require, run, wait_for
+
+pytestmark = pytest.mark.e2e
+
+IMAGE = os.environ.get("TELENET_IMAGE", "telenet")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BODY = "hello from echo.default"
+SERVICE = "echo.default.svc.cluster.local"
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120
+           ) -> subprocess.CompletedProcess[str]:
+    return run("docker", *args, check=check, timeout=timeout)
+
+
+def ip_on(container: str, network: str) -> str:
+    out = docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", container).stdout
+    return str(json.loads(out)[network]["IPAddress"])
+
+
+def subnet_of(network: str) -> str:
+    out = docker("network", "inspect", "-f", "{{json .IPAM.Config}}", network).stdout
+    return str(json.loads(out)[0]["Subnet"])
+
+
+def host_tp_links() -> list[str]:
+    out = run("ip", "-o", "link", "show").stdout
+    return sorted(m.group(1) for m in re.finditer(r"^\d+: (tp-[a-z2-7]{12})[@:]", out, re.M))
+
+
+# -- images and the cluster
+
+
+@pytest.fixture(scope="module")
+def images() -> None:
+    require(shutil.which("docker") is not None, "the docker CLI is not installed")
+    require(subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
+            "dockerd does not answer (run: scripts/dev setup)")
+    for image in (BUSYBOX, IMAGE):
+        found = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
+        require(found.returncode == 0, f"image {image} is missing (run: scripts/dev setup)")
+    require(os.geteuid() == 0, "teleroute needs root (netlink, netns)")
+
+
+@pytest.fixture(scope="module")
+def http_get_command(images: None) -> str:
+    """
+    The shell command a workload runs for an HTTP GET: busybox wget, or nc where wget is broken.
+
+    The busybox-static of Debian 12 on some machines crashes in wget before doing anything
+    (SIGSEGV right after start, even on the host); its nc works.
+    """
+    probe = subprocess.run(["docker", "run", "--rm", "--network", "none", BUSYBOX, "wget",
+                            "-q", "-O-", "-T", "1", "http://127.0.0.1:1/"],
+                           capture_output=True, timeout=30)
+    if probe.returncode != 139:
+        return "wget -q -O- -T 5 http://{host}:{port}{path}"
+    return ("printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' "
+            "| nc -w 5 {host} {port} | sed '1,/^\\r*$/d'")
+
+
+class Cluster:
+    """The internal "cluster" network and its container (HTTP on 80, DNS on 53)."""
+
+    def __init__(self) -> None:
+        self.network = f"tntest-cluster-{uid()}"
+        self.container = f"tntest-cluster-{uid()}"
+
+    def start(self) -> Cluster:
+        docker("network", "create", "--internal", self.network)
+        docker("run", "-d", "--name", self.container, "--network", self.network,
+               "--cap-add", "NET_ADMIN",
+               "-v", f"{os.path.join(HERE, 'e2e_cluster.py')}:/cluster.py:ro",
+               IMAGE, "python3", "/cluster.py", "--body", BODY,
+               "--record", f"{SERVICE}=self")
+        self.ip = ip_on(self.container, self.network)
+        self.subnet = subnet_of(self.network)
+        return self
+
+    def stop(self) -> None:
+        docker("rm", "-f", self.container, check=False)
+        docker("network", "rm", self.network, check=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(images: None) -> Iterator[Cluster]:
+    c = Cluster().start()
+    yield c
+    c.stop()
+
+
+# -- the plug-in, in both modes
+
+
+class RoutePlugin:
+    driver: str
+    state_file: str
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def log(self) -> str:
+        return ""
+
+    def state(self) -> dict[str, Any]:
+        try:
+            with open(self.state_file) as f:
+                return dict(json.load(f))
+        except FileNotFoundError:
+            return {}
+
+
+class LegacyPlugin(RoutePlugin):
+    """``twistd teleroute`` on the host, found by dockerd through its socket."""
+
+    def __init__(self, workdir: str) -> None:
+        self.driver = f"tntest{uid()}"
+        self.socket = f"/run/docker/plugins/{self.driver}.sock"
+        self.state_dir = os.path.join(workdir, "state")
+        self.state_file = os.path.join(self.state_dir, "state.json")
+        self.log_path = os.path.join(workdir, "teleroute.log")
+        self.daemon: Daemon | None = None
+
+    def start(self) -> None:
+        self.daemon = Daemon(
+            [TWISTD, "-n", "--pidfile=", "teleroute",
+             "--listen", f"unix:{self.socket}:mode=660:lockfile=1:backlog=128",
+             "--state-dir", self.state_dir], self.log_path).start()
+        daemon = self.daemon
+        try:
+            wait_for(lambda: os.path.exists(self.socket) or not daemon.alive(), 20,
+                     "the teleroute socket")
+        except AssertionError:
+            raise AssertionError(f"teleroute did not listen: {daemon.log()}") from None
+        assert daemon.alive(), f"teleroute died: {daemon.log()}"
+
+    def kill(self) -> None:
+        assert self.daemon is not None
+        self.daemon.kill(signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+
+    def log(self) -> str:
+        return self.daemon.log() if self.daemon else ""
+
+
+class ManagedPlugin(RoutePlugin):
+    """The managed plug-in made by scripts/plugins from the project image."""
+
+    def __init__(self) -> None:
+        self.driver = f"tntest{uid()}/teleroute:latest"
+
+    def start(self) -> None:
+        result = run("bash", os.path.join(ROOT, "scripts", "plugins"), "install",
+                     "--only", "teleroute", "--teleroute", self.driver, "--image", IMAGE,
+                     timeout=600)
+        assert result.stdout.strip() == self.driver, result
+        self.id = docker("plugin", "inspect", "-f", "{{.ID}}", self.driver).stdout.strip()
+        self.state_file = (f"/var/lib/docker/plugins/{self.id}/rootfs"
+                           "/var/lib/telenet/teleroute/state.json")
+
+    def pid(self) -> int:
+        """The plug-in's process: dockerd runs it in a cgroup named by the plug-in's id."""
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                with open(f"/proc/{entry}/cgroup") as f:
+                    cgroup = f.read()
+            except OSError:
+                continue
+            if b"teleroute" in cmdline and self.id in cgroup:
+                return int(entry)
+        raise AssertionError(f"no process of plug-in {self.driver}")
+
+    def kill(self) -> None:
+        os.kill(self.pid(), signal.SIGKILL)
+
+    def stop(self) -> None:
+        docker("plugin", "rm", "-f", self.driver, check=False)
+
+    def log(self) -> str:
+        out = subprocess.run(["grep", "-a", f"plugin={self.id}", "/var/log/dockerd.log"],
+                             capture_output=True, text=True)
+        return out.stdout[-5000:]
+
+
+@pytest.fixture(scope="module")
+def managed_plugin(images: None) -> Iterator[ManagedPlugin]:
+    plugin = ManagedPlugin()
+    plugin.start()
+    yield plugin
+    plugin.stop()
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    path = f"/tmp/tntest-{uid()}"
+    os.makedirs(path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(params=["legacy", "managed"])
+def plugin(request: pytest.FixtureRequest, images: None, workdir: str) -> Iterator[RoutePlugin]:
+    if request.param == "managed":
+        yield request.getfixturevalue("managed_plugin")
+        return
+    legacy = LegacyPlugin(workdir)
+    legacy.start()
+    yield legacy
+    legacy.stop()
+
+
+@pytest.fixture
+def legacy_plugin(images: None, workdir: str) -> Iterator[LegacyPlugin]:
+    legacy = LegacyPlugin(workdir)
+    legacy.start()
+    yield legacy
+    legacy.stop()
+
+
+# -- the daemon, the network and workloads
+
+
+class Setup:
+    """The daemon container on the cluster, the teleroute network, and workloads on it."""
+
+    def __init__(self, plugin: RoutePlugin, cluster: Cluster, http_get: str) -> None:
+        self.plugin = plugin
+        self.cluster = cluster
+        self.http_get = http_get
+        self.daemon = f"tntest-daemon-{uid()}"
+        self.network = f"tntest-blue-{uid()}"
+        self.containers: list[str] = []
+
+    def start(self) -> Setup:
+        docker("create", "--name", self.daemon, "--pid", "host", "--cap-add", "NET_ADMIN",
+               "--sysctl", "net.ipv4.ip_forward=1", IMAGE,
+               "twistd", "-n", "--pidfile=", "telepresence-daemon", "--vif", "eth1",
+               "--cluster-domain", "cluster.local", "--cluster-dns", self.cluster.ip)
+        docker("network", "connect", self.cluster.network, self.daemon)
+        docker("start", self.daemon)
+        self.host = ip_on(self.daemon, "bridge")
+        self.wait_for_daemon()
+        docker("network", "create", "-d", self.plugin.driver, "--internal",
+               "-o", f"host={self.host}", "-o", "port=4039", self.network)
+        docker("network", "connect", "--driver-opt", "daemon=true", self.network, self.daemon)
+        self.address = ip_on(self.daemon, self.network)
+        return self
+
+    def wait_for_daemon(self) -> None:
+        try:
+            wait_for(lambda: port_open(4039, self.host), 20, "the daemon's teleroute port")
+        except AssertionError:
+            logs = docker("logs", "--tail", "40", self.daemon, check=False)
+            raise AssertionError(f"daemon not up: {logs.stdout}{logs.stderr}") from None
+
+    def daemon_logs(self) -> str:
+        logs = docker("logs", "--tail", "60", self.daemon, check=False)
+        return logs.stdout + logs.stderr
+
+    def run(self, script: str, *, name: str | None = None, detach: bool = False,
+            check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        name = name or f"tntest-w-{uid()}"
+        self.containers.append(name)
+        args = ["run", "--name", name, "--network", self.network, "--dns", self.address]
+        args += ["-d"] if detach else ["--rm"]
+        return docker(*args, BUSYBOX, "sh", "-c", script, check=check, timeout=timeout)
+
+    def get(self, host: str, port: int = 80, path: str = "/") -> str:
+        return self.http_get.format(host=host, port=port, path=path)
+
+    def stop(self) -> None:
+        for name in self.containers:
+            docker("rm", "-f", name, check=False)
+        docker("rm", "-f", self.daemon, check=False)
+        docker("network", "rm", self.network, check=False)
+
+
+def assert_nothing_left(setup: Setup) -> None:
+    """No tp-* link on the host, and the plug-in forgot the network and its endpoints."""
+    wait_for(lambda: host_tp_links() == [], 10, f"tp-* links to go: {host_tp_links()}")
+    assert os.path.exists(setup.plugin.state_file), setup.plugin.state_file
+    state = setup.plugin.state()
+    assert state.get("endpoints", {}) == {}, state
+    networks = state.get("networks", {})
+    assert all(n.get("host") != setup.host for n in networks.values()), state
+
+
+@pytest.fixture
+def setup(plugin: RoutePlugin, cluster: Cluster, http_get_command: str) -> Iterator[Setup]:
+    s = Setup(plugin, cluster, http_get_command)
+    try:
+        s.start()
+    except BaseException:
+        s.stop()
+        raise
+    yield s
+    s.stop()
+    assert_nothing_left(s)
+
+
+@pytest.fixture
+def legacy_setup(legacy_plugin: LegacyPlugin, cluster: Cluster,
+                 http_get_command: str) -> Iterator[Setup]:
+    s = Setup(legacy_plugin, cluster, http_get_command)
+    try:
+        s.start()
+    except BaseException:
+        s.stop()
+        raise
+    yield s
+    s.stop()
+    assert_nothing_left(s)
+
+
+def reaches_cluster(s: Setup, script_prefix: str = "") -> str:
+    """The body a new workload gets from the cluster service, by its DNS name."""
+    out = s.run(script_prefix + s.get(SERVICE), check=False, timeout=60)
+    return out.stdout
+
+
+# -- the tests
+
+
+def test_workloads_reach_the_cluster_and_each_other(setup: Setup) -> None:
+    """tpd-0 with the cluster routes via the daemon; cluster DNS, Docker names, HTTP, peers."""
+    s = setup
+    peer = f"tntest-peer-{uid()}"
+    s.run("httpd -f -p 8080 -h /etc", name=peer, detach=True)
+    out = s.run("ip route; echo ---; nslookup " + SERVICE + "; echo ---; nslookup "
+                + s.cluster.container + "; echo ---; " + s.get(SERVICE) + "; echo ---; "
+                + s.get(peer, 8080, "/passwd"), check=False)
+    sections = out.stdout.split("---\n")
+    assert len(sections) == 5, (out, s.plugin.log(), s.daemon_logs())
+    routes, cluster_dns, docker_dns, body, peer_body = sections
+    assert "dev tpd-0" in routes, routes
+    assert f"{s.cluster.subnet} via {s.address} dev tpd-0" in routes, routes
+    assert s.cluster.ip in cluster_dns, cluster_dns
+    # A name only the daemon's own resolver (Docker's, on the cluster network) knows.
+    assert s.cluster.ip in docker_dns, docker_dns
+    assert body.strip() == BODY, (out, s.daemon_logs())
+    assert "root:x:0:0" in peer_body, out
+
+
+def test_route_added_on_the_vif_reaches_later_joiners(legacy_setup: Setup) -> None:
+    """A route the daemon learns through its VIF while running is given to new containers."""
+    s = legacy_setup
+    # A subnet behind the cluster container, inside the cluster network's own range: Docker's
+    # isolation rules drop bridged traffic to addresses outside an internal network's subnet.
+    extra = list(ipaddress.ip_network(s.cluster.subnet).subnets(new_prefix=28))[-1]
+    address = str(next(extra.hosts()))
+    docker("exec", s.cluster.container, "ip", "addr", "add", f"{address}/32", "dev", "eth0")
+    docker("exec", s.daemon, "ip", "route", "add", str(extra), "via", s.cluster.ip,
+           "dev", "eth1")
+
+    def routed() -> bool:
+        return f"{extra} via {s.address} dev tpd-0" in s.run("ip route").stdout
+
+    wait_for(routed, 10, f"{extra} in a new workload's routes", interval=0.5)
+    assert s.run(s.get(address), check=False).stdout.strip() == BODY
+
+
+def test_daemon_restart_new_workloads_reach_the_cluster(legacy_setup: Setup) -> None:
+    """
+    After ``docker restart`` of the daemon, a new workload reaches the cluster within 5 s.
+
+    Docker joins the restarted container's endpoint before the daemon runs; the plug-in gives
+    the daemon its interface itself once it is back, which takes entering the daemon's
+    namespace (CAP_SYS_ADMIN): the legacy plug-in. The managed one has CAP_NET_ADMIN only.
+    """
+    s = legacy_setup
+    assert reaches_cluster(s).strip() == BODY
+    docker("restart", "-t", "5", s.daemon, timeout=60)
+    s.wait_for_daemon()
+    back = time.monotonic()
+    s.address = ip_on(s.daemon, s.network)
+    body = ""
+    attempts = []
+    while time.monotonic() - back < 5 and body.strip() != BODY:
+        body = reaches_cluster(s, "ip route; nslookup " + SERVICE + "; ")
+        attempts.append(body)
+        body = body.rsplit("\n\n", 1)[-1]
+    elapsed = time.monotonic() - back
+    assert body.strip() == BODY, (attempts, s.plugin.log()[-2500:], s.daemon_logs())
+    assert elapsed <= 5, f"took {elapsed:.1f}s after the daemon was back"
+    # The daemon got its own interface on the network again.
+    addresses = docker("exec", s.daemon, "ip", "-o", "addr", "show").stdout
+    assert re.search(rf"tpd-\d+\s+inet {re.escape(s.address)}/", addresses), addresses
+
+
+def test_plugin_killed_and_restarted(plugin: RoutePlugin, cluster: Cluster,
+                                     http_get_command: str) -> None:
+    """kill -9 of the plug-in: once it is back, old containers leave and new ones join."""
+    s = Setup(plugin, cluster, http_get_command)
+    try:
+        s.start()
+        old = f"tntest-old-{uid()}"
+        s.run("sleep 300", name=old, detach=True)
+        if isinstance(plugin, LegacyPlugin):
+            plugin.kill()
+            plugin.start()
+        else:
+            assert isinstance(plugin, ManagedPlugin)
+            killed = plugin.pid()
+            plugin.kill()
+            # dockerd restarts a managed plug-in that died.
+            wait_for(lambda: _pid_or_none(plugin) not in (None, killed), 30,
+                     "the managed plug-in to be restarted", interval=0.5)
+        docker("rm", "-f", old, timeout=60)
+        assert reaches_cluster(s).strip() == BODY, (plugin.log(), s.daemon_logs())
+    finally:
+        s.stop()
+    assert_nothing_left(s)
+
+
+def _pid_or_none(plugin: ManagedPlugin) -> int | None:
+    try:
+        return plugin.pid()
+    except AssertionError:
+        return None
