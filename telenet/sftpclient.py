@@ -59,6 +59,8 @@ T = TypeVar("T")
 MAX_CHUNK = 255 * 1024
 #: Bytes read from the socket per reactor iteration.
 RECV_SIZE = 1 << 18
+#: Bytes sent per reactor iteration (at most).
+SEND_SIZE = 128 * 1024
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_KEEPALIVE = 5.0
 
@@ -324,8 +326,11 @@ class SFTPClient(ft.FileTransferClient):
             # Without it every small request waits for a delayed ACK (~40 ms).
             transport.setTcpNoDelay(True)
         if transport is not None and hasattr(transport, "bufferSize"):
-            # Twisted reads 64 KiB per loop iteration; READ answers come 255 KiB at a time.
+            # Twisted reads 64 KiB and sends 128 KiB per loop iteration; READ answers and
+            # WRITE requests come 255 KiB at a time.
             transport.bufferSize = RECV_SIZE
+            # typing note: SEND_LIMIT is a FileDescriptor attribute, like bufferSize above.
+            transport.SEND_LIMIT = SEND_SIZE  # type: ignore[attr-defined]
         self._lastReceived = self._clock.seconds()
         super().connectionMade()
         # VERSION has the same deadline as any request.
@@ -519,16 +524,24 @@ class SFTPClient(ft.FileTransferClient):
 
     # -- packets out ---------------------------------------------------------------------------
 
-    def _request(self, kind: int, payload: bytes) -> Deferred[Any]:
+    def _request(self, kind: int, payload: bytes, data: bytes | None = None) -> Deferred[Any]:
+        """Send a request (``data``, if any, follows ``payload`` without being copied)."""
         if self._dead is not None:
             return defer.fail(self._dead.value)
-        if not self.connected or self.transport is None:
+        transport = self.transport
+        if not self.connected or transport is None:
             return defer.fail(ConnectionLost("SFTP connection is closed"))
         rid = self._nextId
+        if data is None:
+            transport.write(_HDR.pack(len(payload) + 5, kind, rid) + payload)
+        else:
+            transport.writeSequence(
+                [_HDR.pack(len(payload) + len(data) + 5, kind, rid) + payload, data]
+            )
+        # Registered only once sent: a request that could not be sent is not waited for.
         self._nextId = (rid + 1) & 0xFFFFFFFF
         d: Deferred[Any] = Deferred()
         self._pending[rid] = (d, self._clock.seconds() + self.timeout, kind)
-        self.transport.write(_HDR.pack(len(payload) + 5, kind, rid) + payload)
         if self._deadlineCall is None:
             self._deadlineCall = self._clock.callLater(self.timeout, self._checkDeadline)
         return d
@@ -578,9 +591,9 @@ class SFTPClient(ft.FileTransferClient):
         """Up to ``length`` bytes at ``offset``; ``b""`` at end of file. Reads may be short."""
         return self._request(ft.FXP_READ, _ns(handle) + _READ.pack(offset, length))
 
-    def write(self, handle: bytes, offset: int, data: bytes | memoryview) -> Deferred[None]:
+    def write(self, handle: bytes, offset: int, data: bytes) -> Deferred[None]:
         return self._request(
-            ft.FXP_WRITE, b"".join((_ns(handle), _U64.pack(offset), _U32.pack(len(data)), data))
+            ft.FXP_WRITE, b"".join((_ns(handle), _U64.pack(offset), _U32.pack(len(data)))), data
         )
 
     def opendir(self, path: bytes) -> Deferred[bytes]:
@@ -877,15 +890,18 @@ class PipelinedWriter:
         handle = self._handle
         n = len(data)
         step = self._chunkSize
-        view = memoryview(data) if n > step else data
         for start in range(0, n, step):
-            piece = view[start : start + step]
+            # Twisted's transports take bytes only, so a slice is one copy we cannot avoid.
+            piece = data[start : start + step] if n > step else data
+            try:
+                sent = client.write(handle, offset + start, piece)
+            except Exception:
+                self.error = Failure()
+                break
             size = len(piece)
             self.inFlight += size
-            client.write(handle, offset + start, piece).addCallbacks(
-                self._acked, self._failed, callbackArgs=(size,), errbackArgs=(size,)
-            )
-        if self.error is not None:  # the connection was already dead
+            sent.addCallbacks(self._acked, self._failed, callbackArgs=(size,), errbackArgs=(size,))
+        if self.error is not None:  # the connection was already dead, or the send failed
             self.error.raiseException()
         if self.inFlight <= self._max:
             return None

@@ -74,6 +74,8 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 ROOT_INODE = pyfuse3.ROOT_INODE
+# Errors that are the server's or the network's, not bugs.
+_EXPECTED = (SFTPStatusError, ConnectionError, ConnectionLost, defer.TimeoutError)
 #: Seconds the kernel (and we) may trust a name or attributes; short, the server is shared.
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
@@ -114,13 +116,8 @@ def _fuse_op(
         async def handler(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
                 return await fn(*args, **kwargs)
-            except FUSEError:
-                raise
-            except (SFTPStatusError, ConnectionError, ConnectionLost, defer.TimeoutError) as e:
-                raise FUSEError(error_to_errno(e, failure_errno)) from None
-            except Exception:
-                log.failure("FUSE {op} failed", op=fn.__name__)
-                raise FUSEError(errno.EIO) from None
+            except Exception as e:
+                raise _fuse_error(e, failure_errno) from None
 
         return handler
 
@@ -128,7 +125,14 @@ def _fuse_op(
 
 
 def _fuse_error(exc: BaseException, failure_errno: int = errno.EIO) -> FUSEError:
-    return exc if isinstance(exc, FUSEError) else FUSEError(error_to_errno(exc, failure_errno))
+    """The FUSEError for ``exc``; anything unexpected is logged (it is a bug)."""
+    if isinstance(exc, FUSEError):
+        return exc
+    if not isinstance(exc, _EXPECTED):
+        log.failure(
+            "unexpected error in a FUSE handler", Failure(exc, type(exc), exc.__traceback__)
+        )
+    return FUSEError(error_to_errno(exc, failure_errno))
 
 
 class Volume:

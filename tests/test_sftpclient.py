@@ -174,7 +174,7 @@ def test_file_round_trip(pair: SFTPPair, tree: Path) -> None:
         c.open(b"/new", ft.FXF_WRITE | ft.FXF_CREAT | ft.FXF_TRUNC, FileAttrs(permissions=0o600))
     )
     pair.wait(c.write(h, 0, b"abc"))
-    pair.wait(c.write(h, 3, memoryview(b"defg")))
+    pair.wait(c.write(h, 3, b"defg"))
     assert pair.wait(c.fstat(h)).size == 7
     pair.wait(c.close(h))
     assert (tree / "new").read_bytes() == b"abcdefg"
@@ -602,3 +602,18 @@ def test_manager_stop_closes_the_connection(tree: Path) -> None:
     assert not client.alive and endpoint.attempts == 1
     with pytest.raises(NotConnected):
         manager.current()
+
+
+def test_a_write_that_cannot_be_sent_is_an_error_not_a_hang() -> None:
+    """If the transport refuses data, nothing is left pending and flush fails at once."""
+    client, transport, _ = _ready_client()
+
+    def refuse(data: Any) -> None:
+        raise TypeError("Data must be bytes")
+
+    transport.writeSequence = refuse  # type: ignore[method-assign]
+    writer = PipelinedWriter(client, b"H")
+    with pytest.raises(TypeError):
+        writer.write(0, b"x")
+    assert client.pendingCount == 0 and writer.inFlight == 0
+    assert failure_of(writer.flush()).check(TypeError)
