@@ -75,6 +75,7 @@ def images() -> None:
         found = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
         require(found.returncode == 0, f"image {image} is missing (run: scripts/dev setup)")
     require(os.geteuid() == 0, "teleroute needs root (netlink, netns)")
+    _EARLIER_LINKS.update(host_tp_links())
 
 
 @pytest.fixture(scope="module")
@@ -320,9 +321,19 @@ class Setup:
         docker("network", "rm", self.network, check=False)
 
 
+#: tp-* links an earlier, interrupted run may have left; ours must not add to them.
+_EARLIER_LINKS: set[str] = set()
+
+
 def assert_nothing_left(setup: Setup) -> None:
     """No tp-* link on the host, and the plug-in forgot the network and its endpoints."""
-    wait_for(lambda: host_tp_links() == [], 10, f"tp-* links to go: {host_tp_links()}")
+    def ours() -> list[str]:
+        return [name for name in host_tp_links() if name not in _EARLIER_LINKS]
+
+    try:
+        wait_for(lambda: ours() == [], 10, "the tp-* links to go")
+    except AssertionError:
+        raise AssertionError(f"tp-* links left on the host: {ours()}") from None
     assert os.path.exists(setup.plugin.state_file), setup.plugin.state_file
     state = setup.plugin.state()
     assert state.get("endpoints", {}) == {}, state
