@@ -261,6 +261,7 @@ class DaemonLink:
         self.session: ConnectSession | None = None
         self.last_error = "not connected yet"
         self.connections = 0
+        self.failures = 0
         self._factory = factory
         self._request = request
         self._clock = clock
@@ -326,6 +327,7 @@ class DaemonLink:
             return
         self.session = session
         self.connections += 1
+        self.failures = 0
         self._delay = self._backoff.initial
         self.last_error = ""
         log.info("Connected to {name} version {version} at {target}",
@@ -349,8 +351,12 @@ class DaemonLink:
         for waiter in waiters:
             waiter.errback(error)
         if self._keep_trying and not self._closed:
-            log.info("connecting to {target} failed ({error}); retrying in {delay:.2f}s",
-                     target=self.target, error=error, delay=self._delay)
+            self.failures += 1
+            # A daemon that stays away would fill the log: say it at first, then rarely.
+            if self.failures in (1, 10) or self.failures % 100 == 0:
+                log.info("connecting to {target} failed {count} times ({error}); still trying "
+                         "every {delay:g}s at most", target=self.target, count=self.failures,
+                         error=error, delay=self._backoff.maximum)
             self._schedule()
 
     def _lost(self, reason: str, session: ConnectSession) -> None:
