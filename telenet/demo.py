@@ -47,8 +47,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(predicate: Callable[[], bool], what: str, proc: subprocess.Popen[bytes],
-          log: str, timeout: float = 20) -> None:
+def _wait(
+    predicate: Callable[[], bool],
+    what: str,
+    proc: subprocess.Popen[bytes],
+    log: str,
+    timeout: float = 20,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -105,29 +110,77 @@ def run_demo(plugin: str = "telemount", keep: bool = False) -> None:
     _say(f"telenet demo: an SFTP export at {exports} becomes a Docker volume\n")
     with ExitStack() as stack:
         agent_log = os.path.join(work, "agent.log")
-        agent = stack.enter_context(_process(
-            [twistd, "-n", "--pidfile=", "sftp-agent", "--root", exports,
-             "--listen", f"tcp:{port}:interface=127.0.0.1"], agent_log))
-        _wait(lambda: _connects(socket.AF_INET, ("127.0.0.1", port)), "sftp-agent", agent,
-              agent_log)
+        agent = stack.enter_context(
+            _process(
+                [
+                    twistd,
+                    "-n",
+                    "--pidfile=",
+                    "sftp-agent",
+                    "--root",
+                    exports,
+                    "--listen",
+                    f"tcp:{port}:interface=127.0.0.1",
+                ],
+                agent_log,
+            )
+        )
+        _wait(
+            lambda: _connects(socket.AF_INET, ("127.0.0.1", port)), "sftp-agent", agent, agent_log
+        )
         _say(f"sftp-agent exports {exports} as /tel_app_exports on 127.0.0.1:{port}")
         plugin_log = os.path.join(work, "telemount.log")
-        telemount = stack.enter_context(_process(
-            [twistd, "-n", "--pidfile=", "telemount",
-             "--listen", f"unix:{sock}:mode=660:lockfile=1:backlog=128",
-             "--mount-root", os.path.join(work, "mnt"),
-             "--state-dir", os.path.join(work, "state")], plugin_log))
+        telemount = stack.enter_context(
+            _process(
+                [
+                    twistd,
+                    "-n",
+                    "--pidfile=",
+                    "telemount",
+                    "--listen",
+                    f"unix:{sock}:mode=660:lockfile=1:backlog=128",
+                    "--mount-root",
+                    os.path.join(work, "mnt"),
+                    "--state-dir",
+                    os.path.join(work, "state"),
+                ],
+                plugin_log,
+            )
+        )
         _wait(lambda: _connects(socket.AF_UNIX, sock), "telemount", telemount, plugin_log)
         _say(f"telemount serves {sock}\n")
-        _run("docker", "volume", "create", "-d", plugin, "-o", "host=127.0.0.1",
-             "-o", f"port={port}", "-o", "container=echo", "-o", "dir=/var/run/secrets", volume)
+        _run(
+            "docker",
+            "volume",
+            "create",
+            "-d",
+            plugin,
+            "-o",
+            "host=127.0.0.1",
+            "-o",
+            f"port={port}",
+            "-o",
+            "container=echo",
+            "-o",
+            "dir=/var/run/secrets",
+            volume,
+        )
         try:
-            _run("docker", "run", "--rm", "-v", f"{volume}:/secrets", IMAGE, "ls", "-l",
-                 "/secrets")
-            _run("docker", "run", "--rm", "-v", f"{volume}:/secrets", IMAGE, "cat",
-                 "/secrets/token")
-            _run("docker", "run", "--rm", "-v", f"{volume}:/secrets", IMAGE, "sh", "-c",
-                 "echo hello from a container > /secrets/greeting")
+            _run("docker", "run", "--rm", "-v", f"{volume}:/secrets", IMAGE, "ls", "-l", "/secrets")
+            _run(
+                "docker", "run", "--rm", "-v", f"{volume}:/secrets", IMAGE, "cat", "/secrets/token"
+            )
+            _run(
+                "docker",
+                "run",
+                "--rm",
+                "-v",
+                f"{volume}:/secrets",
+                IMAGE,
+                "sh",
+                "-c",
+                "echo hello from a container > /secrets/greeting",
+            )
             with open(os.path.join(secrets, "greeting")) as f:
                 _say(f"the agent's export now holds greeting: {f.read().strip()!r}\n")
         finally:

@@ -67,4 +67,3 @@ class IMounter(Interface):
 
     def shutdown() -> Deferred[None]:
         """Unmount everything this mounter made and stop its helpers."""
-

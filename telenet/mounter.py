@@ -76,8 +76,9 @@ class _ControlClient(LineOnlyReceiver):
             )
 
 
-async def control_request(reactor: Any, path: str, request: dict[str, Any],
-                          timeout: float = CONTROL_TIMEOUT) -> dict[str, Any]:
+async def control_request(
+    reactor: Any, path: str, request: dict[str, Any], timeout: float = CONTROL_TIMEOUT
+) -> dict[str, Any]:
     """Send one request to a helper's control socket and return its answer."""
     client = _ControlClient(request)
     try:
@@ -119,8 +120,12 @@ class _HelperProcess(protocol.ProcessProtocol):
         code = getattr(reason.value, "exitCode", None)
         if not self.ready.called:
             tail = self._err.decode("utf-8", "replace").strip().splitlines()[-3:]
-            self.ready.callback({"error": f"the mount helper for {self.label} exited "
-                                          f"(code {code}) before mounting: {' / '.join(tail)}"})
+            self.ready.callback(
+                {
+                    "error": f"the mount helper for {self.label} exited "
+                    f"(code {code}) before mounting: {' / '.join(tail)}"
+                }
+            )
         log.info("mount helper for {label} ended with code {code}", label=self.label, code=code)
         self.ended.callback(None)
 
@@ -164,8 +169,11 @@ def is_mounted(path: str) -> bool:
 
 
 def _unescape(field: str) -> str:
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace(
-        "\\134", "\\"
+    return (
+        field.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
     )
 
 
@@ -173,8 +181,15 @@ def _unescape(field: str) -> str:
 class ProcessMounter:
     """Mounts each SFTP server with a ``python -m telenet.sftpfs`` helper."""
 
-    def __init__(self, reactor: Any, mount_root: str, state_dir: str, timeout: float = 10.0,
-                 helper: list[str] | None = None, ping_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        mount_root: str,
+        state_dir: str,
+        timeout: float = 10.0,
+        helper: list[str] | None = None,
+        ping_timeout: float = 1.0,
+    ) -> None:
         self._reactor = reactor
         self.mount_root = mount_root
         self.state_dir = state_dir
@@ -189,7 +204,8 @@ class ProcessMounter:
         if server is None:
             name = f"{host_dir_name(host)}-{port}"
             server = _Server(
-                host, port,
+                host,
+                port,
                 mountpoint=os.path.join(self.mount_root, host_dir_name(host), str(port)),
                 control=os.path.join(self.state_dir, f"{name}.sock"),
                 log_file=os.path.join(self.state_dir, f"{name}.log"),
@@ -200,8 +216,9 @@ class ProcessMounter:
     def mountpoint(self, host: str, port: int, name: str) -> str:
         return os.path.join(self._server(host, port).mountpoint, name)
 
-    def attach(self, host: str, port: int, name: str, remote_dir: str,
-               ro: bool) -> defer.Deferred[str]:
+    def attach(
+        self, host: str, port: int, name: str, remote_dir: str, ro: bool
+    ) -> defer.Deferred[str]:
         return defer.ensureDeferred(self._attach(host, port, name, remote_dir, ro))
 
     async def _attach(self, host: str, port: int, name: str, remote_dir: str, ro: bool) -> str:
@@ -228,9 +245,21 @@ class ProcessMounter:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         os.makedirs(server.mountpoint, exist_ok=True)
         helper = _HelperProcess(server.label)
-        args = [*self._helper, "--host", server.host, "--port", str(server.port),
-                "--mountpoint", server.mountpoint, "--control", server.control,
-                "--log-file", server.log_file, "--timeout", f"{self.timeout:g}"]
+        args = [
+            *self._helper,
+            "--host",
+            server.host,
+            "--port",
+            str(server.port),
+            "--mountpoint",
+            server.mountpoint,
+            "--control",
+            server.control,
+            "--log-file",
+            server.log_file,
+            "--timeout",
+            f"{self.timeout:g}",
+        ]
         log.info("starting mount helper for {label}", label=server.label)
         transport = self._reactor.spawnProcess(helper, args[0], args, env=dict(os.environ))
         server.process = helper
@@ -261,8 +290,7 @@ class ProcessMounter:
         server = self._server(host, port)
         async with server.lock:
             try:
-                await control_request(self._reactor, server.control,
-                                      {"op": "remove", "name": name})
+                await control_request(self._reactor, server.control, {"op": "remove", "name": name})
                 status = await control_request(self._reactor, server.control, {"op": "status"})
             except ControlUnavailable:
                 await self._clear_leftovers(server)
@@ -273,18 +301,19 @@ class ProcessMounter:
     async def _stop(self, server: _Server) -> None:
         """Ask the helper to unmount and exit; make sure of it if it does not."""
         try:
-            await control_request(self._reactor, server.control, {"op": "shutdown"},
-                                  timeout=STOP_GRACE)
+            await control_request(
+                self._reactor, server.control, {"op": "shutdown"}, timeout=STOP_GRACE
+            )
         except ControlUnavailable as e:
-            log.warn("helper for {label} did not take shutdown: {error}", label=server.label,
-                     error=e)
+            log.warn(
+                "helper for {label} did not take shutdown: {error}", label=server.label, error=e
+            )
         for _ in range(int(STOP_GRACE / 0.1)):
             if not is_mounted(server.mountpoint) and not os.path.exists(server.control):
                 break
             await _sleep(self._reactor, 0.1)
         else:
-            log.warn("helper for {label} still mounted after shutdown; forcing",
-                     label=server.label)
+            log.warn("helper for {label} still mounted after shutdown; forcing", label=server.label)
             pid = await self._pid(server)
             if pid:
                 _kill(pid)
@@ -296,8 +325,9 @@ class ProcessMounter:
 
     async def _pid(self, server: _Server) -> int | None:
         try:
-            status = await control_request(self._reactor, server.control, {"op": "status"},
-                                           timeout=2)
+            status = await control_request(
+                self._reactor, server.control, {"op": "status"}, timeout=2
+            )
             return int(status["pid"])
         except (ControlUnavailable, KeyError, TypeError, ValueError):
             return None
@@ -322,8 +352,9 @@ class ProcessMounter:
 
         return defer.ensureDeferred(check())
 
-    def adopt(self, expected: Mapping[tuple[str, int], Mapping[str, tuple[str, bool]]]
-              ) -> defer.Deferred[None]:
+    def adopt(
+        self, expected: Mapping[tuple[str, int], Mapping[str, tuple[str, bool]]]
+    ) -> defer.Deferred[None]:
         """
         Take over the helpers a previous plug-in left running.
 
@@ -333,14 +364,14 @@ class ProcessMounter:
         """
         return defer.ensureDeferred(self._adopt(expected))
 
-    async def _adopt(self, expected: Mapping[tuple[str, int], Mapping[str, tuple[str, bool]]]
-                     ) -> None:
+    async def _adopt(
+        self, expected: Mapping[tuple[str, int], Mapping[str, tuple[str, bool]]]
+    ) -> None:
         for server in await self._running_helpers():
             wanted = expected.get((server.host, server.port), {})
             async with server.lock:
                 try:
-                    status = await control_request(self._reactor, server.control,
-                                                   {"op": "status"})
+                    status = await control_request(self._reactor, server.control, {"op": "status"})
                 except ControlUnavailable:
                     await self._clear_leftovers(server)
                     continue
@@ -349,8 +380,9 @@ class ProcessMounter:
                     continue
                 for name in status.get("volumes") or {}:
                     if name not in wanted:
-                        await control_request(self._reactor, server.control,
-                                              {"op": "remove", "name": name})
+                        await control_request(
+                            self._reactor, server.control, {"op": "remove", "name": name}
+                        )
                 log.info("adopted mount helper for {label}", label=server.label)
 
     async def _running_helpers(self) -> list[_Server]:
@@ -441,5 +473,8 @@ async def _lazy_unmount(reactor: Any, path: str) -> None:
             "umount", ["-l", path], env=dict(os.environ), reactor=reactor
         )
         if code != 0:
-            log.error("could not unmount {path}: {err}", path=path,
-                      err=err.decode("utf-8", "replace").strip())
+            log.error(
+                "could not unmount {path}: {err}",
+                path=path,
+                err=err.decode("utf-8", "replace").strip(),
+            )

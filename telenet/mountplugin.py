@@ -57,14 +57,15 @@ class VolumeOptions:
     @property
     def remote_dir(self) -> str:
         """The volume's directory on the SFTP server."""
-        return posixpath.join(EXPORTS_ROOT, self.container, self.dir) if self.dir else (
-            posixpath.join(EXPORTS_ROOT, self.container)
+        return (
+            posixpath.join(EXPORTS_ROOT, self.container, self.dir)
+            if self.dir
+            else (posixpath.join(EXPORTS_ROOT, self.container))
         )
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-                   "h": 3600.0}
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(text: str) -> float:
@@ -128,8 +129,13 @@ def parse_options(opts: dict[str, str]) -> VolumeOptions:
             ro = parse_bool(opts["ro"])
         except ValueError:
             raise PluginError("ro must be a boolean") from None
-    return VolumeOptions(host=host, port=port, container=container,
-                         dir=_confined_dir(container, opts.get("dir", "")), ro=ro)
+    return VolumeOptions(
+        host=host,
+        port=port,
+        container=container,
+        dir=_confined_dir(container, opts.get("dir", "")),
+        ro=ro,
+    )
 
 
 def _check_host(host: str) -> None:
@@ -190,13 +196,20 @@ class Volume:
     used_by: list[str] = attrs.Factory(list)
 
     def to_json(self) -> JSONObject:
-        return {"options": attrs.asdict(self.options), "created_at": self.created_at,
-                "used_by": list(self.used_by)}
+        return {
+            "options": attrs.asdict(self.options),
+            "created_at": self.created_at,
+            "used_by": list(self.used_by),
+        }
 
     @classmethod
     def from_json(cls, name: str, data: JSONObject) -> Volume:
-        return cls(name=name, options=VolumeOptions(**data["options"]),
-                   created_at=float(data["created_at"]), used_by=list(data.get("used_by", [])))
+        return cls(
+            name=name,
+            options=VolumeOptions(**data["options"]),
+            created_at=float(data["created_at"]),
+            used_by=list(data.get("used_by", [])),
+        )
 
 
 def _rfc3339(timestamp: float) -> str:
@@ -211,8 +224,9 @@ class VolumeDriver:
     in a crash. Calls on one volume are serialised; calls on different volumes run side by side.
     """
 
-    def __init__(self, mounter: IMounter, store: IStateStore, clock: IReactorTime,
-                 run_blocking: Runner) -> None:
+    def __init__(
+        self, mounter: IMounter, store: IStateStore, clock: IReactorTime, run_blocking: Runner
+    ) -> None:
         self._mounter = mounter
         self._store = store
         self._clock = clock
@@ -257,8 +271,12 @@ class VolumeDriver:
                 continue
             if await self._mounter.reachable(host, port, ping_timeout):
                 continue
-            log.info("unmounting {host}:{port}: disconnected for over {linger}s",
-                     host=host, port=port, linger=linger)
+            log.info(
+                "unmounting {host}:{port}: disconnected for over {linger}s",
+                host=host,
+                port=port,
+                linger=linger,
+            )
             await self._mounter.release(host, port)
 
     def _save(self) -> defer.Deferred[None]:
@@ -303,13 +321,20 @@ class VolumeDriver:
                 raise PluginError(f'volume "{name}" already exists with other options')
             # Mount eagerly, as the Go plug-in does, so an unreachable server or a missing
             # directory is reported by `docker volume create`, not by a later `docker run`.
-            await self._mounter.attach(options.host, options.port, name, options.remote_dir,
-                                       options.ro)
-            self.volumes[name] = Volume(name=name, options=options,
-                                        created_at=self._clock.seconds())
+            await self._mounter.attach(
+                options.host, options.port, name, options.remote_dir, options.ro
+            )
+            self.volumes[name] = Volume(
+                name=name, options=options, created_at=self._clock.seconds()
+            )
             await self._save()
-        log.info("created volume {name} for {host}:{port}{remote}", name=name,
-                 host=options.host, port=options.port, remote=options.remote_dir)
+        log.info(
+            "created volume {name} for {host}:{port}{remote}",
+            name=name,
+            host=options.host,
+            port=options.port,
+            remote=options.remote_dir,
+        )
         return {}
 
     async def remove(self, body: JSONObject) -> JSONObject:
@@ -405,19 +430,39 @@ def _volume_name(body: JSONObject) -> str:
 
 class Options(usage.Options):
     optParameters = [
-        ["listen", "l", dockerplugin.plugin_endpoint("telemount"),
-         "Endpoint the plug-in API listens on."],
+        [
+            "listen",
+            "l",
+            dockerplugin.plugin_endpoint("telemount"),
+            "Endpoint the plug-in API listens on.",
+        ],
         ["mount-root", "m", "/mnt/volumes", "Directory under which SFTP servers are mounted."],
-        ["state-dir", "s", "/var/lib/telenet/telemount",
-         "Directory for saved volumes, helper sockets and logs."],
-        ["timeout", None, "10", "Seconds an SFTP request may take before the server is "
-         "considered gone."],
-        ["linger", None, os.environ.get("DISCONNECTED_LINGER_TIME", "5s"),
-         "How long a disconnected, unused mount stays before it is unmounted (Go duration; "
-         "default from $DISCONNECTED_LINGER_TIME)."],
-        ["ping-timeout", None, os.environ.get("HOST_PING_TIMEOUT", "1s"),
-         "How long to wait for an SFTP server to accept a connection before mounting it "
-         "(Go duration; default from $HOST_PING_TIMEOUT)."],
+        [
+            "state-dir",
+            "s",
+            "/var/lib/telenet/telemount",
+            "Directory for saved volumes, helper sockets and logs.",
+        ],
+        [
+            "timeout",
+            None,
+            "10",
+            "Seconds an SFTP request may take before the server is considered gone.",
+        ],
+        [
+            "linger",
+            None,
+            os.environ.get("DISCONNECTED_LINGER_TIME", "5s"),
+            "How long a disconnected, unused mount stays before it is unmounted (Go duration; "
+            "default from $DISCONNECTED_LINGER_TIME).",
+        ],
+        [
+            "ping-timeout",
+            None,
+            os.environ.get("HOST_PING_TIMEOUT", "1s"),
+            "How long to wait for an SFTP server to accept a connection before mounting it "
+            "(Go duration; default from $HOST_PING_TIMEOUT).",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -488,19 +533,25 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
         return deferToThreadPool(reactor, pool, f, *args)
 
-    mounter = ProcessMounter(reactor, mount_root=options["mount-root"],
-                             state_dir=os.path.join(state_dir, "mounts"),
-                             timeout=options["timeout"], ping_timeout=options["ping-timeout"])
-    driver = VolumeDriver(mounter, JSONFileStore(os.path.join(state_dir, "volumes.json")),
-                          reactor, run_blocking)
+    mounter = ProcessMounter(
+        reactor,
+        mount_root=options["mount-root"],
+        state_dir=os.path.join(state_dir, "mounts"),
+        timeout=options["timeout"],
+        ping_timeout=options["ping-timeout"],
+    )
+    driver = VolumeDriver(
+        mounter, JSONFileStore(os.path.join(state_dir, "volumes.json")), reactor, run_blocking
+    )
     driver.restore()
     _MounterService(mounter, driver).setServiceParent(top)
     linger = TimerService(max(options["linger"] / 2, 0.5), _reap, driver, options)
     linger.clock = reactor
     linger.setServiceParent(top)
     resource = dockerplugin.PluginResource(["VolumeDriver"], driver.handlers())
-    strports.service(options["listen"], dockerplugin.plugin_site(resource),
-                     reactor=reactor).setServiceParent(top)
+    strports.service(
+        options["listen"], dockerplugin.plugin_site(resource), reactor=reactor
+    ).setServiceParent(top)
     return top
 
 
@@ -512,5 +563,5 @@ def _reap(driver: VolumeDriver, options: Options) -> defer.Deferred[None]:
 
 def _ensure_socket_dir(endpoint: str) -> None:
     if endpoint.startswith("unix:"):
-        path = endpoint[len("unix:"):].split(":", 1)[0]
+        path = endpoint[len("unix:") :].split(":", 1)[0]
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

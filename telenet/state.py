@@ -38,8 +38,12 @@ class JSONFileStore:
         except (OSError, ValueError) as e:
             # Keep the unreadable file for a human, and start empty rather than not at all.
             aside = f"{self.path}.corrupt"
-            log.error("state file {path} is unreadable ({error}); moved to {aside}",
-                      path=self.path, error=e, aside=aside)
+            log.error(
+                "state file {path} is unreadable ({error}); moved to {aside}",
+                path=self.path,
+                error=e,
+                aside=aside,
+            )
             os.replace(self.path, aside)
             return {}
         if not isinstance(data, dict):

@@ -57,8 +57,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def run(*args: str, check: bool = True, timeout: float = 120, **kw: Any
-        ) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, check: bool = True, timeout: float = 120, **kw: Any
+) -> subprocess.CompletedProcess[str]:
     """Run a command, returning its output; on failure the assertion shows stderr."""
     result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
     if check:
@@ -85,8 +86,9 @@ class Daemon:
 
     def start(self) -> Daemon:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(self.env or {})})
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})}
+        )
         log.close()
         return self
 
@@ -153,8 +155,18 @@ class Agent:
         self.root = root
         self.port = port
         self.daemon = Daemon(
-            [TWISTD, "-n", "--pidfile=", "sftp-agent", "--root", root,
-             "--listen", f"tcp:{port}:interface=127.0.0.1"], log_path)
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "sftp-agent",
+                "--root",
+                root,
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+            ],
+            log_path,
+        )
 
     def start(self) -> Agent:
         self.daemon.start()
@@ -193,16 +205,31 @@ class Telemount:
 
     def _new_daemon(self) -> Daemon:
         return Daemon(
-            [TWISTD, "-n", "--pidfile=", "telemount",
-             "--listen", f"unix:{self.socket}:mode=660:lockfile=1:backlog=128",
-             "--mount-root", self.mount_root, "--state-dir", self.state_dir,
-             "--timeout", "3"], self.log_path)
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "telemount",
+                "--listen",
+                f"unix:{self.socket}:mode=660:lockfile=1:backlog=128",
+                "--mount-root",
+                self.mount_root,
+                "--state-dir",
+                self.state_dir,
+                "--timeout",
+                "3",
+            ],
+            self.log_path,
+        )
 
     def start(self) -> Telemount:
         self.daemon = self._new_daemon().start()
         try:
-            wait_for(lambda: _unix_answers(self.socket) or not self.daemon.alive(), 20,
-                     "telemount socket")
+            wait_for(
+                lambda: _unix_answers(self.socket) or not self.daemon.alive(),
+                20,
+                "telemount socket",
+            )
         except AssertionError:
             raise AssertionError(f"telemount did not listen: {self.daemon.log()}") from None
         assert self.daemon.alive(), f"telemount died: {self.daemon.log()}"

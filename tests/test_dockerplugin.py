@@ -42,8 +42,13 @@ def make_stub() -> tuple[StubTreq, list[Any]]:
 
     resource = PluginResource(
         ["VolumeDriver"],
-        {"/T.Echo": echo, "/T.Async": slow, "/T.Refuse": refuse, "/T.Crash": crash,
-         "/T.Typed": typed},
+        {
+            "/T.Echo": echo,
+            "/T.Async": slow,
+            "/T.Refuse": refuse,
+            "/T.Crash": crash,
+            "/T.Typed": typed,
+        },
     )
     return StubTreq(resource), seen
 
@@ -87,7 +92,8 @@ def test_plugin_error_becomes_err() -> None:
     """A PluginError is answered 500 with its message, for the docker CLI to show."""
     stub, _ = make_stub()
     assert post(stub, "/T.Refuse", b"{}")[:2] == (
-        500, {"Err": "volume x is mounted by containers: [abc]"}
+        500,
+        {"Err": "volume x is mounted by containers: [abc]"},
     )
 
 
@@ -141,7 +147,8 @@ def test_null_opts_is_empty() -> None:
     """Docker sends "Opts": null for a volume created without options."""
     stub, _ = make_stub()
     assert post(stub, "/T.Typed", b'{"Name": "a", "Opts": null}')[:2] == (
-        200, {"Name": "a", "Opts": {}}
+        200,
+        {"Name": "a", "Opts": {}},
     )
 
 

@@ -23,8 +23,9 @@ def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
 
 
 class Harness:
-    def __init__(self, store: MemoryStateStore | None = None,
-                 mounter: MemoryMounter | None = None) -> None:
+    def __init__(
+        self, store: MemoryStateStore | None = None, mounter: MemoryMounter | None = None
+    ) -> None:
         self.clock = task.Clock()
         self.clock.advance(1_700_000_000)
         self.store = store or MemoryStateStore()
@@ -80,8 +81,12 @@ def test_create_mounts_eagerly_and_get_reports() -> None:
     assert volume["Mountpoint"] == "/mnt/volumes/172.17.0.2/8022/echo-0"
     assert volume["CreatedAt"] == "2023-11-14T22:13:20Z"
     assert volume["Status"] == {
-        "host": "172.17.0.2", "port": 8022, "container": "echo",
-        "remoteDir": "/tel_app_exports/echo/var/run/secrets", "ro": False, "usedBy": [],
+        "host": "172.17.0.2",
+        "port": 8022,
+        "container": "echo",
+        "remoteDir": "/tel_app_exports/echo/var/run/secrets",
+        "ro": False,
+        "usedBy": [],
     }
 
 
@@ -101,15 +106,23 @@ def test_list_is_sorted_and_capabilities_local() -> None:
         ({"port": "8022"}, 'missing required option "container"'),
         ({"container": "echo"}, 'missing required option "port"'),
         ({"container": "echo", "port": "0"}, 'missing required option "port"'),
-        ({"container": "echo", "port": "70000"},
-         "port must be an unsigned integer between 1 and 65535"),
-        ({"container": "echo", "port": "-1"},
-         "port must be an unsigned integer between 1 and 65535"),
-        ({"container": "echo", "port": "x"},
-         "port must be an unsigned integer between 1 and 65535"),
+        (
+            {"container": "echo", "port": "70000"},
+            "port must be an unsigned integer between 1 and 65535",
+        ),
+        (
+            {"container": "echo", "port": "-1"},
+            "port must be an unsigned integer between 1 and 65535",
+        ),
+        (
+            {"container": "echo", "port": "x"},
+            "port must be an unsigned integer between 1 and 65535",
+        ),
         ({**OPTS, "ro": "yes"}, "ro must be a boolean"),
-        ({**OPTS, "dir": "../other"},
-         'dir "../other" leaves the export of container "echo" (/tel_app_exports/echo)'),
+        (
+            {**OPTS, "dir": "../other"},
+            'dir "../other" leaves the export of container "echo" (/tel_app_exports/echo)',
+        ),
         ({**OPTS, "dir": "a/../../.."}, "leaves the export"),
         ({**OPTS, "container": ".."}, "is not a container name"),
         ({**OPTS, "container": "a/b"}, "is not a container name"),
@@ -203,9 +216,18 @@ def test_volumes_and_users_survive_a_restart() -> None:
 
 def test_unreadable_saved_entries_are_skipped() -> None:
     """A damaged entry in the saved state costs that entry, not the plug-in."""
-    store = MemoryStateStore({"volumes": {"bad": {"options": {}}, "good": {
-        "options": {"host": "h", "port": 1, "container": "c", "dir": "", "ro": False},
-        "created_at": 5, "used_by": []}}})
+    store = MemoryStateStore(
+        {
+            "volumes": {
+                "bad": {"options": {}},
+                "good": {
+                    "options": {"host": "h", "port": 1, "container": "c", "dir": "", "ro": False},
+                    "created_at": 5,
+                    "used_by": [],
+                },
+            }
+        }
+    )
     h = Harness(store=store)
     assert list(h.driver.volumes) == ["good"]
 
@@ -246,8 +268,10 @@ def test_disconnected_unused_mounts_are_released_after_linger() -> None:
     assert ("172.17.0.2", 8022) in h.mounter.servers
 
 
-@pytest.mark.parametrize("text, seconds", [("5s", 5), ("500ms", 0.5), ("1m30s", 90),
-                                           ("2", 2), ("1.5h", 5400), ("250us", 0.00025)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("5s", 5), ("500ms", 0.5), ("1m30s", 90), ("2", 2), ("1.5h", 5400), ("250us", 0.00025)],
+)
 def test_go_durations(text: str, seconds: float) -> None:
     """Durations are read the way the Go plug-in's environment variables were."""
     assert parse_duration(text) == pytest.approx(seconds)
