@@ -861,8 +861,10 @@ class NetworkDriver:
                     response.interface_src_name, endpoint.sandbox, network.address.host,
                     [c for c in (endpoint.ipv4, endpoint.ipv6) if c])
             except (TelerouteError, PlumbingError, defer.TimeoutError) as e:
-                log.error("cannot give the daemon its interface for endpoint {id}: {error}",
-                          id=endpoint.id[:12], error=e)
+                log.error("cannot give the daemon its interface for endpoint {id} of network "
+                          "{network}: {error}; reconnect the daemon container to the network "
+                          "(docker network disconnect, then connect --driver-opt daemon=true)",
+                          id=endpoint.id[:12], network=network.id[:12], error=e)
                 endpoint.pending = True
                 await self._save()
                 continue
