@@ -10,6 +10,7 @@ files from a busybox container, writes one back, and removes it all again.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -32,7 +33,7 @@ def _say(text: str) -> None:
 
 
 def _run(*args: str) -> str:
-    _say("$ " + " ".join(args))
+    _say("$ " + shlex.join(args))
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     if result.stdout:
         print(result.stdout, end="" if result.stdout.endswith("\n") else "\n", flush=True)
