@@ -60,7 +60,7 @@ MAX_CHUNK = 255 * 1024
 #: Bytes read from the socket per reactor iteration.
 RECV_SIZE = 1 << 18
 #: Bytes sent per reactor iteration (at most).
-SEND_SIZE = 128 * 1024
+SEND_SIZE = 1 << 20
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_KEEPALIVE = 5.0
 
@@ -596,6 +596,50 @@ class SFTPClient(ft.FileTransferClient):
             ft.FXP_WRITE, b"".join((_ns(handle), _U64.pack(offset), _U32.pack(len(data)))), data
         )
 
+    def writeChunks(self, handle: bytes, offset: int, data: bytes) -> list[Deferred[None]]:
+        """
+        Write ``data`` at ``offset`` as WRITE requests of at most ``maxWrite`` bytes each,
+        sent together in one buffer (one copy of ``data`` instead of two).
+        """
+        if self._dead is not None:
+            return [defer.fail(self._dead.value)]
+        transport = self.transport
+        if not self.connected or transport is None:
+            return [defer.fail(ConnectionLost("SFTP connection is closed"))]
+        step = self.maxWrite
+        n = len(data)
+        if n <= step:
+            return [self.write(handle, offset, data)]
+        nsHandle = _ns(handle)
+        fixed = 5 + len(nsHandle) + 12
+        view = memoryview(data)
+        parts: list[bytes | memoryview] = []
+        rid = self._nextId
+        first = rid
+        for start in range(0, n, step):
+            size = min(step, n - start)
+            parts.append(
+                _HDR.pack(fixed + size, ft.FXP_WRITE, rid)
+                + nsHandle
+                + _U64.pack(offset + start)
+                + _U32.pack(size)
+            )
+            parts.append(view[start : start + size])
+            rid = (rid + 1) & 0xFFFFFFFF
+        transport.write(b"".join(parts))
+        self._nextId = rid
+        deadline = self._clock.seconds() + self.timeout
+        sent = []
+        rid = first
+        for _ in range(len(parts) // 2):
+            d: Deferred[None] = Deferred()
+            self._pending[rid] = (d, deadline, ft.FXP_WRITE)
+            sent.append(d)
+            rid = (rid + 1) & 0xFFFFFFFF
+        if self._deadlineCall is None:
+            self._deadlineCall = self._clock.callLater(self.timeout, self._checkDeadline)
+        return sent
+
     def opendir(self, path: bytes) -> Deferred[bytes]:
         return self._request(ft.FXP_OPENDIR, _ns(path))
 
@@ -736,6 +780,7 @@ class ReadAhead:
         chunk: int | None = None,
         window: int = 8 << 20,
         initial: int = 1 << 20,
+        sizeHint: int | None = None,
     ) -> None:
         self._client = client
         self._handle = handle
@@ -746,6 +791,8 @@ class ReadAhead:
         self._chunks: deque[_Chunk] = deque()
         self._next = -1  # where a sequential reader reads next
         self._eof: int | None = None
+        # The size the file had at open: no read-ahead past it (reads past it still work).
+        self._sizeHint = sizeHint
 
     @property
     def bufferedBytes(self) -> int:
@@ -778,7 +825,11 @@ class ReadAhead:
             self._ahead = min(self._window, max(self._initial, self._ahead * 2))
         else:
             self._ahead = 0
-        self._fill(offset, offset + size + self._ahead)
+        end = offset + size
+        ahead = self._ahead
+        if self._sizeHint is not None:
+            ahead = min(ahead, max(0, self._sizeHint - end))
+        self._fill(offset, end + ahead)
         wanted = [c for c in chunks if c.offset < offset + size and c.end > offset]
         if not wanted:  # at (known) end of file
             return b""
@@ -886,22 +937,20 @@ class PipelinedWriter:
         """
         if self.error is not None:
             self.error.raiseException()
-        client = self._client
-        handle = self._handle
-        n = len(data)
+        try:
+            sent = self._client.writeChunks(self._handle, offset, data)
+        except Exception:
+            self.error = Failure()
+            raise
         step = self._chunkSize
-        for start in range(0, n, step):
-            # Twisted's transports take bytes only, so a slice is one copy we cannot avoid.
-            piece = data[start : start + step] if n > step else data
-            try:
-                sent = client.write(handle, offset + start, piece)
-            except Exception:
-                self.error = Failure()
-                break
-            size = len(piece)
+        n = len(data)
+        for i, request in enumerate(sent):
+            size = min(step, n - i * step) if len(sent) > 1 else n
             self.inFlight += size
-            sent.addCallbacks(self._acked, self._failed, callbackArgs=(size,), errbackArgs=(size,))
-        if self.error is not None:  # the connection was already dead, or the send failed
+            request.addCallbacks(
+                self._acked, self._failed, callbackArgs=(size,), errbackArgs=(size,)
+            )
+        if self.error is not None:  # the connection was already dead
             self.error.raiseException()
         if self.inFlight <= self._max:
             return None

@@ -86,6 +86,8 @@ WRITE_BEHIND = 8 << 20
 #: Kernel read-ahead for the mount (KiB), so sequential reads come in big requests.
 KERNEL_READAHEAD_KB = 1024
 _BLKSIZE = 131072
+#: Seconds after which a file's mtime is "settled" for keeping its cached pages.
+SETTLED = 60.0
 
 
 class ConnectionSource(Protocol):
@@ -673,12 +675,16 @@ class SFTPOperations(pyfuse3.Operations):
         self._next_fh += 1
         h = _FileHandle(fh, node, flags, client, handle)
         if flags & ft.FXF_READ:
-            h.reader = ReadAhead(client, handle, window=self._readahead)
+            h.reader = self._reader(node, client, handle)
         if flags & ft.FXF_WRITE:
             h.writer = PipelinedWriter(client, handle, self._write_behind)
         self._files[fh] = h
         node.handles.add(h)
         return h
+
+    def _reader(self, node: _Node, client: SFTPClient, handle: bytes) -> ReadAhead:
+        size = node.attrs.size if node.attrs is not None else None
+        return ReadAhead(client, handle, window=self._readahead, sizeHint=size)
 
     @staticmethod
     def _sftp_flags(flags: int) -> int:
@@ -702,17 +708,20 @@ class SFTPOperations(pyfuse3.Operations):
 
     def _keep_cache(self, node: _Node) -> bool:
         """
-        Whether the kernel may keep this file's cached pages: only if the file did not
-        change since the last open (fresh attributes, same mtime and size, mtime not within
-        the last two seconds since SFTP times have one-second resolution).
+        Whether the kernel may keep this file's cached pages from an earlier open.
+
+        Only when the file is unchanged since that open: fresh attributes with the same mtime
+        and size, and at that open the mtime was already "settled" (well in the past), so a
+        later change could not hide in the same one-second mtime. The margin is wide to
+        survive clock skew between this machine and the server.
         """
         a = node.attrs
-        if a is None or node.expires <= self._now():
+        if a is None or a.mtime is None or node.expires <= self._now():
             node.opened = None
             return False
         version = (a.mtime, a.size)
-        keep = node.opened == version and (a.mtime or 0) < time.time() - 2
-        node.opened = version
+        keep = node.opened == version
+        node.opened = version if a.mtime < time.time() - SETTLED else None
         return keep
 
     @_fuse_op(errno.EEXIST)
@@ -762,7 +771,7 @@ class SFTPOperations(pyfuse3.Operations):
         h.client = client
         h.handle = handle
         if h.reader is not None:
-            h.reader = ReadAhead(client, handle, window=self._readahead)
+            h.reader = self._reader(h.node, client, handle)
         if h.writer is not None:
             h.writer = PipelinedWriter(client, handle, self._write_behind)
 
@@ -1108,8 +1117,11 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _say(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+    except OSError:
+        pass  # whoever started us is gone; carry on (it re-adopts us through the socket)
 
 
 class _StdlibToTwisted(logging.Handler):

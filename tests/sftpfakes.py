@@ -324,6 +324,12 @@ class FakeSFTPClient:
 
         return self._answer(do, self.hold_writes)
 
+    def writeChunks(self, handle: bytes, offset: int, data: bytes) -> list[Deferred[None]]:
+        step = self.maxWrite
+        return [
+            self.write(handle, offset + i, data[i : i + step]) for i in range(0, len(data), step)
+        ]
+
     def listdir(self, path: bytes) -> Deferred[list[NameEntry]]:
         self.calls.append(("listdir", path))
 

@@ -617,3 +617,27 @@ def test_a_write_that_cannot_be_sent_is_an_error_not_a_hang() -> None:
         writer.write(0, b"x")
     assert client.pendingCount == 0 and writer.inFlight == 0
     assert failure_of(writer.flush()).check(TypeError)
+
+
+def test_writer_sends_big_writes_in_chunks(pair: SFTPPair, tree: Path) -> None:
+    """A write bigger than maxWrite goes out as several WRITEs and lands byte for byte."""
+    data = os.urandom(3 * MAX_CHUNK + 4321)
+    c = pair.client
+    h = pair.wait(c.open(b"/chunked", ft.FXF_WRITE | ft.FXF_CREAT))
+    writer = PipelinedWriter(c, h)
+    assert writer.write(0, data[:1000]) is None
+    assert writer.write(1000, data[1000:]) is None
+    assert c.pendingCount == 5
+    pair.wait(writer.flush())
+    assert (tree / "chunked").read_bytes() == data
+
+
+def test_read_ahead_stops_at_the_size_seen_at_open(pair: SFTPPair) -> None:
+    """With a size hint there is no read-ahead past it; reads past it still work."""
+    h = pair.wait(pair.client.open(b"/big", ft.FXF_READ))
+    reader = ReadAhead(pair.client, h, sizeHint=100_000)
+    reader.read(0, 4096)
+    assert reader.bufferedBytes == 100_000
+    pair.pump.flush()
+    got = reader.read(200_000, 10)
+    assert (pair.wait(got) if isinstance(got, defer.Deferred) else got) != b""

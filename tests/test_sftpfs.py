@@ -922,3 +922,19 @@ def test_e2e_unreachable_server_is_reported(e2e_ready: None, workdir: str) -> No
         assert fuse_mounts(h.mountpoint) == [] and not os.path.exists(h.control)
     finally:
         h.cleanup()
+
+
+@pytest_twisted.ensureDeferred
+async def test_kernel_cache_is_kept_only_for_unchanged_files(world: World) -> None:
+    """A re-opened file keeps the kernel's pages only if its mtime and size did not change."""
+    await aio(world.setup())
+    world.client.tree[b"/exp/app/data/hello"].mtime = int(time.time()) - 3600
+    entry = await world.lookup_path(b"data", b"hello")
+    first = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    again = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert (first.keep_cache, again.keep_cache) == (False, True)
+    world.client.put(b"/exp/app/data/hello", b"changed on the server")
+    world.now += 5
+    await world.lookup_path(b"data", b"hello")
+    changed = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert changed.keep_cache is False
