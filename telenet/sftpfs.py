@@ -702,6 +702,16 @@ class SFTPOperations(pyfuse3.Operations):
         if sflags & ft.FXF_WRITE or flags & os.O_TRUNC:
             self._writable(node)
         client = self._client()
+        if flags & os.O_TRUNC:
+            # The kernel leaves O_TRUNC to us (atomic_o_trunc): truncate while opening.
+            handle = await as_future(client.open(node.remote, sflags | ft.FXF_TRUNC))
+            node.expires = 0.0
+            for other in node.handles:
+                if other.reader is not None:
+                    other.reader.reset()
+            h = self._register(node, sflags, client, handle)
+            h.wrote = True
+            return FileInfo(fh=h.fh)
         handle = await as_future(client.open(node.remote, sflags))
         h = self._register(node, sflags, client, handle)
         return FileInfo(fh=h.fh, keep_cache=self._keep_cache(node))

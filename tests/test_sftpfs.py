@@ -720,7 +720,7 @@ def export(workdir: str) -> str:
     with open(os.path.join(secrets, "token"), "w") as f:
         f.write("s3cr3t-token\n")
     with open(os.path.join(data, "hello"), "w") as f:
-        f.write("hello\n")
+        f.write("hello, this line is longer than its replacement\n")
     return root
 
 
@@ -798,6 +798,9 @@ def test_e2e_file_operations(helper: MountHelper, export: str) -> None:
         _expect_errno(errno.ENOENT, os.stat, helper.path("data", "dir"))
         vfs = os.statvfs(helper.path("data"))
         assert vfs.f_blocks > 0 and vfs.f_namemax == 255
+        # rewriting a longer file truncates it
+        with open(helper.path("data", "hello"), "w") as f:
+            f.write("hello\n")
         # appends continue at the end
         with open(helper.path("data", "hello"), "a") as f:
             f.write("again\n")
@@ -938,3 +941,16 @@ async def test_kernel_cache_is_kept_only_for_unchanged_files(world: World) -> No
     await world.lookup_path(b"data", b"hello")
     changed = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
     assert changed.keep_cache is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_with_o_trunc_truncates(world: World) -> None:
+    """The kernel passes O_TRUNC to open (atomic_o_trunc): the file is emptied there."""
+    await aio(world.setup())
+    entry = await world.lookup_path(b"data", b"hello")
+    fi = await aio(world.fs.open(entry.st_ino, os.O_WRONLY | os.O_TRUNC, None))
+    assert world.client.data(b"/exp/app/data/hello") == b""
+    await aio(world.fs.write(fi.fh, 0, b"hi"))
+    await aio(world.fs.release(fi.fh))
+    assert world.client.data(b"/exp/app/data/hello") == b"hi"
+    assert (await aio(world.fs.getattr(entry.st_ino, None))).st_size == 2
