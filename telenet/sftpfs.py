@@ -71,7 +71,6 @@ __all__ = ["ControlFactory", "MountControl", "SFTPOperations", "Volume", "main"]
 log = Logger(namespace="telenet.sftpfs")
 P = ParamSpec("P")
 R = TypeVar("R")
-T = TypeVar("T")
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 # Errors that are the server's or the network's, not bugs.
