@@ -1162,12 +1162,16 @@ _LEVELS = _levels()
 
 def _mount_dev(mountpoint: str) -> str | None:
     """The "major:minor" of the mount at ``mountpoint``, from /proc (never stat a FUSE mount)."""
+    # mountinfo escapes these characters in paths as octal.
+    escaped = "".join(
+        {" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"}.get(c, c) for c in mountpoint
+    )
     dev = None
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as f:
             for line in f:
                 fields = line.split(" ")
-                if len(fields) > 4 and fields[4] == mountpoint:
+                if len(fields) > 4 and fields[4] == escaped:
                     dev = fields[2]  # the last one is the mount on top
     except OSError:
         pass

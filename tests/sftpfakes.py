@@ -10,7 +10,6 @@ Test doubles for the SFTP client and filesystem tests.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import time
@@ -140,20 +139,6 @@ class _Entry:
     def attrs(self) -> FileAttrs:
         size = len(self.target) if stat.S_ISLNK(self.mode) else len(self.data)
         return FileAttrs(size, self.uid, self.gid, self.mode, self.atime, self.mtime)
-
-
-def _status(code: int, message: str = "") -> Deferred[Any]:
-    return defer.fail(
-        SFTPStatusError(
-            code,
-            message
-            or {
-                ft.FX_NO_SUCH_FILE: "No such file",
-                ft.FX_PERMISSION_DENIED: "Permission denied",
-                ft.FX_FAILURE: "Failure",
-            }.get(code, "error"),
-        )
-    )
 
 
 class FakeSFTPClient:
@@ -437,8 +422,3 @@ class FakeSource:
         if self.client is None or not self.client.alive:
             raise NotConnected(f"{self.label} is not connected: test")
         return self.client
-
-
-def errno_of(exc: BaseException) -> int:
-    """The errno of a FUSEError (pyfuse3 keeps it in ``errno``)."""
-    return int(getattr(exc, "errno", errno.EIO))

@@ -35,7 +35,13 @@ from twisted.internet.testing import StringTransport
 
 from telenet.aio import as_deferred
 from telenet.sftpclient import MAX_CHUNK, SFTPStatusError
-from telenet.sftpfs import ControlProtocol, MountControl, SFTPOperations
+from telenet.sftpfs import (
+    KERNEL_READAHEAD_KB,
+    ControlProtocol,
+    MountControl,
+    SFTPOperations,
+    _mount_dev,
+)
 from tests.conftest import free_port, fuse_mounts, port_open, require, wait_for
 from tests.sftpfakes import FakeSFTPClient, FakeSource
 
@@ -808,6 +814,9 @@ def test_e2e_file_operations(helper: MountHelper, export: str) -> None:
             assert f.read() == "hello\nagain\n"
 
     in_thread(story, 60)
+    dev = _mount_dev(helper.mountpoint)
+    with open(f"/sys/class/bdi/{dev}/read_ahead_kb") as f:
+        assert int(f.read()) == KERNEL_READAHEAD_KB, "big kernel read-ahead"
     status = helper.request({"op": "status"})
     assert status["connected"] is True and set(status["volumes"]) == {"data", "secrets"}
     assert status["volumes"]["secrets"]["ro"] is True
