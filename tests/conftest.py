@@ -257,9 +257,11 @@ def telemount(workdir: str, docker_ready: None, fuse_ready: None) -> Iterator[Te
     yield plugin
     if not plugin.daemon.alive():
         plugin.start()
-    for container in run("docker", "ps", "-aq", "--filter", "name=tntest").stdout.split():
-        run("docker", "rm", "-f", container, check=False)
     for volume in plugin.volumes():
+        # Only containers using this plug-in's volumes: other tests may be running.
+        users = run("docker", "ps", "-aq", "--filter", f"volume={volume}").stdout.split()
+        for container in users:
+            run("docker", "rm", "-f", container, check=False)
         run("docker", "volume", "rm", "-f", volume, check=False)
     plugin.daemon.stop()
     leftovers = fuse_mounts(plugin.mount_root)
