@@ -67,6 +67,8 @@ from twisted.python import failure, usage
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from telenet.threads import ThreadPoolService
+
 _T = TypeVar("_T")
 
 log = Logger()
@@ -915,20 +917,6 @@ class AgentFactory(Factory):
         proto.factory = self
         return proto
 
-
-class ThreadPoolService(service.Service):
-    """Starts and stops a thread pool with the app."""
-
-    def __init__(self, pool: ThreadPool) -> None:
-        self.pool = pool
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.pool.stop()
 
 
 class Options(usage.Options):

@@ -30,6 +30,7 @@ from twisted.python.threadpool import ThreadPool
 from telenet import dockerplugin
 from telenet.dockerplugin import BadRequest, JSONObject, PluginError, field, string_map
 from telenet.interfaces import IMounter, IStateStore
+from telenet.threads import ThreadPoolService
 
 log = Logger()
 
@@ -477,20 +478,6 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must be positive")
 
 
-class _ThreadPoolService(service.Service):
-    """A thread pool started and stopped with the application."""
-
-    def __init__(self, pool: ThreadPool) -> None:
-        self.pool = pool
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.pool.stop()
-
 
 class _MounterService(service.Service):
     """Adopts the helpers of an earlier run at start; unmounts and stops them at the end."""
@@ -526,7 +513,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = service.MultiService()
     # One thread: saves then happen in the order they were asked for.
     pool = ThreadPool(minthreads=1, maxthreads=1, name="telemount-state")
-    _ThreadPoolService(pool).setServiceParent(top)
+    ThreadPoolService(pool).setServiceParent(top)
 
     def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         from twisted.internet.threads import deferToThreadPool

@@ -47,6 +47,7 @@ from telenet.routeclient import (
     grpc_target,
 )
 from telenet.routelinks import IEndpointPlumbing, PlumbingError
+from telenet.threads import ThreadPoolService
 
 log = Logger()
 
@@ -888,18 +889,6 @@ class Options(usage.Options):
     ]
 
 
-class _ThreadPoolService(service.Service):
-    def __init__(self, pool: ThreadPool) -> None:
-        self.pool = pool
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.pool.stop()
-
 
 class _DriverService(service.Service):
     """Reconnects restored networks once the reactor runs; closes connections at the end."""
@@ -943,7 +932,7 @@ def makeService(options: Options, reactor: Any = None,
 
     top = service.MultiService()
     pool = ThreadPool(minthreads=1, maxthreads=1, name="teleroute-state")
-    _ThreadPoolService(pool).setServiceParent(top)
+    ThreadPoolService(pool).setServiceParent(top)
 
     def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         from twisted.internet.threads import deferToThreadPool
