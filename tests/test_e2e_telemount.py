@@ -8,6 +8,7 @@ goes away and comes back, and OpenSSH's sftp-server as a server we did not write
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -89,6 +90,30 @@ def busybox(
     )
 
 
+@contextlib.contextmanager
+def sleeping_container(volume: str) -> Iterator[str]:
+    """A container that has ``volume`` mounted at /s while the block runs."""
+    name = f"tntest-{uuid.uuid4().hex[:8]}"
+    run(
+        "docker",
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        name,
+        "-v",
+        f"{volume}:/s",
+        BUSYBOX,
+        "sleep",
+        "300",
+    )
+    try:
+        yield name
+    finally:
+        run("docker", "rm", "-f", name)
+
+
 def helper_pids(plugin: Telemount) -> list[int]:
     out = subprocess.run(
         ["pgrep", "-f", f"telenet.sftpfs .*{plugin.mount_root}"], capture_output=True, text=True
@@ -140,27 +165,10 @@ def test_read_only_volume_refuses_writes(telemount: Telemount, sftp_agent: Agent
 def test_volume_in_use_cannot_be_removed(telemount: Telemount, sftp_agent: Agent) -> None:
     """docker volume rm of a volume a running container uses is refused with our message."""
     vol, _ = create_volume(telemount, sftp_agent.port)
-    name = f"tntest-{uuid.uuid4().hex[:8]}"
-    run(
-        "docker",
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        name,
-        "-v",
-        f"{vol}:/s",
-        BUSYBOX,
-        "sleep",
-        "300",
-    )
-    try:
+    with sleeping_container(vol):
         result = run("docker", "volume", "rm", vol, check=False)
         assert result.returncode != 0
         assert "volume is in use" in result.stderr or "mounted by containers" in result.stderr
-    finally:
-        run("docker", "rm", "-f", name)
     run("docker", "volume", "rm", vol)
 
 
@@ -209,22 +217,7 @@ def test_missing_remote_directory_is_reported(telemount: Telemount, sftp_agent: 
 def test_plugin_kill_and_restart_keeps_volumes(telemount: Telemount, sftp_agent: Agent) -> None:
     """kill -9 of the plug-in: after restart the volumes are listed and mountable."""
     vol, _ = create_volume(telemount, sftp_agent.port)
-    name = f"tntest-{uuid.uuid4().hex[:8]}"
-    run(
-        "docker",
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        name,
-        "-v",
-        f"{vol}:/s",
-        BUSYBOX,
-        "sleep",
-        "300",
-    )
-    try:
+    with sleeping_container(vol) as name:
         telemount.daemon.kill(signal.SIGKILL)
         # The running container keeps its files while the plug-in is down.
         assert run("docker", "exec", name, "cat", "/s/token").stdout == "s3cr3t-token\n"
@@ -234,8 +227,6 @@ def test_plugin_kill_and_restart_keeps_volumes(telemount: Telemount, sftp_agent:
         assert run("docker", "exec", name, "cat", "/s/token").stdout == "s3cr3t-token\n"
         # It still knows the running container uses the volume.
         assert run("docker", "volume", "rm", vol, check=False).returncode != 0
-    finally:
-        run("docker", "rm", "-f", name)
     run("docker", "volume", "rm", vol)
     assert len(helper_pids(telemount)) <= 1
 
@@ -246,22 +237,7 @@ def test_agent_death_gives_errors_then_recovers(telemount: Telemount, sftp_agent
     with open(os.path.join(exported, "big"), "wb") as f:
         f.write(os.urandom(1024 * 1024) * 64)
     vol, _ = create_volume(telemount, sftp_agent.port)
-    name = f"tntest-{uuid.uuid4().hex[:8]}"
-    run(
-        "docker",
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        name,
-        "-v",
-        f"{vol}:/s",
-        BUSYBOX,
-        "sleep",
-        "300",
-    )
-    try:
+    with sleeping_container(vol) as name:
         # A slow reader (the pipe to a sleeping reader) keeps the read going while we kill.
         reader = subprocess.Popen(
             [
@@ -296,8 +272,6 @@ def test_agent_death_gives_errors_then_recovers(telemount: Telemount, sftp_agent
 
         wait_for(readable, 30, "the volume to work again", interval=0.5)
         assert busybox("cat", "/s/namespace", volumes=(f"{vol}:/s",)).stdout == "default\n"
-    finally:
-        run("docker", "rm", "-f", name)
 
 
 @pytest.fixture
