@@ -1,0 +1,85 @@
+"""
+Shared pieces of the fault suite (tests/test_faults_*.py).
+
+Iteration counts are short by default (CI) and full with ``TELENET_FAULTS=full``::
+
+    TELENET_FAULTS=full .venv/bin/python -m pytest tests/test_faults_*.py
+
+Figures each test reaches are appended to ``/tmp/tntest-faults-figures.txt`` (one line per test)
+so that a full run's numbers can be copied into docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+FULL = os.environ.get("TELENET_FAULTS", "").lower() == "full"
+FIGURES = "/tmp/tntest-faults-figures.txt"
+
+
+def scaled(ci: int, full: int) -> int:
+    """``full`` iterations with TELENET_FAULTS=full, else ``ci``."""
+    return full if FULL else ci
+
+
+def record(test: str, **figures: object) -> None:
+    """Append one test's figures (kills survived, requests sent, leaks) to the figures file."""
+    line = json.dumps({"test": test, "full": FULL, "at": time.strftime("%F %T"), **figures})
+    with open(FIGURES, "a") as f:
+        f.write(line + "\n")
+
+
+def unix_http(path: str, raw: bytes, timeout: float = 15) -> tuple[int, bytes]:
+    """
+    Send ``raw`` (a whole HTTP/1.0 request) to a unix socket; the status and body of the answer.
+
+    The status is 0 when the server closed the connection without answering.
+    """
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    answer = b"".join(chunks)
+    if not answer:
+        return 0, b""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, body
+
+
+def post(path: str, endpoint: str, body: bytes, timeout: float = 15) -> tuple[int, bytes]:
+    """POST ``body`` to a plug-in endpoint such as ``/VolumeDriver.Create``."""
+    raw = (
+        f"POST {endpoint} HTTP/1.0\r\nHost: plugin\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    return unix_http(path, raw, timeout)
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set of a process, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of a process (R, S, D, Z, T...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
