@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import errno
 import functools
 import json
@@ -82,6 +83,9 @@ ATTR_TIMEOUT = 1.0
 READAHEAD_WINDOW = 8 << 20
 #: Per open file: bytes of WRITEs sent but not yet answered before a writer has to wait.
 WRITE_BEHIND = 8 << 20
+#: Files up to this size opened for reading are read whole at open, ahead of the kernel.
+PREFETCH_MAX = 128 << 10
+_PAGE = 4096
 #: Kernel read-ahead for the mount (KiB), so sequential reads come in big requests.
 KERNEL_READAHEAD_KB = 1024
 _BLKSIZE = 131072
@@ -416,6 +420,12 @@ class SFTPOperations(pyfuse3.Operations):
         e.st_mtime_ns = mtime
         e.st_ctime_ns = mtime
         e.st_atime_ns = (a.atime or 0) * 1_000_000_000
+        old = node.attrs
+        if node.handles and old is not None and (old.size, old.mtime) != (a.size, a.mtime):
+            # Someone changed the file: what open readers hold ahead may be stale.
+            for h in node.handles:
+                if h.reader is not None:
+                    h.reader.reset(a.size)
         node.entry = e
         node.attrs = a
         node.expires = self._now() + self.attr_timeout
@@ -449,14 +459,14 @@ class SFTPOperations(pyfuse3.Operations):
             # Let write-behind land first, or the server reports a size that is too small.
             if h.writer is not None and h.writer.inFlight:
                 try:
-                    await as_future(h.writer.flush())
+                    await _wait(h.writer.flush())
                 except Exception:
                     pass
         client = self._client()
         if node is node.vol.root:
-            attrs = await as_future(client.stat(node.remote))
+            attrs = await _wait(client.stat(node.remote))
         else:
-            attrs = await as_future(client.lstat(node.remote))
+            attrs = await _wait(client.lstat(node.remote))
         return self._set_attrs(node, attrs)
 
     def _writable(self, node: _Node) -> None:
@@ -503,7 +513,7 @@ class SFTPOperations(pyfuse3.Operations):
         if node is not None and node.entry is not None and node.expires > self._now():
             node.lookups += 1
             return node.entry
-        attrs = await as_future(self._client().lstat(vol.remote(rel)))
+        attrs = await _wait(self._client().lstat(vol.remote(rel)))
         if vol.removed:
             raise FUSEError(errno.ENOENT)
         node = self._child(vol, rel)  # again: the table may have changed while we waited
@@ -536,7 +546,7 @@ class SFTPOperations(pyfuse3.Operations):
         self._writable(node)
         for h in list(node.handles):
             if h.writer is not None:  # earlier writes go first, e.g. before a truncate
-                await as_future(h.writer.flush())
+                await _wait(h.writer.flush())
         size = uid = gid = perms = atime = mtime = None
         if fields.update_size:
             size = attr.st_size
@@ -573,7 +583,7 @@ class SFTPOperations(pyfuse3.Operations):
     @_fuse_op()
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
         node = self._node(inode)
-        return await as_future(self._client().readlink(node.remote))
+        return await _wait(self._client().readlink(node.remote))
 
     @_fuse_op(errno.EEXIST)
     async def mkdir(
@@ -623,7 +633,7 @@ class SFTPOperations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         parent = self._parent(parent_inode)
         rel = self._join(parent, name)
-        await as_future(self._client().remove(parent.vol.remote(rel)))
+        await _wait(self._client().remove(parent.vol.remote(rel)))
         self._detach(parent.vol, rel)
         parent.expires = 0.0
 
@@ -631,7 +641,7 @@ class SFTPOperations(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         parent = self._parent(parent_inode)
         rel = self._join(parent, name)
-        await as_future(self._client().rmdir(parent.vol.remote(rel)))
+        await _wait(self._client().rmdir(parent.vol.remote(rel)))
         self._detach(parent.vol, rel)
         parent.expires = 0.0
 
@@ -659,7 +669,7 @@ class SFTPOperations(pyfuse3.Operations):
         new = self._join(new_parent, name_new)
         overwrite = not flags & pyfuse3.RENAME_NOREPLACE
         try:
-            await as_future(client.rename(vol.remote(old), vol.remote(new), overwrite=overwrite))
+            await _wait(client.rename(vol.remote(old), vol.remote(new), overwrite=overwrite))
         except SFTPStatusError as e:
             raise FUSEError(
                 e.errno if e.code != ft.FX_FAILURE or overwrite else errno.EEXIST
@@ -669,12 +679,19 @@ class SFTPOperations(pyfuse3.Operations):
 
     # -- files ---------------------------------------------------------------------------------
 
-    def _register(self, node: _Node, flags: int, client: SFTPClient, handle: bytes) -> _FileHandle:
+    def _register(
+        self,
+        node: _Node,
+        flags: int,
+        client: SFTPClient,
+        handle: bytes,
+        reader: ReadAhead | None = None,
+    ) -> _FileHandle:
         fh = self._next_fh
         self._next_fh += 1
         h = _FileHandle(fh, node, flags, client, handle)
         if flags & ft.FXF_READ:
-            h.reader = self._reader(node, client, handle)
+            h.reader = reader or self._reader(node, client, handle)
         if flags & ft.FXF_WRITE:
             h.writer = PipelinedWriter(client, handle, self._write_behind)
         self._files[fh] = h
@@ -703,7 +720,7 @@ class SFTPOperations(pyfuse3.Operations):
         client = self._client()
         if flags & os.O_TRUNC:
             # The kernel leaves O_TRUNC to us (atomic_o_trunc): truncate while opening.
-            handle = await as_future(client.open(node.remote, sflags | ft.FXF_TRUNC))
+            handle = await _wait(client.open(node.remote, sflags | ft.FXF_TRUNC))
             node.expires = 0.0
             for other in node.handles:
                 if other.reader is not None:
@@ -711,9 +728,24 @@ class SFTPOperations(pyfuse3.Operations):
             h = self._register(node, sflags, client, handle)
             h.wrote = True
             return FileInfo(fh=h.fh)
-        handle = await as_future(client.open(node.remote, sflags))
-        h = self._register(node, sflags, client, handle)
-        return FileInfo(fh=h.fh, keep_cache=self._keep_cache(node))
+        keep = self._keep_cache(node)
+        opening = client.open(node.remote, sflags)
+        readers: list[ReadAhead] = []
+        size = node.attrs.size if node.attrs is not None else None
+        if not keep and sflags == ft.FXF_READ and size is not None and size <= PREFETCH_MAX:
+            # A small file is read whole as soon as the handle arrives (from the answer's
+            # callback, not a loop turn later), asking past its size so that the short
+            # answer shows the end: the kernel's READ then finds it there or on its way.
+            def prefetch(handle: bytes) -> bytes:
+                reader = self._reader(node, client, handle)
+                reader.prefetch((size // _PAGE + 1) * _PAGE)
+                readers.append(reader)
+                return handle
+
+            opening.addCallback(prefetch)
+        handle = await _wait(opening)
+        h = self._register(node, sflags, client, handle, readers[0] if readers else None)
+        return FileInfo(fh=h.fh, keep_cache=keep)
 
     def _keep_cache(self, node: _Node) -> bool:
         """
@@ -775,7 +807,7 @@ class SFTPOperations(pyfuse3.Operations):
         if h.writer is not None and (h.writer.error is not None or h.writer.inFlight):
             # Writes the old connection never confirmed are lost: say so from now on.
             h.error = errno.EIO
-        handle = await as_future(client.open(h.node.remote, h.flags))
+        handle = await _wait(client.open(h.node.remote, h.flags))
         log.info("reopened {path} after a reconnect", path=h.node.remote)
         h.client = client
         h.handle = handle
@@ -801,7 +833,7 @@ class SFTPOperations(pyfuse3.Operations):
                 raise FUSEError(errno.EBADF)
             data = reader.read(off, size)
             if isinstance(data, Deferred):
-                return await as_future(data)
+                return await _wait(data)
             return data
         except Exception as e:
             raise _fuse_error(e) from None
@@ -830,7 +862,7 @@ class SFTPOperations(pyfuse3.Operations):
                 h.reader.reset()
             wait = writer.write(off, buf)
             if wait is not None:
-                await as_future(wait)
+                await _wait(wait)
             return len(buf)
         except Exception as e:
             raise _fuse_error(e) from None
@@ -844,7 +876,7 @@ class SFTPOperations(pyfuse3.Operations):
         if h.error is not None:
             raise FUSEError(h.error)
         if h.writer is not None:
-            await as_future(h.writer.flush())
+            await _wait(h.writer.flush())
             if h.wrote:
                 h.node.expires = 0.0
 
@@ -854,7 +886,7 @@ class SFTPOperations(pyfuse3.Operations):
         await self._drain(h)
         if h.writer is not None:
             await self._ready(h)
-            await as_future(h.client.fsync(h.handle))
+            await _wait(h.client.fsync(h.handle))
 
     @_fuse_op()
     async def release(self, fh: int) -> None:
@@ -867,7 +899,8 @@ class SFTPOperations(pyfuse3.Operations):
             await self._drain(h)
         finally:
             if h.client.alive:
-                h.client.close(h.handle).addErrback(
+                # A reader's CLOSE can wait to go out with the next request (or a moment).
+                h.client.close(h.handle, soon=h.writer is None).addErrback(
                     lambda f: log.warn(
                         "closing {path}: {error}", path=node.remote, error=f.getErrorMessage()
                     )
@@ -917,7 +950,7 @@ class SFTPOperations(pyfuse3.Operations):
     async def _list(self, node: _Node | None) -> list[tuple[bytes, _Node | FileAttrs]]:
         if node is None:
             return [(v.bname, v.root) for v in self.volumes.values()]
-        listing: list[NameEntry] = await as_future(self._client().listdir(node.remote))
+        listing: list[NameEntry] = await _wait(self._client().listdir(node.remote))
         return [(e.filename, e.attrs) for e in listing]
 
     async def releasedir(self, fh: int) -> None:
@@ -930,7 +963,7 @@ class SFTPOperations(pyfuse3.Operations):
         client = self._client()
         # pyfuse3 does not say which inode is asked about; any volume stands for the server.
         path = next(iter(self.volumes.values())).path if self.volumes else b"/"
-        v = await as_future(client.statvfs(path))
+        v = await _wait(client.statvfs(path))
         s = StatvfsData()
         s.f_bsize = v.bsize
         s.f_frsize = v.frsize
@@ -953,14 +986,36 @@ class SFTPOperations(pyfuse3.Operations):
         """Close every remote handle (at unmount)."""
         for h in self._files.values():
             if h.client.alive:
-                h.client.close(h.handle).addErrback(lambda f: None)
+                # A reader's CLOSE can wait to go out with the next request (or a moment).
+                h.client.close(h.handle, soon=h.writer is None).addErrback(lambda f: None)
         self._files.clear()
         self._dirs.clear()
 
 
+def _settle(result: R, future: asyncio.Future[R]) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _unsettle(failure: Failure, future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(failure.value)
+
+
+def _wait(d: Deferred[R]) -> asyncio.Future[R]:
+    """
+    A Deferred as a future for a FUSE handler to await: ``Deferred.asFuture`` without its
+    cancellation hook, which costs a loop callback per request (FUSE handlers are never
+    cancelled). A Deferred that already fired gives a done future: no loop turn at all.
+    """
+    future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+    d.addCallbacks(_settle, _unsettle, callbackArgs=(future,), errbackArgs=(future,))
+    return future
+
+
 async def _both(first: Deferred[Any], second: Deferred[Any]) -> tuple[Any, Any]:
     """Wait for two pipelined requests; raise the first error (both are always consumed)."""
-    results = await as_future(defer.DeferredList([first, second], consumeErrors=True))
+    results = await _wait(defer.DeferredList([first, second], consumeErrors=True))
     for ok, result in results:
         if not ok:
             result.raiseException()
@@ -1216,6 +1271,81 @@ def _tune_malloc() -> None:
         pass
 
 
+class FuseFdWaiter:
+    """
+    A cheaper ``wait_readable`` for pyfuse3's asyncio mode.
+
+    pyfuse3 registers the FUSE fd with the loop before each request and removes it after
+    (two epoll_ctl calls and their bookkeeping, a good part of a small request's cost). Here
+    the registration stays while requests keep coming. pyfuse3 lets one task at a time wait
+    (under its read lock), and that task then reads the fd, which blocks if nothing is there;
+    so a waiter is woken only when a zero-timeout poll confirms a request is waiting (a
+    callback queued before the last read may be stale).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, closed: type[Exception]) -> None:
+        self._loop = loop
+        self._closed = closed
+        self._waiters: dict[int, collections.deque[asyncio.Future[None]]] = {}
+        self._polls: dict[int, Any] = {}
+        self._idle: dict[int, int] = {}
+
+    async def wait_readable(self, fd: int) -> None:
+        waiters = self._waiters.get(fd)
+        if waiters is None:
+            import select
+
+            waiters = self._waiters[fd] = collections.deque()
+            poll = select.poll()
+            poll.register(fd, select.POLLIN)
+            self._polls[fd] = poll
+        if fd not in self._idle:
+            self._loop.add_reader(fd, self._ready, fd)
+        self._idle[fd] = 0
+        future = self._loop.create_future()
+        waiters.append(future)
+        try:
+            await future
+        finally:
+            if not future.done() and future in waiters:
+                waiters.remove(future)
+
+    def _ready(self, fd: int) -> None:
+        waiters = self._waiters.get(fd)
+        idle = self._idle.get(fd)
+        if waiters is None or idle is None:
+            return  # closed or unwatched since this callback was queued
+        while waiters and waiters[0].done():
+            waiters.popleft()
+        if not self._polls[fd].poll(0):
+            return  # queued before the last read took the request
+        if waiters:
+            waiters.popleft().set_result(None)
+            self._idle[fd] = 0
+        elif idle >= 1:
+            # Readable twice with nobody waiting: every worker is busy. Stop watching until
+            # one waits, rather than spin on a level-triggered fd.
+            self._unwatch(fd)
+        else:
+            self._idle[fd] = idle + 1
+
+    def _unwatch(self, fd: int) -> None:
+        if self._idle.pop(fd, None) is not None:
+            self._loop.remove_reader(fd)
+
+    def notify_closing(self, fd: int) -> None:
+        self._unwatch(fd)
+        for future in self._waiters.pop(fd, ()):
+            if not future.done():
+                future.set_exception(self._closed())
+        self._polls.pop(fd, None)
+
+    def install(self, module: Any) -> None:
+        """Put ``wait_readable`` and ``notify_closing`` in place of pyfuse3.asyncio's."""
+        module.wait_readable = self.wait_readable
+        module.notify_closing = self.notify_closing
+
+
 def _label(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -1237,6 +1367,11 @@ def main(argv: list[str] | None = None) -> int:
 
     pyfuse3_asyncio.enable()
     from twisted.internet import reactor
+
+    FuseFdWaiter(
+        reactor._asyncioEventloop,  # type: ignore[attr-defined]
+        pyfuse3_asyncio.ClosedResourceError,
+    ).install(pyfuse3_asyncio)
     from twisted.internet.endpoints import HostnameEndpoint
     from twisted.internet.error import ReactorNotRunning
     from twisted.internet.interfaces import IReactorUNIX

@@ -280,7 +280,7 @@ class FakeSFTPClient:
 
         return self._answer(do)
 
-    def close(self, handle: bytes) -> Deferred[None]:
+    def close(self, handle: bytes, soon: bool = False) -> Deferred[None]:
         self.calls.append(("close", handle))
         return self._answer(lambda: self.handles.pop(handle, None) and None)
 

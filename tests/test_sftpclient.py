@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from telenet.sftpclient import (
     FAKE_STATVFS,
+    LAZY_DELAY,
     MAX_CHUNK,
     ConnectionDead,
     FileAttrs,
@@ -641,3 +642,84 @@ def test_read_ahead_stops_at_the_size_seen_at_open(pair: SFTPPair) -> None:
     pair.pump.flush()
     got = reader.read(200_000, 10)
     assert (pair.wait(got) if isinstance(got, defer.Deferred) else got) != b""
+
+
+def test_short_answer_at_the_known_size_is_the_end() -> None:
+    """A short answer that reaches the size hint is taken as EOF: no READ just to hear it."""
+    client, transport, _ = _ready_client()
+    reader = ReadAhead(client, b"H", sizeHint=1000)
+    d = reader.read(0, 4096)
+    assert not isinstance(d, bytes)
+    [(kind, rid, _)] = _requests(transport.value())
+    assert kind == ft.FXP_READ
+    transport.clear()
+    client.dataReceived(_packet(ft.FXP_DATA, struct.pack("!L", rid) + _ns(b"x" * 1000)))
+    assert result_of(d) == b"x" * 1000
+    assert transport.value() == b"", "nothing more is asked"
+    assert reader.read(0, 4096) == b"x" * 1000, "served from the window"
+
+
+def test_short_answer_before_the_known_size_is_asked_again() -> None:
+    """Short of the size hint, the rest is still asked for."""
+    client, transport, _ = _ready_client()
+    reader = ReadAhead(client, b"H", sizeHint=3000)
+    d = reader.read(0, 4096)
+    [(_, rid, _)] = _requests(transport.value())
+    transport.clear()
+    client.dataReceived(_packet(ft.FXP_DATA, struct.pack("!L", rid) + _ns(b"a" * 1000)))
+    [(kind, rid2, body)] = _requests(transport.value())
+    assert kind == ft.FXP_READ and struct.unpack("!QL", body[-12:]) == (1000, 3096)
+    client.dataReceived(_packet(ft.FXP_DATA, struct.pack("!L", rid2) + _ns(b"b" * 2000)))
+    assert result_of(d) == b"a" * 1000 + b"b" * 2000
+
+
+def test_prefetch_reads_before_anyone_asks(pair: SFTPPair, tree: Path) -> None:
+    """prefetch() sends the READ at once; the first read is then served from it."""
+    h = pair.wait(pair.client.open(b"/dir/file", ft.FXF_READ))
+    reader = ReadAhead(pair.client, h, sizeHint=11)
+    reader.prefetch(4096)
+    assert pair.client.pendingCount == 1
+    pair.pump.flush()
+    assert reader.read(0, 4096) == b"hello world"
+    assert pair.client.pendingCount == 0
+
+
+def test_reset_with_a_new_size_forgets_a_stale_window(pair: SFTPPair, tree: Path) -> None:
+    """After reset(size) the reader fetches again and reads ahead up to the new size."""
+    h = pair.wait(pair.client.open(b"/dir/file", ft.FXF_READ))
+    reader = ReadAhead(pair.client, h, sizeHint=11)
+    assert pair.wait(reader.read(0, 4096)) == b"hello world"
+    (tree / "dir" / "file").write_bytes(b"hello world, again")
+    assert reader.read(0, 4096) == b"hello world", "the window still holds the old bytes"
+    reader.reset(18)
+    got = reader.read(0, 4096)
+    assert (pair.wait(got) if isinstance(got, defer.Deferred) else got) == b"hello world, again"
+
+
+def test_a_lazy_close_goes_out_with_the_next_request_or_soon() -> None:
+    """close(soon=True) waits for company (sent before it) or LAZY_DELAY, whichever is first."""
+    client, transport, clock = _ready_client()
+    first = client.close(b"A", soon=True)
+    assert transport.value() == b""
+    client.stat(b"/x")
+    kinds = [(kind, rid) for kind, rid, _ in _requests(transport.value())]
+    assert [k for k, _ in kinds] == [ft.FXP_CLOSE, ft.FXP_STAT]
+    assert kinds[0][1] < kinds[1][1], "numbered in the order they were made"
+    transport.clear()
+    second = client.close(b"B", soon=True)
+    clock.advance(LAZY_DELAY)
+    assert [k for k, _, _ in _requests(transport.value())] == [ft.FXP_CLOSE]
+    for d in (first, second):
+        assert not d.called
+    client.connectionLost(Failure(ConnectionLost("gone")))
+    assert failure_of(first).check(ConnectionLost) and failure_of(second).check(ConnectionLost)
+
+
+def test_a_held_close_fails_with_the_connection() -> None:
+    """A CLOSE still held when the connection dies fails with it and is never sent."""
+    client, transport, clock = _ready_client()
+    d = client.close(b"A", soon=True)
+    client.abort("test")
+    assert failure_of(d).check(ConnectionDead)
+    clock.advance(1)
+    assert transport.value() == b""

@@ -9,6 +9,7 @@ worker threads, as any program would.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import errno
 import hashlib
@@ -38,6 +39,7 @@ from telenet.sftpclient import MAX_CHUNK, SFTPStatusError
 from telenet.sftpfs import (
     KERNEL_READAHEAD_KB,
     ControlProtocol,
+    FuseFdWaiter,
     MountControl,
     SFTPOperations,
     _mount_dev,
@@ -455,8 +457,8 @@ async def test_disconnected_operations_fail_fast(world: World) -> None:
     """Without a connection every operation fails at once with ENOTCONN or EIO."""
     await aio(world.setup())
     entry = await world.lookup_path(b"data", b"hello")
+    world.client.hold_reads = True  # held from the open on: a small file is read at open
     fi = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
-    world.client.hold_reads = True
     reading = aio(world.fs.read(fi.fh, 0, 100))
     await aio(_tick())
     assert world.client.held, "the READ is in flight"
@@ -963,3 +965,62 @@ async def test_open_with_o_trunc_truncates(world: World) -> None:
     await aio(world.fs.release(fi.fh))
     assert world.client.data(b"/exp/app/data/hello") == b"hi"
     assert (await aio(world.fs.getattr(entry.st_ino, None))).st_size == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_small_files_are_read_whole_at_open(world: World) -> None:
+    """Opening a small file for reading sends its one READ at once; the read needs no more."""
+    await aio(world.setup())
+    entry = await world.lookup_path(b"data", b"hello")
+    fi = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    reads = [c for c in world.client.calls if c[0] == "read"]
+    assert len(reads) == 1 and reads[0][2:] == (0, 4096), "whole, past its size: EOF shows"
+    assert await aio(world.fs.read(fi.fh, 0, 4096)) == b"hello world"
+    assert len([c for c in world.client.calls if c[0] == "read"]) == 1
+    await aio(world.fs.release(fi.fh))
+    writer = await aio(world.fs.open(entry.st_ino, os.O_RDWR, None))
+    assert len([c for c in world.client.calls if c[0] == "read"]) == 1, "not for writers"
+    await aio(world.fs.release(writer.fh))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_seen_in_attributes_drops_what_readers_hold(world: World) -> None:
+    """When fresh attributes show another size or mtime, open readers fetch again."""
+    await aio(world.setup())
+    entry = await world.lookup_path(b"data", b"hello")
+    fi = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert await aio(world.fs.read(fi.fh, 0, 4096)) == b"hello world"
+    world.client.put(b"/exp/app/data/hello", b"hello world, changed elsewhere")
+    world.now += 5
+    assert (await aio(world.fs.getattr(entry.st_ino, None))).st_size == 30
+    assert await aio(world.fs.read(fi.fh, 0, 4096)) == b"hello world, changed elsewhere"
+
+
+@pytest_twisted.ensureDeferred
+async def test_fuse_fd_waiter_wakes_only_for_a_waiting_request() -> None:
+    """The waiter keeps one registration, wakes a waiter only when the fd really has data."""
+    r, w = os.pipe()
+
+    async def scenario() -> None:
+        waiter = FuseFdWaiter(asyncio.get_running_loop(), EOFError)
+        first = asyncio.ensure_future(waiter.wait_readable(r))
+        await asyncio.sleep(0.01)
+        assert not first.done(), "nothing to read yet"
+        os.write(w, b"x")
+        await asyncio.wait_for(first, 1)
+        waiter._ready(r)  # a stale callback with nobody waiting is harmless
+        os.read(r, 1)
+        second = asyncio.ensure_future(waiter.wait_readable(r))
+        await asyncio.sleep(0)
+        waiter._ready(r)  # queued before the read took the data: must not wake
+        await asyncio.sleep(0.01)
+        assert not second.done()
+        waiter.notify_closing(r)
+        with pytest.raises(EOFError):
+            await second
+
+    try:
+        await aio(scenario())
+    finally:
+        os.close(r)
+        os.close(w)
