@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 from twisted.conch.ssh import filetransfer as ft
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
@@ -336,7 +336,10 @@ class SFTPClient(ft.FileTransferClient):
             transport.bufferSize = RECV_SIZE
             # typing note: SEND_LIMIT is a FileDescriptor attribute, like bufferSize above.
             transport.SEND_LIMIT = SEND_SIZE  # type: ignore[attr-defined]
-        # Only a plain TCP transport gets its socket written directly (see _send).
+        # Only a plain TCP transport gets its socket written directly (see _send). Imported
+        # here: the mount helper keeps pyOpenSSL out, and tcp's import would bring it in.
+        from twisted.internet import tcp
+
         self._direct = isinstance(transport, tcp.Connection) and not getattr(
             transport, "TLS", False
         )

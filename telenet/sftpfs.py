@@ -1359,6 +1359,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     label = _label(args.host, args.port)
     _tune_malloc()
+    # Twisted's TCP module loads pyOpenSSL (and OpenSSL with it) for startTLS when it can: about
+    # 14 MiB of a helper that never speaks TLS. Without it, Twisted just has no startTLS.
+    sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
 
     from telenet.aio import install_asyncio_reactor
 

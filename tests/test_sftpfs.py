@@ -861,6 +861,9 @@ def test_e2e_large_file_read_and_write(helper: MountHelper, export: str) -> None
     in_thread(copy, 120)
     with open(os.path.join(remote, "big.out"), "rb") as f:
         assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
+    assert helper.proc is not None
+    with open(f"/proc/{helper.proc.pid}/maps") as f:
+        assert "_rust" not in f.read(), "the helper keeps pyOpenSSL (and its bindings) out"
 
 
 def _slow_read(path: str) -> tuple[str, float]:
