@@ -14,7 +14,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
@@ -27,6 +27,9 @@ MAX_BODY_BYTES = 1024 * 1024
 
 #: Seconds an idle or trickling connection may hold a socket before it is closed.
 IDLE_TIMEOUT = 30
+
+#: Seconds a stopping plug-in waits for the requests it is serving to be answered.
+DRAIN_TIMEOUT = 8.0
 
 JSONObject = dict[str, Any]
 Handler = Callable[[JSONObject], "JSONObject | Awaitable[JSONObject] | defer.Deferred[JSONObject]"]
@@ -168,6 +171,9 @@ class PluginResource(resource.Resource):
 
     def render_POST(self, request: server.Request) -> Any:
         path = request.path.decode("utf-8", "replace")
+        site = getattr(request, "site", None)
+        if isinstance(site, PluginSite):
+            site.track(request.notifyFinish())
         d = defer.maybeDeferred(self._call, request, path)
         finished = request.notifyFinish()
         # Docker hung up: stop working for nobody, and never write to a closed request.
@@ -222,12 +228,58 @@ def _respond(request: IRequest, code: int, body: object) -> None:
     request.finish()
 
 
+class PluginSite(server.Site):
+    """
+    A ``Site`` that answers the requests it is serving before the reactor stops.
+
+    On SIGTERM twistd stops the application and then drops every connection; Docker would see
+    a request that Docker may have half-done (a Mount, a Join) fail with a broken connection.
+    I hold the reactor's shutdown (a "before shutdown" trigger) until every request in flight
+    is answered, or ``DRAIN_TIMEOUT`` passes.
+    """
+
+    requestFactory = PluginRequest
+    displayTracebacks = False
+
+    def __init__(self, root: resource.Resource, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self._in_flight: set[defer.Deferred[None]] = set()
+        self._trigger: Any = None
+
+    def track(self, finished: defer.Deferred[None]) -> None:
+        """Count ``finished`` (a request's ``notifyFinish()``) in flight until it fires."""
+        self._in_flight.add(finished)
+
+        def done(result: object) -> None:
+            self._in_flight.discard(finished)
+
+        finished.addBoth(done)
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if self._trigger is None:
+            self._trigger = self.reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+                "before", "shutdown", self.drain
+            )
+
+    def drain(self, timeout: float = DRAIN_TIMEOUT) -> defer.Deferred[None]:
+        """Fires once no request is in flight (and answers are flushed), or after ``timeout``."""
+        if not self._in_flight:
+            return defer.succeed(None)
+        log.info("answering {n} request(s) in flight before stopping", n=len(self._in_flight))
+        waiting = defer.DeferredList(list(self._in_flight), consumeErrors=True)
+        waiting.addTimeout(timeout, self.reactor)
+        waiting.addErrback(
+            lambda f: log.warn("{n} request(s) still in flight at shutdown", n=len(self._in_flight))
+        )
+        # A moment for the answers to be written out before connections are dropped.
+        waiting.addCallback(lambda _: task.deferLater(self.reactor, 0.1, lambda: None))
+        return waiting  # type: ignore[return-value]
+
+
 def plugin_site(root: resource.Resource) -> server.Site:
     """A ``Site`` for a plug-in resource, with the size-limited request and an idle timeout."""
-    site = server.Site(root, timeout=IDLE_TIMEOUT)
-    site.requestFactory = PluginRequest
-    site.displayTracebacks = False
-    return site
+    return PluginSite(root, timeout=IDLE_TIMEOUT)
 
 
 def plugin_endpoint(name: str, directory: str = "/run/docker/plugins") -> str:
