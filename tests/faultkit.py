@@ -42,7 +42,7 @@ def unix_http(path: str, raw: bytes, timeout: float = 15) -> tuple[int, bytes]:
         s.settimeout(timeout)
         s.connect(path)
         s.sendall(raw)
-        s.shutdown(socket.SHUT_WR)
+        # No half-close: Twisted takes it for a hang-up and cancels the request (as it should).
         chunks = []
         while True:
             data = s.recv(65536)

@@ -1,0 +1,260 @@
+"""
+Fault suite for telemount: items 1 (kill -9 of the plug-in during a create/mount/unmount/remove
+loop), 3 (the sftp-agent killed mid-write and paused with SIGSTOP) and 7 (SIGTERM while a volume
+is in use and a request is in flight).
+
+Counts are short by default and full with ``TELENET_FAULTS=full`` (see tests/faultkit.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from .conftest import Agent, Telemount, fuse_mounts, run, wait_for
+from .faultkit import FULL, post, process_state, record, scaled
+from .test_e2e_telemount import busybox, create_volume, helper_pids, sleeping_container
+
+pytestmark = pytest.mark.e2e
+
+KILLS = scaled(4, 20)
+
+
+def test_kill_9_during_volume_loop_loses_nothing(telemount: Telemount, sftp_agent: Agent) -> None:
+    """
+    kill -9 of ``twistd telemount`` at random points while a loop creates, mounts (writes a
+    file), unmounts and removes volumes: after each restart every volume Docker lists is
+    served, every write Docker saw succeed is on the agent's disk, and every volume whose
+    create succeeded (and whose remove did not) is still known.
+    """
+    exported = os.path.join(sftp_agent.root, "echo", "var", "run", "secrets")
+    stop = threading.Event()
+    created: set[str] = set()
+    removed: set[str] = set()
+    written: dict[str, str] = {}
+    ops = {"ok": 0, "failed": 0}
+
+    def loop() -> None:
+        rng = random.Random(1)
+        while not stop.is_set():
+            vol, result = create_volume(telemount, sftp_agent.port, check=False)
+            if result.returncode != 0:
+                ops["failed"] += 1
+                continue
+            ops["ok"] += 1
+            created.add(vol)
+            token = f"{vol}-{rng.random()}"
+            out = busybox(
+                "sh",
+                "-c",
+                f"echo {token} > /s/{vol}",
+                volumes=(f"{vol}:/s",),
+                check=False,
+                timeout=90,
+            )
+            if out.returncode == 0:
+                written[vol] = token
+                ops["ok"] += 1
+            else:
+                ops["failed"] += 1
+            if rng.random() < 0.5:
+                rm = run("docker", "volume", "rm", vol, check=False, timeout=90)
+                if rm.returncode == 0:
+                    removed.add(vol)
+                    ops["ok"] += 1
+                else:
+                    ops["failed"] += 1
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    rng = random.Random(2)
+    try:
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(0.3, 2.5))
+            telemount.daemon.kill(signal.SIGKILL)
+            time.sleep(rng.uniform(0, 0.5))
+            telemount.start()
+    finally:
+        stop.set()
+        worker.join(timeout=180)
+    assert not worker.is_alive(), "the operation loop hung"
+    # Nothing Docker saw succeed is lost.
+    for vol, token in written.items():
+        with open(os.path.join(exported, vol)) as f:
+            assert f.read().strip() == token, vol
+    listed = set(telemount.volumes())
+    assert created - removed <= listed, f"volumes lost: {sorted(created - removed - listed)}"
+    # Every volume Docker knows is served.
+    for vol in sorted(listed):
+        out = busybox("cat", "/s/token", volumes=(f"{vol}:/s",), timeout=90)
+        assert out.stdout == "s3cr3t-token\n", vol
+    record(
+        "kill9-telemount",
+        kills=KILLS,
+        ops_ok=ops["ok"],
+        ops_failed=ops["failed"],
+        volumes_checked=len(listed),
+        writes_checked=len(written),
+    )
+    assert ops["ok"] >= KILLS
+
+
+def _mountpoint(vol: str) -> str:
+    out = run("docker", "volume", "inspect", vol).stdout
+    return str(json.loads(out)[0]["Mountpoint"])
+
+
+def test_agent_killed_mid_write_acknowledged_data_is_on_disk(
+    telemount: Telemount, sftp_agent: Agent
+) -> None:
+    """
+    The agent is killed while a writer appends fsync'd chunks: the writer gets an error within
+    the timeout (no hang), and every chunk whose fsync succeeded is on the agent's disk.
+    """
+    exported = os.path.join(sftp_agent.root, "echo", "var", "run", "secrets")
+    vol, _ = create_volume(telemount, sftp_agent.port)
+    chunk = 256 * 1024
+    with sleeping_container(vol):
+        path = os.path.join(_mountpoint(vol), "acked")
+        acked = 0
+        error: list[BaseException] = []
+
+        def writer() -> None:
+            nonlocal acked
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                try:
+                    for i in range(100_000):
+                        os.write(fd, bytes([i % 251]) * chunk)
+                        os.fsync(fd)
+                        acked = i + 1
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                error.append(e)
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        wait_for(lambda: acked >= 8 or bool(error), 30, "the writer to get going")
+        sftp_agent.daemon.kill(signal.SIGKILL)
+        killed = time.monotonic()
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "the writer hung after the agent died"
+        assert error, "the writer got no error although the agent died"
+        assert time.monotonic() - killed < 15
+        with open(os.path.join(exported, "acked"), "rb") as f:
+            data = f.read()
+        assert len(data) >= acked * chunk, (len(data), acked)
+        for i in range(acked):
+            assert data[i * chunk : (i + 1) * chunk] == bytes([i % 251]) * chunk, i
+        sftp_agent.start()
+
+        def readable() -> bool:
+            try:
+                with open(os.path.join(_mountpoint(vol), "token")) as f:
+                    return f.read() == "s3cr3t-token\n"
+            except OSError:
+                return False
+
+        wait_for(readable, 30, "the mount to recover", interval=0.5)
+    record("sftp-agent-kill-mid-write", acked_chunks=acked, chunk_bytes=chunk, lost=0)
+
+
+PAUSE = 30 if FULL else 8
+
+
+def test_agent_paused_readers_fail_within_timeout_no_d_state(
+    telemount: Telemount, sftp_agent: Agent
+) -> None:
+    """
+    SIGSTOP of the agent: readers and writers fail within the timeout (3 s here) plus slack,
+    none stays in D state, and after SIGCONT the mount works again.
+    """
+    vol, _ = create_volume(telemount, sftp_agent.port)
+    with sleeping_container(vol):
+        mp = _mountpoint(vol)
+        assert sftp_agent.daemon.proc is not None
+        os.kill(sftp_agent.daemon.proc.pid, signal.SIGSTOP)
+        try:
+            paused = time.monotonic()
+            procs = [
+                subprocess.Popen(
+                    ["cat", os.path.join(mp, "token")],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+                subprocess.Popen(["sh", "-c", f"echo x > {mp}/new"], stderr=subprocess.DEVNULL),
+                subprocess.Popen(
+                    ["ls", "-l", mp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                ),
+            ]
+            for p in procs:
+                try:
+                    p.wait(timeout=3 + 10)
+                except subprocess.TimeoutExpired:
+                    state = process_state(p.pid)
+                    p.kill()
+                    raise AssertionError(f"{p.args} hung (state {state})") from None
+            assert any(p.returncode != 0 for p in procs), [p.returncode for p in procs]
+            stuck = [pid for pid in helper_pids(telemount) if process_state(pid) == "D"]
+            assert stuck == [], f"helpers in D state: {stuck}"
+            time.sleep(max(0.0, PAUSE - (time.monotonic() - paused)))
+        finally:
+            os.kill(sftp_agent.daemon.proc.pid, signal.SIGCONT)
+
+        def readable() -> bool:
+            try:
+                with open(os.path.join(mp, "token")) as f:
+                    return f.read() == "s3cr3t-token\n"
+            except OSError:
+                return False
+
+        wait_for(readable, 30, "the mount to recover after SIGCONT", interval=0.5)
+    record("sftp-agent-sigstop", paused_s=PAUSE)
+
+
+def test_sigterm_with_volume_in_use_and_request_in_flight(
+    telemount: Telemount, sftp_agent: Agent
+) -> None:
+    """
+    SIGTERM while a container uses a volume and a Create is in flight: the in-flight request is
+    answered, the plug-in exits within 10 s, no FUSE mount and no helper process is left.
+    """
+    vol, _ = create_volume(telemount, sftp_agent.port)
+    # A server that accepts connections and never speaks: a Create for it checks that it
+    # answers, which takes the plug-in's timeout (3 s).
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    opts = {"host": "127.0.0.1", "port": str(mute.getsockname()[1]), "container": "echo"}
+    assert telemount.daemon.proc is not None
+    with sleeping_container(vol), mute:
+        assert fuse_mounts(telemount.mount_root)
+        answer: list[tuple[int, bytes]] = []
+        body = json.dumps({"Name": "tntest-inflight", "Opts": opts}).encode()
+        t = threading.Thread(
+            target=lambda: answer.append(
+                post(telemount.socket, "/VolumeDriver.Create", body, timeout=20)
+            )
+        )
+        t.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        telemount.daemon.proc.send_signal(signal.SIGTERM)
+        telemount.daemon.proc.wait(timeout=12)
+        elapsed = time.monotonic() - started
+        t.join(timeout=10)
+        assert elapsed <= 10, f"SIGTERM took {elapsed:.1f}s"
+        assert answer and answer[0][0] != 0, telemount.daemon.log()[-3000:]
+        assert fuse_mounts(telemount.mount_root) == []
+        assert helper_pids(telemount) == []
+        telemount.start()
+    record("sigterm-telemount", exit_s=round(elapsed, 2), inflight_status=answer[0][0])
