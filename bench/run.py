@@ -1,0 +1,146 @@
+"""
+telenet's benchmark suite: one command, one table of ratios against the targets of issue 5.
+
+    python bench/run.py [--runs 5] [--only mounts,proxy,teleroute] [--smoke]
+
+Parts (each also runs alone; see its docstring for the method):
+
+* ``sftp_mounts.py``: telemount vs sshfs on OpenSSH's sftp-server and on sftp-agent (seq
+  read, seq write, metadata, tar, peak RSS), and the agent against sftp-server (telemount's
+  seq read on each);
+* ``proxy.py``: the SFTP bridge vs socat (throughput, added latency);
+* ``teleroute.py``: the teleroute data path vs a plain bridge, join latency, concurrent joins.
+
+Details go to stderr as each part finishes; the table goes to stdout. These machines are
+noisy: each part alternates what it compares run by run, and only ratios from one run mean
+anything. ``--smoke`` checks that everything runs (tiny sizes, one run; no verdicts). Exit
+status 0 unless a part could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import proxy  # noqa: E402
+import sftp_mounts  # noqa: E402
+import teleroute  # noqa: E402
+from common import median  # noqa: E402
+
+Row = tuple[str, str, str, bool]  # what, measured, target, met
+
+
+def ratio_row(what: str, value: float, target: float, higher: bool = True) -> Row:
+    met = value >= target if higher else value <= target
+    return what, f"{value:.2f}x", f"{'>=' if higher else '<='} {target:g}x", met
+
+
+def mounts_rows(results: dict[str, sftp_mounts.MountResult]) -> list[Row]:
+    rows = []
+    targets = {"seq read": 1.2, "seq write": 1.0, "metadata": 1.0, "tar": 1.0}
+    for server, result in results.items():
+        for case, target in targets.items():
+            rows.append(ratio_row(f"telemount/sshfs {case} ({server})", result.ratio(case), target))
+        peak = max(result.rss_kib["telemount"]) / 1024
+        rows.append(
+            (f"telemount peak RSS in read ({server})", f"{peak:.1f} MiB", "<= 64 MiB", peak <= 64)
+        )
+    if "openssh" in results and "agent" in results:
+        on_openssh = median(results["openssh"].times["seq read"]["telemount"])
+        on_agent = median(results["agent"].times["seq read"]["telemount"])
+        rows.append(ratio_row("agent/sftp-server 256 MiB read", on_openssh / on_agent, 0.8))
+    return rows
+
+
+def proxy_rows(result: proxy.ProxyResult) -> list[Row]:
+    s = {name: median(v) for name, v in result.seconds.items()}
+    rtt = {name: median(v) for name, v in result.rtt.items()}
+    added_socat = max(rtt["socat"] - rtt["direct"], 1e-7)
+    added_proxy = rtt["proxy"] - rtt["direct"]
+    return [
+        ratio_row("proxy/socat throughput", s["socat"] / s["proxy"], 0.8),
+        ratio_row("proxy/socat added latency", added_proxy / added_socat, 2.0, higher=False),
+    ]
+
+
+def teleroute_rows(result: teleroute.TelerouteResult) -> list[Row]:
+    added = result.join_added_ms()
+    return [
+        ratio_row("teleroute/bridge throughput", result.throughput_ratio(), 0.9),
+        ("teleroute join p50 - bridge p50", f"{added:+.0f} ms", "<= +50 ms", added <= 50),
+        (
+            "concurrent joins on teleroute",
+            f"{result.concurrent_ok}/{result.concurrent}",
+            f"{result.concurrent}/{result.concurrent}",
+            result.concurrent_ok == result.concurrent,
+        ),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", default="mounts,proxy,teleroute")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run, no verdicts")
+    sftp_mounts.add_arguments(parser)
+    args = parser.parse_args(argv)
+    parts = args.only.split(",")
+    runs = 1 if args.smoke else args.runs
+    size = 4 if args.smoke else args.size_mib
+
+    def log(lines: list[str]) -> None:
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    jobs: dict[str, Callable[[], list[Row]]] = {}
+    if "mounts" in parts:
+
+        def mounts() -> list[Row]:
+            files, reads, tree = (
+                (50, 20, 100) if args.smoke else (args.files, args.reads, args.tree_files)
+            )
+            results = sftp_mounts.run(args.servers.split(","), runs, size, files, reads, tree)
+            log(sftp_mounts.report(results, size))
+            return mounts_rows(results)
+
+        jobs["mounts"] = mounts
+    if "proxy" in parts:
+
+        def bridge() -> list[Row]:
+            mib, pings = (8, 50) if args.smoke else (512, 2000)
+            result = proxy.run(runs, mib, pings)
+            log(proxy.report(result, mib))
+            return proxy_rows(result)
+
+        jobs["proxy"] = bridge
+    if "teleroute" in parts:
+
+        def route() -> list[Row]:
+            mib, joins, parallel = (8, 2, 3) if args.smoke else (512, 20, 50)
+            result = teleroute.run(runs, mib, joins, parallel)
+            log(teleroute.report(result, mib))
+            return teleroute_rows(result)
+
+        jobs["teleroute"] = route
+    rows: list[Row] = []
+    failed = []
+    for name, job in jobs.items():
+        try:
+            rows += job()
+        except Exception as e:
+            failed.append(name)
+            print(f"bench: {name} could not run: {e}", file=sys.stderr)
+    print(
+        f"telenet bench: median of {runs} runs each{' (smoke: no verdicts)' if args.smoke else ''}"
+    )
+    width = max((len(r[0]) for r in rows), default=10)
+    for what, measured, target, met in rows:
+        verdict = "" if args.smoke else ("ok" if met else "MISSED")
+        print(f"{what:{width}}  {measured:>10}  target {target:<10} {verdict}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
