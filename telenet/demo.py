@@ -1,10 +1,16 @@
-# -*- test-case-name: tests.test_e2e_demo -*-
+# -*- test-case-name: tests.test_cli_demo -*-
 """
-``telenet demo``: the telemount story on this machine, with nothing but Docker needed.
+``telenet demo``: the whole story on this machine, against an embedded demo "cluster".
 
-It exports a sample directory with ``twistd sftp-agent`` (the stand-in for a traffic-agent),
-serves ``twistd telemount``, then does what a user does: creates a volume, reads the agent's
-files from a busybox container, writes one back, and removes it all again.
+The cluster is a container of the telenet image on its own internal Docker network, running
+``telenet.democluster`` (an HTTP echo service, DNS for ``cluster.local`` names, an SFTP agent
+with sample files of a container ``echo``). The demo then does what a user does, printing each
+command before running it: ``connect --docker`` with the cluster network as the daemon's VIF,
+``status``, a ``docker-run`` workload that resolves and fetches the service by name, an
+``engage`` whose container lists the agent's files next to a directory of its own ``-v``, and
+``quit``; then it removes the cluster (``--keep`` leaves everything running).
+
+Every object is named with the prefix (default ``telenet-demo``) and labelled ``telenet.demo``.
 """
 
 from __future__ import annotations
@@ -12,182 +18,237 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from typing import Any
 
-IMAGE = "local/busybox"
+from telenet.connection import CLIError, Connector
+from telenet.dockerapi import ContainerSpec, DockerError, IDocker
 
-
-class DemoError(Exception):
-    pass
-
-
-def _say(text: str) -> None:
-    print(text, flush=True)
-
-
-def _run(*args: str) -> str:
-    _say("$ " + shlex.join(args))
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    if result.stdout:
-        print(result.stdout, end="" if result.stdout.endswith("\n") else "\n", flush=True)
-    if result.returncode != 0:
-        raise DemoError(f"{args[0]} {args[1]} failed: {result.stderr.strip()}")
-    return result.stdout
+BUSYBOX = "local/busybox"
+LABEL_DEMO = "telenet.demo"
+SERVICE = "echo.default.svc.cluster.local"
+BODY = "hello from echo.default"
+SAMPLE_CONTAINER = "echo"
+AGENT_PORT = 8022
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class DemoCluster:
+    """The demo cluster's network and container, named ``<prefix>-cluster``."""
 
+    def __init__(self, docker: IDocker, prefix: str, image: str) -> None:
+        self.docker = docker
+        self.prefix = prefix
+        self.image = image
+        self.name = f"{prefix}-cluster"
 
-def _wait(
-    predicate: Callable[[], bool],
-    what: str,
-    proc: subprocess.Popen[bytes],
-    log: str,
-    timeout: float = 20,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    with open(log, errors="replace") as f:
-        tail = f.read()[-2000:]
-    raise DemoError(f"{what} did not start; its log:\n{tail}")
-
-
-def _connects(family: int, address: str | tuple[str, int]) -> bool:
-    try:
-        with socket.socket(family) as s:
-            s.settimeout(0.3)
-            s.connect(address)
-            return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def _process(args: list[str], log: str) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+    def up(self, say: Callable[[str], None] = print, timeout: float = 30) -> dict[str, Any]:
+        """Start it (or find it running); its addresses."""
+        existing = self.docker.container(self.name)
+        if existing is None or not existing["State"].get("Running"):
+            self.down()
+            if not self.docker.image_exists(self.image):
+                raise CLIError(f"image {self.image} not found: build it with scripts/build-image")
+            say(f"Starting the demo cluster {self.name} (network {self.name})")
             try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                self.docker.create_network(
+                    self.name, "bridge", {}, {LABEL_DEMO: self.prefix}, None, False
+                )
+                container = self.docker.create_container(ContainerSpec(
+                    image=self.image,
+                    command=["python3", "-m", "telenet.democluster", "--body", BODY,
+                             "--record", f"{SERVICE}=self", "--exports", "/exports",
+                             "--sample", SAMPLE_CONTAINER,
+                             "--agent-port", str(AGENT_PORT)],
+                    name=self.name,
+                    labels={LABEL_DEMO: self.prefix},
+                    network=self.name,
+                ))  # fmt: skip
+                self.docker.start_container(container)
+                self._wait_ready(container, timeout)
+            except BaseException:
+                self.down()
+                raise
+        return self.info()
+
+    def _wait_ready(self, container: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            logs = self.docker.container_logs(container, 50)
+            if "ready" in logs.split():
+                return
+            state = (self.docker.container(container) or {}).get("State", {})
+            if not state.get("Running"):
+                break
+            time.sleep(0.1)
+        tail = self.docker.container_logs(container, 5).strip().splitlines()
+        raise CLIError(f"the demo cluster did not start: {tail[-1] if tail else 'no output'}")
+
+    def info(self) -> dict[str, Any]:
+        container = self.docker.container(self.name)
+        if container is None:
+            raise CLIError(f"the demo cluster {self.name} is not running")
+        networks = container["NetworkSettings"]["Networks"]
+        ip = networks[self.name]["IPAddress"]
+        return {
+            "network": self.name,
+            "container": self.name,
+            "ip": ip,
+            "service": SERVICE,
+            "cluster_dns": ip,
+            "agent": f"{ip}:{AGENT_PORT}",
+            "sample_container": SAMPLE_CONTAINER,
+        }
+
+    def down(self) -> None:
+        """Remove the container and the network (only ours: labelled with this prefix)."""
+        container = self.docker.container(self.name)
+        if (
+            container is not None
+            and (container["Config"].get("Labels") or {}).get(LABEL_DEMO) == self.prefix
+        ):
+            self.docker.remove_container(container["Id"])
+        network = self.docker.network(self.name)
+        if network is not None and (network.get("Labels") or {}).get(LABEL_DEMO) == self.prefix:
+            for attached in network.get("Containers") or {}:
+                try:
+                    self.docker.disconnect(network["Id"], attached)
+                except DockerError:
+                    pass
+            self.docker.remove_network(network["Id"])
 
 
-def run_demo(plugin: str = "telemount", keep: bool = False) -> None:
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    sock = f"/run/docker/plugins/{plugin}.sock"
-    if _connects(socket.AF_UNIX, sock):
-        raise DemoError(f"a plug-in already serves {sock}; stop it or pass --plugin-name")
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode:
-        raise DemoError(f"image {IMAGE} is missing: run `scripts/dev setup` first")
-    work = tempfile.mkdtemp(prefix="telenet-demo-")
-    exports = os.path.join(work, "exports")
-    secrets = os.path.join(exports, "echo", "var", "run", "secrets")
-    os.makedirs(secrets)
-    for name, text in (("token", "demo-token-123\n"), ("namespace", "default\n")):
-        with open(os.path.join(secrets, name), "w") as f:
-            f.write(text)
-    port = _free_port()
-    volume = "telenet-demo-vol"
-    _say(f"telenet demo: an SFTP export at {exports} becomes a Docker volume\n")
-    with ExitStack() as stack:
-        agent_log = os.path.join(work, "agent.log")
-        agent = stack.enter_context(
-            _process(
-                [
-                    twistd,
-                    "-n",
-                    "--pidfile=",
-                    "sftp-agent",
-                    "--root",
-                    exports,
-                    "--listen",
-                    f"tcp:{port}:interface=127.0.0.1",
-                ],
-                agent_log,
-            )
+def format_cluster(info: dict[str, Any]) -> str:
+    return (
+        f"Demo cluster {info['container']} on network {info['network']}:\n"
+        f"  service  http://{info['service']}/ ({info['ip']}:80)\n"
+        f"  DNS      {info['cluster_dns']} (for cluster.local)\n"
+        f"  agent    {info['agent']} (exports of container {info['sample_container']})"
+    )
+
+
+def _checkout_root() -> str | None:
+    """The source checkout this telenet runs from, if any (it can build the image)."""
+    root = os.path.dirname(HERE)
+    return root if os.path.exists(os.path.join(root, "scripts", "build-image")) else None
+
+
+def _ensure_images(connector: Connector, say: Callable[[str], None]) -> None:
+    import subprocess
+
+    docker = connector.docker
+    image = connector.config.daemon_image
+    if not docker.image_exists(image):
+        root = _checkout_root()
+        if root is None:
+            raise CLIError(f"image {image} not found: build it with scripts/build-image")
+        say(f"Building the image {image} (scripts/build-image)")
+        built = subprocess.run(
+            ["bash", os.path.join(root, "scripts", "build-image"), "--tag", image]
         )
-        _wait(
-            lambda: _connects(socket.AF_INET, ("127.0.0.1", port)), "sftp-agent", agent, agent_log
+        if built.returncode != 0:
+            raise CLIError(f"building the image {image} failed")
+    if not docker.image_exists(BUSYBOX):
+        raise CLIError(f"image {BUSYBOX} not found: run scripts/dev setup")
+
+
+def http_get(host: str, path: str = "/") -> str:
+    """A shell line for busybox: the body of an HTTP GET (nc: wget crashes on some hosts)."""
+    return (
+        f"printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' | nc -w 5 {host} 80 "
+        "| sed '1,/^\\r*$/d'"
+    )
+
+
+def run_demo(
+    connector: Connector,
+    prefix: str = "telenet-demo",
+    keep: bool = False,
+    telenet: Callable[[list[str]], int] | None = None,
+    say: Callable[[str], None] = lambda text: print(text, flush=True),
+) -> int:
+    """Run the story; 0 when every step worked."""
+    if telenet is None:
+        from telenet.cli import main as telenet
+    assert telenet is not None
+
+    def step(*args: str, expect: int = 0) -> None:
+        say("\n$ telenet " + shlex.join(args))
+        code = telenet(list(args))
+        if code != expect:
+            raise CLIError(f"telenet {args[0]} exited with {code}")
+
+    connector.check_docker()
+    _ensure_images(connector, say)
+    cluster = DemoCluster(connector.docker, prefix, connector.config.daemon_image)
+    name = prefix
+    data = tempfile.mkdtemp(prefix="telenet-demo-data-")
+    with open(os.path.join(data, "notes.txt"), "w") as f:
+        f.write("a file of the workstation\n")
+    say(
+        "telenet demo: containers on this machine reach a cluster's services by name and mount "
+        "a cluster container's files"
+    )
+    ok = False
+    try:
+        info = cluster.up(say)
+        say(format_cluster(info))
+        step(
+            "connect",
+            "--docker",
+            "--name",
+            name,
+            "--vif-network",
+            info["network"],
+            "--cluster-dns",
+            info["cluster_dns"],
         )
-        _say(f"sftp-agent exports {exports} as /tel_app_exports on 127.0.0.1:{port}")
-        plugin_log = os.path.join(work, "telemount.log")
-        telemount = stack.enter_context(
-            _process(
-                [
-                    twistd,
-                    "-n",
-                    "--pidfile=",
-                    "telemount",
-                    "--listen",
-                    f"unix:{sock}:mode=660:lockfile=1:backlog=128",
-                    "--mount-root",
-                    os.path.join(work, "mnt"),
-                    "--state-dir",
-                    os.path.join(work, "state"),
-                ],
-                plugin_log,
-            )
+        step("status", "--name", name)
+        step(
+            "--connection",
+            name,
+            "docker-run",
+            "--rm",
+            BUSYBOX,
+            "sh",
+            "-c",
+            f"nslookup {SERVICE} | tail -n 3; {http_get(SERVICE)}",
         )
-        _wait(lambda: _connects(socket.AF_UNIX, sock), "telemount", telemount, plugin_log)
-        _say(f"telemount serves {sock}\n")
-        _run(
-            "docker",
-            "volume",
-            "create",
-            "-d",
-            plugin,
-            "-o",
-            "host=127.0.0.1",
-            "-o",
-            f"port={port}",
-            "-o",
-            "container=echo",
-            "-o",
-            "dir=/var/run/secrets",
-            volume,
+        step(
+            "engage",
+            "--name",
+            name,
+            "--agent",
+            info["agent"],
+            "--container",
+            info["sample_container"],
+            "--remote-mount",
+            "/var/run/secrets/kubernetes.io:ro",
+            "--docker-run",
+            "--",
+            "-v",
+            f"{data}:/data",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "ls -R /var/run/secrets/kubernetes.io; "
+            "cat /var/run/secrets/kubernetes.io/serviceaccount/token; ls /data",
         )
-        try:
-            _run("docker", "run", "--rm", "-v", f"{volume}:/secrets", IMAGE, "ls", "-l", "/secrets")
-            _run(
-                "docker", "run", "--rm", "-v", f"{volume}:/secrets", IMAGE, "cat", "/secrets/token"
+        ok = True
+    finally:
+        if keep and ok:
+            say(
+                f"\nKept running: telenet status --name {name}; clean up with: telenet quit "
+                f"--name {name} && telenet demo-cluster down --prefix {prefix}"
             )
-            _run(
-                "docker",
-                "run",
-                "--rm",
-                "-v",
-                f"{volume}:/secrets",
-                IMAGE,
-                "sh",
-                "-c",
-                "echo hello from a container > /secrets/greeting",
-            )
-            with open(os.path.join(secrets, "greeting")) as f:
-                _say(f"the agent's export now holds greeting: {f.read().strip()!r}\n")
-        finally:
-            _run("docker", "volume", "rm", volume)
-    if keep:
-        _say(f"logs kept in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    _say("demo finished: volume removed, plug-in and agent stopped")
+        else:
+            try:
+                step("quit", "--name", name)
+            finally:
+                cluster.down()
+                say(f"Removed the demo cluster {cluster.name}")
+        shutil.rmtree(data, ignore_errors=True)
+    say("\ndemo finished")
+    return 0

@@ -1,0 +1,502 @@
+# -*- test-case-name: tests.test_cli_connect -*-
+"""
+What the CLI asks of Docker, as one interface (``IDocker``), with the docker SDK behind it.
+
+Results are the Docker API's own JSON shapes (``docker inspect``), so the memory fake
+(``telenet.testing.MemoryDocker``) and the real thing answer alike. Errors are ``DockerError``
+(``NotFound``, ``Conflict``) carrying Docker's explanation.
+
+The plug-ins are made without a registry the way ``scripts/plugins`` does: the rootfs is a
+``docker export`` of a container of the telenet image, and each plug-in's ``config.json`` is
+the one in ``plugins/<kind>/`` (kept here too; a unit test checks that they agree).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import attrs
+from zope.interface import Interface, implementer
+
+MIN_API_VERSION = (1, 41)
+"""Docker 20.10: what telenet is tested with."""
+
+_PATH = "/opt/telenet/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PLUGIN_CONFIGS: dict[str, dict[str, Any]] = {
+    "teleroute": {
+        "description": "telenet teleroute: Docker network driver routing containers through a "
+        "Telepresence daemon",
+        "documentation": "https://github.com/telepresenceio/telepresence/blob/release/v2/docs/"
+        "reference/plugins.md",
+        "entrypoint": [
+            "/opt/telenet/bin/twistd", "--nodaemon", "--pidfile=", "teleroute",
+            "--listen", "unix:/run/docker/plugins/teleroute.sock:mode=660:lockfile=1:backlog=128",
+            "--state-dir", "/var/lib/telenet/teleroute",
+        ],
+        "workdir": "/",
+        "env": [
+            {"name": "PATH", "description": "search path of the plug-in's processes",
+             "settable": [], "value": _PATH},
+        ],
+        "interface": {"socket": "teleroute.sock", "types": ["docker.networkdriver/1.0"]},
+        "network": {"type": "host"},
+        "pidhost": True,
+        "linux": {"capabilities": ["CAP_NET_ADMIN"]},
+    },
+    "telemount": {
+        "description": "telenet telemount: Docker volume driver mounting SFTP exports of "
+        "Telepresence agents",
+        "documentation": "https://github.com/telepresenceio/docker-volume-telemount",
+        "entrypoint": [
+            "/opt/telenet/bin/twistd", "--nodaemon", "--pidfile=", "telemount",
+            "--listen", "unix:/run/docker/plugins/telemount.sock:mode=660:lockfile=1:backlog=128",
+            "--mount-root", "/mnt/volumes",
+            "--state-dir", "/var/lib/telenet/telemount",
+        ],
+        "workdir": "/",
+        "env": [
+            {"name": "PATH", "description": "search path of the plug-in's processes",
+             "settable": [], "value": _PATH},
+            {"name": "DISCONNECTED_LINGER_TIME",
+             "description": "how long a disconnected, unused mount stays before it is "
+             "unmounted (Go duration)",
+             "settable": ["value"], "value": "5s"},
+            {"name": "HOST_PING_TIMEOUT",
+             "description": "how long to wait for an SFTP server to accept a connection "
+             "(Go duration)",
+             "settable": ["value"], "value": "1s"},
+        ],
+        "interface": {"socket": "telemount.sock", "types": ["docker.volumedriver/1.0"]},
+        "network": {"type": "host"},
+        "propagatedmount": "/mnt/volumes",
+        "linux": {"capabilities": ["CAP_SYS_ADMIN"], "devices": [{"path": "/dev/fuse"}]},
+    },
+}  # fmt: skip
+
+
+class DockerError(Exception):
+    """Docker refused or failed; ``str()`` is Docker's explanation."""
+
+
+class NotFound(DockerError):
+    pass
+
+
+class Conflict(DockerError):
+    """The name is taken (HTTP 409)."""
+
+
+class DockerUnavailable(DockerError):
+    """No Docker engine answers."""
+
+
+@attrs.frozen
+class ContainerSpec:
+    """What ``create_container`` makes (the daemon container, the demo cluster)."""
+
+    image: str
+    command: list[str]
+    name: str
+    labels: dict[str, str] = attrs.field(factory=dict)
+    pid_host: bool = False
+    cap_add: list[str] = attrs.field(factory=list)
+    sysctls: dict[str, str] = attrs.field(factory=dict)
+    ports: dict[str, tuple[str, int | None]] = attrs.field(factory=dict)
+    network: str | None = None
+    environment: dict[str, str] = attrs.field(factory=dict)
+    binds: list[str] = attrs.field(factory=list)
+
+
+class IDocker(Interface):
+    """The Docker engine, as the CLI uses it (synchronous; dicts as the API's JSON)."""
+
+    def api_version() -> str:
+        """The engine's API version ("1.41"); DockerUnavailable when nothing answers."""
+
+    def plugin(name: str) -> dict[str, Any] | None:
+        """``docker plugin inspect NAME`` (``Name``, ``Enabled``, ``Id``), or None."""
+
+    def enable_plugin(name: str) -> None:
+        """``docker plugin enable NAME`` (5 s timeout)."""
+
+    def install_plugin(name: str) -> None:
+        """``docker plugin install --grant-all-permissions NAME`` (pulled, then enabled)."""
+
+    def create_plugins(image: str, plugins: list[tuple[str, str]]) -> None:
+        """Make managed plug-ins ``(name, kind)`` from the image's rootfs (not enabled)."""
+
+    def socket_answers(path: str) -> bool:
+        """Whether a legacy plug-in accepts connections on the unix socket ``path``."""
+
+    def image_exists(name: str) -> bool:
+        """Whether the image is present locally."""
+
+    def container(name: str) -> dict[str, Any] | None:
+        """``docker inspect`` of a container (by name or id), or None."""
+
+    def containers(label: str) -> list[dict[str, Any]]:
+        """Every container (running or not) with the label (``KEY`` or ``KEY=VALUE``)."""
+
+    def create_container(spec: ContainerSpec) -> str:
+        """Create (not start) a container; its id."""
+
+    def start_container(container: str) -> None:
+        """Start it."""
+
+    def stop_container(container: str, timeout: float) -> None:
+        """Stop it (SIGTERM, then SIGKILL after ``timeout``); a stopped one is fine."""
+
+    def remove_container(container: str) -> None:
+        """Remove it, running or not, with its anonymous volumes; a missing one is fine."""
+
+    def container_logs(container: str, tail: int) -> str:
+        """The last lines of its output."""
+
+    def networks() -> list[dict[str, Any]]:
+        """``docker network inspect`` of every network."""
+
+    def network(name: str) -> dict[str, Any] | None:
+        """``docker network inspect NAME`` (with ``Containers``), or None."""
+
+    def create_network(
+        name: str,
+        driver: str,
+        options: dict[str, str],
+        labels: dict[str, str],
+        subnet: str | None,
+        ipv6: bool,
+    ) -> tuple[str, str]:
+        """An internal network; (id, warning). Conflict when the name is taken."""
+
+    def remove_network(network: str) -> None:
+        """``docker network rm``."""
+
+    def connect(network: str, container: str, driver_opts: dict[str, str] | None) -> None:
+        """``docker network connect [--driver-opt K=V]``."""
+
+    def disconnect(network: str, container: str) -> None:
+        """``docker network disconnect --force``."""
+
+    def volumes(driver: str, label: str | None = None) -> list[dict[str, Any]]:
+        """
+        The volumes of one driver, with the label if given. (Always by driver: listing or
+        inspecting without one makes dockerd ask every plug-in, and one that hangs stalls it.)
+        """
+
+    def create_volume(
+        name: str, driver: str, options: dict[str, str], labels: dict[str, str]
+    ) -> None:
+        """``docker volume create``."""
+
+    def remove_volume(name: str) -> None:
+        """``docker volume rm`` (refused while in use)."""
+
+
+def api_version_ok(version: str) -> bool:
+    try:
+        parts = tuple(int(p) for p in version.split("."))
+    except ValueError:
+        return False
+    return parts >= MIN_API_VERSION
+
+
+def _socket_answers(path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1)
+            s.connect(path)
+            return True
+    except OSError:
+        return False
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file object over an iterator of byte chunks (docker-py's export stream)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buffer))
+        b[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+def _under_rootfs(name: str) -> str:
+    """``rootfs/<name>`` for a member of an exported rootfs (``./x``, ``/x`` or ``x``)."""
+    while name.startswith("./"):
+        name = name[2:]
+    name = name.lstrip("/")
+    return "rootfs" if name in ("", ".") else f"rootfs/{name}"
+
+
+def plugin_contexts(
+    export: io.RawIOBase | io.BufferedIOBase, kinds: list[str], directory: str
+) -> dict[str, str]:
+    """
+    One ``docker plugin create`` context per kind, written in one pass over an exported rootfs:
+    ``config.json``, ``rootfs/…`` and a marker ``rootfs/etc/telenet-plugin`` (Docker stores a
+    rootfs by content and refuses a second plug-in with the very same one).
+    """
+    paths = {kind: os.path.join(directory, f"{kind}.tar") for kind in kinds}
+    outs = {kind: tarfile.open(path, "w") for kind, path in paths.items()}
+    try:
+        with tarfile.open(fileobj=export, mode="r|") as source:
+            for member in source:
+                member.name = _under_rootfs(member.name)
+                if member.islnk():
+                    member.linkname = _under_rootfs(member.linkname)
+                data = source.extractfile(member) if member.isreg() else None
+                payload = data.read() if data is not None else None
+                for out in outs.values():
+                    out.addfile(member, io.BytesIO(payload) if payload is not None else None)
+        for kind, out in outs.items():
+            for name, payload in (
+                ("config.json", json.dumps(PLUGIN_CONFIGS[kind], indent=2).encode()),
+                ("rootfs/etc/telenet-plugin", f"{kind}\n".encode()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                info.mode = 0o644
+                out.addfile(info, io.BytesIO(payload))
+    finally:
+        for out in outs.values():
+            out.close()
+    return paths
+
+
+@implementer(IDocker)
+class SDKDocker:
+    """``IDocker`` with docker-py (``docker.from_env()``: ``DOCKER_HOST`` and friends)."""
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import docker
+
+            try:
+                self._client = docker.from_env(version="auto", timeout=120)
+            except docker.errors.DockerException as e:
+                raise DockerUnavailable(_explain(e)) from None
+        return self._client
+
+    @property
+    def api(self) -> Any:
+        return self.client.api
+
+    def _call(self, method: Any, *args: Any, **kw: Any) -> Any:
+        import docker.errors
+        import requests
+
+        try:
+            return method(*args, **kw)
+        except docker.errors.NotFound as e:
+            raise NotFound(_explain(e)) from None
+        except docker.errors.APIError as e:
+            if e.status_code == 409:
+                raise Conflict(_explain(e)) from None
+            raise DockerError(_explain(e)) from None
+        except requests.exceptions.ConnectionError as e:
+            raise DockerUnavailable(f"cannot reach Docker: {e}") from None
+        except docker.errors.DockerException as e:
+            raise DockerError(_explain(e)) from None
+
+    def _maybe(self, method: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return self._call(method, *args, **kw)
+        except NotFound:
+            return None
+
+    def api_version(self) -> str:
+        return str(self._call(self.api.version)["ApiVersion"])
+
+    def plugin(self, name: str) -> dict[str, Any] | None:
+        return self._maybe(self.api.inspect_plugin, name)
+
+    def enable_plugin(self, name: str) -> None:
+        self._call(self.api.enable_plugin, name, timeout=5)
+
+    def install_plugin(self, name: str) -> None:
+        privileges = self._call(self.api.plugin_privileges, name)
+        for _ in self._call(self.api.pull_plugin, name, privileges, name):
+            pass
+        self.enable_plugin(name)
+
+    def create_plugins(self, image: str, plugins: list[tuple[str, str]]) -> None:
+        created = self._call(self.api.create_container, image, ["true"])
+        try:
+            with tempfile.TemporaryDirectory(prefix="telenet-plugin-") as tmp:
+                stream = self._call(self.api.export, created["Id"])
+                reader = io.BufferedReader(_ChunkReader(iter(stream)), 1 << 20)
+                kinds = sorted({kind for _, kind in plugins})
+                contexts = plugin_contexts(reader, kinds, tmp)
+                for name, kind in plugins:
+                    with open(contexts[kind], "rb") as context:
+                        # docker-py's create_plugin wants an unpacked directory; posting the
+                        # context we already have saves writing the rootfs out twice.
+                        response = self._call(
+                            self.api._post,
+                            self.api._url("/plugins/create"),
+                            params={"name": name},
+                            data=context,
+                            headers={"Content-Type": "application/x-tar"},
+                        )
+                        self._call(self.api._raise_for_status, response)
+        finally:
+            self._maybe(self.api.remove_container, created["Id"], force=True)
+
+    def socket_answers(self, path: str) -> bool:
+        return _socket_answers(path)
+
+    def image_exists(self, name: str) -> bool:
+        return self._maybe(self.api.inspect_image, name) is not None
+
+    def container(self, name: str) -> dict[str, Any] | None:
+        return self._maybe(self.api.inspect_container, name)
+
+    def containers(self, label: str) -> list[dict[str, Any]]:
+        found = self._call(self.api.containers, all=True, filters={"label": label})
+        inspected = (self.container(c["Id"]) for c in found)
+        return [c for c in inspected if c is not None]
+
+    def create_container(self, spec: ContainerSpec) -> str:
+        host_config = self.api.create_host_config(
+            pid_mode="host" if spec.pid_host else None,
+            cap_add=spec.cap_add or None,
+            sysctls=spec.sysctls or None,
+            port_bindings={k: v for k, v in spec.ports.items()} or None,
+            network_mode=spec.network,
+            binds=spec.binds or None,
+        )
+        created = self._call(
+            self.api.create_container,
+            spec.image,
+            spec.command,
+            name=spec.name,
+            labels=spec.labels,
+            # docker-py appends "/tcp" to a string port itself: give (port, protocol).
+            ports=[_port_tuple(p) for p in spec.ports] or None,
+            environment=spec.environment or None,
+            host_config=host_config,
+        )
+        return str(created["Id"])
+
+    def start_container(self, container: str) -> None:
+        self._call(self.api.start, container)
+
+    def stop_container(self, container: str, timeout: float) -> None:
+        self._maybe(self.api.stop, container, timeout=int(timeout))
+
+    def remove_container(self, container: str) -> None:
+        try:
+            self._call(self.api.remove_container, container, force=True, v=True)
+        except NotFound:
+            pass
+        except DockerError as e:
+            # Docker answers 409 "removal ... already in progress" for an --rm container.
+            if "already in progress" not in str(e):
+                raise
+
+    def container_logs(self, container: str, tail: int) -> str:
+        logs = self._maybe(self.api.logs, container, tail=tail)
+        return logs.decode("utf-8", "replace") if logs else ""
+
+    def networks(self) -> list[dict[str, Any]]:
+        found = self._call(self.api.networks)
+        return list(found)
+
+    def network(self, name: str) -> dict[str, Any] | None:
+        found = self._maybe(self.api.inspect_network, name)
+        # inspect_network matches ids by prefix too; a user's name must match exactly.
+        if found is not None and name not in (found["Name"], found["Id"]):
+            return None
+        return found
+
+    def create_network(
+        self,
+        name: str,
+        driver: str,
+        options: dict[str, str],
+        labels: dict[str, str],
+        subnet: str | None,
+        ipv6: bool,
+    ) -> tuple[str, str]:
+        import docker.types
+
+        ipam = None
+        if subnet is not None:
+            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+        created = self._call(
+            self.api.create_network,
+            name,
+            driver=driver,
+            options=options,
+            ipam=ipam,
+            internal=True,
+            labels=labels,
+            enable_ipv6=ipv6,
+            scope="local",
+        )
+        return str(created["Id"]), str(created.get("Warning") or "")
+
+    def remove_network(self, network: str) -> None:
+        self._call(self.api.remove_network, network)
+
+    def connect(self, network: str, container: str, driver_opts: dict[str, str] | None) -> None:
+        self._call(
+            self.api.connect_container_to_network, container, network, driver_opt=driver_opts
+        )
+
+    def disconnect(self, network: str, container: str) -> None:
+        self._call(self.api.disconnect_container_from_network, container, network, force=True)
+
+    def volumes(self, driver: str, label: str | None = None) -> list[dict[str, Any]]:
+        filters = {"driver": driver, **({"label": label} if label else {})}
+        found = self._call(self.api.volumes, filters=filters)
+        return list(found.get("Volumes") or [])
+
+    def create_volume(
+        self, name: str, driver: str, options: dict[str, str], labels: dict[str, str]
+    ) -> None:
+        self._call(self.api.create_volume, name, driver=driver, driver_opts=options, labels=labels)
+
+    def remove_volume(self, name: str) -> None:
+        self._call(self.api.remove_volume, name)
+
+
+def _port_tuple(spec: str) -> tuple[int, str]:
+    port, _, protocol = spec.partition("/")
+    return int(port), protocol or "tcp"
+
+
+def _explain(e: Exception) -> str:
+    text = getattr(e, "explanation", None) or str(e)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return " ".join(str(text).split())
+
+
+def subnets_of(network: dict[str, Any]) -> list[str]:
+    """The subnets in a network's IPAM configuration."""
+    configs: Iterable[dict[str, Any]] = (network.get("IPAM") or {}).get("Config") or []
+    return [c["Subnet"] for c in configs if c.get("Subnet")]

@@ -1,0 +1,344 @@
+# -*- test-case-name: tests.test_cli_runner -*-
+"""
+``telenet docker-run`` and ``telenet engage --docker-run`` (reference §4 "docker-run").
+
+A workload is made the way Telepresence makes it since PR #3905, so that ``-p`` and extra
+networks keep working: ``docker create --dns <daemon's teleroute address> ARGS``, then
+``NetworkConnect(<connection's network>)``, then ``docker start --attach``. The docker CLI does
+the create and start (it knows every ``docker run`` flag); arguments are passed as lists.
+
+Signals: without ``-t``, SIGINT, SIGTERM and SIGHUP stop the container (a shell as PID 1 ignores
+the forwarded SIGINT); with ``-t`` the terminal sends them to the container itself. The
+container's exit code becomes ours.
+
+An engagement adds: an SFTP bridge from the daemon to the agent, one telemount volume per
+remote mount (``<container>-<i>``), the user's ``-v``/``--mount`` targets winning, ``--rm``,
+and, however it ends, the container stopped, the volumes removed and the bridge closed.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+
+from telenet.connection import (
+    LABEL_CONNECTION,
+    LABEL_VOLUME_PLUGIN,
+    CLIError,
+    Connection,
+    Connector,
+    ControlError,
+)
+from telenet.dockerapi import DockerError
+from telenet.runflags import (
+    RemoteMount,
+    RunArgs,
+    RunFlagsError,
+    merge_remote_mounts,
+    parse_run_args,
+)
+
+# Flags of `docker run` that `docker create` does not take; telenet handles them itself.
+_RUN_ONLY = ("detach", "sig-proxy")
+
+
+@attrs.frozen
+class CreatePlan:
+    """The ``docker create`` arguments of a workload and how to start it."""
+
+    create_args: list[str]
+    detach: bool
+    tty: bool
+    interactive: bool
+    sig_proxy: bool
+
+
+def plan_create(
+    run: RunArgs, dns: str, extra_volumes: Sequence[str] = (), force_rm: bool = False
+) -> CreatePlan:
+    """The ``docker create`` argument list (after ``docker``) for ``docker run`` arguments."""
+    if run.image is None:
+        raise CLIError("an image is required: docker run [OPTIONS] IMAGE [COMMAND] [ARG...]")
+    detach = run.boolean("detach")
+    if force_rm and detach:
+        raise CLIError("an engagement runs attached: drop -d/--detach")
+    args = ["create", "--dns", dns]
+    if force_rm and not run.boolean("rm"):
+        args.append("--rm")
+    for volume in extra_volumes:
+        args += ["-v", volume]
+    args += run.option_tokens(drop=_RUN_ONLY)
+    args += run.tail()
+    sig_proxy = True
+    for value in run.values("sig-proxy"):
+        sig_proxy = value is None or value.lower() in ("1", "t", "true")
+    return CreatePlan(
+        create_args=args,
+        detach=detach,
+        tty=run.boolean("tty"),
+        interactive=run.boolean("interactive"),
+        sig_proxy=sig_proxy,
+    )
+
+
+@contextmanager
+def _signals_stop(callback: Callable[[int], None], signals: Sequence[int]) -> Iterator[None]:
+    """Call ``callback`` (in a thread) on the first of ``signals``; restore handlers after."""
+    fired = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if not fired.is_set():
+            fired.set()
+            threading.Thread(target=callback, args=(signum,), daemon=True).start()
+
+    previous = {}
+    try:
+        for sig in signals:
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:
+        # Not the main thread (tests): no signal handling.
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@attrs.define
+class Runner:
+    """I run workloads on a connection's network."""
+
+    connector: Connector
+    docker_cli: str = "docker"
+    say: Callable[[str], None] = print
+    stop_timeout: float = 10.0
+    sleep: Callable[[float], None] = time.sleep
+    run_process: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run
+    popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen
+    probe: Callable[[str, int, str], None] = attrs.field(default=attrs.Factory(lambda: probe_agent))
+
+    @property
+    def docker(self) -> Any:
+        return self.connector.docker
+
+    def _connection(self, name: str | None) -> Connection:
+        self.connector.check_docker()
+        conn = self.connector.find(name)
+        if not conn.running:
+            raise CLIError(
+                f"the daemon of {conn.name} is not running: run telenet connect "
+                f"--docker --name {conn.name} again"
+            )
+        if conn.network is None or conn.dns_ip() is None:
+            raise CLIError(
+                f"the daemon is not on network {conn.name}: run telenet connect "
+                f"--docker --name {conn.name} again"
+            )
+        return conn
+
+    def docker_run(self, name: str | None, args: Sequence[str]) -> int:
+        """``telenet docker-run ARGS``: the container's exit code (125 if it was not made)."""
+        try:
+            run = parse_run_args(args)
+        except RunFlagsError as e:
+            raise CLIError(str(e)) from None
+        conn = self._connection(name)
+        plan = plan_create(run, conn.dns_ip() or "")
+        return self._run(conn, plan)
+
+    def _run(self, conn: Connection, plan: CreatePlan) -> int:
+        created = self.run_process(
+            [self.docker_cli, *plan.create_args], stdout=subprocess.PIPE, text=True
+        )
+        if created.returncode != 0:
+            # docker printed why on our stderr.
+            return created.returncode or 125
+        lines = created.stdout.strip().splitlines()
+        if not lines:
+            raise CLIError("docker create printed no container id")
+        container = lines[-1].strip()
+        try:
+            self.docker.connect(conn.name, container, None)
+        except DockerError as e:
+            if "already exists" not in str(e):
+                self.docker.remove_container(container)
+                raise CLIError(
+                    f"could not connect the container to network {conn.name}: {e}"
+                ) from None
+        if plan.detach:
+            started = self.run_process([self.docker_cli, "start", container])
+            if started.returncode != 0:
+                self.docker.remove_container(container)
+                return started.returncode or 125
+            print(container, flush=True)
+            return 0
+        return self._attach(container, plan)
+
+    def _attach(self, container: str, plan: CreatePlan) -> int:
+        command = [self.docker_cli, "start", "--attach"]
+        if plan.interactive:
+            command.append("--interactive")
+        command.append(container)
+
+        def stop(signum: int) -> None:
+            self.docker.stop_container(container, self.stop_timeout)
+
+        # With a tty, ^C is a byte for the container; SIGTERM/SIGHUP still stop it.
+        signals = [signal.SIGTERM, signal.SIGHUP]
+        if not plan.tty:
+            signals.append(signal.SIGINT)
+        try:
+            with _signals_stop(stop, signals):
+                proc = self.popen(command)
+                while True:
+                    try:
+                        code = proc.wait()
+                        break
+                    except KeyboardInterrupt:
+                        continue
+        except BaseException:
+            self.docker.stop_container(container, self.stop_timeout)
+            raise
+        return code
+
+    # -- engagements
+
+    def engage(
+        self,
+        name: str | None,
+        agent: str,
+        container: str,
+        remote_mounts: Sequence[str],
+        args: Sequence[str],
+    ) -> int:
+        """``telenet engage … --docker-run -- ARGS``: the container's exit code."""
+        try:
+            run = parse_run_args(args)
+            mounts = [RemoteMount.parse(m) for m in remote_mounts]
+            user_mounts = run.mounts()
+        except RunFlagsError as e:
+            raise CLIError(str(e)) from None
+        if not container or "/" in container:
+            raise CLIError(f"--container {container!r} is not a container name")
+        _check_agent(agent)
+        conn = self._connection(name)
+        kept, skipped = merge_remote_mounts(mounts, user_mounts)
+        for mount in skipped:
+            self.say(f"Skipping auto-mounting of {mount.path}: the docker run flags mount it")
+        control = self.connector.control(conn)
+        bridge: int | None = None
+        volumes: list[str] = []
+        try:
+            extra: list[str] = []
+            if kept:
+                driver = (
+                    conn.label(LABEL_VOLUME_PLUGIN)
+                    or self.connector.ensure_plugins(("telemount",))["telemount"]
+                )
+                host = conn.bridge_ip()
+                if host is None:
+                    raise CLIError(f"the daemon of {conn.name} has no bridge address")
+                try:
+                    bridge = control.open_bridge(agent)
+                except ControlError as e:
+                    raise CLIError(f"the daemon could not open a bridge to {agent}: {e}") from None
+                self.probe(host, bridge, agent)
+                for i, mount in enumerate(kept):
+                    volume = f"{container}-{i}"
+                    self._fresh_volume(volume, driver, conn.name)
+                    options = {
+                        "host": host,
+                        "port": str(bridge),
+                        "container": container,
+                        "dir": mount.path,
+                    }
+                    if mount.readonly:
+                        options["ro"] = "true"
+                    try:
+                        self.docker.create_volume(
+                            volume, driver, options, {LABEL_CONNECTION: conn.name}
+                        )
+                    except DockerError as e:
+                        raise CLIError(f"could not create volume {volume}: {e}") from None
+                    volumes.append(volume)
+                    extra.append(f"{volume}:{mount.path}" + (":ro" if mount.readonly else ""))
+                self.sleep(self.connector.config.mount_completion_delay)
+            plan = plan_create(run, conn.dns_ip() or "", extra, force_rm=True)
+            return self._run(conn, plan)
+        finally:
+            if volumes:
+                # The --rm removal of the container, which frees the volumes, is asynchronous.
+                self.sleep(0.2)
+                for volume in volumes:
+                    self.connector._remove_volume(volume)
+            if bridge is not None:
+                try:
+                    control.close_bridge(bridge)
+                except ControlError as e:
+                    self.say(f"Warning: could not close the bridge on port {bridge}: {e}")
+
+    def _fresh_volume(self, volume: str, driver: str, connection: str) -> None:
+        """Make room for ``volume``: a leftover of ours is removed, anything else refused."""
+        found = [v for v in self.docker.volumes(driver) if v["Name"] == volume]
+        if not found:
+            return
+        existing = found[0]
+        if (existing.get("Labels") or {}).get(LABEL_CONNECTION) != connection:
+            raise CLIError(
+                f"a volume named {volume} exists and is not this engagement's: "
+                "remove it or engage with another --container"
+            )
+        try:
+            self.docker.remove_volume(volume)
+        except DockerError as e:
+            raise CLIError(
+                f"the volume {volume} of an earlier engagement is still in use: {e}"
+            ) from None
+
+
+def _check_agent(agent: str) -> None:
+    host, sep, port = agent.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CLIError(f"--agent {agent!r}: expected HOST:PORT, e.g. 10.96.0.20:8022")
+
+
+_SFTP_INIT = struct.pack(">IBI", 5, 1, 3)
+_SFTP_VERSION = 2
+
+
+def probe_agent(host: str, port: int, agent: str, timeout: float = 6.0) -> None:
+    """
+    Send an SFTP INIT through the daemon's bridge and wait for VERSION: the bridge closes a
+    connection whose agent it cannot reach, so this tells an unreachable agent apart before
+    any volume exists (telemount would otherwise fail the container's start).
+    """
+    why = "it closed the connection"
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(_SFTP_INIT)
+            header = b""
+            while len(header) < 5:
+                chunk = s.recv(5 - len(header))
+                if not chunk:
+                    break
+                header += chunk
+            if len(header) == 5 and header[4] == _SFTP_VERSION:
+                return
+            if len(header) == 5:
+                why = f"it answered SFTP packet type {header[4]}, not VERSION"
+    except TimeoutError:
+        why = f"no answer within {timeout:.0f} s"
+    except OSError as e:
+        why = e.strerror or str(e)
+    raise CLIError(f"agent {agent} is unreachable from the daemon ({why})")

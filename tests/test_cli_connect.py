@@ -1,0 +1,449 @@
+"""connect, status, quit and the network GC, against MemoryDocker and MemoryControl."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from typing import Any
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from telenet.cliconfig import Config, PluginConfig
+from telenet.connection import (
+    LABEL_CONNECTION,
+    LABEL_DAEMON,
+    CLIError,
+    Connector,
+    ConnectRequest,
+    NotConnected,
+    check_subnet,
+    default_connection_name,
+    format_status,
+    safe_name,
+)
+from telenet.dockerapi import PLUGIN_CONFIGS, DockerError, IDocker, SDKDocker, plugin_contexts
+from telenet.testing import MemoryControl, MemoryDocker
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class World:
+    """A Connector over fakes, with what it said."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.docker = MemoryDocker()
+        self.control = MemoryControl({"version": "0.1.0", "routes": ["10.96.0.0/16"],
+                                      "dns": {"local_address": "172.16.0.2:53"}})  # fmt: skip
+        self.said: list[str] = []
+        self.clock = Clock()
+        self.addresses: list[tuple[str, int]] = []
+        self.connector = Connector(
+            self.docker,
+            config or Config(),
+            say=self.said.append,
+            control_factory=self._control,
+            sleep=self.clock.sleep,
+            clock=self.clock,
+        )
+
+    def _control(self, host: str, port: int) -> MemoryControl:
+        self.addresses.append((host, port))
+        return self.control
+
+    def connect(self, name: str = "blue", **kw: Any) -> Any:
+        return self.connector.connect(ConnectRequest(name, **kw))
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_fakes_provide_their_interfaces() -> None:
+    """MemoryDocker and SDKDocker provide IDocker."""
+    verifyObject(IDocker, MemoryDocker())
+    verifyObject(IDocker, SDKDocker(client=object()))
+
+
+def test_connect_makes_plugins_daemon_and_network(world: World) -> None:
+    """Plug-ins are created from the image and enabled; the daemon and network as specified."""
+    world.docker.networks_by_id.clear()
+    world.docker._add_network("bridge", "bridge", "172.17.0.0/16", {}, internal=False)
+    world.docker.create_network("cluster", "bridge", {}, {}, "172.18.0.0/16", False)
+    conn = world.connect(
+        "blue",
+        vif_network="cluster",
+        cluster_dns="172.18.0.2",
+        subnets=("10.96.0.0/12",),
+        cluster_domains=("cluster.local",),
+    )
+    calls = world.docker.calls
+    assert ("create_plugin", "telenet/teleroute:latest", "teleroute", "telenet") in calls
+    assert ("create_plugin", "telenet/telemount:latest", "telemount", "telenet") in calls
+    assert ("enable_plugin", "telenet/teleroute:latest") in calls
+    daemon = world.docker.containers_by_id[conn.container_id]
+    spec = daemon["spec"]
+    assert spec.name == "tp-blue" and spec.image == "telenet"
+    assert spec.pid_host and spec.cap_add == ["NET_ADMIN"]
+    assert spec.sysctls == {"net.ipv4.ip_forward": "1"}
+    assert spec.ports == {"4038/tcp": ("127.0.0.1", None)}
+    assert spec.command == [
+        "twistd", "--nodaemon", "--pidfile=", "telepresence-daemon", "--control", "tcp:4038",
+        "--teleroute-port", "4039", "--name", "docker-blue", "--vif", "eth1",
+        "--subnet", "10.96.0.0/12", "--cluster-dns", "172.18.0.2",
+        "--cluster-domain", "cluster.local",
+    ]  # fmt: skip
+    # The VIF network is connected before the start, so that it is eth1.
+    assert calls.index(("connect", "cluster", "tp-blue", None)) < calls.index(
+        ("start_container", "tp-blue")
+    )
+    network = world.docker.network("blue")
+    assert network is not None
+    assert network["Driver"] == "telenet/teleroute:latest" and network["Internal"]
+    assert network["Options"] == {"host": "172.17.0.2", "port": "4039"}
+    assert network["Labels"] == {LABEL_DAEMON: conn.container_id, LABEL_CONNECTION: "blue"}
+    # 172.16/16 is free of Docker networks and routes, 172.17/18 are taken.
+    assert network["IPAM"]["Config"][0]["Subnet"] == "172.16.0.0/16"
+    joins = [c for c in calls if c[:2] == ("connect", "blue")]
+    assert joins == [("connect", "blue", "tp-blue", {"daemon": "true"})]
+    assert conn.dns_ip() == "172.16.0.2"
+    assert world.addresses[0][0] == "127.0.0.1"
+    assert world.said[-1].startswith("Connected to blue: daemon tp-blue, network blue")
+
+
+def test_subnet_avoids_routes_and_networks(world: World) -> None:
+    """The subnet overlaps neither a --subnet, a route of the daemon, nor a Docker network."""
+    world.control.base_status["routes"] = ["172.18.0.0/16"]
+    world.connect("blue", subnets=("172.16.0.0/16",))
+    network = world.docker.network("blue")
+    assert network is not None
+    # 172.16 routed (flag), 172.17 the bridge, 172.18 routed (daemon's VIF route).
+    assert network["IPAM"]["Config"][0]["Subnet"] == "172.19.0.0/16"
+
+
+def test_existing_plugins_are_used_and_enabled(world: World) -> None:
+    """An enabled managed plug-in is used as is; a disabled one is enabled; no creation."""
+    world.docker.plugins["telenet/teleroute:latest"] = {"Name": "x", "Enabled": True}
+    world.docker.plugins["telenet/telemount:latest"] = {"Name": "y", "Enabled": False}
+    world.connect()
+    assert not [c for c in world.docker.calls if c[0] == "create_plugin"]
+    assert ("enable_plugin", "telenet/telemount:latest") in world.docker.calls
+    assert world.docker.plugins["telenet/telemount:latest"]["Enabled"]
+
+
+def test_legacy_plugins_answering_are_used(world: World) -> None:
+    """A legacy socket named after the repository is used, by that driver name."""
+    world.docker.legacy_sockets |= {"/run/docker/plugins/teleroute.sock",
+                                    "/run/docker/plugins/telemount.sock"}  # fmt: skip
+    conn = world.connect()
+    assert conn.network["Driver"] == "teleroute"
+    assert conn.label("telenet.volume-plugin") == "telemount"
+    assert not [c for c in world.docker.calls if "plugin" in c[0]]
+
+
+def test_registry_plugins_are_installed() -> None:
+    """With a registry configured, missing plug-ins are installed from it."""
+    config = Config(teleroute=PluginConfig("ghcr.io", "telepresenceio", "teleroute", "0.5.0"))
+    w = World(config)
+    w.connect()
+    installs = [c for c in w.docker.calls if c[0] == "install_plugin"]
+    assert installs == [("install_plugin", config.teleroute.name)]
+
+
+def test_plugin_install_refused_is_one_line_and_leaves_nothing() -> None:
+    """A refused install is reported in one line, before anything is created."""
+    w = World(Config(teleroute=PluginConfig("reg.example", "ns", "teleroute", "1")))
+    w.docker.fail["install_plugin"] = DockerError("pull access denied for reg.example/ns")
+    with pytest.raises(CLIError) as e:
+        w.connect()
+    assert "plug-in install of reg.example/ns/teleroute" in str(e.value)
+    assert "refused: pull access denied" in str(e.value) and "\n" not in str(e.value)
+    assert w.docker.container_names() == [] and w.docker.network_names() == ["bridge"]
+
+
+def test_missing_image_is_reported(world: World) -> None:
+    """No image to make plug-ins or the daemon from: say how to build it."""
+    world.docker.images.clear()
+    with pytest.raises(
+        CLIError, match="image telenet not found: build it with scripts/build-image"
+    ):
+        world.connect()
+
+
+def test_docker_missing_or_too_old(world: World) -> None:
+    """No Docker, or Docker older than 20.10: one actionable line each."""
+    world.docker.version = "1.40"
+    with pytest.raises(CLIError, match="API 1.40 is too old: telenet needs Docker 20.10"):
+        world.connect()
+    world.docker.version = None
+    with pytest.raises(CLIError, match="Docker is not available .*: is dockerd running"):
+        world.connect()
+
+
+def test_foreign_network_name_clash(world: World) -> None:
+    """A network of that name that is not ours: refused before anything is made."""
+    world.docker.create_network("blue", "bridge", {}, {}, None, False)
+    with pytest.raises(CLIError, match="network named blue exists and is not a teleroute network"):
+        world.connect("blue")
+    assert world.docker.container_names() == []
+    assert not world.docker.plugins
+
+
+def test_foreign_container_name_clash(world: World) -> None:
+    """A container named tp-<name> that telenet did not make is left alone."""
+    from telenet.dockerapi import ContainerSpec
+
+    world.docker.create_container(ContainerSpec(image="local/busybox", command=[], name="tp-blue"))
+    with pytest.raises(CLIError, match="container named tp-blue exists and is not telenet's"):
+        world.connect("blue")
+
+
+def test_bad_names_and_flags(world: World) -> None:
+    """Names Docker cannot take, and --vif with --vif-network, are refused."""
+    with pytest.raises(CLIError, match=r"use letters, digits and _.- only \(e.g. a_b\)"):
+        world.connect("a b")
+    with pytest.raises(CLIError, match="--vif or --vif-network, not both"):
+        world.connect("x", vif="eth1", vif_network="n")
+    with pytest.raises(CLIError, match="no such Docker network"):
+        world.connect("x", vif_network="nope")
+
+
+def test_connect_twice_reports_the_connection(world: World) -> None:
+    """A second connect finds the running daemon and network and changes nothing."""
+    first = world.connect()
+    calls = len(world.docker.calls)
+    second = world.connect()
+    assert second.container_id == first.container_id
+    assert world.docker.calls[calls:] == []
+    assert world.said[-1] == "Already connected to blue (daemon tp-blue)"
+
+
+def test_connect_after_the_daemon_crashed(world: World) -> None:
+    """A killed daemon is replaced; its network too, with the workloads reconnected."""
+    first = world.connect()
+    from telenet.dockerapi import ContainerSpec
+
+    workload = world.docker.create_container(
+        ContainerSpec(image="local/busybox", command=[], name="w", network="blue")
+    )
+    world.docker.start_container(workload)
+    subnet = world.docker.network("blue")["IPAM"]["Config"][0]["Subnet"]  # type: ignore[index]
+    world.docker.kill("tp-blue")
+    second = world.connect()
+    assert second.container_id != first.container_id
+    network = world.docker.network("blue")
+    assert network is not None
+    assert network["Labels"][LABEL_DAEMON] == second.container_id
+    # Same subnet again: the stale network was removed before the choice.
+    assert network["IPAM"]["Config"][0]["Subnet"] == subnet
+    joins = [c[2:] for c in world.docker.calls if c[:2] == ("connect", "blue")]
+    # The new daemon first, with daemon=true, then the workload it had.
+    assert joins[-2:] == [("tp-blue", {"daemon": "true"}), ("w", None)]
+    assert set(network["Containers"]) == {second.container_id, workload}
+    assert any("stopped (exit code 137)" in s for s in world.said)
+
+
+def test_network_of_a_live_daemon_is_not_taken(world: World) -> None:
+    """Our labelled network of another running daemon is refused, not replaced."""
+    world.connect("blue")
+    network = world.docker.network("blue")
+    assert network is not None
+    world.docker.remove_container("tp-blue")  # leaves its endpoint's network behind
+    from telenet.dockerapi import ContainerSpec
+
+    other = world.docker.create_container(
+        ContainerSpec(image="telenet", command=[], name="tp-other")
+    )
+    world.docker.start_container(other)
+    world.docker.networks_by_id[network["Id"]]["Labels"][LABEL_DAEMON] = other
+    with pytest.raises(CLIError, match="belongs to the running daemon tp-other"):
+        world.connect("blue")
+    assert world.docker.container("tp-blue") is None
+
+
+def test_daemon_not_answering_is_removed(world: World) -> None:
+    """A daemon whose control API never answers: error after the timeout, container removed."""
+    world.control.answering = False
+    with pytest.raises(CLIError, match="not answering on its control port after 30 s"):
+        world.connect()
+    assert world.docker.container_names() == []
+    assert world.docker.network_names() == ["bridge"]
+
+
+def test_daemon_exiting_at_start_shows_its_last_line(world: World) -> None:
+    """A daemon that exits at once: its last log line is the error; nothing is left."""
+    world.control.answering = False
+    world.docker.logs["tp-blue"] = "starting\ntwistd: --vif 'x y' is not an interface\n"
+    original = world.docker.start_container
+
+    def start_then_die(container: str) -> None:
+        original(container)
+        world.docker.kill(container, 1)
+
+    world.docker.start_container = start_then_die  # type: ignore[method-assign]
+    with pytest.raises(CLIError, match=r"exited \(code 1\): twistd: --vif 'x y' is not"):
+        world.connect()
+    assert world.docker.container_names() == []
+
+
+def test_network_creation_failure_removes_the_daemon(world: World) -> None:
+    """If the network cannot be made, the daemon container goes too."""
+    world.docker.fail["create_network"] = DockerError("plugin refused: bad host")
+    with pytest.raises(CLIError, match="Unable to create network blue: plugin refused"):
+        world.connect()
+    assert world.docker.container_names() == []
+
+
+def test_quit_removes_everything_and_collects_stale_networks(world: World) -> None:
+    """quit: volumes of the connection, daemon, network; stale labelled networks collected."""
+    world.connect("blue")
+    world.connect("green")
+    world.docker.kill("tp-green")
+    world.docker.create_volume("echo-0", "telenet/telemount:latest", {},
+                               {LABEL_CONNECTION: "blue"})  # fmt: skip
+    world.docker.create_volume("keep", "telenet/telemount:latest", {}, {})
+    world.connector.quit("blue")
+    assert world.docker.container_names() == ["tp-green"]
+    assert world.docker.network_names() == ["bridge"]
+    assert list(world.docker.volumes_by_name) == ["keep"]
+    assert world.said[-1] == "Disconnected from blue; removed stale networks green"
+
+
+def test_quit_when_not_connected(world: World) -> None:
+    """quit without a connection says so and succeeds."""
+    world.connector.quit("blue")
+    assert world.said == ["Not connected to blue"]
+
+
+def test_gc_ignores_active_endpoints_and_foreign_networks(world: World) -> None:
+    """Networks with endpoints stay; networks without our label are never touched."""
+    world.docker.create_network("theirs", "bridge", {}, {}, None, False)
+    world.docker.create_network("stale", "bridge", {}, {LABEL_DAEMON: "gone"}, None, False)
+    world.docker.create_network("busy", "bridge", {}, {LABEL_DAEMON: "gone2"}, None, False)
+    from telenet.dockerapi import ContainerSpec
+
+    c = world.docker.create_container(ContainerSpec(image="local/busybox", command=[], name="c",
+                                                    network="busy"))  # fmt: skip
+    world.docker.start_container(c)
+    assert world.connector.network_gc() == ["stale"]
+    assert world.docker.network_names() == ["bridge", "busy", "theirs"]
+
+
+def test_find_picks_the_only_connection(world: World) -> None:
+    """Without --name the only connection is used; none or several is an error."""
+    with pytest.raises(NotConnected, match="not connected: run telenet connect --docker"):
+        world.connector.find(None)
+    world.connect("blue")
+    assert world.connector.find(None).name == "blue"
+    world.connect("green")
+    with pytest.raises(CLIError, match=r"several connections \(blue, green\): pick one"):
+        world.connector.find(None)
+
+
+def test_status(world: World) -> None:
+    """status: daemon, network, plug-ins, bridges and volumes, as data and as text."""
+    world.connect()
+    world.control.bridges[33000] = "10.0.0.5:8022"
+    world.docker.create_volume("echo-0", "telenet/telemount:latest", {},
+                               {LABEL_CONNECTION: "blue"})  # fmt: skip
+    status = world.connector.status("blue")
+    assert status["connection"] == "blue"
+    assert status["daemon"]["name"] == "tp-blue" and status["daemon"]["running"]
+    assert status["daemon"]["dns"]["local_address"] == "172.16.0.2:53"
+    assert status["daemon"]["routes"] == ["10.96.0.0/16"]
+    assert status["daemon"]["control"].startswith("127.0.0.1:")
+    assert status["network"]["name"] == "blue" and status["network"]["subnet"]
+    assert status["plugins"] == [
+        {"kind": "network", "name": "telenet/teleroute:latest", "mode": "managed",
+         "enabled": True},
+        {"kind": "volume", "name": "telenet/telemount:latest", "mode": "managed",
+         "enabled": True},
+    ]  # fmt: skip
+    assert status["bridges"] == [{"port": 33000, "agent": "10.0.0.5:8022"}]
+    assert status["volumes"] == ["echo-0"]
+    json.dumps(status)
+    text = format_status(status)
+    assert "DNS:     172.16.0.2:53" in text and "33000 -> 10.0.0.5:8022" in text
+
+
+def test_status_of_a_dead_daemon(world: World) -> None:
+    """A killed daemon shows as not running, without asking its control API."""
+    world.connect()
+    world.docker.kill("tp-blue")
+    status = world.connector.status(None)
+    assert status["daemon"]["running"] is False
+    assert "not running" in format_status(status)
+
+
+def test_default_connection_name(tmp_path: Any) -> None:
+    """Like Telepresence: <context>-<namespace>-cn from the kubeconfig, else in-cluster-…."""
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "current-context: dev@eu\ncontexts:\n- name: dev@eu\n  context: {namespace: shop}\n"
+    )
+    assert default_connection_name({"KUBECONFIG": str(kubeconfig)}) == "dev_eu-shop-cn"
+    kubeconfig.write_text("current-context: kind\ncontexts:\n- name: kind\n  context: {}\n")
+    assert default_connection_name({"KUBECONFIG": str(kubeconfig)}) == "kind-default-cn"
+    assert default_connection_name({"HOME": str(tmp_path / "none")}) == "in-cluster-default-cn"
+
+
+def test_safe_name() -> None:
+    """Telepresence's SafeContainerName: a bad first character becomes a, others _."""
+    assert safe_name("blue") == "blue"
+    assert safe_name("-x y/z.1_2") == "ax_y_z.1_2"
+
+
+def test_check_subnet() -> None:
+    """--subnet takes CIDRs (host bits cleared) and refuses the rest."""
+    assert check_subnet("10.96.1.2/16") == "10.96.0.0/16"
+    with pytest.raises(CLIError, match="not a CIDR"):
+        check_subnet("10.96.0.0")
+    with pytest.raises(CLIError, match="default route"):
+        check_subnet("0.0.0.0/0")
+
+
+def test_plugin_configs_match_the_repository() -> None:
+    """The embedded config.json of each plug-in is the one in plugins/<kind>/."""
+    for kind, config in PLUGIN_CONFIGS.items():
+        with open(os.path.join(ROOT, "plugins", kind, "config.json")) as f:
+            assert json.load(f) == config, kind
+
+
+def test_plugin_contexts_prefix_the_rootfs(tmp_path: Any) -> None:
+    """One pass over an exported rootfs gives each kind rootfs/…, config.json and a marker."""
+    export = io.BytesIO()
+    with tarfile.open(fileobj=export, mode="w") as tar:
+        for name, data in (("bin/sh", b"#!"), (".hidden", b"h")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("bin/ash")
+        link.type = tarfile.LNKTYPE
+        link.linkname = "bin/sh"
+        tar.addfile(link)
+    export.seek(0)
+    paths = plugin_contexts(export, ["teleroute", "telemount"], str(tmp_path))
+    for kind, path in paths.items():
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+            assert names == ["rootfs/bin/sh", "rootfs/.hidden", "rootfs/bin/ash", "config.json",
+                             "rootfs/etc/telenet-plugin"]  # fmt: skip
+            assert tar.getmember("rootfs/bin/ash").linkname == "rootfs/bin/sh"
+            marker = tar.extractfile("rootfs/etc/telenet-plugin")
+            assert marker is not None and marker.read() == f"{kind}\n".encode()
+            config = tar.extractfile("config.json")
+            assert config is not None and json.load(config) == PLUGIN_CONFIGS[kind]

@@ -1,0 +1,165 @@
+"""``docker run`` argument parsing: every mount syntax, flag forms, and the merge rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from telenet.runflags import (
+    Mount,
+    RemoteMount,
+    RunFlagsError,
+    merge_remote_mounts,
+    parse_mount,
+    parse_run_args,
+    parse_volume,
+)
+
+
+def test_volume_short_form_is_a_named_volume_or_bind() -> None:
+    """-v a:b names a volume; an absolute source is a bind; the target is normalized."""
+    assert parse_volume("data:/data") == Mount("/data", "data", "volume", False, "volume")
+    assert parse_volume("/tmp/x:/x/") == Mount("/x", "/tmp/x", "bind", False, "volume")
+
+
+def test_volume_with_options() -> None:
+    """-v a:b:ro is read-only; other modes (z, rw, nocopy) are accepted and not read-only."""
+    assert parse_volume("data:/data:ro").readonly
+    assert parse_volume("/a:/b:ro,z").readonly
+    assert not parse_volume("/a:/b:rw").readonly
+    assert not parse_volume("data:/b:nocopy").readonly
+
+
+def test_anonymous_volume() -> None:
+    """-v /target alone is an anonymous volume at that target."""
+    assert parse_volume("/cache") == Mount("/cache", None, "volume", False, "volume")
+
+
+@pytest.mark.parametrize(
+    "spec, why",
+    [
+        ("data:relative", "absolute"),
+        ("a:/b:c:d", "invalid volume"),
+        (":/b", "empty source"),
+        ("/a:/b:bogus", "unknown mode"),
+    ],
+)
+def test_bad_volume_specs(spec: str, why: str) -> None:
+    """Specs Docker refuses are refused with the spec in the message."""
+    with pytest.raises(RunFlagsError, match=why) as e:
+        parse_volume(spec)
+    assert repr(spec) in str(e.value)
+
+
+def test_mount_volume_with_short_keys_and_readonly() -> None:
+    """--mount type=volume,src=…,dst=…,readonly."""
+    assert parse_mount("type=volume,src=data,dst=/data,readonly") == Mount(
+        "/data", "data", "volume", True, "mount"
+    )
+
+
+def test_mount_bind_with_long_keys() -> None:
+    """--mount type=bind,source=…,target=… (and destination=, ro=true, readonly=false)."""
+    assert parse_mount("type=bind,source=/tmp/x,target=/x") == Mount(
+        "/x", "/tmp/x", "bind", False, "mount"
+    )
+    assert parse_mount("type=bind,source=/a,destination=/b,ro=true").readonly
+    assert not parse_mount("type=volume,source=v,target=/b,readonly=false").readonly
+    assert parse_mount("type=tmpfs,destination=/run").kind == "tmpfs"
+
+
+def test_mount_csv_quoting() -> None:
+    """Fields are CSV: a quoted field may hold a comma."""
+    mount = parse_mount('type=volume,"source=a,b",target=/t')
+    assert mount.source == "a,b"
+
+
+@pytest.mark.parametrize(
+    "spec, why",
+    [
+        ("type=volume,source=v", "target is required"),
+        ("type=bind,source=/a,target=rel", "not absolute"),
+        ("type=bind,source,target=/a", "key=value"),
+        ("type=bind,source=/a,target=/b,readonly=maybe", "not a boolean"),
+    ],
+)
+def test_bad_mounts(spec: str, why: str) -> None:
+    """Malformed --mount values are refused, naming the problem."""
+    with pytest.raises(RunFlagsError, match=why):
+        parse_mount(spec)
+
+
+def test_every_flag_form_finds_its_mounts() -> None:
+    """-v x, -vx, -v=x, --volume x, --volume=x, --mount x, --mount=x, and -itv x clusters."""
+    run = parse_run_args(
+        [
+            "-v", "a:/1",
+            "-vb:/2",
+            "-v=c:/3",
+            "--volume", "d:/4",
+            "--volume=e:/5",
+            "--mount", "type=volume,src=f,dst=/6",
+            "--mount=type=bind,source=/g,target=/7,readonly",
+            "-itv", "h:/8",
+            "local/busybox", "ls", "-v", "/9:/9",
+        ]
+    )  # fmt: skip
+    assert [m.target for m in run.mounts()] == [f"/{i}" for i in range(1, 9)]
+    assert run.image == "local/busybox"
+    assert run.command == ("ls", "-v", "/9:/9")
+    assert run.boolean("interactive") and run.boolean("tty")
+
+
+def test_value_flags_do_not_end_the_options() -> None:
+    """A flag's value that looks like an image (``--name web``) is not taken for the image."""
+    run = parse_run_args(["--name", "web", "-p", "8080:80", "-e", "A=1", "--rm", "nginx"])
+    assert run.image == "nginx"
+    assert run.values("name") == ["web"]
+    assert run.boolean("rm")
+    assert run.command == ()
+
+
+def test_booleans_with_values_and_double_dash() -> None:
+    """--rm=false, -t=false and ``--`` before the image."""
+    run = parse_run_args(["--rm=false", "-t=false", "--", "img", "--rm"])
+    assert not run.boolean("rm") and not run.boolean("tty")
+    assert run.image == "img" and run.command == ("--rm",)
+
+
+def test_option_tokens_round_trip_and_drop() -> None:
+    """The options can be given back to docker as given, without the dropped flags."""
+    run = parse_run_args(["-d", "--sig-proxy=false", "-p", "1:1", "-itv", "x:/x", "img"])
+    assert run.option_tokens(drop=("detach", "sig-proxy")) == [
+        "-p", "1:1", "-i", "-t", "-v", "x:/x",
+    ]  # fmt: skip
+    assert run.tail() == ["img"]
+
+
+def test_missing_values_and_unknown_shorthands() -> None:
+    """A flag without its value, or an unknown shorthand, is refused as docker would."""
+    with pytest.raises(RunFlagsError, match="needs an argument"):
+        parse_run_args(["--name"])
+    with pytest.raises(RunFlagsError, match="needs an argument"):
+        parse_run_args(["-v"])
+    with pytest.raises(RunFlagsError, match="unknown shorthand"):
+        parse_run_args(["-Z", "img"])
+    assert parse_run_args([]).image is None
+
+
+def test_remote_mount_syntax() -> None:
+    """--remote-mount PATH and PATH:ro; relative paths are refused."""
+    assert RemoteMount.parse("/var/run/secrets:ro") == RemoteMount("/var/run/secrets", True)
+    assert RemoteMount.parse("/data/") == RemoteMount("/data", False)
+    with pytest.raises(RunFlagsError, match="absolute"):
+        RemoteMount.parse("data")
+
+
+def test_user_targets_win_over_remote_mounts() -> None:
+    """A remote mount whose path the user mounts (any syntax) is skipped; others are kept."""
+    remote = [RemoteMount("/var/run/secrets", True), RemoteMount("/data", False),
+              RemoteMount("/etc/conf", False)]  # fmt: skip
+    user = parse_run_args(
+        ["-v", "/tmp/d:/data/", "--mount", "type=bind,src=/c,dst=/etc/conf", "img"]
+    ).mounts()
+    kept, skipped = merge_remote_mounts(remote, user)
+    assert kept == [RemoteMount("/var/run/secrets", True)]
+    assert [m.path for m in skipped] == ["/data", "/etc/conf"]

@@ -1,0 +1,263 @@
+"""docker-run and engage: the docker create arguments, the network, volumes, bridge, cleanup."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from telenet.connection import LABEL_CONNECTION, CLIError
+from telenet.dockerapi import ContainerSpec, DockerError
+from telenet.runflags import parse_run_args
+from telenet.runner import Runner, plan_create, probe_agent
+
+from .test_cli_connect import World
+
+
+class FakeDockerCLI:
+    """``docker create`` / ``docker start`` against the world's MemoryDocker."""
+
+    def __init__(self, world: World, exit_code: int = 0) -> None:
+        self.world = world
+        self.exit_code = exit_code
+        self.commands: list[list[str]] = []
+        self.mounted_while_running: list[str] = []
+
+    def run(self, args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        self.commands.append(list(args))
+        if args[1] == "create":
+            if "bad-image" in args:
+                return subprocess.CompletedProcess(args, 125, "", "")
+            cid = self.world.docker.create_container(
+                ContainerSpec(image=args[-1] if args[-1] != "ls" else args[-2], command=[],
+                              name=f"w{len(self.commands)}")
+            )  # fmt: skip
+            return subprocess.CompletedProcess(args, 0, cid + "\n", "")
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    def popen(self, args: list[str]) -> Any:
+        self.commands.append(list(args))
+        cli = self
+
+        class Proc:
+            def wait(self) -> int:
+                docker = cli.world.docker
+                docker.start_container(args[-1])
+                cli.mounted_while_running = sorted(docker.volumes_by_name)
+                docker.kill(args[-1], cli.exit_code)
+                if "--rm" in cli.commands[-2]:
+                    docker.remove_container(args[-1])
+                return cli.exit_code
+
+        return Proc()
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    w = World()
+    w.connect("blue")
+    yield w
+
+
+def runner(world: World, cli: FakeDockerCLI, probe: Any = None) -> Runner:
+    return Runner(
+        world.connector,
+        say=world.said.append,
+        sleep=world.clock.sleep,
+        run_process=cli.run,
+        popen=cli.popen,
+        probe=probe or (lambda host, port, agent: None),
+    )
+
+
+def test_plan_create() -> None:
+    """--dns first, --rm when forced, -d and --sig-proxy kept for start, image and command."""
+    plan = plan_create(parse_run_args(["-d", "--sig-proxy=false", "-p", "80:80", "img", "x"]),
+                       "172.16.0.2")  # fmt: skip
+    assert plan.create_args == ["create", "--dns", "172.16.0.2", "-p", "80:80", "img", "x"]
+    assert plan.detach and not plan.sig_proxy
+    plan = plan_create(parse_run_args(["-it", "img"]), "1.2.3.4", ["v-0:/a:ro"], force_rm=True)
+    assert plan.create_args == ["create", "--dns", "1.2.3.4", "--rm", "-v", "v-0:/a:ro", "-i",
+                                "-t", "img"]  # fmt: skip
+    assert plan.tty and plan.interactive
+    plan = plan_create(parse_run_args(["--rm", "img"]), "1.2.3.4", force_rm=True)
+    assert plan.create_args.count("--rm") == 1
+    with pytest.raises(CLIError, match="an image is required"):
+        plan_create(parse_run_args(["--rm"]), "1.2.3.4")
+    with pytest.raises(CLIError, match="drop -d"):
+        plan_create(parse_run_args(["-d", "img"]), "1.2.3.4", force_rm=True)
+
+
+def test_docker_run_creates_connects_and_starts(world: World) -> None:
+    """docker create with the daemon as DNS, connect to the network, start attached."""
+    cli = FakeDockerCLI(world, exit_code=3)
+    code = runner(world, cli).docker_run(None, ["--rm", "-p", "8080:80", "local/busybox"])
+    assert code == 3
+    dns = world.connector.find("blue").dns_ip()
+    assert cli.commands[0] == ["docker", "create", "--dns", dns, "--rm", "-p", "8080:80",
+                               "local/busybox"]  # fmt: skip
+    assert cli.commands[1][:3] == ["docker", "start", "--attach"]
+    joins = [c for c in world.docker.calls if c[:2] == ("connect", "blue")]
+    assert joins[-1] == ("connect", "blue", "w1", None)
+
+
+def test_docker_run_failures(world: World) -> None:
+    """docker create's own failure is its exit code; a network failure removes the container."""
+    cli = FakeDockerCLI(world)
+    assert runner(world, cli).docker_run(None, ["bad-image"]) == 125
+    world.docker.fail["connect"] = DockerError("network blue not found")
+    with pytest.raises(CLIError, match="could not connect the container to network blue"):
+        runner(world, cli).docker_run(None, ["local/busybox"])
+    assert world.docker.container_names() == ["tp-blue"]
+
+
+def test_docker_run_needs_a_live_connection(world: World) -> None:
+    """No connection, or a dead daemon: one line saying what to do."""
+    world.docker.kill("tp-blue")
+    with pytest.raises(CLIError, match="daemon of blue is not running: run telenet connect"):
+        runner(world, FakeDockerCLI(world)).docker_run(None, ["local/busybox"])
+    with pytest.raises(CLIError, match="not connected to green"):
+        runner(world, FakeDockerCLI(world)).docker_run("green", ["local/busybox"])
+
+
+def test_engage_mounts_remote_dirs_and_cleans_up(world: World) -> None:
+    """Bridge, one telemount volume per remote mount, user -v wins, --rm; all gone after."""
+    cli = FakeDockerCLI(world, exit_code=0)
+    code = runner(world, cli).engage(
+        None, "10.96.0.20:8022", "echo",
+        ["/var/run/secrets/kubernetes.io:ro", "/data", "/etc/app"],
+        ["-v", "/tmp/d:/data", "local/busybox", "ls"],
+    )  # fmt: skip
+    assert code == 0
+    create = cli.commands[0]
+    assert create[create.index("--rm") :] == [
+        "--rm", "-v", "echo-0:/var/run/secrets/kubernetes.io:ro", "-v", "echo-1:/etc/app",
+        "-v", "/tmp/d:/data", "local/busybox", "ls",
+    ]  # fmt: skip
+    assert cli.mounted_while_running == ["echo-0", "echo-1"]
+    created = [c for c in world.docker.calls if c[0] == "create_volume"]
+    assert created == [("create_volume", "echo-0"), ("create_volume", "echo-1")]
+    assert world.docker.volumes_by_name == {}
+    assert world.control.bridges == {}
+    (opened,) = [c for c in world.control.calls if c[0] == "open_bridge"]
+    assert ("close_bridge", opened[2]) in world.control.calls
+    assert "Skipping auto-mounting of /data: the docker run flags mount it" in world.said
+    # The mount completion delay was waited for.
+    assert world.clock.now >= 0.3
+
+
+def test_engage_volume_options(world: World) -> None:
+    """Volume options: host (daemon's bridge address), bridge port, container, dir, ro."""
+    cli = FakeDockerCLI(world)
+    seen: dict[str, Any] = {}
+    original = world.docker.create_volume
+
+    def spy(name: str, driver: str, options: dict[str, str], labels: dict[str, str]) -> None:
+        seen[name] = (driver, options, labels)
+        original(name, driver, options, labels)
+
+    world.docker.create_volume = spy  # type: ignore[method-assign]
+    runner(world, cli).engage(None, "10.96.0.20:8022", "echo", ["/secrets:ro"],
+                              ["local/busybox"])  # fmt: skip
+    driver, options, labels = seen["echo-0"]
+    assert driver == "telenet/telemount:latest"
+    assert options == {"host": "172.17.0.2", "port": "33000", "container": "echo",
+                       "dir": "/secrets", "ro": "true"}  # fmt: skip
+    assert labels == {LABEL_CONNECTION: "blue"}
+
+
+def test_engage_cleans_up_on_failure(world: World) -> None:
+    """A failure after the volumes exist still removes them and closes the bridge."""
+    cli = FakeDockerCLI(world)
+    world.docker.fail["connect"] = DockerError("boom")
+    with pytest.raises(CLIError, match="could not connect the container"):
+        runner(world, cli).engage(None, "10.96.0.20:8022", "echo", ["/a", "/b"],
+                                  ["local/busybox"])  # fmt: skip
+    assert world.docker.volumes_by_name == {}
+    assert world.control.bridges == {}
+    assert world.docker.container_names() == ["tp-blue"]
+
+
+def test_engage_agent_unreachable(world: World) -> None:
+    """An agent the daemon cannot reach: one line, no volume, bridge closed."""
+
+    def probe(host: str, port: int, agent: str) -> None:
+        raise CLIError(f"agent {agent} is unreachable from the daemon (it closed the connection)")
+
+    with pytest.raises(CLIError, match="agent 10.9.9.9:8022 is unreachable from the daemon"):
+        runner(world, FakeDockerCLI(world), probe).engage(None, "10.9.9.9:8022", "echo", ["/a"],
+                                                          ["local/busybox"])  # fmt: skip
+    assert world.docker.volumes_by_name == {} and world.control.bridges == {}
+
+
+def test_engage_input_errors(world: World) -> None:
+    """Bad --agent, --container, --remote-mount or docker flags fail before anything is made."""
+    r = runner(world, FakeDockerCLI(world))
+    with pytest.raises(CLIError, match="expected HOST:PORT"):
+        r.engage(None, "10.96.0.20", "echo", [], ["img"])
+    with pytest.raises(CLIError, match="not a container name"):
+        r.engage(None, "h:1", "a/b", [], ["img"])
+    with pytest.raises(CLIError, match="must be absolute"):
+        r.engage(None, "h:1", "echo", ["rel"], ["img"])
+    with pytest.raises(CLIError, match="needs an argument"):
+        r.engage(None, "h:1", "echo", [], ["-v"])
+    world.control.refuse_agent = "agent 'h:1' is not HOST:PORT"
+    with pytest.raises(CLIError, match="could not open a bridge to h:1"):
+        r.engage(None, "h:1", "echo", ["/a"], ["img"])
+    assert world.docker.volumes_by_name == {}
+
+
+def test_engage_leftover_volume(world: World) -> None:
+    """A volume of an earlier engagement is replaced; someone else's is refused."""
+    driver = "telenet/telemount:latest"
+    world.docker.create_volume("echo-0", driver, {}, {LABEL_CONNECTION: "blue"})
+    runner(world, FakeDockerCLI(world)).engage(None, "h:1", "echo", ["/a"], ["local/busybox"])
+    assert world.docker.volumes_by_name == {}
+    world.docker.create_volume("echo-0", driver, {}, {})
+    with pytest.raises(CLIError, match="volume named echo-0 exists and is not this engagement's"):
+        runner(world, FakeDockerCLI(world)).engage(None, "h:1", "echo", ["/a"], ["img"])
+    assert world.control.bridges == {}
+
+
+def _server(reply: bytes | None) -> tuple[socket.socket, threading.Thread]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(9)
+            if reply is not None:
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_probe_agent() -> None:
+    """The probe passes on an SFTP VERSION, and fails on a close, a wrong answer or no port."""
+    for reply, ok in ((struct.pack(">IBI", 5, 2, 3), True), (None, False),
+                      (struct.pack(">IBI", 5, 101, 3), False)):  # fmt: skip
+        listener, thread = _server(reply)
+        port = listener.getsockname()[1]
+        try:
+            if ok:
+                probe_agent("127.0.0.1", port, "a:1")
+            else:
+                with pytest.raises(CLIError, match="agent a:1 is unreachable from the daemon"):
+                    probe_agent("127.0.0.1", port, "a:1")
+        finally:
+            thread.join(5)
+            listener.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    with pytest.raises(CLIError, match="unreachable from the daemon .*refused"):
+        probe_agent("127.0.0.1", free, "a:1")

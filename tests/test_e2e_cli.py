@@ -1,0 +1,370 @@
+"""
+End to end: the ``telenet`` CLI on real dockerd, run through its installed entry point.
+
+The module makes its own managed plug-ins (``tntest<id>/teleroute:latest`` and ``…/telemount``)
+through ``telenet connect`` itself, from the telenet image, and its own demo cluster
+(``telenet demo-cluster up --prefix tntest<id>``). Connections are named ``tntest<id>-…``.
+Everything is removed at the end, and each test checks that nothing of its own is left:
+no container, network, volume or bridge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import BUSYBOX, require, run, wait_for
+
+pytestmark = pytest.mark.e2e
+
+TELENET = os.path.join(os.path.dirname(sys.executable), "telenet")
+IMAGE = os.environ.get("TELENET_IMAGE", "telenet")
+SERVICE = "echo.default.svc.cluster.local"
+BODY = "hello from echo.default"
+SECRETS = "/var/run/secrets/kubernetes.io"
+#: Busybox's wget crashes on some hosts (docs/teleroute.md): fetch with nc.
+HTTP_GET = (f"printf 'GET / HTTP/1.0\\r\\nHost: {SERVICE}\\r\\n\\r\\n' | nc -w 5 {SERVICE} 80 "
+            "| sed '1,/^\\r*$/d'")  # fmt: skip
+DURATIONS: dict[str, float] = {}
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+class Env:
+    """The module's config (plug-in names with its prefix), demo cluster and connections."""
+
+    def __init__(self, workdir: str) -> None:
+        self.prefix = f"tntest{uid()}"
+        self.workdir = workdir
+        self.config = os.path.join(workdir, "config.yml")
+        with open(self.config, "w") as f:
+            f.write(f"docker:\n  daemonImage: {IMAGE}\n"
+                    f"  teleroute: {{namespace: {self.prefix}}}\n"
+                    f"  telemount: {{namespace: {self.prefix}}}\n")  # fmt: skip
+        self.plugins = [f"{self.prefix}/teleroute:latest", f"{self.prefix}/telemount:latest"]
+        self.connections: set[str] = set()
+        self.cluster: dict[str, Any] = {}
+
+    def telenet(self, *args: str, check: bool = True, timeout: float = 300
+                ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """Run the installed telenet with this module's config; on failure show its output."""
+        env = {**os.environ, "TELENET_CONFIG": self.config}
+        env.pop("TELENET_CONNECTION", None)
+        result = subprocess.run([TELENET, *args], capture_output=True, text=True, env=env,
+                                timeout=timeout)  # fmt: skip
+        if check:
+            assert result.returncode == 0, (
+                f"telenet {' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout}{result.stderr}"
+            )
+        return result
+
+    def connect(self, name: str, *extra: str, check: bool = True
+                ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        self.connections.add(name)
+        return self.telenet("connect", "--docker", "--name", name, "--vif-network",
+                            self.cluster["network"], "--cluster-dns", self.cluster["cluster_dns"],
+                            *extra, check=check)  # fmt: skip
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(json.loads(self.telenet("status", "--name", name, "--output", "json").stdout))
+
+    def volumes(self) -> list[str]:
+        out = run("docker", "volume", "ls", "-q", "--filter", f"driver={self.plugins[1]}")
+        return out.stdout.split()
+
+    def ours(self) -> dict[str, list[str]]:
+        """Containers and networks whose names hold the prefix, and the plug-in's volumes."""
+        containers = run("docker", "ps", "-a", "--format", "{{.Names}}").stdout.split()
+        networks = run("docker", "network", "ls", "--format", "{{.Name}}").stdout.split()
+        return {
+            "containers": [c for c in containers if self.prefix in c],
+            "networks": [n for n in networks if self.prefix in n],
+            "volumes": self.volumes() if self.plugin_exists(self.plugins[1]) else [],
+        }
+
+    @staticmethod
+    def plugin_exists(name: str) -> bool:
+        return subprocess.run(["docker", "plugin", "inspect", name],
+                              capture_output=True).returncode == 0  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    require(shutil.which("docker") is not None, "the docker CLI is not installed")
+    require(subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
+            "dockerd does not answer (run: scripts/dev setup)")  # fmt: skip
+    for image in (BUSYBOX, IMAGE):
+        found = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
+        require(found.returncode == 0, f"image {image} is missing (run: scripts/dev setup)")
+    require(os.geteuid() == 0, "the plug-ins need root")
+    require(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
+    workdir = f"/tmp/tntest-{uid()}"
+    os.makedirs(workdir)
+    e = Env(workdir)
+    try:
+        out = e.telenet("demo-cluster", "up", "--prefix", e.prefix, "--output", "json")
+        e.cluster = json.loads(out.stdout)
+        yield e
+    finally:
+        for name in sorted(e.connections):
+            e.telenet("quit", "--name", name, check=False)
+        e.telenet("demo-cluster", "down", "--prefix", e.prefix, check=False)
+        for plugin in e.plugins:
+            if e.plugin_exists(plugin):
+                run("docker", "plugin", "rm", "-f", plugin, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if DURATIONS:
+            print("\ntelenet durations: " + ", ".join(f"{k} {v:.1f}s"
+                                                      for k, v in DURATIONS.items()))  # fmt: skip
+
+
+def timed(key: str, env: Env, *args: str, check: bool = True
+          ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    started = time.monotonic()
+    result = env.telenet(*args, check=check)
+    DURATIONS[key] = time.monotonic() - started
+    return result
+
+
+def ip_on(container: str, network: str) -> str:
+    out = run("docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", container).stdout
+    return str(json.loads(out)[network]["IPAddress"])
+
+
+def assert_nothing_left(env: Env, name: str) -> None:
+    """After quit: no container, network or volume of this connection."""
+    left = env.ours()
+    assert not [c for c in left["containers"] if name in c], left
+    assert not [n for n in left["networks"] if n == name], left
+    assert left["volumes"] == [], left
+
+
+def test_story_end_to_end(env: Env) -> None:
+    """
+    connect (plug-ins made on demand), status, docker-run (DNS, service by name, exit code,
+    -p), engage (remote files and the user's -v, then volumes and bridge gone), quit.
+    """
+    name = f"{env.prefix}-blue"
+    env.connections.add(name)
+    out = timed("first connect (plug-ins created)", env, "connect", "--docker", "--name", name,
+                "--vif-network", env.cluster["network"], "--cluster-dns",
+                env.cluster["cluster_dns"]).stdout  # fmt: skip
+    assert f"Creating plug-ins {env.plugins[0]}, {env.plugins[1]}" in out, out
+    assert f"Connected to {name}" in out, out
+    for plugin in env.plugins:
+        enabled = run("docker", "plugin", "inspect", "-f", "{{.Enabled}}", plugin).stdout
+        assert enabled.strip() == "true"
+
+    status = env.status(name)
+    daemon_ip = ip_on(f"tp-{name}", name)
+    assert status["daemon"]["dns"]["local_address"] == f"{daemon_ip}:53"
+    assert status["network"]["name"] == name
+    assert env.cluster["network"] != name and status["daemon"]["routes"]
+    assert [p["mode"] for p in status["plugins"]] == ["managed", "managed"]
+    labels = json.loads(run("docker", "network", "inspect", "-f", "{{json .Labels}}",
+                            name).stdout)  # fmt: skip
+    assert labels["telepresence.io/teleroute/daemon"] == status["daemon"]["container"]
+
+    result = timed("docker-run", env, "--connection", name, "docker-run", "--rm", BUSYBOX,
+                   "sh", "-c", f"{HTTP_GET}; exit 7", check=False)  # fmt: skip
+    assert result.returncode == 7, result
+    assert result.stdout.strip() == BODY, result
+
+    # -p keeps working: the container is created with it, then joined to the network.
+    web = f"{env.prefix}-web"
+    env.telenet("--connection", name, "docker-run", "-d", "--rm", "--name", web, "-p",
+                "127.0.0.1::80", BUSYBOX, "httpd", "-f", "-p", "80", "-h", "/etc")  # fmt: skip
+    try:
+        port = run("docker", "port", web, "80/tcp").stdout.split(":")[-1].strip()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/passwd", timeout=10) as r:
+            assert b"root:x:0:0" in r.read()
+        networks = json.loads(run("docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}",
+                                  web).stdout)  # fmt: skip
+        assert set(networks) == {"bridge", name}
+    finally:
+        run("docker", "rm", "-f", web, check=False)
+
+    data = os.path.join(env.workdir, "data")
+    os.makedirs(data)
+    with open(os.path.join(data, "mine.txt"), "w") as f:
+        f.write("from the workstation\n")
+    result = timed("engage", env, "engage", "--name", name, "--agent", env.cluster["agent"],
+                   "--container", env.cluster["sample_container"], "--remote-mount",
+                   f"{SECRETS}:ro", "--docker-run", "--", "-v", f"{data}:/data", BUSYBOX, "sh",
+                   "-c", f"cat {SECRETS}/serviceaccount/token; cat /data/mine.txt; "
+                   f"touch {SECRETS}/x 2>/dev/null || echo read-only")  # fmt: skip
+    assert result.stdout.split() == ["demo-token-123", "from", "the", "workstation",
+                                     "read-only"], result  # fmt: skip
+    assert env.volumes() == []
+    assert env.status(name)["bridges"] == []
+    assert run("docker", "ps", "-a", "-q", "--filter", "volume=echo-0").stdout == ""
+
+    out = timed("quit", env, "quit", "--name", name).stdout
+    assert f"Disconnected from {name}" in out
+    env.connections.discard(name)
+    assert_nothing_left(env, name)
+
+
+def test_connect_twice_and_after_a_crash(env: Env) -> None:
+    """A second connect reports the connection; after docker kill, connect makes it work again."""
+    name = f"{env.prefix}-twice"
+    env.connect(name)
+    first = env.status(name)["daemon"]["container"]
+    out = timed("second connect", env, "connect", "--docker", "--name", name).stdout
+    assert f"Already connected to {name}" in out
+    assert env.status(name)["daemon"]["container"] == first
+
+    run("docker", "kill", f"tp-{name}")
+    started = time.monotonic()
+    out = env.connect(name).stdout
+    DURATIONS["connect after a crash"] = time.monotonic() - started
+    assert "which stopped" in out and f"Connected to {name}" in out, out
+    second = env.status(name)
+    assert second["daemon"]["running"] and second["daemon"]["container"] != first
+    containers = run("docker", "ps", "-a", "--format", "{{.Names}}").stdout.split()
+    assert [c for c in containers if c == f"tp-{name}"] == [f"tp-{name}"]
+    result = env.telenet("--connection", name, "docker-run", "--rm", BUSYBOX, "sh", "-c",
+                         HTTP_GET)  # fmt: skip
+    assert result.stdout.strip() == BODY
+    env.telenet("quit", "--name", name)
+    env.connections.discard(name)
+    assert_nothing_left(env, name)
+
+
+def next_default_pool() -> str:
+    """The subnet Docker's IPAM would give the next network (172.17-31/16, then 192.168/20)."""
+    ids = run("docker", "network", "ls", "-q").stdout.split()
+    used = []
+    for net in json.loads(run("docker", "network", "inspect", *ids).stdout):
+        for config in (net.get("IPAM") or {}).get("Config") or []:
+            if config.get("Subnet"):
+                used.append(ipaddress.ip_network(config["Subnet"], strict=False))
+    pools = [f"172.{n}.0.0/16" for n in range(17, 32)] + [
+        f"192.168.{n}.0/20" for n in range(0, 256, 16)
+    ]
+    for pool in pools:
+        if not any(ipaddress.ip_network(pool).overlaps(u) for u in used):
+            return pool
+    raise AssertionError("Docker's default pools are all used")
+
+
+def test_subnet_avoids_a_routed_subnet_on_dockers_next_pool(env: Env) -> None:
+    """A routed subnet where Docker's IPAM would go next: the network's subnet avoids it."""
+    name = f"{env.prefix}-subnet"
+    routed = next_default_pool()
+    env.connect(name, "--subnet", routed)
+    status = env.status(name)
+    subnet = ipaddress.ip_network(status["network"]["subnet"])
+    assert not subnet.overlaps(ipaddress.ip_network(routed)), (subnet, routed)
+    assert routed in status["daemon"]["routes"]
+    env.telenet("quit", "--name", name)
+    env.connections.discard(name)
+    assert_nothing_left(env, name)
+
+
+def test_errors_are_one_line_and_leave_nothing(env: Env) -> None:
+    """Name clash, no connection, agent unreachable, bad config: one line, exit 1, nothing left."""
+    clash = f"{env.prefix}-clash"
+    run("docker", "network", "create", clash)
+    try:
+        result = env.connect(clash, check=False)
+        env.connections.discard(clash)
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"telenet connect: a Docker network named {clash} exists and is "
+            "not a teleroute network of telenet: choose another --name\n"
+        )
+        assert run("docker", "ps", "-a", "-q", "--filter", f"name=tp-{clash}").stdout == ""
+    finally:
+        run("docker", "network", "rm", clash, check=False)
+
+    result = env.telenet("--connection", f"{env.prefix}-none", "docker-run", BUSYBOX, check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "not connected to" in result.stderr
+
+    name = f"{env.prefix}-err"
+    env.connect(name)
+    unreachable = f"{env.cluster['ip']}:1"
+    result = env.telenet("engage", "--name", name, "--agent", unreachable, "--container",
+                         "echo", "--remote-mount", "/x", "--docker-run", "--", BUSYBOX, "true",
+                         check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"telenet engage: agent {unreachable} is unreachable from "
+                                    "the daemon")  # fmt: skip
+    assert result.stderr.count("\n") == 1
+    assert env.volumes() == [] and env.status(name)["bridges"] == []
+
+    bad = os.path.join(env.workdir, "bad.yml")
+    with open(bad, "w") as f:
+        f.write("docker:\n  enableIPv4: maybe\n")
+    result = env.telenet("--config", bad, "connect", "--docker", "--name", name, check=False)
+    assert result.returncode == 1
+    assert result.stderr == (f"telenet connect: {bad}: docker.enableIPv4: expected true or "
+                             "false, got str 'maybe'\n")  # fmt: skip
+
+    env.telenet("quit", "--name", name)
+    env.connections.discard(name)
+    assert_nothing_left(env, name)
+
+
+def test_signal_stops_the_engaged_container(env: Env) -> None:
+    """SIGINT to telenet engage stops its container; volumes and bridge are gone after."""
+    name = f"{env.prefix}-sig"
+    env.connect(name)
+    workload = f"{env.prefix}-sigw"
+    env_vars = {**os.environ, "TELENET_CONFIG": env.config}
+    # A shell as PID 1 ignores SIGINT; it traps TERM so that docker stop is quick.
+    proc = subprocess.Popen(
+        [TELENET, "engage", "--name", name, "--agent", env.cluster["agent"], "--container",
+         "echo", "--remote-mount", SECRETS, "--docker-run", "--", "--name", workload, BUSYBOX,
+         "sh", "-c", "trap 'exit 0' TERM; while sleep 0.1; do :; done"],
+        env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={workload}").stdout != "",
+                 30, "the engaged container")  # fmt: skip
+        assert env.volumes() == ["echo-0"]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert run("docker", "ps", "-a", "-q", "--filter", f"name={workload}").stdout == ""
+    assert env.volumes() == []
+    assert env.status(name)["bridges"] == []
+    env.telenet("quit", "--name", name)
+    env.connections.discard(name)
+    assert_nothing_left(env, name)
+
+
+def test_demo(env: Env) -> None:
+    """telenet demo runs the whole story on its own cluster and removes everything."""
+    prefix = f"{env.prefix}demo"
+    started = time.monotonic()
+    result = env.telenet("demo", "--prefix", prefix)
+    DURATIONS["demo"] = time.monotonic() - started
+    out = result.stdout
+    assert f"$ telenet connect --docker --name {prefix}" in out
+    assert BODY in out
+    assert "demo-token-123" in out and "notes.txt" in out
+    assert f"Disconnected from {prefix}" in out and "demo finished" in out
+    left = run("docker", "ps", "-a", "--format", "{{.Names}}").stdout.split()
+    assert [c for c in left if prefix in c] == []
+    networks = run("docker", "network", "ls", "--format", "{{.Name}}").stdout.split()
+    assert [n for n in networks if prefix in n] == []
+    assert env.volumes() == []
