@@ -79,6 +79,8 @@ _EXPECTED = (SFTPStatusError, ConnectionError, ConnectionLost, defer.TimeoutErro
 #: Seconds the kernel (and we) may trust a name or attributes; short, the server is shared.
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
+#: Seconds the kernel may remember that a name does not exist.
+NEGATIVE_TIMEOUT = 1.0
 #: Per open file: bytes of READs kept in flight ahead of a sequential reader.
 READAHEAD_WINDOW = 8 << 20
 #: Per open file: bytes of WRITEs sent but not yet answered before a writer has to wait.
@@ -255,6 +257,7 @@ class SFTPOperations(pyfuse3.Operations):
         readdir_reply: Callable[[Any, bytes, EntryAttributes, int], bool] = pyfuse3.readdir_reply,
         entry_timeout: float = ENTRY_TIMEOUT,
         attr_timeout: float = ATTR_TIMEOUT,
+        negative_timeout: float = NEGATIVE_TIMEOUT,
         readahead: int = READAHEAD_WINDOW,
         write_behind: int = WRITE_BEHIND,
     ) -> None:
@@ -265,6 +268,7 @@ class SFTPOperations(pyfuse3.Operations):
         self._readdir_reply = readdir_reply
         self.entry_timeout = entry_timeout
         self.attr_timeout = attr_timeout
+        self.negative_timeout = negative_timeout
         self._readahead = readahead
         self._write_behind = write_behind
         self.volumes: dict[str, Volume] = {}
@@ -431,6 +435,17 @@ class SFTPOperations(pyfuse3.Operations):
         node.expires = self._now() + self.attr_timeout
         return e
 
+    def _negative(self) -> EntryAttributes:
+        """
+        "No such name", for the kernel to keep a moment (inode 0 makes a negative dentry):
+        tools that probe many paths ask once. Creating the name through this mount replaces
+        it at once; a name made on the server shows after ``negative_timeout``.
+        """
+        e = EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = self.negative_timeout
+        return e
+
     def _root_entry(self) -> EntryAttributes:
         e = EntryAttributes()
         e.st_ino = ROOT_INODE
@@ -513,7 +528,12 @@ class SFTPOperations(pyfuse3.Operations):
         if node is not None and node.entry is not None and node.expires > self._now():
             node.lookups += 1
             return node.entry
-        attrs = await _wait(self._client().lstat(vol.remote(rel)))
+        try:
+            attrs = await _wait(self._client().lstat(vol.remote(rel)))
+        except SFTPStatusError as e:
+            if e.errno != errno.ENOENT or self.negative_timeout <= 0:
+                raise
+            return self._negative()
         if vol.removed:
             raise FUSEError(errno.ENOENT)
         node = self._child(vol, rel)  # again: the table may have changed while we waited

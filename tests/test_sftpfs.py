@@ -242,7 +242,8 @@ async def test_rename_moves_inodes_with_their_children(world: World) -> None:
     again = await world.lookup_path(b"data", b"moved", b"deep")
     assert again.st_ino == deep.st_ino
     assert (await world.lookup_path(b"data", b"moved")).st_ino == sub.st_ino
-    assert await fuse_errno(world.fs.lookup(vol.st_ino, b"sub", None)) == errno.ENOENT
+    gone = await aio(world.fs.lookup(vol.st_ino, b"sub", None))
+    assert gone.st_ino == 0, "a negative entry"
 
 
 @pytest_twisted.ensureDeferred
@@ -1027,3 +1028,16 @@ async def test_fuse_fd_waiter_wakes_only_for_a_waiting_request() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_names_are_negative_entries_for_a_moment(world: World) -> None:
+    """A lookup of a missing name answers inode 0 with the negative timeout, not an error."""
+    await aio(world.setup())
+    vol = await world.lookup_path(b"data")
+    missing = await aio(world.fs.lookup(vol.st_ino, b"nothing-here", None))
+    assert (missing.st_ino, missing.entry_timeout) == (0, world.fs.negative_timeout)
+    _, made = await aio(world.fs.create(vol.st_ino, b"nothing-here", 0o644, os.O_WRONLY, None))
+    assert made.st_ino != 0
+    world.fs.negative_timeout = 0
+    assert await fuse_errno(world.fs.lookup(vol.st_ino, b"still-nothing", None)) == errno.ENOENT
