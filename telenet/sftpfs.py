@@ -1296,11 +1296,13 @@ class FuseFdWaiter:
     A cheaper ``wait_readable`` for pyfuse3's asyncio mode.
 
     pyfuse3 registers the FUSE fd with the loop before each request and removes it after
-    (two epoll_ctl calls and their bookkeeping, a good part of a small request's cost). Here
-    the registration stays while requests keep coming. pyfuse3 lets one task at a time wait
-    (under its read lock), and that task then reads the fd, which blocks if nothing is there;
-    so a waiter is woken only when a zero-timeout poll confirms a request is waiting (a
-    callback queued before the last read may be stale).
+    (two epoll_ctl calls and their bookkeeping), and passes a lock between its worker tasks so
+    that one at a time waits (two more task wake-ups). Together that is a good part of a
+    small request's cost. Here the registration stays while requests keep coming and the
+    lock is a no-op; instead, this waiter wakes one task per request: a woken task reads the
+    fd as soon as it runs (a read that blocks if nothing is there), so no other is woken
+    until it has, and none at all unless a zero-timeout poll confirms a request is waiting
+    (a callback queued before the last read may be stale).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, closed: type[Exception]) -> None:
@@ -1309,6 +1311,7 @@ class FuseFdWaiter:
         self._waiters: dict[int, collections.deque[asyncio.Future[None]]] = {}
         self._polls: dict[int, Any] = {}
         self._idle: dict[int, int] = {}
+        self._waking: set[int] = set()
 
     async def wait_readable(self, fd: int) -> None:
         waiters = self._waiters.get(fd)
@@ -1327,8 +1330,11 @@ class FuseFdWaiter:
         try:
             await future
         finally:
-            if not future.done() and future in waiters:
-                waiters.remove(future)
+            if not future.done():
+                if future in waiters:
+                    waiters.remove(future)
+            elif not future.cancelled() and future.exception() is None:
+                self._waking.discard(fd)  # our caller reads the request right now
 
     def _ready(self, fd: int) -> None:
         waiters = self._waiters.get(fd)
@@ -1337,10 +1343,13 @@ class FuseFdWaiter:
             return  # closed or unwatched since this callback was queued
         while waiters and waiters[0].done():
             waiters.popleft()
+        if fd in self._waking:
+            return  # a woken task is about to read it
         if not self._polls[fd].poll(0):
             return  # queued before the last read took the request
         if waiters:
             waiters.popleft().set_result(None)
+            self._waking.add(fd)
             self._idle[fd] = 0
         elif idle >= 1:
             # Readable twice with nobody waiting: every worker is busy. Stop watching until
@@ -1361,9 +1370,23 @@ class FuseFdWaiter:
         self._polls.pop(fd, None)
 
     def install(self, module: Any) -> None:
-        """Put ``wait_readable`` and ``notify_closing`` in place of pyfuse3.asyncio's."""
+        """
+        Put ``wait_readable``, ``notify_closing`` and the read lock's class in place of
+        pyfuse3.asyncio's (the lock is pyfuse3's only use of ``Lock``).
+        """
         module.wait_readable = self.wait_readable
         module.notify_closing = self.notify_closing
+        module.Lock = _FreeLock
+
+
+class _FreeLock:
+    """pyfuse3's read lock, made redundant by ``FuseFdWaiter``."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 def _label(host: str, port: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import hashlib
 import json
@@ -1002,7 +1003,7 @@ async def test_a_change_seen_in_attributes_drops_what_readers_hold(world: World)
 
 @pytest_twisted.ensureDeferred
 async def test_fuse_fd_waiter_wakes_only_for_a_waiting_request() -> None:
-    """The waiter keeps one registration, wakes a waiter only when the fd really has data."""
+    """One registration; a waiter is woken only when the fd has data and nobody else was."""
     r, w = os.pipe()
 
     async def scenario() -> None:
@@ -1022,6 +1023,20 @@ async def test_fuse_fd_waiter_wakes_only_for_a_waiting_request() -> None:
         waiter.notify_closing(r)
         with pytest.raises(EOFError):
             await second
+
+        async def worker() -> bytes:  # as pyfuse3's: wake, then read at once
+            await waiter.wait_readable(r)
+            return os.read(r, 1)
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        os.write(w, b"y")
+        await asyncio.sleep(0.05)
+        assert [t.result() for t in workers if t.done()] == [b"y"], "one request, one worker"
+        waiter.notify_closing(r)
+        for t in workers:
+            with contextlib.suppress(EOFError):
+                await t
 
     try:
         await aio(scenario())
