@@ -523,13 +523,23 @@ class Endpoint:
         return (self.network, self.ipv4, self.ipv6, self.daemon) == (
             other.network, other.ipv4, other.ipv6, other.daemon)
 
-    def request(self) -> teleroute_pb2.CreateEndpointRequest:
+    def request(self, in_daemon_netns: bool = False) -> teleroute_pb2.CreateEndpointRequest:
+        """
+        The CreateEndpoint request; ``in_daemon_netns`` asks the daemon to set its own
+        interface up itself (a telenet extension that other daemons ignore).
+        """
         def addr(cidr: str) -> bytes:
             return netip.encode_addr(ipaddress.ip_interface(cidr).ip if cidr else None)
 
-        return teleroute_pb2.CreateEndpointRequest(
+        request = teleroute_pb2.CreateEndpointRequest(
             id=self.id, addr_ipv4=addr(self.ipv4), addr_ipv6=addr(self.ipv6), daemon=self.daemon,
         )
+        if in_daemon_netns:
+            request.in_daemon_netns = True
+            request.interface_addresses.extend(
+                netip.encode_prefix(ipaddress.ip_interface(c)) for c in (self.ipv4, self.ipv6)
+                if c)
+        return request
 
 
 def _run_now(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
@@ -811,12 +821,14 @@ class NetworkDriver:
                               ) from None
         return endpoint_id
 
-    async def _realize(self, network: Network, endpoint: Endpoint) -> bool:
+    async def _realize(self, network: Network, endpoint: Endpoint,
+                       in_daemon_netns: bool = False) -> bool:
         """Create a pending daemon endpoint on a connected daemon; False if it is still away."""
         if network.link is None or not network.link.connected or network.link.client is None:
             return False
         try:
-            d = network.link.client.create_endpoint(endpoint.request(), self._timeout)
+            d = network.link.client.create_endpoint(endpoint.request(in_daemon_netns),
+                                                    self._timeout)
             d.addTimeout(self._timeout, self._clock)
             await d
         except TelerouteError as e:
@@ -848,7 +860,10 @@ class NetworkDriver:
 
     async def _settle(self, network: Network, pending: list[Endpoint]) -> None:
         for endpoint in pending:
-            if not await self._realize(network, endpoint):
+            # A telenet daemon sets its interface up itself (it has CAP_NET_ADMIN in its own
+            # netns; a managed plug-in lacks the CAP_SYS_ADMIN to enter it); another daemon
+            # ignores the request's extension and moves the peer to us, as for Docker.
+            if not await self._realize(network, endpoint, in_daemon_netns=True):
                 continue
             assert network.link is not None and network.link.client is not None
             try:
@@ -856,6 +871,12 @@ class NetworkDriver:
                     teleroute_pb2.EndpointIdentifier(id=endpoint.id), self._timeout)
                 d.addTimeout(self._timeout, self._clock)
                 response = await d
+                if response.interface_in_daemon_netns:
+                    log.info("the daemon set up its interface {name} ({addresses}) for "
+                             "endpoint {id} itself", name=response.interface_src_name,
+                             addresses=" ".join(filter(None, (endpoint.ipv4, endpoint.ipv6))),
+                             id=endpoint.id[:12])
+                    continue
                 if self._plumbing is None:
                     raise PlumbingError("this plug-in cannot configure interfaces itself")
                 name = await self._plumbing.adopt(

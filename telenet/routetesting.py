@@ -39,6 +39,8 @@ class FakeEndpoint:
     ipv6: str
     daemon: bool
     veth: str
+    #: Set up by the daemon in its own netns (``in_daemon_netns``).
+    own: bool = False
 
 
 @implementer(ITelerouteClient)
@@ -100,11 +102,15 @@ class MemoryTeleroute:
     ``up`` False makes every call fail UNAVAILABLE (a daemon not running); ``hang`` names calls
     that never answer; ``errors`` maps call names to the error they fail with; ``restart()``
     ends the streams and forgets everything, as a daemon container restart does; ``routes``
-    are the routed subnets (CIDR strings).
+    are the routed subnets (CIDR strings). ``own_interface`` makes it honour the telenet
+    extension ``in_daemon_netns`` (a telenet daemon); without it, it ignores the extension as
+    another daemon would. ``own_interfaces`` records (endpoint id, addresses) it set up.
     """
 
-    def __init__(self, routes: list[str] | None = None) -> None:
+    def __init__(self, routes: list[str] | None = None, own_interface: bool = False) -> None:
         self.up = True
+        self.own_interface = own_interface
+        self.own_interfaces: list[tuple[str, list[str]]] = []
         self.hang: set[str] = set()
         self.errors: dict[str, TelerouteError] = {}
         self.routes = list(routes or [])
@@ -177,9 +183,14 @@ class MemoryTeleroute:
             raise TelerouteError(StatusCode.ALREADY_EXISTS,
                                  f"endpoint {request.id} already exists")
         self._veths += 1
+        own = self.own_interface and request.daemon and request.in_daemon_netns
         self.endpoints[request.id] = FakeEndpoint(
-            request.id, str(v4 or ""), str(v6 or ""), request.daemon, f"tp-fake{self._veths:08d}"
-        )
+            request.id, str(v4 or ""), str(v6 or ""), request.daemon,
+            "tpd-0" if own else f"tp-fake{self._veths:08d}", own)
+        if own:
+            self.own_interfaces.append((request.id, [
+                f"{ipaddress.ip_address(raw[:-1])}/{raw[-1]}"
+                for raw in request.interface_addresses]))
 
     def _get(self, endpoint_id: str) -> FakeEndpoint:
         endpoint = self.endpoints.get(endpoint_id)
@@ -190,7 +201,8 @@ class MemoryTeleroute:
     def join(self, request: teleroute_pb2.EndpointIdentifier) -> teleroute_pb2.JoinResponse:
         endpoint = self._get(request.id)
         response = teleroute_pb2.JoinResponse(interface_src_name=endpoint.veth,
-                                              interface_dst_prefix="tpd-")
+                                              interface_dst_prefix="tpd-",
+                                              interface_in_daemon_netns=endpoint.own)
         if not endpoint.daemon:
             networks = [ipaddress.ip_network(r) for r in self.routes]
             for n in networks:

@@ -79,11 +79,17 @@ def random_mac(random_bytes: RandomBytes = os.urandom) -> str:
 
 @attrs.frozen
 class VethPair:
-    """A veth pair made for one container address: ``host`` on the bridge, ``peer`` moved."""
+    """
+    A veth pair made for one container address: ``host`` on the bridge, ``peer`` moved.
+
+    A ``local`` pair's peer stays in the daemon's own netns, set up there as an interface of
+    the daemon (``in_daemon_netns``); it is never handed to another container.
+    """
 
     host: str
     peer: str
     peer_mac: str
+    local: bool = False
 
 
 @attrs.frozen
@@ -218,13 +224,71 @@ class Teleroute:
         if request.id in self.endpoints:
             raise TelerouteError(grpc.StatusCode.ALREADY_EXISTS,
                                  f"endpoint {request.id} already exists")
-        pair = await self._pair(key)
+        if request.daemon and request.in_daemon_netns:
+            pair = await self._local_pair(key, request.interface_addresses)
+        else:
+            pair = await self._pair(key)
         self.endpoints[request.id] = Endpoint(request.id, pair, request.daemon, ipv4, ipv6)
         log.info("Endpoint {endpoint} for {address}: {host} <-> {peer}",
                  endpoint=request.id[:12], address=str(key), host=pair.host, peer=pair.peer)
 
+    async def _forget_pair(self, key: Address) -> None:
+        pair = self.pairs.pop(key, None)
+        if pair is None:
+            return
+        try:
+            await self.netlink.delete_link(pair.host)
+        except LinkNotFound:
+            pass
+
+    async def _local_pair(self, key: Address, raw_addresses: Iterable[bytes]) -> VethPair:
+        """
+        A veth pair whose peer is the daemon's own interface, set up here: the daemon's
+        endpoint joined while the daemon was away (Docker gave its container no interface).
+        A managed plug-in cannot configure a link inside our netns (no CAP_SYS_ADMIN); we can.
+        """
+        addresses: list[Interface] = []
+        for raw in raw_addresses:
+            try:
+                address = decode_prefix(raw)
+            except NetipError as e:
+                raise TelerouteError(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"invalid interface address: {e}") from e
+            if address is not None:
+                addresses.append(address)
+        if not addresses:
+            raise TelerouteError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 "in_daemon_netns needs interface_addresses")
+        await self._forget_pair(key)
+        names = {link.name for link in await self.netlink.links()}
+        n = 0
+        while f"{DST_PREFIX}{n}" in names:
+            n += 1
+        host, peer = veth_name(self.random_bytes), f"{DST_PREFIX}{n}"
+        pair = VethPair(host, peer, random_mac(self.random_bytes), local=True)
+        await self.netlink.create_veth(host, random_mac(self.random_bytes), peer, pair.peer_mac)
+        try:
+            await self.netlink.set_master(host, self.bridge)
+            for address in addresses:
+                await self.netlink.add_address(peer, address)
+            await self.netlink.set_up(peer)
+        except Exception:
+            try:
+                await self.netlink.delete_link(host)
+            except NetlinkFailure:
+                log.failure("Could not delete half-made veth {link}", link=host)
+            raise
+        self.pairs[key] = pair
+        log.info("Own interface {peer} ({addresses}) made in the daemon's netns", peer=peer,
+                 addresses=" ".join(str(a) for a in addresses))
+        return pair
+
     async def _pair(self, key: Address) -> VethPair:
         cached = self.pairs.get(key)
+        if cached is not None and cached.local:
+            # The daemon's own interface once: never hand it to a container.
+            await self._forget_pair(key)
+            cached = None
         if cached is not None:
             if await self.netlink.get_link(cached.host) is not None:
                 return cached
@@ -263,7 +327,8 @@ class Teleroute:
         endpoint = self._endpoint(endpoint_id)
         await self.netlink.set_up(endpoint.pair.host)
         response = teleroute_pb2.JoinResponse(interface_src_name=endpoint.pair.peer,
-                                              interface_dst_prefix=DST_PREFIX)
+                                              interface_dst_prefix=DST_PREFIX,
+                                              interface_in_daemon_netns=endpoint.pair.local)
         if not endpoint.daemon:
             routes = sorted(self.routes(), key=lambda n: (n.version, n))
             if any(r.version == 4 for r in routes):

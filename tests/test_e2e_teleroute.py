@@ -415,17 +415,22 @@ def test_route_added_on_the_vif_reaches_later_joiners(legacy_setup: Setup) -> No
     assert s.run(s.get(address), check=False).stdout.strip() == BODY
 
 
-def test_daemon_restart_new_workloads_reach_the_cluster(legacy_setup: Setup) -> None:
+def test_daemon_restart_new_workloads_reach_the_cluster(setup: Setup) -> None:
     """
-    After ``docker restart`` of the daemon, a new workload reaches the cluster within 5 s.
+    After ``docker restart`` of the daemon, a new workload reaches the cluster within 5 s,
+    with the legacy and the managed plug-in.
 
-    Docker joins the restarted container's endpoint before the daemon runs; the plug-in gives
-    the daemon its interface itself once it is back, which takes entering the daemon's
-    namespace (CAP_SYS_ADMIN): the legacy plug-in. The managed one has CAP_NET_ADMIN only.
+    Docker joins the restarted container's endpoint before the daemon runs; once the daemon is
+    back, the plug-in asks it to set its own interface up in its own netns (the managed
+    plug-in, with CAP_NET_ADMIN only, could not enter that namespace itself).
     """
-    s = legacy_setup
+    s = setup
     assert reaches_cluster(s).strip() == BODY
     docker("restart", "-t", "5", s.daemon, timeout=60)
+    if ip_on(s.daemon, "bridge") != s.host:
+        # The network's host option names the old address: on a shared host another
+        # container can take it on the default bridge while the daemon is down.
+        pytest.skip(f"the daemon's bridge address {s.host} was taken during the restart")
     s.wait_for_daemon()
     back = time.monotonic()
     s.address = ip_on(s.daemon, s.network)

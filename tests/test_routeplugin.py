@@ -609,6 +609,40 @@ def test_daemon_endpoint_joins_while_the_daemon_is_away() -> None:
     assert answer["StaticRoutes"][0]["NextHop"] == "172.21.0.4"
 
 
+def test_telenet_daemon_sets_up_its_own_interface() -> None:
+    """
+    A telenet daemon back after a restart sets its interface up itself (in_daemon_netns):
+    the plug-in needs no namespace plumbing (a managed plug-in lacks CAP_SYS_ADMIN for it).
+    """
+    h = Harness(daemon=MemoryTeleroute(routes=["10.123.0.0/16"], own_interface=True))
+    h.network()
+    h.daemon_joins()
+    daemon_container_restarts(h)
+    h.daemon.start()
+    h.clock.advance(2)
+    assert h.daemon.own_interfaces == [(D2, ["172.21.0.4/16"])]
+    assert h.plumbing.adopted == []
+    assert not h.driver.endpoints[D2].pending
+    answer = h.workload_joins(endpoint="w2" * 32, address="172.21.0.5/16")
+    assert answer["StaticRoutes"][0]["NextHop"] == "172.21.0.4"
+
+
+def test_in_daemon_netns_only_for_the_pending_daemon_endpoint() -> None:
+    """Docker's own joins (the daemon back in time, workloads) never ask for in_daemon_netns."""
+    h = Harness(daemon=MemoryTeleroute(routes=["10.123.0.0/16"], own_interface=True))
+    h.network()
+    h.daemon_joins()
+    h.workload_joins()
+    h.daemon.stop()
+    h.ok("/NetworkDriver.CreateEndpoint",
+         endpoint_body(D2, "172.21.0.4/16", options={"daemon": "true"}))
+    h.daemon.start()
+    h.clock.advance(2)
+    answer = h.ok("/NetworkDriver.Join", {**ids(D2), "SandboxKey": SANDBOX})
+    assert answer["InterfaceName"]["SrcName"].startswith("tp-fake")
+    assert h.daemon.own_interfaces == [] and h.plumbing.adopted == []
+
+
 def test_workload_joining_first_waits_for_the_daemon_endpoint() -> None:
     """A workload whose call brings the connection back waits until the daemon has its address."""
     h = Harness()

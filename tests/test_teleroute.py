@@ -250,6 +250,46 @@ def test_daemon_endpoint_records_addresses(h: Harness) -> None:
     assert heard == [(DAEMON_V4, DAEMON_V6)]
 
 
+def test_daemon_endpoint_in_daemon_netns(h: Harness) -> None:
+    """
+    in_daemon_netns (a telenet extension): the daemon's own endpoint, joined while it was
+    away, gets its peer set up here as the next free tpd-N with its addresses, up; Join says
+    so; and the pair is never handed to a container later.
+    """
+    h.connect("172.30.0.1/16")
+    result_of(h.netlink.create_veth("tpd-0", "02:00:00:00:00:01", "x-peer", "02:00:00:00:00:02"))
+    result_of(h.core.create_endpoint(pb.CreateEndpointRequest(
+        id="d", daemon=True, addr_ipv4=encode_addr(DAEMON_V4), in_daemon_netns=True,
+        interface_addresses=[encode_prefix(I("172.30.0.2/16"))])))
+    pair = h.core.endpoints["d"].pair
+    assert pair.local and pair.peer == "tpd-1"
+    assert h.netlink.moved == {}
+    assert h.netlink.links_by_name["tpd-1"].up
+    assert h.netlink.links_by_name[pair.host].master == "br-daemon"
+    assert result_of(h.netlink.addresses("tpd-1")) == [I("172.30.0.2/16")]
+    response = result_of(h.join("d"))
+    assert response.interface_in_daemon_netns and response.interface_src_name == "tpd-1"
+    assert h.core.daemon_ipv4 == DAEMON_V4
+    h.core.remove_endpoint(pb.EndpointIdentifier(id="d"))
+    # The same address for a container later: a fresh pair, moved to the plug-in.
+    result_of(h.create("w", v4="172.30.0.2"))
+    assert not h.core.endpoints["w"].pair.local
+    assert pair.host not in h.netlink.links_by_name
+    assert h.netlink.moved == {h.core.endpoints["w"].pair.peer: PID}
+
+
+def test_in_daemon_netns_needs_addresses_and_is_daemon_only(h: Harness) -> None:
+    """Without addresses in_daemon_netns is refused; on a workload's endpoint it is ignored."""
+    h.connect()
+    code, _ = _code(h.core.create_endpoint(pb.CreateEndpointRequest(
+        id="d", daemon=True, addr_ipv4=encode_addr(DAEMON_V4), in_daemon_netns=True)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    result_of(h.core.create_endpoint(pb.CreateEndpointRequest(
+        id="w", addr_ipv4=encode_addr(A("172.30.0.9")), in_daemon_netns=True,
+        interface_addresses=[encode_prefix(I("172.30.0.9/16"))])))
+    assert not h.core.endpoints["w"].pair.local
+
+
 def test_join_daemon_gets_no_routes(h: Harness) -> None:
     """The daemon's own Join gets the interface and gateways but no routes and no via."""
     h.connect("172.30.0.1/16")

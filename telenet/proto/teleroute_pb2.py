@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtelenet/proto/teleroute.proto\x12\x16telepresence.teleroute\x1a\x1bgoogle/protobuf/empty.proto\"/\n\x0e\x43onnectRequest\x12\x10\n\x08gateways\x18\x01 \x03(\x0c\x12\x0b\n\x03pid\x18\x02 \x01(\x03\"Y\n\x15\x43reateEndpointRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\taddr_ipv4\x18\x02 \x01(\x0c\x12\x0e\n\x06\x64\x61\x65mon\x18\x03 \x01(\x08\x12\x11\n\taddr_ipv6\x18\x04 \x01(\x0c\" \n\x12\x45ndpointIdentifier\x12\n\n\x02id\x18\x01 \x01(\t\"\xc3\x01\n\x0cJoinResponse\x12\x1a\n\x12interface_src_name\x18\x01 \x01(\t\x12\x1c\n\x14interface_dst_prefix\x18\x02 \x01(\t\x12\x0e\n\x06routes\x18\x03 \x03(\x0c\x12\x0b\n\x03via\x18\x04 \x01(\x0c\x12\x10\n\x08gw_ip_v4\x18\x05 \x01(\x0c\x12\x10\n\x08gw_ip_v6\x18\x06 \x01(\x0c\x12\x12\n\ndisable_gw\x18\x07 \x01(\x08\x12\x11\n\tvia_ip_v4\x18\x08 \x01(\x0c\x12\x11\n\tvia_ip_v6\x18\t \x01(\x0c\"i\n\x04Info\x12\x34\n\x04info\x18\x01 \x03(\x0b\x32&.telepresence.teleroute.Info.InfoEntry\x1a+\n\tInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xb4\x03\n\tTeleroute\x12Q\n\x07\x43onnect\x12&.telepresence.teleroute.ConnectRequest\x1a\x1c.telepresence.teleroute.Info0\x01\x12W\n\x0e\x43reateEndpoint\x12-.telepresence.teleroute.CreateEndpointRequest\x1a\x16.google.protobuf.Empty\x12T\n\x0eRemoveEndpoint\x12*.telepresence.teleroute.EndpointIdentifier\x1a\x16.google.protobuf.Empty\x12X\n\x04Join\x12*.telepresence.teleroute.EndpointIdentifier\x1a$.telepresence.teleroute.JoinResponse\x12K\n\x05Leave\x12*.telepresence.teleroute.EndpointIdentifier\x1a\x16.google.protobuf.EmptyB9Z7github.com/telepresenceio/telepresence/rpc/v2/telerouteb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtelenet/proto/teleroute.proto\x12\x16telepresence.teleroute\x1a\x1bgoogle/protobuf/empty.proto\"/\n\x0e\x43onnectRequest\x12\x10\n\x08gateways\x18\x01 \x03(\x0c\x12\x0b\n\x03pid\x18\x02 \x01(\x03\"\x8f\x01\n\x15\x43reateEndpointRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\taddr_ipv4\x18\x02 \x01(\x0c\x12\x0e\n\x06\x64\x61\x65mon\x18\x03 \x01(\x08\x12\x11\n\taddr_ipv6\x18\x04 \x01(\x0c\x12\x17\n\x0fin_daemon_netns\x18\x64 \x01(\x08\x12\x1b\n\x13interface_addresses\x18\x65 \x03(\x0c\" \n\x12\x45ndpointIdentifier\x12\n\n\x02id\x18\x01 \x01(\t\"\xe6\x01\n\x0cJoinResponse\x12\x1a\n\x12interface_src_name\x18\x01 \x01(\t\x12\x1c\n\x14interface_dst_prefix\x18\x02 \x01(\t\x12\x0e\n\x06routes\x18\x03 \x03(\x0c\x12\x0b\n\x03via\x18\x04 \x01(\x0c\x12\x10\n\x08gw_ip_v4\x18\x05 \x01(\x0c\x12\x10\n\x08gw_ip_v6\x18\x06 \x01(\x0c\x12\x12\n\ndisable_gw\x18\x07 \x01(\x08\x12\x11\n\tvia_ip_v4\x18\x08 \x01(\x0c\x12\x11\n\tvia_ip_v6\x18\t \x01(\x0c\x12!\n\x19interface_in_daemon_netns\x18\x64 \x01(\x08\"i\n\x04Info\x12\x34\n\x04info\x18\x01 \x03(\x0b\x32&.telepresence.teleroute.Info.InfoEntry\x1a+\n\tInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xb4\x03\n\tTeleroute\x12Q\n\x07\x43onnect\x12&.telepresence.teleroute.ConnectRequest\x1a\x1c.telepresence.teleroute.Info0\x01\x12W\n\x0e\x43reateEndpoint\x12-.telepresence.teleroute.CreateEndpointRequest\x1a\x16.google.protobuf.Empty\x12T\n\x0eRemoveEndpoint\x12*.telepresence.teleroute.EndpointIdentifier\x1a\x16.google.protobuf.Empty\x12X\n\x04Join\x12*.telepresence.teleroute.EndpointIdentifier\x1a$.telepresence.teleroute.JoinResponse\x12K\n\x05Leave\x12*.telepresence.teleroute.EndpointIdentifier\x1a\x16.google.protobuf.EmptyB9Z7github.com/telepresenceio/telepresence/rpc/v2/telerouteb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +37,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFO_INFOENTRY']._serialized_options = b'8\001'
   _globals['_CONNECTREQUEST']._serialized_start=86
   _globals['_CONNECTREQUEST']._serialized_end=133
-  _globals['_CREATEENDPOINTREQUEST']._serialized_start=135
-  _globals['_CREATEENDPOINTREQUEST']._serialized_end=224
-  _globals['_ENDPOINTIDENTIFIER']._serialized_start=226
-  _globals['_ENDPOINTIDENTIFIER']._serialized_end=258
-  _globals['_JOINRESPONSE']._serialized_start=261
-  _globals['_JOINRESPONSE']._serialized_end=456
-  _globals['_INFO']._serialized_start=458
-  _globals['_INFO']._serialized_end=563
-  _globals['_INFO_INFOENTRY']._serialized_start=520
-  _globals['_INFO_INFOENTRY']._serialized_end=563
-  _globals['_TELEROUTE']._serialized_start=566
-  _globals['_TELEROUTE']._serialized_end=1002
+  _globals['_CREATEENDPOINTREQUEST']._serialized_start=136
+  _globals['_CREATEENDPOINTREQUEST']._serialized_end=279
+  _globals['_ENDPOINTIDENTIFIER']._serialized_start=281
+  _globals['_ENDPOINTIDENTIFIER']._serialized_end=313
+  _globals['_JOINRESPONSE']._serialized_start=316
+  _globals['_JOINRESPONSE']._serialized_end=546
+  _globals['_INFO']._serialized_start=548
+  _globals['_INFO']._serialized_end=653
+  _globals['_INFO_INFOENTRY']._serialized_start=610
+  _globals['_INFO_INFOENTRY']._serialized_end=653
+  _globals['_TELEROUTE']._serialized_start=656
+  _globals['_TELEROUTE']._serialized_end=1092
 # @@protoc_insertion_point(module_scope)

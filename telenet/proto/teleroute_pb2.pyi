@@ -16,16 +16,20 @@ class ConnectRequest(_message.Message):
     def __init__(self, gateways: _Optional[_Iterable[bytes]] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class CreateEndpointRequest(_message.Message):
-    __slots__ = ("id", "addr_ipv4", "daemon", "addr_ipv6")
+    __slots__ = ("id", "addr_ipv4", "daemon", "addr_ipv6", "in_daemon_netns", "interface_addresses")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDR_IPV4_FIELD_NUMBER: _ClassVar[int]
     DAEMON_FIELD_NUMBER: _ClassVar[int]
     ADDR_IPV6_FIELD_NUMBER: _ClassVar[int]
+    IN_DAEMON_NETNS_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     id: str
     addr_ipv4: bytes
     daemon: bool
     addr_ipv6: bytes
-    def __init__(self, id: _Optional[str] = ..., addr_ipv4: _Optional[bytes] = ..., daemon: _Optional[bool] = ..., addr_ipv6: _Optional[bytes] = ...) -> None: ...
+    in_daemon_netns: bool
+    interface_addresses: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, id: _Optional[str] = ..., addr_ipv4: _Optional[bytes] = ..., daemon: _Optional[bool] = ..., addr_ipv6: _Optional[bytes] = ..., in_daemon_netns: _Optional[bool] = ..., interface_addresses: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class EndpointIdentifier(_message.Message):
     __slots__ = ("id",)
@@ -34,7 +38,7 @@ class EndpointIdentifier(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("interface_src_name", "interface_dst_prefix", "routes", "via", "gw_ip_v4", "gw_ip_v6", "disable_gw", "via_ip_v4", "via_ip_v6")
+    __slots__ = ("interface_src_name", "interface_dst_prefix", "routes", "via", "gw_ip_v4", "gw_ip_v6", "disable_gw", "via_ip_v4", "via_ip_v6", "interface_in_daemon_netns")
     INTERFACE_SRC_NAME_FIELD_NUMBER: _ClassVar[int]
     INTERFACE_DST_PREFIX_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +48,7 @@ class JoinResponse(_message.Message):
     DISABLE_GW_FIELD_NUMBER: _ClassVar[int]
     VIA_IP_V4_FIELD_NUMBER: _ClassVar[int]
     VIA_IP_V6_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_IN_DAEMON_NETNS_FIELD_NUMBER: _ClassVar[int]
     interface_src_name: str
     interface_dst_prefix: str
     routes: _containers.RepeatedScalarFieldContainer[bytes]
@@ -53,7 +58,8 @@ class JoinResponse(_message.Message):
     disable_gw: bool
     via_ip_v4: bytes
     via_ip_v6: bytes
-    def __init__(self, interface_src_name: _Optional[str] = ..., interface_dst_prefix: _Optional[str] = ..., routes: _Optional[_Iterable[bytes]] = ..., via: _Optional[bytes] = ..., gw_ip_v4: _Optional[bytes] = ..., gw_ip_v6: _Optional[bytes] = ..., disable_gw: _Optional[bool] = ..., via_ip_v4: _Optional[bytes] = ..., via_ip_v6: _Optional[bytes] = ...) -> None: ...
+    interface_in_daemon_netns: bool
+    def __init__(self, interface_src_name: _Optional[str] = ..., interface_dst_prefix: _Optional[str] = ..., routes: _Optional[_Iterable[bytes]] = ..., via: _Optional[bytes] = ..., gw_ip_v4: _Optional[bytes] = ..., gw_ip_v6: _Optional[bytes] = ..., disable_gw: _Optional[bool] = ..., via_ip_v4: _Optional[bytes] = ..., via_ip_v6: _Optional[bytes] = ..., interface_in_daemon_netns: _Optional[bool] = ...) -> None: ...
 
 class Info(_message.Message):
     __slots__ = ("info",)
