@@ -267,7 +267,7 @@ class Connector:
         try:
             version = self.docker.api_version()
         except DockerUnavailable as e:
-            raise CLIError(f"Docker is not available ({e}): is dockerd running?") from None
+            raise CLIError(f"Docker is not available at {e}: is dockerd running?") from None
         if not api_version_ok(version):
             raise CLIError(
                 f"Docker API {version} is too old: telenet needs Docker 20.10 (API 1.41) or newer"
@@ -594,12 +594,19 @@ class Connector:
         options = {"host": host, "port": str(self.config.teleroute_port)}
         labels = {LABEL_DAEMON: daemon_id, LABEL_CONNECTION: name}
         subnet_text = str(subnet) if subnet is not None else None
-        try:
-            network_id, warning = self.docker.create_network(
-                name, driver, options, labels, subnet_text, ipv6
-            )
-        except DockerError as e:
-            raise CLIError(f"Unable to create network {name}: {e}") from None
+        deadline = self.clock() + self.ready_timeout
+        while True:
+            try:
+                network_id, warning = self.docker.create_network(
+                    name, driver, options, labels, subnet_text, ipv6
+                )
+                break
+            except DockerError as e:
+                # The control API answers before the teleroute gRPC port may (a loaded host):
+                # the plug-in then refuses the network, and a later try succeeds.
+                if "teleroute service" not in str(e) or self.clock() >= deadline:
+                    raise CLIError(f"Unable to create network {name}: {e}") from None
+            self.sleep(0.2)
         if warning:
             self.say(f"Warning from Docker: {warning}")
         try:

@@ -155,11 +155,8 @@ def _ensure_images(connector: Connector, say: Callable[[str], None]) -> None:
 
 
 def http_get(host: str, path: str = "/") -> str:
-    """A shell line for busybox: the body of an HTTP GET (nc: wget crashes on some hosts)."""
-    return (
-        f"printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' | nc -w 5 {host} 80 "
-        "| sed '1,/^\\r*$/d'"
-    )
+    """A shell line for busybox: an HTTP GET with nc (busybox wget crashes on some hosts)."""
+    return f'printf "GET {path} HTTP/1.0\\r\\n\\r\\n" | nc -w 5 {host} 80'
 
 
 def run_demo(
@@ -214,7 +211,7 @@ def run_demo(
             BUSYBOX,
             "sh",
             "-c",
-            f"nslookup {SERVICE} | tail -n 3; {http_get(SERVICE)}",
+            f"nslookup -type=a {SERVICE}; {http_get(SERVICE)}",
         )
         step(
             "engage",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import tarfile
 import tempfile
@@ -248,15 +249,18 @@ def _under_rootfs(name: str) -> str:
 
 
 def plugin_contexts(
-    export: io.RawIOBase | io.BufferedIOBase, kinds: list[str], directory: str
+    export: io.RawIOBase | io.BufferedIOBase, plugins: list[tuple[str, str]], directory: str
 ) -> dict[str, str]:
     """
-    One ``docker plugin create`` context per kind, written in one pass over an exported rootfs:
-    ``config.json``, ``rootfs/…`` and a marker ``rootfs/etc/telenet-plugin`` (Docker stores a
-    rootfs by content and refuses a second plug-in with the very same one).
+    One ``docker plugin create`` context per plug-in ``(name, kind)``, written in one pass over
+    an exported rootfs: ``config.json`` of the kind, ``rootfs/…`` and a marker
+    ``rootfs/etc/telenet-plugin`` holding the name. Docker stores a rootfs by content and
+    refuses a second plug-in with the very same one, so the marker must differ between any two
+    plug-ins made from one image, whatever their kind.
     """
-    paths = {kind: os.path.join(directory, f"{kind}.tar") for kind in kinds}
-    outs = {kind: tarfile.open(path, "w") for kind, path in paths.items()}
+    paths = {name: os.path.join(directory, f"{i}.tar") for i, (name, _) in enumerate(plugins)}
+    kinds = dict(plugins)
+    outs = {name: tarfile.open(path, "w") for name, path in paths.items()}
     try:
         with tarfile.open(fileobj=export, mode="r|") as source:
             for member in source:
@@ -267,10 +271,10 @@ def plugin_contexts(
                 payload = data.read() if data is not None else None
                 for out in outs.values():
                     out.addfile(member, io.BytesIO(payload) if payload is not None else None)
-        for kind, out in outs.items():
+        for plugin, out in outs.items():
             for name, payload in (
-                ("config.json", json.dumps(PLUGIN_CONFIGS[kind], indent=2).encode()),
-                ("rootfs/etc/telenet-plugin", f"{kind}\n".encode()),
+                ("config.json", json.dumps(PLUGIN_CONFIGS[kinds[plugin]], indent=2).encode()),
+                ("rootfs/etc/telenet-plugin", f"{plugin}\n".encode()),
             ):
                 info = tarfile.TarInfo(name)
                 info.size = len(payload)
@@ -297,7 +301,7 @@ class SDKDocker:
             try:
                 self._client = docker.from_env(version="auto", timeout=120)
             except docker.errors.DockerException as e:
-                raise DockerUnavailable(_explain(e)) from None
+                raise DockerUnavailable(_unreachable(e)) from None
         return self._client
 
     @property
@@ -317,7 +321,7 @@ class SDKDocker:
                 raise Conflict(_explain(e)) from None
             raise DockerError(_explain(e)) from None
         except requests.exceptions.ConnectionError as e:
-            raise DockerUnavailable(f"cannot reach Docker: {e}") from None
+            raise DockerUnavailable(_unreachable(e)) from None
         except docker.errors.DockerException as e:
             raise DockerError(_explain(e)) from None
 
@@ -343,15 +347,18 @@ class SDKDocker:
         self.enable_plugin(name)
 
     def create_plugins(self, image: str, plugins: list[tuple[str, str]]) -> None:
-        created = self._call(self.api.create_container, image, ["true"])
+        # Named after the first plug-in, so that a leftover (the CLI killed meanwhile) says
+        # whose it is.
+        rootfs_name = "rootfs-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", plugins[0][0])
+        self._maybe(self.api.remove_container, rootfs_name, force=True)
+        created = self._call(self.api.create_container, image, ["true"], name=rootfs_name)
         try:
             with tempfile.TemporaryDirectory(prefix="telenet-plugin-") as tmp:
                 stream = self._call(self.api.export, created["Id"])
                 reader = io.BufferedReader(_ChunkReader(iter(stream)), 1 << 20)
-                kinds = sorted({kind for _, kind in plugins})
-                contexts = plugin_contexts(reader, kinds, tmp)
-                for name, kind in plugins:
-                    with open(contexts[kind], "rb") as context:
+                contexts = plugin_contexts(reader, plugins, tmp)
+                for name, _ in plugins:
+                    with open(contexts[name], "rb") as context:
                         # docker-py's create_plugin wants an unpacked directory; posting the
                         # context we already have saves writing the rootfs out twice.
                         response = self._call(
@@ -482,6 +489,17 @@ class SDKDocker:
 
     def remove_volume(self, name: str) -> None:
         self._call(self.api.remove_volume, name)
+
+
+def _unreachable(e: Exception) -> str:
+    """Where Docker was looked for and why it did not answer, briefly."""
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    text = str(e)
+    for reason in ("No such file or directory", "Permission denied", "Connection refused",
+                   "timed out"):  # fmt: skip
+        if reason in text:
+            return f"{host}: {reason}"
+    return f"{host}: {_explain(e)}"
 
 
 def _port_tuple(spec: str) -> tuple[int, str]:

@@ -60,6 +60,7 @@ class CreatePlan:
     tty: bool
     interactive: bool
     sig_proxy: bool
+    remove: bool = False
 
 
 def plan_create(
@@ -87,6 +88,7 @@ def plan_create(
         tty=run.boolean("tty"),
         interactive=run.boolean("interactive"),
         sig_proxy=sig_proxy,
+        remove=force_rm or run.boolean("rm"),
     )
 
 
@@ -182,7 +184,12 @@ class Runner:
                 return started.returncode or 125
             print(container, flush=True)
             return 0
-        return self._attach(container, plan)
+        try:
+            return self._attach(container, plan)
+        finally:
+            if plan.remove:
+                # --rm removes a container that ran; one that failed to start stays "created".
+                self.docker.remove_container(container)
 
     def _attach(self, container: str, plan: CreatePlan) -> int:
         command = [self.docker_cli, "start", "--attach"]

@@ -413,7 +413,7 @@ class MemoryDocker:
 
     def _check(self, method: str) -> None:
         if self.version is None:
-            raise DockerUnavailable("Cannot connect to the Docker daemon")
+            raise DockerUnavailable("unix:///var/run/docker.sock: Connection refused")
         error = self.fail.pop(method, None)
         if error is not None:
             raise error

@@ -190,7 +190,10 @@ def test_docker_missing_or_too_old(world: World) -> None:
     with pytest.raises(CLIError, match="API 1.40 is too old: telenet needs Docker 20.10"):
         world.connect()
     world.docker.version = None
-    with pytest.raises(CLIError, match="Docker is not available .*: is dockerd running"):
+    with pytest.raises(
+        CLIError,
+        match="Docker is not available at unix:///var/run/docker.sock: Connection refused: is",
+    ):
         world.connect()
 
 
@@ -298,6 +301,16 @@ def test_daemon_exiting_at_start_shows_its_last_line(world: World) -> None:
     with pytest.raises(CLIError, match=r"exited \(code 1\): twistd: --vif 'x y' is not"):
         world.connect()
     assert world.docker.container_names() == []
+
+
+def test_network_creation_retried_while_the_daemon_starts(world: World) -> None:
+    """The plug-in cannot reach the daemon's gRPC port yet: the creation is tried again."""
+    world.docker.fail["create_network"] = DockerError(
+        "NetworkDriver.CreateNetwork: unable to connect to the teleroute service at "
+        "172.17.0.2:4039: Connection refused"
+    )
+    world.connect()
+    assert world.docker.network("blue") is not None
 
 
 def test_network_creation_failure_removes_the_daemon(world: World) -> None:
@@ -424,7 +437,7 @@ def test_plugin_configs_match_the_repository() -> None:
 
 
 def test_plugin_contexts_prefix_the_rootfs(tmp_path: Any) -> None:
-    """One pass over an exported rootfs gives each kind rootfs/…, config.json and a marker."""
+    """One pass over an exported rootfs: rootfs/…, the kind's config.json, a marker per name."""
     export = io.BytesIO()
     with tarfile.open(fileobj=export, mode="w") as tar:
         for name, data in (("bin/sh", b"#!"), (".hidden", b"h")):
@@ -436,14 +449,17 @@ def test_plugin_contexts_prefix_the_rootfs(tmp_path: Any) -> None:
         link.linkname = "bin/sh"
         tar.addfile(link)
     export.seek(0)
-    paths = plugin_contexts(export, ["teleroute", "telemount"], str(tmp_path))
-    for kind, path in paths.items():
+    plugins = [("a/teleroute:1", "teleroute"), ("a/telemount:1", "telemount")]
+    paths = plugin_contexts(export, plugins, str(tmp_path))
+    assert list(paths) == ["a/teleroute:1", "a/telemount:1"]
+    for name, kind in plugins:
+        path = paths[name]
         with tarfile.open(path) as tar:
             names = tar.getnames()
             assert names == ["rootfs/bin/sh", "rootfs/.hidden", "rootfs/bin/ash", "config.json",
                              "rootfs/etc/telenet-plugin"]  # fmt: skip
             assert tar.getmember("rootfs/bin/ash").linkname == "rootfs/bin/sh"
             marker = tar.extractfile("rootfs/etc/telenet-plugin")
-            assert marker is not None and marker.read() == f"{kind}\n".encode()
+            assert marker is not None and marker.read() == f"{name}\n".encode()
             config = tar.extractfile("config.json")
             assert config is not None and json.load(config) == PLUGIN_CONFIGS[kind]

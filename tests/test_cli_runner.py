@@ -22,9 +22,10 @@ from .test_cli_connect import World
 class FakeDockerCLI:
     """``docker create`` / ``docker start`` against the world's MemoryDocker."""
 
-    def __init__(self, world: World, exit_code: int = 0) -> None:
+    def __init__(self, world: World, exit_code: int = 0, start_fails: bool = False) -> None:
         self.world = world
         self.exit_code = exit_code
+        self.start_fails = start_fails
         self.commands: list[list[str]] = []
         self.mounted_while_running: list[str] = []
 
@@ -47,6 +48,9 @@ class FakeDockerCLI:
         class Proc:
             def wait(self) -> int:
                 docker = cli.world.docker
+                if cli.start_fails:
+                    # As a failing volume mount: the container stays "created".
+                    return 1
                 docker.start_container(args[-1])
                 cli.mounted_while_running = sorted(docker.volumes_by_name)
                 docker.kill(args[-1], cli.exit_code)
@@ -181,6 +185,15 @@ def test_engage_cleans_up_on_failure(world: World) -> None:
     assert world.docker.volumes_by_name == {}
     assert world.control.bridges == {}
     assert world.docker.container_names() == ["tp-blue"]
+
+
+def test_engage_start_failure_leaves_nothing(world: World) -> None:
+    """A container that cannot start (a mount failed) is removed with the volumes and bridge."""
+    cli = FakeDockerCLI(world, start_fails=True)
+    code = runner(world, cli).engage(None, "h:1", "echo", ["/a"], ["local/busybox"])
+    assert code == 1
+    assert world.docker.container_names() == ["tp-blue"]
+    assert world.docker.volumes_by_name == {} and world.control.bridges == {}
 
 
 def test_engage_agent_unreachable(world: World) -> None:
