@@ -49,7 +49,10 @@ def docker(*args: str, check: bool = True, timeout: float = 120
 
 
 def ip_on(container: str, network: str) -> str:
-    out = docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", container).stdout
+    # "container inspect": a bare "inspect" of a missing name asks every volume driver too,
+    # which hangs while any plug-in socket in /run/docker/plugins is dead.
+    out = docker("container", "inspect", "-f", "{{json .NetworkSettings.Networks}}",
+                 container).stdout
     return str(json.loads(out)[network]["IPAddress"])
 
 
