@@ -84,7 +84,11 @@ class DemoCluster:
                 break
             time.sleep(0.1)
         tail = self.docker.container_logs(container, 5).strip().splitlines()
-        raise CLIError(f"the demo cluster did not start: {tail[-1] if tail else 'no output'}")
+        last = tail[-1] if tail else "no output"
+        if "No module named telenet.democluster" in last:
+            raise CLIError(f"the image {self.image} predates the demo cluster: rebuild it with "
+                           "scripts/build-image")  # fmt: skip
+        raise CLIError(f"the demo cluster did not start: {last}")
 
     def info(self) -> dict[str, Any]:
         container = self.docker.container(self.name)

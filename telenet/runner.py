@@ -47,7 +47,8 @@ from telenet.runflags import (
     parse_run_args,
 )
 
-# Flags of `docker run` that `docker create` does not take; telenet handles them itself.
+# Flags of `docker run` that `docker create` does not take: -d is telenet's to honour;
+# `docker start --attach` always proxies signals, and telenet stops the container on them.
 _RUN_ONLY = ("detach", "sig-proxy")
 
 
@@ -59,7 +60,6 @@ class CreatePlan:
     detach: bool
     tty: bool
     interactive: bool
-    sig_proxy: bool
     remove: bool = False
 
 
@@ -79,15 +79,11 @@ def plan_create(
         args += ["-v", volume]
     args += run.option_tokens(drop=_RUN_ONLY)
     args += run.tail()
-    sig_proxy = True
-    for value in run.values("sig-proxy"):
-        sig_proxy = value is None or value.lower() in ("1", "t", "true")
     return CreatePlan(
         create_args=args,
         detach=detach,
         tty=run.boolean("tty"),
         interactive=run.boolean("interactive"),
-        sig_proxy=sig_proxy,
         remove=force_rm or run.boolean("rm"),
     )
 

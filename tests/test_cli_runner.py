@@ -80,11 +80,11 @@ def runner(world: World, cli: FakeDockerCLI, probe: Any = None) -> Runner:
 
 
 def test_plan_create() -> None:
-    """--dns first, --rm when forced, -d and --sig-proxy kept for start, image and command."""
+    """--dns first, --rm when forced, -d and --sig-proxy left out of create, image and command."""
     plan = plan_create(parse_run_args(["-d", "--sig-proxy=false", "-p", "80:80", "img", "x"]),
                        "172.16.0.2")  # fmt: skip
     assert plan.create_args == ["create", "--dns", "172.16.0.2", "-p", "80:80", "img", "x"]
-    assert plan.detach and not plan.sig_proxy
+    assert plan.detach
     plan = plan_create(parse_run_args(["-it", "img"]), "1.2.3.4", ["v-0:/a:ro"], force_rm=True)
     assert plan.create_args == ["create", "--dns", "1.2.3.4", "--rm", "-v", "v-0:/a:ro", "-i",
                                 "-t", "img"]  # fmt: skip
