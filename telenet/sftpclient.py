@@ -54,9 +54,13 @@ __all__ = [
 
 log = Logger()
 T = TypeVar("T")
+#: What a READ gives: bytes, or a view of received bytes (no copy).
+Data = bytes | memoryview
 
 #: OpenSSH's sftp-server answers at most 256 KiB - 1 KiB per READ; ask for no more.
 MAX_CHUNK = 255 * 1024
+#: Packets at least this long (READ answers) are gathered in pieces, not in a buffer.
+BIG_PACKET = 1 << 16
 #: Bytes read from the socket per reactor iteration.
 RECV_SIZE = 1 << 18
 #: Bytes sent per reactor iteration (at most).
@@ -247,7 +251,7 @@ def pack_attrs(attrs: FileAttrs | None) -> bytes:
     return _U32.pack(flags) + b"".join(out)
 
 
-def parse_attrs(buf: bytes | bytearray, pos: int) -> tuple[FileAttrs, int]:
+def parse_attrs(buf: bytes | bytearray | memoryview, pos: int) -> tuple[FileAttrs, int]:
     """Decode SFTP v3 ATTRS at ``buf[pos:]``; return them and the position after them."""
     (flags,) = _U32.unpack_from(buf, pos)
     pos += 4
@@ -273,7 +277,7 @@ def parse_attrs(buf: bytes | bytearray, pos: int) -> tuple[FileAttrs, int]:
     return FileAttrs(size, uid, gid, perms, atime, mtime), pos
 
 
-def _string(buf: bytes | bytearray, pos: int) -> tuple[bytes, int]:
+def _string(buf: bytes | bytearray | memoryview, pos: int) -> tuple[bytes, int]:
     (n,) = _U32.unpack_from(buf, pos)
     pos += 4
     return bytes(buf[pos : pos + n]), pos + n
@@ -307,6 +311,9 @@ class SFTPClient(ft.FileTransferClient):
         #: Callables told (once) with the reason when this connection ends.
         self.lostObservers: list[Callable[[Failure], None]] = []
         self._buf = bytearray()
+        # A big packet arriving in pieces: the pieces so far and the bytes still missing.
+        self._pieces: list[bytes | memoryview] = []
+        self._need = 0
         # request id -> (deferred, deadline, packet type); insertion order is send order,
         # so the first entry always has the earliest deadline.
         self._pending: dict[int, tuple[Deferred[Any], float, int]] = {}
@@ -425,11 +432,51 @@ class SFTPClient(ft.FileTransferClient):
     # -- packets in ----------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
+        # Copy-light: complete packets are parsed where they arrived (READ data is handed on
+        # as a view of the received bytes), a big packet split across reads is gathered in
+        # pieces and joined once, and only small leftovers go through the bytearray.
         self._lastReceived = self._clock.seconds()
+        source: bytes | memoryview | bytearray = data
+        if self._need:
+            take = min(self._need, len(data))
+            self._pieces.append(data if take == len(data) else memoryview(data)[:take])
+            self._need -= take
+            if self._need:
+                return
+            packet = b"".join(self._pieces)
+            self._pieces = []
+            self._parse(packet, len(packet))
+            if take == len(data):
+                return
+            source = memoryview(data)[take:]
+        buf = self._buf
+        if buf:
+            buf += source
+            source = buf
+        end = len(source)
+        pos = self._parse(source, end)
+        rest = end - pos
+        if rest >= 4 and self._dead is None:
+            (length,) = _U32.unpack_from(source, pos)
+            if length >= BIG_PACKET:
+                # Most of a READ answer: gather it in pieces (see above).
+                if source is buf:
+                    with memoryview(buf) as view:  # released before the buffer changes
+                        self._pieces = [view[pos:].tobytes()]
+                    buf.clear()
+                else:
+                    self._pieces = [memoryview(source)[pos:]]
+                self._need = 4 + length - rest
+                return
+        if source is buf:
+            if pos:
+                del buf[:pos]
+        elif rest:
+            buf += memoryview(source)[pos:]
+
+    def _parse(self, buf: bytes | memoryview | bytearray, end: int) -> int:
+        """Dispatch the complete packets in ``buf[:end]``; return where the rest starts."""
         pos = 0
-        end = len(buf)
         while end - pos >= 9 and self._dead is None:
             length, kind = _LEN_TYPE.unpack_from(buf, pos)
             stop = pos + 4 + length
@@ -441,10 +488,11 @@ class SFTPClient(ft.FileTransferClient):
                 log.failure("bad SFTP packet of type {kind}", kind=kind)
                 self.abort(f"malformed SFTP packet of type {kind}")
             pos = stop
-        if pos:
-            del buf[:pos]
+        return pos
 
-    def _dispatch(self, kind: int, buf: bytearray, pos: int, stop: int) -> None:
+    def _dispatch(
+        self, kind: int, buf: bytes | memoryview | bytearray, pos: int, stop: int
+    ) -> None:
         if kind == ft.FXP_VERSION:
             self._gotVersion(bytes(buf[pos:stop]))
             return
@@ -457,9 +505,11 @@ class SFTPClient(ft.FileTransferClient):
         pos += 4
         if kind == ft.FXP_DATA:
             (n,) = _U32.unpack_from(buf, pos)
-            with memoryview(buf) as view:
-                data = view[pos + 4 : pos + 4 + n].tobytes()
-            d.callback(data)
+            if isinstance(buf, bytearray):  # reused for what comes next: copy
+                with memoryview(buf) as view:
+                    d.callback(view[pos + 4 : pos + 4 + n].tobytes())
+            else:  # immutable: a view, no copy
+                d.callback(memoryview(buf)[pos + 4 : pos + 4 + n])
         elif kind == ft.FXP_STATUS:
             (code,) = _U32.unpack_from(buf, pos)
             if code == ft.FX_OK:
@@ -655,8 +705,11 @@ class SFTPClient(ft.FileTransferClient):
         """
         return self._request(ft.FXP_CLOSE, _ns(handle), lazy=soon)
 
-    def read(self, handle: bytes, offset: int, length: int) -> Deferred[bytes]:
-        """Up to ``length`` bytes at ``offset``; ``b""`` at end of file. Reads may be short."""
+    def read(self, handle: bytes, offset: int, length: int) -> Deferred[Data]:
+        """
+        Up to ``length`` bytes at ``offset``; empty at end of file. Reads may be short. The
+        result is often a view of the received bytes rather than a copy.
+        """
         return self._request(ft.FXP_READ, _ns(handle) + _READ.pack(offset, length))
 
     def write(self, handle: bytes, offset: int, data: bytes) -> Deferred[None]:
@@ -803,7 +856,7 @@ class _Chunk:
     def __init__(self, offset: int, size: int) -> None:
         self.offset = offset
         self.size = size
-        self.data: bytes | None = None  # complete (maybe short at EOF) once set
+        self.data: Data | None = None  # complete (maybe short at EOF) once set
         self.error: Failure | None = None
         self.waiters: list[Deferred[None]] = []
 
@@ -820,7 +873,7 @@ class _Chunk:
         self.waiters.append(d)
         return d
 
-    def finish(self, data: bytes | None, error: Failure | None) -> None:
+    def finish(self, data: Data | None, error: Failure | None) -> None:
         self.data = data
         self.error = error
         waiters, self.waiters = self.waiters, []
@@ -887,7 +940,7 @@ class ReadAhead:
             return
         self._fill(0, min(size, self._chunkSize))
 
-    def read(self, offset: int, size: int) -> bytes | Deferred[bytes]:
+    def read(self, offset: int, size: int) -> Data | Deferred[Data]:
         """
         ``size`` bytes at ``offset`` (fewer only at end of file): the bytes themselves when
         the window already holds them, else a Deferred.
@@ -940,8 +993,8 @@ class ReadAhead:
             self._fetch(chunk, pos, size, [])
             pos += size
 
-    def _fetch(self, chunk: _Chunk, offset: int, size: int, parts: list[bytes]) -> None:
-        def got(data: bytes) -> None:
+    def _fetch(self, chunk: _Chunk, offset: int, size: int, parts: list[Data]) -> None:
+        def got(data: Data) -> None:
             if data:
                 parts.append(data)
                 hint = self._sizeHint
@@ -962,7 +1015,7 @@ class ReadAhead:
 
         self._client.read(self._handle, offset, size).addCallbacks(got, failed)
 
-    def _fetchAlone(self, offset: int, size: int) -> Deferred[bytes]:
+    def _fetchAlone(self, offset: int, size: int) -> Deferred[Data]:
         pieces: list[_Chunk] = []
         pos = offset
         while pos < offset + size:
@@ -975,7 +1028,7 @@ class ReadAhead:
         return d.addCallbacks(lambda _: self._assemble(pieces, offset, size), self._failed)
 
     @staticmethod
-    def _assemble(chunks: list[_Chunk], offset: int, size: int) -> bytes:
+    def _assemble(chunks: list[_Chunk], offset: int, size: int) -> Data:
         end = offset + size
         if len(chunks) == 1:
             c = chunks[0]

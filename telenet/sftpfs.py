@@ -842,7 +842,8 @@ class SFTPOperations(pyfuse3.Operations):
             raise FUSEError(errno.EBADF)
         return h
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    # typing note: pyfuse3 says bytes; it takes any contiguous buffer (PyObject_GetBuffer).
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         h = self._file(fh)
         try:
             client = h.client

@@ -723,3 +723,28 @@ def test_a_held_close_fails_with_the_connection() -> None:
     assert failure_of(d).check(ConnectionDead)
     clock.advance(1)
     assert transport.value() == b""
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096, 65536, 200_000, 262_144, 1 << 20])
+def test_answers_split_anywhere_arrive_whole(step: int) -> None:
+    """Answers cut at any points (big READ answers too) each reach their request intact."""
+    client, transport, _ = _ready_client()
+    sizes = [10, 300_000, 0, 70_000, 5, 255 * 1024, 1]
+    reads = [client.read(b"H", 0, max(n, 1)) for n in sizes]
+    stat = client.stat(b"/x")
+    rids = [rid for _, rid, _ in _requests(transport.value())]
+    payloads = [os.urandom(n) for n in sizes]
+    stream = b""
+    for rid, payload in zip(rids[:-1], payloads, strict=True):
+        if payload:
+            stream += _packet(ft.FXP_DATA, struct.pack("!L", rid) + _ns(payload))
+        else:
+            status = struct.pack("!LL", rid, ft.FX_EOF) + _ns(b"eof") + _ns(b"")
+            stream += _packet(ft.FXP_STATUS, status)
+    stream += _packet(ft.FXP_ATTRS, struct.pack("!L", rids[-1]) + pack_attrs(FileAttrs(size=7)))
+    for pos in range(0, len(stream), step):
+        client.dataReceived(stream[pos : pos + step])
+    for d, payload in zip(reads, payloads, strict=True):
+        assert bytes(result_of(d)) == payload
+    assert result_of(stat).size == 7
+    assert client.pendingCount == 0 and client.alive
