@@ -507,6 +507,9 @@ class Endpoint:
     daemon: bool = False
     pending: bool = False
     sandbox: str = ""
+    #: Set while Docker's Join of this endpoint is under way: the Join then sets the interface
+    #: up through Docker, and a reconnection must not set it up a second time.
+    joining: bool = attrs.field(default=False, eq=False)
 
     def to_json(self) -> JSONObject:
         return {"network": self.network, "ipv4": self.ipv4, "ipv6": self.ipv6,
@@ -767,11 +770,18 @@ class NetworkDriver:
         endpoint = self.endpoints.get(endpoint_id)
         if endpoint is not None and endpoint.pending:
             endpoint.sandbox = field(body, "SandboxKey", str, required=False) or ""
-            if not await self._realize(network, endpoint):
-                # No interface for now: the container starts, and gets it once the daemon
-                # connects.
-                await self._save()
-                return {"StaticRoutes": [], "DisableGatewayService": False}
+            endpoint.joining = True
+            try:
+                if network.settling is not None:
+                    # A reconnection is setting pending endpoints up right now.
+                    await network.settling
+                if not endpoint.pending or not await self._realize(network, endpoint):
+                    # No interface through Docker: either the daemon set it up in its own
+                    # netns just now, or it is away and this happens once it connects.
+                    await self._save()
+                    return {"StaticRoutes": [], "DisableGatewayService": False}
+            finally:
+                endpoint.joining = False
         request = teleroute_pb2.EndpointIdentifier(id=endpoint_id)
         try:
             response = await self._call(network, "join", request)
@@ -845,7 +855,7 @@ class NetworkDriver:
     def _on_connect(self, network: Network) -> None:
         """A (re)connected daemon: set up its own endpoint if it joined while away."""
         pending = [e for e in self.endpoints.values()
-                   if e.network == network.id and e.pending and e.sandbox]
+                   if e.network == network.id and e.pending and e.sandbox and not e.joining]
         if not pending or network.settling is not None:
             return
 
@@ -860,6 +870,8 @@ class NetworkDriver:
 
     async def _settle(self, network: Network, pending: list[Endpoint]) -> None:
         for endpoint in pending:
+            if not endpoint.pending or endpoint.joining:
+                continue  # a Join took it meanwhile
             # A telenet daemon sets its interface up itself (it has CAP_NET_ADMIN in its own
             # netns; a managed plug-in lacks the CAP_SYS_ADMIN to enter it); another daemon
             # ignores the request's extension and moves the peer to us, as for Docker.
