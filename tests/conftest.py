@@ -255,15 +255,26 @@ def telemount(workdir: str, docker_ready: None, fuse_ready: None) -> Iterator[Te
     """A running telemount plug-in; its volumes, mounts and helpers are gone afterwards."""
     plugin = Telemount(workdir).start()
     yield plugin
-    if not plugin.daemon.alive():
-        plugin.start()
-    for volume in plugin.volumes():
-        # Only containers using this plug-in's volumes: other tests may be running.
-        users = run("docker", "ps", "-aq", "--filter", f"volume={volume}").stdout.split()
-        for container in users:
-            run("docker", "rm", "-f", container, check=False)
-        run("docker", "volume", "rm", "-f", volume, check=False)
-    plugin.daemon.stop()
+    # A plug-in that stopped answering would stall every later `docker volume` call of the
+    # run (dockerd retries a dead plug-in socket), so it is replaced before the cleanup and
+    # always stopped after it, whatever failed.
+    answered = plugin.daemon.alive() and _unix_answers(plugin.socket)
+    try:
+        if not answered:
+            plugin.daemon.kill(signal.SIGKILL)
+            plugin.start()
+        for volume in plugin.volumes():
+            # Only containers using this plug-in's volumes: other tests may be running.
+            users = run("docker", "ps", "-aq", "--filter", f"volume={volume}").stdout.split()
+            for container in users:
+                run("docker", "rm", "-f", container, check=False)
+            run("docker", "volume", "rm", "-f", volume, check=False)
+    finally:
+        plugin.daemon.stop()
+        for path in (plugin.socket, plugin.socket + ".lock"):
+            if os.path.lexists(path) and not plugin.daemon.alive():
+                os.unlink(path)
     leftovers = fuse_mounts(plugin.mount_root)
     subprocess.run(["pkill", "-9", "-f", f"telenet.sftpfs .*{workdir}"], capture_output=True)
+    assert answered, f"the plug-in stopped answering on {plugin.socket}: {plugin.daemon.log()}"
     assert leftovers == [], f"mounts left behind after the plug-in stopped: {leftovers}"

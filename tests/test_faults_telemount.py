@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from .conftest import Agent, Telemount, fuse_mounts, run, wait_for
+from .conftest import Agent, Telemount, _unix_answers, fuse_mounts, run, wait_for
 from .faultkit import FULL, post, process_state, record, scaled
 from .test_e2e_telemount import busybox, create_volume, helper_pids, sleeping_container
 
@@ -86,6 +86,9 @@ def test_kill_9_during_volume_loop_loses_nothing(telemount: Telemount, sftp_agen
         stop.set()
         worker.join(timeout=180)
     assert not worker.is_alive(), "the operation loop hung"
+    assert _unix_answers(telemount.socket), (
+        f"the restarted plug-in does not answer: {telemount.daemon.log()}"
+    )
     # Nothing Docker saw succeed is lost.
     for vol, token in written.items():
         with open(os.path.join(exported, vol)) as f:
