@@ -9,11 +9,15 @@ through a bridge opened with ``telenet.sftpproxy.open_bridge`` in its own proces
 asyncio reactor (as the daemon runs it). Runs alternate between the paths. It measures:
 
 * throughput: SIZE MiB sent through one connection (1 MiB writes) until the sink has it all;
-* latency: the median round trip of a 64-byte request and its echo, PINGS times over one
-  connection; "added" is that minus the direct round trip.
+* latency: the median round trip of a 64-byte request and its echo, PINGS times per path
+  over one connection each, the paths taking turns in batches; "added" is that minus the
+  direct round trip. Measured twice: with every process where the scheduler puts it
+  ("anywhere"), and with all of them on one CPU. On this kind of VM a wake-up across vCPUs
+  costs 20-30 us, so the first mostly measures placement; the second measures what each
+  hop costs.
 
 Ratios: proxy throughput / socat throughput (target >= 0.8) and proxy added latency / socat
-added latency (target <= 2).
+added latency (target <= 2), both placements.
 """
 
 from __future__ import annotations
@@ -93,78 +97,129 @@ def throughput(port: int, size_mib: int) -> float:
         return time.perf_counter() - started
 
 
-def latency(port: int, pings: int) -> float:
-    """Median seconds of a 64-byte round trip through ``port``."""
+def ping(s: socket.socket, pings: int) -> list[float]:
+    """Seconds of each of ``pings`` 64-byte round trips on the echo connection ``s``."""
     payload = b"p" * PING
     times = []
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(b"E")
-        for _ in range(pings):
-            started = time.perf_counter()
-            s.sendall(payload)
-            got = 0
-            while got < PING:
-                chunk = s.recv(PING - got)
-                if not chunk:
-                    raise RuntimeError("the echo closed")
-                got += len(chunk)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    for _ in range(pings):
+        started = time.perf_counter()
+        s.sendall(payload)
+        got = 0
+        while got < PING:
+            chunk = s.recv(PING - got)
+            if not chunk:
+                raise RuntimeError("the echo closed")
+            got += len(chunk)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def latency(ports: dict[str, int], pings: int, rounds: int = 20) -> dict[str, float]:
+    """
+    Median round trip per path. Round trips of a few tens of microseconds swing with the
+    machine's load (and with how deeply idle vCPUs sleep), so the paths take turns in short
+    batches over one connection each, and each median is over all of a path's batches.
+    """
+    conns = {}
+    try:
+        for name, port in ports.items():
+            s = socket.create_connection(("127.0.0.1", port))
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(b"E")
+            conns[name] = s
+        samples: dict[str, list[float]] = {name: [] for name in ports}
+        names = list(ports)
+        batch = max(pings // rounds, 1)
+        for i in range(rounds):
+            for name in names if i % 2 == 0 else names[::-1]:
+                samples[name] += ping(conns[name], batch)
+        return {name: statistics.median(times) for name, times in samples.items()}
+    finally:
+        for s in conns.values():
+            s.close()
 
 
 @dataclass
 class ProxyResult:
     seconds: dict[str, list[float]] = field(default_factory=dict)
+    #: Round trips with the processes where the scheduler put them, and all on one CPU.
     rtt: dict[str, list[float]] = field(default_factory=dict)
+    rtt_one_cpu: dict[str, list[float]] = field(default_factory=dict)
+
+    def added_ratio(self, one_cpu: bool) -> float:
+        """Proxy's added round trip / socat's (medians)."""
+        rtt = {n: median(v) for n, v in (self.rtt_one_cpu if one_cpu else self.rtt).items()}
+        return (rtt["proxy"] - rtt["direct"]) / max(rtt["socat"] - rtt["direct"], 1e-7)
 
 
 @contextlib.contextmanager
-def paths() -> Iterator[dict[str, int]]:
-    """The direct, socat and proxy ports, all leading to one server."""
+def paths() -> Iterator[tuple[dict[str, int], list[int]]]:
+    """The direct, socat and proxy ports, all leading to one server; and the pids serving."""
     target, via_socat, via_proxy = free_port(), free_port(), free_port()
     me = os.path.abspath(__file__)
+    socat = ["socat", f"TCP-LISTEN:{via_socat},bind=127.0.0.1,reuseaddr,fork,nodelay"]
+    socat.append(f"TCP:127.0.0.1:{target},nodelay")
     with contextlib.ExitStack() as stack:
-        stack.enter_context(process([sys.executable, me, "--serve", str(target)]))
+        procs = [stack.enter_context(process([sys.executable, me, "--serve", str(target)]))]
         wait_port(target)
-        stack.enter_context(
-            process(
-                [
-                    "socat",
-                    f"TCP-LISTEN:{via_socat},bind=127.0.0.1,reuseaddr,fork,nodelay",
-                    f"TCP:127.0.0.1:{target},nodelay",
-                ]
+        procs.append(stack.enter_context(process(socat)))
+        procs.append(
+            stack.enter_context(
+                process([sys.executable, me, "--bridge", str(via_proxy), str(target)])
             )
         )
-        stack.enter_context(process([sys.executable, me, "--bridge", str(via_proxy), str(target)]))
         wait_port(via_socat)
         wait_port(via_proxy)
-        yield {"direct": target, "socat": via_socat, "proxy": via_proxy}
+        yield {"direct": target, "socat": via_socat, "proxy": via_proxy}, [p.pid for p in procs]
+
+
+@contextlib.contextmanager
+def one_cpu(pids: list[int]) -> Iterator[None]:
+    """
+    Run this process and ``pids`` on one CPU (socat's per-connection children, forked later,
+    inherit it): a round trip then costs what each hop does, not where the scheduler put it.
+    """
+    cpu = min(os.sched_getaffinity(0))
+    before = {pid: os.sched_getaffinity(pid) for pid in [0, *pids]}
+    try:
+        for pid in before:
+            os.sched_setaffinity(pid, {cpu})
+        yield
+    finally:
+        for pid, cpus in before.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, cpus)
 
 
 def run(runs: int, size_mib: int, pings: int) -> ProxyResult:
     result = ProxyResult()
-    with paths() as ports:
+    with paths() as (ports, pids):
         order = list(ports)
         for i in range(runs):
             for name in order if i % 2 == 0 else order[::-1]:
                 result.seconds.setdefault(name, []).append(throughput(ports[name], size_mib))
-                result.rtt.setdefault(name, []).append(latency(ports[name], pings))
+            for name, rtt in latency(ports, pings).items():
+                result.rtt.setdefault(name, []).append(rtt)
+            with one_cpu(pids):
+                for name, rtt in latency(ports, pings).items():
+                    result.rtt_one_cpu.setdefault(name, []).append(rtt)
     return result
 
 
 def report(result: ProxyResult, size_mib: int) -> list[str]:
-    direct = median(result.rtt["direct"])
     lines = []
     for name, secs in result.seconds.items():
-        rtts = result.rtt[name]
-        added = "" if name == "direct" else f" (+{(median(rtts) - direct) * 1e6:.1f})"
         lines.append(
             f"{name:7} throughput {size_mib / median(secs):7.0f} MiB/s "
-            f"[{size_mib / max(secs):.0f}-{size_mib / min(secs):.0f}]  "
-            f"round trip {median(rtts) * 1e6:6.1f} us{added} "
-            f"[{min(rtts) * 1e6:.1f}-{max(rtts) * 1e6:.1f}]"
+            f"[{size_mib / max(secs):.0f}-{size_mib / min(secs):.0f}]"
         )
+    for label, rtts in (("anywhere", result.rtt), ("one CPU", result.rtt_one_cpu)):
+        direct = median(rtts["direct"])
+        parts = []
+        for name, times in rtts.items():
+            added = "" if name == "direct" else f" (+{(median(times) - direct) * 1e6:.1f})"
+            parts.append(f"{name} {median(times) * 1e6:.1f}{added}")
+        lines.append(f"round trip us, {label:8}: " + "  ".join(parts))
     return lines
 
 

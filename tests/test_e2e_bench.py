@@ -31,7 +31,8 @@ def test_bench_suite_smoke(fuse_ready: None) -> None:
     for row in (
         "agent/sftp-server 256 MiB read",
         "proxy/socat throughput",
-        "proxy/socat added latency",
+        "proxy/socat added latency, one CPU",
+        "proxy/socat added latency, anywhere",
         "teleroute/bridge throughput",
         "teleroute join p50 - bridge p50",
         "concurrent joins on teleroute",
@@ -39,4 +40,4 @@ def test_bench_suite_smoke(fuse_ready: None) -> None:
         assert row in table, table
     assert "3/3" in table, "every concurrent join joined"
     details = result.stderr
-    assert "peak RSS during read" in details and "round trip" in details, details
+    assert "peak RSS during read" in details and "round trip us" in details, details

@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IHalfCloseableDescriptor, IHalfCloseable
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
+from twisted.python.log import callWithLogger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -279,6 +280,10 @@ async def test_sftp_through_the_bridge_moves_mibs_intact_both_ways(agent_port: i
         await f.close()
         assert hashlib.sha256(b"".join(parts)).digest() == hashlib.sha256(data).digest()
         assert bridge.bytes_in > len(data) and bridge.bytes_out > len(data)
+        for side in bridge.factory._sides:
+            # The lean read path is in place (or Twisted's again after flow control).
+            key = _reactor()._asyncioEventloop._selector.get_key(side.transport.fileno())
+            assert key.data[0]._callback in (_reactor()._readOrWrite, callWithLogger)
         client.transport.loseConnection()
         await client.closed
     finally:
@@ -388,3 +393,59 @@ async def test_closing_the_bridge_drops_clients_and_the_listener(agent_port: int
     assert bridge.connections == 0
     with pytest.raises(ConnectionRefusedError):
         await connect(bridge.listen_port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_small_requests_take_the_lean_read_path() -> None:
+    """On the asyncio reactor both sides of a bridged connection are read without log context."""
+    reactor = _reactor()
+    target = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(Echo)
+    )
+    bridge = await open_bridge(
+        reactor, "tcp:0:interface=127.0.0.1", "127.0.0.1", target.getHost().port
+    )
+    try:
+        ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", bridge.listen_port)
+        client = Collector()
+        await endpoints.connectProtocol(ep, client)
+        for i in range(20):
+            client.transport.write(b"ping %d;" % i)
+        await client.until(b"ping 19;")
+        sides = list(bridge.factory._sides)
+        assert len(sides) == 2
+        for side in sides:
+            key = reactor._asyncioEventloop._selector.get_key(side.transport.fileno())
+            assert key.data[0]._callback == reactor._readOrWrite
+        client.transport.loseConnection()
+    finally:
+        await bridge.close()
+        await target.stopListening()
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Collector(Protocol):
+    """Keeps what it receives; ``until(marker)`` fires once the marker has arrived."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self._waiting: list[tuple[bytes, defer.Deferred[None]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        for marker, d in list(self._waiting):
+            if marker in self.received:
+                self._waiting.remove((marker, d))
+                d.callback(None)
+
+    def until(self, marker: bytes) -> defer.Deferred[None]:
+        if marker in self.received:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append((marker, d))
+        return d.addTimeout(10, _reactor())
