@@ -8,6 +8,8 @@ The ``telenet`` command line: Telepresence's ``--docker`` mode for telenet's plu
     telenet [--connection N] docker-run [docker run arguments]
     telenet engage [--name N] --agent HOST:PORT --container NAME [--remote-mount PATH[:ro] ...]
                    --docker-run -- [docker run arguments]
+    telenet engage … --docker-build CONTEXT [--docker-build-opt KEY=VALUE ...] -- [docker run args]
+    telenet engage … --docker-debug CONTEXT -- [docker run arguments]
     telenet quit [--name N]
     telenet demo [--prefix P] [--keep]
     telenet demo-cluster up|down [--prefix P] [--output json]
@@ -100,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
         "engage",
         help="run a container with an agent's directories mounted",
         usage="telenet engage [--name N] --agent HOST:PORT --container NAME "
-        "[--remote-mount PATH[:ro] ...] --docker-run -- [docker run arguments]",
+        "[--remote-mount PATH[:ro] ...] (--docker-run | --docker-build CONTEXT "
+        "[--docker-build-opt KEY=VALUE ...] | --docker-debug CONTEXT) -- [docker run arguments]",
     )
     engage.add_argument("--name")
     engage.add_argument(
@@ -121,11 +124,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH[:ro]",
         help="a directory of the container to mount at the same path (repeatable)",
     )
-    engage.add_argument(
+    how = engage.add_mutually_exclusive_group(required=True)
+    how.add_argument(
         "--docker-run",
         action="store_true",
-        required=True,
         help="run the engagement's handler with docker; its arguments follow --",
+    )
+    how.add_argument(
+        "--docker-build",
+        metavar="CONTEXT",
+        help="build the handler's image from CONTEXT and run it like --docker-run "
+        "(an IMAGE argument after -- stands for the built image)",
+    )
+    how.add_argument(
+        "--docker-debug",
+        metavar="CONTEXT",
+        help="like --docker-build, with --security-opt apparmor=unconfined --cap-add SYS_PTRACE",
+    )
+    engage.add_argument(
+        "--docker-build-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of docker build, as --KEY VALUE (repeatable)",
     )
 
     quit_ = commands.add_parser("quit", help="stop the daemon and remove the network")
@@ -245,13 +266,25 @@ def _dispatch(args: argparse.Namespace, docker_args: list[str], config: Config) 
         connector.quit(args.name or connection)
         return 0
     if args.command in ("docker-run", "engage"):
-        from telenet.runner import Runner
+        from telenet.connection import CLIError
+        from telenet.runner import Build, Runner
 
         runner = Runner(connector, say=_say)
         if args.command == "docker-run":
             return runner.docker_run(connection, docker_args)
+        build = None
+        context = args.docker_build or args.docker_debug
+        if context is not None:
+            build = Build(context, tuple(args.docker_build_opt), debug=bool(args.docker_debug))
+        elif args.docker_build_opt:
+            raise CLIError("--docker-build-opt goes with --docker-build or --docker-debug")
         return runner.engage(
-            args.name or connection, args.agent, args.container, args.remote_mount, docker_args
+            args.name or connection,
+            args.agent,
+            args.container,
+            args.remote_mount,
+            docker_args,
+            build,
         )
     from telenet import demo
 

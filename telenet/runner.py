@@ -18,10 +18,12 @@ and, however it ends, the container stopped, the volumes removed and the bridge 
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +52,50 @@ from telenet.runflags import (
 # Flags of `docker run` that `docker create` does not take: -d is telenet's to honour;
 # `docker start --attach` always proxies signals, and telenet stops the container on them.
 _RUN_ONLY = ("detach", "sig-proxy")
+
+
+#: What ``--docker-debug`` adds to the container (Telepresence's debug mode).
+DEBUG_FLAGS = ("--security-opt", "apparmor=unconfined", "--cap-add", "SYS_PTRACE")
+
+#: The placeholder of the built image in the docker run arguments of ``--docker-build``.
+IMAGE_PLACEHOLDER = "IMAGE"
+
+
+@attrs.frozen
+class Build:
+    """``--docker-build CONTEXT [--docker-build-opt KEY=VALUE ...]`` or ``--docker-debug``."""
+
+    context: str
+    options: tuple[str, ...] = ()
+    debug: bool = False
+
+    def build_args(self, iidfile: str) -> list[str]:
+        """The ``docker build`` argument list (after ``docker``); each KEY=VALUE is --KEY VALUE."""
+        args = ["build", "--iidfile", iidfile]
+        for option in self.options:
+            key, eq, value = option.partition("=")
+            key = key.lstrip("-")
+            if not eq or not key:
+                raise CLIError(
+                    f"--docker-build-opt {option!r}: expected KEY=VALUE, e.g. file=Dockerfile"
+                )
+            args += [f"--{key}", value]
+        args.append(self.context)
+        return args
+
+
+def with_built_image(args: Sequence[str], image: str, debug: bool) -> list[str]:
+    """
+    The docker run arguments with the built image: it replaces an ``IMAGE`` placeholder where
+    the image goes, and is otherwise put after the flags (what follows is the command).
+    """
+    run = parse_run_args(args)
+    tokens = run.option_tokens()
+    if debug:
+        tokens = [*DEBUG_FLAGS, *tokens]
+    if run.image == IMAGE_PLACEHOLDER:
+        return [*tokens, "--", image, *run.command]
+    return [*tokens, "--", image, *run.tail()]
 
 
 @attrs.frozen
@@ -223,9 +269,17 @@ class Runner:
         container: str,
         remote_mounts: Sequence[str],
         args: Sequence[str],
+        build: Build | None = None,
     ) -> int:
-        """``telenet engage … --docker-run -- ARGS``: the container's exit code."""
+        """
+        ``telenet engage … --docker-run|--docker-build C|--docker-debug C -- ARGS``: the
+        container's exit code. With ``build``, the image built from its context is the run's.
+        """
         try:
+            if build is not None:
+                # Checked with a stand-in image before anything is built.
+                with_built_image(args, "sha256:0", build.debug)
+                build.build_args("iidfile")
             run = parse_run_args(args)
             mounts = [RemoteMount.parse(m) for m in remote_mounts]
             user_mounts = run.mounts()
@@ -235,6 +289,9 @@ class Runner:
             raise CLIError(f"--container {container!r} is not a container name")
         _check_agent(agent)
         conn = self._connection(name)
+        if build is not None:
+            image = self.build_image(build)
+            run = parse_run_args(with_built_image(args, image, build.debug))
         kept, skipped = merge_remote_mounts(mounts, user_mounts)
         for mount in skipped:
             self.say(f"Skipping auto-mounting of {mount.path}: the docker run flags mount it")
@@ -289,6 +346,25 @@ class Runner:
                     control.close_bridge(bridge)
                 except ControlError as e:
                     self.say(f"Warning: could not close the bridge on port {bridge}: {e}")
+
+    def build_image(self, build: Build) -> str:
+        """``docker build`` with its output on ours; the image id, or CLIError if it failed."""
+        fd, iidfile = tempfile.mkstemp(prefix="telenet-iid-")
+        os.close(fd)
+        try:
+            self.say(f"Building the image from {build.context}")
+            built = self.run_process([self.docker_cli, *build.build_args(iidfile)])
+            if built.returncode != 0:
+                raise CLIError(
+                    f"docker build of {build.context} failed (exit code {built.returncode})"
+                )
+            with open(iidfile) as f:
+                image = f.read().strip()
+        finally:
+            os.unlink(iidfile)
+        if not image:
+            raise CLIError(f"docker build of {build.context} wrote no image id")
+        return image
 
     def _fresh_volume(self, volume: str, driver: str, connection: str) -> None:
         """Make room for ``volume``: a leftover of ours is removed, anything else refused."""

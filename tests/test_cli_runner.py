@@ -14,7 +14,7 @@ import pytest
 from telenet.connection import LABEL_CONNECTION, CLIError
 from telenet.dockerapi import ContainerSpec, DockerError
 from telenet.runflags import parse_run_args
-from telenet.runner import Runner, plan_create, probe_agent
+from telenet.runner import Build, Runner, plan_create, probe_agent, with_built_image
 
 from .test_cli_connect import World
 
@@ -31,6 +31,13 @@ class FakeDockerCLI:
 
     def run(self, args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         self.commands.append(list(args))
+        if args[1] == "build":
+            if "bad-context" in args:
+                return subprocess.CompletedProcess(args, 1, None, None)
+            with open(args[3], "w") as f:
+                f.write("sha256:built\n")
+            self.world.docker.images.add("sha256:built")
+            return subprocess.CompletedProcess(args, 0, None, None)
         if args[1] == "create":
             if "bad-image" in args:
                 return subprocess.CompletedProcess(args, 125, "", "")
@@ -274,3 +281,58 @@ def test_probe_agent() -> None:
         free = s.getsockname()[1]
     with pytest.raises(CLIError, match="unreachable from the daemon .*refused"):
         probe_agent("127.0.0.1", free, "a:1")
+
+
+def test_build_args_and_built_image() -> None:
+    """KEY=VALUE options become --KEY VALUE; the built image replaces IMAGE or follows the flags."""
+    build = Build("ctx", ("file=Dockerfile.dev", "build-arg=A=1"))
+    assert build.build_args("/tmp/iid") == ["build", "--iidfile", "/tmp/iid", "--file",
+                                            "Dockerfile.dev", "--build-arg", "A=1",
+                                            "ctx"]  # fmt: skip
+    with pytest.raises(CLIError, match="expected KEY=VALUE"):
+        Build("ctx", ("nokey",)).build_args("/tmp/iid")
+    assert with_built_image(["-v", "/a:/b", "IMAGE", "ls", "/"], "sha256:x", False) == [
+        "-v", "/a:/b", "--", "sha256:x", "ls", "/"]  # fmt: skip
+    assert with_built_image(["--rm"], "sha256:x", False) == ["--rm", "--", "sha256:x"]
+    assert with_built_image(["-t", "cat", "/f"], "sha256:x", True) == [
+        "--security-opt", "apparmor=unconfined", "--cap-add", "SYS_PTRACE", "-t", "--",
+        "sha256:x", "cat", "/f"]  # fmt: skip
+
+
+def test_engage_docker_build_runs_the_built_image(world: World) -> None:
+    """docker build first, then the engagement runs the built image with its volumes."""
+    cli = FakeDockerCLI(world)
+    r = runner(world, cli)
+    code = r.engage(None, "10.96.0.20:8022", "echo", ["/data"], ["IMAGE", "ls"],
+                    Build("ctx", ("file=D",)))  # fmt: skip
+    assert code == 0
+    assert cli.commands[0][:3] == ["docker", "build", "--iidfile"]
+    assert cli.commands[0][-3:] == ["--file", "D", "ctx"]
+    create = cli.commands[1]
+    assert create[1] == "create" and create[-2:] == ["sha256:built", "ls"]
+    assert "echo-0:/data" in create and "SYS_PTRACE" not in create
+    assert cli.mounted_while_running == ["echo-0"]
+    assert world.docker.volumes_by_name == {}
+
+
+def test_engage_docker_debug_adds_debugger_options(world: World) -> None:
+    cli = FakeDockerCLI(world)
+    assert runner(world, cli).engage(None, "10.96.0.20:8022", "echo", [], [],
+                                     Build("ctx", debug=True)) == 0  # fmt: skip
+    create = cli.commands[1]
+    assert create[create.index("--security-opt") + 1] == "apparmor=unconfined"
+    assert create[create.index("--cap-add") + 1] == "SYS_PTRACE"
+    assert create[-1] == "sha256:built"
+
+
+def test_engage_docker_build_failure_makes_nothing(world: World) -> None:
+    """A failed build is an error before any bridge, volume or container; bad args before it."""
+    cli = FakeDockerCLI(world)
+    with pytest.raises(CLIError, match="docker build of bad-context failed"):
+        runner(world, cli).engage(None, "10.96.0.20:8022", "echo", ["/data"], [],
+                                  Build("bad-context"))  # fmt: skip
+    assert [c[1] for c in cli.commands] == ["build"]
+    assert world.docker.volumes_by_name == {}
+    with pytest.raises(CLIError, match="flag needs an argument"):
+        runner(world, cli).engage(None, "10.96.0.20:8022", "echo", [], ["-v"], Build("ctx"))
+    assert len(cli.commands) == 1
