@@ -6,6 +6,7 @@ The ``telenet`` command line: Telepresence's ``--docker`` mode for telenet's plu
                     [--cluster-dns ADDR] [--cluster-domain D ...]
     telenet status [--name N] [--output text|json|yaml]
     telenet [--connection N] docker-run [docker run arguments]
+    telenet [--connection N] curl [curl arguments] URL
     telenet engage [--name N] --agent HOST:PORT --container NAME [--remote-mount PATH[:ro] ...]
                    --docker-run -- [docker run arguments]
     telenet engage … --docker-build CONTEXT [--docker-build-opt KEY=VALUE ...] -- [docker run args]
@@ -31,7 +32,7 @@ import yaml
 
 from telenet.cliconfig import Config, ConfigError, load_config
 
-COMMANDS = ("connect", "status", "docker-run", "engage", "quit", "demo", "demo-cluster")
+COMMANDS = ("connect", "status", "docker-run", "curl", "engage", "quit", "demo", "demo-cluster")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--output", "-o", choices=("text", "json", "yaml"), default="text")
 
     commands.add_parser("docker-run", help="docker run on the connection's network", add_help=False)
+
+    commands.add_parser(
+        "curl",
+        help="curl in a short-lived container on the connection's network",
+        add_help=False,
+    )
 
     engage = commands.add_parser(
         "engage",
@@ -180,7 +187,7 @@ def _split(argv: list[str]) -> tuple[list[str], list[str] | None]:
         i += 1 if "=" in argv[i] or argv[i] in ("-h", "--help") else 2
     if i >= len(argv):
         return argv, None
-    if argv[i] == "docker-run":
+    if argv[i] in ("docker-run", "curl"):
         return argv[: i + 1], argv[i + 1 :]
     if argv[i] == "engage":
         rest = argv[i + 1 :]
@@ -199,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "usage: telenet [--connection N] docker-run [docker run arguments]\n\n"
             "docker run on the connection's network, with the daemon as DNS server."
+        )
+        return 0 if docker_args else 2
+    if head[-1:] == ["curl"] and docker_args in ([], ["-h"], ["--help"]):
+        print(
+            "usage: telenet [--connection N] curl [curl arguments] URL\n\n"
+            "curl in a container on the connection's network, with the daemon as DNS server;\n"
+            "the image is docker.curlImage of config.yml (default telenet/curl, then "
+            "curlimages/curl)."
         )
         return 0 if docker_args else 2
     args = parser.parse_args(head)
@@ -265,13 +280,15 @@ def _dispatch(args: argparse.Namespace, docker_args: list[str], config: Config) 
     if args.command == "quit":
         connector.quit(args.name or connection)
         return 0
-    if args.command in ("docker-run", "engage"):
+    if args.command in ("docker-run", "curl", "engage"):
         from telenet.connection import CLIError
         from telenet.runner import Build, Runner
 
         runner = Runner(connector, say=_say)
         if args.command == "docker-run":
             return runner.docker_run(connection, docker_args)
+        if args.command == "curl":
+            return runner.curl(connection, docker_args)
         build = None
         context = args.docker_build or args.docker_debug
         if context is not None:

@@ -3,9 +3,10 @@
 The CLI's configuration: ``~/.config/telenet/config.yml`` (``$XDG_CONFIG_HOME`` is honoured,
 ``$TELENET_CONFIG`` or ``telenet --config FILE`` names another file).
 
-Keys are Telepresence's (contracts §7), plus ``docker.daemonImage``. An unknown key or a value
-of the wrong type is an error naming its path (``docker.teleroute.tag``), so a typo is never
-silently ignored.
+Keys are Telepresence's (contracts §7), plus ``docker.daemonImage`` and ``docker.curlImage``
+(the image of ``telenet curl``; unset, ``telenet/curl`` then ``curlimages/curl`` are tried).
+An unknown key or a value of the wrong type is an error naming its path
+(``docker.teleroute.tag``), so a typo is never silently ignored.
 
 Plug-in names: with a registry, Telepresence's ``REGISTRY/NAMESPACE/REPOSITORY:ARCH-TAG`` (what
 ``docker plugin install`` fetches); without one, ``NAMESPACE/REPOSITORY:TAG``, a plug-in made
@@ -56,6 +57,7 @@ class Config:
     daemon_port: int = 4038
     teleroute_port: int = 4039
     daemon_image: str = "telenet"
+    curl_image: str = ""
     teleroute: PluginConfig = PluginConfig("", "telenet", "teleroute", "latest")
     telemount: PluginConfig = PluginConfig("", "telenet", "telemount", "latest")
     enable_ipv4: bool = True
@@ -92,6 +94,7 @@ SCHEMA: dict[str, Any] = {
     "grpc": {"daemonPort": "port", "teleroutePort": "port"},
     "docker": {
         "daemonImage": "str",
+        "curlImage": "str",
         "teleroute": _PLUGIN_KEYS,
         "telemount": _PLUGIN_KEYS,
         "enableIPv4": "bool",
@@ -193,6 +196,7 @@ def parse_config(text: str, path: str = "config.yml") -> Config:
         daemon_port=values.get("grpc.daemonPort", default.daemon_port),
         teleroute_port=values.get("grpc.teleroutePort", default.teleroute_port),
         daemon_image=values.get("docker.daemonImage", default.daemon_image),
+        curl_image=values.get("docker.curlImage", default.curl_image),
         teleroute=plugin("teleroute", default.teleroute),
         telemount=plugin("telemount", default.telemount),
         enable_ipv4=values.get("docker.enableIPv4", default.enable_ipv4),

@@ -57,6 +57,16 @@ _RUN_ONLY = ("detach", "sig-proxy")
 #: What ``--docker-debug`` adds to the container (Telepresence's debug mode).
 DEBUG_FLAGS = ("--security-opt", "apparmor=unconfined", "--cap-add", "SYS_PTRACE")
 
+#: The curl images ``telenet curl`` looks for when ``docker.curlImage`` is not set.
+DEFAULT_CURL_IMAGES = ("telenet/curl", "curlimages/curl")
+
+#: How to make a curl image locally (apt inside the build; no registry needed but Debian's).
+CURL_DOCKERFILE = (
+    "FROM debian:bookworm-slim\n"
+    "RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates"
+    " && rm -rf /var/lib/apt/lists/*\n"
+)
+
 #: The placeholder of the built image in the docker run arguments of ``--docker-build``.
 IMAGE_PLACEHOLDER = "IMAGE"
 
@@ -199,6 +209,28 @@ class Runner:
         conn = self._connection(name)
         plan = plan_create(run, conn.dns_ip() or "")
         return self._run(conn, plan)
+
+    def curl_image(self) -> str:
+        """The configured curl image, or the first default one present; CLIError otherwise."""
+        config = self.connector.config
+        tried = [config.curl_image] if config.curl_image else list(DEFAULT_CURL_IMAGES)
+        for image in tried:
+            if self.docker.image_exists(image):
+                return image
+        where = config.path or "config.yml"
+        dockerfile = CURL_DOCKERFILE.replace("\n", "\\n")
+        raise CLIError(
+            f"no curl image: tried {', '.join(tried)} (none is present locally); make one, e.g. "
+            f"printf '{dockerfile}' | docker build -t {tried[0]} -  "
+            f"(or pull one, or set docker.curlImage in {where})"
+        )
+
+    def curl(self, name: str | None, args: Sequence[str]) -> int:
+        """``telenet curl [curl args] URL``: curl on the connection's network; curl's exit code."""
+        conn = self._connection(name)
+        image = self.curl_image()
+        run = parse_run_args(["--rm", "--entrypoint", "curl", image, *args])
+        return self._run(conn, plan_create(run, conn.dns_ip() or ""))
 
     def _run(self, conn: Connection, plan: CreatePlan) -> int:
         created = self.run_process(

@@ -26,6 +26,7 @@ def test_every_key() -> None:
 grpc: {daemonPort: 5038, teleroutePort: 5039}
 docker:
   daemonImage: my/telenet:1
+  curlImage: my/curl:2
   teleroute: {registryAPI: ghcr.io/v2, registry: ghcr.io, namespace: telepresenceio,
               repository: teleroute, tag: 0.5.0}
   telemount: {namespace: me, repository: mount, tag: dev}
@@ -36,6 +37,7 @@ intercept: {mountCompletionDelay: 1s500ms, useFtp: false}
     )
     assert config.daemon_port == 5038 and config.teleroute_port == 5039
     assert config.daemon_image == "my/telenet:1"
+    assert config.curl_image == "my/curl:2"
     assert config.teleroute == PluginConfig(
         "ghcr.io", "telepresenceio", "teleroute", "0.5.0", "ghcr.io/v2"
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from telenet.cliconfig import Config
 from telenet.connection import LABEL_CONNECTION, CLIError
 from telenet.dockerapi import ContainerSpec, DockerError
 from telenet.runflags import parse_run_args
@@ -42,7 +43,7 @@ class FakeDockerCLI:
             if "bad-image" in args:
                 return subprocess.CompletedProcess(args, 125, "", "")
             cid = self.world.docker.create_container(
-                ContainerSpec(image=args[-1] if args[-1] != "ls" else args[-2], command=[],
+                ContainerSpec(image=parse_run_args(args[2:]).image or "", command=[],
                               name=f"w{len(self.commands)}")
             )  # fmt: skip
             return subprocess.CompletedProcess(args, 0, cid + "\n", "")
@@ -336,3 +337,39 @@ def test_engage_docker_build_failure_makes_nothing(world: World) -> None:
     with pytest.raises(CLIError, match="flag needs an argument"):
         runner(world, cli).engage(None, "10.96.0.20:8022", "echo", [], ["-v"], Build("ctx"))
     assert len(cli.commands) == 1
+
+
+def test_curl_runs_the_curl_image(world: World) -> None:
+    """curl runs on the connection's network with the daemon as DNS; its exit code is ours."""
+    world.docker.images.add("curlimages/curl")
+    cli = FakeDockerCLI(world, exit_code=6)
+    assert runner(world, cli).curl(None, ["-sS", "http://echo/"]) == 6
+    dns = world.connector.find("blue").dns_ip()
+    assert cli.commands[0] == ["docker", "create", "--dns", dns, "--rm", "--entrypoint", "curl",
+                               "curlimages/curl", "-sS", "http://echo/"]  # fmt: skip
+    assert ("connect", "blue", "w1", None) in world.docker.calls
+    world.docker.images.add("telenet/curl")
+    cli = FakeDockerCLI(world)
+    assert runner(world, cli).curl(None, ["http://echo/"]) == 0
+    assert "telenet/curl" in cli.commands[0]
+
+
+def test_curl_image_is_configurable_and_missing_one_says_how() -> None:
+    world = World(Config(curl_image="my/curl:1", path="/etc/telenet.yml"))
+    world.connect("blue")
+    cli = FakeDockerCLI(world)
+    with pytest.raises(CLIError) as e:
+        runner(world, cli).curl(None, ["http://echo/"])
+    message = str(e.value)
+    assert "tried my/curl:1" in message and "curlimages" not in message
+    assert (
+        "docker build -t my/curl:1" in message and "docker.curlImage in /etc/telenet.yml" in message
+    )
+    assert cli.commands == []
+    world.docker.images.add("my/curl:1")
+    assert runner(world, cli).curl(None, ["http://echo/"]) == 0
+    assert "my/curl:1" in cli.commands[0]
+    default = World()
+    default.connect("blue")
+    with pytest.raises(CLIError, match="tried telenet/curl, curlimages/curl"):
+        runner(default, FakeDockerCLI(default)).curl(None, ["http://echo/"])
