@@ -381,19 +381,20 @@ class Runner:
 
     def build_image(self, build: Build) -> str:
         """``docker build`` with its output on ours; the image id, or CLIError if it failed."""
-        fd, iidfile = tempfile.mkstemp(prefix="telenet-iid-")
-        os.close(fd)
-        try:
+        # docker build removes an existing --iidfile first: name one in a fresh directory.
+        with tempfile.TemporaryDirectory(prefix="telenet-build-") as tmp:
+            iidfile = os.path.join(tmp, "iid")
             self.say(f"Building the image from {build.context}")
             built = self.run_process([self.docker_cli, *build.build_args(iidfile)])
             if built.returncode != 0:
                 raise CLIError(
                     f"docker build of {build.context} failed (exit code {built.returncode})"
                 )
-            with open(iidfile) as f:
-                image = f.read().strip()
-        finally:
-            os.unlink(iidfile)
+            try:
+                with open(iidfile) as f:
+                    image = f.read().strip()
+            except OSError:
+                image = ""
         if not image:
             raise CLIError(f"docker build of {build.context} wrote no image id")
         return image
