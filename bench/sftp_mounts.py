@@ -157,6 +157,13 @@ def reset_peak_rss(pid: int) -> None:
         f.write("5")
 
 
+def run_checked(args: list[str]) -> None:
+    """Run a benchmark command; a failure says what the command said."""
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])}... exited {result.returncode}: {result.stderr}")
+
+
 def timed(action: Callable[[], object]) -> float:
     drop_caches()
     started = time.perf_counter()
@@ -166,14 +173,14 @@ def timed(action: Callable[[], object]) -> float:
 
 def seq_read(path: str) -> Callable[[], object]:
     args = ["dd", f"if={path}/big", "of=/dev/null", "bs=1M"]
-    return lambda: subprocess.run(args, check=True, capture_output=True)
+    return lambda: run_checked(args)
 
 
 def seq_write(path: str, size_mib: int) -> Callable[[], object]:
     args = ["dd", "if=/dev/zero", f"of={path}/out", "bs=1M", f"count={size_mib}", "conv=fsync"]
 
     def run() -> None:
-        subprocess.run(args, check=True, capture_output=True)
+        run_checked(args)
         os.unlink(f"{path}/out")
 
     return run
@@ -195,7 +202,7 @@ def metadata(path: str, reads: int) -> Callable[[], object]:
     # In a child process: a FUSE mount must not be touched from a process that serves it,
     # and a fresh process has no Python-level caching of its own. -S: no site start-up.
     args = [sys.executable, "-S", "-c", METADATA, path + "/meta", str(reads)]
-    return lambda: subprocess.run(args, check=True)
+    return lambda: run_checked(args)
 
 
 def child_startup(runs: int) -> float:
@@ -211,7 +218,7 @@ def child_startup(runs: int) -> float:
 def tar_tree(path: str) -> Callable[[], object]:
     # Through a pipe: GNU tar writing to /dev/null itself skips reading the files' contents.
     command = f"tar cf - -C {shlex.quote(path)} tree | cat >/dev/null"
-    return lambda: subprocess.run(["sh", "-ec", command], check=True)
+    return lambda: run_checked(["sh", "-ec", command])
 
 
 @dataclass
