@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if "teleroute" in parts:
 
         def route() -> list[Row]:
-            mib, joins, parallel = (8, 2, 3) if args.smoke else (512, 20, 50)
+            mib, joins, parallel = (8, 2, 3) if args.smoke else (2048, 20, 50)
             result = teleroute.run(runs, mib, joins, parallel)
             log(teleroute.report(result, mib))
             return teleroute_rows(result)

@@ -1,7 +1,7 @@
 """
 The teleroute data path and join latency on real dockerd, against a plain bridge network.
 
-    python bench/teleroute.py [--runs 5] [--size-mib 512] [--joins 20] [--concurrent 50]
+    python bench/teleroute.py [--runs 5] [--size-mib 2048] [--joins 20] [--concurrent 50]
                               [--smoke]
 
 The topology is the end-to-end tests' (tests/test_e2e_teleroute.py): the teleroute plug-in
@@ -247,7 +247,7 @@ def report(result: TelerouteResult, size_mib: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--joins", type=int, default=20)
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run")

@@ -351,6 +351,10 @@ class SFTPClient(ft.FileTransferClient):
             transport, "TLS", False
         )
         self._lastReceived = self._clock.seconds()
+        if self._direct:
+            from telenet.sftpproxy import lean_reads
+
+            lean_reads(transport)  # answers are read without Twisted's per-event log context
         super().connectionMade()
         # VERSION has the same deadline as any request.
         self._deadlineCall = self._clock.callLater(self.timeout, self._checkDeadline)

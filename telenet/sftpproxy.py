@@ -82,11 +82,12 @@ def _send_now(out: tcp.Connection, data: bytes) -> bytes:
     return data[sent:]
 
 
-def _lean_reads(transport: Any) -> None:
+def lean_reads(transport: Any) -> None:
     """
     On the asyncio reactor, have the loop call the reactor's read handler for C{transport}
     directly rather than through Twisted's per-event log context: a few microseconds per hop,
-    most of what the bridge adds to a small request's round trip beyond socat's. The reactor
+    most of what the bridge adds to a small request's round trip beyond socat's (the SFTP
+    client uses it for the same reason). The reactor
     still handles the read, its errors and disconnects as usual; a pause and resume (flow
     control in a bulk transfer) puts Twisted's own registration back. On any other reactor,
     or if these internals change, nothing happens.
@@ -224,8 +225,8 @@ class _Inbound(_Side):
         self.link(outbound)
         outbound.link(self)
         self.transport.resumeProducing()
-        _lean_reads(self.transport)
-        _lean_reads(outbound.transport)
+        lean_reads(self.transport)
+        lean_reads(outbound.transport)
         log.debug("Bridged {peer} to the target", peer=self._peer_name)
 
     def _connect_failed(self, reason: Failure) -> None:

@@ -449,3 +449,22 @@ class Collector(Protocol):
         d: defer.Deferred[None] = defer.Deferred()
         self._waiting.append((marker, d))
         return d.addTimeout(10, _reactor())
+
+
+@pytest_twisted.ensureDeferred
+async def test_sftp_client_reads_its_socket_the_lean_way(agent_port: int) -> None:
+    """telenet's SFTP client, on real TCP, takes the same lean read path and works on it."""
+    from telenet.sftpclient import SFTPClient
+
+    reactor = _reactor()
+    client = SFTPClient(reactor)
+    ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", agent_port)
+    await endpoints.connectProtocol(ep, client)
+    await client.ready
+    try:
+        key = reactor._asyncioEventloop._selector.get_key(client.transport.fileno())
+        assert key.data[0]._callback == reactor._readOrWrite
+        attrs = await client.stat(b"/tel_app_exports")
+        assert attrs.permissions is not None
+    finally:
+        client.transport.loseConnection()
