@@ -254,6 +254,7 @@ class SFTPOperations(pyfuse3.Operations):
         *,
         now: Callable[[], float] = time.monotonic,
         invalidate: Callable[[int, bytes], None] = _invalidate_entry,
+        store: Callable[[int, int, Any], None] | None = None,
         readdir_reply: Callable[[Any, bytes, EntryAttributes, int], bool] = pyfuse3.readdir_reply,
         entry_timeout: float = ENTRY_TIMEOUT,
         attr_timeout: float = ATTR_TIMEOUT,
@@ -265,6 +266,7 @@ class SFTPOperations(pyfuse3.Operations):
         self._source = source
         self._now = now
         self._invalidate = invalidate
+        self._store = store
         self._readdir_reply = readdir_reply
         self.entry_timeout = entry_timeout
         self.attr_timeout = attr_timeout
@@ -765,7 +767,39 @@ class SFTPOperations(pyfuse3.Operations):
             opening.addCallback(prefetch)
         handle = await _wait(opening)
         h = self._register(node, sflags, client, handle, readers[0] if readers else None)
+        if readers and size and self._store is not None and len(node.handles) == 1:
+            keep = await self._preload(node, readers[0], size)
         return FileInfo(fh=h.fh, keep_cache=keep)
+
+    async def _preload(self, node: _Node, reader: ReadAhead, size: int) -> bool:
+        """
+        Put a small file's bytes (read at open) in the kernel's page cache before the open is
+        answered, so that the kernel reads them from there: no READ request, and no GETATTR
+        after it either (a read makes the kernel drop the cached atime). Then the open may
+        keep the cache, because every page up to the end of the file is what was just
+        stored: only when the bytes are exactly the size the kernel was told, with the
+        attributes still fresh (our own writes expire them) and no other open handle. Any
+        failure leaves the usual path: the kernel asks with READ.
+        """
+        try:
+            data = reader.read(0, size)
+            if isinstance(data, Deferred):
+                data = await _wait(data)
+            attrs = node.attrs
+            if (
+                len(data) != size
+                or attrs is None
+                or attrs.size != size
+                or node.expires <= self._now()
+                or node.detached
+                or len(node.handles) != 1
+            ):
+                return False
+            assert self._store is not None
+            self._store(node.ino, 0, data)
+        except Exception:
+            return False  # the kernel's READ will ask again (and meet any error itself)
+        return True
 
     def _keep_cache(self, node: _Node) -> bool:
         """
@@ -1450,7 +1484,7 @@ def main(argv: list[str] | None = None) -> int:
         keepalive=min(5.0, max(timeout / 2, 0.5)),
         label=label,
     )
-    fs = SFTPOperations(manager)
+    fs = SFTPOperations(manager, store=pyfuse3.notify_store)
     outcome = {"code": 0}
     state: dict[str, Any] = {"main": None, "port": None}
 

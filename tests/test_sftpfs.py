@@ -75,11 +75,13 @@ class World:
         self.client.put(b"/outside", b"not yours")
         self.source = FakeSource(self.client)
         self.invalidated: list[tuple[int, bytes]] = []
+        self.stored: list[tuple[int, int, bytes]] = []
         self.now = 1000.0
         self.fs = SFTPOperations(
             self.source,
             now=lambda: self.now,
             invalidate=lambda parent, name: self.invalidated.append((parent, name)),
+            store=lambda inode, offset, data: self.stored.append((inode, offset, bytes(data))),
             readdir_reply=self._reply,
             readahead=1 << 20,
             write_behind=4 * MAX_CHUNK,
@@ -458,9 +460,10 @@ async def test_names_mkdir_rmdir_unlink_symlink(world: World) -> None:
 async def test_disconnected_operations_fail_fast(world: World) -> None:
     """Without a connection every operation fails at once with ENOTCONN or EIO."""
     await aio(world.setup())
-    entry = await world.lookup_path(b"data", b"hello")
-    world.client.hold_reads = True  # held from the open on: a small file is read at open
+    world.client.put(b"/exp/app/data/big", os.urandom(1 << 20))  # not read whole at open
+    entry = await world.lookup_path(b"data", b"big")
     fi = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    world.client.hold_reads = True
     reading = aio(world.fs.read(fi.fh, 0, 100))
     await aio(_tick())
     assert world.client.held, "the READ is in flight"
@@ -844,6 +847,37 @@ def test_e2e_volumes_come_and_go(helper: MountHelper, export: str) -> None:
 
 
 @pytest.mark.e2e
+def test_e2e_small_files_stay_fresh(helper: MountHelper, export: str) -> None:
+    """Small files (preloaded into the page cache at open) show server-side changes after
+    the attribute timeout, and this mount's own writes at once."""
+    remote = os.path.join(export, "tel_app_exports", "echo", "data")
+
+    def read(*names: str) -> bytes:
+        with open(helper.path(*names), "rb") as f:
+            return f.read()
+
+    def story() -> None:
+        path = os.path.join(remote, "small")
+        with open(path, "wb") as f:
+            f.write(b"version one\n")
+        assert read("data", "small") == b"version one\n"
+        assert read("data", "small") == b"version one\n"
+        for content in (b"version two\n", b"three, and longer than before\n", b"4\n"):
+            with open(path, "wb") as f:
+                f.write(content)
+            time.sleep(2.2)  # past the attribute timeout, and a new mtime second
+            assert read("data", "small") == content
+        with open(helper.path("data", "small"), "wb") as f:
+            f.write(b"written here\n")
+        assert read("data", "small") == b"written here\n"
+        with open(helper.path("data", "small"), "ab") as f:
+            f.write(b"and more\n")
+        assert read("data", "small") == b"written here\nand more\n"
+
+    in_thread(story, 60)
+
+
+@pytest.mark.e2e
 def test_e2e_large_file_read_and_write(helper: MountHelper, export: str) -> None:
     """32 MiB each way, byte for byte."""
     remote = os.path.join(export, "tel_app_exports", "echo", "data")
@@ -946,6 +980,7 @@ def test_e2e_unreachable_server_is_reported(e2e_ready: None, workdir: str) -> No
 @pytest_twisted.ensureDeferred
 async def test_kernel_cache_is_kept_only_for_unchanged_files(world: World) -> None:
     """A re-opened file keeps the kernel's pages only if its mtime and size did not change."""
+    world.fs._store = None  # without preloading small files (tested below)
     await aio(world.setup())
     world.client.tree[b"/exp/app/data/hello"].mtime = int(time.time()) - 3600
     entry = await world.lookup_path(b"data", b"hello")
@@ -1056,3 +1091,49 @@ async def test_missing_names_are_negative_entries_for_a_moment(world: World) -> 
     assert made.st_ino != 0
     world.fs.negative_timeout = 0
     assert await fuse_errno(world.fs.lookup(vol.st_ino, b"still-nothing", None)) == errno.ENOENT
+
+
+@pytest_twisted.ensureDeferred
+async def test_small_files_are_preloaded_into_the_kernel_cache(world: World) -> None:
+    """A small file's bytes go to the page cache at open (the open keeps it); only if safe."""
+    await aio(world.setup())
+    entry = await world.lookup_path(b"data", b"hello")
+    fi = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert world.stored == [(entry.st_ino, 0, b"hello world")] and fi.keep_cache
+    assert await aio(world.fs.read(fi.fh, 0, 4096)) == b"hello world", "READ still works"
+    second = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert len(world.stored) == 1 and not second.keep_cache, "not with another handle open"
+    for h in (fi, second):
+        await aio(world.fs.release(h.fh))
+    world.now += 5  # attributes expired: the kernel's size may be another
+    stale = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert len(world.stored) == 1 and not stale.keep_cache
+    await aio(world.fs.release(stale.fh))
+    await world.lookup_path(b"data", b"hello")
+    writer = await aio(world.fs.open(entry.st_ino, os.O_WRONLY, None))
+    await aio(world.fs.write(writer.fh, 0, b"HELLO"))
+    await aio(world.fs.release(writer.fh))
+    after_write = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert len(world.stored) == 1 and not after_write.keep_cache, "our write expired the size"
+    await aio(world.fs.release(after_write.fh))
+    world.client.put(b"/exp/app/data/hello", b"changed on the server, longer")
+    world.now += 5
+    await world.lookup_path(b"data", b"hello")
+    fresh = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert world.stored[-1] == (entry.st_ino, 0, b"changed on the server, longer")
+    assert fresh.keep_cache
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_preload_leaves_the_kernel_to_read(world: World) -> None:
+    """If the kernel refuses the bytes, the open answers without keeping the cache."""
+
+    def refuse(inode: int, offset: int, data: Any) -> None:
+        raise OSError(errno.ENOSYS, "no notify_store")
+
+    world.fs._store = refuse
+    await aio(world.setup())
+    entry = await world.lookup_path(b"data", b"hello")
+    fi = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert not fi.keep_cache
+    assert await aio(world.fs.read(fi.fh, 0, 4096)) == b"hello world"
