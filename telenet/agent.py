@@ -918,7 +918,6 @@ class AgentFactory(Factory):
         return proto
 
 
-
 class Options(usage.Options):
     synopsis = "--root DIR [--listen ENDPOINT]"
     longdesc = (
