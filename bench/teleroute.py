@@ -27,6 +27,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -202,27 +203,30 @@ def run(runs: int, size_mib: int, joins: int, parallel: int) -> TelerouteResult:
     require()
     result = TelerouteResult()
     work = tempfile.mkdtemp(prefix="tntest-bench-teleroute-")
-    with topology(work) as paths:
-        order = ["teleroute", "bridge"]
-        send(paths["teleroute"][0], paths["teleroute"][1], 1)  # warm-up: caches, ARP
-        for i in range(runs):
-            for name in order if i % 2 == 0 else order[::-1]:
-                network, host = paths[name]
-                result.seconds.setdefault(name, []).append(send(network, host, size_mib))
-        for i in range(joins):
-            for name in order if i % 2 == 0 else order[::-1]:
-                result.join.setdefault(name, []).append(join_once(paths[name][0]))
-        result.concurrent = parallel
-        started = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-            futures = [pool.submit(join_once, paths["teleroute"][0]) for _ in range(parallel)]
-            for future in concurrent.futures.as_completed(futures):
-                try:
-                    future.result()
-                    result.concurrent_ok += 1
-                except Exception as e:  # reported, not raised: the count is the result
-                    result.failures.append(str(e))
-        result.concurrent_seconds = time.perf_counter() - started
+    try:
+        with topology(work) as paths:
+            order = ["teleroute", "bridge"]
+            send(paths["teleroute"][0], paths["teleroute"][1], 1)  # warm-up: caches, ARP
+            for i in range(runs):
+                for name in order if i % 2 == 0 else order[::-1]:
+                    network, host = paths[name]
+                    result.seconds.setdefault(name, []).append(send(network, host, size_mib))
+            for i in range(joins):
+                for name in order if i % 2 == 0 else order[::-1]:
+                    result.join.setdefault(name, []).append(join_once(paths[name][0]))
+            result.concurrent = parallel
+            started = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+                futures = [pool.submit(join_once, paths["teleroute"][0]) for _ in range(parallel)]
+                for future in concurrent.futures.as_completed(futures):
+                    try:
+                        future.result()
+                        result.concurrent_ok += 1
+                    except Exception as e:  # reported, not raised: the count is the result
+                        result.failures.append(str(e))
+            result.concurrent_seconds = time.perf_counter() - started
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
