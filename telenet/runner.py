@@ -346,8 +346,7 @@ class Runner:
                     raise CLIError(f"the daemon could not open a bridge to {agent}: {e}") from None
                 self.probe(host, bridge, agent)
                 for i, mount in enumerate(kept):
-                    volume = f"{container}-{i}"
-                    self._fresh_volume(volume, driver, conn.name)
+                    volume = self._volume_name(f"{container}-{i}", bridge, driver, conn.name)
                     options = {
                         "host": host,
                         "port": str(bridge),
@@ -399,11 +398,27 @@ class Runner:
             raise CLIError(f"docker build of {build.context} wrote no image id")
         return image
 
-    def _fresh_volume(self, volume: str, driver: str, connection: str) -> None:
-        """Make room for ``volume``: a leftover of ours is removed, anything else refused."""
+    def _volume_name(self, name: str, bridge: int, driver: str, connection: str) -> str:
+        """
+        Go's name ``<container>-<i>``, made free; while another engagement of this connection
+        uses it (the same container engaged twice), ``<container>-<i>-<bridge port>``: the port
+        is this engagement's own as long as it runs, so its volumes are its alone.
+        """
+        if self._fresh_volume(name, driver, connection):
+            return name
+        alternative = f"{name}-{bridge}"
+        if not self._fresh_volume(alternative, driver, connection):
+            raise CLIError(f"the volumes {name} and {alternative} are both in use")
+        return alternative
+
+    def _fresh_volume(self, volume: str, driver: str, connection: str) -> bool:
+        """
+        Make room for ``volume``: True when it is free or was a leftover of ours, False when
+        another engagement of ours uses it; anyone else's is refused.
+        """
         found = [v for v in self.docker.volumes(driver) if v["Name"] == volume]
         if not found:
-            return
+            return True
         existing = found[0]
         if (existing.get("Labels") or {}).get(LABEL_CONNECTION) != connection:
             raise CLIError(
@@ -412,10 +427,9 @@ class Runner:
             )
         try:
             self.docker.remove_volume(volume)
-        except DockerError as e:
-            raise CLIError(
-                f"the volume {volume} of an earlier engagement is still in use: {e}"
-            ) from None
+        except DockerError:
+            return False
+        return True
 
 
 def _check_agent(agent: str) -> None:

@@ -245,6 +245,23 @@ def test_engage_leftover_volume(world: World) -> None:
     assert world.control.bridges == {}
 
 
+def test_engage_same_container_twice_keeps_volumes_apart(world: World) -> None:
+    """
+    While another engagement of this connection uses echo-0, the next one mounts echo-0-<its
+    bridge port> and removes only its own volume.
+    """
+    driver = "telenet/telemount:latest"
+    world.docker.create_volume("echo-0", driver, {}, {LABEL_CONNECTION: "blue"})
+    world.docker.volumes_in_use.add("echo-0")
+    cli = FakeDockerCLI(world)
+    runner(world, cli).engage(None, "h:1", "echo", ["/a"], ["local/busybox"])
+    ((_, _, port),) = [c for c in world.control.calls if c[0] == "open_bridge"]
+    assert ("create_volume", f"echo-0-{port}") in world.docker.calls
+    assert ("remove_volume", f"echo-0-{port}") in world.docker.calls
+    assert list(world.docker.volumes_by_name) == ["echo-0"]
+    assert world.control.bridges == {}
+
+
 def _server(reply: bytes | None) -> tuple[socket.socket, threading.Thread]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

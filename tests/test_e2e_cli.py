@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -142,7 +143,9 @@ def timed(key: str, env: Env, *args: str, check: bool = True
 
 
 def ip_on(container: str, network: str) -> str:
-    out = run("docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", container).stdout
+    out = run(
+        "docker", "container", "inspect", "-f", "{{json .NetworkSettings.Networks}}", container
+    ).stdout
     return str(json.loads(out)[network]["IPAddress"])
 
 
@@ -193,8 +196,8 @@ def test_story_end_to_end(env: Env) -> None:
         port = run("docker", "port", web, "80/tcp").stdout.split(":")[-1].strip()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/passwd", timeout=10) as r:
             assert b"root:x:0:0" in r.read()
-        networks = json.loads(run("docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}",
-                                  web).stdout)  # fmt: skip
+        networks = json.loads(run("docker", "container", "inspect", "-f",
+                                  "{{json .NetworkSettings.Networks}}", web).stdout)  # fmt: skip
         assert set(networks) == {"bridge", name}
     finally:
         run("docker", "rm", "-f", web, check=False)
@@ -327,14 +330,7 @@ def test_signal_stops_the_engaged_container(env: Env) -> None:
     name = f"{env.prefix}-sig"
     env.connect(name)
     workload = f"{env.prefix}-sigw"
-    env_vars = {**os.environ, "TELENET_CONFIG": env.config}
-    # A shell as PID 1 ignores SIGINT; it traps TERM so that docker stop is quick.
-    proc = subprocess.Popen(
-        [TELENET, "engage", "--name", name, "--agent", env.cluster["agent"], "--container",
-         "echo", "--remote-mount", SECRETS, "--docker-run", "--", "--name", workload, BUSYBOX,
-         "sh", "-c", "trap 'exit 0' TERM; while sleep 0.1; do :; done"],
-        env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = engage_in_background(env, name, env.cluster["agent"], workload)
     try:
         wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={workload}").stdout != "",
                  30, "the engaged container")  # fmt: skip
@@ -368,3 +364,159 @@ def test_demo(env: Env) -> None:
     networks = run("docker", "network", "ls", "--format", "{{.Name}}").stdout.split()
     assert [n for n in networks if prefix in n] == []
     assert env.volumes() == []
+
+
+CURL_IMAGE = "telenet/curl"
+
+
+def ensure_curl_image() -> None:
+    """telenet/curl made locally from the Debian base (apt inside the build; cached after)."""
+    if subprocess.run(["docker", "image", "inspect", CURL_IMAGE],
+                      capture_output=True).returncode == 0:  # fmt: skip
+        return
+    from telenet.runner import CURL_DOCKERFILE
+
+    built = subprocess.run(["docker", "build", "-q", "-t", CURL_IMAGE, "-"], input=CURL_DOCKERFILE,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    require(built.returncode == 0, f"could not build {CURL_IMAGE}: {built.stderr[-500:]}")
+
+
+def test_curl_and_docker_build_and_debug(env: Env) -> None:
+    """
+    telenet curl prints the service's body (exit 0) and fails with curl's message on a name that
+    does not resolve; engage --docker-build runs the image built from a context (cluster value,
+    remote file); --docker-debug's container has SYS_PTRACE and apparmor=unconfined.
+    """
+    ensure_curl_image()
+    name = f"{env.prefix}-curl"
+    env.connect(name)
+    result = env.telenet("--connection", name, "curl", "-sS", f"http://{SERVICE}/")
+    assert result.stdout.strip() == BODY, result
+    result = env.telenet("--connection", name, "curl", "-sS", "http://nowhere.invalid/",
+                         check=False)  # fmt: skip
+    assert result.returncode == 6, result
+    assert "resolve host" in result.stderr, result
+
+    context = os.path.join(env.workdir, "ctx")
+    os.makedirs(context)
+    with open(os.path.join(context, "Dockerfile"), "w") as f:
+        f.write(f'FROM {BUSYBOX}\nCOPY run.sh /run.sh\nCMD ["sh", "/run.sh"]\n')
+    with open(os.path.join(context, "run.sh"), "w") as f:
+        f.write(f"{HTTP_GET}\nls {SECRETS}/serviceaccount\n")
+    result = env.telenet("engage", "--name", name, "--agent", env.cluster["agent"],
+                         "--container", env.cluster["sample_container"], "--remote-mount",
+                         f"{SECRETS}:ro", "--docker-build", context, "--docker-build-opt",
+                         f"file={context}/Dockerfile", "--")  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert BODY in lines and "token" in lines, result
+    assert env.volumes() == []
+
+    workload = f"{env.prefix}-debug"
+    env_vars = {**os.environ, "TELENET_CONFIG": env.config}
+    proc = subprocess.Popen(
+        [TELENET, "engage", "--name", name, "--agent", env.cluster["agent"], "--container",
+         env.cluster["sample_container"], "--remote-mount", SECRETS, "--docker-debug", context,
+         "--", "--name", workload, "IMAGE", *IDLE],
+        env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={workload}").stdout != "",
+                 30, "the debug container")  # fmt: skip
+        host = json.loads(run("docker", "container", "inspect", "-f", "{{json .HostConfig}}",
+                              workload).stdout)  # fmt: skip
+        assert {"SYS_PTRACE", "CAP_SYS_PTRACE"} & set(host["CapAdd"] or []), host["CapAdd"]
+        assert "apparmor=unconfined" in (host["SecurityOpt"] or []), host["SecurityOpt"]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert run("docker", "ps", "-a", "-q", "--filter", f"name={workload}").stdout == ""
+    assert env.volumes() == []
+    env.telenet("quit", "--name", name)
+    env.connections.discard(name)
+    assert_nothing_left(env, name)
+
+
+#: A workload that runs until stopped: a shell as PID 1 ignores SIGINT, so it traps TERM.
+IDLE = ("sh", "-c", "trap 'exit 0' TERM; while sleep 0.1; do :; done")
+
+
+def engage_in_background(env: Env, name: str, agent: str, workload: str
+                         ) -> subprocess.Popen[str]:  # fmt: skip
+    """``telenet engage`` of the echo container's secrets on ``agent``, running IDLE."""
+    return subprocess.Popen(
+        [TELENET, "engage", "--name", name, "--agent", agent, "--container", "echo",
+         "--remote-mount", SECRETS, "--docker-run", "--", "--name", workload, BUSYBOX, *IDLE],
+        env={**os.environ, "TELENET_CONFIG": env.config}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def in_container(container: str, script: str) -> str:
+    return run("docker", "exec", container, "sh", "-c", script).stdout
+
+
+def test_two_engagements_side_by_side(env: Env) -> None:
+    """
+    Two engagements of the same container name on one connection, against two agents with
+    different exports: each sees only its own files, they reach each other by name and both
+    reach the cluster; when the first ends, the second's volume and bridge keep working.
+    """
+    name = f"{env.prefix}-two"
+    env.connect(name)
+    cluster = env.cluster["container"]
+    token = f"{SECRETS}/serviceaccount/token"
+    # The second agent exports another tree, in the cluster container on port 8023.
+    in_container(cluster, f"mkdir -p /exports2/echo{SECRETS}/serviceaccount && "
+                          f"echo second-token > /exports2/echo{token} && "
+                          f"touch /exports2/echo{SECRETS}/only-second")  # fmt: skip
+    run("docker", "exec", "-d", cluster, "twistd", "-n", "--pidfile=", "sftp-agent", "--root",
+        "/exports2", "--listen", "tcp:8023")  # fmt: skip
+    second_agent = f"{env.cluster['ip']}:8023"
+
+    def agent_listens() -> bool:
+        with socket.socket() as s:
+            s.settimeout(1)
+            return s.connect_ex((env.cluster["ip"], 8023)) == 0
+
+    wait_for(agent_listens, 20, "the second agent")
+    first, second = f"{env.prefix}-first", f"{env.prefix}-second"
+    procs = [engage_in_background(env, name, env.cluster["agent"], first)]
+    try:
+        wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={first}").stdout != "",
+                 30, "the first engaged container")  # fmt: skip
+        procs.append(engage_in_background(env, name, second_agent, second))
+        wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={second}").stdout != "",
+                 30, "the second engaged container")  # fmt: skip
+        # The same container name: the second engagement's volume is its own.
+        assert sorted(env.volumes())[0] == "echo-0" and len(env.volumes()) == 2, env.volumes()
+        assert len(env.status(name)["bridges"]) == 2
+        assert in_container(first, f"cat {token}") == "demo-token-123\n"
+        assert in_container(second, f"cat {token}") == "second-token\n"
+        assert "only-second" not in in_container(first, f"ls {SECRETS}")
+        assert "only-second" in in_container(second, f"ls {SECRETS}")
+        for me, other in ((first, second), (second, first)):
+            assert in_container(me, HTTP_GET).strip() == BODY
+            in_container(me, f"ping -c 1 -W 5 {other}")
+
+        procs[0].send_signal(signal.SIGINT)
+        procs[0].wait(timeout=30)
+        assert run("docker", "ps", "-a", "-q", "--filter", f"name={first}").stdout == ""
+        assert len(env.volumes()) == 1 and len(env.status(name)["bridges"]) == 1
+        # A file made after the first engagement ended: read through the second's bridge.
+        in_container(cluster, f"echo later > /exports2/echo{SECRETS}/later")
+        assert in_container(second, f"cat {SECRETS}/later") == "later\n"
+        assert in_container(second, HTTP_GET).strip() == BODY
+        procs[1].send_signal(signal.SIGINT)
+        procs[1].wait(timeout=30)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert env.volumes() == []
+    assert env.status(name)["bridges"] == []
+    env.telenet("quit", "--name", name)
+    env.connections.discard(name)
+    assert_nothing_left(env, name)
