@@ -47,7 +47,6 @@ from telenet.routeclient import (
     grpc_target,
 )
 from telenet.routelinks import IEndpointPlumbing, PlumbingError
-from telenet.threads import ThreadPoolService
 
 log = Logger()
 
@@ -924,20 +923,39 @@ class Options(usage.Options):
 
 
 class _DriverService(service.Service):
-    """Reconnects restored networks once the reactor runs; closes connections at the end."""
+    """
+    Reconnects restored networks once the reactor runs. At the end it lets the requests in
+    flight finish first (``site``'s drain: a Join waiting for a slow daemon gets the daemon's
+    answer, not a cancelled call), then closes the daemon connections, then stops ``pool``
+    (the state thread those requests save through).
+    """
 
-    def __init__(self, driver: NetworkDriver, reactor: Any) -> None:
+    def __init__(self, driver: NetworkDriver, reactor: Any,
+                 site: dockerplugin.PluginSite | None = None,
+                 pool: ThreadPool | None = None) -> None:
         self.driver = driver
         self.reactor = reactor
+        self.site = site
+        self.pool = pool
 
     def startService(self) -> None:
         super().startService()
+        if self.pool is not None:
+            self.pool.start()
         # grpc.aio needs the running loop: start after the reactor does.
         self.reactor.callWhenRunning(self.driver.start)
 
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
-        return self.driver.stop()
+        d = self.site.drain() if self.site is not None else defer.succeed(None)
+        d.addBoth(lambda _: self.driver.stop())
+        d.addBoth(self._stop_pool)
+        return d
+
+    def _stop_pool(self, result: object) -> object:
+        if self.pool is not None:
+            self.pool.stop()
+        return result
 
 
 def makeService(options: Options, reactor: Any = None,
@@ -965,7 +983,6 @@ def makeService(options: Options, reactor: Any = None,
 
     top = service.MultiService()
     pool = ThreadPool(minthreads=1, maxthreads=1, name="teleroute-state")
-    ThreadPoolService(pool).setServiceParent(top)
 
     def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         from twisted.internet.threads import deferToThreadPool
@@ -978,8 +995,10 @@ def makeService(options: Options, reactor: Any = None,
                            reactor, run_blocking, plumbing=NetnsPlumbing(process_runner(reactor)))
     driver.restore()
     log.info("teleroute plug-in, host pid {pid}", pid=driver._pid)
-    _DriverService(driver, reactor).setServiceParent(top)
     resource = dockerplugin.PluginResource(["NetworkDriver"], driver.handlers())
-    strports.service(options["listen"], dockerplugin.plugin_site(resource),
-                     reactor=reactor).setServiceParent(top)
+    site = dockerplugin.plugin_site(resource)
+    assert isinstance(site, dockerplugin.PluginSite)
+    # Stopped together with the listener: it drains the site before closing anything.
+    _DriverService(driver, reactor, site, pool).setServiceParent(top)
+    strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
     return top
