@@ -1,0 +1,433 @@
+"""
+Fault suite, item 5 (load): many containers joining the teleroute network at once, and many
+telemount volumes created and mounted at once. Everything must succeed, and afterwards nothing
+may be left: no veth, FUSE mount, helper process, file descriptor or saved state beyond what
+was there before (counted before and after).
+
+Two things about the counts:
+
+- The daemon keeps a veth pair per container address while it runs (by design: Docker reuses
+  addresses), so after the containers leave, their ``tp-*`` ends are back on the host. They
+  must be exactly the pairs the daemon reports as cached, and all gone once the daemon is.
+- dockerd keeps up to two idle keep-alive connections to each plug-in socket (Go's default);
+  the plug-in's HTTP layer closes idle connections after ``IDLE_TIMEOUT`` (30 s). Connections
+  accepted on the plug-in socket are counted apart from every other fd, and waited for.
+
+Counts are the full 50 in CI too (the tests stay within about 90 s each), see tests/faultkit.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import pytest
+
+from telenet.dockerplugin import IDLE_TIMEOUT
+
+from .conftest import Agent, Telemount, free_port, fuse_mounts, run, wait_for
+from .faultkit import record, scaled
+from .test_e2e_telemount import helper_pids
+from .test_e2e_teleroute import (  # noqa: F401 (fixtures)
+    BODY,
+    LegacyPlugin,
+    Setup,
+    cluster,
+    docker,
+    host_tp_links,
+    http_get_command,
+    images,
+    legacy_plugin,
+    legacy_setup,
+    reaches_cluster,
+    uid,
+)
+
+pytestmark = pytest.mark.e2e
+
+JOINS = scaled(50, 50)
+VOLUMES = scaled(50, 50)
+#: SFTP servers the volumes are spread over: one FUSE mount and one helper process each.
+SERVERS = scaled(5, 10)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def in_parallel(f: Callable[[T], R], items: Iterable[T], workers: int) -> list[R]:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(f, items))
+
+
+def fd_kinds(pid: int, listening: str) -> collections.Counter[str]:
+    """
+    The open fds of ``pid`` by kind: ``conn`` is a connection accepted on the unix socket
+    ``listening`` (dockerd's, to the plug-in), ``listen`` that socket itself; other unix
+    sockets, other sockets (TCP), pipes, files and anon inodes by their kind.
+    """
+    unix: dict[str, tuple[str, str]] = {}
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            # Num RefCount Protocol Flags Type St Inode [Path]
+            parts = line.split()
+            unix[parts[6]] = (parts[5], parts[7] if len(parts) > 7 else "")
+    kinds: collections.Counter[str] = collections.Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            state, path = unix.get(target[8:-1], ("", ""))
+            if path == listening:
+                kinds["listen" if state == "01" else "conn"] += 1
+            else:
+                kinds["unix" if state else "socket"] += 1
+        elif target.startswith("pipe:"):
+            kinds["pipe"] += 1
+        elif target.startswith("anon_inode:"):
+            kinds[target[len("anon_inode:") :]] += 1
+        else:
+            kinds["file"] += 1
+    return kinds
+
+
+def without_connections(kinds: collections.Counter[str]) -> dict[str, int]:
+    return {k: n for k, n in sorted(kinds.items()) if k != "conn" and n}
+
+
+def children(pid: int) -> list[str]:
+    """The command lines of the processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                found.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def wait_for_idle_connections(pid: int, socket: str, at_most: int) -> float:
+    """
+    Wait until dockerd's connections to the plug-in are down to ``at_most``: the plug-in closes
+    idle ones after IDLE_TIMEOUT. The seconds it took.
+    """
+    started = time.monotonic()
+    wait_for(
+        lambda: fd_kinds(pid, socket)["conn"] <= at_most,
+        IDLE_TIMEOUT + 10,
+        f"dockerd's idle connections to {socket} to be closed",
+        interval=0.5,
+    )
+    return time.monotonic() - started
+
+
+# -- teleroute: concurrent joins
+
+
+def _docker_endpoints(s: Setup) -> set[str]:
+    out = docker("network", "inspect", "-f", "{{json .Containers}}", s.network).stdout
+    return {c["EndpointID"] for c in (json.loads(out) or {}).values()}
+
+
+def _daemon_status(s: Setup) -> dict[str, int]:
+    """The daemon's own account of its teleroute state (its control API, in its netns)."""
+    script = (
+        "import json, urllib.request; print(json.dumps(json.load(urllib.request.urlopen("
+        "'http://127.0.0.1:4038/status', timeout=5))['teleroute']))"
+    )
+    return dict(json.loads(docker("exec", s.daemon, "python3", "-c", script).stdout))
+
+
+def _bridge_ports(s: Setup) -> list[str]:
+    """The tp-* links on br-daemon in the daemon's netns (the daemon's ends of its pairs)."""
+    pid = docker("container", "inspect", "-f", "{{.State.Pid}}", s.daemon).stdout.strip()
+    out = run("nsenter", "-t", pid, "-n", "ip", "-o", "link", "show", "master", "br-daemon").stdout
+    return re.findall(r"^\d+: (tp-[a-z2-7]{12})[@:]", out, re.M)
+
+
+def _joined_peers(plugin: LegacyPlugin) -> set[str]:
+    """The peer ends the daemon handed to Docker (logged by the plug-in at each Join)."""
+    with open(plugin.log_path, errors="replace") as f:
+        return set(re.findall(r"joins with (tp-[a-z2-7]{12})", f.read()))
+
+
+def test_concurrent_joins_leak_nothing(legacy_setup: Setup) -> None:  # noqa: F811
+    """
+    ``JOINS`` containers join the teleroute network at once: every ``docker run`` succeeds and
+    every container reaches the daemon. After they are removed the plug-in and Docker agree on
+    the endpoints (only the daemon's), the only ``tp-*`` links are the pairs the daemon reports
+    as cached, and the plug-in has no more fds and no child process. Once the daemon and the
+    network are gone: no ``tp-*`` link of the test, and nothing in the plug-in's state.
+    """
+    s = legacy_setup
+    plugin = s.plugin
+    assert isinstance(plugin, LegacyPlugin) and plugin.daemon is not None
+    assert plugin.daemon.proc is not None
+    pid = plugin.daemon.proc.pid
+    assert reaches_cluster(s).strip() == BODY, (plugin.log()[-2000:], s.daemon_logs())
+    fds_before = fd_kinds(pid, plugin.socket)
+    children_before = children(pid)
+    pairs_before = _daemon_status(s)["veth_pairs"]
+    peers_before = _joined_peers(plugin)
+    names = [f"tntest-load-{uid()}" for _ in range(JOINS)]
+    s.containers += names
+
+    def start(name: str) -> subprocess.CompletedProcess[str]:
+        return docker(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            s.network,
+            "local/busybox",
+            "sleep",
+            "300",
+            check=False,
+            timeout=180,
+        )
+
+    started = time.monotonic()
+    results = in_parallel(start, names, JOINS)
+    join_s = time.monotonic() - started
+    failed = [(n, r.stderr.strip()) for n, r in zip(names, results, strict=True) if r.returncode]
+    assert failed == [], (failed, plugin.log()[-3000:])
+    fds_peak = sum(fd_kinds(pid, plugin.socket).values())
+    assert len(_docker_endpoints(s)) == JOINS + 1
+
+    def pings(name: str) -> int:
+        return docker(
+            "exec", name, "ping", "-c", "1", "-W", "3", s.address, check=False, timeout=60
+        ).returncode
+
+    unreachable = [n for n, rc in zip(names, in_parallel(pings, names, 10), strict=True) if rc]
+    assert unreachable == [], unreachable
+
+    started = time.monotonic()
+    removed = in_parallel(lambda n: docker("rm", "-f", n, check=False, timeout=180), names, JOINS)
+    remove_s = time.monotonic() - started
+    assert [r.stderr for r in removed if r.returncode] == []
+    # Nothing stale: the plug-in's endpoints are Docker's, the daemon's own only.
+    assert set(s.plugin.state()["endpoints"]) == _docker_endpoints(s)
+    assert len(_docker_endpoints(s)) == 1
+    status = _daemon_status(s)
+    assert status["endpoints"] == 1, status
+    # The cached pairs: the daemon's ends on br-daemon are exactly the pairs it reports, and
+    # on the host exactly the peers handed out for the new containers (the daemon's own peer
+    # is tpd-0 in its netns). A peer of an address used before the test may be reused.
+    ports = _bridge_ports(s)
+    peers = _joined_peers(plugin) - peers_before
+    on_host = set(host_tp_links())
+    assert len(ports) == status["veth_pairs"], (ports, status)
+    assert peers <= on_host, sorted(peers - on_host)
+    assert len(peers) >= JOINS - pairs_before, (len(peers), pairs_before)
+    assert len(peers) + pairs_before == status["veth_pairs"], (len(peers), status)
+    idle_s = wait_for_idle_connections(pid, plugin.socket, 0)
+    fds_after = fd_kinds(pid, plugin.socket)
+    assert without_connections(fds_after) == without_connections(fds_before), (
+        fds_before,
+        fds_after,
+    )
+    assert children(pid) == children_before
+
+    # Teardown, counted: the daemon goes (its netns with its veth ends), then the network.
+    docker("rm", "-f", s.daemon)
+    try:
+        wait_for(lambda: not peers & set(host_tp_links()), 15, "the cached tp-* links to go")
+    except AssertionError:
+        raise AssertionError(f"tp-* links left: {sorted(peers & set(host_tp_links()))}") from None
+    rm = docker("network", "rm", s.network, check=False)
+    assert rm.returncode == 0, (rm.stderr, plugin.log()[-3000:])
+    state = s.plugin.state()
+    assert state.get("networks") == {} and state.get("endpoints") == {}, state
+    fds_end = fd_kinds(pid, plugin.socket)
+    # The daemon's gRPC connection is closed with the network: fewer fds than before, never more.
+    extra = {k: n for k, n in fds_end.items() if k != "conn" and n > fds_before[k]}
+    assert extra == {}, (fds_before, fds_end)
+    assert children(pid) == children_before
+    record(
+        "load-teleroute-joins",
+        joins=JOINS,
+        join_wall_s=round(join_s, 1),
+        remove_wall_s=round(remove_s, 1),
+        pinged=JOINS,
+        veth_pairs_cached=status["veth_pairs"],
+        tp_links_left=0,
+        fds_before=sum(fds_before.values()),
+        fds_peak=fds_peak,
+        fds_after=sum(fds_after.values()),
+        fds_after_teardown=sum(fds_end.values()),
+        idle_connections_closed_after_s=round(idle_s, 1),
+        children=len(children_before),
+    )
+
+
+# -- telemount: concurrent volume creates and mounts
+
+
+def test_concurrent_volume_mounts_leak_nothing(
+    telemount: Telemount, sftp_agent: Agent, workdir: str
+) -> None:
+    """
+    ``VOLUMES`` volumes over ``SERVERS`` SFTP servers are created at once, then mounted by as
+    many containers at once: all succeed and each container reads its own volume. After the
+    containers and volumes are removed (at once too): no FUSE mount, no helper process, no
+    volume in the plug-in's state, and the plug-in has no more fds or child processes than
+    before.
+    """
+    agents = [sftp_agent] + [
+        Agent(sftp_agent.root, free_port(), os.path.join(workdir, f"agent{i}.log")).start()
+        for i in range(1, SERVERS)
+    ]
+    containers: list[str] = []
+    try:
+        _volume_load(telemount, agents, containers)
+    finally:
+        for name in containers:
+            docker("rm", "-f", name, check=False)
+        for agent in agents[1:]:
+            agent.daemon.stop()
+
+
+def _volume_load(telemount: Telemount, agents: list[Agent], containers: list[str]) -> None:
+    assert telemount.daemon.proc is not None
+    pid = telemount.daemon.proc.pid
+    secrets = os.path.join(agents[0].root, "echo", "var", "run", "secrets")
+    prefix = f"tntest-load-{uid()}"
+    volumes = [f"{prefix}-{i}" for i in range(VOLUMES)]
+    for vol in volumes:
+        os.makedirs(os.path.join(secrets, vol))
+        with open(os.path.join(secrets, vol, "name"), "w") as f:
+            f.write(vol + "\n")
+    mounts_before = fuse_mounts(telemount.mount_root)
+    helpers_before = helper_pids(telemount)
+    fds_before = fd_kinds(pid, telemount.socket)
+    children_before = children(pid)
+    assert mounts_before == [] and helpers_before == [] and telemount.volumes() == []
+
+    def create(i: int) -> subprocess.CompletedProcess[str]:
+        return run(
+            "docker",
+            "volume",
+            "create",
+            "-d",
+            telemount.name,
+            "-o",
+            "host=127.0.0.1",
+            "-o",
+            f"port={agents[i % len(agents)].port}",
+            "-o",
+            "container=echo",
+            "-o",
+            f"dir=/var/run/secrets/{volumes[i]}",
+            volumes[i],
+            check=False,
+            timeout=180,
+        )
+
+    started = time.monotonic()
+    created = in_parallel(create, range(VOLUMES), VOLUMES)
+    create_s = time.monotonic() - started
+    failed = [r.stderr.strip() for r in created if r.returncode]
+    assert failed == [], (failed, telemount.daemon.log()[-3000:])
+    assert telemount.volumes() == sorted(volumes)
+    mounts_peak = len(fuse_mounts(telemount.mount_root))
+    helpers_peak = len(helper_pids(telemount))
+    # One FUSE mount and one helper per SFTP server, shared by that server's volumes.
+    assert mounts_peak == len(agents) and helpers_peak == len(agents), (mounts_peak, helpers_peak)
+
+    names = [f"{vol}-c" for vol in volumes]
+    containers += names
+
+    def start(i: int) -> subprocess.CompletedProcess[str]:
+        return run(
+            "docker",
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            names[i],
+            "-v",
+            f"{volumes[i]}:/s",
+            "local/busybox",
+            "sleep",
+            "300",
+            check=False,
+            timeout=180,
+        )
+
+    started = time.monotonic()
+    mounted = in_parallel(start, range(VOLUMES), VOLUMES)
+    mount_s = time.monotonic() - started
+    failed = [r.stderr.strip() for r in mounted if r.returncode]
+    assert failed == [], (failed, telemount.daemon.log()[-3000:])
+    fds_peak = sum(fd_kinds(pid, telemount.socket).values())
+
+    def reads(i: int) -> str:
+        return run("docker", "exec", names[i], "cat", "/s/name", check=False, timeout=60).stdout
+
+    read = in_parallel(reads, range(VOLUMES), 10)
+    wrong = [(v, r) for v, r in zip(volumes, read, strict=True) if r != v + "\n"]
+    assert wrong == [], wrong
+    with open(telemount.state_dir + "/volumes.json") as f:
+        used = {n: v.get("used_by", []) for n, v in json.load(f)["volumes"].items()}
+    assert all(len(u) == 1 for u in used.values()) and len(used) == VOLUMES, used
+
+    started = time.monotonic()
+    removed = in_parallel(
+        lambda n: run("docker", "rm", "-f", n, check=False, timeout=180), names, VOLUMES
+    )
+    assert [r.stderr for r in removed if r.returncode] == []
+    vol_rm = in_parallel(
+        lambda v: run("docker", "volume", "rm", v, check=False, timeout=180), volumes, VOLUMES
+    )
+    remove_s = time.monotonic() - started
+    assert [r.stderr for r in vol_rm if r.returncode] == []
+    assert telemount.volumes() == []
+    wait_for(
+        lambda: fuse_mounts(telemount.mount_root) == [] and helper_pids(telemount) == [],
+        15,
+        "the mounts and helpers to go",
+    )
+    with open(telemount.state_dir + "/volumes.json") as f:
+        assert json.load(f)["volumes"] == {}
+    idle_s = wait_for_idle_connections(pid, telemount.socket, fds_before["conn"])
+    fds_after = fd_kinds(pid, telemount.socket)
+    assert without_connections(fds_after) == without_connections(fds_before), (
+        fds_before,
+        fds_after,
+    )
+    assert children(pid) == children_before
+    record(
+        "load-telemount-volumes",
+        volumes=VOLUMES,
+        servers=len(agents),
+        create_wall_s=round(create_s, 1),
+        mount_wall_s=round(mount_s, 1),
+        remove_wall_s=round(remove_s, 1),
+        fuse_mounts_peak=mounts_peak,
+        helpers_peak=helpers_peak,
+        mounts_left=0,
+        helpers_left=0,
+        fds_before=sum(fds_before.values()),
+        fds_peak=fds_peak,
+        fds_after=sum(fds_after.values()),
+        idle_connections_closed_after_s=round(idle_s, 1),
+    )
