@@ -161,12 +161,18 @@ class Teleroute:
         return d
 
     def stop(self) -> defer.Deferred[None]:
-        """End every Connect stream, then delete the veth pairs this daemon made."""
+        """
+        End every Connect stream, then delete the veth pairs this daemon made.
+
+        The pairs are deleted under the CreateEndpoint lock: a CreateEndpoint in flight (the
+        gRPC server lets them finish) completes first and its pair goes too; one that comes
+        later is refused.
+        """
         self.stopping = True
         waiters, self._waiters = self._waiters, set()
         for d in waiters:
             d.callback(None)
-        return defer.Deferred.fromCoroutine(self._delete_pairs())
+        return self._lock.run(lambda: defer.Deferred.fromCoroutine(self._delete_pairs()))
 
     async def _delete_pairs(self) -> None:
         pairs, self.pairs = list(self.pairs.values()), {}
@@ -206,6 +212,8 @@ class Teleroute:
         return self._lock.run(lambda: defer.Deferred.fromCoroutine(self._create(request)))
 
     async def _create(self, request: teleroute_pb2.CreateEndpointRequest) -> None:
+        if self.stopping:
+            raise TelerouteError(grpc.StatusCode.UNAVAILABLE, "the daemon is stopping")
         ipv4 = _decode_addr(request.addr_ipv4, "addr_ipv4", 4)
         ipv6 = _decode_addr(request.addr_ipv6, "addr_ipv6", 6)
         if request.daemon:

@@ -13,11 +13,16 @@ teleroute plug-in stops is not end-to-end; the others are.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -33,10 +38,13 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.threadpool import ThreadPool
 
 from telenet.dockerplugin import PluginSite
+from telenet.netip import encode_addr
 from telenet.proto import teleroute_pb2, teleroute_pb2_grpc
 from telenet.routeplugin import NetworkDriver, _DriverService
+from telenet.teleroute import Teleroute, TelerouteError
+from telenet.testing import MemoryNetlink
 
-from .conftest import TWISTD, Agent, Daemon, wait_for
+from .conftest import TWISTD, Agent, Daemon, require, wait_for
 from .faultkit import post, record
 
 #: Item 7: every app exits within this many seconds of SIGTERM.
@@ -415,4 +423,292 @@ def test_sftp_agent_sigterm_with_transfers_in_flight(sftp_agent: Agent) -> None:
         chunk_bytes=CHUNK,
         lost=0,
         reads_answered=reads["data"],
+    )
+
+
+# -- twistd telepresence-daemon --------------------------------------------------------------
+
+
+def test_daemon_stop_deletes_the_pair_of_a_create_endpoint_in_flight() -> None:
+    """
+    Teleroute.stop while a CreateEndpoint waits for netlink: the pair it makes is deleted
+    too (it was left behind: stop deleted only the pairs that existed when it began), and a
+    CreateEndpoint after stop began is refused with UNAVAILABLE.
+    """
+    gates: list[defer.Deferred[None]] = []
+
+    class SlowNetlink(MemoryNetlink):
+        def create_veth(self, name: str, mac: str, peer: str, peer_mac: str) -> Any:
+            gate: defer.Deferred[None] = defer.Deferred()
+            gates.append(gate)
+            return gate.addCallback(
+                lambda _: super(SlowNetlink, self).create_veth(name, mac, peer, peer_mac)
+            )
+
+    pid = 4242
+    netlink = SlowNetlink(processes={pid})
+    core = Teleroute(netlink, list)
+    core.start()
+    core.connect(teleroute_pb2.ConnectRequest(pid=pid))
+
+    def create(endpoint_id: str, address: str) -> defer.Deferred[None]:
+        return core.create_endpoint(
+            teleroute_pb2.CreateEndpointRequest(
+                id=endpoint_id, addr_ipv4=encode_addr(ipaddress.ip_address(address))
+            )
+        )
+
+    created: list[object] = []
+    create("e1", "172.30.0.5").addBoth(created.append)
+    assert len(gates) == 1
+    stopped: list[object] = []
+    core.stop().addBoth(stopped.append)
+    late: list[Any] = []
+    create("e2", "172.30.0.6").addBoth(late.append)
+    assert not created and not stopped and not late
+    gates[0].callback(None)
+    assert created == [None] and stopped == [None]
+    assert isinstance(late[0].value, TelerouteError), late
+    assert late[0].value.code == grpc.StatusCode.UNAVAILABLE
+    assert [n for n in netlink.links_by_name if n.startswith("tp-")] == []
+    assert len(gates) == 1, "the late CreateEndpoint made a veth"
+
+
+DAEMON_CLIENT = textwrap.dedent(
+    """
+    import ipaddress, json, struct, sys, threading, time, urllib.request, uuid
+    import grpc
+    from telenet.netip import encode_addr, encode_prefix
+    from telenet.proto import teleroute_pb2 as pb, teleroute_pb2_grpc as pbg
+    from tests.test_faults_shutdown import RawSFTP, WINDOW, _chunk, _string, CHUNK
+
+    agent_port, pid, out_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    req = urllib.request.Request(
+        "http://127.0.0.1:4038/bridges", method="POST",
+        data=json.dumps({"agent": f"127.0.0.1:{agent_port}"}).encode(),
+        headers={"Content-Type": "application/json"})
+    bridge_port = json.load(urllib.request.urlopen(req, timeout=10))["port"]
+    stub = pbg.TelerouteStub(grpc.insecure_channel("127.0.0.1:4039"))
+    stream = stub.Connect(pb.ConnectRequest(pid=pid, gateways=[
+        encode_prefix(ipaddress.ip_interface("172.30.0.1/16"))]))
+    info = dict(next(stream).info)
+    # The daemon's own endpoint first: a Join answers with routes via its address.
+    stub.CreateEndpoint(pb.CreateEndpointRequest(
+        id="d" * 64, daemon=True, addr_ipv4=encode_addr(ipaddress.ip_address("172.30.0.2"))),
+        timeout=10)
+    lock = threading.Lock()
+    out = {"info": info, "codes": {}, "samples": {}, "creates": 0, "ends": {}, "acked": [],
+           "failed_writes": 0, "bridge_port": bridge_port}
+    counter = iter(range(3, 60000))
+
+    def call(method, request):
+        try:
+            getattr(stub, method)(request, timeout=15)
+            code, details = "OK", ""
+        except grpc.RpcError as e:
+            code, details = e.code().name, e.details() or ""
+        with lock:
+            key = f"{method}:{code}"
+            out["codes"][key] = out["codes"].get(key, 0) + 1
+            if code != "OK":
+                out["samples"].setdefault(key, details[:200])
+        return code
+
+    def worker(n):
+        while True:
+            with lock:
+                i = next(counter)
+            eid = uuid.uuid4().hex * 2
+            ident = pb.EndpointIdentifier(id=eid)
+            codes = [call("CreateEndpoint", pb.CreateEndpointRequest(
+                id=eid, addr_ipv4=encode_addr(ipaddress.ip_address("172.30.0.0") + i)))]
+            if codes[0] == "OK":
+                with lock:
+                    out["creates"] += 1
+                for method in ("Join", "Leave", "RemoveEndpoint"):
+                    codes.append(call(method, ident))
+            if "UNAVAILABLE" in codes or "CANCELLED" in codes:
+                break
+        out["ends"][f"rpc{n}"] = time.monotonic()
+
+    def watch_stream():
+        try:
+            for _ in stream:
+                pass
+            out["stream"] = "OK"
+        except grpc.RpcError as e:
+            out["stream"] = e.code().name
+        out["ends"]["stream"] = time.monotonic()
+
+    def sftp():
+        c = RawSFTP(bridge_port)
+        h = c.open(b"/tel_app_exports/echo/through-bridge", 0x02 | 0x08 | 0x10)
+        sent, i = {}, 0
+        while True:
+            while len(sent) < WINDOW:
+                rid = c.request(6, _string(h) + struct.pack("!Q", i * CHUNK) + _string(_chunk(i)))
+                sent[rid] = i
+                i += 1
+            try:
+                kind, body = c.read()
+            except OSError:
+                kind = 0
+            if kind == 0:
+                break
+            rid, code = struct.unpack_from("!LL", body)
+            if code == 0:
+                out["acked"].append(sent.pop(rid))
+            else:
+                out["failed_writes"] += 1
+        out["ends"]["sftp"] = time.monotonic()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
+    threads += [threading.Thread(target=watch_stream), threading.Thread(target=sftp)]
+    for t in threads:
+        t.daemon = True
+        t.start()
+    while out["creates"] < 20 or len(out["acked"]) < 50:
+        time.sleep(0.05)
+    print("ready", flush=True)
+    for t in threads:
+        t.join(timeout=30)
+    out["hung"] = [t.name for t in threads if t.is_alive()]
+    with open(out_path, "w") as f:
+        json.dump(out, f)
+    print("done", flush=True)
+    """
+)
+
+
+class Netns:
+    """Scratch network namespaces (named with the test prefix), removed afterwards."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add(self) -> str:
+        name = f"tntest-shut-{uuid.uuid4().hex[:6]}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.names.append(name)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        return name
+
+    def links(self, name: str) -> list[str]:
+        out = subprocess.run(
+            ["ip", "-n", name, "-o", "link"], capture_output=True, text=True, check=True
+        ).stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+    def remove(self) -> None:
+        for name in self.names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    require(os.geteuid() == 0, "network namespaces need root")
+    require(shutil.which("ip") is not None, "iproute2 (ip) is not installed")
+    n = Netns()
+    try:
+        yield n
+    finally:
+        n.remove()
+
+
+@pytest.mark.e2e
+def test_daemon_sigterm_with_rpcs_stream_and_bridge_in_flight(workdir: str, netns: Netns) -> None:
+    """
+    SIGTERM of ``twistd telepresence-daemon`` (in a scratch netns) while three clients loop
+    over CreateEndpoint/Join/Leave/RemoveEndpoint, a plug-in holds its Connect stream, and an
+    SFTP client streams pipelined writes through one of the daemon's bridges to an agent:
+
+    - the daemon exits within 10 s, cleanly (no traceback);
+    - every RPC gets a status (none is left hanging: no DEADLINE_EXCEEDED, no UNKNOWN), the
+      Connect stream ends with OK;
+    - the bridged connection is closed (the client is not left waiting), and every write the
+      agent acknowledged through the bridge is on its disk;
+    - no ``tp-`` veth is left in the daemon's netns or the plug-in's.
+    """
+    daemon_ns, host_ns = netns.add(), netns.add()
+    # The daemon's teleroute address (Docker would put it on its tpd- interface): its DNS
+    # server binds there once the daemon's endpoint is created.
+    subprocess.run(["ip", "-n", daemon_ns, "addr", "add", "172.30.0.2/32", "dev", "lo"], check=True)
+    root = os.path.join(workdir, "exports")
+    os.makedirs(os.path.join(root, "echo"))
+    agent_port = 8022
+    agent = Daemon(
+        ["ip", "netns", "exec", daemon_ns, TWISTD, "-n", "--pidfile=", "sftp-agent",
+         "--root", root, "--listen", f"tcp:{agent_port}:interface=127.0.0.1"],
+        os.path.join(workdir, "agent.log"),
+    ).start()  # fmt: skip
+    sleeper = subprocess.Popen(["ip", "netns", "exec", host_ns, "sleep", "300"])
+    daemon = Daemon(
+        ["ip", "netns", "exec", daemon_ns, TWISTD, "-n", "--pidfile=", "telepresence-daemon",
+         "--subnet", "10.200.0.0/16"],
+        os.path.join(workdir, "daemon.log"),
+    ).start()  # fmt: skip
+    client: Daemon | None = None
+    try:
+        wait_for(
+            lambda: "listening on port 4039" in daemon.log() or not daemon.alive(),
+            20,
+            "the daemon's gRPC port",
+        )
+        assert daemon.alive(), daemon.log()
+        wait_for(lambda: "starting on" in agent.log() or not agent.alive(), 20, "the agent")
+        assert agent.alive(), agent.log()
+        result_path = os.path.join(workdir, "client.json")
+        client = Daemon(
+            ["ip", "netns", "exec", daemon_ns, sys.executable, "-c", DAEMON_CLIENT,
+             str(agent_port), str(sleeper.pid), result_path],
+            os.path.join(workdir, "client.log"),
+            env={"PYTHONPATH": os.getcwd()},
+        ).start()  # fmt: skip
+        wait_for(
+            lambda: "ready" in client.log() or not client.alive(), 30, "the clients to get going"
+        )
+        assert client.alive(), client.log()
+        signalled = time.monotonic()
+        elapsed, code = _sigterm_and_wait(daemon)
+        assert client.proc is not None
+        client.proc.wait(timeout=40)
+    finally:
+        daemon.stop()
+        if client is not None:
+            client.stop()
+        agent.stop()
+        sleeper.kill()
+        sleeper.wait()
+    log = daemon.log()
+    assert elapsed <= EXIT_WITHIN, f"SIGTERM took {elapsed:.1f}s: {log}"
+    assert code in (0, -signal.SIGTERM), log
+    assert "Traceback" not in log, log
+    with open(result_path) as f:
+        out = json.load(f)
+    assert out["hung"] == [], out
+    bad = {
+        k: v for k, v in out["codes"].items() if k.split(":")[1] in ("DEADLINE_EXCEEDED", "UNKNOWN")
+    }
+    assert bad == {}, (bad, out["samples"])
+    assert out["stream"] == "OK", out
+    ends = {k: round(v - signalled, 2) for k, v in out["ends"].items()}
+    assert max(ends.values()) <= EXIT_WITHIN, ends
+    assert out["failed_writes"] == 0, out
+    with open(os.path.join(root, "echo", "through-bridge"), "rb") as streamed:
+        data = streamed.read()
+    for i in out["acked"]:
+        assert data[i * CHUNK : (i + 1) * CHUNK] == _chunk(i), f"acknowledged chunk {i} is lost"
+    leftovers = [
+        link for ns in (daemon_ns, host_ns) for link in netns.links(ns) if link.startswith("tp-")
+    ]
+    assert leftovers == [], (leftovers, log)
+    record(
+        "sigterm-telepresence-daemon",
+        exit_s=round(elapsed, 2),
+        rpcs=out["codes"],
+        creates=out["creates"],
+        ends_after_s=ends,
+        bridged_writes_acked=len(out["acked"]),
+        lost=0,
+        errors=out["samples"],
     )
