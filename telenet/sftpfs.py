@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextvars
 import errno
 import functools
 import json
@@ -38,8 +39,9 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, Protocol, TypeVar
+from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 import pyfuse3
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData
@@ -1047,23 +1049,137 @@ class SFTPOperations(pyfuse3.Operations):
         self._dirs.clear()
 
 
-def _settle(result: R, future: asyncio.Future[R]) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _unsettle(failure: Failure, future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(failure.value)
-
-
-def _wait(d: Deferred[R]) -> asyncio.Future[R]:
+class Resume(Generic[R]):
     """
-    A Deferred as a future for a FUSE handler to await: ``Deferred.asFuture`` without its
-    cancellation hook, which costs a loop callback per request (FUSE handlers are never
+    A future that resumes the task awaiting it at once, inside the call that settles it.
+
+    An ``asyncio.Future`` wakes its task with ``call_soon``: one more loop iteration (an
+    ``epoll_wait`` and the loop's bookkeeping) between an SFTP answer or a FUSE request and
+    the handler that waits for it, several times per small file. Settled from a reactor or
+    loop callback (no task running), this one runs the task's step right there; settled
+    from inside a task (a task cannot run inside another) or cancelled, it falls back to
+    ``call_soon``. Tasks accept it like any future (the ``_asyncio_future_blocking``
+    protocol); only one task may await it.
+    """
+
+    __slots__ = (
+        "_asyncio_future_blocking",
+        "_loop",
+        "_done",
+        "_value",
+        "_error",
+        "_wakeup",
+        "_context",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._asyncio_future_blocking = False
+        self._loop = loop
+        self._done = False
+        self._value: R | None = None
+        self._error: BaseException | None = None
+        self._wakeup: Callable[[Resume[R]], object] | None = None
+        self._context: contextvars.Context | None = None
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        return isinstance(self._error, asyncio.CancelledError)
+
+    def result(self) -> R:
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    def add_done_callback(
+        self, fn: Callable[[Resume[R]], object], *, context: contextvars.Context | None = None
+    ) -> None:
+        if self._done or self._wakeup is not None:
+            self._loop.call_soon(fn, self, context=context)  # not how tasks use it
+            return
+        self._wakeup = fn
+        self._context = context
+
+    def remove_done_callback(self, fn: Callable[[Resume[R]], object]) -> int:
+        if self._wakeup is fn:
+            self._wakeup = None
+            return 1
+        return 0
+
+    def set_result(self, value: R) -> None:
+        if not self._done:
+            self._done = True
+            self._value = value
+            self._fire(True)
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self._done:
+            self._done = True
+            self._error = error
+            self._fire(True)
+
+    def cancel(self, msg: object = None) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        self._error = asyncio.CancelledError(msg) if msg is not None else asyncio.CancelledError()
+        self._fire(False)
+        return True
+
+    def _fire(self, eager: bool) -> None:
+        wakeup = self._wakeup
+        if wakeup is None:
+            return
+        self._wakeup = None
+        context = self._context
+        if eager and _current_tasks.get(self._loop) is None:
+            if context is None:
+                wakeup(self)
+            else:
+                context.run(wakeup, self)
+        else:
+            self._loop.call_soon(wakeup, self, context=context)
+
+    def __await__(self) -> Generator[Any, None, R]:
+        if not self._done:
+            self._asyncio_future_blocking = True
+            yield self
+        return self.result()
+
+    __iter__ = __await__
+
+
+def _settle(result: R, future: Resume[R]) -> None:
+    future.set_result(result)
+
+
+def _unsettle(failure: Failure, future: Resume[Any]) -> None:
+    future.set_exception(failure.value)
+
+
+class _Loop:
+    """The running loop, looked up once: ``get_running_loop`` costs a ``getpid`` each time."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+def _wait(d: Deferred[R]) -> Resume[R]:
+    """
+    A Deferred as a future for a FUSE handler to await, resuming the handler from the
+    Deferred's callback (see ``Resume``); no cancellation hook (FUSE handlers are never
     cancelled). A Deferred that already fired gives a done future: no loop turn at all.
     """
-    future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+    loop = _Loop.loop
+    if loop is None or loop.is_closed():
+        loop = _Loop.loop = asyncio.get_running_loop()
+    future: Resume[R] = Resume(loop)
     d.addCallbacks(_settle, _unsettle, callbackArgs=(future,), errbackArgs=(future,))
     return future
 
@@ -1337,13 +1453,15 @@ class FuseFdWaiter:
     lock is a no-op; instead, this waiter wakes one task per request: a woken task reads the
     fd as soon as it runs (a read that blocks if nothing is there), so no other is woken
     until it has, and none at all unless a zero-timeout poll confirms a request is waiting
-    (a callback queued before the last read may be stale).
+    (a callback queued before the last read may be stale). The task is woken through a
+    ``Resume``: it reads and handles the request inside this waiter's loop callback, not a
+    loop iteration later.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, closed: type[Exception]) -> None:
         self._loop = loop
         self._closed = closed
-        self._waiters: dict[int, collections.deque[asyncio.Future[None]]] = {}
+        self._waiters: dict[int, collections.deque[Resume[None]]] = {}
         self._polls: dict[int, Any] = {}
         self._idle: dict[int, int] = {}
         self._waking: set[int] = set()
@@ -1360,7 +1478,7 @@ class FuseFdWaiter:
         if fd not in self._idle:
             self._loop.add_reader(fd, self._ready, fd)
         self._idle[fd] = 0
-        future = self._loop.create_future()
+        future: Resume[None] = Resume(self._loop)
         waiters.append(future)
         try:
             await future
@@ -1368,7 +1486,7 @@ class FuseFdWaiter:
             if not future.done():
                 if future in waiters:
                     waiters.remove(future)
-            elif not future.cancelled() and future.exception() is None:
+            elif future.exception() is None:
                 self._waking.discard(fd)  # our caller reads the request right now
 
     def _ready(self, fd: int) -> None:
@@ -1383,9 +1501,10 @@ class FuseFdWaiter:
         if not self._polls[fd].poll(0):
             return  # queued before the last read took the request
         if waiters:
-            waiters.popleft().set_result(None)
+            # Marked first: the woken task runs (and reads the request) inside set_result.
             self._waking.add(fd)
             self._idle[fd] = 0
+            waiters.popleft().set_result(None)
         elif idle >= 1:
             # Readable twice with nobody waiting: every worker is busy. Stop watching until
             # one waits, rather than spin on a level-triggered fd.

@@ -1137,3 +1137,57 @@ async def test_a_failed_preload_leaves_the_kernel_to_read(world: World) -> None:
     fi = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
     assert not fi.keep_cache
     assert await aio(world.fs.read(fi.fh, 0, 4096)) == b"hello world"
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_runs_the_waiting_task_inside_the_settling_call() -> None:
+    """Settled from a loop callback, the awaiting task has run before set_result returns;
+    settled from inside another task, it runs a loop turn later (tasks cannot nest)."""
+    from telenet.sftpfs import Resume
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        steps: list[str] = []
+
+        async def waiter(future: Resume[int]) -> int:
+            value = await future
+            steps.append(f"resumed {value}")
+            return value
+
+        first: Resume[int] = Resume(loop)
+        task = asyncio.ensure_future(waiter(first))
+        await asyncio.sleep(0)
+
+        def settle() -> None:
+            first.set_result(1)
+            steps.append("set_result returned")
+
+        loop.call_soon(settle)
+        await asyncio.sleep(0.01)
+        assert steps == ["resumed 1", "set_result returned"]
+        assert task.result() == 1
+
+        steps.clear()
+        second: Resume[int] = Resume(loop)
+        task = asyncio.ensure_future(waiter(second))
+        await asyncio.sleep(0)
+        second.set_result(2)  # from this task: the waiter runs later
+        steps.append("set_result returned")
+        assert await task == 2
+        assert steps == ["set_result returned", "resumed 2"]
+
+        third: Resume[int] = Resume(loop)
+        task = asyncio.ensure_future(waiter(third))
+        await asyncio.sleep(0)
+        loop.call_soon(third.set_exception, EOFError("gone"))
+        with pytest.raises(EOFError):
+            await task
+        fourth: Resume[int] = Resume(loop)
+        task = asyncio.ensure_future(waiter(fourth))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert fourth.cancelled()
+
+    await aio(scenario())

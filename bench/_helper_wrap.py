@@ -1,0 +1,83 @@
+"""
+Run the mount helper (``python -m telenet.sftpfs``) with instruments, for ``helper_cpu.py``.
+
+    python bench/_helper_wrap.py [--profile FILE] [--count] -- HELPER ARGS
+
+``--count`` counts FUSE operations and SFTP requests by type; the control socket then also
+answers ``{"op": "bench-counts"}`` with the counts since the last such request (and resets
+them). ``--profile`` writes a cProfile of the whole helper run to FILE at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import sys
+from typing import Any
+
+from twisted.conch.ssh import filetransfer as ft
+
+from telenet import sftpclient, sftpfs
+
+OPS = (
+    "lookup forget getattr setattr readlink open read write flush release create opendir "
+    "readdir releasedir statfs access"
+).split()
+
+
+def count() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    for name in OPS:
+        original = getattr(sftpfs.SFTPOperations, name)
+
+        def make(original: Any, name: str) -> Any:
+            @functools.wraps(original)
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                counts["fuse " + name] += 1
+                return await original(*args, **kwargs)
+
+            return counted
+
+        setattr(sftpfs.SFTPOperations, name, make(original, name))
+    request = sftpclient.SFTPClient._request
+
+    def counted_request(self: Any, kind: int, *args: Any, **kwargs: Any) -> Any:
+        counts["sftp " + ft.FileTransferBase.packetTypes.get(kind, str(kind))] += 1
+        return request(self, kind, *args, **kwargs)
+
+    sftpclient.SFTPClient._request = counted_request  # type: ignore[method-assign]
+    handle = sftpfs.MountControl.handle
+
+    async def counted_handle(self: Any, request: object) -> dict[str, Any]:
+        if isinstance(request, dict) and request.get("op") == "bench-counts":
+            result = dict(sorted(counts.items()))
+            counts.clear()
+            return {"ok": True, **result}
+        return await handle(self, request)
+
+    sftpfs.MountControl.handle = counted_handle  # type: ignore[method-assign]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profile")
+    parser.add_argument("--count", action="store_true")
+    parser.add_argument("helper", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    helper = args.helper[1:] if args.helper[:1] == ["--"] else args.helper
+    if args.count:
+        count()
+    if not args.profile:
+        return sftpfs.main(helper)
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(sftpfs.main, helper)
+    finally:
+        profiler.dump_stats(args.profile)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
