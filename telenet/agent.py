@@ -485,6 +485,11 @@ _READ, _WRITE, _BARRIER = 0, 1, 2
 _EOF_OFFSET = 2**64
 
 
+def _whole_file(fileObj: object) -> tuple[int, int]:
+    """The span of a request that orders against every other on its handle."""
+    return 0, _EOF_OFFSET
+
+
 class _PendingOp:
     __slots__ = ("kind", "start", "end", "waiters")
 
@@ -765,6 +770,35 @@ class AgentProtocol(FileTransferServer):
     def _send_status_ok(self, _: object, requestId: bytes, msg: bytes) -> None:
         self._sendStatus(requestId, FX_OK, msg)
 
+    def _on_file(
+        self,
+        requestId: bytes,
+        handle: bytes,
+        what: bytes,
+        kind: int,
+        span: Callable[[RootedFile], tuple[int, int]],
+        operation: Callable[[RootedFile], Deferred[Any]],
+        reply: Callable[[Any, bytes], None] | None = None,
+    ) -> None:
+        """
+        Queue ``operation`` on the handle's ordered queue over ``span`` of the file, then
+        answer with ``reply`` (FX_OK when None) or the failure; an unknown handle is answered
+        at once.
+        """
+        try:
+            fileObj = self._file(handle)
+        except KeyError as e:
+            self._ebStatus(failure.Failure(e), requestId)
+            return
+        start, end = span(fileObj)
+        d = self._queue(handle).submit(kind, start, end, lambda: operation(fileObj))
+        if reply is None:
+            d.addCallback(self._send_status_ok, requestId, what + b" succeeded")
+        else:
+            d.addCallback(reply, requestId)
+        d.addErrback(self._ebStatus, requestId, what + b" failed")
+        self._track(d)
+
     def packet_READ(self, data: bytes) -> None:
         requestId = data[:4]
         handle, pos = _get_string(data, 4)
@@ -772,20 +806,12 @@ class AgentProtocol(FileTransferServer):
             raise BadMessage("bad READ")
         offset, length = struct.unpack_from("!QL", data, pos)
         length = min(length, MAX_READ_LENGTH)
-        try:
-            fileObj = self._file(handle)
-        except KeyError as e:
-            self._ebStatus(failure.Failure(e), requestId)
-            return
-        d = self._queue(handle).submit(
-            _READ,
-            offset,
-            offset + length,
-            lambda: self._run_io(lambda: fileObj.readChunk(offset, length)),
-        )
-        d.addCallback(self._cbRead, requestId)
-        d.addErrback(self._ebStatus, requestId, b"read failed")
-        self._track(d)
+        self._on_file(
+            requestId, handle, b"read", _READ,
+            lambda f: (offset, offset + length),
+            lambda f: self._run_io(lambda: f.readChunk(offset, length)),
+            self._cbRead,
+        )  # fmt: skip
 
     def _cbRead(self, result: bytes, requestId: bytes) -> None:
         if not result:
@@ -802,34 +828,20 @@ class AgentProtocol(FileTransferServer):
         (offset,) = struct.unpack_from("!Q", data, pos)
         chunk, pos = _get_string(data, pos + 8)
         _expect_end(data, pos)
-        try:
-            fileObj = self._file(handle)
-        except KeyError as e:
-            self._ebStatus(failure.Failure(e), requestId)
-            return
-        start, end = (0, _EOF_OFFSET) if fileObj.append else (offset, offset + len(chunk))
-        d = self._queue(handle).submit(
-            _WRITE, start, end, lambda: self._run_io(lambda: fileObj.writeChunk(offset, chunk))
-        )
-        d.addCallback(self._send_status_ok, requestId, b"write succeeded")
-        d.addErrback(self._ebStatus, requestId, b"write failed")
-        self._track(d)
+        self._on_file(
+            requestId, handle, b"write", _WRITE,
+            lambda f: (0, _EOF_OFFSET) if f.append else (offset, offset + len(chunk)),
+            lambda f: self._run_io(lambda: f.writeChunk(offset, chunk)),
+        )  # fmt: skip
 
     def packet_FSTAT(self, data: bytes) -> None:
         requestId = data[:4]
         handle, pos = _get_string(data, 4)
         _expect_end(data, pos)
-        try:
-            fileObj = self._file(handle)
-        except KeyError as e:
-            self._ebStatus(failure.Failure(e), requestId)
-            return
-        d = self._queue(handle).submit(
-            _READ, 0, _EOF_OFFSET, lambda: defer.maybeDeferred(fileObj.getAttrs)
-        )
-        d.addCallback(self._cbStat, requestId)
-        d.addErrback(self._ebStatus, requestId, b"fstat failed")
-        self._track(d)
+        self._on_file(
+            requestId, handle, b"fstat", _READ, _whole_file,
+            lambda f: defer.maybeDeferred(f.getAttrs), self._cbStat,
+        )  # fmt: skip
 
     def packet_FSETSTAT(self, data: bytes) -> None:
         requestId = data[:4]
@@ -837,17 +849,10 @@ class AgentProtocol(FileTransferServer):
         attrs, rest = self._parseAttributes(data[pos:])
         if rest:
             raise BadMessage("trailing bytes in FSETSTAT")
-        try:
-            fileObj = self._file(handle)
-        except KeyError as e:
-            self._ebStatus(failure.Failure(e), requestId)
-            return
-        d = self._queue(handle).submit(
-            _BARRIER, 0, _EOF_OFFSET, lambda: self._run_io(lambda: fileObj.setAttrs(attrs))
-        )
-        d.addCallback(self._send_status_ok, requestId, b"fsetstat succeeded")
-        d.addErrback(self._ebStatus, requestId, b"fsetstat failed")
-        self._track(d)
+        self._on_file(
+            requestId, handle, b"fsetstat", _BARRIER, _whole_file,
+            lambda f: self._run_io(lambda: f.setAttrs(attrs)),
+        )  # fmt: skip
 
     def packet_CLOSE(self, data: bytes) -> None:
         requestId = data[:4]
@@ -872,25 +877,19 @@ class AgentProtocol(FileTransferServer):
         requestId = data[:4]
         extName, pos = _get_string(data, 4)
         extData = data[pos:]
-        d: Deferred[Any]
         if extName == b"fsync@openssh.com":
             handle, end = _get_string(extData, 0)
             _expect_end(extData, end)
-            try:
-                fileObj = self._file(handle)
-            except KeyError as e:
-                self._ebStatus(failure.Failure(e), requestId)
-                return
-            d = self._queue(handle).submit(
-                _BARRIER, 0, _EOF_OFFSET, lambda: self._run_io(fileObj.fsync)
-            )
-            d.addCallback(self._send_status_ok, requestId, b"fsync succeeded")
+            self._on_file(
+                requestId, handle, b"fsync", _BARRIER, _whole_file,
+                lambda f: self._run_io(f.fsync),
+            )  # fmt: skip
+            return
+        d = defer.maybeDeferred(self.filesystem.extendedRequest, extName, extData)
+        if extName in _STATUS_EXTENSIONS:
+            d.addCallback(self._send_status_ok, requestId, extName + b" succeeded")
         else:
-            d = defer.maybeDeferred(self.filesystem.extendedRequest, extName, extData)
-            if extName in _STATUS_EXTENSIONS:
-                d.addCallback(self._send_status_ok, requestId, extName + b" succeeded")
-            else:
-                d.addCallback(self._cbExtended, requestId)
+            d.addCallback(self._cbExtended, requestId)
         d.addErrback(self._ebStatus, requestId, b"extended " + extName + b" failed")
         self._track(d)
 

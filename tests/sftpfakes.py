@@ -14,7 +14,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from twisted.conch.interfaces import ISFTPServer
 from twisted.conch.ssh import filetransfer as ft
@@ -38,6 +38,9 @@ from telenet.sftpclient import (
 )
 
 # -- a real Conch server, rooted -----------------------------------------------------------------
+
+
+_T = TypeVar("_T")
 
 
 class _Avatar:
@@ -79,7 +82,31 @@ class ConchRootedServer(SFTPServerForUnixConchUser):
         os.symlink(targetPath, self._absPath(linkPath))
 
 
-class SFTPPair:
+class Pumped:
+    """Answers of Deferreds that settle once an iosim ``pump`` has moved every byte."""
+
+    pump: iosim.IOPump
+
+    def fire(self, d: Deferred[Any]) -> list[Any]:
+        box: list[Any] = []
+        d.addBoth(box.append)
+        self.pump.flush()
+        return box
+
+    def wait(self, d: Deferred[_T]) -> _T:
+        box = self.fire(d)
+        assert box, "no answer from the server"
+        if isinstance(box[0], Failure):
+            box[0].raiseException()
+        return cast(_T, box[0])
+
+    def error(self, d: Deferred[Any]) -> BaseException:
+        box = self.fire(d)
+        assert box and isinstance(box[0], Failure), f"expected a failure, got {box}"
+        return box[0].value
+
+
+class SFTPPair(Pumped):
     """An ``SFTPClient`` and a Conch server joined by iosim; ``wait`` pumps until an answer."""
 
     def __init__(
@@ -103,24 +130,6 @@ class SFTPPair:
             clock=self.clock,
         )
         self.pump.flush()
-
-    def fire(self, d: Deferred[Any]) -> list[Any]:
-        box: list[Any] = []
-        d.addBoth(box.append)
-        self.pump.flush()
-        return box
-
-    def wait(self, d: Deferred[Any]) -> Any:
-        box = self.fire(d)
-        assert box, "no answer from the server"
-        if isinstance(box[0], Failure):
-            box[0].raiseException()
-        return box[0]
-
-    def error(self, d: Deferred[Any]) -> BaseException:
-        box = self.fire(d)
-        assert box and isinstance(box[0], Failure), f"expected a failure, got {box}"
-        return box[0].value
 
 
 # -- an in-memory SFTP client for the filesystem ---------------------------------------------

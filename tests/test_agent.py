@@ -54,6 +54,8 @@ from twisted.test import iosim
 from telenet import agent
 from telenet.agent import AgentFactory, AgentProtocol, Options, makeService
 
+from .sftpfakes import Pumped
+
 _T = TypeVar("_T")
 
 EXPORT = b"/tel_app_exports"
@@ -78,7 +80,7 @@ class Client(FileTransferClient):
         super().connectionLost(reason)
 
 
-class Harness:
+class Harness(Pumped):
     """The agent protocol and a Conch client joined in memory; C{wait} pumps until a reply."""
 
     def __init__(self, root: Path, run_io: agent.IORunner = agent.run_inline) -> None:
@@ -91,24 +93,6 @@ class Harness:
             self.client,
             iosim.makeFakeClient(self.client),
         )
-
-    def fire(self, d: Deferred[Any]) -> list[Any]:
-        box: list[Any] = []
-        d.addBoth(box.append)
-        self.pump.flush()
-        return box
-
-    def wait(self, d: Deferred[_T]) -> _T:
-        box = self.fire(d)
-        assert box, "no reply from the server"
-        if isinstance(box[0], Failure):
-            box[0].raiseException()
-        return box[0]
-
-    def error(self, d: Deferred[Any]) -> BaseException:
-        box = self.fire(d)
-        assert box and isinstance(box[0], Failure), f"expected a failure, got {box}"
-        return box[0].value
 
     def code(self, d: Deferred[Any]) -> int:
         err = self.error(d)
