@@ -224,6 +224,14 @@ def _respond(request: IRequest, code: int, body: object) -> None:
         code, payload = http.INTERNAL_SERVER_ERROR, json.dumps({"Err": f"bad answer: {e}"}).encode()
     request.setResponseCode(code)
     request.setHeader(b"content-type", CONTENT_TYPE)
+    # One connection per call, no keep-alive. dockerd keeps idle connections to a plug-in and
+    # would now and then send a call on one just as the idle timeout closes it; its plug-in
+    # client then retries that call with an empty body (moby pkg/plugins reuses the drained
+    # buffer), which is refused, and a refused DeleteNetwork or Remove leaves stale state here.
+    request.setHeader(b"connection", b"close")
+    channel = getattr(request, "channel", None)
+    if channel is not None:
+        channel.persistent = False
     request.write(payload)
     request.finish()
 
