@@ -47,6 +47,7 @@ __all__ = [
     "ReadAhead",
     "SFTPClient",
     "SFTPConnectionManager",
+    "SFTPProtocolError",
     "SFTPStatusError",
     "StatVFS",
     "error_to_errno",
@@ -61,6 +62,12 @@ Data = bytes | memoryview
 MAX_CHUNK = 255 * 1024
 #: Packets at least this long (READ answers) are gathered in pieces, not in a buffer.
 BIG_PACKET = 1 << 16
+#: A server packet declared longer than this ends the connection: it would have to be
+#: buffered whole (OpenSSH's own limit is 256 KiB; our READs ask for at most ``MAX_CHUNK``).
+MAX_PACKET = 1 << 20
+#: The smallest read and write sizes a server's ``limits@openssh.com`` may set: a smaller one
+#: would turn one read-ahead window into millions of requests.
+MIN_CHUNK = 4096
 #: Bytes read from the socket per reactor iteration.
 RECV_SIZE = 1 << 18
 #: Bytes sent per reactor iteration (at most).
@@ -189,6 +196,10 @@ class ConnectionDead(ConnectionLost):
         return " ".join(str(a) for a in self.args) or "SFTP connection declared dead"
 
 
+class SFTPProtocolError(ConnectionError):
+    """A well-framed answer whose content makes no sense (a short statvfs reply, no name)."""
+
+
 class NotConnected(ConnectionError):
     """There is no live SFTP connection right now (the manager is reconnecting)."""
 
@@ -251,8 +262,20 @@ def pack_attrs(attrs: FileAttrs | None) -> bytes:
     return _U32.pack(flags) + b"".join(out)
 
 
-def parse_attrs(buf: bytes | bytearray | memoryview, pos: int) -> tuple[FileAttrs, int]:
-    """Decode SFTP v3 ATTRS at ``buf[pos:]``; return them and the position after them."""
+class _Malformed(ValueError):
+    """A server packet that does not parse, or that answers what was not asked."""
+
+
+def parse_attrs(
+    buf: bytes | bytearray | memoryview, pos: int, end: int | None = None
+) -> tuple[FileAttrs, int]:
+    """
+    Decode SFTP v3 ATTRS at ``buf[pos:end]``; return them and the position after them.
+
+    Raises ``ValueError`` (or ``struct.error``) when they do not fit before ``end``.
+    """
+    if end is None:
+        end = len(buf)
     (flags,) = _U32.unpack_from(buf, pos)
     pos += 4
     size = uid = gid = perms = atime = mtime = None
@@ -271,16 +294,43 @@ def parse_attrs(buf: bytes | bytearray | memoryview, pos: int) -> tuple[FileAttr
     if flags & ft.FILEXFER_ATTR_EXTENDED:
         (count,) = _U32.unpack_from(buf, pos)
         pos += 4
+        if count * 8 > end - pos:  # each pair is two strings of at least 4 bytes
+            raise _Malformed(f"ATTRS with {count} extended pairs in {end - pos} bytes")
         for _ in range(count * 2):  # skip type and data strings
             (n,) = _U32.unpack_from(buf, pos)
             pos += 4 + n
+            if pos > end:
+                break
+    if pos > end:
+        raise _Malformed("ATTRS longer than their packet")
     return FileAttrs(size, uid, gid, perms, atime, mtime), pos
 
 
-def _string(buf: bytes | bytearray | memoryview, pos: int) -> tuple[bytes, int]:
+def _string(
+    buf: bytes | bytearray | memoryview, pos: int, end: int | None = None
+) -> tuple[bytes, int]:
+    """The SFTP string at ``buf[pos:]``, which must end by ``end``; and the position after it."""
     (n,) = _U32.unpack_from(buf, pos)
     pos += 4
+    if pos + n > (len(buf) if end is None else end):
+        raise _Malformed(f"a string of {n} bytes runs past its packet")
     return bytes(buf[pos : pos + n]), pos + n
+
+
+#: What each request is answered with, besides STATUS (an error, or OK where nothing else
+#: is expected). EXTENDED requests may get either.
+_ANSWERS = {
+    ft.FXP_OPEN: ft.FXP_HANDLE,
+    ft.FXP_OPENDIR: ft.FXP_HANDLE,
+    ft.FXP_READ: ft.FXP_DATA,
+    ft.FXP_STAT: ft.FXP_ATTRS,
+    ft.FXP_LSTAT: ft.FXP_ATTRS,
+    ft.FXP_FSTAT: ft.FXP_ATTRS,
+    ft.FXP_READDIR: ft.FXP_NAME,
+    ft.FXP_REALPATH: ft.FXP_NAME,
+    ft.FXP_READLINK: ft.FXP_NAME,
+    ft.FXP_EXTENDED: ft.FXP_EXTENDED_REPLY,
+}
 
 
 class SFTPClient(ft.FileTransferClient):
@@ -314,13 +364,15 @@ class SFTPClient(ft.FileTransferClient):
         # A big packet arriving in pieces: the pieces so far and the bytes still missing.
         self._pieces: list[bytes | memoryview] = []
         self._need = 0
-        # request id -> (deferred, deadline, packet type); insertion order is send order,
-        # so the first entry always has the earliest deadline.
-        self._pending: dict[int, tuple[Deferred[Any], float, int]] = {}
+        # request id -> (deferred, deadline, packet type, bytes asked for by a READ);
+        # insertion order is send order, so the first entry always has the earliest deadline.
+        self._pending: dict[int, tuple[Deferred[Any], float, int, int]] = {}
         self._nextId = 0
         self._deadlineCall: IDelayedCall | None = None
         self._keepaliveCall: IDelayedCall | None = None
         self._lastReceived = 0.0
+        self._connectedAt = 0.0
+        self._versioned = False
         self._dead: Failure | None = None
         self._openSSHSymlink = False
         self._direct = False
@@ -350,7 +402,7 @@ class SFTPClient(ft.FileTransferClient):
         self._direct = isinstance(transport, tcp.Connection) and not getattr(
             transport, "TLS", False
         )
-        self._lastReceived = self._clock.seconds()
+        self._lastReceived = self._connectedAt = self._clock.seconds()
         if self._direct:
             from telenet.sftpproxy import lean_reads
 
@@ -394,7 +446,7 @@ class SFTPClient(ft.FileTransferClient):
         pending, self._pending = self._pending, {}
         if not self.ready.called:
             self.ready.errback(Failure(exc))
-        for d, _, _ in pending.values():
+        for d, _, _, _ in pending.values():
             d.errback(Failure(exc))
         if abort and self.transport is not None:
             log.warn("SFTP connection declared dead: {reason}", reason=str(exc))
@@ -405,14 +457,15 @@ class SFTPClient(ft.FileTransferClient):
         self._deadlineCall = None
         now = self._clock.seconds()
         if not self.ready.called:
-            if now - self._lastReceived >= self.timeout - 1e-9:
+            # From the connection's start: a server trickling bytes does not extend it.
+            deadline = self._connectedAt + self.timeout
+            if now >= deadline - 1e-9:
                 self.abort(f"no SFTP VERSION within {self.timeout:g}s")
                 return
-            deadline = self._lastReceived + self.timeout
         elif not self._pending:
             return
         else:
-            _, deadline, kind = next(iter(self._pending.values()))
+            _, deadline, kind, _ = next(iter(self._pending.values()))
             if now >= deadline - 1e-9:
                 name = ft.FileTransferBase.packetTypes.get(kind, str(kind))
                 self.abort(f"SFTP {name} request unanswered for {self.timeout:g}s")
@@ -438,7 +491,10 @@ class SFTPClient(ft.FileTransferClient):
     def dataReceived(self, data: bytes) -> None:
         # Copy-light: complete packets are parsed where they arrived (READ data is handed on
         # as a view of the received bytes), a big packet split across reads is gathered in
-        # pieces and joined once, and only small leftovers go through the bytearray.
+        # pieces and joined once, and only small leftovers go through the bytearray. A packet
+        # declared longer than MAX_PACKET ends the connection before anything is gathered.
+        if self._dead is not None:
+            return  # aborted: whatever still arrives is dropped, not buffered
         self._lastReceived = self._clock.seconds()
         source: bytes | memoryview | bytearray = data
         if self._need:
@@ -462,6 +518,9 @@ class SFTPClient(ft.FileTransferClient):
         rest = end - pos
         if rest >= 4 and self._dead is None:
             (length,) = _U32.unpack_from(source, pos)
+            if not 5 <= length <= MAX_PACKET:
+                self._badLength(length)
+                return
             if length >= BIG_PACKET:
                 # Most of a READ answer: gather it in pieces (see above).
                 if source is buf:
@@ -472,56 +531,90 @@ class SFTPClient(ft.FileTransferClient):
                     self._pieces = [memoryview(source)[pos:]]
                 self._need = 4 + length - rest
                 return
-        if source is buf:
+        if self._dead is not None:
+            buf.clear()
+        elif source is buf:
             if pos:
                 del buf[:pos]
         elif rest:
             buf += memoryview(source)[pos:]
+
+    def _badLength(self, length: int) -> None:
+        self._buf.clear()
+        self._pieces = []
+        self._need = 0
+        self.abort(f"malformed SFTP packet: declared length {length}")
 
     def _parse(self, buf: bytes | memoryview | bytearray, end: int) -> int:
         """Dispatch the complete packets in ``buf[:end]``; return where the rest starts."""
         pos = 0
         while end - pos >= 9 and self._dead is None:
             length, kind = _LEN_TYPE.unpack_from(buf, pos)
+            if not 5 <= length <= MAX_PACKET:
+                self._badLength(length)
+                break
             stop = pos + 4 + length
             if stop > end:
                 break
             try:
                 self._dispatch(kind, buf, pos + 5, stop)
-            except Exception:
-                log.failure("bad SFTP packet of type {kind}", kind=kind)
-                self.abort(f"malformed SFTP packet of type {kind}")
+            except Exception as e:
+                # The server does not speak SFTP as we do: nothing it sends can be trusted.
+                self.abort(f"malformed SFTP packet of type {kind}: {e}")
             pos = stop
         return pos
 
     def _dispatch(
         self, kind: int, buf: bytes | memoryview | bytearray, pos: int, stop: int
     ) -> None:
+        """
+        Answer the request ``buf[pos:stop]`` is for; raise if it is malformed or answers
+        something that was not asked (that request is failed first, the caller aborts).
+        """
         if kind == ft.FXP_VERSION:
+            if self._versioned:
+                raise _Malformed("a second VERSION")
+            self._versioned = True
             self._gotVersion(bytes(buf[pos:stop]))
             return
+        if stop - pos < 4:
+            raise _Malformed("no request id")
         (rid,) = _U32.unpack_from(buf, pos)
         entry = self._pending.pop(rid, None)
         if entry is None:
-            log.warn("SFTP answer to unknown request {rid}", rid=rid)
-            return
-        d, _, sent = entry
-        pos += 4
-        if kind == ft.FXP_DATA:
-            (n,) = _U32.unpack_from(buf, pos)
-            if isinstance(buf, bytearray):  # reused for what comes next: copy
-                with memoryview(buf) as view:
-                    d.callback(view[pos + 4 : pos + 4 + n].tobytes())
-            else:  # immutable: a view, no copy
-                d.callback(memoryview(buf)[pos + 4 : pos + 4 + n])
-        elif kind == ft.FXP_STATUS:
+            raise _Malformed(f"an answer to request {rid}, which was not asked")
+        d, _, sent, asked = entry
+        try:
+            self._answer(d, kind, sent, asked, buf, pos + 4, stop)
+        except Exception as e:
+            name = ft.FileTransferBase.packetTypes.get(sent, str(sent))
+            d.errback(ConnectionDead(f"malformed SFTP answer to {name}: {e}"))
+            raise
+
+    def _answer(
+        self,
+        d: Deferred[Any],
+        kind: int,
+        sent: int,
+        asked: int,
+        buf: bytes | memoryview | bytearray,
+        pos: int,
+        stop: int,
+    ) -> None:
+        expected = _ANSWERS.get(sent)
+        if kind == ft.FXP_STATUS:
+            if pos + 4 > stop:
+                raise _Malformed("a STATUS without its code")
             (code,) = _U32.unpack_from(buf, pos)
             if code == ft.FX_OK:
+                if expected is not None and sent != ft.FXP_EXTENDED:
+                    raise _Malformed("STATUS OK where an answer with data is due")
                 d.callback(None)
                 return
             message = b""
-            if stop - pos >= 8:
-                message, _ = _string(buf, pos + 4)
+            if stop - pos >= 8:  # a message that runs past the packet is cut, not fatal
+                (n,) = _U32.unpack_from(buf, pos + 4)
+                message = bytes(buf[pos + 8 : min(pos + 8 + n, stop)])
             if code == ft.FX_EOF and sent == ft.FXP_READ:
                 d.callback(b"")
             elif code == ft.FX_EOF and sent == ft.FXP_READDIR:
@@ -529,26 +622,41 @@ class SFTPClient(ft.FileTransferClient):
             else:
                 name = ft.FileTransferBase.packetTypes.get(sent, str(sent))
                 d.errback(SFTPStatusError(code, message.decode("utf-8", "replace"), name))
+            return
+        if kind != expected:
+            name = ft.FileTransferBase.packetTypes.get(kind, str(kind))
+            raise _Malformed(f"a {name} packet")
+        if kind == ft.FXP_DATA:
+            (n,) = _U32.unpack_from(buf, pos)
+            if pos + 4 + n > stop or n > asked:
+                raise _Malformed(f"{n} bytes of DATA for {asked} asked in {stop - pos - 4}")
+            if isinstance(buf, bytearray):  # reused for what comes next: copy
+                with memoryview(buf) as view:
+                    d.callback(view[pos + 4 : pos + 4 + n].tobytes())
+            else:  # immutable: a view, no copy
+                d.callback(memoryview(buf)[pos + 4 : pos + 4 + n])
         elif kind == ft.FXP_HANDLE:
-            d.callback(_string(buf, pos)[0])
+            d.callback(_string(buf, pos, stop)[0])
         elif kind == ft.FXP_ATTRS:
-            d.callback(parse_attrs(buf, pos)[0])
+            d.callback(parse_attrs(buf, pos, stop)[0])
         elif kind == ft.FXP_NAME:
             (count,) = _U32.unpack_from(buf, pos)
             pos += 4
+            if count * 12 > stop - pos:  # each entry is at least two strings and flags
+                raise _Malformed(f"NAME with {count} entries in {stop - pos} bytes")
             names = []
             for _ in range(count):
-                filename, pos = _string(buf, pos)
-                longname, pos = _string(buf, pos)
-                attrs, pos = parse_attrs(buf, pos)
+                filename, pos = _string(buf, pos, stop)
+                longname, pos = _string(buf, pos, stop)
+                attrs, pos = parse_attrs(buf, pos, stop)
                 names.append(NameEntry(filename, longname, attrs))
             d.callback(names)
-        elif kind == ft.FXP_EXTENDED_REPLY:
+        else:  # EXTENDED_REPLY
             d.callback(bytes(buf[pos:stop]))
-        else:
-            d.errback(SFTPStatusError(ft.FX_BAD_MESSAGE, f"unexpected SFTP packet type {kind}"))
 
     def _gotVersion(self, data: bytes) -> None:
+        if len(data) < 4:
+            raise _Malformed("a VERSION without a version")
         (self.serverVersion,) = _U32.unpack_from(data, 0)
         pos = 4
         while pos < len(data):
@@ -569,9 +677,9 @@ class SFTPClient(ft.FileTransferClient):
     def _gotLimits(self, reply: bytes) -> None:
         _, maxRead, maxWrite, _ = struct.unpack_from("!QQQQ", reply, 0)
         if maxRead:
-            self.maxRead = min(MAX_CHUNK, maxRead)
+            self.maxRead = max(MIN_CHUNK, min(MAX_CHUNK, maxRead))
         if maxWrite:
-            self.maxWrite = min(MAX_CHUNK, maxWrite)
+            self.maxWrite = max(MIN_CHUNK, min(MAX_CHUNK, maxWrite))
 
     def _becomeReady(self, _: object) -> None:
         if self._dead is not None or self.ready.called:
@@ -592,11 +700,17 @@ class SFTPClient(ft.FileTransferClient):
     # -- packets out ---------------------------------------------------------------------------
 
     def _request(
-        self, kind: int, payload: bytes, data: bytes | None = None, lazy: bool = False
+        self,
+        kind: int,
+        payload: bytes,
+        data: bytes | None = None,
+        lazy: bool = False,
+        asked: int = 0,
     ) -> Deferred[Any]:
         """
         Send a request (``data``, if any, follows ``payload`` without being copied); a
-        ``lazy`` one is held back until the next request or for ``LAZY_DELAY`` at most.
+        ``lazy`` one is held back until the next request or for ``LAZY_DELAY`` at most;
+        ``asked`` is the most a READ may be answered with.
         """
         if self._dead is not None:
             return defer.fail(self._dead.value)
@@ -616,7 +730,7 @@ class SFTPClient(ft.FileTransferClient):
         # Registered only once sent: a request that could not be sent is not waited for.
         self._nextId = (rid + 1) & 0xFFFFFFFF
         d: Deferred[Any] = Deferred()
-        self._pending[rid] = (d, self._clock.seconds() + self.timeout, kind)
+        self._pending[rid] = (d, self._clock.seconds() + self.timeout, kind, asked)
         if self._deadlineCall is None:
             self._deadlineCall = self._clock.callLater(self.timeout, self._checkDeadline)
         return d
@@ -714,7 +828,7 @@ class SFTPClient(ft.FileTransferClient):
         Up to ``length`` bytes at ``offset``; empty at end of file. Reads may be short. The
         result is often a view of the received bytes rather than a copy.
         """
-        return self._request(ft.FXP_READ, _ns(handle) + _READ.pack(offset, length))
+        return self._request(ft.FXP_READ, _ns(handle) + _READ.pack(offset, length), asked=length)
 
     def write(self, handle: bytes, offset: int, data: bytes) -> Deferred[None]:
         return self._request(
@@ -758,7 +872,7 @@ class SFTPClient(ft.FileTransferClient):
         rid = first
         for _ in range(len(parts) // 2):
             d: Deferred[None] = Deferred()
-            self._pending[rid] = (d, deadline, ft.FXP_WRITE)
+            self._pending[rid] = (d, deadline, ft.FXP_WRITE, 0)
             sent.append(d)
             rid = (rid + 1) & 0xFFFFFFFF
         if self._deadlineCall is None:
@@ -773,7 +887,10 @@ class SFTPClient(ft.FileTransferClient):
         return self._request(ft.FXP_READDIR, _ns(handle))
 
     def listdir(self, path: bytes) -> Deferred[list[NameEntry]]:
-        """Every entry of the directory ``path`` (``.`` and ``..`` left out), with attributes."""
+        """
+        Every entry of the directory ``path``, with attributes (``.``, ``..`` and names no
+        entry can have, such as ``a/b``, left out).
+        """
         return Deferred.fromCoroutine(self._listdir(path))
 
     async def _listdir(self, path: bytes) -> list[NameEntry]:
@@ -784,7 +901,7 @@ class SFTPClient(ft.FileTransferClient):
                 batch = await self.readdir(handle)
                 if not batch:
                     break
-                entries.extend(e for e in batch if e.filename not in (b".", b".."))
+                entries.extend(e for e in batch if _entry_name_ok(e.filename))
         finally:
             if self.alive:
                 self.close(handle).addErrback(lambda f: None)
@@ -823,10 +940,10 @@ class SFTPClient(ft.FileTransferClient):
         return self._request(ft.FXP_SYMLINK, _ns(linkpath) + _ns(target))
 
     def readlink(self, path: bytes) -> Deferred[bytes]:
-        return self._request(ft.FXP_READLINK, _ns(path)).addCallback(lambda n: n[0].filename)
+        return self._request(ft.FXP_READLINK, _ns(path)).addCallback(_only_name, "READLINK")
 
     def realpath(self, path: bytes) -> Deferred[bytes]:
-        return self._request(ft.FXP_REALPATH, _ns(path)).addCallback(lambda n: n[0].filename)
+        return self._request(ft.FXP_REALPATH, _ns(path)).addCallback(_only_name, "REALPATH")
 
     def hardlink(self, old: bytes, new: bytes) -> Deferred[None]:
         if b"hardlink@openssh.com" not in self.extensions:
@@ -837,9 +954,7 @@ class SFTPClient(ft.FileTransferClient):
         """File system numbers for ``path`` (made up when the server cannot tell)."""
         if b"statvfs@openssh.com" not in self.extensions:
             return defer.succeed(FAKE_STATVFS)
-        return self._extended(b"statvfs@openssh.com", _ns(path)).addCallback(
-            lambda reply: StatVFS(*struct.unpack_from("!11Q", reply, 0))
-        )
+        return self._extended(b"statvfs@openssh.com", _ns(path)).addCallback(_statvfs)
 
     @property
     def canFsync(self) -> bool:
@@ -850,6 +965,23 @@ class SFTPClient(ft.FileTransferClient):
         if b"fsync@openssh.com" not in self.extensions:
             return defer.succeed(None)
         return self._extended(b"fsync@openssh.com", _ns(handle))
+
+
+def _only_name(names: list[NameEntry], request: str) -> bytes:
+    if len(names) != 1:
+        raise SFTPProtocolError(f"{request} answered with {len(names)} names instead of one")
+    return names[0].filename
+
+
+def _statvfs(reply: bytes) -> StatVFS:
+    if len(reply) < 88:
+        raise SFTPProtocolError(f"statvfs@openssh.com answered with {len(reply)} bytes")
+    return StatVFS(*struct.unpack_from("!11Q", reply, 0))
+
+
+def _entry_name_ok(name: bytes) -> bool:
+    """Whether a directory entry's name can be one (a server's ``a/b`` or ``""`` cannot)."""
+    return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
 
 
 class _Chunk:
