@@ -36,6 +36,7 @@ import functools
 import json
 import logging
 import os
+import socket
 import stat
 import sys
 import time
@@ -95,6 +96,14 @@ KERNEL_READAHEAD_KB = 1024
 _BLKSIZE = 131072
 #: Seconds after which a file's mtime is "settled" for keeping its cached pages.
 SETTLED = 60.0
+#: A reader opening a directory's small files one after the other (in listing or name order)
+#: has this many of the next ones fetched ahead (OPEN and READ pipelined, in batches)...
+AHEAD_FILES = 16
+#: ... holding at most this many bytes between them.
+AHEAD_BYTES = 1 << 20
+#: Directory listings remembered to guess the next file from, and the largest one kept.
+LISTINGS = 8
+LISTING_MAX = 4096
 
 
 class ConnectionSource(Protocol):
@@ -226,6 +235,68 @@ class _FileHandle:
         self.wrote = False
 
 
+class _Listing:
+    """A directory's entries as last listed: the orders a reader may walk its files in."""
+
+    __slots__ = ("names", "attrs", "pos", "by_name", "name_pos", "last", "order", "cursor")
+
+    def __init__(self, entries: list[tuple[bytes, FileAttrs]]) -> None:
+        self.names = [name for name, _ in entries]
+        self.attrs = {name: attrs for name, attrs in entries}
+        self.pos = {name: i for i, name in enumerate(self.names)}
+        self.by_name: list[bytes] | None = None  # sorted when first needed
+        self.name_pos: dict[bytes, int] = {}
+        self.last: bytes | None = None  # the file opened last
+        self.order: list[bytes] | None = None  # the order the reader follows, once seen
+        self.cursor = 0  # where in ``order`` the next file to fetch is
+
+    def sorted_names(self) -> list[bytes]:
+        if self.by_name is None:
+            self.by_name = sorted(self.names)
+            self.name_pos = {name: i for i, name in enumerate(self.by_name)}
+        return self.by_name
+
+
+class _Ahead:
+    """A small file fetched ahead of its open: the handle and bytes, once they arrive."""
+
+    __slots__ = (
+        "client",
+        "started",
+        "size",
+        "mtime",
+        "handle",
+        "data",
+        "failed",
+        "dropped",
+        "waiter",
+    )
+
+    def __init__(self, client: SFTPClient, started: float, size: int, mtime: int | None):
+        self.client = client
+        self.started = started
+        self.size = size
+        self.mtime = mtime
+        self.handle: bytes | None = None
+        self.data: bytes | memoryview | None = None
+        self.failed = False
+        self.dropped = False
+        self.waiter: Resume[None] | None = None
+
+    def settled(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            waiter.set_result(None)
+
+    def discard(self) -> None:
+        """Nobody will use it: close its handle (now, or when it arrives)."""
+        self.dropped = True
+        handle, self.handle = self.handle, None
+        if handle is not None and self.client.alive:
+            self.client.close(handle, soon=True).addErrback(lambda f: None)
+        self.settled()
+
+
 class _DirHandle:
     __slots__ = ("node", "entries")
 
@@ -285,6 +356,14 @@ class SFTPOperations(pyfuse3.Operations):
         self._dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
         self._root_mtime_ns = time.time_ns()
+        # Small files fetched ahead of a reader walking a directory (see _walk).
+        self._listings: collections.OrderedDict[tuple[int, bytes], _Listing] = (
+            collections.OrderedDict()
+        )
+        self._ahead: dict[tuple[int, bytes], _Ahead] = {}
+        self._ahead_bytes = 0
+        self._purging: asyncio.TimerHandle | None = None
+        self._corked: Any = None
         #: Called once the kernel's INIT is answered (the mount is live).
         self.on_init: Callable[[], None] | None = None
 
@@ -324,6 +403,7 @@ class SFTPOperations(pyfuse3.Operations):
 
     def _detach(self, vol: Volume, rel: bytes) -> None:
         """The remote path ``rel`` is gone (and anything under it)."""
+        self._drop_ahead(vol.vid, rel, under=True)
         node = self._by_key.pop((vol.vid, rel), None)
         if node is not None:
             node.detached = True
@@ -337,6 +417,7 @@ class SFTPOperations(pyfuse3.Operations):
     def _move(self, vol: Volume, old: bytes, new: bytes) -> None:
         """The remote path ``old`` is now ``new`` (and so is everything under it)."""
         self._detach(vol, new)
+        self._drop_ahead(vol.vid, old, under=True)
         node = self._by_key.pop((vol.vid, old), None)
         if node is not None:
             node.rel = new
@@ -396,6 +477,8 @@ class SFTPOperations(pyfuse3.Operations):
 
     def _drop_volume(self, vol: Volume) -> None:
         vol.removed = True
+        for key in [k for k in self._ahead if k[0] == vol.vid]:
+            self._take_ahead(key).discard()  # type: ignore[union-attr]
         del self.volumes[vol.name]
         del self._by_bname[vol.bname]
         for key in [k for k in self._by_key if k[0] == vol.vid]:
@@ -568,6 +651,7 @@ class SFTPOperations(pyfuse3.Operations):
             raise FUSEError(errno.EROFS)
         node = self._node(inode)
         self._writable(node)
+        self._drop_ahead(node.vol.vid, node.rel)
         for h in list(node.handles):
             if h.writer is not None:  # earlier writes go first, e.g. before a truncate
                 await _wait(h.writer.flush())
@@ -742,7 +826,11 @@ class SFTPOperations(pyfuse3.Operations):
         if sflags & ft.FXF_WRITE or flags & os.O_TRUNC:
             self._writable(node)
         client = self._client()
+        key = (node.vol.vid, node.rel)
+        ahead = self._take_ahead(key) if self._ahead else None
         if flags & os.O_TRUNC:
+            if ahead is not None:
+                ahead.discard()
             # The kernel leaves O_TRUNC to us (atomic_o_trunc): truncate while opening.
             handle = await _wait(client.open(node.remote, sflags | ft.FXF_TRUNC))
             node.expires = 0.0
@@ -753,10 +841,22 @@ class SFTPOperations(pyfuse3.Operations):
             h.wrote = True
             return FileInfo(fh=h.fh)
         keep = self._keep_cache(node)
+        size = node.attrs.size if node.attrs is not None else None
+        small = not keep and sflags == ft.FXF_READ and size is not None and size <= PREFETCH_MAX
+        if ahead is not None and not small:
+            ahead.discard()
+            ahead = None
+        if ahead is not None:
+            if small:
+                self._walk(node, client)
+            info = await self._claim(node, ahead, client)
+            if info is not None:
+                return info
         opening = client.open(node.remote, sflags)
         readers: list[ReadAhead] = []
-        size = node.attrs.size if node.attrs is not None else None
-        if not keep and sflags == ft.FXF_READ and size is not None and size <= PREFETCH_MAX:
+        if small:
+            assert size is not None
+
             # A small file is read whole as soon as the handle arrives (from the answer's
             # callback, not a loop turn later), asking past its size so that the short
             # answer shows the end: the kernel's READ then finds it there or on its way.
@@ -767,6 +867,8 @@ class SFTPOperations(pyfuse3.Operations):
                 return handle
 
             opening.addCallback(prefetch)
+            if ahead is None:
+                self._walk(node, client)  # after our own OPEN: it goes first
         handle = await _wait(opening)
         h = self._register(node, sflags, client, handle, readers[0] if readers else None)
         if readers and size and self._store is not None and len(node.handles) == 1:
@@ -802,6 +904,197 @@ class SFTPOperations(pyfuse3.Operations):
         except Exception:
             return False  # the kernel's READ will ask again (and meet any error itself)
         return True
+
+    async def _claim(self, node: _Node, ahead: _Ahead, client: SFTPClient) -> FileInfo | None:
+        """
+        Open ``node`` with what was fetched ahead for it, and put its bytes in the kernel's
+        page cache (as ``_preload`` does); None if that cannot be used (then it is closed).
+
+        Only when the bytes are no older than the attribute timeout and match the attributes
+        the kernel was told (size and mtime), which are still fresh: a file changed on the
+        server shows after the attribute timeout at the latest, as its attributes do, and
+        this mount's own changes drop what was fetched ahead of them.
+        """
+        if ahead.data is None and not ahead.failed:
+            ahead.waiter = Resume(_running_loop())
+            await ahead.waiter
+        data = ahead.data
+        attrs = node.attrs
+        now = self._now()
+        if (
+            data is None
+            or ahead.failed
+            or ahead.dropped
+            or ahead.handle is None
+            or ahead.client is not client
+            or not client.alive
+            or now - ahead.started > self.attr_timeout
+            or attrs is None
+            or (attrs.size, attrs.mtime) != (ahead.size, ahead.mtime)
+            or len(data) != ahead.size
+            or node.expires <= now
+            or node.detached
+        ):
+            ahead.discard()
+            return None
+        handle, ahead.handle = ahead.handle, None
+        h = self._register(node, ft.FXF_READ, client, handle)
+        keep = False
+        if ahead.size and self._store is not None and len(node.handles) == 1:
+            try:
+                self._store(node.ino, 0, data)
+                keep = True
+            except Exception:
+                pass  # the kernel's READ will ask (and meet any error itself)
+        return FileInfo(fh=h.fh, keep_cache=keep)
+
+    def _remember_listing(self, node: _Node, entries: list[tuple[bytes, FileAttrs]]) -> None:
+        key = (node.vol.vid, node.rel)
+        self._listings.pop(key, None)
+        if len(entries) > LISTING_MAX:
+            return  # bounded memory; a huge directory is walked without help
+        self._listings[key] = _Listing(entries)
+        while len(self._listings) > LISTINGS:
+            self._listings.popitem(last=False)
+
+    def _walk(self, node: _Node, client: SFTPClient) -> None:
+        """
+        ``node``, a small file, is being opened: if the files of its directory are being
+        opened one after the other, in the order of the last listing or by name, fetch the
+        next ones ahead (at most ``AHEAD_FILES`` and ``AHEAD_BYTES``, topped up in batches
+        sent together), so that their opens find them here without a round trip.
+        """
+        parent, _, name = node.rel.rpartition(b"/")
+        listing = self._listings.get((node.vol.vid, parent))
+        if listing is None:
+            return
+        last, listing.last = listing.last, name
+        at = listing.pos.get(name)
+        if at is None or last is None:
+            return
+        if listing.pos.get(last) == at - 1:
+            order = listing.names
+        else:
+            order = listing.sorted_names()
+            at = listing.name_pos[name]
+            if listing.name_pos.get(last) != at - 1:
+                listing.order = None  # no walk (or not one we can follow)
+                return
+        if listing.order is not order:
+            listing.order = order
+            listing.cursor = at + 1
+        elif listing.cursor <= at:
+            listing.cursor = at + 1
+        if len(self._ahead) > AHEAD_FILES // 2:
+            self._purge_ahead()
+            if len(self._ahead) > AHEAD_FILES // 2:
+                return  # enough on its way: top up in batches, not one by one
+        vid = node.vol.vid
+        while (
+            listing.cursor < len(order)
+            and len(self._ahead) < AHEAD_FILES
+            and self._ahead_bytes < AHEAD_BYTES
+        ):
+            name = order[listing.cursor]
+            listing.cursor += 1
+            attrs = listing.attrs[name]
+            size = attrs.size
+            if (
+                size is None
+                or size > PREFETCH_MAX
+                or attrs.permissions is None
+                or not stat.S_ISREG(attrs.permissions)
+            ):
+                continue
+            rel = parent + b"/" + name if parent else name
+            key = (vid, rel)
+            other = self._by_key.get(key)
+            if key in self._ahead or (other is not None and other.handles):
+                continue
+            self._fetch_ahead(client, key, node.vol.remote(rel), size, attrs.mtime)
+
+    def _fetch_ahead(
+        self, client: SFTPClient, key: tuple[int, bytes], path: bytes, size: int, mtime: int | None
+    ) -> None:
+        ahead = _Ahead(client, self._now(), size, mtime)
+        self._ahead[key] = ahead
+        self._ahead_bytes += size
+        if self._purging is None:
+            self._purging = _running_loop().call_later(
+                self.attr_timeout + 0.1, self._purge_ahead, True
+            )
+        self._cork(client)
+        asked = (size // _PAGE + 1) * _PAGE  # past the end: the short answer shows it
+
+        def opened(handle: bytes) -> None:
+            ahead.handle = handle
+            if ahead.dropped:
+                ahead.discard()
+                return
+            self._cork(client)  # the READs of one batch of answers go out together
+            client.read(handle, 0, asked).addCallbacks(got, failed)
+
+        def got(data: bytes | memoryview) -> None:
+            ahead.data = data
+            ahead.settled()
+
+        def failed(_: Failure) -> None:
+            ahead.failed = True
+            ahead.discard()
+
+        client.open(path, ft.FXF_READ).addCallbacks(opened, failed)
+
+    def _take_ahead(self, key: tuple[int, bytes]) -> _Ahead | None:
+        ahead = self._ahead.pop(key, None)
+        if ahead is not None:
+            self._ahead_bytes -= ahead.size
+        return ahead
+
+    def _drop_ahead(self, vid: int, rel: bytes, under: bool = False) -> None:
+        """This mount changes ``rel`` (and with ``under``, what is below it): drop its fetches."""
+        if not self._ahead:
+            return
+        ahead = self._take_ahead((vid, rel))
+        if ahead is not None:
+            ahead.discard()
+        if under:
+            prefix = rel + b"/" if rel else b""
+            for key in [k for k in self._ahead if k[0] == vid and k[1].startswith(prefix)]:
+                self._take_ahead(key).discard()  # type: ignore[union-attr]
+
+    def _purge_ahead(self, timer: bool = False) -> None:
+        """Close what was fetched ahead and not claimed within the attribute timeout."""
+        if timer:
+            self._purging = None
+        horizon = self._now() - self.attr_timeout
+        for key in [k for k, a in self._ahead.items() if a.started < horizon or a.failed]:
+            self._take_ahead(key).discard()  # type: ignore[union-attr]
+        if self._ahead and self._purging is None:
+            self._purging = _running_loop().call_later(
+                self.attr_timeout + 0.1, self._purge_ahead, True
+            )
+
+    def _cork(self, client: SFTPClient) -> None:
+        """
+        Hold the SFTP socket's sends until the end of this loop iteration (TCP_CORK), so that
+        requests made one by one leave in one segment: one wake-up of the server per batch.
+        """
+        if self._corked is not None:
+            return
+        try:
+            sock = client.transport.getHandle()  # type: ignore[union-attr]
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        except Exception:
+            return  # not a TCP socket (tests): sent one by one
+        self._corked = sock
+        _running_loop().call_soon(self._uncork)
+
+    def _uncork(self) -> None:
+        sock, self._corked = self._corked, None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        except OSError:
+            pass  # closed meanwhile
 
     def _keep_cache(self, node: _Node) -> bool:
         """
@@ -910,6 +1203,8 @@ class SFTPOperations(pyfuse3.Operations):
                 raise FUSEError(errno.EBADF)
             node = h.node
             node.expires = 0.0
+            if self._ahead:
+                self._drop_ahead(node.vol.vid, node.rel)
             h.wrote = True
             if len(node.handles) > 1:
                 for other in node.handles:
@@ -984,6 +1279,8 @@ class SFTPOperations(pyfuse3.Operations):
             raise FUSEError(errno.EBADF)
         if dh.entries is None or start_id == 0:
             dh.entries = await self._list(dh.node)
+            if dh.node is not None:
+                self._remember_listing(dh.node, dh.entries)  # type: ignore[arg-type]
         entries = dh.entries
         for i in range(start_id, len(entries)):
             name, what = entries[i]
@@ -1047,6 +1344,8 @@ class SFTPOperations(pyfuse3.Operations):
                 h.client.close(h.handle, soon=h.writer is None).addErrback(lambda f: None)
         self._files.clear()
         self._dirs.clear()
+        for key in list(self._ahead):
+            self._take_ahead(key).discard()  # type: ignore[union-attr]
 
 
 class Resume(Generic[R]):
@@ -1170,16 +1469,20 @@ class _Loop:
     loop: asyncio.AbstractEventLoop | None = None
 
 
+def _running_loop() -> asyncio.AbstractEventLoop:
+    loop = _Loop.loop
+    if loop is None or loop.is_closed():
+        loop = _Loop.loop = asyncio.get_running_loop()
+    return loop
+
+
 def _wait(d: Deferred[R]) -> Resume[R]:
     """
     A Deferred as a future for a FUSE handler to await, resuming the handler from the
     Deferred's callback (see ``Resume``); no cancellation hook (FUSE handlers are never
     cancelled). A Deferred that already fired gives a done future: no loop turn at all.
     """
-    loop = _Loop.loop
-    if loop is None or loop.is_closed():
-        loop = _Loop.loop = asyncio.get_running_loop()
-    future: Resume[R] = Resume(loop)
+    future: Resume[R] = Resume(_running_loop())
     d.addCallbacks(_settle, _unsettle, callbackArgs=(future,), errbackArgs=(future,))
     return future
 

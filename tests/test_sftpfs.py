@@ -35,6 +35,7 @@ from twisted.conch.ssh import filetransfer as ft
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
+from telenet import sftpfs
 from telenet.aio import as_deferred
 from telenet.sftpclient import MAX_CHUNK, SFTPStatusError
 from telenet.sftpfs import (
@@ -1191,3 +1192,92 @@ async def test_resume_runs_the_waiting_task_inside_the_settling_call() -> None:
         assert fourth.cancelled()
 
     await aio(scenario())
+
+
+async def _walk_world(world: World, names: list[bytes]) -> tuple[int, dict[bytes, int]]:
+    """A directory ``walk`` of small files; its inode and its files' inodes (listed once)."""
+    for i, name in enumerate(names):
+        world.client.put(b"/exp/app/data/walk/" + name, b"content of %d" % i)
+    await aio(world.setup())
+    walk = await world.lookup_path(b"data", b"walk")
+    listed = await world.readdir(walk.st_ino)
+    inodes = {name: entry.st_ino for name, entry, _ in world.listing}
+    assert sorted(listed) == sorted(names)
+    return walk.st_ino, inodes
+
+
+def _calls(world: World, kind: str) -> list[tuple[Any, ...]]:
+    return [c for c in world.client.calls if c[0] == kind]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_directory_walk_fetches_the_next_small_files_ahead(world: World) -> None:
+    """Two files opened in listing order: the next ones are opened and read ahead, and their
+    opens are answered from that (bytes into the page cache), with no request of their own."""
+    names = [b"f%02d" % i for i in range(30)]
+    _, inodes = await _walk_world(world, names)
+    for name in names[:2]:
+        fi = await aio(world.fs.open(inodes[name], os.O_RDONLY, None))
+        await aio(world.fs.release(fi.fh))
+    opened = [c[1].rsplit(b"/", 1)[1] for c in _calls(world, "open")]
+    assert opened == names[: 2 + sftpfs.AHEAD_FILES], "the next AHEAD_FILES, after ours"
+    assert len(_calls(world, "read")) == len(opened)
+    before = len(world.client.calls)
+    fi = await aio(world.fs.open(inodes[b"f02"], os.O_RDONLY, None))
+    assert fi.keep_cache and world.stored[-1] == (inodes[b"f02"], 0, b"content of 2")
+    assert not [c for c in world.client.calls[before:] if c[1] == b"/exp/app/data/walk/f02"]
+    assert await aio(world.fs.read(fi.fh, 0, 4096)) == b"content of 2", "its handle works"
+    await aio(world.fs.release(fi.fh))
+    for name in names[3:]:  # the rest of the walk: each answered from what was fetched
+        fi = await aio(world.fs.open(inodes[name], os.O_RDONLY, None))
+        assert world.stored[-1][1:] == (0, b"content of %d" % names.index(name))
+        await aio(world.fs.release(fi.fh))
+    assert len(_calls(world, "open")) == len(names), "each file opened once"
+    assert not world.client.handles, "every handle closed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_walk_by_name_is_followed_too(world: World) -> None:
+    """A reader that sorts the listing (ls, a script) is followed in name order."""
+    names = [b"f%02d" % i for i in range(10)]
+    listdir = world.client.listdir
+    world.client.listdir = lambda path: listdir(path).addCallback(  # type: ignore[method-assign]
+        lambda entries: entries[::-1]
+    )
+    _, inodes = await _walk_world(world, names)
+    for name in names[:2]:
+        fi = await aio(world.fs.open(inodes[name], os.O_RDONLY, None))
+        await aio(world.fs.release(fi.fh))
+    opened = [c[1].rsplit(b"/", 1)[1] for c in _calls(world, "open")]
+    assert opened == names, "by name, not in listing order"
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_was_fetched_ahead_is_not_used_when_stale_or_changed(world: World) -> None:
+    """Fetched-ahead bytes serve an open only within the attribute timeout and only for the
+    file as the kernel knows it; this mount's own changes drop them; the rest is closed."""
+    names = [b"f%02d" % i for i in range(8)]
+    _, inodes = await _walk_world(world, names)
+    for name in names[:2]:
+        fi = await aio(world.fs.open(inodes[name], os.O_RDONLY, None))
+        await aio(world.fs.release(fi.fh))
+    assert len(_calls(world, "open")) == 8
+    writer = await aio(world.fs.open(inodes[b"f02"], os.O_WRONLY, None))
+    await aio(world.fs.write(writer.fh, 0, b"CONTENT"))
+    await aio(world.fs.release(writer.fh))
+    await world.lookup_path(b"data", b"walk", b"f02")  # fresh attributes after our write
+    fi = await aio(world.fs.open(inodes[b"f02"], os.O_RDONLY, None))
+    assert world.stored[-1] == (inodes[b"f02"], 0, b"CONTENT of 2"), "fetched again"
+    await aio(world.fs.release(fi.fh))
+    world.client.put(b"/exp/app/data/walk/f03", b"changed on the server")
+    fi = await aio(world.fs.open(inodes[b"f03"], os.O_RDONLY, None))
+    assert world.stored[-1] == (inodes[b"f03"], 0, b"content of 3"), "within the timeout"
+    await aio(world.fs.release(fi.fh))
+    world.now += world.fs.attr_timeout + 0.5
+    await world.lookup_path(b"data", b"walk", b"f04")
+    opens = len(_calls(world, "open"))
+    fi = await aio(world.fs.open(inodes[b"f04"], os.O_RDONLY, None))
+    assert len(_calls(world, "open")) == opens + 1, "too old: opened again"
+    await aio(world.fs.release(fi.fh))
+    world.fs._purge_ahead()
+    assert not world.fs._ahead and not world.client.handles, "the rest closed"
