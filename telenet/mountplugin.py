@@ -30,7 +30,6 @@ from twisted.python.threadpool import ThreadPool
 from telenet import dockerplugin
 from telenet.dockerplugin import BadRequest, JSONObject, PluginError, field, string_map
 from telenet.interfaces import IMounter, IStateStore
-from telenet.threads import ThreadPoolService
 
 log = Logger()
 
@@ -480,20 +479,43 @@ class Options(usage.Options):
 
 
 class _MounterService(service.Service):
-    """Adopts the helpers of an earlier run at start; unmounts and stops them at the end."""
+    """
+    Adopts the helpers of an earlier run at start. At the end it lets the requests in flight
+    finish first (``site``'s drain: a Create or Mount under way completes, is saved and
+    answered, rather than racing the unmounting and leaving its new helper and mount behind),
+    then unmounts and stops the helpers, then stops ``pool`` (the state thread).
+    """
 
-    def __init__(self, mounter: IMounter, driver: VolumeDriver) -> None:
+    def __init__(
+        self,
+        mounter: IMounter,
+        driver: VolumeDriver,
+        site: dockerplugin.PluginSite | None = None,
+        pool: ThreadPool | None = None,
+    ) -> None:
         self.mounter = mounter
         self.driver = driver
+        self.site = site
+        self.pool = pool
 
     def startService(self) -> None:
         super().startService()
+        if self.pool is not None:
+            self.pool.start()
         d = self.mounter.adopt(self.driver.expected_mounts())
         d.addErrback(lambda f: log.failure("adopting earlier mounts failed", f))
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        return self.mounter.shutdown()
+        d = self.site.drain() if self.site is not None else defer.succeed(None)
+        d.addBoth(lambda _: self.mounter.shutdown())
+        d.addBoth(self._stop_pool)
+        return d
+
+    def _stop_pool(self, result: object) -> object:
+        if self.pool is not None:
+            self.pool.stop()
+        return result
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
@@ -513,7 +535,6 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = service.MultiService()
     # One thread: saves then happen in the order they were asked for.
     pool = ThreadPool(minthreads=1, maxthreads=1, name="telemount-state")
-    ThreadPoolService(pool).setServiceParent(top)
 
     def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         from twisted.internet.threads import deferToThreadPool
@@ -531,14 +552,15 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         mounter, JSONFileStore(os.path.join(state_dir, "volumes.json")), reactor, run_blocking
     )
     driver.restore()
-    _MounterService(mounter, driver).setServiceParent(top)
+    resource = dockerplugin.PluginResource(["VolumeDriver"], driver.handlers())
+    site = dockerplugin.plugin_site(resource)
+    assert isinstance(site, dockerplugin.PluginSite)
+    # Stopped together with the listener: it drains the site before unmounting anything.
+    _MounterService(mounter, driver, site, pool).setServiceParent(top)
     linger = TimerService(max(options["linger"] / 2, 0.5), _reap, driver, options)
     linger.clock = reactor
     linger.setServiceParent(top)
-    resource = dockerplugin.PluginResource(["VolumeDriver"], driver.handlers())
-    strports.service(
-        options["listen"], dockerplugin.plugin_site(resource), reactor=reactor
-    ).setServiceParent(top)
+    strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
     return top
 
 

@@ -38,14 +38,17 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.threadpool import ThreadPool
 
 from telenet.dockerplugin import PluginSite
+from telenet.interfaces import IMounter
+from telenet.mountplugin import VolumeDriver, _MounterService
 from telenet.netip import encode_addr
 from telenet.proto import teleroute_pb2, teleroute_pb2_grpc
 from telenet.routeplugin import NetworkDriver, _DriverService
 from telenet.teleroute import Teleroute, TelerouteError
 from telenet.testing import MemoryNetlink
 
-from .conftest import TWISTD, Agent, Daemon, require, wait_for
-from .faultkit import post, record
+from .conftest import TWISTD, Agent, Daemon, Telemount, fuse_mounts, require, wait_for
+from .faultkit import post, process_state, record
+from .test_e2e_telemount import helper_pids
 
 #: Item 7: every app exits within this many seconds of SIGTERM.
 EXIT_WITHIN = 10.0
@@ -265,6 +268,158 @@ def test_teleroute_sigterm_with_request_in_flight(
         exit_s=round(elapsed, 2),
         inflight_status=status,
     )
+
+
+# -- twistd telemount: a Create in flight to a slow (but working) server -----------------------
+
+
+def test_telemount_unmounts_only_after_requests_in_flight() -> None:
+    """
+    telemount's mounter service stops in order: requests in flight are answered first, then
+    the helpers are stopped and unmounted, then the state thread stops.
+    """
+    events: list[str] = []
+    drained: defer.Deferred[None] = defer.Deferred()
+
+    class Site:
+        def drain(self) -> defer.Deferred[None]:
+            events.append("drain")
+            return drained
+
+    class Mounter:
+        def adopt(self, expected: object) -> defer.Deferred[None]:
+            events.append("adopt")
+            return defer.succeed(None)
+
+        def shutdown(self) -> defer.Deferred[None]:
+            events.append("shutdown")
+            return defer.succeed(None)
+
+    class Driver:
+        def expected_mounts(self) -> dict[str, str]:
+            return {}
+
+    class Pool:
+        def start(self) -> None:
+            events.append("pool.start")
+
+        def stop(self) -> None:
+            events.append("pool.stop")
+
+    svc = _MounterService(
+        cast(IMounter, Mounter()),
+        cast(VolumeDriver, Driver()),
+        cast(PluginSite, Site()),
+        cast(ThreadPool, Pool()),
+    )
+    svc.startService()
+    assert events == ["pool.start", "adopt"]
+    stopped: list[object] = []
+    svc.stopService().addCallback(stopped.append)
+    assert events[2:] == ["drain"] and not stopped
+    drained.callback(None)
+    assert events[2:] == ["drain", "shutdown", "pool.stop"] and stopped
+
+
+class SlowBridge:
+    """A TCP relay to ``target`` that waits ``delay`` seconds before relaying a connection."""
+
+    def __init__(self, target: int, delay: float) -> None:
+        self.target = target
+        self.delay = delay
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = int(self.listener.getsockname()[1])
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.sockets.append(conn)
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        time.sleep(self.delay)
+        try:
+            up = socket.create_connection(("127.0.0.1", self.target))
+        except OSError:
+            conn.close()
+            return
+        self.sockets.append(up)
+        for a, b in ((conn, up), (up, conn)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+
+
+@pytest.mark.e2e
+def test_telemount_sigterm_with_create_in_flight_to_a_slow_server(
+    telemount: Telemount, sftp_agent: Agent
+) -> None:
+    """
+    SIGTERM of ``twistd telemount`` while a Create waits for a server that answers after
+    1.5 s: the Create is completed and answered (200, and the volume is saved), the plug-in
+    exits within 10 s, and no FUSE mount or helper is left. (Before the fix the request was
+    dropped unanswered, the plug-in took the whole 8 s drain to exit, and the new volume's
+    helper and FUSE mount stayed behind.)
+    """
+    slow = SlowBridge(sftp_agent.port, 1.5)
+    opts = {"host": "127.0.0.1", "port": str(slow.port), "container": "echo"}
+    name = f"tntest-shut-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"Name": name, "Opts": opts}).encode()
+    answer: list[tuple[int, bytes]] = []
+    try:
+        t = threading.Thread(
+            target=lambda: answer.append(
+                post(telemount.socket, "/VolumeDriver.Create", body, timeout=20)
+            )
+        )
+        t.start()
+        time.sleep(0.5)
+        elapsed, code = _sigterm_and_wait(telemount.daemon)
+        t.join(timeout=10)
+    finally:
+        slow.close()
+    log = telemount.daemon.log()
+    mounts = fuse_mounts(telemount.mount_root)
+    # A helper unmounts, removes its control socket and then exits: the plug-in waits for
+    # the first two only, so the process may take a moment more.
+    deadline = time.monotonic() + 5
+    while helper_pids(telemount) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    helpers = [(pid, process_state(pid)) for pid in helper_pids(telemount)]
+    for mp in mounts:
+        subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+    for pid, _ in helpers:
+        os.kill(pid, signal.SIGKILL)
+    with open(os.path.join(telemount.state_dir, "volumes.json")) as f:
+        saved = json.load(f)["volumes"]
+    # Docker never heard of this volume: it is removed through the plug-in, not by the
+    # fixture's `docker volume rm` (dockerd would ask every plug-in it ever knew).
+    telemount.start()
+    removed = post(telemount.socket, "/VolumeDriver.Remove", json.dumps({"Name": name}).encode())
+    assert elapsed <= EXIT_WITHIN, f"SIGTERM took {elapsed:.1f}s: {log}"
+    assert answer and answer[0][0] == 200, (answer, log)
+    assert mounts == [] and helpers == [], (mounts, helpers, log)
+    assert name in saved
+    assert removed[0] == 200, removed
+    record("sigterm-telemount-slow-create", exit_s=round(elapsed, 2), inflight_status=200)
 
 
 # -- twistd sftp-agent -----------------------------------------------------------------------
