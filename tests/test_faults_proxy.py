@@ -123,14 +123,20 @@ def test_bridge_killed_mid_write_acknowledged_data_is_on_disk(
     telemount: Telemount, sftp_agent: Agent, bridge: Bridge
 ) -> None:
     """
-    kill -9 of the bridge while a writer appends fsync'd chunks through it: the writer gets an
-    error within the timeout (no hang), every chunk whose fsync succeeded is on the agent's disk
-    byte for byte, and after the bridge restarts on the same port the mount works again
-    (reads and a new write) without a remount.
+    kill -9 of the bridge while a writer appends fsync'd chunks through it and a reader reads
+    a 16 MiB file over and over (its page cache dropped each time): both get an error within
+    the timeout (no hang), the reader never gets wrong bytes, every chunk whose fsync succeeded
+    is on the agent's disk byte for byte, and after the bridge restarts on the same port the
+    mount works again (reads and a new write) without a remount.
     """
     exported = os.path.join(sftp_agent.root, "echo", "var", "run", "secrets")
+    big = os.urandom(16 << 20)
+    with open(os.path.join(exported, "big"), "wb") as big_file:
+        big_file.write(big)
     vol, _ = create_volume(telemount, bridge.port)
     chunk = 256 * 1024
+    reads = {"passes": 0, "corrupt": 0}
+    read_error: list[BaseException] = []
     with sleeping_container(vol):
         mp = _mountpoint(vol)
         path = os.path.join(mp, "acked")
@@ -151,17 +157,44 @@ def test_bridge_killed_mid_write_acknowledged_data_is_on_disk(
             except OSError as e:
                 error.append(e)
 
+        def reader() -> None:
+            try:
+                while True:
+                    fd = os.open(os.path.join(mp, "big"), os.O_RDONLY)
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                        offset = 0
+                        while data := os.read(fd, 1 << 20):
+                            reads["corrupt"] += data != big[offset : offset + len(data)]
+                            offset += len(data)
+                    finally:
+                        os.close(fd)
+                    reads["passes"] += 1
+            except OSError as e:
+                read_error.append(e)
+
         thread = threading.Thread(target=writer, daemon=True)
         thread.start()
-        wait_for(lambda: acked >= 8 or bool(error), 30, "the writer to get going")
-        assert not error, error
+        reading = threading.Thread(target=reader, daemon=True)
+        reading.start()
+        wait_for(
+            lambda: (acked >= 8 and reads["passes"] >= 1) or bool(error or read_error),
+            30,
+            "the writer and the reader to get going",
+        )
+        assert not error and not read_error, (error, read_error)
         bridge.daemon.kill(signal.SIGKILL)
         killed = time.monotonic()
         thread.join(timeout=TIMEOUT + 12)
         assert not thread.is_alive(), "the writer hung after the bridge died"
         error_after = time.monotonic() - killed
+        reading.join(timeout=max(0.1, killed + TIMEOUT + 12 - time.monotonic()))
+        assert not reading.is_alive(), "the reader hung after the bridge died"
+        read_error_after = time.monotonic() - killed
         assert error, "the writer got no error although the bridge died"
+        assert read_error, "the reader got no error although the bridge died"
         assert error_after < TIMEOUT + 12
+        assert reads["corrupt"] == 0, reads
         with open(os.path.join(exported, "acked"), "rb") as acked_file:
             data = acked_file.read()
         assert len(data) >= acked * chunk, (len(data), acked)
@@ -184,8 +217,11 @@ def test_bridge_killed_mid_write_acknowledged_data_is_on_disk(
         chunk_bytes=chunk,
         lost=0,
         error_after_s=round(error_after, 2),
+        read_error_after_s=round(read_error_after, 2),
+        read_passes=reads["passes"],
         recovered_after_s=round(recovered_after, 2),
         error=repr(error[0]),
+        read_error=repr(read_error[0]),
     )
 
 
