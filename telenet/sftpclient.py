@@ -72,6 +72,8 @@ MIN_CHUNK = 4096
 RECV_SIZE = 1 << 18
 #: Bytes sent per reactor iteration (at most).
 SEND_SIZE = 1 << 20
+#: READDIR requests a listing keeps in flight at most.
+READDIR_AHEAD = 8
 #: Seconds a lazy request (a reader's CLOSE) may wait for company.
 LAZY_DELAY = 0.002
 DEFAULT_TIMEOUT = 10.0
@@ -894,15 +896,34 @@ class SFTPClient(ft.FileTransferClient):
         return Deferred.fromCoroutine(self._listdir(path))
 
     async def _listdir(self, path: bytes) -> list[NameEntry]:
+        # READDIRs are pipelined: a server answers a handle's requests in order, each with
+        # the next batch, and every one past the end with EOF. Two go out at first and one
+        # more per batch received (up to READDIR_AHEAD), none once a batch comes back
+        # shorter than an earlier one (the end is near): a big directory takes a few round
+        # trips instead of one per batch, a small one costs an EOF or two more.
         handle = await self.opendir(path)
         entries: list[NameEntry] = []
+        pending: deque[Deferred[list[NameEntry]]] = deque()
+        depth = 2
+        largest = 0
         try:
             while True:
-                batch = await self.readdir(handle)
+                while len(pending) < depth:
+                    pending.append(self.readdir(handle))
+                batch = await pending.popleft()
                 if not batch:
                     break
                 entries.extend(e for e in batch if _entry_name_ok(e.filename))
+                if len(batch) < largest:
+                    depth = 0  # only what is on its way
+                elif depth:
+                    largest = len(batch)
+                    depth = min(depth + 1, READDIR_AHEAD)
+                if not depth and not pending:
+                    pending.append(self.readdir(handle))
         finally:
+            for d in pending:
+                d.addErrback(lambda f: None)
             if self.alive:
                 self.close(handle).addErrback(lambda f: None)
         return entries
@@ -973,9 +994,10 @@ def _only_name(names: list[NameEntry], request: str) -> bytes:
     return names[0].filename
 
 
-def _statvfs(reply: bytes) -> StatVFS:
-    if len(reply) < 88:
-        raise SFTPProtocolError(f"statvfs@openssh.com answered with {len(reply)} bytes")
+def _statvfs(reply: bytes | None) -> StatVFS:
+    if reply is None or len(reply) < 88:  # None: a bare STATUS OK
+        size = 0 if reply is None else len(reply)
+        raise SFTPProtocolError(f"statvfs@openssh.com answered with {size} bytes")
     return StatVFS(*struct.unpack_from("!11Q", reply, 0))
 
 
