@@ -748,3 +748,50 @@ def test_answers_split_anywhere_arrive_whole(step: int) -> None:
         assert bytes(result_of(d)) == payload
     assert result_of(stat).size == 7
     assert client.pendingCount == 0 and client.alive
+
+
+def _names(rid: int, *names: bytes) -> bytes:
+    body = struct.pack("!LL", rid, len(names))
+    for name in names:
+        body += _ns(name) + _ns(b"") + struct.pack("!L", 0)
+    return _packet(ft.FXP_NAME, body)
+
+
+def test_listdir_pipelines_readdirs() -> None:
+    """READDIRs go out two at first and one more per full batch; none past a short batch;
+    the entries come back in order, and the handle is closed."""
+    client, transport, _ = _ready_client()
+    listing = client.listdir(b"/d")
+    ((kind, rid, _),) = _requests(transport.value())
+    assert kind == ft.FXP_OPENDIR
+    transport.clear()
+    client.dataReceived(_packet(ft.FXP_HANDLE, struct.pack("!L", rid) + _ns(b"H")))
+    sent = _requests(transport.value())
+    assert [k for k, _, _ in sent] == [ft.FXP_READDIR] * 2
+    transport.clear()
+    client.dataReceived(_names(sent[0][1], b"a", b"b", b"c"))
+    more = _requests(transport.value())
+    assert [k for k, _, _ in more] == [ft.FXP_READDIR] * 2, "a full batch: one more in flight"
+    transport.clear()
+    client.dataReceived(_names(sent[1][1], b"d", b"e", b"f"))
+    client.dataReceived(_names(more[0][1], b"g"))  # shorter: the end is near
+    later = _requests(transport.value())
+    assert [k for k, _, _ in later] == [ft.FXP_READDIR] * 2
+    transport.clear()
+    client.dataReceived(_packet(ft.FXP_STATUS, struct.pack("!LL", more[1][1], ft.FX_EOF)))
+    assert [e.filename for e in result_of(listing)] == [b"a", b"b", b"c", b"d", b"e", b"f", b"g"]
+    ((kind, _, body),) = _requests(transport.value())
+    assert kind == ft.FXP_CLOSE and body == _ns(b"H")
+    for _, rid, _ in later:  # answers to what was still in flight are taken quietly
+        client.dataReceived(_packet(ft.FXP_STATUS, struct.pack("!LL", rid, ft.FX_EOF)))
+    assert client.alive
+
+
+def test_listdir_of_a_big_directory(pair: SFTPPair, tree: Path) -> None:
+    """Many batches (Conch sends at most 250 names per READDIR): every name, once."""
+    (tree / "many").mkdir()
+    for i in range(1234):
+        (tree / "many" / f"f{i:04d}").write_bytes(b"")
+    names = [e.filename for e in pair.wait(pair.client.listdir(b"/many"))]
+    assert sorted(names) == [b"f%04d" % i for i in range(1234)]
+    assert pair.client.pendingCount == 0
