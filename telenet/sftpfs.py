@@ -911,9 +911,10 @@ class SFTPOperations(pyfuse3.Operations):
         page cache (as ``_preload`` does); None if that cannot be used (then it is closed).
 
         Only when the bytes are no older than the attribute timeout and match the attributes
-        the kernel was told (size and mtime), which are still fresh: a file changed on the
-        server shows after the attribute timeout at the latest, as its attributes do, and
-        this mount's own changes drop what was fetched ahead of them.
+        the kernel was last told (size and mtime): a file changed on the server shows after
+        the attribute timeout at the latest, as its attributes do. This mount's own changes
+        drop what was fetched ahead of them (``_drop_ahead``), so the kernel's size is the
+        one it was told.
         """
         if ahead.data is None and not ahead.failed:
             ahead.waiter = Resume(_running_loop())
@@ -932,7 +933,6 @@ class SFTPOperations(pyfuse3.Operations):
             or attrs is None
             or (attrs.size, attrs.mtime) != (ahead.size, ahead.mtime)
             or len(data) != ahead.size
-            or node.expires <= now
             or node.detached
         ):
             ahead.discard()
@@ -1127,6 +1127,7 @@ class SFTPOperations(pyfuse3.Operations):
             open_flags |= ft.FXF_TRUNC
         client = self._client()
         rel = self._join(parent, name)
+        self._drop_ahead(parent.vol.vid, rel)
         path = parent.vol.remote(rel)
         handle, attrs = await _both(
             client.open(path, open_flags, FileAttrs(permissions=stat.S_IMODE(mode))),
