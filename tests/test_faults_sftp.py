@@ -569,6 +569,26 @@ def test_bad_status_codes_and_messages_are_errors_with_an_errno() -> None:
 # -- end to end: a hostile TCP server under a real FUSE mount ----------------------------------
 
 
+#: Requests answered with data (a STATUS OK is malformed for them).
+_WITH_DATA = {
+    ft.FXP_OPEN,
+    ft.FXP_OPENDIR,
+    ft.FXP_READ,
+    ft.FXP_STAT,
+    ft.FXP_LSTAT,
+    ft.FXP_FSTAT,
+    ft.FXP_READDIR,
+    ft.FXP_REALPATH,
+    ft.FXP_READLINK,
+}
+
+
+def _wrong_type(rid: int, request: int) -> bytes:
+    if request in _WITH_DATA:
+        return _packet(ft.FXP_STATUS, struct.pack("!LL", rid, ft.FX_OK))
+    return _packet(ft.FXP_HANDLE, struct.pack("!L", rid) + _ns(b"h"))
+
+
 class HostileServer:
     """
     A TCP server answering INIT properly, then every request with a malformed packet (a
@@ -583,7 +603,7 @@ class HostileServer:
         lambda rid, kind: _packet(ft.FXP_ATTRS, struct.pack("!LL", rid, 0xFFFFFFFF)),  # cut ATTRS
         lambda rid, kind: _packet(ft.FXP_NAME, struct.pack("!LL", rid, 2**32 - 1) + _ns(b"\xff/")),
         lambda rid, kind: _packet(ft.FXP_DATA, struct.pack("!LL", rid, 2**31) + b"x" * 64),
-        lambda rid, kind: _packet(ft.FXP_STATUS, struct.pack("!LL", rid, ft.FX_OK)),  # OK for data
+        _wrong_type,  # STATUS OK where data is due, else a HANDLE
         lambda rid, kind: struct.pack("!L", 3) + b"\x65\x00\x00",  # length below a header
         lambda rid, kind: b"",  # no answer at all: the deadline
     ]
@@ -594,6 +614,9 @@ class HostileServer:
         self.answers = 0
         self.connections = 0
         self.live: list[socket.socket] = []
+        #: While proxying: answers to these request types are replaced by ``BAD[bad]``.
+        self.corrupt: set[int] = set()
+        self.bad = 0
         outer = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -660,10 +683,28 @@ class HostileServer:
             return
         self.live += [sock, upstream]
 
-        def pump(a: socket.socket, b: socket.socket) -> None:
+        kinds: dict[int, int] = {}  # request id -> request type, from the client's packets
+
+        def pump(a: socket.socket, b: socket.socket, answers: bool) -> None:
+            buf = b""
             try:
                 while data := a.recv(65536):
-                    b.sendall(data)
+                    buf += data
+                    out = []
+                    while len(buf) >= 9:
+                        (length,) = struct.unpack_from("!L", buf)
+                        if len(buf) < 4 + length:
+                            break
+                        packet, buf = buf[: 4 + length], buf[4 + length :]
+                        kind = packet[4]
+                        rid = struct.unpack_from("!L", packet, 5)[0]
+                        if not answers:
+                            kinds[rid] = kind
+                        elif kind != ft.FXP_VERSION and (req := kinds.pop(rid, 0)) in self.corrupt:
+                            packet = self.BAD[self.bad % len(self.BAD)](rid, req)
+                            self.answers += 1
+                        out.append(packet)
+                    b.sendall(b"".join(out))
             except OSError:
                 pass
             for s in (a, b):
@@ -672,9 +713,9 @@ class HostileServer:
                 except OSError:
                     pass
 
-        back = threading.Thread(target=pump, args=(upstream, sock), daemon=True)
+        back = threading.Thread(target=pump, args=(upstream, sock, True), daemon=True)
         back.start()
-        pump(sock, upstream)
+        pump(sock, upstream, False)
         back.join(5)
         upstream.close()
 
@@ -875,3 +916,114 @@ def test_hostile_server_under_a_real_mount(fuse_workdir: str) -> None:
         agent.daemon.stop()
     assert fuse_mounts(workdir) == []
     assert not port_open(hostile.port)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _write(path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(b"w" * 300000)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+#: (name, request types whose answers are corrupted, the file operation in round ``i``).
+CASES: list[tuple[str, set[int], Callable[[str, int], object]]] = [
+    ("lookup", {ft.FXP_LSTAT}, lambda v, i: os.stat(f"{v}/f{i}")),
+    ("open", {ft.FXP_OPEN}, lambda v, i: open(f"{v}/f{i}", "rb").close()),
+    ("read", {ft.FXP_READ}, lambda v, i: _read(f"{v}/f{i}")),
+    ("readdir", {ft.FXP_READDIR}, lambda v, i: os.listdir(f"{v}/d{i}")),
+    ("write", {ft.FXP_WRITE}, lambda v, i: _write(f"{v}/w{i}")),
+    ("mkdir", {ft.FXP_MKDIR}, lambda v, i: os.mkdir(f"{v}/m{i}")),
+    ("remove", {ft.FXP_REMOVE}, lambda v, i: os.unlink(f"{v}/u{i}")),
+    ("rename", {ft.FXP_EXTENDED}, lambda v, i: os.rename(f"{v}/u{i}", f"{v}/r{i}")),
+    ("readlink", {ft.FXP_READLINK}, lambda v, i: os.readlink(f"{v}/l{i}")),
+    ("statvfs", {ft.FXP_EXTENDED}, lambda v, i: os.statvfs(v)),
+]
+
+
+@pytest.mark.e2e
+def test_malformed_answers_to_each_operation_under_a_real_mount(fuse_workdir: str) -> None:
+    """
+    The server answers well except the one request type an operation needs, which gets a
+    malformed answer (each kind of ``HostileServer.BAD`` in turn): that operation fails with
+    EIO (ENOTCONN if the connection was already dropped) within the timeout plus 10 s, the
+    helper lives and is never in D state, and the next round works on a new connection.
+    """
+    workdir = fuse_workdir
+    rounds = scaled(1, len(HostileServer.BAD))  # per operation
+    root = os.path.join(workdir, "exports")
+    export = os.path.join(root, "vol")
+    os.makedirs(export)
+    for i in range(rounds * len(CASES)):
+        for name in ("f", "u"):
+            with open(os.path.join(export, f"{name}{i}"), "wb") as f:
+                f.write(os.urandom(200000))
+        os.makedirs(os.path.join(export, f"d{i}", "inner"))
+        os.symlink(f"f{i}", os.path.join(export, f"l{i}"))
+    agent = Agent(root, free_port(), os.path.join(workdir, "agent.log")).start()
+    proxy = HostileServer().start()
+    proxy.agent_port = agent.port
+    helper: Helper | None = None
+    outcomes: dict[str, list[str]] = {}
+    slowest = 0.0
+    try:
+        helper = started = Helper(workdir, proxy.port)
+        wait_for(lambda: started.call({"op": "status"}).get("connected"), 20, "the connection")
+        answer = helper.call(
+            {"op": "add", "name": "v", "path": "/tel_app_exports/vol", "ro": False}
+        )
+        assert answer == {"ok": True}, answer
+        vol = os.path.join(helper.mountpoint, "v")
+        rss_before = rss_kib(helper.proc.pid)
+        i = 0
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            for r in range(rounds):
+                for name, kinds, operation in CASES:
+                    wait_for(
+                        lambda: started.call({"op": "status"}).get("connected"), 15, "reconnect"
+                    )
+                    proxy.bad = i + r  # every kind of malformation, rotating over the cases
+                    proxy.corrupt = kinds
+                    before = proxy.answers
+                    start = time.monotonic()
+                    future = pool.submit(operation, vol, i)
+                    try:
+                        future.result(timeout=3 + 10)
+                        outcome = "ok"
+                    except OSError as e:
+                        outcome = errno.errorcode.get(e.errno or 0, str(e.errno))
+                    took = time.monotonic() - start
+                    proxy.corrupt = set()
+                    slowest = max(slowest, took)
+                    outcomes.setdefault(name, []).append(outcome)
+                    assert outcome in ("EIO", "ENOTCONN"), (name, r, outcome, helper.log())
+                    assert proxy.answers > before, f"{name}: no answer was corrupted"
+                    assert helper.proc.poll() is None, f"the helper died: {helper.log()}"
+                    assert process_state(helper.proc.pid) != "D"
+                    i += 1
+        # Well-behaved again: the same mount works.
+        wait_for(lambda: started.call({"op": "status"}).get("connected"), 15, "reconnect")
+        wait_for(lambda: _read(f"{vol}/f0") == _read(f"{export}/f0"), 15, "a read to work")
+        _write(f"{vol}/after")
+        assert os.path.getsize(f"{export}/after") == 300000
+        rss_growth = rss_kib(helper.proc.pid) - rss_before
+        assert rss_growth < 64 * 1024, rss_growth
+        record(
+            "sftp-malformed-answer-per-operation",
+            operations=i,
+            corrupted_answers=proxy.answers,
+            connections=proxy.connections,
+            slowest_s=round(slowest, 2),
+            rss_growth_kib=rss_growth,
+            outcomes={k: sorted(set(v)) for k, v in outcomes.items()},
+        )
+    finally:
+        if helper is not None:
+            helper.stop()
+        proxy.stop()
+        agent.daemon.stop()
+    assert fuse_mounts(workdir) == []
