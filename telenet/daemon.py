@@ -101,6 +101,27 @@ class Options(usage.Options):
             raise usage.UsageError(f"--vif {vif!r} is not an interface name")
 
 
+class _StopInReverse(service.MultiService):
+    """
+    A ``MultiService`` that stops its children one after the other, last started first.
+
+    Twisted's stops them all at once: the netlink sockets were then closed under a
+    CreateEndpoint still in flight, which hung until the gRPC grace ran out, was cancelled and
+    left its veth pair behind.
+    """
+
+    def stopService(self) -> defer.Deferred[None]:
+        service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await defer.maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("Stopping {name} failed", name=child.name)
+
+
 class _Closer(service.Service):
     """Closes the netlink sockets last, once everything using them has stopped."""
 
@@ -136,7 +157,7 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
 
         netlink = PyrouteNetlink()
 
-    top = service.MultiService()
+    top = _StopInReverse()
 
     def add(name: str, child: service.Service) -> None:
         child.setName(name)
