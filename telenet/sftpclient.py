@@ -73,7 +73,7 @@ RECV_SIZE = 1 << 18
 #: Bytes sent per reactor iteration (at most).
 SEND_SIZE = 1 << 20
 #: READDIR requests a listing keeps in flight at most.
-READDIR_AHEAD = 8
+READDIR_AHEAD = 16
 #: Seconds a lazy request (a reader's CLOSE) may wait for company.
 LAZY_DELAY = 0.002
 DEFAULT_TIMEOUT = 10.0
@@ -897,10 +897,10 @@ class SFTPClient(ft.FileTransferClient):
 
     async def _listdir(self, path: bytes) -> list[NameEntry]:
         # READDIRs are pipelined: a server answers a handle's requests in order, each with
-        # the next batch, and every one past the end with EOF. Two go out at first and one
-        # more per batch received (up to READDIR_AHEAD), none once a batch comes back
-        # shorter than an earlier one (the end is near): a big directory takes a few round
-        # trips instead of one per batch, a small one costs an EOF or two more.
+        # the next batch, and every one past the end with EOF. Two go out at first and
+        # twice as many per batch received (up to READDIR_AHEAD), none once a batch comes
+        # back shorter than an earlier one (the end is near): a big directory takes a few
+        # round trips instead of one per batch, a small one costs a few EOFs more.
         handle = await self.opendir(path)
         entries: list[NameEntry] = []
         pending: deque[Deferred[list[NameEntry]]] = deque()
@@ -918,7 +918,7 @@ class SFTPClient(ft.FileTransferClient):
                     depth = 0  # only what is on its way
                 elif depth:
                     largest = len(batch)
-                    depth = min(depth + 1, READDIR_AHEAD)
+                    depth = min(depth * 2, READDIR_AHEAD)
                 if not depth and not pending:
                     pending.append(self.readdir(handle))
         finally:

@@ -758,8 +758,8 @@ def _names(rid: int, *names: bytes) -> bytes:
 
 
 def test_listdir_pipelines_readdirs() -> None:
-    """READDIRs go out two at first and one more per full batch; none past a short batch;
-    the entries come back in order, and the handle is closed."""
+    """READDIRs go out two at first and twice as many per full batch; none past a short
+    batch; the entries come back in order, and the handle is closed."""
     client, transport, _ = _ready_client()
     listing = client.listdir(b"/d")
     ((kind, rid, _),) = _requests(transport.value())
@@ -771,18 +771,18 @@ def test_listdir_pipelines_readdirs() -> None:
     transport.clear()
     client.dataReceived(_names(sent[0][1], b"a", b"b", b"c"))
     more = _requests(transport.value())
-    assert [k for k, _, _ in more] == [ft.FXP_READDIR] * 2, "a full batch: one more in flight"
+    assert [k for k, _, _ in more] == [ft.FXP_READDIR] * 3, "a full batch: 4 in flight"
     transport.clear()
     client.dataReceived(_names(sent[1][1], b"d", b"e", b"f"))
     client.dataReceived(_names(more[0][1], b"g"))  # shorter: the end is near
     later = _requests(transport.value())
-    assert [k for k, _, _ in later] == [ft.FXP_READDIR] * 2
+    assert [k for k, _, _ in later] == [ft.FXP_READDIR] * 5, "8 in flight, then no more"
     transport.clear()
     client.dataReceived(_packet(ft.FXP_STATUS, struct.pack("!LL", more[1][1], ft.FX_EOF)))
     assert [e.filename for e in result_of(listing)] == [b"a", b"b", b"c", b"d", b"e", b"f", b"g"]
     ((kind, _, body),) = _requests(transport.value())
     assert kind == ft.FXP_CLOSE and body == _ns(b"H")
-    for _, rid, _ in later:  # answers to what was still in flight are taken quietly
+    for _, rid, _ in more[2:] + later:  # answers to what was still in flight: taken quietly
         client.dataReceived(_packet(ft.FXP_STATUS, struct.pack("!LL", rid, ft.FX_EOF)))
     assert client.alive
 
