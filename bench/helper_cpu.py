@@ -44,7 +44,7 @@ from sftp_mounts import (  # noqa: E402
     sshfs,
 )
 
-FILES = {"metadata": 2000, "tar": 5000}
+FILES = {"metadata": 2000, "list": 2000, "tar": 5000}
 WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_helper_wrap.py")
 
 
@@ -109,6 +109,8 @@ def telemount(
 def workload(case: str, path: str) -> list[str]:
     if case == "metadata":
         return [sys.executable, "-S", "-c", METADATA, path + "/meta", "500"]
+    if case == "list":  # the metadata case without its reads
+        return [sys.executable, "-S", "-c", METADATA, path + "/meta", "0"]
     return ["sh", "-ec", f"tar cf - -C {path} tree | cat >/dev/null"]
 
 
@@ -169,7 +171,7 @@ def run_case(
     wall: dict[str, list[float]] = {c: [] for c in clients}
     cpu: dict[str, list[float]] = {c: [] for c in clients}
     srv: dict[str, list[float]] = {c: [] for c in clients}
-    startup = child_startup(5) if case == "metadata" else 0.0
+    startup = child_startup(5) if case in ("metadata", "list") else 0.0
     with contextlib.ExitStack() as stack:
         port, remote = stack.enter_context(sftp_server(server, export))
         mounts: dict[str, tuple[str, int, str | None]] = {}

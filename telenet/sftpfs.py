@@ -798,8 +798,7 @@ class SFTPOperations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         h = _FileHandle(fh, node, flags, client, handle)
-        if flags & ft.FXF_READ:
-            h.reader = reader or self._reader(node, client, handle)
+        h.reader = reader  # else made at the first READ: most small files never get one
         if flags & ft.FXF_WRITE:
             h.writer = PipelinedWriter(client, handle, self._write_behind)
         self._files[fh] = h
@@ -986,9 +985,12 @@ class SFTPOperations(pyfuse3.Operations):
         elif listing.cursor <= at:
             listing.cursor = at + 1
         if len(self._ahead) > AHEAD_FILES // 2:
+            oldest = next(iter(self._ahead.values()))  # the dict is in fetch order
+            if oldest.started >= self._now() - self.attr_timeout and not oldest.failed:
+                return  # enough on its way: top up in batches, not one by one
             self._purge_ahead()
             if len(self._ahead) > AHEAD_FILES // 2:
-                return  # enough on its way: top up in batches, not one by one
+                return
         vid = node.vol.vid
         while (
             listing.cursor < len(order)
@@ -1161,8 +1163,7 @@ class SFTPOperations(pyfuse3.Operations):
         log.info("reopened {path} after a reconnect", path=h.node.remote)
         h.client = client
         h.handle = handle
-        if h.reader is not None:
-            h.reader = self._reader(h.node, client, handle)
+        h.reader = None  # made again at the next READ, on the new handle
         if h.writer is not None:
             h.writer = PipelinedWriter(client, handle, self._write_behind)
 
@@ -1181,7 +1182,9 @@ class SFTPOperations(pyfuse3.Operations):
                 await self._ready(h)
             reader = h.reader
             if reader is None:
-                raise FUSEError(errno.EBADF)
+                if not h.flags & ft.FXF_READ:
+                    raise FUSEError(errno.EBADF)
+                reader = h.reader = self._reader(h.node, h.client, h.handle)
             data = reader.read(off, size)
             if isinstance(data, Deferred):
                 return await _wait(data)
