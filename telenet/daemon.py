@@ -152,6 +152,8 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
     from telenet.teleroute import GrpcServerService, Teleroute
     from telenet.vif import Forwarding, RouteTable, VifRouteService, process_runner
 
+    # The firewall is touched only on the real kernel (tests pass a fake netlink).
+    real_kernel = netlink is None
     if netlink is None:
         from telenet.netlink import PyrouteNetlink
 
@@ -180,6 +182,15 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
     grpc_service = GrpcServerService(core, [f"[::]:{port}", f"0.0.0.0:{port}"],
                                      on_fatal=fatal)
     add("teleroute", grpc_service)
+    if real_kernel:
+        from telenet import teleroute
+        from telenet.guard import PortGuard, control_port
+
+        # gRPC (and a TCP control API) only for the plug-in's side: workloads on the
+        # teleroute network and the VIF's far side are refused (telenet/guard.py).
+        guarded = [port, control_port(options["control"]) or port]
+        inward = [f"{teleroute.DST_PREFIX}*", teleroute.BRIDGE, *([vif] if vif else [])]
+        add("guard", PortGuard(guarded, inward, process_runner(reactor)))
 
     resolver = make_resolver(options["cluster-domain"], options["cluster-dns"], reactor,
                              resolv_conf=options["resolv-conf"])

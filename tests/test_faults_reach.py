@@ -1,0 +1,431 @@
+"""
+Fault suite, item 6 (exposure): which of the daemon's ports a container can reach.
+
+The daemon container (from the project image, on the default bridge, its VIF on the cluster
+network, ``tpd-0`` on the teleroute network) listens on:
+
+- gRPC ``telepresence.teleroute`` on port 4039, all addresses: the teleroute plug-in on the
+  host reaches it at the daemon's default-bridge address;
+- the control API on 127.0.0.1:4038 (the CLI reaches it with ``docker exec``);
+- DNS on port 53 of its teleroute addresses only (the workloads' resolver).
+
+The intended policy, checked here from three places (a container on the default bridge, a
+workload on the teleroute network, the cluster container behind the VIF):
+
+| from | gRPC 4039 | control 4038 | DNS 53 |
+|---|---|---|---|
+| the host (the plug-in) | yes, bridge address | no | - |
+| a container on the default bridge | yes, bridge address | no | no |
+| a workload on the teleroute network | no, any daemon address | no | yes, UDP and TCP |
+| the cluster (VIF side) | no | no | no |
+
+Workloads are refused by the daemon's own nftables table ``inet telenet_guard`` (tcp reset on
+the guarded ports for packets that come in on ``tpd-*``, ``br-daemon`` or the VIF).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+
+from telenet.guard import PortGuard, control_port
+
+from .conftest import require
+from .faultkit import record
+from .helpers import result_of
+from .test_e2e_teleroute import (  # noqa: F401 (fixtures)
+    IMAGE,
+    SERVICE,
+    Setup,
+    cluster,
+    docker,
+    http_get_command,
+    images,
+    ip_on,
+    legacy_plugin,
+    legacy_setup,
+    uid,
+    workdir,
+)
+
+GRPC = 4039
+CONTROL = 4038
+DNS = 53
+
+#: Run by python3 in a container of the project image: for each ``proto:host:port``, whether
+#: the daemon's own service answers there. A bare TCP connect proves nothing: on some
+#: machines (the test machine) any off-host address accepts TCP connections, and something on
+#: the network answers DNS and HTTP/2: only answers the daemon alone gives count (NOT_FOUND
+#: naming the endpoint from Leave, the control API's status, the cluster's address for a
+#: ``cluster.local`` name). Arguments: the name, its address, then the targets.
+PROBE = r"""
+import socket, struct, sys
+CLUSTER_IP = socket.inet_aton(sys.argv[2])
+
+QUERY = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + b"".join(
+    bytes([len(p)]) + p.encode() for p in sys.argv[1].split(".")) + b"\0\0\1\0\1"
+
+def tcp(host, port, send):
+    with socket.create_connection((host, port), timeout=2) as s:
+        s.settimeout(2)
+        s.sendall(send)
+        data = b""
+        try:
+            while len(data) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        return data
+
+def grpc(host, port):  # Leave of an endpoint that does not exist: NOT_FOUND, no change
+    import grpc as g
+    from telenet.proto import teleroute_pb2, teleroute_pb2_grpc
+    with g.insecure_channel(f"{host}:{port}") as channel:
+        stub = teleroute_pb2_grpc.TelerouteStub(channel)
+        try:
+            stub.Leave(teleroute_pb2.EndpointIdentifier(id="tntest-probe"), timeout=3)
+        except g.RpcError as e:
+            return e.code() == g.StatusCode.NOT_FOUND and "tntest-probe" in (e.details() or "")
+        return False
+
+def control(host, port):
+    return b'"teleroute"' in tcp(host, port, b"GET /status HTTP/1.0\r\n\r\n")
+
+def dns_tcp(host, port):
+    data = tcp(host, port, struct.pack("!H", len(QUERY)) + QUERY)
+    return data[2:4] == b"\x42\x42" and CLUSTER_IP in data
+
+def dns_udp(host, port):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.sendto(QUERY, (host, port))
+        try:
+            data = s.recv(4096)
+        except OSError:
+            return False
+        return data[:2] == b"\x42\x42" and CLUSTER_IP in data
+
+for target in sys.argv[3:]:
+    proto, host, port = target.split(":")
+    try:
+        ok = globals()[proto](host, int(port))
+    except OSError:
+        ok = False
+    print(target, "serves" if ok else "no")
+"""
+
+SERVICES = [("grpc", GRPC), ("control", CONTROL), ("dns_tcp", DNS), ("dns_udp", DNS)]
+
+
+def _targets(*addresses: str) -> list[str]:
+    return [f"{proto}:{ip}:{port}" for ip in addresses for proto, port in SERVICES]
+
+
+def _parse(out: str) -> dict[str, bool]:
+    found = {}
+    for line in out.splitlines():
+        target, _, state = line.rpartition(" ")
+        if state in ("serves", "no"):
+            found[target] = state == "serves"
+    return found
+
+
+def _probe(where: list[str], targets: list[str]) -> dict[str, bool]:
+    """Probe from a new container of the project image; ``where`` are extra run options."""
+    out = docker("run", "--rm", *where, IMAGE, "python3", "-c", PROBE, *targets, timeout=180).stdout
+    return _parse(out)
+
+
+def _probe_in(container: str, targets: list[str]) -> dict[str, bool]:
+    out = docker("exec", container, "python3", "-c", PROBE, *targets, timeout=180).stdout
+    return _parse(out)
+
+
+def _probe_host(targets: list[str]) -> dict[str, bool]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *targets], capture_output=True, text=True, timeout=180
+    ).stdout
+    return _parse(out)
+
+
+@pytest.mark.e2e
+def test_daemon_ports_reachable_only_where_they_must_be(legacy_setup: Setup) -> None:  # noqa: F811
+    """
+    gRPC is reachable at the daemon's default-bridge address (from the host and the default
+    bridge) and from nowhere else; DNS only from the teleroute network; the control API only
+    from inside the daemon's netns.
+    """
+    s = legacy_setup
+    bridge_ip = s.host
+    teleroute_ip = s.address
+    vif_ip = ip_on(s.daemon, s.cluster.network)
+    # The first two arguments of the probe: the name to resolve and the answer to expect.
+    everywhere = [SERVICE, s.cluster.ip, *_targets(bridge_ip, teleroute_ip, vif_ip)]
+    s.containers.append(workload := f"tntest-reach-{uid()}")
+    matrix = {
+        "host": _probe_host(everywhere),
+        "bridge": _probe([], everywhere),
+        "workload": _probe(["--name", workload, "--network", s.network], everywhere),
+        "cluster": _probe_in(s.cluster.container, everywhere),
+        "daemon": _probe_in(s.daemon, [SERVICE, s.cluster.ip, *_targets("127.0.0.1")]),
+    }
+    record(
+        "reach-daemon-ports",
+        **{where: sorted(t for t, ok in found.items() if ok) for where, found in matrix.items()},
+    )
+    grpc_at_bridge = f"grpc:{bridge_ip}:{GRPC}"
+    dns_here = {f"dns_tcp:{teleroute_ip}:{DNS}", f"dns_udp:{teleroute_ip}:{DNS}"}
+    expected = {
+        "host": {grpc_at_bridge},  # the plug-in's path
+        "bridge": {grpc_at_bridge},
+        "workload": dns_here,
+        "cluster": set(),
+        # Inside the daemon's netns the control API answers (the CLI's docker exec path).
+        "daemon": {f"grpc:127.0.0.1:{GRPC}", f"control:127.0.0.1:{CONTROL}"},
+    }
+    for where, serving in expected.items():
+        found = matrix[where]
+        probed = len(everywhere) - 2 if where != "daemon" else len(SERVICES)
+        assert len(found) == probed, (where, found)
+        assert {t for t, ok in found.items() if ok} == serving, (where, matrix)
+
+
+# -- the guard itself ---------------------------------------------------------------------------
+
+
+class FakeRunner:
+    """Records commands; answers exit codes by command prefix (0 otherwise)."""
+
+    def __init__(self, codes: dict[tuple[str, ...], int] | None = None) -> None:
+        self.commands: list[list[str]] = []
+        self.codes = codes or {}
+
+    def __call__(self, executable: str, args: list[str]) -> defer.Deferred[Any]:
+        argv = [os.path.basename(executable), *args]
+        self.commands.append(argv)
+        code = next(
+            (c for prefix, c in self.codes.items() if tuple(argv[: len(prefix)]) == prefix), 0
+        )
+        return defer.succeed((b"", b"boom" if code else b"", code))
+
+
+def test_guard_with_nft() -> None:
+    """A table of its own, one input rule per interface for every guarded port, gone on stop."""
+    run = FakeRunner({("nft", "delete"): 1})
+    guard = PortGuard(
+        [4039, 4038, 4039], ["tpd-*", "br-daemon", "eth1"], run, which=lambda t: f"/usr/sbin/{t}"
+    )
+    guard.startService()
+    result_of(guard.ready)  # type: ignore[arg-type]
+    chain = [
+        "{",
+        "type",
+        "filter",
+        "hook",
+        "input",
+        "priority",
+        "0",
+        ";",
+        "policy",
+        "accept",
+        ";",
+        "}",
+    ]
+    assert run.commands == [
+        ["nft", "delete", "table", "inet", "telenet_guard"],
+        ["nft", "add", "table", "inet", "telenet_guard"],
+        ["nft", "add", "chain", "inet", "telenet_guard", "input", *chain],
+        *[
+            [
+                "nft",
+                "add",
+                "rule",
+                "inet",
+                "telenet_guard",
+                "input",
+                "iifname",
+                f'"{name}"',
+                "tcp",
+                "dport",
+                "{",
+                "4038, 4039",
+                "}",
+                "reject",
+                "with",
+                "tcp",
+                "reset",
+            ]
+            for name in ("tpd-*", "br-daemon", "eth1")
+        ],
+    ]
+    run.commands.clear()
+    result_of(guard.stopService())
+    assert run.commands == [["nft", "delete", "table", "inet", "telenet_guard"]]
+
+
+def test_guard_with_iptables_and_failures_not_fatal() -> None:
+    """Without nft: INPUT rules (``tpd-+``), inserted once; no tool at all is only logged."""
+    run = FakeRunner({("iptables", "-C"): 1, ("ip6tables", "-C"): 0})
+    tools = {"iptables": "/usr/sbin/iptables", "ip6tables": "/usr/sbin/ip6tables"}
+    guard = PortGuard([4039], ["tpd-*"], run, which=tools.get)
+    guard.startService()
+    result_of(guard.ready)  # type: ignore[arg-type]
+    rule = [
+        "INPUT",
+        "-i",
+        "tpd-+",
+        "-p",
+        "tcp",
+        "--dport",
+        "4039",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]
+    assert run.commands == [
+        ["iptables", "-C", *rule],
+        ["iptables", "-I", *rule],
+        ["ip6tables", "-C", *rule],
+    ]
+    run.commands.clear()
+    result_of(guard.stopService())
+    assert run.commands == [["iptables", "-D", *rule], ["ip6tables", "-D", *rule]]
+
+    nothing = PortGuard([4039], ["tpd-*"], FakeRunner(), which=lambda t: None)
+    nothing.startService()
+    assert nothing.ready is not None and result_of(nothing.ready) is None
+    assert nothing.tool is None
+    result_of(nothing.stopService())
+
+
+@pytest.mark.parametrize(
+    "description, port",
+    [
+        ("tcp:4038:interface=127.0.0.1", 4038),
+        ("tcp:port=4100", 4100),
+        ("tcp6:4200", 4200),
+        ("unix:/run/x.sock", None),
+        ("tcp:interface=\\:\\:1:port=4300", 4300),
+    ],
+)
+def test_control_port(description: str, port: int | None) -> None:
+    assert control_port(description) == port
+
+
+LISTENER = """
+import socket, sys, threading
+def serve(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(16)
+    print("listening", flush=True) if port == int(sys.argv[-1]) else None
+    while True:
+        c, _ = s.accept()
+        c.close()
+for port in sys.argv[1:-1]:
+    threading.Thread(target=serve, args=(int(port),), daemon=True).start()
+serve(int(sys.argv[-1]))
+"""
+
+CONNECT = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        print(target, "open")
+    except OSError as e:
+        print(target, type(e).__name__)
+"""
+
+
+@pytest.mark.e2e
+def test_guard_in_scratch_netns() -> None:
+    """
+    Real nftables in a scratch "daemon" netns with a ``tpd-0`` toward a "workload" netns and
+    an ``eth7`` toward a "host" netns: the workload is refused on the guarded port (at either
+    daemon address) and not on others; the host is served; after stop nothing is refused.
+    """
+    require(os.geteuid() == 0, "network namespaces need root")
+    require(
+        shutil.which("nft") is not None and shutil.which("ip") is not None,
+        "nft and ip must be installed",
+    )
+    tag = uid()[:6]
+    d, w, h = (f"tntest-{tag}-{n}" for n in ("d", "w", "h"))
+    listener: subprocess.Popen[str] | None = None
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    def in_ns(ns: str, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", ns, *argv]
+
+    try:
+        for ns in (d, w, h):
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        for inside, outside, peer_ns, net in (
+            ("tpd-0", "w0", w, "10.77.0"),
+            ("eth7", "h0", h, "10.78.0"),
+        ):
+            ip("-n", d, "link", "add", inside, "type", "veth", "peer", "name", outside)
+            ip("-n", d, "link", "set", outside, "netns", peer_ns)
+            ip("-n", d, "addr", "add", f"{net}.1/24", "dev", inside)
+            ip("-n", peer_ns, "addr", "add", f"{net}.2/24", "dev", outside)
+            ip("-n", d, "link", "set", inside, "up")
+            ip("-n", peer_ns, "link", "set", outside, "up")
+            ip("-n", peer_ns, "route", "add", "default", "via", f"{net}.1")
+        listener = subprocess.Popen(
+            in_ns(d, sys.executable, "-c", LISTENER, "5353", "4039"),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "listening"
+
+        def probe(ns: str, *targets: str) -> dict[str, str]:
+            out = subprocess.run(
+                in_ns(ns, sys.executable, "-c", CONNECT, *targets),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+            return dict(line.split() for line in out.splitlines())
+
+        def run(executable: str, args: list[str]) -> defer.Deferred[Any]:
+            done = subprocess.run(in_ns(d, executable, *args), capture_output=True)
+            return defer.succeed((done.stdout, done.stderr, done.returncode))
+
+        guard = PortGuard([4039], ["tpd-*", "br-daemon"], run)
+        guard.startService()
+        result_of(guard.ready)  # type: ignore[arg-type]
+        targets = ["10.77.0.1:4039", "10.78.0.1:4039", "10.77.0.1:5353"]
+        assert probe(w, *targets) == {
+            "10.77.0.1:4039": "ConnectionRefusedError",
+            "10.78.0.1:4039": "ConnectionRefusedError",
+            "10.77.0.1:5353": "open",
+        }
+        assert probe(h, "10.78.0.1:4039") == {"10.78.0.1:4039": "open"}
+        result_of(guard.stopService())
+        assert probe(w, *targets) == dict.fromkeys(targets, "open")
+        ruleset = subprocess.run(
+            in_ns(d, "nft", "list", "ruleset"), capture_output=True, text=True
+        ).stdout
+        assert "telenet_guard" not in ruleset
+    finally:
+        if listener is not None:
+            listener.kill()
+            listener.wait()
+        for ns in (d, w, h):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
