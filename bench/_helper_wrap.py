@@ -47,6 +47,21 @@ def count() -> None:
         return request(self, kind, *args, **kwargs)
 
     sftpclient.SFTPClient._request = counted_request  # type: ignore[method-assign]
+    import gc
+    import time
+
+    started: dict[int, float] = {}
+
+    def gc_timer(phase: str, info: dict[str, int]) -> None:
+        generation = info["generation"]
+        if phase == "start":
+            started[generation] = time.perf_counter()
+        else:
+            counts[f"gc{generation} runs"] += 1
+            ms = (time.perf_counter() - started.pop(generation, time.perf_counter())) * 1e3
+            counts[f"gc{generation} ms"] += round(ms)
+
+    gc.callbacks.append(gc_timer)
     handle = sftpfs.MountControl.handle
 
     async def counted_handle(self: Any, request: object) -> dict[str, Any]:

@@ -101,6 +101,8 @@ SETTLED = 60.0
 AHEAD_FILES = 16
 #: ... holding at most this many bytes between them.
 AHEAD_BYTES = 1 << 20
+#: The cyclic garbage collector's thresholds (Python's are 700, 10, 10): fewer, cheaper runs.
+GC_THRESHOLDS = (10_000, 20, 20)
 #: Directory listings remembered to guess the next file from, and the largest one kept.
 LISTINGS = 8
 LISTING_MAX = 4096
@@ -1749,6 +1751,20 @@ def _tune_malloc() -> None:
         pass
 
 
+def _tune_gc() -> None:
+    """
+    Keep the cyclic garbage collector's pauses short: what start-up made (Twisted, pyfuse3,
+    trio: most of the heap) lives as long as the process, so it is frozen out of every
+    collection; and collections run after more allocations. A full collection walked all of
+    it, 20-100 ms with the loop stopped, during a listing or a tar of many small files.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 class FuseFdWaiter:
     """
     A cheaper ``wait_readable`` for pyfuse3's asyncio mode.
@@ -1972,6 +1988,7 @@ def main(argv: list[str] | None = None) -> int:
         main_task = asyncio.ensure_future(pyfuse3.main())
         state["main"] = main_task
         main_task.add_done_callback(lambda t: stop())  # e.g. fusermount3 -u from outside
+        _tune_gc()
         _say({"ready": True, "pid": os.getpid()})
         sink = os.open(args.log_file or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         os.dup2(sink, 1)
