@@ -149,7 +149,8 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
         reactor = _reactor
     from telenet.control import Bridges, control_site
     from telenet.dns import DNSService, make_factory, make_resolver
-    from telenet.teleroute import GrpcServerService, Teleroute
+    from telenet.gateway import BridgeGateway
+    from telenet.teleroute import BRIDGE, DST_PREFIX, GrpcServerService, Teleroute
     from telenet.vif import Forwarding, RouteTable, VifRouteService, process_runner
 
     # The firewall is touched only on the real kernel (tests pass a fake netlink).
@@ -191,6 +192,9 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
         guarded = [port, control_port(options["control"]) or port]
         inward = [f"{teleroute.DST_PREFIX}*", teleroute.BRIDGE, *([vif] if vif else [])]
         add("guard", PortGuard(guarded, inward, process_runner(reactor)))
+    gateway = BridgeGateway(netlink, reactor, bridge=BRIDGE, prefix=DST_PREFIX)
+    core.on_daemon_address(gateway.daemon_address)
+    add("gateway", gateway)
 
     resolver = make_resolver(options["cluster-domain"], options["cluster-dns"], reactor,
                              resolv_conf=options["resolv-conf"])

@@ -129,6 +129,15 @@ class INetlink(Interface):
     def delete_route(dst: Network, name: str) -> defer.Deferred[None]:
         """Delete the route to ``dst`` through link ``name``."""
 
+    def replace_route(dst: Network, name: str, source: Address) -> defer.Deferred[None]:
+        """
+        Route ``dst`` through link ``name`` with preferred source ``source``, replacing the
+        main table's route to ``dst`` wherever it went (a connected route included).
+        """
+
+    def set_arp(name: str, on: bool) -> defer.Deferred[None]:
+        """Turn ARP on or off for link ``name`` (off: it neither answers nor asks)."""
+
     def routes(name: str) -> defer.Deferred[frozenset[Network]]:
         """The subnets routed through link ``name`` (empty when it does not exist)."""
 
@@ -180,6 +189,9 @@ class PyrouteNetlink:
         self.netns = netns
         self._ipr: Any = None
         self._watches: set[_PyrouteWatch] = set()
+        # One operation at a time on the shared socket: two dumps in flight on it fail with
+        # EBUSY (seen when the gateway looked for links while an endpoint was being made).
+        self._one_at_a_time = asyncio.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -202,7 +214,8 @@ class PyrouteNetlink:
             from pyroute2.netlink.exceptions import NetlinkError
 
             try:
-                return await coro
+                async with self._one_at_a_time:
+                    return await coro
             except NetlinkError as e:
                 if e.code == _EEXIST:
                     raise exists(f"{what}: {e.args[1] if len(e.args) > 1 else e}") from e
@@ -261,10 +274,9 @@ class PyrouteNetlink:
                 raise LinkExists(f"link {name!r} exists and is not a bridge")
             else:
                 log.info("Taking over bridge {bridge} left by an earlier run", bridge=name)
-            # No ARP: the bridge has no address of its own, but the kernel would answer ARP
-            # for the daemon's tpd-0 address on it too, and containers would then send to the
-            # bridge instead of tpd-0 (see telenet.vif.Forwarding).
-            await ipr.link("set", ifname=name, state="up", arp=False)
+            # ARP is left as it is: on for a new bridge, whatever telenet.gateway made it
+            # for one taken over.
+            await ipr.link("set", ifname=name, state="up")
             msg = await self._find(name)
             if msg is None:
                 raise LinkNotFound(f"bridge {name!r} vanished while being set up")
@@ -363,6 +375,21 @@ class PyrouteNetlink:
             await ipr.route("del", dst=str(dst), oif=await self._index(name))
 
         return self._run(f"delete route {dst} dev {name}", go())
+
+    def replace_route(self, dst: Network, name: str, source: Address) -> defer.Deferred[None]:
+        async def go() -> None:
+            ipr = await self._conn()
+            await ipr.route("replace", dst=str(dst), oif=await self._index(name),
+                            prefsrc=str(source))
+
+        return self._run(f"replace route {dst} dev {name} src {source}", go())
+
+    def set_arp(self, name: str, on: bool) -> defer.Deferred[None]:
+        async def go() -> None:
+            ipr = await self._conn()
+            await ipr.link("set", index=await self._index(name), arp=on)
+
+        return self._run(f"set arp {'on' if on else 'off'} for {name}", go())
 
     async def _routes(self, ipr: Any, name: str) -> frozenset[Network]:
         msg = await self._find(name, ipr)

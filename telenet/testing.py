@@ -162,6 +162,8 @@ class MemoryNetlink:
         self._peers: dict[str, str] = {}
         self._addresses: dict[str, list[_IPInterface]] = {}
         self._routes: dict[str, set[_Network]] = {}
+        # Connected routes taken over by replace_route, per link.
+        self._replaced: dict[str, set[_Network]] = {}
         self._watches: set[_MemoryRouteWatch] = set()
         self.moved: dict[str, int] = {}
         self.processes = processes
@@ -190,6 +192,7 @@ class MemoryNetlink:
         del self.links_by_name[name]
         self._addresses.pop(name, None)
         self._routes.pop(name, None)
+        self._replaced.pop(name, None)
         for other, link in list(self.links_by_name.items()):
             if link.master == name:
                 self.links_by_name[other] = attrs.evolve(link, master=None)
@@ -198,7 +201,7 @@ class MemoryNetlink:
         link = self.links_by_name.get(name)
         if link is None or not link.up:
             return set()
-        return {a.network for a in self._addresses.get(name, [])}
+        return {a.network for a in self._addresses.get(name, [])} - self._replaced.get(name, set())
 
     def _current(self, name: str) -> frozenset[_Network]:
         every = self._connected(name) | self._routes.get(name, set())
@@ -231,8 +234,7 @@ class MemoryNetlink:
                 self._new(name, _fake_mac(self._next_index), "bridge")
             elif link.kind != "bridge":
                 raise LinkExists(f"link {name!r} exists and is not a bridge")
-            self.links_by_name[name] = attrs.evolve(self.links_by_name[name], up=True,
-                                                    arp=False)
+            self.links_by_name[name] = attrs.evolve(self.links_by_name[name], up=True)
             return self.links_by_name[name]
 
         return self._call(go)
@@ -336,6 +338,29 @@ class MemoryNetlink:
             if dst not in routes:
                 raise NetlinkFailure(f"delete route {dst} dev {name}: No such process")
             routes.discard(dst)
+
+        return self._call(go)
+
+    def replace_route(self, dst: _Network, name: str,
+                      source: _Address) -> defer.Deferred[None]:
+        def go() -> None:
+            self._op("replace_route", dst, name, source)
+            if not self._get(name).up:
+                raise NetlinkFailure(f"replace route {dst} dev {name}: Network is down")
+            if not any(a.ip == source for every in self._addresses.values() for a in every):
+                raise NetlinkFailure(f"replace route {dst} dev {name}: Invalid prefsrc address")
+            for other in self.links_by_name:
+                self._routes.get(other, set()).discard(dst)
+                if dst in self._connected(other):
+                    self._replaced.setdefault(other, set()).add(dst)
+            self._routes.setdefault(name, set()).add(dst)
+
+        return self._call(go)
+
+    def set_arp(self, name: str, on: bool) -> defer.Deferred[None]:
+        def go() -> None:
+            self._op("set_arp", name, on)
+            self.links_by_name[name] = attrs.evolve(self._get(name), arp=on)
 
         return self._call(go)
 

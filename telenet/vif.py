@@ -115,12 +115,14 @@ class Forwarding(service.Service):
     not fatal: the daemon still serves DNS and the control API, and the container's
     ``--sysctl net.ipv4.ip_forward=1`` may already have done half the job.
 
-    Frames switched by ``bridge`` (between the containers' veth ports and the daemon's own
-    ``tpd-0``) are exempt from connection tracking. On Docker hosts ``br_netfilter`` is
-    loaded, so bridged frames also pass the IP hooks; conntrack would then see each
-    connection first on the bridge, bind it to "no NAT", and the masquerade rule would never
-    apply when the same packet is routed to the VIF (checked in a scratch netns: without the
-    exemption the far side gets the containers' addresses and its replies go nowhere).
+    Frames switched by ``bridge`` from port to port (between the containers' veth ports and the
+    daemon's own ``tpd-0``) are exempt from connection tracking. On Docker hosts
+    ``br_netfilter`` is loaded, so bridged frames also pass the IP hooks; conntrack would then
+    see each connection first on the bridge, bind it to "no NAT", and the masquerade rule
+    would never apply when the same packet is routed to the VIF (checked in a scratch netns:
+    without the exemption the far side gets the containers' addresses and its replies go
+    nowhere). Frames addressed to the bridge itself (packet type "host": the gateway, see
+    ``telenet.gateway``) are routed from it and must be tracked, or they are not masqueraded.
     """
 
     def __init__(self, vif: str, run: Runner, sysctl_root: str = "/proc/sys",
@@ -182,7 +184,8 @@ class Forwarding(service.Service):
                                    "type", "filter", "hook", "prerouting", "priority", "-300",
                                    ";", "policy", "accept", ";", "}"])
             await self._call(nft, ["add", "rule", "inet", NFT_TABLE, "prerouting",
-                                   "iifname", self.bridge, "notrack"])
+                                   "iifname", self.bridge, "meta", "pkttype", "!=", "host",
+                                   "notrack"])
             log.info("Masquerading traffic out of {vif} (nftables table inet {table})",
                      vif=self.vif, table=NFT_TABLE)
             return
@@ -199,7 +202,8 @@ class Forwarding(service.Service):
 
     def _iptables_rules(self) -> list[tuple[str, list[str]]]:
         return [("nat", ["POSTROUTING", "-o", self.vif, "-j", "MASQUERADE"]),
-                ("raw", ["PREROUTING", "-i", self.bridge, "-j", "CT", "--notrack"])]
+                ("raw", ["PREROUTING", "-i", self.bridge, "-m", "pkttype", "!", "--pkt-type",
+                         "host", "-j", "CT", "--notrack"])]
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()

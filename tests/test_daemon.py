@@ -117,12 +117,12 @@ class Composed:
 
 
 def test_make_service_children() -> None:
-    """makeService composes netlink, VIF routes and forwarding, gRPC, DNS, bridges, control."""
+    """makeService composes netlink, VIF routes, forwarding, gRPC, gateway, DNS, bridges, API."""
     names = [s.name for s in Composed("--vif", "eth1").top]
-    assert names == ["netlink", "forwarding", "vif-routes", "teleroute", "dns", "bridges",
-                     "control"]
-    assert [s.name for s in Composed().top] == ["netlink", "teleroute", "dns", "bridges",
-                                                "control"]
+    assert names == ["netlink", "forwarding", "vif-routes", "teleroute", "gateway", "dns",
+                     "bridges", "control"]
+    assert [s.name for s in Composed().top] == ["netlink", "teleroute", "gateway", "dns",
+                                                "bridges", "control"]
 
 
 def test_make_service_grpc_and_control_endpoints() -> None:
@@ -351,10 +351,18 @@ def test_daemon_in_scratch_netns(scratch: Scratch) -> None:
         s.ip(s.host_ns, "link", "set", "tpd-0", "up")
         for route in story["w"]["routes"]:
             s.ip(s.host_ns, "route", "add", route, "via", story["w"]["via"])
+        # The gateway moves to br-daemon (telenet.gateway): the subnet is routed through it
+        # and tpd-0 no longer answers ARP, so the workload sends to the bridge's MAC.
+        wait_for(lambda: "dev br-daemon" in s.ip(s.daemon_ns, "route", "show", "172.30.0.0/16"),
+                 10, "the gateway to move to br-daemon")  # fmt: skip
+        assert "NOARP" in s.ip(s.daemon_ns, "link", "show", "tpd-0")
+        bridge_mac = s.ip(s.daemon_ns, "-o", "link", "show", "br-daemon").split("link/ether ")[1]
 
         page = s.exec(s.host_ns, py, "-c", "import urllib.request; print(urllib.request."
                       "urlopen('http://10.96.0.10:8080/', timeout=10).read().decode())")
         assert "hello from the cluster" in page.stdout
+        neighbour = s.ip(s.host_ns, "neigh", "show", "172.30.0.2")
+        assert bridge_mac.split()[0] in neighbour, (neighbour, bridge_mac)
         for name in ("echo.default.svc.cluster.local", "only-own-resolver.example"):
             answer = s.exec(s.host_ns, py, "-c", DNS_QUERY, "172.30.0.2", name)
             assert answer.stdout.split() == ["10.96.0.10"], (name, answer.stderr)

@@ -121,12 +121,16 @@ async def test_provides_interface(ns: Namespace) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_ensure_bridge_creates_then_takes_over(ns: Namespace) -> None:
-    """ensure_bridge creates an up, ARP-less bridge; a second call takes the same one over."""
+    """
+    ensure_bridge creates an up bridge answering ARP; a second call takes the same one over
+    and leaves its ARP setting alone.
+    """
     first = await ns.nl.ensure_bridge("br-daemon")
     assert first.name == "br-daemon" and first.kind == "bridge" and first.up
-    assert not first.arp
+    assert first.arp
+    await ns.nl.set_arp("br-daemon", False)
     again = await ns.nl.ensure_bridge("br-daemon")
-    assert again.index == first.index
+    assert again.index == first.index and not again.arp
     assert [link.name for link in await ns.nl.links()].count("br-daemon") == 1
 
 
@@ -241,6 +245,32 @@ async def test_routes_through_link(ns: Namespace) -> None:
     assert N("10.96.0.0/12") not in await ns.nl.routes("tnt-v0")
     with pytest.raises(NetlinkFailure):
         await ns.nl.delete_route(N("10.96.0.0/12"), "tnt-v0")
+
+
+@pytest_twisted.ensureDeferred
+async def test_replace_connected_route_and_arp(ns: Namespace) -> None:
+    """
+    replace_route moves a link's connected route to another link (with a local source
+    address, not any other); set_arp turns a link's ARP off and on.
+    """
+    await _veth_up(ns)
+    await ns.nl.add_address("tnt-v0", I("10.77.1.1/24"))
+    with pytest.raises(NetlinkFailure):
+        await ns.nl.replace_route(N("10.77.1.0/24"), "tnt-v1", ipaddress.ip_address("10.9.9.9"))
+    await ns.nl.replace_route(N("10.77.1.0/24"), "tnt-v1", ipaddress.ip_address("10.77.1.1"))
+    assert await ns.nl.routes("tnt-v1") == frozenset({N("10.77.1.0/24")})
+    assert await ns.nl.routes("tnt-v0") == frozenset()
+    # Again: nothing changes, nothing fails.
+    await ns.nl.replace_route(N("10.77.1.0/24"), "tnt-v1", ipaddress.ip_address("10.77.1.1"))
+    assert await ns.nl.routes("tnt-v1") == frozenset({N("10.77.1.0/24")})
+    await ns.nl.set_arp("tnt-v0", False)
+    link = await ns.nl.get_link("tnt-v0")
+    assert link is not None and not link.arp
+    await ns.nl.set_arp("tnt-v0", True)
+    link = await ns.nl.get_link("tnt-v0")
+    assert link is not None and link.arp
+    with pytest.raises(LinkNotFound):
+        await ns.nl.set_arp("tnt-none", False)
 
 
 @pytest_twisted.ensureDeferred

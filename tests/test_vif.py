@@ -97,7 +97,7 @@ def test_forwarding_with_nft(tmp_path: Any) -> None:
         ["nft", "add", "chain", "inet", "telenet", "prerouting", "{", "type", "filter", "hook",
          "prerouting", "priority", "-300", ";", "policy", "accept", ";", "}"],
         ["nft", "add", "rule", "inet", "telenet", "prerouting", "iifname", "br-daemon",
-         "notrack"],
+         "meta", "pkttype", "!=", "host", "notrack"],
     ]
     run.commands.clear()
     result_of(fwd.stopService())
@@ -114,7 +114,8 @@ def test_forwarding_with_iptables(tmp_path: Any) -> None:
     fwd.startService()
     result_of(fwd.ready)  # type: ignore[arg-type]
     rule = ["POSTROUTING", "-o", "eth1", "-j", "MASQUERADE"]
-    raw = ["PREROUTING", "-i", "br-daemon", "-j", "CT", "--notrack"]
+    raw = ["PREROUTING", "-i", "br-daemon", "-m", "pkttype", "!", "--pkt-type", "host", "-j",
+           "CT", "--notrack"]
     assert run.commands == [
         ["iptables", "-t", "nat", "-C", *rule],
         ["iptables", "-t", "nat", "-A", *rule],
@@ -169,7 +170,7 @@ async def test_forwarding_real_nft_in_scratch_netns(tmp_path: Any) -> None:
                                   capture_output=True, text=True).stdout
 
         assert 'oifname "tntvif0" masquerade' in listing()
-        assert 'iifname "br-daemon" notrack' in listing()
+        assert 'iifname "br-daemon" meta pkttype != host notrack' in listing()
         await fwd.stopService()
         assert "telenet" not in listing()
     finally:

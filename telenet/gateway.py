@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.test_gateway -*-
+"""
+The workloads' gateway moves from the daemon's ``tpd-N`` to ``br-daemon`` itself.
+
+Docker gives the daemon container its teleroute endpoint as ``tpd-N``: the far end of a veth
+pair whose near end is a port of ``br-daemon`` in the same netns. Left so, every packet a
+workload sends to the cluster is switched to that port, crosses the pair and only then is
+routed, and every reply crosses it back: one veth hop more each way than a workload on a plain
+Docker bridge has. Once ``tpd-N`` holds the daemon's IPv4 address, ``BridgeGateway`` routes
+the teleroute subnet through ``br-daemon`` (source: the daemon's address) and turns ARP off on
+``tpd-N``. ``br-daemon`` then answers ARP for the daemon's address (Linux answers for any local
+address), and packets are routed straight off the bridge. IPv6 stays on ``tpd-N``: neighbour
+discovery answers only on the link that holds an address.
+
+The switch survives a restart of the daemon process (the links keep their settings) and is
+made again when the daemon's endpoint is made anew (a restarted daemon container).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from telenet.netip import Address
+from telenet.netlink import INetlink
+
+log = Logger()
+
+
+class BridgeGateway(service.Service):
+    """
+    Waits for the daemon's IPv4 address on a link named ``prefix``N, then makes ``bridge``
+    the gateway (see the module docstring). ``daemon_address`` is a
+    ``Teleroute.on_daemon_address`` listener.
+    """
+
+    def __init__(
+        self,
+        netlink: INetlink,
+        clock: IReactorTime,
+        bridge: str = "br-daemon",
+        prefix: str = "tpd-",
+        interval: float = 0.25,
+        patience: float = 300,
+        retry_after: float = 5,
+    ) -> None:
+        self.netlink = netlink
+        self.clock = clock
+        self.bridge = bridge
+        self.prefix = prefix
+        self.interval = interval
+        self.patience = patience
+        self.retry_after = retry_after
+        self.address: Address | None = None
+        #: The link whose gateway role went to the bridge, once it has.
+        self.moved_from: str | None = None
+        self._deadline = 0.0
+        self._call: IDelayedCall | None = None
+        self._busy = False
+
+    def daemon_address(self, ipv4: Address | None, ipv6: Address | None) -> None:
+        self.address = ipv4
+        self.moved_from = None
+        self._deadline = self.clock.seconds() + self.patience
+        self._schedule(0)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.address is not None and self.moved_from is None:
+            self._schedule(0)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _schedule(self, delay: float) -> None:
+        if not self.running or self.address is None:
+            return
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = self.clock.callLater(delay, self._attempt)
+
+    def _attempt(self) -> None:
+        self._call = None
+        if self._busy:
+            # One look at a time; the running one reschedules if it needs to.
+            return
+        address = self.address
+        if address is None:
+            return
+        self._busy = True
+        d = defer.Deferred.fromCoroutine(self._switch(address))
+        d.addCallback(self._attempted, address)
+        d.addErrback(self._failed, address)
+
+    def _attempted(self, moved_from: str | None, address: Address) -> None:
+        self._busy = False
+        if address != self.address:
+            self._schedule(0)  # the daemon's address changed while we looked
+        elif moved_from is not None:
+            self.moved_from = moved_from
+        elif self.clock.seconds() < self._deadline:
+            self._schedule(self.interval)
+        else:
+            log.warn(
+                "No {prefix}N link got the daemon's address {address} within {patience} s; "
+                "workload traffic keeps going through it",
+                prefix=self.prefix,
+                address=str(address),
+                patience=self.patience,
+            )
+
+    def _failed(self, failure: Any, address: Address) -> None:
+        self._busy = False
+        retry = self.clock.seconds() + self.retry_after < self._deadline
+        log.failure(
+            "Could not make {bridge} the gateway for {address} ({next}); workload traffic "
+            "goes through the daemon's own interface meanwhile",
+            failure,
+            bridge=self.bridge,
+            address=str(address),
+            next=f"trying again in {self.retry_after:g} s" if retry else "giving up",
+        )
+        if retry:
+            self._schedule(self.retry_after)
+
+    async def _switch(self, address: Address) -> str | None:
+        """The link the gateway moved from, or None while no link holds ``address``."""
+        for link in await self.netlink.links():
+            if not link.name.startswith(self.prefix) or not link.up:
+                continue
+            for interface in await self.netlink.addresses(link.name):
+                if interface.ip != address:
+                    continue
+                # Bridge first: until tpd-N stops answering ARP, both reach the daemon.
+                await self.netlink.set_arp(self.bridge, True)
+                await self.netlink.replace_route(interface.network, self.bridge, address)
+                await self.netlink.set_arp(link.name, False)
+                log.info(
+                    "Gateway {address} moved from {link} to {bridge}: {subnet} is routed "
+                    "through {bridge}",
+                    address=str(address),
+                    link=link.name,
+                    bridge=self.bridge,
+                    subnet=str(interface.network),
+                )
+                return link.name
+        return None
