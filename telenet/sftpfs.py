@@ -291,12 +291,16 @@ class _Ahead:
             waiter.set_result(None)
 
     def discard(self) -> None:
-        """Nobody will use it: close its handle (now, or when it arrives)."""
+        """Nobody will use it: close its handle (now, or once its READ is answered)."""
         self.dropped = True
+        if self.data is not None or self.failed:
+            self.close()
+        self.settled()
+
+    def close(self) -> None:
         handle, self.handle = self.handle, None
         if handle is not None and self.client.alive:
             self.client.close(handle, soon=True).addErrback(lambda f: None)
-        self.settled()
 
 
 class _DirHandle:
@@ -363,6 +367,7 @@ class SFTPOperations(pyfuse3.Operations):
             collections.OrderedDict()
         )
         self._ahead: dict[tuple[int, bytes], _Ahead] = {}
+        self._claiming: dict[tuple[int, bytes], _Ahead] = {}  # taken, bytes still on the way
         self._ahead_bytes = 0
         self._purging: asyncio.TimerHandle | None = None
         self._corked: Any = None
@@ -918,8 +923,14 @@ class SFTPOperations(pyfuse3.Operations):
         one it was told.
         """
         if ahead.data is None and not ahead.failed:
+            key = (node.vol.vid, node.rel)
+            self._claiming[key] = ahead  # a change meanwhile still drops it
             ahead.waiter = Resume(_running_loop())
-            await ahead.waiter
+            try:
+                await ahead.waiter
+            finally:
+                if self._claiming.get(key) is ahead:
+                    del self._claiming[key]
         data = ahead.data
         attrs = node.attrs
         now = self._now()
@@ -1033,13 +1044,15 @@ class SFTPOperations(pyfuse3.Operations):
         def opened(handle: bytes) -> None:
             ahead.handle = handle
             if ahead.dropped:
-                ahead.discard()
+                ahead.close()
                 return
             self._cork(client)  # the READs of one batch of answers go out together
             client.read(handle, 0, asked).addCallbacks(got, failed)
 
         def got(data: bytes | memoryview) -> None:
             ahead.data = data
+            if ahead.dropped:
+                ahead.close()
             ahead.settled()
 
         def failed(_: Failure) -> None:
@@ -1056,6 +1069,11 @@ class SFTPOperations(pyfuse3.Operations):
 
     def _drop_ahead(self, vid: int, rel: bytes, under: bool = False) -> None:
         """This mount changes ``rel`` (and with ``under``, what is below it): drop its fetches."""
+        if self._claiming:
+            prefix = rel + b"/" if rel else b""
+            for key, claimed in list(self._claiming.items()):
+                if key == (vid, rel) or (under and key[0] == vid and key[1].startswith(prefix)):
+                    claimed.discard()
         if not self._ahead:
             return
         ahead = self._take_ahead((vid, rel))

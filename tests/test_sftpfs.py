@@ -1281,3 +1281,27 @@ async def test_what_was_fetched_ahead_is_not_used_when_stale_or_changed(world: W
     await aio(world.fs.release(fi.fh))
     world.fs._purge_ahead()
     assert not world.fs._ahead and not world.client.handles, "the rest closed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_while_a_fetched_file_is_still_coming_drops_it(world: World) -> None:
+    """An open waiting for bytes fetched ahead does not store them if this mount wrote the
+    file meanwhile (they may be older than the write)."""
+    names = [b"f%02d" % i for i in range(8)]
+    _, inodes = await _walk_world(world, names)
+    fi = await aio(world.fs.open(inodes[b"f00"], os.O_RDONLY, None))
+    await aio(world.fs.release(fi.fh))
+    world.client.hold_reads = True
+    first = aio(world.fs.open(inodes[b"f01"], os.O_RDONLY, None))  # fetches f02... ahead
+    waiting = aio(world.fs.open(inodes[b"f02"], os.O_RDONLY, None))
+    await asyncio.sleep(0)
+    assert not waiting.called, "waits for the bytes fetched ahead"
+    writer = await aio(world.fs.open(inodes[b"f02"], os.O_WRONLY, None))
+    await aio(world.fs.write(writer.fh, 0, b"NEW"))
+    await aio(world.fs.flush(writer.fh))
+    world.client.hold_reads = False
+    world.client.release()
+    for opened in (await first, await waiting):
+        await aio(world.fs.release(opened.fh))
+    await aio(world.fs.release(writer.fh))
+    assert (inodes[b"f02"], 0, b"content of 2") not in world.stored
