@@ -25,7 +25,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -36,6 +36,7 @@ from .faultkit import record, scaled
 from .test_e2e_telemount import helper_pids
 from .test_e2e_teleroute import (  # noqa: F401 (fixtures)
     BODY,
+    Cluster,
     LegacyPlugin,
     Setup,
     cluster,
@@ -44,7 +45,6 @@ from .test_e2e_teleroute import (  # noqa: F401 (fixtures)
     http_get_command,
     images,
     legacy_plugin,
-    legacy_setup,
     reaches_cluster,
     uid,
 )
@@ -166,7 +166,26 @@ def _joined_peers(plugin: LegacyPlugin) -> set[str]:
         return set(re.findall(r"joins with (tp-[a-z2-7]{12})", f.read()))
 
 
-def test_concurrent_joins_leak_nothing(legacy_setup: Setup) -> None:  # noqa: F811
+@pytest.fixture
+def load_setup(
+    legacy_plugin: LegacyPlugin,  # noqa: F811
+    cluster: Cluster,  # noqa: F811
+    http_get_command: str,  # noqa: F811
+) -> Iterator[Setup]:
+    """
+    ``legacy_setup`` without its final check, which counts every tp-* link made on the host
+    since the module started, other people's daemons' too (tests running beside this one).
+    The test checks its own links (every peer its plug-in handed out) and the plug-in's state.
+    """
+    s = Setup(legacy_plugin, cluster, http_get_command)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+def test_concurrent_joins_leak_nothing(load_setup: Setup) -> None:
     """
     ``JOINS`` containers join the teleroute network at once: every ``docker run`` succeeds and
     every container reaches the daemon. After they are removed the plug-in and Docker agree on
@@ -174,7 +193,7 @@ def test_concurrent_joins_leak_nothing(legacy_setup: Setup) -> None:  # noqa: F8
     as cached, and the plug-in has no more fds and no child process. Once the daemon and the
     network are gone: no ``tp-*`` link of the test, and nothing in the plug-in's state.
     """
-    s = legacy_setup
+    s = load_setup
     plugin = s.plugin
     assert isinstance(plugin, LegacyPlugin) and plugin.daemon is not None
     assert plugin.daemon.proc is not None
@@ -207,7 +226,7 @@ def test_concurrent_joins_leak_nothing(legacy_setup: Setup) -> None:  # noqa: F8
     join_s = time.monotonic() - started
     failed = [(n, r.stderr.strip()) for n, r in zip(names, results, strict=True) if r.returncode]
     assert failed == [], (failed, plugin.log()[-3000:])
-    fds_peak = sum(fd_kinds(pid, plugin.socket).values())
+    fds_joined = sum(fd_kinds(pid, plugin.socket).values())
     assert len(_docker_endpoints(s)) == JOINS + 1
 
     def pings(name: str) -> int:
@@ -218,8 +237,13 @@ def test_concurrent_joins_leak_nothing(legacy_setup: Setup) -> None:  # noqa: F8
     unreachable = [n for n, rc in zip(names, in_parallel(pings, names, 10), strict=True) if rc]
     assert unreachable == [], unreachable
 
+    # Removed one at a time: dockerd 20.10 loses endpoint-count updates when many endpoints
+    # of one network are deleted at once (seen here with 50 concurrent removals: the network
+    # kept a count of 2 with no endpoint, and `docker network rm` said "has active endpoints"
+    # until dockerd restarts; moby/moby#42119). The joins, the load this item is about, stay
+    # concurrent.
     started = time.monotonic()
-    removed = in_parallel(lambda n: docker("rm", "-f", n, check=False, timeout=180), names, JOINS)
+    removed = [docker("rm", "-f", n, check=False, timeout=180) for n in names]
     remove_s = time.monotonic() - started
     assert [r.stderr for r in removed if r.returncode] == []
     # Nothing stale: the plug-in's endpoints are Docker's, the daemon's own only.
@@ -235,7 +259,6 @@ def test_concurrent_joins_leak_nothing(legacy_setup: Setup) -> None:  # noqa: F8
     on_host = set(host_tp_links())
     assert len(ports) == status["veth_pairs"], (ports, status)
     assert peers <= on_host, sorted(peers - on_host)
-    assert len(peers) >= JOINS - pairs_before, (len(peers), pairs_before)
     assert len(peers) + pairs_before == status["veth_pairs"], (len(peers), status)
     closed_s = wait_for_connections_closed(pid, plugin.socket)
     fds_after = fd_kinds(pid, plugin.socket)
@@ -246,15 +269,26 @@ def test_concurrent_joins_leak_nothing(legacy_setup: Setup) -> None:  # noqa: F8
     assert children(pid) == children_before
 
     # Teardown, counted: the daemon goes (its netns with its veth ends), then the network.
+    every_peer = _joined_peers(plugin)
     docker("rm", "-f", s.daemon)
     try:
-        wait_for(lambda: not peers & set(host_tp_links()), 15, "the cached tp-* links to go")
+        wait_for(lambda: not every_peer & set(host_tp_links()), 15, "the tp-* links to go")
     except AssertionError:
-        raise AssertionError(f"tp-* links left: {sorted(peers & set(host_tp_links()))}") from None
+        left = sorted(every_peer & set(host_tp_links()))
+        raise AssertionError(f"tp-* links left: {left}") from None
     rm = docker("network", "rm", s.network, check=False)
-    assert rm.returncode == 0, (rm.stderr, plugin.log()[-3000:])
+    if rm.returncode != 0:
+        containers = docker(
+            "network", "inspect", "-f", "{{json .Containers}}", s.network, check=False
+        ).stdout.strip()
+        raise AssertionError(
+            f"docker network rm failed: {rm.stderr.strip()}; Docker's containers on the "
+            f"network: {containers}; the plug-in's state: {s.plugin.state()} (no container and "
+            "no endpoint in the plug-in: dockerd's endpoint count went wrong, moby/moby#42119)"
+        )
     state = s.plugin.state()
     assert state.get("networks") == {} and state.get("endpoints") == {}, state
+    wait_for_connections_closed(pid, plugin.socket)
     fds_end = fd_kinds(pid, plugin.socket)
     # The daemon's gRPC connection is closed with the network: fewer fds than before, never more.
     extra = {k: n for k, n in fds_end.items() if k != "conn" and n > fds_before[k]}
@@ -269,7 +303,7 @@ def test_concurrent_joins_leak_nothing(legacy_setup: Setup) -> None:  # noqa: F8
         veth_pairs_cached=status["veth_pairs"],
         tp_links_left=0,
         fds_before=sum(fds_before.values()),
-        fds_peak=fds_peak,
+        fds_with_containers=fds_joined,
         fds_after=sum(fds_after.values()),
         fds_after_teardown=sum(fds_end.values()),
         connections_closed_after_s=round(closed_s, 1),
@@ -377,7 +411,7 @@ def _volume_load(telemount: Telemount, agents: list[Agent], containers: list[str
     mount_s = time.monotonic() - started
     failed = [r.stderr.strip() for r in mounted if r.returncode]
     assert failed == [], (failed, telemount.daemon.log()[-3000:])
-    fds_peak = sum(fd_kinds(pid, telemount.socket).values())
+    fds_mounted = sum(fd_kinds(pid, telemount.socket).values())
 
     def reads(i: int) -> str:
         return run("docker", "exec", names[i], "cat", "/s/name", check=False, timeout=60).stdout
@@ -426,7 +460,7 @@ def _volume_load(telemount: Telemount, agents: list[Agent], containers: list[str
         mounts_left=0,
         helpers_left=0,
         fds_before=sum(fds_before.values()),
-        fds_peak=fds_peak,
+        fds_with_mounts=fds_mounted,
         fds_after=sum(fds_after.values()),
         connections_closed_after_s=round(closed_s, 1),
     )
