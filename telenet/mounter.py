@@ -415,6 +415,18 @@ class ProcessMounter:
         for ok, result in results:
             if not ok:
                 log.failure("stopping a mount helper failed", result)
+        # The helpers this plug-in started are its children: they have unmounted by now; wait
+        # (a little) for them to exit too, so that none outlives the plug-in.
+        ending = [_observe(s.process.ended) for s in self._servers.values() if s.process]
+        if ending:
+            waiting = defer.DeferredList(ending, consumeErrors=True)
+            try:
+                await waiting.addTimeout(STOP_GRACE, self._reactor)
+            except defer.TimeoutError:
+                log.warn(
+                    "{n} mount helper(s) still running at shutdown",
+                    n=sum(1 for s in self._servers.values() if s.process),
+                )
 
     async def _stop_locked(self, server: _Server) -> None:
         async with server.lock:
@@ -435,6 +447,19 @@ async def _tcp_problem(reactor: Any, host: str, port: int, timeout: float) -> st
         return str(getattr(e, "osError", None) or e).strip() or type(e).__name__
     connected.transport.loseConnection()
     return None
+
+
+def _observe(d: defer.Deferred[None]) -> defer.Deferred[None]:
+    """A new Deferred that fires when ``d`` does; cancelling it leaves ``d`` alone."""
+    observer: defer.Deferred[None] = defer.Deferred()
+
+    def fired(result: object) -> object:
+        if not observer.called:
+            observer.callback(None)
+        return result
+
+    d.addBoth(fired)
+    return observer
 
 
 def _forget(server: _Server, helper: _HelperProcess) -> None:

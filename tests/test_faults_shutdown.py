@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
+import pytest_twisted
 from google.protobuf import empty_pb2
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -42,6 +43,7 @@ from telenet.daemon import Options as DaemonOptions
 from telenet.daemon import makeService
 from telenet.dockerplugin import PluginSite
 from telenet.interfaces import IMounter
+from telenet.mounter import STOP_GRACE, ProcessMounter
 from telenet.mountplugin import VolumeDriver, _MounterService
 from telenet.netip import encode_addr
 from telenet.proto import teleroute_pb2, teleroute_pb2_grpc
@@ -324,6 +326,71 @@ def test_telemount_unmounts_only_after_requests_in_flight() -> None:
     assert events[2:] == ["drain", "shutdown", "pool.stop"] and stopped
 
 
+LINGERING_HELPER = textwrap.dedent(
+    """
+    # A mount helper stand-in that takes a second to exit after its shutdown is answered.
+    import argparse, json, os, socket, sys, time
+    parser = argparse.ArgumentParser()
+    for flag in ("--host", "--port", "--mountpoint", "--control", "--log-file", "--timeout"):
+        parser.add_argument(flag)
+    args = parser.parse_args()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(args.control)
+    server.listen(4)
+    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+    while True:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rwb") as stream:
+            for line in stream:
+                op = json.loads(line).get("op")
+                reply = {"ok": True, "pid": os.getpid(), "host": args.host,
+                         "port": int(args.port), "mountpoint": args.mountpoint,
+                         "connected": True, "volumes": {}, "since": 0}
+                stream.write(json.dumps(reply).encode() + b"\\n")
+                stream.flush()
+                if op == "shutdown":
+                    os.unlink(args.control)
+                    time.sleep(1)
+                    sys.exit(0)
+    """
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_telemount_shutdown_waits_for_its_helpers_to_exit(tmp_path: Any) -> None:
+    """
+    The mounter's shutdown returns only once the helpers it started have exited, not as soon
+    as they have unmounted: with the plug-in now unmounting after the requests in flight are
+    answered, helpers were still exiting when the plug-in was gone.
+    """
+    from twisted.internet import protocol, reactor
+
+    helper = tmp_path / "helper.py"
+    helper.write_text(LINGERING_HELPER)
+    factory = protocol.ServerFactory()
+    factory.protocol = protocol.Protocol
+    server = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        mounter = ProcessMounter(
+            reactor,
+            mount_root=str(tmp_path / "mnt"),
+            state_dir=str(tmp_path / "state"),
+            timeout=2,
+            helper=[sys.executable, str(helper)],
+        )
+        port = int(getattr(server.getHost(), "port", 0))
+        await mounter.attach("127.0.0.1", port, "v", "/tel_app_exports/c", False)
+        pid = (await mounter.status("127.0.0.1", port))["pid"]
+        started = time.monotonic()
+        await mounter.shutdown()
+        took = time.monotonic() - started
+    finally:
+        await defer.maybeDeferred(server.stopListening)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert 0.9 <= took < STOP_GRACE, took
+
+
 class SlowBridge:
     """A TCP relay to ``target`` that waits ``delay`` seconds before relaying a connection."""
 
@@ -401,11 +468,6 @@ def test_telemount_sigterm_with_create_in_flight_to_a_slow_server(
         slow.close()
     log = telemount.daemon.log()
     mounts = fuse_mounts(telemount.mount_root)
-    # A helper unmounts, removes its control socket and then exits: the plug-in waits for
-    # the first two only, so the process may take a moment more.
-    deadline = time.monotonic() + 5
-    while helper_pids(telemount) and time.monotonic() < deadline:
-        time.sleep(0.1)
     helpers = [(pid, process_state(pid)) for pid in helper_pids(telemount)]
     for mp in mounts:
         subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
