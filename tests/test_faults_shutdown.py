@@ -263,11 +263,17 @@ def test_teleroute_sigterm_with_request_in_flight(
     assert result, f"the {call} in flight got no answer: {log}"
     status, answer = result[0]
     assert status != 0, f"the {call} in flight was dropped unanswered: {log}"
+    with open(os.path.join(workdir, "state", "state.json")) as f:
+        saved = json.load(f)
     if delay is not None:
         assert status == 200, (status, answer, log)
         assert "Err" not in json.loads(answer), answer
+        # What Docker was told succeeded is saved for the next start.
+        assert endpoint in saved["endpoints"], saved
     else:
         assert status == 500 and json.loads(answer)["Err"], (status, answer)
+        assert endpoint not in saved["endpoints"], saved
+    assert network in saved["networks"], saved
     record(
         f"sigterm-teleroute-{call}-{'mute' if delay is None else 'slow'}",
         exit_s=round(elapsed, 2),
