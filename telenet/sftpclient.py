@@ -908,8 +908,9 @@ class SFTPClient(ft.FileTransferClient):
         largest = 0
         try:
             while True:
-                while len(pending) < depth:
-                    pending.append(self.readdir(handle))
+                more = depth - len(pending)
+                for i in range(more):  # all but the last held: one send for the lot
+                    pending.append(self._request(ft.FXP_READDIR, _ns(handle), lazy=i < more - 1))
                 batch = await pending.popleft()
                 if not batch:
                     break
