@@ -12,6 +12,9 @@ Fault suite, item 4 (bad input) for the FUSE client's side of SFTP: a hostile se
   telenet.sftpfs``) mounted against a hostile TCP server; file operations fail within the
   timeout, the helper lives, nothing is left in D state; switched to a real agent, the mount
   recovers by itself.
+- ``test_malformed_answers_to_each_operation_under_a_real_mount`` (e2e): a proxy to a real
+  agent corrupts only the answers one operation needs (READ, WRITE, MKDIR, ...): that
+  operation fails with EIO, the rest of the mount keeps working.
 
 Client-level tests use a ``StringTransport`` and a ``task.Clock``: no global reactor.
 """
