@@ -189,9 +189,10 @@ def test_concurrent_joins_leak_nothing(load_setup: Setup) -> None:
     """
     ``JOINS`` containers join the teleroute network at once: every ``docker run`` succeeds and
     every container reaches the daemon. After they are removed the plug-in and Docker agree on
-    the endpoints (only the daemon's), the only ``tp-*`` links are the pairs the daemon reports
-    as cached, and the plug-in has no more fds and no child process. Once the daemon and the
-    network are gone: no ``tp-*`` link of the test, and nothing in the plug-in's state.
+    the endpoints (only the daemon's), the ``tp-*`` peers handed out are on the host and are
+    exactly the pairs the daemon reports as cached (its br-daemon ports too), and the plug-in
+    has no more fds and no child process. Once the daemon and the network are gone: none of
+    those links is left, and nothing is in the plug-in's state.
     """
     s = load_setup
     plugin = s.plugin
