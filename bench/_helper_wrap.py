@@ -40,6 +40,21 @@ def count() -> None:
             return counted
 
         setattr(sftpfs.SFTPOperations, name, make(original, name))
+    fetch_ahead = sftpfs.SFTPOperations._fetch_ahead
+
+    def counted_fetch_ahead(self: Any, *args: Any) -> None:
+        counts["ahead fetched"] += 1
+        fetch_ahead(self, *args)
+
+    sftpfs.SFTPOperations._fetch_ahead = counted_fetch_ahead  # type: ignore[method-assign]
+    claim = sftpfs.SFTPOperations._claim
+
+    async def counted_claim(self: Any, *args: Any) -> Any:
+        info = await claim(self, *args)
+        counts["ahead claimed" if info is not None else "ahead refused"] += 1
+        return info
+
+    sftpfs.SFTPOperations._claim = counted_claim  # type: ignore[method-assign]
     request = sftpclient.SFTPClient._request
 
     def counted_request(self: Any, kind: int, *args: Any, **kwargs: Any) -> Any:

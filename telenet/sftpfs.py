@@ -99,8 +99,9 @@ SETTLED = 60.0
 #: A reader opening a directory's small files one after the other (in listing or name order)
 #: has this many of the next ones fetched ahead (OPEN and READ pipelined, in batches)...
 AHEAD_FILES = 16
-#: ... holding at most this many bytes between them.
-AHEAD_BYTES = 1 << 20
+#: ... and all walks together at most this many files and bytes (the oldest make room).
+AHEAD_TOTAL = 64
+AHEAD_BYTES = 4 << 20
 #: The cyclic garbage collector's thresholds (Python's are 700, 10, 10): fewer, cheaper runs.
 GC_THRESHOLDS = (10_000, 20, 20)
 #: Directory listings remembered to guess the next file from, and the largest one kept.
@@ -848,19 +849,20 @@ class SFTPOperations(pyfuse3.Operations):
             return FileInfo(fh=h.fh)
         keep = self._keep_cache(node)
         size = node.attrs.size if node.attrs is not None else None
-        small = not keep and sflags == ft.FXF_READ and size is not None and size <= PREFETCH_MAX
+        # Small files are walked (fetched ahead) even when the kernel may keep its pages:
+        # those may be gone (memory pressure, drop_caches), and a fetched file costs no wait.
+        small = sflags == ft.FXF_READ and size is not None and size <= PREFETCH_MAX
         if ahead is not None and not small:
             ahead.discard()
             ahead = None
         if ahead is not None:
-            if small:
-                self._walk(node, client)
+            self._walk(node, client)
             info = await self._claim(node, ahead, client)
             if info is not None:
                 return info
         opening = client.open(node.remote, sflags)
         readers: list[ReadAhead] = []
-        if small:
+        if small and not keep:
             assert size is not None
 
             # A small file is read whole as soon as the handle arrives (from the answer's
@@ -873,8 +875,8 @@ class SFTPOperations(pyfuse3.Operations):
                 return handle
 
             opening.addCallback(prefetch)
-            if ahead is None:
-                self._walk(node, client)  # after our own OPEN: it goes first
+        if small and ahead is None:
+            self._walk(node, client)  # after our own OPEN: it goes first
         handle = await _wait(opening)
         h = self._register(node, sflags, client, handle, readers[0] if readers else None)
         if readers and size and self._store is not None and len(node.handles) == 1:
@@ -997,19 +999,10 @@ class SFTPOperations(pyfuse3.Operations):
             listing.cursor = at + 1
         elif listing.cursor <= at:
             listing.cursor = at + 1
-        if len(self._ahead) > AHEAD_FILES // 2:
-            oldest = next(iter(self._ahead.values()))  # the dict is in fetch order
-            if oldest.started >= self._now() - self.attr_timeout and not oldest.failed:
-                return  # enough on its way: top up in batches, not one by one
-            self._purge_ahead()
-            if len(self._ahead) > AHEAD_FILES // 2:
-                return
+        if listing.cursor - at - 1 > AHEAD_FILES // 2:
+            return  # enough of this walk on its way: top up in batches, not one by one
         vid = node.vol.vid
-        while (
-            listing.cursor < len(order)
-            and len(self._ahead) < AHEAD_FILES
-            and self._ahead_bytes < AHEAD_BYTES
-        ):
+        while listing.cursor < len(order) and listing.cursor - at - 1 < AHEAD_FILES:
             name = order[listing.cursor]
             listing.cursor += 1
             attrs = listing.attrs[name]
@@ -1026,6 +1019,11 @@ class SFTPOperations(pyfuse3.Operations):
             other = self._by_key.get(key)
             if key in self._ahead or (other is not None and other.handles):
                 continue
+            while self._ahead and (
+                len(self._ahead) >= AHEAD_TOTAL or self._ahead_bytes + size > AHEAD_BYTES
+            ):
+                # The oldest makes room (the dict is in fetch order): another walk's rest.
+                self._take_ahead(next(iter(self._ahead))).discard()  # type: ignore[union-attr]
             self._fetch_ahead(client, key, node.vol.remote(rel), size, attrs.mtime)
 
     def _fetch_ahead(
