@@ -45,7 +45,10 @@ from sftp_mounts import (  # noqa: E402
 )
 
 FILES = {"metadata": 2000, "list": 2000, "tar": 5000}
-WRAPPER = os.environ.get("HELPER_WRAPPER") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "_helper_wrap.py")
+# HELPER_WRAPPER: another wrapper script (with more instruments) in place of _helper_wrap.py.
+WRAPPER = os.environ.get("HELPER_WRAPPER") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "_helper_wrap.py"
+)
 
 
 def cpu_seconds(pid: int) -> float:
