@@ -37,6 +37,8 @@ START_GRACE = 10.0
 STOP_GRACE = 5.0
 #: Seconds a control request may take.
 CONTROL_TIMEOUT = 15.0
+#: Seconds the plug-in waits, when it stops, for the helpers it stopped to exit.
+EXIT_GRACE = 1.0
 
 
 class ControlUnavailable(Exception):
@@ -415,18 +417,29 @@ class ProcessMounter:
         for ok, result in results:
             if not ok:
                 log.failure("stopping a mount helper failed", result)
-        # The helpers this plug-in started are its children: they have unmounted by now; wait
-        # (a little) for them to exit too, so that none outlives the plug-in.
-        ending = [_observe(s.process.ended) for s in self._servers.values() if s.process]
+        # The helpers this plug-in started are its children, and none may outlive it. Those
+        # just stopped have unmounted and are exiting. One still starting (for a Create or
+        # Mount the plug-in stopped waiting for) would go on until its own timeout: it is
+        # killed, and whatever it mounted is cleared.
+        running = {id(s) for s in servers}
+        children = [s for s in self._servers.values() if s.process is not None]
+        starting = [s for s in children if id(s) not in running]
+        for server in starting:
+            assert server.process is not None
+            log.warn("stopping the mount helper for {label}, still starting", label=server.label)
+            _signal(server.process.transport, signal.SIGKILL)
+        ending = [_observe(s.process.ended) for s in children if s.process is not None]
         if ending:
             waiting = defer.DeferredList(ending, consumeErrors=True)
             try:
-                await waiting.addTimeout(STOP_GRACE, self._reactor)
+                await waiting.addTimeout(EXIT_GRACE, self._reactor)
             except defer.TimeoutError:
                 log.warn(
                     "{n} mount helper(s) still running at shutdown",
-                    n=sum(1 for s in self._servers.values() if s.process),
+                    n=sum(1 for s in children if s.process is not None),
                 )
+        for server in starting:
+            await self._clear_leftovers(server)
 
     async def _stop_locked(self, server: _Server) -> None:
         async with server.lock:

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 from twisted.application import service, strports
 from twisted.application.internet import TimerService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
@@ -507,8 +507,15 @@ class _MounterService(service.Service):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        d = self.site.drain() if self.site is not None else defer.succeed(None)
-        d.addBoth(lambda _: self.mounter.shutdown())
+        if self.site is None:
+            d = self.mounter.shutdown()
+        else:
+            reactor = self.site.reactor
+            d = self.site.drain()
+            d.addBoth(lambda _: self.mounter.shutdown())
+            # A request the drain gave up on fails once its helper is stopped: a moment for
+            # that answer to be written before the reactor drops the connections.
+            d.addBoth(lambda _: task.deferLater(reactor, 0.1, lambda: None))
         d.addBoth(self._stop_pool)
         return d
 

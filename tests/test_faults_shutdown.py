@@ -36,14 +36,16 @@ import pytest_twisted
 from google.protobuf import empty_pb2
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from telenet.daemon import Options as DaemonOptions
 from telenet.daemon import makeService
 from telenet.dockerplugin import PluginSite
 from telenet.interfaces import IMounter
-from telenet.mounter import STOP_GRACE, ProcessMounter
+from telenet.mounter import EXIT_GRACE, ProcessMounter
 from telenet.mountplugin import VolumeDriver, _MounterService
 from telenet.netip import encode_addr
 from telenet.proto import teleroute_pb2, teleroute_pb2_grpc
@@ -287,12 +289,16 @@ def test_teleroute_sigterm_with_request_in_flight(
 def test_telemount_unmounts_only_after_requests_in_flight() -> None:
     """
     telemount's mounter service stops in order: requests in flight are answered first, then
-    the helpers are stopped and unmounted, then the state thread stops.
+    the helpers are stopped and unmounted, then (after a moment for the answers of requests
+    that failed with their helper to be written) the state thread stops.
     """
     events: list[str] = []
     drained: defer.Deferred[None] = defer.Deferred()
+    clock = MemoryReactorClock()
 
     class Site:
+        reactor = clock
+
         def drain(self) -> defer.Deferred[None]:
             events.append("drain")
             return drained
@@ -329,17 +335,22 @@ def test_telemount_unmounts_only_after_requests_in_flight() -> None:
     svc.stopService().addCallback(stopped.append)
     assert events[2:] == ["drain"] and not stopped
     drained.callback(None)
+    assert events[2:] == ["drain", "shutdown"] and not stopped
+    clock.advance(0.1)
     assert events[2:] == ["drain", "shutdown", "pool.stop"] and stopped
 
 
-LINGERING_HELPER = textwrap.dedent(
+STAND_IN_HELPER = textwrap.dedent(
     """
-    # A mount helper stand-in that takes a second to exit after its shutdown is answered.
+    # A mount helper stand-in: with $LINGER it takes that long to exit after its shutdown is
+    # answered; with $NEVER_READY it never reports ready (a server that does not answer).
     import argparse, json, os, socket, sys, time
     parser = argparse.ArgumentParser()
     for flag in ("--host", "--port", "--mountpoint", "--control", "--log-file", "--timeout"):
         parser.add_argument(flag)
     args = parser.parse_args()
+    if os.environ.get("NEVER_READY"):
+        time.sleep(3600)
     server = socket.socket(socket.AF_UNIX)
     server.bind(args.control)
     server.listen(4)
@@ -356,45 +367,83 @@ LINGERING_HELPER = textwrap.dedent(
                 stream.flush()
                 if op == "shutdown":
                     os.unlink(args.control)
-                    time.sleep(1)
+                    time.sleep(float(os.environ.get("LINGER", "0")))
                     sys.exit(0)
     """
 )
 
 
-@pytest_twisted.ensureDeferred
-async def test_telemount_shutdown_waits_for_its_helpers_to_exit(tmp_path: Any) -> None:
-    """
-    The mounter's shutdown returns only once the helpers it started have exited, not as soon
-    as they have unmounted: with the plug-in now unmounting after the requests in flight are
-    answered, helpers were still exiting when the plug-in was gone.
-    """
+@pytest.fixture
+def stand_in_mounter(tmp_path: Any) -> Iterator[tuple[ProcessMounter, int]]:
+    """A ProcessMounter whose helper is STAND_IN_HELPER, and a port that accepts connections."""
     from twisted.internet import protocol, reactor
 
     helper = tmp_path / "helper.py"
-    helper.write_text(LINGERING_HELPER)
+    helper.write_text(STAND_IN_HELPER)
     factory = protocol.ServerFactory()
     factory.protocol = protocol.Protocol
     server = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    try:
-        mounter = ProcessMounter(
-            reactor,
-            mount_root=str(tmp_path / "mnt"),
-            state_dir=str(tmp_path / "state"),
-            timeout=2,
-            helper=[sys.executable, str(helper)],
-        )
-        port = int(getattr(server.getHost(), "port", 0))
-        await mounter.attach("127.0.0.1", port, "v", "/tel_app_exports/c", False)
-        pid = (await mounter.status("127.0.0.1", port))["pid"]
-        started = time.monotonic()
-        await mounter.shutdown()
-        took = time.monotonic() - started
-    finally:
-        await defer.maybeDeferred(server.stopListening)
+    mounter = ProcessMounter(
+        reactor,
+        mount_root=str(tmp_path / "mnt"),
+        state_dir=str(tmp_path / "state"),
+        timeout=2,
+        helper=[sys.executable, str(helper)],
+    )
+    yield mounter, int(getattr(server.getHost(), "port", 0))
+    server.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_telemount_shutdown_waits_for_its_helpers_to_exit(
+    stand_in_mounter: tuple[ProcessMounter, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The mounter's shutdown returns once the helpers it started have exited, not as soon as
+    they have unmounted: with the plug-in now unmounting after the requests in flight are
+    answered, helpers were still exiting when the plug-in was gone.
+    """
+    mounter, port = stand_in_mounter
+    monkeypatch.setenv("LINGER", "0.5")
+    await mounter.attach("127.0.0.1", port, "v", "/tel_app_exports/c", False)
+    pid = (await mounter.status("127.0.0.1", port))["pid"]
+    started = time.monotonic()
+    await mounter.shutdown()
+    took = time.monotonic() - started
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    assert 0.9 <= took < STOP_GRACE, took
+    assert 0.4 <= took < EXIT_GRACE, took
+
+
+@pytest_twisted.ensureDeferred
+async def test_telemount_shutdown_kills_a_helper_still_starting(
+    stand_in_mounter: tuple[ProcessMounter, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A helper still starting when the plug-in stops (its server accepts connections but never
+    answers, and the drain gave up on the Create) is killed at once: the attach fails, the
+    shutdown is quick, and the helper does not outlive the plug-in (it would have run until
+    its own timeout).
+    """
+    mounter, port = stand_in_mounter
+    monkeypatch.setenv("NEVER_READY", "1")
+    attaching = mounter.attach("127.0.0.1", port, "v", "/tel_app_exports/c", False)
+    outcome: list[Any] = []
+    attaching.addBoth(outcome.append)
+    from twisted.internet import reactor
+
+    await deferLater(reactor, 0.5, lambda: None)
+    assert not outcome
+    started = time.monotonic()
+    await mounter.shutdown()
+    took = time.monotonic() - started
+    await deferLater(reactor, 0.1, lambda: None)
+    assert outcome and isinstance(outcome[0], Failure), outcome
+    assert "exited" in str(outcome[0].value), outcome[0]
+    assert took < EXIT_GRACE, took
+    assert (
+        subprocess.run(["pgrep", "-f", str(mounter.state_dir)], capture_output=True).stdout == b""
+    )
 
 
 class SlowBridge:
@@ -491,6 +540,58 @@ def test_telemount_sigterm_with_create_in_flight_to_a_slow_server(
     assert name in saved
     assert removed[0] == 200, removed
     record("sigterm-telemount-slow-create", exit_s=round(elapsed, 2), inflight_status=200)
+
+
+@pytest.mark.e2e
+def test_telemount_sigterm_with_default_timeout_and_a_mute_server(
+    workdir: str, fuse_ready: None
+) -> None:
+    """
+    ``twistd telemount`` with its default timeout (10 s, longer than the 8 s drain) gets
+    SIGTERM while a Create waits for a server that accepts connections and never speaks: the
+    drain gives up at 8 s, the helper still starting is killed, the Create is answered with
+    an error, and the plug-in exits within 10 s with no helper and no mount left. (Before, the
+    request was dropped unanswered; with the helpers waited for, the exit took the whole
+    10 s helper timeout.)
+    """
+    sock = os.path.join(workdir, "telemount.sock")
+    mount_root = os.path.join(workdir, "mnt")
+    plugin = Daemon(
+        [TWISTD, "-n", "--pidfile=", "telemount", "--listen", f"unix:{sock}:mode=660",
+         "--mount-root", mount_root, "--state-dir", os.path.join(workdir, "state")],
+        os.path.join(workdir, "telemount.log"),
+    ).start()  # fmt: skip
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    answer: list[tuple[int, bytes]] = []
+    try:
+        wait_for(lambda: os.path.exists(sock) or not plugin.alive(), 20, "the plug-in socket")
+        opts = {"host": "127.0.0.1", "port": str(mute.getsockname()[1]), "container": "echo"}
+        body = json.dumps({"Name": f"tntest-shut-{uuid.uuid4().hex[:8]}", "Opts": opts})
+        t = threading.Thread(
+            target=lambda: answer.append(
+                post(sock, "/VolumeDriver.Create", body.encode(), timeout=30)
+            )
+        )
+        t.start()
+        wait_for(lambda: "starting mount helper" in plugin.log(), 10, "the helper to start")
+        elapsed, code = _sigterm_and_wait(plugin)
+        t.join(timeout=10)
+    finally:
+        plugin.stop()
+        mute.close()
+    log = plugin.log()
+    helpers = subprocess.run(
+        ["pgrep", "-f", f"telenet.sftpfs .*{mount_root}"], capture_output=True, text=True
+    ).stdout.split()
+    for pid in helpers:
+        os.kill(int(pid), signal.SIGKILL)
+    assert elapsed <= EXIT_WITHIN, f"SIGTERM took {elapsed:.1f}s: {log}"
+    assert answer and answer[0][0] == 500, (answer, log)
+    assert json.loads(answer[0][1])["Err"], answer
+    assert helpers == [] and fuse_mounts(mount_root) == [], (helpers, log)
+    record("sigterm-telemount-default-timeout-mute", exit_s=round(elapsed, 2), inflight_status=500)
 
 
 # -- twistd sftp-agent -----------------------------------------------------------------------
