@@ -185,13 +185,12 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
     add("teleroute", grpc_service)
     if real_kernel:
         from telenet import teleroute
-        from telenet.guard import PortGuard, control_port
+        from telenet.guard import TelerouteGuard
 
-        # gRPC (and a TCP control API) only for the plug-in's side: workloads on the
-        # teleroute network and the VIF's far side are refused (telenet/guard.py).
-        guarded = [port, control_port(options["control"]) or port]
-        inward = [f"{teleroute.DST_PREFIX}*", teleroute.BRIDGE, *([vif] if vif else [])]
-        add("guard", PortGuard(guarded, inward, process_runner(reactor)))
+        # The workloads on the teleroute network may open TCP connections to the daemon's
+        # DNS only: not to gRPC, SFTP bridges or a TCP control API (telenet/guard.py).
+        inward = [f"{teleroute.DST_PREFIX}*", teleroute.BRIDGE]
+        add("guard", TelerouteGuard(inward, [options["dns-port"]], process_runner(reactor)))
     gateway = BridgeGateway(netlink, reactor, bridge=BRIDGE, prefix=DST_PREFIX)
     core.on_daemon_address(gateway.daemon_address)
     add("gateway", gateway)

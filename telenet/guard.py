@@ -1,15 +1,19 @@
 # -*- test-case-name: tests.test_faults_reach -*-
 """
-The daemon's own firewall for its control ports: ``PortGuard``.
+The daemon's own firewall toward the teleroute network: ``TelerouteGuard``.
 
 The teleroute gRPC service listens on every address of the daemon container (the plug-in on
 the host reaches it at the daemon's default-bridge address, which the daemon does not know in
-advance). Without a guard, every workload on the teleroute network could call it (at the
-daemon's teleroute address, or at any other daemon address routed through it) and create,
-join or remove endpoints; so could the remote side through the VIF. ``PortGuard`` refuses
-(TCP reset) connections to the guarded ports that arrive on the teleroute side (the daemon's
-``tpd-*`` interfaces and ``br-daemon``) or on the VIF. DNS (port 53) is not guarded: the
-workloads need it.
+advance), SFTP bridges listen on every address too, and the control API may (``--control
+tcp:4038``). Without a guard every workload on the teleroute network could call them, at the
+daemon's teleroute address or at any other daemon address routed through it: create, join or
+remove endpoints, open bridges. The workloads need only the daemon's DNS.
+
+``TelerouteGuard`` refuses (TCP reset) every new TCP connection that comes in on the
+teleroute side (the daemon's ``tpd-*`` interfaces and ``br-daemon``) to a port other than
+the allowed ones (DNS). Only connection openings (SYN without ACK) are matched, so nothing
+the daemon itself opens is affected, and traffic routed through the daemon does not pass the
+input hook at all. UDP is left alone: the daemon's only UDP service is DNS.
 
 nftables: a table of its own, ``inet telenet_guard`` (one input chain), replaced on start and
 deleted on stop; without ``nft``, iptables/ip6tables INPUT rules. Failures are logged, not
@@ -19,7 +23,6 @@ fatal, like ``telenet.vif.Forwarding``.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterable
 
@@ -34,33 +37,22 @@ log = Logger()
 GUARD_TABLE = "telenet_guard"
 
 
-def control_port(description: str) -> int | None:
-    """The TCP port of a strports description like ``tcp:4038:interface=127.0.0.1``."""
-    kind, *parts = re.split(r"(?<!\\):", description)  # "\:" is an escaped colon
-    if kind not in ("tcp", "tcp6"):
-        return None
-    for part in parts:
-        value = part.removeprefix("port=")
-        if value.isdigit():
-            return int(value)
-    return None
-
-
-class PortGuard(service.Service):
+class TelerouteGuard(service.Service):
     """
-    While running: TCP connections to ``ports`` that come in on one of ``interfaces`` (names,
-    a trailing ``*`` matches any suffix) are refused with a reset.
+    While running: new TCP connections that come in on one of ``interfaces`` (names; a
+    trailing ``*`` matches any suffix) are refused with a reset unless they are for one of
+    ``allowed`` ports.
     """
 
     def __init__(
         self,
-        ports: Iterable[int],
         interfaces: Iterable[str],
+        allowed: Iterable[int],
         run: Runner,
         which: Callable[[str], str | None] = shutil.which,
     ) -> None:
-        self.ports = sorted(set(ports))
         self.interfaces = list(dict.fromkeys(interfaces))
+        self.allowed = sorted(set(allowed))
         self.run = run
         self.which = which
         self.tool: str | None = None
@@ -70,7 +62,7 @@ class PortGuard(service.Service):
         super().startService()
         self.ready = defer.Deferred.fromCoroutine(self._guard())
         self.ready.addErrback(
-            lambda f: log.failure("Guarding ports {ports} failed", f, ports=self.ports)
+            lambda f: log.failure("Guarding {interfaces} failed", f, interfaces=self.interfaces)
         )
 
     async def _call(self, tool: str, args: list[str], check: bool = True) -> bool:
@@ -83,33 +75,22 @@ class PortGuard(service.Service):
         return code == 0
 
     def _nft_rules(self) -> list[list[str]]:
-        ports = ["{", ", ".join(str(p) for p in self.ports), "}"]
-        return [
-            ["iifname", f'"{name}"', "tcp", "dport", *ports, "reject", "with", "tcp", "reset"]
-            for name in self.interfaces
-        ]
+        allowed = ["{", ", ".join(str(p) for p in self.allowed), "}"] if self.allowed else []
+        match = ["tcp", "dport", "!=", *allowed] if allowed else ["meta", "l4proto", "tcp"]
+        opening = "tcp flags & (syn | ack) == syn reject with tcp reset".split()
+        return [["iifname", f'"{name}"', *match, *opening] for name in self.interfaces]
 
     def _iptables_rules(self) -> list[list[str]]:
+        ports = ",".join(str(p) for p in self.allowed)
+        match = ["-m", "multiport", "!", "--dports", ports] if ports else []
+        reject = "-j REJECT --reject-with tcp-reset".split()
         return [
-            [
-                "INPUT",
-                "-i",
-                name.replace("*", "+"),
-                "-p",
-                "tcp",
-                "--dport",
-                str(port),
-                "-j",
-                "REJECT",
-                "--reject-with",
-                "tcp-reset",
-            ]  # fmt: skip
+            ["INPUT", "-i", name.replace("*", "+"), "-p", "tcp", "--syn", *match, *reject]
             for name in self.interfaces
-            for port in self.ports
         ]
 
     async def _guard(self) -> None:
-        if not self.ports or not self.interfaces:
+        if not self.interfaces:
             return
         nft = self.which("nft")
         if nft is not None:
@@ -117,27 +98,8 @@ class PortGuard(service.Service):
             table = ["inet", GUARD_TABLE]
             await self._call(nft, ["delete", "table", *table], check=False)
             await self._call(nft, ["add", "table", *table])
-            await self._call(
-                nft,
-                [
-                    "add",
-                    "chain",
-                    *table,
-                    "input",
-                    "{",
-                    "type",
-                    "filter",
-                    "hook",
-                    "input",
-                    "priority",
-                    "0",
-                    ";",
-                    "policy",
-                    "accept",
-                    ";",
-                    "}",
-                ],  # fmt: skip
-            )
+            chain = "{ type filter hook input priority 0 ; policy accept ; }".split()
+            await self._call(nft, ["add", "chain", *table, "input", *chain])
             for rule in self._nft_rules():
                 await self._call(nft, ["add", "rule", *table, "input", *rule])
         else:
@@ -150,9 +112,9 @@ class PortGuard(service.Service):
                     if not await self._call(tool, ["-C", *rule], check=False):
                         await self._call(tool, ["-I", *rule], check=tool == tools[0])
         log.info(
-            "Refusing connections to ports {ports} from {interfaces}",
-            ports=self.ports,
+            "New TCP connections from {interfaces} refused except to ports {ports}",
             interfaces=self.interfaces,
+            ports=self.allowed,
         )
 
     def stopService(self) -> defer.Deferred[None]:
@@ -174,4 +136,4 @@ class PortGuard(service.Service):
                     for rule in self._iptables_rules():
                         await self._call(t, ["-D", *rule], check=False)
         except Exception:
-            log.failure("Could not remove the port guard rules")
+            log.failure("Could not remove the teleroute guard rules")
