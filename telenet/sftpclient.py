@@ -84,6 +84,8 @@ _U32 = struct.Struct("!L")
 _U64 = struct.Struct("!Q")
 _READ = struct.Struct("!QL")
 _LEN_TYPE = struct.Struct("!LB")
+#: The largest file size there can be (off_t).
+_MAX_SIZE = (1 << 63) - 1
 
 # SFTP v3 status codes beyond the ones Conch names; later drafts' codes are sent by some
 # servers (Go's pkg/sftp among them), so they are mapped too.
@@ -284,6 +286,8 @@ def parse_attrs(
     if flags & ft.FILEXFER_ATTR_SIZE:
         (size,) = _U64.unpack_from(buf, pos)
         pos += 8
+        if size > _MAX_SIZE:  # the kernel's (and pyfuse3's) off_t cannot hold it
+            raise _Malformed(f"a size of {size} bytes")
     if flags & ft.FILEXFER_ATTR_UIDGID:
         uid, gid = struct.unpack_from("!LL", buf, pos)
         pos += 8

@@ -132,11 +132,16 @@ def _buffered(client: SFTPClient) -> int:
     return len(client._buf) + sum(len(p) for p in client._pieces)
 
 
+def _attrs_ok(attrs: object) -> bool:
+    """Attributes the file system can hand to the kernel (pyfuse3's EntryAttributes)."""
+    return isinstance(attrs, FileAttrs) and (attrs.size or 0) <= 2**63 - 1
+
+
 # What each operation's success must look like: the file system relies on these types.
 OPS: dict[str, tuple[Callable[[SFTPClient, int], Deferred[Any]], Callable[[Any, int], bool]]] = {
-    "stat": (lambda c, n: c.stat(b"/a"), lambda r, n: isinstance(r, FileAttrs)),
-    "lstat": (lambda c, n: c.lstat(b"/a"), lambda r, n: isinstance(r, FileAttrs)),
-    "fstat": (lambda c, n: c.fstat(b"h"), lambda r, n: isinstance(r, FileAttrs)),
+    "stat": (lambda c, n: c.stat(b"/a"), lambda r, n: _attrs_ok(r)),
+    "lstat": (lambda c, n: c.lstat(b"/a"), lambda r, n: _attrs_ok(r)),
+    "fstat": (lambda c, n: c.fstat(b"h"), lambda r, n: _attrs_ok(r)),
     "open": (lambda c, n: c.open(b"/a", ft.FXF_READ), lambda r, n: isinstance(r, bytes)),
     "opendir": (lambda c, n: c.opendir(b"/"), lambda r, n: isinstance(r, bytes)),
     "read": (
@@ -145,7 +150,9 @@ OPS: dict[str, tuple[Callable[[SFTPClient, int], Deferred[Any]], Callable[[Any, 
     ),
     "readdir": (
         lambda c, n: c.readdir(b"h"),
-        lambda r, n: isinstance(r, list) and all(isinstance(e, NameEntry) for e in r),
+        lambda r, n: (
+            isinstance(r, list) and all(isinstance(e, NameEntry) and _attrs_ok(e.attrs) for e in r)
+        ),
     ),
     "realpath": (lambda c, n: c.realpath(b"."), lambda r, n: isinstance(r, bytes)),
     "readlink": (lambda c, n: c.readlink(b"/l"), lambda r, n: isinstance(r, bytes)),
@@ -541,18 +548,48 @@ def test_tiny_limits_are_floored() -> None:
 
 def test_listdir_leaves_out_names_no_entry_can_have() -> None:
     """``a/b``, ``""`` and names with NUL never reach the kernel (it fails getdents on them)."""
-    client, transport, _ = _client()
+    client, transport, clock = _client()
     box = _outcome(client.listdir(b"/"))
-    ((_, rid),) = _sent(transport.value())
-    client.dataReceived(_packet(ft.FXP_HANDLE, struct.pack("!L", rid) + _ns(b"h")))
     entries = [b".", b"..", b"", b"a/b", b"../x", b"n\0ul", b"ok", b"\xff\xfe"]
     raw = b"".join(_ns(n) + _ns(b"") + pack_attrs(None) for n in entries)
-    kinds = _sent(transport.value())
-    client.dataReceived(_packet(ft.FXP_NAME, struct.pack("!LL", kinds[-1][1], len(entries)) + raw))
-    kinds = _sent(transport.value())
-    client.dataReceived(_packet(ft.FXP_STATUS, struct.pack("!LL", kinds[-1][1], ft.FX_EOF)))
+    answered: set[int] = set()
+    batches = 0
+    for _ in range(20):  # answer every request in order: one batch of names, then EOF
+        clock.advance(0.01)  # held (lazy) requests go out
+        for kind, rid in _sent(transport.value()):
+            if rid in answered:
+                continue
+            answered.add(rid)
+            if kind == ft.FXP_OPENDIR:
+                body = _packet(ft.FXP_HANDLE, struct.pack("!L", rid) + _ns(b"h"))
+            elif kind == ft.FXP_READDIR and not batches:
+                batches += 1
+                body = _packet(ft.FXP_NAME, struct.pack("!LL", rid, len(entries)) + raw)
+            elif kind == ft.FXP_READDIR:
+                body = _packet(ft.FXP_STATUS, struct.pack("!LL", rid, ft.FX_EOF))
+            else:
+                body = _packet(ft.FXP_STATUS, struct.pack("!LL", rid, ft.FX_OK))
+            client.dataReceived(body)
+        if box:
+            break
     assert box, "listdir did not end"
     assert [e.filename for e in box[0]] == [b"ok", b"\xff\xfe"]
+
+
+def test_a_size_no_file_can_have_is_malformed() -> None:
+    """
+    ATTRS with a size past 2^63-1: before, the file system's EntryAttributes raised
+    OverflowError (EIO, but logged as a bug with its traceback, once per lookup or listing).
+    """
+    client, _, _ = _client()
+    box = _outcome(client.lstat(b"/a"))
+    ok = _outcome(client.lstat(b"/b"))
+    client.dataReceived(
+        _packet(ft.FXP_ATTRS, struct.pack("!L", 0) + pack_attrs(FileAttrs(size=2**63 - 1)))
+        + _packet(ft.FXP_ATTRS, struct.pack("!L", 1) + pack_attrs(FileAttrs(size=2**63)))
+    )
+    assert box == [FileAttrs(size=2**63 - 1)]
+    assert ok and ok[0].check(ConnectionDead), ok
 
 
 def test_bad_status_codes_and_messages_are_errors_with_an_errno() -> None:
