@@ -379,10 +379,16 @@ class RootedFilesystem:
         # O_EXCL must see a symlink itself (even a dangling one) as "exists", like open(2).
         real = self._path(filename, follow=not exclusive)
         perms = attrs.get("permissions", 0o666) & 0o7777
-        fd = os.open(real, mode | os.O_NOFOLLOW | os.O_CLOEXEC, perms)
+        # O_NONBLOCK: a FIFO in the export would otherwise make open wait for a peer, on the
+        # reactor thread, and the whole agent would hang (SIGTERM included). Regular files
+        # are made blocking again; reads and writes of a FIFO fail anyway (pread: ESPIPE).
+        fd = os.open(real, mode | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, perms)
         try:
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
+            st_mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(st_mode):
                 raise _oserror(errno.EISDIR)
+            if stat.S_ISREG(st_mode):
+                os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
             raise

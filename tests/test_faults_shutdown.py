@@ -13,6 +13,7 @@ teleroute plug-in stops is not end-to-end; the others are.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -22,6 +23,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -35,12 +37,14 @@ import pytest
 import pytest_twisted
 from google.protobuf import empty_pb2
 from twisted.application.service import Service
+from twisted.conch.ssh.filetransfer import FXF_READ, FXF_WRITE
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from telenet.agent import RootedFilesystem
 from telenet.daemon import Options as DaemonOptions
 from telenet.daemon import makeService
 from telenet.dockerplugin import PluginSite
@@ -750,6 +754,67 @@ def test_sftp_agent_sigterm_with_transfers_in_flight(sftp_agent: Agent) -> None:
         chunk_bytes=CHUNK,
         lost=0,
         reads_answered=reads["data"],
+    )
+
+
+def test_agent_opening_a_fifo_does_not_block() -> None:
+    """
+    Opening a FIFO of the export (read or write) returns at once: it blocked waiting for a
+    peer, on the agent's reactor thread. Reading it then fails rather than waits.
+    """
+    with tempfile.TemporaryDirectory(prefix="tntest-shut-") as root:
+        os.mkfifo(os.path.join(root, "pipe"))
+        fs = RootedFilesystem(root)
+        outcome: list[object] = []
+
+        def go() -> None:
+            f = fs.openFile(b"pipe", FXF_READ, {})
+            try:
+                f.readChunk(0, 10)
+            except OSError as e:
+                outcome.append(e.errno)
+            finally:
+                f.close()
+            try:
+                fs.openFile(b"pipe", FXF_WRITE, {})
+            except OSError as e:
+                outcome.append(e.errno)
+
+        t = threading.Thread(target=go, daemon=True)
+        t.start()
+        t.join(timeout=5)
+        if t.is_alive():
+            # Unblock the thread (a writer for its open) before failing.
+            os.close(os.open(os.path.join(root, "pipe"), os.O_WRONLY | os.O_NONBLOCK))
+            raise AssertionError("opening a FIFO blocked")
+        # pread on a FIFO: ESPIPE; a FIFO opened for writing with no reader: ENXIO.
+        assert outcome == [errno.ESPIPE, errno.ENXIO], outcome
+
+
+@pytest.mark.e2e
+def test_sftp_agent_sigterm_with_a_client_opening_a_fifo(sftp_agent: Agent) -> None:
+    """
+    A client opens a FIFO in the export: the agent keeps serving other clients, and SIGTERM
+    still stops it within 10 s (the open blocked its reactor: other clients got no answer
+    and SIGTERM was never acted on).
+    """
+    os.mkfifo(os.path.join(sftp_agent.root, "echo", "pipe"))
+    first = RawSFTP(sftp_agent.port)
+    path = b"/tel_app_exports/echo/pipe"
+    first.request(3, _string(path) + struct.pack("!LL", 0x01, 0))
+    kind, _ = first.read()
+    assert kind in (101, 102), kind  # answered: a handle or a status, not a hang
+    started = time.monotonic()
+    second = RawSFTP(sftp_agent.port)
+    served = time.monotonic() - started
+    elapsed, code = _sigterm_and_wait(sftp_agent.daemon)
+    first.close()
+    second.close()
+    assert served < 2, served
+    assert elapsed <= EXIT_WITHIN, elapsed
+    assert code in (0, -signal.SIGTERM), sftp_agent.daemon.log()
+    record(
+        "sigterm-sftp-agent-fifo", exit_s=round(elapsed, 2), other_client_served_s=round(served, 2)
     )
 
 
