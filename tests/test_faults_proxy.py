@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from .conftest import Agent, Daemon, Telemount, free_port, port_open, run, wait_for
-from .faultkit import FULL, process_state, record
+from .faultkit import FULL, process_state, record, scaled
 from .test_e2e_telemount import create_volume, helper_pids, sleeping_container
 
 pytestmark = pytest.mark.e2e
@@ -319,3 +319,52 @@ def test_bridge_paused_readers_fail_within_timeout_no_d_state(
         recovered_after_cont_s=round(recovered_after_cont, 2),
         recovered_after_restart_s=round(recovered_after_restart, 2),
     )
+
+
+ROUNDS = scaled(3, 10)
+
+
+def test_bridge_killed_after_unsynced_writes_close_reports_or_data_is_whole(
+    telemount: Telemount, sftp_agent: Agent, bridge: Bridge
+) -> None:
+    """
+    Writes that return before the server has confirmed them (the helper writes behind) are
+    either on the agent's disk or reported as failed: 4 MiB are written without fsync, the
+    bridge is killed at once, and then close() either fails or the whole file is on the
+    agent's disk, byte for byte. Repeated, with the bridge restarted on the same port each
+    time (the mount recovers without a remount).
+    """
+    exported = os.path.join(sftp_agent.root, "echo", "var", "run", "secrets")
+    vol, _ = create_volume(telemount, bridge.port)
+    chunk = 256 * 1024
+    outcomes = {"close_ok_whole": 0, "close_failed": 0, "write_failed": 0}
+    with sleeping_container(vol):
+        mp = _mountpoint(vol)
+        for r in range(ROUNDS):
+            name = f"unsynced-{r}"
+            expected = b"".join(bytes([(r + i) % 251]) * chunk for i in range(16))
+            fd = os.open(os.path.join(mp, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                for i in range(16):
+                    os.write(fd, expected[i * chunk : (i + 1) * chunk])
+            except OSError:
+                outcomes["write_failed"] += 1
+                os.close(fd)
+                fd = -1
+            bridge.daemon.kill(signal.SIGKILL)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    outcomes["close_failed"] += 1
+                else:
+                    with open(os.path.join(exported, name), "rb") as written:
+                        data = written.read()
+                    assert data == expected, (r, len(data), len(expected))
+                    outcomes["close_ok_whole"] += 1
+            stuck = [pid for pid in helper_pids(telemount) if process_state(pid) == "D"]
+            assert stuck == [], f"helpers in D state: {stuck}"
+            bridge.start()
+            wait_for(lambda: _readable(mp), 30, "the mount to recover", interval=0.5)
+    record("sftpproxy-kill-after-unsynced-writes", rounds=ROUNDS, chunk_bytes=chunk, **outcomes)
+    assert sum(outcomes.values()) == ROUNDS
