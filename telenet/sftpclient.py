@@ -892,14 +892,22 @@ class SFTPClient(ft.FileTransferClient):
         """The next batch of entries; an empty list at the end."""
         return self._request(ft.FXP_READDIR, _ns(handle))
 
-    def listdir(self, path: bytes) -> Deferred[list[NameEntry]]:
+    #: ``listdir`` takes ``onBatch``.
+    listsInBatches = True
+
+    def listdir(
+        self, path: bytes, onBatch: Callable[[list[NameEntry]], None] | None = None
+    ) -> Deferred[list[NameEntry]]:
         """
         Every entry of the directory ``path``, with attributes (``.``, ``..`` and names no
-        entry can have, such as ``a/b``, left out).
+        entry can have, such as ``a/b``, left out); ``onBatch`` is also given each batch's
+        entries, in order, as they arrive.
         """
-        return Deferred.fromCoroutine(self._listdir(path))
+        return Deferred.fromCoroutine(self._listdir(path, onBatch))
 
-    async def _listdir(self, path: bytes) -> list[NameEntry]:
+    async def _listdir(
+        self, path: bytes, onBatch: Callable[[list[NameEntry]], None] | None = None
+    ) -> list[NameEntry]:
         # READDIRs are pipelined: a server answers a handle's requests in order, each with
         # the next batch, and every one past the end with EOF. Two go out at first and
         # twice as many per batch received (up to READDIR_AHEAD), none once a batch comes
@@ -918,7 +926,10 @@ class SFTPClient(ft.FileTransferClient):
                 batch = await pending.popleft()
                 if not batch:
                     break
-                entries.extend(e for e in batch if _entry_name_ok(e.filename))
+                good = [e for e in batch if _entry_name_ok(e.filename)]
+                entries.extend(good)
+                if onBatch is not None:
+                    onBatch(good)
                 if len(batch) < largest:
                     depth = 0  # only what is on its way
                 elif depth:

@@ -104,6 +104,8 @@ AHEAD_TOTAL = 64
 AHEAD_BYTES = 4 << 20
 #: The cyclic garbage collector's thresholds (Python's are 700, 10, 10): fewer, cheaper runs.
 GC_THRESHOLDS = (10_000, 20, 20)
+#: Entries a FUSE readdir waits for before answering (unless the listing is complete).
+READDIR_REPLY = 384
 #: Directory listings remembered to guess the next file from, and the largest one kept.
 LISTINGS = 8
 LISTING_MAX = 4096
@@ -305,11 +307,20 @@ class _Ahead:
 
 
 class _DirHandle:
-    __slots__ = ("node", "entries")
+    __slots__ = ("node", "entries", "done", "error", "waiter")
 
     def __init__(self, node: _Node | None) -> None:
         self.node = node  # None for the mount root
+        # The listing so far: it grows as the server's batches arrive, until ``done``.
         self.entries: list[tuple[bytes, _Node | FileAttrs]] | None = None
+        self.done = False
+        self.error: BaseException | None = None
+        self.waiter: Resume[None] | None = None
+
+    def wake(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            waiter.set_result(None)
 
 
 def _invalidate_entry(parent: int, name: bytes) -> None:
@@ -1300,10 +1311,16 @@ class SFTPOperations(pyfuse3.Operations):
         if dh is None:
             raise FUSEError(errno.EBADF)
         if dh.entries is None or start_id == 0:
-            dh.entries = await self._list(dh.node)
-            if dh.node is not None:
-                self._remember_listing(dh.node, dh.entries)  # type: ignore[arg-type]
+            self._start_listing(dh)
+        # Answered once a reply's worth has arrived (or all of it): the kernel and the
+        # program read the first entries while the server is still listing the rest.
+        while not dh.done and len(dh.entries) < start_id + READDIR_REPLY:  # type: ignore[arg-type]
+            dh.waiter = Resume(_running_loop())
+            await dh.waiter
         entries = dh.entries
+        assert entries is not None
+        if dh.error is not None and len(entries) <= start_id:
+            raise dh.error
         for i in range(start_id, len(entries)):
             name, what = entries[i]
             if isinstance(what, _Node):  # a volume of the root
@@ -1323,11 +1340,47 @@ class SFTPOperations(pyfuse3.Operations):
                 break
             node.lookups += 1
 
-    async def _list(self, node: _Node | None) -> list[tuple[bytes, _Node | FileAttrs]]:
-        if node is None:
-            return [(v.bname, v.root) for v in self.volumes.values()]
-        listing: list[NameEntry] = await _wait(self._client().listdir(node.remote))
-        return [(e.filename, e.attrs) for e in listing]
+    def _start_listing(self, dh: _DirHandle) -> None:
+        """(Re)start listing ``dh``'s directory into a fresh ``dh.entries``."""
+        node = dh.node
+        client = None if node is None else self._client()
+        entries: list[tuple[bytes, _Node | FileAttrs]] = []
+        dh.entries = entries
+        dh.error = None
+        if node is None or client is None:
+            entries.extend((v.bname, v.root) for v in self.volumes.values())
+            dh.done = True
+            return
+        dh.done = False
+        streamed = []
+
+        def batch(names: list[NameEntry]) -> None:
+            if dh.entries is entries:  # not restarted (rewinddir) since
+                streamed.append(True)
+                entries.extend((e.filename, e.attrs) for e in names)
+                if dh.waiter is not None:
+                    # A loop turn later: the listing asks for its next batches first.
+                    _running_loop().call_soon(dh.wake)
+
+        def done(names: list[NameEntry]) -> None:
+            if dh.entries is entries:
+                if not streamed:  # a client that gives the listing whole
+                    entries.extend((e.filename, e.attrs) for e in names)
+                dh.done = True
+                self._remember_listing(node, entries)  # type: ignore[arg-type]
+                dh.wake()
+
+        def failed(failure: Failure) -> None:
+            if dh.entries is entries:
+                dh.error = failure.value
+                dh.done = True
+                dh.wake()
+
+        if getattr(client, "listsInBatches", False):
+            listing = client.listdir(node.remote, onBatch=batch)
+        else:
+            listing = client.listdir(node.remote)
+        listing.addCallbacks(done, failed)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)

@@ -788,10 +788,13 @@ def test_listdir_pipelines_readdirs() -> None:
 
 
 def test_listdir_of_a_big_directory(pair: SFTPPair, tree: Path) -> None:
-    """Many batches (Conch sends at most 250 names per READDIR): every name, once."""
+    """Many batches (Conch sends at most 250 names per READDIR): every name, once; onBatch
+    sees them batch by batch, in order."""
     (tree / "many").mkdir()
     for i in range(1234):
         (tree / "many" / f"f{i:04d}").write_bytes(b"")
-    names = [e.filename for e in pair.wait(pair.client.listdir(b"/many"))]
+    batches: list[list[Any]] = []
+    names = [e.filename for e in pair.wait(pair.client.listdir(b"/many", batches.append))]
     assert sorted(names) == [b"f%04d" % i for i in range(1234)]
+    assert len(batches) > 1 and [e.filename for b in batches for e in b] == names
     assert pair.client.pendingCount == 0

@@ -47,6 +47,7 @@ from telenet.sftpfs import (
     _mount_dev,
 )
 from tests.conftest import free_port, fuse_mounts, port_open, require, wait_for
+from tests.helpers import result_of
 from tests.sftpfakes import FakeSFTPClient, FakeSource
 
 
@@ -1305,3 +1306,65 @@ async def test_a_write_while_a_fetched_file_is_still_coming_drops_it(world: Worl
         await aio(world.fs.release(opened.fh))
     await aio(world.fs.release(writer.fh))
     assert (inodes[b"f02"], 0, b"content of 2") not in world.stored
+
+
+class _BatchingClient(FakeSFTPClient):
+    """A fake whose listings arrive in batches of 100, each when the test says."""
+
+    listsInBatches = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listings: list[tuple[list[Any], Any, defer.Deferred[Any]]] = []
+
+    def listdir(self, path: bytes, onBatch: Any = None) -> defer.Deferred[Any]:
+        whole = super().listdir(path)
+        entries = result_of(whole)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.listings.append((entries, onBatch, d))
+        return d
+
+    def deliver(self, batches: int) -> None:
+        entries, on_batch, d = self.listings[-1]
+        for _ in range(batches):
+            if not entries:
+                d.callback(None)
+                return
+            on_batch(entries[:100])
+            del entries[:100]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listing_is_answered_while_it_still_arrives() -> None:
+    """A readdir answers once a reply's worth of entries arrived, not after the last."""
+    world = World()
+    world.client = client = _BatchingClient()
+    world.source = FakeSource(client)
+    world.fs._source = world.source
+    for i in range(1000):
+        client.put(b"/exp/app/data/big/f%04d" % i, b"")
+    client.put(b"/exp/app/secrets/token", b"t")
+
+    async def scenario() -> None:
+        await world.setup()
+        vol = await world.fs.lookup(ROOT_INODE, b"data", None)
+        big = await world.fs.lookup(vol.st_ino, b"big", None)
+        fh = await world.fs.opendir(big.st_ino, None)
+        world.listing = []
+        first = asyncio.ensure_future(world.fs.readdir(fh, 0, None))
+        await asyncio.sleep(0.01)
+        assert not first.done()
+        client.deliver(3)
+        await asyncio.sleep(0.01)
+        assert not first.done(), "300 entries: less than a reply's worth"
+        client.deliver(1)
+        await first
+        assert len(world.listing) == 400, "answered with what arrived"
+        rest = asyncio.ensure_future(world.fs.readdir(fh, 400, None))
+        client.deliver(7)  # the other 600, then the end
+        await rest
+        await world.fs.readdir(fh, 1000, None)
+        assert [n for n, _, _ in world.listing] == [b"f%04d" % i for i in range(1000)]
+        await world.fs.releasedir(fh)
+
+    await aio(scenario())
