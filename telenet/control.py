@@ -19,7 +19,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 from twisted.application import service
@@ -28,6 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
+
+from telenet.dockerplugin import PluginSite
 
 log = Logger()
 
@@ -145,6 +147,10 @@ class ControlResource(resource.Resource):
         self.bridges = bridges
 
     def render(self, request: IRequest) -> int:
+        site = getattr(request, "site", None)
+        if isinstance(site, PluginSite):
+            # Answered before the daemon stops, like a plug-in's requests.
+            site.track(cast(server.Request, request).notifyFinish())
         d = defer.Deferred.fromCoroutine(self._dispatch(request))
         d.addCallbacks(lambda body: self._write(request, 200, body),
                        lambda f: self._fail(request, f))
@@ -207,8 +213,8 @@ class ControlResource(resource.Resource):
         request.finish()
 
 
-def control_site(status: StatusSource, bridges: Bridges) -> server.Site:
-    site = server.Site(ControlResource(status, bridges))
-    site.displayTracebacks = False
+def control_site(status: StatusSource, bridges: Bridges, reactor: Any = None) -> server.Site:
+    """The control API's site: requests in flight at SIGTERM are answered first."""
+    site = PluginSite(ControlResource(status, bridges), reactor=reactor)
     site.noisy = False
     return site

@@ -226,7 +226,7 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
             "bridges": bridges.describe(),
         }
 
-    add("control", strports.service(options["control"], control_site(status, bridges),
+    add("control", strports.service(options["control"], control_site(status, bridges, reactor),
                                     reactor=reactor))
     _warn_overlaps(options["subnet"], options["cluster-domain"])
     log.info("telepresence-daemon {version}: vif {vif}, subnets {subnets}, cluster domains "

@@ -176,3 +176,36 @@ async def test_real_sftpproxy_bridge() -> None:
     assert port_open(opened["port"])
     await bridges.remove(opened["port"])
     assert not port_open(opened["port"])
+
+
+def test_request_in_flight_is_answered_before_shutdown() -> None:
+    """
+    The control site holds the daemon's shutdown (its drain) until a POST /bridges still
+    opening its bridge is answered.
+    """
+    from twisted.internet import task
+    from twisted.internet.testing import StringTransport
+
+    from telenet.control import control_site
+    from telenet.dockerplugin import PluginSite
+
+    opening: defer.Deferred[Any] = defer.Deferred()
+    clock = task.Clock()
+    site = control_site(lambda: STATUS, Bridges(lambda host, port: opening), reactor=clock)
+    assert isinstance(site, PluginSite)
+    protocol = site.buildProtocol(None)
+    assert protocol is not None
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    body = b'{"agent": "10.0.0.1:8022"}'
+    protocol.dataReceived(b"POST /bridges HTTP/1.1\r\nHost: daemon\r\nContent-Length: "
+                          + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+    drained: list[object] = []
+    site.drain().addBoth(drained.append)
+    assert not drained and transport.value() == b""
+    opening.callback(FakeBridge(40000))
+    assert transport.value().startswith(b"HTTP/1.1 200")
+    assert b'"port": 40000' in transport.value()
+    assert not drained  # a moment for the answer to be written out
+    clock.advance(0.1)
+    assert drained == [None]
