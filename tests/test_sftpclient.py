@@ -798,3 +798,33 @@ def test_listdir_of_a_big_directory(pair: SFTPPair, tree: Path) -> None:
     assert sorted(names) == [b"f%04d" % i for i in range(1234)]
     assert len(batches) > 1 and [e.filename for b in batches for e in b] == names
     assert pair.client.pendingCount == 0
+
+
+def test_listing_entries_with_all_or_some_attributes() -> None:
+    """Entries with all four attribute groups (read in one go) and with fewer or extended
+    ones parse alike; a name running past the packet is malformed."""
+    client, transport, _ = _ready_client()
+    listing = client.readdir(b"H")
+    ((_, rid, _),) = _requests(transport.value())
+    full = struct.pack("!LQLLLLL", 0xF, 10, 1, 2, 0o100644, 3, 4)
+    size_only = struct.pack("!LQ", 0x1, 20)
+    extended = struct.pack("!LQLLLLL", 0x8000000F, 30, 1, 2, 0o100600, 5, 6)
+    extended += struct.pack("!L", 1) + _ns(b"type") + _ns(b"data")
+    body = struct.pack("!LL", rid, 3)
+    for name, attrs in ((b"a", full), (b"b", size_only), (b"c", extended)):
+        body += _ns(name) + _ns(b"long " + name) + attrs
+    client.dataReceived(_packet(ft.FXP_NAME, body))
+    a, b, c = result_of(listing)
+    assert (a.filename, a.longname, a.attrs) == (
+        b"a",
+        b"long a",
+        FileAttrs(10, 1, 2, 0o100644, 3, 4),
+    )
+    assert b.attrs == FileAttrs(size=20)
+    assert c.attrs == FileAttrs(30, 1, 2, 0o100600, 5, 6)
+    broken = client.readdir(b"H")
+    ((_, rid, _),) = _requests(transport.value())[-1:]
+    client.dataReceived(
+        _packet(ft.FXP_NAME, struct.pack("!LL", rid, 1) + struct.pack("!L", 99) + b"x" * 12)
+    )
+    assert failure_of(broken).check(ConnectionDead)
