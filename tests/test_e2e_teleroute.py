@@ -429,6 +429,8 @@ def test_daemon_restart_new_workloads_reach_the_cluster(setup: Setup) -> None:
     """
     s = setup
     assert reaches_cluster(s).strip() == BODY
+    old = f"tntest-old-{uid()}"
+    s.run("trap 'exit 0' TERM; while sleep 0.1; do :; done", name=old, detach=True)
     docker("restart", "-t", "5", s.daemon, timeout=60)
     if ip_on(s.daemon, "bridge") != s.host:
         # The network's host option names the old address: on a shared host another
@@ -449,6 +451,16 @@ def test_daemon_restart_new_workloads_reach_the_cluster(setup: Setup) -> None:
     # The daemon got its own interface on the network again.
     addresses = docker("exec", s.daemon, "ip", "-o", "addr", "show").stdout
     assert re.search(rf"tpd-\d+\s+inet {re.escape(s.address)}/", addresses), addresses
+
+    # The documented limit (docs/teleroute.md): the restart took the daemon's netns, and with
+    # it the bridge end of the running workload's veth pair, so the workload lost tpd-0; a
+    # disconnect and connect makes Docker give it a new endpoint, which reaches the cluster.
+    assert "tpd-0" not in docker("exec", old, "ip", "-o", "link").stdout
+    docker("network", "disconnect", "-f", s.network, old)
+    docker("network", "connect", s.network, old)
+    script = f"ip route; {s.get(SERVICE)}"
+    out = docker("exec", old, "sh", "-c", script, check=False, timeout=30).stdout
+    assert "dev tpd-" in out and out.strip().endswith(BODY), out
 
 
 def test_plugin_killed_and_restarted(plugin: RoutePlugin, cluster: Cluster,
