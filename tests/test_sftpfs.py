@@ -1368,3 +1368,47 @@ async def test_a_listing_is_answered_while_it_still_arrives() -> None:
         await world.fs.releasedir(fh)
 
     await aio(scenario())
+
+
+@pytest.mark.e2e
+def test_e2e_directory_walks_read_the_right_bytes(helper: MountHelper, export: str) -> None:
+    """Walks by name and in listing order (their files fetched ahead) read every file's
+    bytes; files changed on the server read anew after the attribute timeout; files written
+    through the mount read back at once."""
+    remote = os.path.join(export, "tel_app_exports", "echo", "data", "walk")
+    os.makedirs(remote)
+    names = [f"f{i:03d}" for i in range(60)]
+    for i, name in enumerate(names):
+        with open(os.path.join(remote, name), "wb") as f:
+            f.write(f"{name} version 1 ".encode() * (1 + i % 7))
+
+    def read_all(order: list[str]) -> dict[str, bytes]:
+        out = {}
+        for name in order:
+            with open(helper.path("data", "walk", name), "rb") as f:
+                out[name] = f.read()
+        return out
+
+    def expected(version: int, changed: frozenset[str] = frozenset()) -> dict[str, bytes]:
+        return {
+            name: f"{name} version {version if name in changed else 1} ".encode() * (1 + i % 7)
+            for i, name in enumerate(names)
+        }
+
+    def story() -> None:
+        listed = os.listdir(helper.path("data", "walk"))
+        assert read_all(sorted(listed)) == expected(1)
+        assert read_all(os.listdir(helper.path("data", "walk"))) == expected(1)
+        changed = frozenset(names[10:50:3])
+        for i, name in enumerate(names):
+            if name in changed:
+                with open(os.path.join(remote, name), "wb") as f:
+                    f.write(f"{name} version 2 ".encode() * (1 + i % 7))
+        time.sleep(2.2)  # past the attribute timeout, and a new mtime second
+        assert read_all(sorted(os.listdir(helper.path("data", "walk")))) == expected(2, changed)
+        with open(helper.path("data", "walk", names[20]), "wb") as f:
+            f.write(b"written here")
+        got = read_all(sorted(os.listdir(helper.path("data", "walk"))))
+        assert got[names[20]] == b"written here"
+
+    in_thread(story, 60)
