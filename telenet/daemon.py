@@ -149,9 +149,10 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
         reactor = _reactor
     from telenet.control import Bridges, control_site
     from telenet.dns import DNSService, make_factory, make_resolver
+    from telenet.firewall import process_runner
     from telenet.gateway import BridgeGateway
     from telenet.teleroute import BRIDGE, DST_PREFIX, GrpcServerService, Teleroute
-    from telenet.vif import Forwarding, RouteTable, VifRouteService, process_runner
+    from telenet.vif import Forwarding, RouteTable, VifRouteService
 
     # The firewall is touched only on the real kernel (tests pass a fake netlink).
     real_kernel = netlink is None

@@ -15,30 +15,18 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from telenet.firewall import FirewallRules, IptablesRule, NftChain, Runner
 from telenet.netip import Network
 from telenet.netlink import INetlink, IRouteWatch
 
 log = Logger()
 
 NFT_TABLE = "telenet"
-Runner = Callable[[str, list[str]], "defer.Deferred[tuple[bytes, bytes, int]]"]
-
-
-def process_runner(reactor: Any) -> Runner:
-    """Run ``executable`` with ``args`` (a list, no shell): Deferred of (out, err, code)."""
-    from twisted.internet import utils
-
-    def run(executable: str, args: list[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:
-        return utils.getProcessOutputAndValue(executable, args, env=dict(os.environ),
-                                              reactor=reactor)
-
-    return run
 
 
 class RouteTable:
@@ -106,13 +94,13 @@ class VifRouteService(service.Service):
         return watching.addCallback(stop)
 
 
-class Forwarding(service.Service):
+class Forwarding(FirewallRules):
     """
     While running: IP forwarding on, and traffic leaving through the VIF masqueraded.
 
-    Masquerading uses an nftables table of its own (``inet telenet``, deleted on stop) when
-    ``nft`` is installed, else iptables/ip6tables rules (removed on stop). Failures are logged,
-    not fatal: the daemon still serves DNS and the control API, and the container's
+    Masquerading uses an nftables table of its own (``inet telenet``) when ``nft`` is
+    installed, else iptables/ip6tables rules (``telenet.firewall``). Failures are logged, not
+    fatal: the daemon still serves DNS and the control API, and the container's
     ``--sysctl net.ipv4.ip_forward=1`` may already have done half the job.
 
     Frames switched by ``bridge`` from port to port (between the containers' veth ports and the
@@ -125,23 +113,37 @@ class Forwarding(service.Service):
     ``telenet.gateway``) are routed from it and must be tracked, or they are not masqueraded.
     """
 
+    nft_table = NFT_TABLE
+    what = "masquerade rules"
+
     def __init__(self, vif: str, run: Runner, sysctl_root: str = "/proc/sys",
                  which: Callable[[str], str | None] = shutil.which,
                  bridge: str = "br-daemon") -> None:
+        super().__init__(run, which)
         self.vif = vif
         self.bridge = bridge
-        self.run = run
         self.sysctl_root = sysctl_root
-        self.which = which
-        self.tool: str | None = None
-        self.ready: defer.Deferred[None] | None = None
 
     def startService(self) -> None:
-        super().startService()
         self._sysctls()
-        self.ready = defer.Deferred.fromCoroutine(self._masquerade())
-        self.ready.addErrback(lambda f: log.failure("Masquerading toward {vif} failed", f,
-                                                    vif=self.vif))
+        super().startService()
+
+    def nft_chains(self) -> list[NftChain]:
+        return [
+            ("postrouting", "type nat hook postrouting priority 100 ; policy accept ;",
+             [["oifname", self.vif, "masquerade"]]),
+            ("prerouting", "type filter hook prerouting priority -300 ; policy accept ;",
+             [["iifname", self.bridge, "meta", "pkttype", "!=", "host", "notrack"]]),
+        ]  # fmt: skip
+
+    def iptables_rules(self) -> list[IptablesRule]:
+        return [("nat", ["POSTROUTING", "-o", self.vif, "-j", "MASQUERADE"]),
+                ("raw", ["PREROUTING", "-i", self.bridge, "-m", "pkttype", "!", "--pkt-type",
+                         "host", "-j", "CT", "--notrack"])]  # fmt: skip
+
+    def applied(self, tool: str) -> None:
+        where = f"nftables table inet {self.nft_table}" if tool == "nftables" else tool
+        log.info("Masquerading traffic out of {vif} ({where})", vif=self.vif, where=where)
 
     def _sysctls(self) -> None:
         for key in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
@@ -160,68 +162,3 @@ class Forwarding(service.Service):
                 emit("Cannot enable {sysctl} ({error}); run the container with "
                      "--sysctl {sysctl}=1", sysctl=key.replace("/", "."),
                      error=e.strerror or str(e))
-
-    async def _call(self, tool: str, args: list[str], check: bool = True) -> bool:
-        out, err, code = await self.run(tool, args)
-        if code != 0 and check:
-            raise RuntimeError(f"{os.path.basename(tool)} {' '.join(args)} exited {code}: "
-                               f"{err.decode(errors='replace').strip()}")
-        return code == 0
-
-    async def _masquerade(self) -> None:
-        nft = self.which("nft")
-        if nft is not None:
-            self.tool = nft
-            # A table left by an earlier run would double the rule: replace it.
-            await self._call(nft, ["delete", "table", "inet", NFT_TABLE], check=False)
-            await self._call(nft, ["add", "table", "inet", NFT_TABLE])
-            await self._call(nft, ["add", "chain", "inet", NFT_TABLE, "postrouting", "{",
-                                   "type", "nat", "hook", "postrouting", "priority", "100",
-                                   ";", "policy", "accept", ";", "}"])
-            await self._call(nft, ["add", "rule", "inet", NFT_TABLE, "postrouting",
-                                   "oifname", self.vif, "masquerade"])
-            await self._call(nft, ["add", "chain", "inet", NFT_TABLE, "prerouting", "{",
-                                   "type", "filter", "hook", "prerouting", "priority", "-300",
-                                   ";", "policy", "accept", ";", "}"])
-            await self._call(nft, ["add", "rule", "inet", NFT_TABLE, "prerouting",
-                                   "iifname", self.bridge, "meta", "pkttype", "!=", "host",
-                                   "notrack"])
-            log.info("Masquerading traffic out of {vif} (nftables table inet {table})",
-                     vif=self.vif, table=NFT_TABLE)
-            return
-        tools = [t for t in (self.which("iptables"), self.which("ip6tables")) if t]
-        if not tools:
-            raise RuntimeError("neither nft nor iptables is installed")
-        self.tool = tools[0]
-        for tool in tools:
-            for table, rule in self._iptables_rules():
-                if not await self._call(tool, ["-t", table, "-C", *rule], check=False):
-                    await self._call(tool, ["-t", table, "-A", *rule],
-                                     check=tool == tools[0])
-        log.info("Masquerading traffic out of {vif} (iptables)", vif=self.vif)
-
-    def _iptables_rules(self) -> list[tuple[str, list[str]]]:
-        return [("nat", ["POSTROUTING", "-o", self.vif, "-j", "MASQUERADE"]),
-                ("raw", ["PREROUTING", "-i", self.bridge, "-m", "pkttype", "!", "--pkt-type",
-                         "host", "-j", "CT", "--notrack"])]
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        return defer.Deferred.fromCoroutine(self._unmasquerade())
-
-    async def _unmasquerade(self) -> None:
-        if self.ready is not None and not self.ready.called:
-            await self.ready
-        tool, self.tool = self.tool, None
-        if tool is None:
-            return
-        try:
-            if os.path.basename(tool) == "nft":
-                await self._call(tool, ["delete", "table", "inet", NFT_TABLE], check=False)
-                return
-            for t in (self.which("iptables"), self.which("ip6tables")):
-                if t:
-                    for table, rule in self._iptables_rules():
-                        await self._call(t, ["-t", table, "-D", *rule], check=False)
-        except Exception:
-            log.failure("Could not remove the masquerade rules")
