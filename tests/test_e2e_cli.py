@@ -412,13 +412,8 @@ def test_curl_and_docker_build_and_debug(env: Env) -> None:
     assert env.volumes() == []
 
     workload = f"{env.prefix}-debug"
-    env_vars = {**os.environ, "TELENET_CONFIG": env.config}
-    proc = subprocess.Popen(
-        [TELENET, "engage", "--name", name, "--agent", env.cluster["agent"], "--container",
-         env.cluster["sample_container"], "--remote-mount", SECRETS, "--docker-debug", context,
-         "--", "--name", workload, "IMAGE", *IDLE],
-        env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = engage_in_background(env, name, env.cluster["agent"], workload,
+                                ("--docker-debug", context), "IMAGE")  # fmt: skip
     try:
         wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={workload}").stdout != "",
                  30, "the debug container")  # fmt: skip
@@ -442,12 +437,16 @@ def test_curl_and_docker_build_and_debug(env: Env) -> None:
 IDLE = ("sh", "-c", "trap 'exit 0' TERM; while sleep 0.1; do :; done")
 
 
-def engage_in_background(env: Env, name: str, agent: str, workload: str
+def engage_in_background(env: Env, name: str, agent: str, workload: str,
+                         mode: tuple[str, ...] = ("--docker-run",), image: str = BUSYBOX,
                          ) -> subprocess.Popen[str]:  # fmt: skip
-    """``telenet engage`` of the echo container's secrets on ``agent``, running IDLE."""
+    """
+    ``telenet engage`` of the echo container's secrets on ``agent``, running IDLE in
+    ``image`` (``mode``: --docker-run, or --docker-build/--docker-debug CONTEXT with IMAGE).
+    """
     return subprocess.Popen(
         [TELENET, "engage", "--name", name, "--agent", agent, "--container", "echo",
-         "--remote-mount", SECRETS, "--docker-run", "--", "--name", workload, BUSYBOX, *IDLE],
+         "--remote-mount", SECRETS, *mode, "--", "--name", workload, image, *IDLE],
         env={**os.environ, "TELENET_CONFIG": env.config}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
