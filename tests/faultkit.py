@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 
 FULL = os.environ.get("TELENET_FAULTS", "").lower() == "full"
@@ -83,3 +84,44 @@ def process_state(pid: int) -> str:
     """The one-letter state of a process (R, S, D, Z, T...)."""
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+class FsyncedWriter:
+    """
+    A thread appending ``chunk``-byte chunks to ``path`` (chunk i is bytes ``i % 251``), each
+    followed by fsync, until an error: ``acked`` counts the chunks whose fsync succeeded,
+    ``error`` holds what stopped it.
+    """
+
+    def __init__(self, path: str, chunk: int = 256 * 1024) -> None:
+        self.path = path
+        self.chunk = chunk
+        self.acked = 0
+        self.error: list[BaseException] = []
+        self.thread = threading.Thread(target=self._write, daemon=True)
+
+    def start(self) -> FsyncedWriter:
+        self.thread.start()
+        return self
+
+    def _write(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                for i in range(100_000):
+                    os.write(fd, bytes([i % 251]) * self.chunk)
+                    os.fsync(fd)
+                    self.acked = i + 1
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.error.append(e)
+
+    def assert_acked_on_disk(self, on_disk: str) -> None:
+        """Every acknowledged chunk is in ``on_disk`` (the server's copy), byte for byte."""
+        with open(on_disk, "rb") as f:
+            data = f.read()
+        chunk = self.chunk
+        assert len(data) >= self.acked * chunk, (len(data), self.acked)
+        for i in range(self.acked):
+            assert data[i * chunk : (i + 1) * chunk] == bytes([i % 251]) * chunk, i

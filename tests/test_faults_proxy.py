@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from .conftest import Agent, Daemon, Telemount, free_port, port_open, run, wait_for
-from .faultkit import FULL, process_state, record, scaled
+from .faultkit import FULL, FsyncedWriter, process_state, record, scaled
 from .test_e2e_telemount import create_volume, helper_pids, sleeping_container
 
 pytestmark = pytest.mark.e2e
@@ -139,24 +139,7 @@ def test_bridge_killed_mid_write_acknowledged_data_is_on_disk(
     read_error: list[BaseException] = []
     with sleeping_container(vol):
         mp = _mountpoint(vol)
-        path = os.path.join(mp, "acked")
-        acked = 0
-        error: list[BaseException] = []
-
-        def writer() -> None:
-            nonlocal acked
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-                try:
-                    for i in range(100_000):
-                        os.write(fd, bytes([i % 251]) * chunk)
-                        os.fsync(fd)
-                        acked = i + 1
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                error.append(e)
-
+        writer = FsyncedWriter(os.path.join(mp, "acked"), chunk)
         def reader() -> None:
             try:
                 while True:
@@ -173,20 +156,20 @@ def test_bridge_killed_mid_write_acknowledged_data_is_on_disk(
             except OSError as e:
                 read_error.append(e)
 
-        thread = threading.Thread(target=writer, daemon=True)
-        thread.start()
+        writer.start()
+        error = writer.error
         reading = threading.Thread(target=reader, daemon=True)
         reading.start()
         wait_for(
-            lambda: (acked >= 8 and reads["passes"] >= 1) or bool(error or read_error),
+            lambda: (writer.acked >= 8 and reads["passes"] >= 1) or bool(error or read_error),
             30,
             "the writer and the reader to get going",
         )
         assert not error and not read_error, (error, read_error)
         bridge.daemon.kill(signal.SIGKILL)
         killed = time.monotonic()
-        thread.join(timeout=TIMEOUT + 12)
-        assert not thread.is_alive(), "the writer hung after the bridge died"
+        writer.thread.join(timeout=TIMEOUT + 12)
+        assert not writer.thread.is_alive(), "the writer hung after the bridge died"
         error_after = time.monotonic() - killed
         reading.join(timeout=max(0.1, killed + TIMEOUT + 12 - time.monotonic()))
         assert not reading.is_alive(), "the reader hung after the bridge died"
@@ -195,11 +178,7 @@ def test_bridge_killed_mid_write_acknowledged_data_is_on_disk(
         assert read_error, "the reader got no error although the bridge died"
         assert error_after < TIMEOUT + 12
         assert reads["corrupt"] == 0, reads
-        with open(os.path.join(exported, "acked"), "rb") as acked_file:
-            data = acked_file.read()
-        assert len(data) >= acked * chunk, (len(data), acked)
-        for i in range(acked):
-            assert data[i * chunk : (i + 1) * chunk] == bytes([i % 251]) * chunk, i
+        writer.assert_acked_on_disk(os.path.join(exported, "acked"))
         stuck = [pid for pid in helper_pids(telemount) if process_state(pid) == "D"]
         assert stuck == [], f"helpers in D state: {stuck}"
 
@@ -213,7 +192,7 @@ def test_bridge_killed_mid_write_acknowledged_data_is_on_disk(
             assert f.read() == "after the bridge came back\n"
     record(
         "sftpproxy-kill-mid-write",
-        acked_chunks=acked,
+        acked_chunks=writer.acked,
         chunk_bytes=chunk,
         lost=0,
         error_after_s=round(error_after, 2),

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from .conftest import Agent, Telemount, _unix_answers, fuse_mounts, run, wait_for
-from .faultkit import FULL, post, process_state, record, scaled
+from .faultkit import FULL, FsyncedWriter, post, process_state, record, scaled
 from .test_e2e_telemount import busybox, create_volume, helper_pids, sleeping_container
 
 pytestmark = pytest.mark.e2e
@@ -126,38 +126,15 @@ def test_agent_killed_mid_write_acknowledged_data_is_on_disk(
     vol, _ = create_volume(telemount, sftp_agent.port)
     chunk = 256 * 1024
     with sleeping_container(vol):
-        path = os.path.join(_mountpoint(vol), "acked")
-        acked = 0
-        error: list[BaseException] = []
-
-        def writer() -> None:
-            nonlocal acked
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-                try:
-                    for i in range(100_000):
-                        os.write(fd, bytes([i % 251]) * chunk)
-                        os.fsync(fd)
-                        acked = i + 1
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                error.append(e)
-
-        thread = threading.Thread(target=writer, daemon=True)
-        thread.start()
-        wait_for(lambda: acked >= 8 or bool(error), 30, "the writer to get going")
+        writer = FsyncedWriter(os.path.join(_mountpoint(vol), "acked"), chunk).start()
+        wait_for(lambda: writer.acked >= 8 or bool(writer.error), 30, "the writer to get going")
         sftp_agent.daemon.kill(signal.SIGKILL)
         killed = time.monotonic()
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "the writer hung after the agent died"
-        assert error, "the writer got no error although the agent died"
+        writer.thread.join(timeout=15)
+        assert not writer.thread.is_alive(), "the writer hung after the agent died"
+        assert writer.error, "the writer got no error although the agent died"
         assert time.monotonic() - killed < 15
-        with open(os.path.join(exported, "acked"), "rb") as f:
-            data = f.read()
-        assert len(data) >= acked * chunk, (len(data), acked)
-        for i in range(acked):
-            assert data[i * chunk : (i + 1) * chunk] == bytes([i % 251]) * chunk, i
+        writer.assert_acked_on_disk(os.path.join(exported, "acked"))
         sftp_agent.start()
 
         def readable() -> bool:
@@ -168,7 +145,7 @@ def test_agent_killed_mid_write_acknowledged_data_is_on_disk(
                 return False
 
         wait_for(readable, 30, "the mount to recover", interval=0.5)
-    record("sftp-agent-kill-mid-write", acked_chunks=acked, chunk_bytes=chunk, lost=0)
+    record("sftp-agent-kill-mid-write", acked_chunks=writer.acked, chunk_bytes=chunk, lost=0)
 
 
 PAUSE = 30 if FULL else 8
@@ -205,7 +182,7 @@ def test_agent_paused_readers_fail_within_timeout_no_d_state(
                 except subprocess.TimeoutExpired:
                     state = process_state(p.pid)
                     p.kill()
-                    raise AssertionError(f"{p.args} hung (state {state})") from None
+                    raise AssertionError(f"{p.args!r} hung (state {state})") from None
             assert any(p.returncode != 0 for p in procs), [p.returncode for p in procs]
             stuck = [pid for pid in helper_pids(telemount) if process_state(pid) == "D"]
             assert stuck == [], f"helpers in D state: {stuck}"
