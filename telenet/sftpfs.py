@@ -1433,7 +1433,7 @@ class Resume(Generic[R]):
     loop callback (no task running), this one runs the task's step right there; settled
     from inside a task (a task cannot run inside another) or cancelled, it falls back to
     ``call_soon``. Tasks accept it like any future (the ``_asyncio_future_blocking``
-    protocol); only one task may await it.
+    protocol); one task awaits it (any further done callbacks run with ``call_soon``).
     """
 
     __slots__ = (
@@ -1444,6 +1444,7 @@ class Resume(Generic[R]):
         "_error",
         "_wakeup",
         "_context",
+        "_others",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -1454,6 +1455,7 @@ class Resume(Generic[R]):
         self._error: BaseException | None = None
         self._wakeup: Callable[[Resume[R]], object] | None = None
         self._context: contextvars.Context | None = None
+        self._others: list[tuple[Callable[[Resume[R]], object], Any]] | None = None
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
@@ -1475,17 +1477,26 @@ class Resume(Generic[R]):
     def add_done_callback(
         self, fn: Callable[[Resume[R]], object], *, context: contextvars.Context | None = None
     ) -> None:
-        if self._done or self._wakeup is not None:
-            self._loop.call_soon(fn, self, context=context)  # not how tasks use it
-            return
-        self._wakeup = fn
-        self._context = context
+        if self._done:
+            self._loop.call_soon(fn, self, context=context)
+        elif self._wakeup is None:
+            self._wakeup = fn
+            self._context = context
+        else:  # not how a task uses it: run like a plain future's callback
+            if self._others is None:
+                self._others = []
+            self._others.append((fn, context))
 
     def remove_done_callback(self, fn: Callable[[Resume[R]], object]) -> int:
+        removed = 0
         if self._wakeup is fn:
             self._wakeup = None
-            return 1
-        return 0
+            removed += 1
+        if self._others:
+            before = len(self._others)
+            self._others = [(f, c) for f, c in self._others if f is not fn]
+            removed += before - len(self._others)
+        return removed
 
     def set_result(self, value: R) -> None:
         if not self._done:
@@ -1508,6 +1519,9 @@ class Resume(Generic[R]):
         return True
 
     def _fire(self, eager: bool) -> None:
+        others, self._others = self._others, None
+        for fn, ctx in others or ():
+            self._loop.call_soon(fn, self, context=ctx)
         wakeup = self._wakeup
         if wakeup is None:
             return

@@ -1192,6 +1192,14 @@ async def test_resume_runs_the_waiting_task_inside_the_settling_call() -> None:
             await task
         assert fourth.cancelled()
 
+        fifth: Resume[int] = Resume(loop)
+        seen: list[int] = []
+        fifth.add_done_callback(lambda f: seen.append(f.result()))
+        task = asyncio.ensure_future(waiter(fifth))  # its wake-up comes second
+        await asyncio.sleep(0)
+        loop.call_soon(fifth.set_result, 5)
+        assert await task == 5 and seen == [5], "every callback runs"
+
     await aio(scenario())
 
 
