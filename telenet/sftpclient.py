@@ -360,6 +360,8 @@ def _parse_names(
         longname = bytes(buf[start:pos])
         if pos + _FULL_SIZE <= stop and u32(buf, pos)[0] == _ALL_FIELDS:
             _, size, uid, gid, perms, atime, mtime = full(buf, pos)
+            if size > _MAX_SIZE:  # as parse_attrs: off_t cannot hold it
+                raise _Malformed(f"a size of {size} bytes")
             attrs = FileAttrs(size, uid, gid, perms, atime, mtime)
             pos += _FULL_SIZE
         else:

@@ -828,3 +828,14 @@ def test_listing_entries_with_all_or_some_attributes() -> None:
         _packet(ft.FXP_NAME, struct.pack("!LL", rid, 1) + struct.pack("!L", 99) + b"x" * 12)
     )
     assert failure_of(broken).check(ConnectionDead)
+
+
+def test_a_listed_size_past_off_t_is_malformed() -> None:
+    """The one-unpack path for the usual ATTRS checks the size as parse_attrs does."""
+    client, transport, _ = _ready_client()
+    listing = client.readdir(b"H")
+    ((_, rid, _),) = _requests(transport.value())
+    attrs = struct.pack("!LQLLLLL", 0xF, 1 << 63, 1, 2, 0o100644, 3, 4)
+    body = struct.pack("!LL", rid, 1) + _ns(b"a") + _ns(b"long a") + attrs
+    client.dataReceived(_packet(ft.FXP_NAME, body))
+    assert failure_of(listing).check(ConnectionDead)
