@@ -39,6 +39,9 @@ def test_kill_9_during_volume_loop_loses_nothing(telemount: Telemount, sftp_agen
     stop = threading.Event()
     created: set[str] = set()
     removed: set[str] = set()
+    # A remove Docker reported failed may still have happened: the plug-in removed the volume
+    # and was killed before answering, and dockerd's retry then got "no such volume".
+    remove_failed: set[str] = set()
     written: dict[str, str] = {}
     ops = {"ok": 0, "failed": 0}
 
@@ -59,6 +62,7 @@ def test_kill_9_during_volume_loop_loses_nothing(telemount: Telemount, sftp_agen
                 volumes=(f"{vol}:/s",),
                 check=False,
                 timeout=90,
+                driver=telemount.name,
             )
             if out.returncode == 0:
                 written[vol] = token
@@ -71,6 +75,7 @@ def test_kill_9_during_volume_loop_loses_nothing(telemount: Telemount, sftp_agen
                     removed.add(vol)
                     ops["ok"] += 1
                 else:
+                    remove_failed.add(vol)
                     ops["failed"] += 1
 
     worker = threading.Thread(target=loop, daemon=True)
@@ -94,10 +99,13 @@ def test_kill_9_during_volume_loop_loses_nothing(telemount: Telemount, sftp_agen
         with open(os.path.join(exported, vol)) as f:
             assert f.read().strip() == token, vol
     listed = set(telemount.volumes())
-    assert created - removed <= listed, f"volumes lost: {sorted(created - removed - listed)}"
-    # Every volume Docker knows is served.
+    kept = created - removed - remove_failed
+    assert kept <= listed, f"volumes lost: {sorted(kept - listed)}"
+    # Every volume the plug-in has is served. That includes one it saved while Docker's
+    # create failed (killed mid-call): Docker has no record of it, so the driver is named, or
+    # dockerd would first ask every dead plug-in of earlier tests (~15 s each).
     for vol in sorted(listed):
-        out = busybox("cat", "/s/token", volumes=(f"{vol}:/s",), timeout=90)
+        out = busybox("cat", "/s/token", volumes=(f"{vol}:/s",), timeout=90, driver=telemount.name)
         assert out.stdout == "s3cr3t-token\n", vol
     record(
         "kill9-telemount",
@@ -105,6 +113,7 @@ def test_kill_9_during_volume_loop_loses_nothing(telemount: Telemount, sftp_agen
         ops_ok=ops["ok"],
         ops_failed=ops["failed"],
         volumes_checked=len(listed),
+        removes_failed=len(remove_failed),
         writes_checked=len(written),
     )
     assert ops["ok"] >= KILLS
