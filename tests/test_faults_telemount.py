@@ -16,6 +16,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -44,34 +46,40 @@ def test_kill_9_during_volume_loop_loses_nothing(telemount: Telemount, sftp_agen
     remove_failed: set[str] = set()
     written: dict[str, str] = {}
     ops = {"ok": 0, "failed": 0}
+    # dockerd 20.10 now and then sits on a volume call for minutes during this loop without
+    # calling the plug-in at all (nothing in its log); such a call is counted, not fatal.
+    stalls: list[str] = []
+
+    def attempt(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)``, or None when dockerd stalled past the call's timeout."""
+        try:
+            return call(*args, **kwargs)
+        except subprocess.TimeoutExpired as e:
+            stalls.append(" ".join(str(a) for a in e.cmd))
+            return None
 
     def loop() -> None:
         rng = random.Random(1)
         while not stop.is_set():
-            vol, result = create_volume(telemount, sftp_agent.port, check=False)
-            if result.returncode != 0:
+            made = attempt(create_volume, telemount, sftp_agent.port, check=False)
+            if made is None or made[1].returncode != 0:
                 ops["failed"] += 1
                 continue
+            vol = made[0]
             ops["ok"] += 1
             created.add(vol)
             token = f"{vol}-{rng.random()}"
-            out = busybox(
-                "sh",
-                "-c",
-                f"echo {token} > /s/{vol}",
-                volumes=(f"{vol}:/s",),
-                check=False,
-                timeout=90,
-                driver=telemount.name,
-            )
-            if out.returncode == 0:
+            out = attempt(busybox, "sh", "-c", f"echo {token} > /s/{vol}",
+                          volumes=(f"{vol}:/s",), check=False, timeout=90,
+                          driver=telemount.name)  # fmt: skip
+            if out is not None and out.returncode == 0:
                 written[vol] = token
                 ops["ok"] += 1
             else:
                 ops["failed"] += 1
             if rng.random() < 0.5:
-                rm = run("docker", "volume", "rm", vol, check=False, timeout=90)
-                if rm.returncode == 0:
+                rm = attempt(run, "docker", "volume", "rm", vol, check=False, timeout=90)
+                if rm is not None and rm.returncode == 0:
                     removed.add(vol)
                     ops["ok"] += 1
                 else:
@@ -114,6 +122,7 @@ def test_kill_9_during_volume_loop_loses_nothing(telemount: Telemount, sftp_agen
         ops_failed=ops["failed"],
         volumes_checked=len(listed),
         removes_failed=len(remove_failed),
+        dockerd_stalls=len(stalls),
         writes_checked=len(written),
     )
     assert ops["ok"] >= KILLS
