@@ -41,6 +41,7 @@ import pytest
 from twisted.internet import defer
 
 from telenet.guard import TelerouteGuard
+from telenet.testing import FakeRunner
 
 from .conftest import require
 from .faultkit import record
@@ -236,22 +237,6 @@ def test_daemon_ports_reachable_only_where_they_must_be(legacy_setup: Setup) -> 
 
 
 # -- the guard itself ---------------------------------------------------------------------------
-
-
-class FakeRunner:
-    """Records commands; answers exit codes by command prefix (0 otherwise)."""
-
-    def __init__(self, codes: dict[tuple[str, ...], int] | None = None) -> None:
-        self.commands: list[list[str]] = []
-        self.codes = codes or {}
-
-    def __call__(self, executable: str, args: list[str]) -> defer.Deferred[Any]:
-        argv = [os.path.basename(executable), *args]
-        self.commands.append(argv)
-        code = next(
-            (c for prefix, c in self.codes.items() if tuple(argv[: len(prefix)]) == prefix), 0
-        )
-        return defer.succeed((b"", b"boom" if code else b"", code))
 
 
 def test_guard_with_nft() -> None:

@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer, utils
 
 from telenet.netip import Network
-from telenet.testing import MemoryNetlink
+from telenet.testing import FakeRunner, MemoryNetlink
 from telenet.vif import Forwarding, RouteTable, VifRouteService
 from tests.conftest import require
 from tests.helpers import result_of
@@ -52,21 +52,6 @@ def test_vif_service_learns_routes_live() -> None:
     result_of(svc.stopService())
     result_of(nl.add_route(N("10.97.0.0/16"), "eth1"))
     assert N("10.97.0.0/16") not in table.current(), "no updates after stop"
-
-
-class FakeRunner:
-    """Records each command; answers from ``codes`` (by first argument) or 0."""
-
-    def __init__(self, codes: dict[tuple[str, ...], int] | None = None) -> None:
-        self.commands: list[list[str]] = []
-        self.codes = codes or {}
-
-    def __call__(self, executable: str, args: list[str]) -> defer.Deferred[Any]:
-        argv = [os.path.basename(executable), *args]
-        self.commands.append(argv)
-        code = next((c for prefix, c in self.codes.items()
-                     if tuple(argv[:len(prefix)]) == prefix), 0)
-        return defer.succeed((b"", b"boom" if code else b"", code))
 
 
 def _sysctl_root(tmp_path: Any, v4: str = "0", v6: str = "0") -> str:
