@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def route() -> list[Row]:
             mib, joins, parallel = (8, 2, 3) if args.smoke else (2048, 20, 50)
-            result = teleroute.run(runs, mib, joins, parallel)
+            transfers = runs if args.smoke else max(runs, teleroute.TRANSFERS)
+            result = teleroute.run(transfers, mib, joins, parallel)
             log(teleroute.report(result, mib))
             return teleroute_rows(result)
 

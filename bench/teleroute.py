@@ -1,8 +1,8 @@
 """
 The teleroute data path and join latency on real dockerd, against a plain bridge network.
 
-    python bench/teleroute.py [--runs 5] [--size-mib 2048] [--joins 20] [--concurrent 50]
-                              [--smoke]
+    python bench/teleroute.py [--runs 15] [--size-mib 2048] [--joins 20] [--concurrent 50]
+                              [--no-pin] [--smoke]
 
 The topology is the end-to-end tests' (tests/test_e2e_teleroute.py): the teleroute plug-in
 (``twistd teleroute`` on the host), the daemon container from the project image with its VIF
@@ -13,7 +13,10 @@ network. Runs alternate between the two paths. It measures:
 * throughput: a workload container (project image, Python sender, 1 MiB writes) pushes SIZE
   MiB to the sink through the daemon (teleroute network -> daemon -> VIF -> cluster), and the
   same to the sink on the plain bridge; timed inside the sender, from connect to the sink's
-  confirmation (target: teleroute >= 0.9x the bridge);
+  confirmation (target: teleroute >= 0.9x the bridge). On a machine with two CPUs or more
+  both paths get the same placement: senders on CPU 0, sinks on CPU 1 (``--no-pin``: where
+  the scheduler likes; it sometimes puts sender and sink on one CPU for one path and not the
+  other, which moved single runs by +-20 % on the 2-vCPU machine of docs/performance.md);
 * join latency: ``docker run --rm`` of busybox ``true`` on the teleroute network and on the
   bridge network, JOINS times each (target: p50 <= bridge p50 + 50 ms);
 * CONCURRENT ``docker run --rm`` on the teleroute network started at once: all must join.
@@ -45,6 +48,9 @@ from common import median, spread  # noqa: E402
 IMAGE = os.environ.get("TELENET_IMAGE", "telenet")
 BUSYBOX = "local/busybox"
 PORT = 5201
+#: Transfers per path by default: one of 2 GiB takes ~0.6 s here and single ones move by
+#: +-20 % with whatever else the machine does, so a median of 5 still wandered by +-10 %.
+TRANSFERS = 15
 
 SINK = """
 import socket, sys
@@ -75,6 +81,13 @@ s.shutdown(socket.SHUT_WR)
 assert s.recv(2) == b"ok"
 print(time.perf_counter() - started)
 """
+
+
+def placement(pin: bool) -> dict[str, list[str]]:
+    """``docker run`` arguments that place the senders and the sinks (nothing if not pinned)."""
+    if not pin or (os.cpu_count() or 1) < 2:
+        return {"sender": [], "sink": []}
+    return {"sender": ["--cpuset-cpus", "0"], "sink": ["--cpuset-cpus", "1"]}
 
 
 def docker(*args: str, check: bool = True, timeout: float = 120) -> str:
@@ -128,7 +141,7 @@ def require() -> None:
 
 
 @contextlib.contextmanager
-def topology(work: str) -> Iterator[dict[str, Any]]:
+def topology(work: str, sink_args: list[str]) -> Iterator[dict[str, Any]]:
     """The plug-in, daemon, teleroute network, cluster and plain bridge, with their sinks."""
     from tests.test_e2e_teleroute import LegacyPlugin, Setup
 
@@ -154,6 +167,7 @@ def topology(work: str) -> Iterator[dict[str, Any]]:
                 names[sink],
                 "--network",
                 names[network],
+                *sink_args,
                 IMAGE,
                 "python3",
                 "-c",
@@ -175,12 +189,13 @@ def topology(work: str) -> Iterator[dict[str, Any]]:
         }
 
 
-def send(network: str, host: str, size_mib: int) -> float:
+def send(network: str, host: str, size_mib: int, sender_args: list[str]) -> float:
     out = docker(
         "run",
         "--rm",
         "--network",
         network,
+        *sender_args,
         IMAGE,
         "python3",
         "-c",
@@ -199,18 +214,22 @@ def join_once(network: str) -> float:
     return time.perf_counter() - started
 
 
-def run(runs: int, size_mib: int, joins: int, parallel: int) -> TelerouteResult:
+def run(runs: int, size_mib: int, joins: int, parallel: int, pin: bool = True) -> TelerouteResult:
     require()
     result = TelerouteResult()
     work = tempfile.mkdtemp(prefix="tntest-bench-teleroute-")
     try:
-        with topology(work) as paths:
+        place = placement(pin)
+        with topology(work, place["sink"]) as paths:
             order = ["teleroute", "bridge"]
-            send(paths["teleroute"][0], paths["teleroute"][1], 1)  # warm-up: caches, ARP
+            network, host = paths["teleroute"]
+            send(network, host, 1, place["sender"])  # warm-up: caches, ARP
             for i in range(runs):
                 for name in order if i % 2 == 0 else order[::-1]:
                     network, host = paths[name]
-                    result.seconds.setdefault(name, []).append(send(network, host, size_mib))
+                    result.seconds.setdefault(name, []).append(
+                        send(network, host, size_mib, place["sender"])
+                    )
             for i in range(joins):
                 for name in order if i % 2 == 0 else order[::-1]:
                     result.join.setdefault(name, []).append(join_once(paths[name][0]))
@@ -250,16 +269,17 @@ def report(result: TelerouteResult, size_mib: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=TRANSFERS, help="transfers per path")
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--joins", type=int, default=20)
     parser.add_argument("--concurrent", type=int, default=50)
+    parser.add_argument("--no-pin", action="store_true", help="let the scheduler place them")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run")
     args = parser.parse_args(argv)
     if args.smoke:
         args.runs, args.size_mib, args.joins, args.concurrent = 1, 8, 2, 3
     try:
-        result = run(args.runs, args.size_mib, args.joins, args.concurrent)
+        result = run(args.runs, args.size_mib, args.joins, args.concurrent, not args.no_pin)
     except RuntimeError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2
