@@ -11,12 +11,15 @@ exceptions become ``{"Err": ...}``. Driver logic lives in ``mountplugin`` and ``
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web import http, resource, server
 from twisted.web.iweb import IRequest
 
@@ -283,6 +286,52 @@ class PluginSite(server.Site):
         # A moment for the answers to be written out before connections are dropped.
         waiting.addCallback(lambda _: task.deferLater(self.reactor, 0.1, lambda: None))
         return waiting  # type: ignore[return-value]
+
+
+class DrainingService(service.Service):
+    """
+    A plug-in's own work, started with the application and stopped in order: the requests in
+    flight finish first (``site``'s drain: a Mount or a Join under way is completed, saved and
+    answered rather than racing the shutdown), then ``stop_work()``, then ``pool`` (the state
+    thread those requests save through) stops. Subclasses say what ``start_work`` and
+    ``stop_work`` do.
+    """
+
+    def __init__(self, site: PluginSite | None = None, pool: ThreadPool | None = None) -> None:
+        self.site = site
+        self.pool = pool
+
+    def start_work(self) -> None:
+        """What to begin once the pool runs."""
+
+    def stop_work(self) -> defer.Deferred[Any]:
+        """What to end once no request is in flight."""
+        return defer.succeed(None)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.pool is not None:
+            self.pool.start()
+        self.start_work()
+
+    def stopService(self) -> defer.Deferred[Any]:
+        super().stopService()
+        d = self.site.drain() if self.site is not None else defer.succeed(None)
+        d.addBoth(lambda _: self.stop_work())
+        d.addBoth(self._stop_pool)
+        return d
+
+    def _stop_pool(self, result: object) -> object:
+        if self.pool is not None:
+            self.pool.stop()
+        return result
+
+
+def ensure_socket_dir(endpoint: str) -> None:
+    """Make the directory of a ``unix:`` listen endpoint's socket."""
+    if endpoint.startswith("unix:"):
+        path = endpoint[len("unix:") :].split(":", 1)[0]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
 
 
 def plugin_site(root: resource.Resource) -> server.Site:

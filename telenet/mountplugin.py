@@ -30,6 +30,7 @@ from twisted.python.threadpool import ThreadPool
 from telenet import dockerplugin
 from telenet.dockerplugin import BadRequest, JSONObject, PluginError, field, string_map
 from telenet.interfaces import IMounter, IStateStore
+from telenet.threads import state_thread
 
 log = Logger()
 
@@ -477,13 +478,11 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must be positive")
 
 
-
-class _MounterService(service.Service):
+class _MounterService(dockerplugin.DrainingService):
     """
-    Adopts the helpers of an earlier run at start. At the end it lets the requests in flight
-    finish first (``site``'s drain: a Create or Mount under way completes, is saved and
-    answered, rather than racing the unmounting and leaving its new helper and mount behind),
-    then unmounts and stops the helpers, then stops ``pool`` (the state thread).
+    Adopts the helpers of an earlier run at start. At the end, once the requests in flight are
+    answered (a Create or Mount under way completes rather than leaving its new helper and
+    mount behind), it unmounts and stops the helpers.
     """
 
     def __init__(
@@ -493,36 +492,22 @@ class _MounterService(service.Service):
         site: dockerplugin.PluginSite | None = None,
         pool: ThreadPool | None = None,
     ) -> None:
+        super().__init__(site, pool)
         self.mounter = mounter
         self.driver = driver
-        self.site = site
-        self.pool = pool
 
-    def startService(self) -> None:
-        super().startService()
-        if self.pool is not None:
-            self.pool.start()
+    def start_work(self) -> None:
         d = self.mounter.adopt(self.driver.expected_mounts())
         d.addErrback(lambda f: log.failure("adopting earlier mounts failed", f))
 
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        if self.site is None:
-            d = self.mounter.shutdown()
-        else:
+    def stop_work(self) -> defer.Deferred[None]:
+        d = self.mounter.shutdown()
+        if self.site is not None:
             reactor = self.site.reactor
-            d = self.site.drain()
-            d.addBoth(lambda _: self.mounter.shutdown())
             # A request the drain gave up on fails once its helper is stopped: a moment for
             # that answer to be written before the reactor drops the connections.
             d.addBoth(lambda _: task.deferLater(reactor, 0.1, lambda: None))
-        d.addBoth(self._stop_pool)
         return d
-
-    def _stop_pool(self, result: object) -> object:
-        if self.pool is not None:
-            self.pool.stop()
-        return result
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
@@ -537,16 +522,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     assert IReactorThreads.providedBy(reactor)
     state_dir = options["state-dir"]
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    _ensure_socket_dir(options["listen"])
+    dockerplugin.ensure_socket_dir(options["listen"])
 
     top = service.MultiService()
-    # One thread: saves then happen in the order they were asked for.
-    pool = ThreadPool(minthreads=1, maxthreads=1, name="telemount-state")
-
-    def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        from twisted.internet.threads import deferToThreadPool
-
-        return deferToThreadPool(reactor, pool, f, *args)
+    pool, run_blocking = state_thread(reactor, "telemount-state")
 
     mounter = ProcessMounter(
         reactor,
@@ -575,9 +554,3 @@ def _reap(driver: VolumeDriver, options: Options) -> defer.Deferred[None]:
     d = defer.ensureDeferred(driver.reap_disconnected(options["linger"], options["ping-timeout"]))
     # A failed round is logged; the timer keeps running.
     return d.addErrback(lambda f: log.failure("checking disconnected mounts failed", f))
-
-
-def _ensure_socket_dir(endpoint: str) -> None:
-    if endpoint.startswith("unix:"):
-        path = endpoint[len("unix:") :].split(":", 1)[0]
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

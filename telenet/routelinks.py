@@ -142,11 +142,12 @@ CommandRunner = Callable[[list[str]], "defer.Deferred[tuple[bytes, bytes, int]]"
 
 def process_runner(reactor: Any) -> CommandRunner:
     """A ``CommandRunner`` with the reactor's processes (no shell, our environment)."""
-    from twisted.internet.utils import getProcessOutputAndValue
+    from telenet.firewall import process_runner as executable_runner
+
+    run_executable = executable_runner(reactor)
 
     def run(argv: list[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:
-        return getProcessOutputAndValue(argv[0], argv[1:], env=dict(os.environ),
-                                        reactor=reactor)
+        return run_executable(argv[0], argv[1:])
 
     return run
 

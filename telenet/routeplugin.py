@@ -47,6 +47,7 @@ from telenet.routeclient import (
     grpc_target,
 )
 from telenet.routelinks import IEndpointPlumbing, PlumbingError
+from telenet.threads import state_thread
 
 log = Logger()
 
@@ -922,40 +923,26 @@ class Options(usage.Options):
 
 
 
-class _DriverService(service.Service):
+class _DriverService(dockerplugin.DrainingService):
     """
-    Reconnects restored networks once the reactor runs. At the end it lets the requests in
-    flight finish first (``site``'s drain: a Join waiting for a slow daemon gets the daemon's
-    answer, not a cancelled call), then closes the daemon connections, then stops ``pool``
-    (the state thread those requests save through).
+    Reconnects restored networks once the reactor runs. At the end, once the requests in
+    flight are answered (a Join waiting for a slow daemon gets the daemon's answer, not a
+    cancelled call), it closes the daemon connections.
     """
 
     def __init__(self, driver: NetworkDriver, reactor: Any,
                  site: dockerplugin.PluginSite | None = None,
                  pool: ThreadPool | None = None) -> None:
+        super().__init__(site, pool)
         self.driver = driver
         self.reactor = reactor
-        self.site = site
-        self.pool = pool
 
-    def startService(self) -> None:
-        super().startService()
-        if self.pool is not None:
-            self.pool.start()
+    def start_work(self) -> None:
         # grpc.aio needs the running loop: start after the reactor does.
         self.reactor.callWhenRunning(self.driver.start)
 
-    def stopService(self) -> defer.Deferred[Any]:
-        super().stopService()
-        d = self.site.drain() if self.site is not None else defer.succeed(None)
-        d.addBoth(lambda _: self.driver.stop())
-        d.addBoth(self._stop_pool)
-        return d
-
-    def _stop_pool(self, result: object) -> object:
-        if self.pool is not None:
-            self.pool.stop()
-        return result
+    def stop_work(self) -> defer.Deferred[Any]:
+        return self.driver.stop()
 
 
 def makeService(options: Options, reactor: Any = None,
@@ -977,17 +964,10 @@ def makeService(options: Options, reactor: Any = None,
 
     state_dir = options["state-dir"]
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    if options["listen"].startswith("unix:"):
-        path = options["listen"][len("unix:"):].split(":", 1)[0]
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    dockerplugin.ensure_socket_dir(options["listen"])
 
     top = service.MultiService()
-    pool = ThreadPool(minthreads=1, maxthreads=1, name="teleroute-state")
-
-    def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        from twisted.internet.threads import deferToThreadPool
-
-        return deferToThreadPool(reactor, pool, f, *args)
+    pool, run_blocking = state_thread(reactor, "teleroute-state")
 
     from telenet.routelinks import NetnsPlumbing, process_runner
 
