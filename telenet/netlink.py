@@ -300,19 +300,20 @@ class PyrouteNetlink:
 
         return self._run(f"set master of {name} to {master}", go())
 
-    def move_to_netns(self, name: str, pid: int) -> defer.Deferred[None]:
+    def _set_link(self, what: str, name: str, **attributes: Any) -> defer.Deferred[None]:
+        """Set ``attributes`` of link ``name``; ``what`` says it in errors."""
+
         async def go() -> None:
             ipr = await self._conn()
-            await ipr.link("set", index=await self._index(name), net_ns_pid=pid)
+            await ipr.link("set", index=await self._index(name), **attributes)
 
-        return self._run(f"move {name} to the netns of pid {pid}", go())
+        return self._run(what, go())
+
+    def move_to_netns(self, name: str, pid: int) -> defer.Deferred[None]:
+        return self._set_link(f"move {name} to the netns of pid {pid}", name, net_ns_pid=pid)
 
     def set_up(self, name: str) -> defer.Deferred[None]:
-        async def go() -> None:
-            ipr = await self._conn()
-            await ipr.link("set", index=await self._index(name), state="up")
-
-        return self._run(f"set {name} up", go())
+        return self._set_link(f"set {name} up", name, state="up")
 
     def delete_link(self, name: str) -> defer.Deferred[None]:
         async def go() -> None:
@@ -385,11 +386,7 @@ class PyrouteNetlink:
         return self._run(f"replace route {dst} dev {name} src {source}", go())
 
     def set_arp(self, name: str, on: bool) -> defer.Deferred[None]:
-        async def go() -> None:
-            ipr = await self._conn()
-            await ipr.link("set", index=await self._index(name), arp=on)
-
-        return self._run(f"set arp {'on' if on else 'off'} for {name}", go())
+        return self._set_link(f"set arp {'on' if on else 'off'} for {name}", name, arp=on)
 
     async def _routes(self, ipr: Any, name: str) -> frozenset[Network]:
         msg = await self._find(name, ipr)
