@@ -33,11 +33,10 @@ def record(test: str, **figures: object) -> None:
         f.write(line + "\n")
 
 
-def unix_http(path: str, raw: bytes, timeout: float = 15) -> tuple[int, bytes]:
+def unix_exchange(path: str, raw: bytes, timeout: float = 15) -> bytes:
     """
-    Send ``raw`` (a whole HTTP/1.0 request) to a unix socket; the status and body of the answer.
-
-    The status is 0 when the server closed the connection without answering.
+    Send ``raw`` to a unix socket and read until the server closes the connection; a recv
+    that waits longer than ``timeout`` raises ``socket.timeout``.
     """
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(timeout)
@@ -50,7 +49,16 @@ def unix_http(path: str, raw: bytes, timeout: float = 15) -> tuple[int, bytes]:
             if not data:
                 break
             chunks.append(data)
-    answer = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def unix_http(path: str, raw: bytes, timeout: float = 15) -> tuple[int, bytes]:
+    """
+    Send ``raw`` (a whole HTTP/1.0 request) to a unix socket; the status and body of the answer.
+
+    The status is 0 when the server closed the connection without answering.
+    """
+    answer = unix_exchange(path, raw, timeout)
     if not answer:
         return 0, b""
     head, _, body = answer.partition(b"\r\n\r\n")

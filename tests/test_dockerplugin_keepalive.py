@@ -11,7 +11,6 @@ there is no idle connection to race with.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
@@ -20,6 +19,8 @@ from twisted.internet import threads
 
 from telenet import dockerplugin
 from telenet.dockerplugin import PluginError, PluginResource
+
+from .faultkit import unix_exchange
 
 
 def _refuse(body: dict[str, Any]) -> dict[str, Any]:
@@ -36,19 +37,9 @@ def _call_keep_alive(path: str, endpoint: str) -> tuple[bytes, bytes]:
         f"POST {endpoint} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    with socket.socket(socket.AF_UNIX) as s:
-        # Longer than nothing, far shorter than the idle timeout (30 s): a connection kept
-        # alive makes recv time out.
-        s.settimeout(5)
-        s.connect(path)
-        s.sendall(raw)
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    head, _, rest = b"".join(chunks).partition(b"\r\n\r\n")
+    # Longer than nothing, far shorter than the idle timeout (30 s): a connection kept alive
+    # makes recv time out.
+    head, _, rest = unix_exchange(path, raw, timeout=5).partition(b"\r\n\r\n")
     return head, rest
 
 

@@ -65,6 +65,21 @@ def in_parallel(f: Callable[[T], R], items: Iterable[T], workers: int) -> list[R
         return list(pool.map(f, items))
 
 
+def all_succeed(
+    step: Callable[[T], subprocess.CompletedProcess[str]],
+    items: list[T],
+    workers: int,
+    log: Callable[[], str],
+) -> float:
+    """Run ``step`` over ``items`` at once; every command must succeed. The seconds it took."""
+    started = time.monotonic()
+    results = in_parallel(step, items, workers)
+    seconds = time.monotonic() - started
+    failed = [(i, r.stderr.strip()) for i, r in zip(items, results, strict=True) if r.returncode]
+    assert failed == [], (failed, log()[-3000:])
+    return seconds
+
+
 def fd_kinds(pid: int, listening: str) -> collections.Counter[str]:
     """
     The open fds of ``pid`` by kind: ``conn`` is a connection accepted on the unix socket
@@ -222,11 +237,7 @@ def test_concurrent_joins_leak_nothing(load_setup: Setup) -> None:
             timeout=180,
         )
 
-    started = time.monotonic()
-    results = in_parallel(start, names, JOINS)
-    join_s = time.monotonic() - started
-    failed = [(n, r.stderr.strip()) for n, r in zip(names, results, strict=True) if r.returncode]
-    assert failed == [], (failed, plugin.log()[-3000:])
+    join_s = all_succeed(start, names, JOINS, plugin.log)
     fds_joined = sum(fd_kinds(pid, plugin.socket).values())
     assert len(_docker_endpoints(s)) == JOINS + 1
 
@@ -375,11 +386,7 @@ def _volume_load(telemount: Telemount, agents: list[Agent], containers: list[str
             timeout=180,
         )
 
-    started = time.monotonic()
-    created = in_parallel(create, range(VOLUMES), VOLUMES)
-    create_s = time.monotonic() - started
-    failed = [r.stderr.strip() for r in created if r.returncode]
-    assert failed == [], (failed, telemount.daemon.log()[-3000:])
+    create_s = all_succeed(create, list(range(VOLUMES)), VOLUMES, telemount.daemon.log)
     assert telemount.volumes() == sorted(volumes)
     mounts_peak = len(fuse_mounts(telemount.mount_root))
     helpers_peak = len(helper_pids(telemount))
@@ -407,11 +414,7 @@ def _volume_load(telemount: Telemount, agents: list[Agent], containers: list[str
             timeout=180,
         )
 
-    started = time.monotonic()
-    mounted = in_parallel(start, range(VOLUMES), VOLUMES)
-    mount_s = time.monotonic() - started
-    failed = [r.stderr.strip() for r in mounted if r.returncode]
-    assert failed == [], (failed, telemount.daemon.log()[-3000:])
+    mount_s = all_succeed(start, list(range(VOLUMES)), VOLUMES, telemount.daemon.log)
     fds_mounted = sum(fd_kinds(pid, telemount.socket).values())
 
     def reads(i: int) -> str:

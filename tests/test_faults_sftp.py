@@ -22,13 +22,10 @@ Client-level tests use a ``StringTransport`` and a ``task.Clock``: no global rea
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import socketserver
 import struct
-import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -62,6 +59,7 @@ from telenet.sftpclient import (
 
 from .conftest import Agent, free_port, fuse_mounts, port_open, wait_for
 from .faultkit import process_state, record, rss_kib, scaled
+from .test_sftpfs import MountHelper
 
 EXAMPLES = scaled(300, 3000)
 #: Rounds of file operations against the hostile server (each malformation is met at least once).
@@ -760,71 +758,6 @@ class HostileServer:
         upstream.close()
 
 
-class Helper:
-    """``python -m telenet.sftpfs`` mounted on ``mountpoint``, driven over its control socket."""
-
-    def __init__(self, workdir: str, port: int) -> None:
-        self.mountpoint = os.path.join(workdir, "mnt")
-        self.control = os.path.join(workdir, "control.sock")
-        self.log_path = os.path.join(workdir, "helper.log")
-        os.makedirs(self.mountpoint)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "telenet.sftpfs",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--mountpoint",
-                self.mountpoint,
-                "--control",
-                self.control,
-                "--log-file",
-                self.log_path,
-                "--timeout",
-                "3",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert json.loads(line).get("ready"), (line, self.log())
-
-    def call(self, request: dict[str, Any]) -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(20)
-            s.connect(self.control)
-            s.sendall(json.dumps(request).encode() + b"\n")
-            answer = b""
-            while not answer.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
-        return dict(json.loads(answer))
-
-    def log(self) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()[-4000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.call({"op": "shutdown"})
-                self.proc.wait(timeout=15)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        for mp in fuse_mounts(self.mountpoint):
-            subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
-
-
 def _fs_ops(path: str) -> dict[str, Callable[[], object]]:
     def read() -> bytes:
         with open(os.path.join(path, "token"), "rb") as f:
@@ -871,14 +804,17 @@ def test_hostile_server_under_a_real_mount(fuse_workdir: str) -> None:
     os.symlink("token", os.path.join(root, "vol", "link"))
     agent = Agent(root, free_port(), os.path.join(workdir, "agent.log")).start()
     hostile = HostileServer().start()
-    helper: Helper | None = None
+    helper: MountHelper | None = None
     try:
         # The volume is added while the server is still good: add checks the directory.
         hostile.agent_port = agent.port
-        helper = started = Helper(workdir, hostile.port)
-        wait_for(lambda: started.call({"op": "status"}).get("connected"), 20, "the connection")
-        answer = helper.call(
-            {"op": "add", "name": "v", "path": "/tel_app_exports/vol", "ro": False}
+        helper = started = MountHelper(workdir, hostile.port).start()
+        assert started.report.get("ready"), (started.report, started.log_tail())
+        wait_for(
+            lambda: started.request({"op": "status"}, 20).get("connected"), 20, "the connection"
+        )
+        answer = helper.request(
+            {"op": "add", "name": "v", "path": "/tel_app_exports/vol", "ro": False}, 20
         )
         assert answer == {"ok": True}, answer
         vol = os.path.join(helper.mountpoint, "v")
@@ -894,7 +830,9 @@ def test_hostile_server_under_a_real_mount(fuse_workdir: str) -> None:
             for _ in range(ROUNDS):
                 time.sleep(1.1)  # let the kernel's caches (1 s) expire
                 # Each round meets a fresh connection (the last one was dropped as malformed).
-                wait_for(lambda: started.call({"op": "status"}).get("connected"), 15, "reconnect")
+                wait_for(
+                    lambda: started.request({"op": "status"}, 20).get("connected"), 15, "reconnect"
+                )
 
                 def timed(fn: Callable[[], object]) -> tuple[str, float]:
                     start = time.monotonic()
@@ -911,14 +849,18 @@ def test_hostile_server_under_a_real_mount(fuse_workdir: str) -> None:
                     outcome, took = future.result(timeout=max(deadline - time.monotonic(), 0.1))
                     results.setdefault(name, []).append(outcome)
                     slowest = max(slowest, took)
-                assert helper.proc.poll() is None, f"the helper died: {helper.log()}"
+                assert helper.proc.poll() is None, f"the helper died: {helper.log_tail()}"
                 state = process_state(helper.proc.pid)
                 assert state != "D", "the helper is in D state"
         rss_after = rss_kib(helper.proc.pid)
         assert slowest <= 13, f"an operation took {slowest:.1f}s"
         # Every operation that needs the server failed; errors are EIO or "not connected".
         for name, outcomes in results.items():
-            assert all(o in ("EIO", "ENOTCONN") for o in outcomes), (name, outcomes, helper.log())
+            assert all(o in ("EIO", "ENOTCONN") for o in outcomes), (
+                name,
+                outcomes,
+                helper.log_tail(),
+            )
         assert hostile.answers >= len(HostileServer.BAD), hostile.answers
         assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)
 
@@ -951,7 +893,7 @@ def test_hostile_server_under_a_real_mount(fuse_workdir: str) -> None:
         )
     finally:
         if helper is not None:
-            helper.stop()
+            helper.cleanup()
         hostile.stop()
         agent.daemon.stop()
     assert fuse_mounts(workdir) == []
@@ -1007,14 +949,17 @@ def test_malformed_answers_to_each_operation_under_a_real_mount(fuse_workdir: st
     agent = Agent(root, free_port(), os.path.join(workdir, "agent.log")).start()
     proxy = HostileServer().start()
     proxy.agent_port = agent.port
-    helper: Helper | None = None
+    helper: MountHelper | None = None
     outcomes: dict[str, list[str]] = {}
     slowest = 0.0
     try:
-        helper = started = Helper(workdir, proxy.port)
-        wait_for(lambda: started.call({"op": "status"}).get("connected"), 20, "the connection")
-        answer = helper.call(
-            {"op": "add", "name": "v", "path": "/tel_app_exports/vol", "ro": False}
+        helper = started = MountHelper(workdir, proxy.port).start()
+        assert started.report.get("ready"), (started.report, started.log_tail())
+        wait_for(
+            lambda: started.request({"op": "status"}, 20).get("connected"), 20, "the connection"
+        )
+        answer = helper.request(
+            {"op": "add", "name": "v", "path": "/tel_app_exports/vol", "ro": False}, 20
         )
         assert answer == {"ok": True}, answer
         vol = os.path.join(helper.mountpoint, "v")
@@ -1024,7 +969,9 @@ def test_malformed_answers_to_each_operation_under_a_real_mount(fuse_workdir: st
             for r in range(rounds):
                 for name, kinds, operation in CASES:
                     wait_for(
-                        lambda: started.call({"op": "status"}).get("connected"), 15, "reconnect"
+                        lambda: started.request({"op": "status"}, 20).get("connected"),
+                        15,
+                        "reconnect",
                     )
                     proxy.bad = i + r  # every kind of malformation, rotating over the cases
                     proxy.corrupt = kinds
@@ -1040,13 +987,13 @@ def test_malformed_answers_to_each_operation_under_a_real_mount(fuse_workdir: st
                     proxy.corrupt = set()
                     slowest = max(slowest, took)
                     outcomes.setdefault(name, []).append(outcome)
-                    assert outcome in ("EIO", "ENOTCONN"), (name, r, outcome, helper.log())
+                    assert outcome in ("EIO", "ENOTCONN"), (name, r, outcome, helper.log_tail())
                     assert proxy.answers > before, f"{name}: no answer was corrupted"
-                    assert helper.proc.poll() is None, f"the helper died: {helper.log()}"
+                    assert helper.proc.poll() is None, f"the helper died: {helper.log_tail()}"
                     assert process_state(helper.proc.pid) != "D"
                     i += 1
         # Well-behaved again: the same mount works.
-        wait_for(lambda: started.call({"op": "status"}).get("connected"), 15, "reconnect")
+        wait_for(lambda: started.request({"op": "status"}, 20).get("connected"), 15, "reconnect")
         wait_for(lambda: _read(f"{vol}/f0") == _read(f"{export}/f0"), 15, "a read to work")
         _write(f"{vol}/after")
         assert os.path.getsize(f"{export}/after") == 300000
@@ -1063,7 +1010,7 @@ def test_malformed_answers_to_each_operation_under_a_real_mount(fuse_workdir: st
         )
     finally:
         if helper is not None:
-            helper.stop()
+            helper.cleanup()
         proxy.stop()
         agent.daemon.stop()
     assert fuse_mounts(workdir) == []

@@ -697,6 +697,14 @@ class MountHelper:
     def path(self, *parts: str) -> str:
         return os.path.join(self.mountpoint, *parts)
 
+    def log_tail(self) -> str:
+        """The end of the helper's log file, for assertion messages."""
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ""
+
     def wait(self, timeout: float = 20) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout=timeout)
