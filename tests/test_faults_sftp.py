@@ -758,6 +758,17 @@ class HostileServer:
         upstream.close()
 
 
+def _add_volume(helper: MountHelper) -> str:
+    """Once ``helper`` is connected, add the agent's ``vol`` as volume ``v``; its path."""
+    assert helper.report.get("ready"), (helper.report, helper.log_tail())
+    wait_for(lambda: helper.request({"op": "status"}, 20).get("connected"), 20, "the connection")
+    answer = helper.request(
+        {"op": "add", "name": "v", "path": "/tel_app_exports/vol", "ro": False}, 20
+    )
+    assert answer == {"ok": True}, answer
+    return os.path.join(helper.mountpoint, "v")
+
+
 def _fs_ops(path: str) -> dict[str, Callable[[], object]]:
     def read() -> bytes:
         with open(os.path.join(path, "token"), "rb") as f:
@@ -809,15 +820,7 @@ def test_hostile_server_under_a_real_mount(fuse_workdir: str) -> None:
         # The volume is added while the server is still good: add checks the directory.
         hostile.agent_port = agent.port
         helper = started = MountHelper(workdir, hostile.port).start()
-        assert started.report.get("ready"), (started.report, started.log_tail())
-        wait_for(
-            lambda: started.request({"op": "status"}, 20).get("connected"), 20, "the connection"
-        )
-        answer = helper.request(
-            {"op": "add", "name": "v", "path": "/tel_app_exports/vol", "ro": False}, 20
-        )
-        assert answer == {"ok": True}, answer
-        vol = os.path.join(helper.mountpoint, "v")
+        vol = _add_volume(helper)
         assert os.listdir(vol)
         rss_before = rss_kib(helper.proc.pid)
 
@@ -954,15 +957,7 @@ def test_malformed_answers_to_each_operation_under_a_real_mount(fuse_workdir: st
     slowest = 0.0
     try:
         helper = started = MountHelper(workdir, proxy.port).start()
-        assert started.report.get("ready"), (started.report, started.log_tail())
-        wait_for(
-            lambda: started.request({"op": "status"}, 20).get("connected"), 20, "the connection"
-        )
-        answer = helper.request(
-            {"op": "add", "name": "v", "path": "/tel_app_exports/vol", "ro": False}, 20
-        )
-        assert answer == {"ok": True}, answer
-        vol = os.path.join(helper.mountpoint, "v")
+        vol = _add_volume(helper)
         rss_before = rss_kib(helper.proc.pid)
         i = 0
         with ThreadPoolExecutor(max_workers=1) as pool:
