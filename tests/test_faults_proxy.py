@@ -119,6 +119,22 @@ def _readable(mp: str) -> bool:
         return False
 
 
+def _restart_and_write(bridge: Bridge, mp: str, exported: str) -> float:
+    """
+    Start ``bridge`` again; once the mount reads again, a file written through it must reach
+    the export. The seconds until it read again.
+    """
+    bridge.start()
+    restarted = time.monotonic()
+    wait_for(lambda: _readable(mp), 30, "the mount to recover after a restart", interval=0.5)
+    recovered_after = time.monotonic() - restarted
+    with open(os.path.join(mp, "after"), "w") as f:
+        f.write("after the bridge came back\n")
+    with open(os.path.join(exported, "after")) as f:
+        assert f.read() == "after the bridge came back\n"
+    return recovered_after
+
+
 def test_bridge_killed_mid_write_acknowledged_data_is_on_disk(
     telemount: Telemount, sftp_agent: Agent, bridge: Bridge
 ) -> None:
@@ -140,6 +156,7 @@ def test_bridge_killed_mid_write_acknowledged_data_is_on_disk(
     with sleeping_container(vol):
         mp = _mountpoint(vol)
         writer = FsyncedWriter(os.path.join(mp, "acked"), chunk)
+
         def reader() -> None:
             try:
                 while True:
@@ -182,14 +199,7 @@ def test_bridge_killed_mid_write_acknowledged_data_is_on_disk(
         stuck = [pid for pid in helper_pids(telemount) if process_state(pid) == "D"]
         assert stuck == [], f"helpers in D state: {stuck}"
 
-        bridge.start()
-        restarted = time.monotonic()
-        wait_for(lambda: _readable(mp), 30, "the mount to recover", interval=0.5)
-        recovered_after = time.monotonic() - restarted
-        with open(os.path.join(mp, "after"), "w") as f:
-            f.write("after the bridge came back\n")
-        with open(os.path.join(exported, "after")) as f:
-            assert f.read() == "after the bridge came back\n"
+        recovered_after = _restart_and_write(bridge, mp, exported)
     record(
         "sftpproxy-kill-mid-write",
         acked_chunks=writer.acked,
@@ -283,14 +293,7 @@ def test_bridge_paused_readers_fail_within_timeout_no_d_state(
         os.kill(bridge.pid, signal.SIGSTOP)
         time.sleep(1)
         bridge.daemon.kill(signal.SIGKILL)
-        bridge.start()
-        restarted = time.monotonic()
-        wait_for(lambda: _readable(mp), 30, "the mount to recover after a restart", interval=0.5)
-        recovered_after_restart = time.monotonic() - restarted
-        with open(os.path.join(mp, "after"), "w") as f:
-            f.write("after\n")
-        with open(os.path.join(exported, "after")) as f:
-            assert f.read() == "after\n"
+        recovered_after_restart = _restart_and_write(bridge, mp, exported)
     record(
         "sftpproxy-sigstop",
         paused_s=PAUSE,
