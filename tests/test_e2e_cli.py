@@ -157,6 +157,25 @@ def assert_nothing_left(env: Env, name: str) -> None:
     assert left["volumes"] == [], left
 
 
+def quit_leaves_nothing(env: Env, name: str) -> None:
+    """``telenet quit`` of connection ``name``; then nothing of it may be left."""
+    env.telenet("quit", "--name", name)
+    env.connections.discard(name)
+    assert_nothing_left(env, name)
+
+
+def wait_running(container: str, what: str) -> None:
+    wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={container}").stdout != "",
+             30, what)  # fmt: skip
+
+
+def interrupt(proc: subprocess.Popen[str], workload: str) -> None:
+    """SIGINT to a ``telenet engage``: it must end and take its container with it."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert run("docker", "ps", "-a", "-q", "--filter", f"name={workload}").stdout == ""
+
+
 def test_story_end_to_end(env: Env) -> None:
     """
     connect (plug-ins made on demand), status, docker-run (DNS, service by name, exit code,
@@ -244,9 +263,7 @@ def test_connect_twice_and_after_a_crash(env: Env) -> None:
     result = env.telenet("--connection", name, "docker-run", "--rm", BUSYBOX, "sh", "-c",
                          HTTP_GET)  # fmt: skip
     assert result.stdout.strip() == BODY
-    env.telenet("quit", "--name", name)
-    env.connections.discard(name)
-    assert_nothing_left(env, name)
+    quit_leaves_nothing(env, name)
 
 
 def next_default_pool() -> str:
@@ -275,9 +292,7 @@ def test_subnet_avoids_a_routed_subnet_on_dockers_next_pool(env: Env) -> None:
     subnet = ipaddress.ip_network(status["network"]["subnet"])
     assert not subnet.overlaps(ipaddress.ip_network(routed)), (subnet, routed)
     assert routed in status["daemon"]["routes"]
-    env.telenet("quit", "--name", name)
-    env.connections.discard(name)
-    assert_nothing_left(env, name)
+    quit_leaves_nothing(env, name)
 
 
 def test_errors_are_one_line_and_leave_nothing(env: Env) -> None:
@@ -320,9 +335,7 @@ def test_errors_are_one_line_and_leave_nothing(env: Env) -> None:
     assert result.stderr == (f"telenet connect: {bad}: docker.enableIPv4: expected true or "
                              "false, got str 'maybe'\n")  # fmt: skip
 
-    env.telenet("quit", "--name", name)
-    env.connections.discard(name)
-    assert_nothing_left(env, name)
+    quit_leaves_nothing(env, name)
 
 
 def test_signal_stops_the_engaged_container(env: Env) -> None:
@@ -332,20 +345,15 @@ def test_signal_stops_the_engaged_container(env: Env) -> None:
     workload = f"{env.prefix}-sigw"
     proc = engage_in_background(env, name, env.cluster["agent"], workload)
     try:
-        wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={workload}").stdout != "",
-                 30, "the engaged container")  # fmt: skip
+        wait_running(workload, "the engaged container")
         assert env.volumes() == ["echo-0"]
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        interrupt(proc, workload)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert run("docker", "ps", "-a", "-q", "--filter", f"name={workload}").stdout == ""
     assert env.volumes() == []
     assert env.status(name)["bridges"] == []
-    env.telenet("quit", "--name", name)
-    env.connections.discard(name)
-    assert_nothing_left(env, name)
+    quit_leaves_nothing(env, name)
 
 
 def test_demo(env: Env) -> None:
@@ -415,22 +423,17 @@ def test_curl_and_docker_build_and_debug(env: Env) -> None:
     proc = engage_in_background(env, name, env.cluster["agent"], workload,
                                 ("--docker-debug", context), "IMAGE")  # fmt: skip
     try:
-        wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={workload}").stdout != "",
-                 30, "the debug container")  # fmt: skip
+        wait_running(workload, "the debug container")
         host = json.loads(run("docker", "container", "inspect", "-f", "{{json .HostConfig}}",
                               workload).stdout)  # fmt: skip
         assert {"SYS_PTRACE", "CAP_SYS_PTRACE"} & set(host["CapAdd"] or []), host["CapAdd"]
         assert "apparmor=unconfined" in (host["SecurityOpt"] or []), host["SecurityOpt"]
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        interrupt(proc, workload)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert run("docker", "ps", "-a", "-q", "--filter", f"name={workload}").stdout == ""
     assert env.volumes() == []
-    env.telenet("quit", "--name", name)
-    env.connections.discard(name)
-    assert_nothing_left(env, name)
+    quit_leaves_nothing(env, name)
 
 
 #: A workload that runs until stopped: a shell as PID 1 ignores SIGINT, so it traps TERM.
@@ -483,11 +486,9 @@ def test_two_engagements_side_by_side(env: Env) -> None:
     first, second = f"{env.prefix}-first", f"{env.prefix}-second"
     procs = [engage_in_background(env, name, env.cluster["agent"], first)]
     try:
-        wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={first}").stdout != "",
-                 30, "the first engaged container")  # fmt: skip
+        wait_running(first, "the first engaged container")
         procs.append(engage_in_background(env, name, second_agent, second))
-        wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={second}").stdout != "",
-                 30, "the second engaged container")  # fmt: skip
+        wait_running(second, "the second engaged container")
         # The same container name: the second engagement's volume is its own.
         assert sorted(env.volumes())[0] == "echo-0" and len(env.volumes()) == 2, env.volumes()
         assert len(env.status(name)["bridges"]) == 2
@@ -499,16 +500,13 @@ def test_two_engagements_side_by_side(env: Env) -> None:
             assert in_container(me, HTTP_GET).strip() == BODY
             in_container(me, f"ping -c 1 -W 5 {other}")
 
-        procs[0].send_signal(signal.SIGINT)
-        procs[0].wait(timeout=30)
-        assert run("docker", "ps", "-a", "-q", "--filter", f"name={first}").stdout == ""
+        interrupt(procs[0], first)
         assert len(env.volumes()) == 1 and len(env.status(name)["bridges"]) == 1
         # A file made after the first engagement ended: read through the second's bridge.
         in_container(cluster, f"echo later > /exports2/echo{SECRETS}/later")
         assert in_container(second, f"cat {SECRETS}/later") == "later\n"
         assert in_container(second, HTTP_GET).strip() == BODY
-        procs[1].send_signal(signal.SIGINT)
-        procs[1].wait(timeout=30)
+        interrupt(procs[1], second)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -516,6 +514,4 @@ def test_two_engagements_side_by_side(env: Env) -> None:
                 proc.wait()
     assert env.volumes() == []
     assert env.status(name)["bridges"] == []
-    env.telenet("quit", "--name", name)
-    env.connections.discard(name)
-    assert_nothing_left(env, name)
+    quit_leaves_nothing(env, name)
