@@ -75,6 +75,15 @@ def post(path: str, endpoint: str, body: bytes, timeout: float = 15) -> tuple[in
     return unix_http(path, raw, timeout)
 
 
+def reads_back(path: str, content: str) -> bool:
+    """Whether ``path`` can be read and holds ``content`` (a mount that works again)."""
+    try:
+        with open(path) as f:
+            return f.read() == content
+    except OSError:
+        return False
+
+
 def rss_kib(pid: int) -> int:
     """The resident set of a process, in KiB."""
     with open(f"/proc/{pid}/status") as f:

@@ -151,6 +151,24 @@ def wait_for_connections_closed(pid: int, socket: str) -> float:
     return time.monotonic() - started
 
 
+def assert_settled(
+    pid: int, socket: str, fds_before: collections.Counter[str], children_before: list[str]
+) -> tuple[float, collections.Counter[str]]:
+    """
+    Once dockerd's connections to the plug-in are closed, it holds the fds it held before (but
+    for those connections) and the same child processes. The seconds the connections took to
+    close, and the fds.
+    """
+    closed_s = wait_for_connections_closed(pid, socket)
+    fds_after = fd_kinds(pid, socket)
+    assert without_connections(fds_after) == without_connections(fds_before), (
+        fds_before,
+        fds_after,
+    )
+    assert children(pid) == children_before
+    return closed_s, fds_after
+
+
 # -- teleroute: concurrent joins
 
 
@@ -272,13 +290,7 @@ def test_concurrent_joins_leak_nothing(load_setup: Setup) -> None:
     assert len(ports) == status["veth_pairs"], (ports, status)
     assert peers <= on_host, sorted(peers - on_host)
     assert len(peers) + pairs_before == status["veth_pairs"], (len(peers), status)
-    closed_s = wait_for_connections_closed(pid, plugin.socket)
-    fds_after = fd_kinds(pid, plugin.socket)
-    assert without_connections(fds_after) == without_connections(fds_before), (
-        fds_before,
-        fds_after,
-    )
-    assert children(pid) == children_before
+    closed_s, fds_after = assert_settled(pid, plugin.socket, fds_before, children_before)
 
     # Teardown, counted: the daemon goes (its netns with its veth ends), then the network.
     every_peer = _joined_peers(plugin)
@@ -445,13 +457,7 @@ def _volume_load(telemount: Telemount, agents: list[Agent], containers: list[str
     )
     with open(telemount.state_dir + "/volumes.json") as f:
         assert json.load(f)["volumes"] == {}
-    closed_s = wait_for_connections_closed(pid, telemount.socket)
-    fds_after = fd_kinds(pid, telemount.socket)
-    assert without_connections(fds_after) == without_connections(fds_before), (
-        fds_before,
-        fds_after,
-    )
-    assert children(pid) == children_before
+    closed_s, fds_after = assert_settled(pid, telemount.socket, fds_before, children_before)
     record(
         "load-telemount-volumes",
         volumes=VOLUMES,

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from .conftest import Agent, Daemon, Telemount, free_port, port_open, run, wait_for
-from .faultkit import FULL, FsyncedWriter, process_state, record, scaled
+from .faultkit import FULL, FsyncedWriter, process_state, reads_back, record, scaled
 from .test_e2e_telemount import create_volume, helper_pids, sleeping_container
 
 pytestmark = pytest.mark.e2e
@@ -112,11 +112,7 @@ def _mountpoint(vol: str) -> str:
 
 
 def _readable(mp: str) -> bool:
-    try:
-        with open(os.path.join(mp, "token")) as f:
-            return f.read() == "s3cr3t-token\n"
-    except OSError:
-        return False
+    return reads_back(os.path.join(mp, "token"), "s3cr3t-token\n")
 
 
 def _restart_and_write(bridge: Bridge, mp: str, exported: str) -> float:

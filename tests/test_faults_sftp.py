@@ -58,7 +58,7 @@ from telenet.sftpclient import (
 )
 
 from .conftest import Agent, free_port, fuse_mounts, port_open, wait_for
-from .faultkit import process_state, record, rss_kib, scaled
+from .faultkit import process_state, reads_back, record, rss_kib, scaled
 from .test_sftpfs import MountHelper
 
 EXAMPLES = scaled(300, 3000)
@@ -870,14 +870,8 @@ def test_hostile_server_under_a_real_mount(fuse_workdir: str) -> None:
         # A well-behaved server again: the mount recovers by itself.
         hostile.agent_port = agent.port
 
-        def recovered() -> bool:
-            try:
-                with open(os.path.join(vol, "token")) as f:
-                    return f.read() == "s3cr3t\n"
-            except OSError:
-                return False
-
-        wait_for(recovered, 30, "the mount to recover", interval=0.5)
+        token = os.path.join(vol, "token")
+        wait_for(lambda: reads_back(token, "s3cr3t\n"), 30, "the mount to recover", interval=0.5)
         assert "token" in os.listdir(vol)
         with open(os.path.join(vol, "after"), "w") as f:
             f.write("fine")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from .conftest import Agent, Telemount, _unix_answers, fuse_mounts, run, wait_for
-from .faultkit import FULL, FsyncedWriter, post, process_state, record, scaled
+from .faultkit import FULL, FsyncedWriter, post, process_state, reads_back, record, scaled
 from .test_e2e_telemount import busybox, create_volume, helper_pids, sleeping_container
 
 pytestmark = pytest.mark.e2e
@@ -155,14 +155,10 @@ def test_agent_killed_mid_write_acknowledged_data_is_on_disk(
         writer.assert_acked_on_disk(os.path.join(exported, "acked"))
         sftp_agent.start()
 
-        def readable() -> bool:
-            try:
-                with open(os.path.join(_mountpoint(vol), "token")) as f:
-                    return f.read() == "s3cr3t-token\n"
-            except OSError:
-                return False
-
-        wait_for(readable, 30, "the mount to recover", interval=0.5)
+        token = os.path.join(_mountpoint(vol), "token")
+        wait_for(
+            lambda: reads_back(token, "s3cr3t-token\n"), 30, "the mount to recover", interval=0.5
+        )
     record("sftp-agent-kill-mid-write", acked_chunks=writer.acked, chunk_bytes=chunk, lost=0)
 
 
@@ -208,14 +204,13 @@ def test_agent_paused_readers_fail_within_timeout_no_d_state(
         finally:
             os.kill(sftp_agent.daemon.proc.pid, signal.SIGCONT)
 
-        def readable() -> bool:
-            try:
-                with open(os.path.join(mp, "token")) as f:
-                    return f.read() == "s3cr3t-token\n"
-            except OSError:
-                return False
-
-        wait_for(readable, 30, "the mount to recover after SIGCONT", interval=0.5)
+        token = os.path.join(mp, "token")
+        wait_for(
+            lambda: reads_back(token, "s3cr3t-token\n"),
+            30,
+            "the mount to recover after SIGCONT",
+            interval=0.5,
+        )
     record("sftp-agent-sigstop", paused_s=PAUSE)
 
 
