@@ -20,9 +20,11 @@ Behaviour and messages follow the Go plug-in (``cmd/teleroute``). Beyond it:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -38,6 +40,7 @@ from twisted.python.threadpool import ThreadPool
 from telenet import dockerplugin, netip
 from telenet.dockerplugin import BadRequest, JSONObject, PluginError, field
 from telenet.interfaces import IStateStore
+from telenet.netlink import INetlink
 from telenet.proto import teleroute_pb2
 from telenet.routeclient import (
     ClientFactory,
@@ -47,6 +50,7 @@ from telenet.routeclient import (
     grpc_target,
 )
 from telenet.routelinks import IEndpointPlumbing, PlumbingError
+from telenet.routesweep import SETTLE, EndpointSweep, Seen
 from telenet.threads import state_thread
 
 log = Logger()
@@ -507,20 +511,36 @@ class Endpoint:
     daemon: bool = False
     pending: bool = False
     sandbox: str = ""
+    #: Docker joined it (a sandbox holds it); before that it is only made.
+    joined: bool = False
+    #: The veth end Join handed to Docker for the container ("" if none went through Docker).
+    interface: str = ""
     #: Set while Docker's Join of this endpoint is under way: the Join then sets the interface
     #: up through Docker, and a reconnection must not set it up a second time.
     joining: bool = attrs.field(default=False, eq=False)
+    #: When this process made, joined or restored it (clock seconds; see telenet.routesweep).
+    since: float = attrs.field(default=0.0, eq=False)
 
     def to_json(self) -> JSONObject:
         return {"network": self.network, "ipv4": self.ipv4, "ipv6": self.ipv6,
-                "daemon": self.daemon, "pending": self.pending, "sandbox": self.sandbox}
+                "daemon": self.daemon, "pending": self.pending, "sandbox": self.sandbox,
+                "joined": self.joined, "interface": self.interface}
 
     @classmethod
     def from_json(cls, endpoint_id: str, data: JSONObject) -> Endpoint:
         return cls(id=endpoint_id, network=str(data["network"]),
                    ipv4=_parse_cidr(data.get("ipv4", "")), ipv6=_parse_cidr(data.get("ipv6", "")),
                    daemon=bool(data.get("daemon", False)), pending=bool(data.get("pending", False)),
-                   sandbox=str(data.get("sandbox", "")))
+                   sandbox=str(data.get("sandbox", "")),
+                   # A state saved before "joined" was kept: take its endpoints as joined.
+                   joined=bool(data.get("joined", True)),
+                   interface=str(data.get("interface", "")))
+
+    def seen(self) -> Seen:
+        return Seen(self.id, self.interface, self.joined, self.since)
+
+    def addresses(self) -> set[str]:
+        return {str(ipaddress.ip_interface(c).ip) for c in (self.ipv4, self.ipv6) if c}
 
     def same_as(self, other: Endpoint) -> bool:
         return (self.network, self.ipv4, self.ipv6, self.daemon) == (
@@ -559,9 +579,17 @@ class NetworkDriver:
     def __init__(self, client_factory: ClientFactory, store: IStateStore, clock: IReactorTime,
                  run_blocking: Runner = _run_now, pid: int | None = None,
                  backoff: Backoff | None = None, timeout: float = CALL_TIMEOUT,
-                 plumbing: IEndpointPlumbing | None = None) -> None:
+                 plumbing: IEndpointPlumbing | None = None,
+                 netlink: INetlink | None = None) -> None:
         self._factory = client_factory
         self._plumbing = plumbing
+        #: Our own network namespace, where Docker puts back the interfaces of left endpoints.
+        self._netlink = netlink
+        self._sweep = EndpointSweep(clock)
+        self._sweep_call: IDelayedCall | None = None
+        self._sweeping = False
+        #: Endpoint ids with a Docker call in flight (a sweep leaves them alone).
+        self._busy: Counter[str] = Counter()
         self._store = store
         self._clock = clock
         self._run_blocking = run_blocking
@@ -590,19 +618,28 @@ class NetworkDriver:
                           error=e)
                 continue
             if endpoint.network in self.networks:
+                endpoint.since = self._clock.seconds()
                 self.endpoints[endpoint_id] = endpoint
         log.info("restored {networks} networks and {endpoints} endpoints",
                  networks=len(self.networks), endpoints=len(self.endpoints))
 
     def start(self) -> None:
-        """Reconnect the restored networks to their daemons (in the background)."""
+        """
+        Reconnect the restored networks to their daemons (in the background), and look for
+        restored endpoints that Docker let go while we were down.
+        """
         for network in self.networks.values():
             if network.link is None:
                 network.link = self._link(network)
                 network.link.keep_connected()
+        if self.endpoints:
+            self._schedule_sweep()
 
     def stop(self) -> defer.Deferred[Any]:
         """Close every daemon connection (the saved state stays for the next start)."""
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
         closing = []
         for network in self.networks.values():
             if network.link is not None:
@@ -720,9 +757,25 @@ class NetworkDriver:
         log.info("deleted network {id}", id=network_id[:12])
         return {}
 
+    @contextlib.contextmanager
+    def _call_on(self, endpoint_id: str) -> Iterator[None]:
+        """Marks a Docker call on ``endpoint_id`` in flight, for the sweep."""
+        self._busy[endpoint_id] += 1
+        try:
+            yield
+        finally:
+            self._busy[endpoint_id] -= 1
+            if not self._busy[endpoint_id]:
+                del self._busy[endpoint_id]
+
     async def create_endpoint(self, body: JSONObject) -> JSONObject:
         network = self._network(body)
         endpoint_id = field(body, "EndpointID", str)
+        with self._call_on(endpoint_id):
+            return await self._create_endpoint(body, network, endpoint_id)
+
+    async def _create_endpoint(self, body: JSONObject, network: Network,
+                               endpoint_id: str) -> JSONObject:
         interface = field(body, "Interface", dict, required=False) or {}
         endpoint = Endpoint(id=endpoint_id, network=network.id,
                             ipv4=_parse_cidr(interface.get("Address")),
@@ -756,8 +809,18 @@ class NetworkDriver:
                 raise PluginError(
                     f"unable to create endpoint {endpoint_id[:12]}: {e.details}"
                 ) from None
+        if endpoint is not self.endpoints.get(endpoint_id):
+            endpoint.since = self._clock.seconds()
+        # Docker gives an address to one live endpoint of a network only: an endpoint we
+        # keep with that address was deleted while we could not hear it.
+        taken = endpoint.addresses()
+        for other in list(self.endpoints.values()):
+            if (other.id != endpoint_id and other.network == network.id
+                    and other.id not in self._busy and other.addresses() & taken):
+                self._drop(other, f"Docker gave its address to endpoint {endpoint_id[:12]}")
         self.endpoints[endpoint_id] = endpoint
         await self._save()
+        self._schedule_sweep()
         log.info("created endpoint {id} ({addresses}{daemon}) on network {network}",
                  id=endpoint_id[:12], addresses=" ".join(filter(None, (endpoint.ipv4,
                                                                          endpoint.ipv6))),
@@ -767,9 +830,15 @@ class NetworkDriver:
     async def join(self, body: JSONObject) -> JSONObject:
         network = self._network(body)
         endpoint_id = field(body, "EndpointID", str)
+        with self._call_on(endpoint_id):
+            return await self._join(body, network, endpoint_id)
+
+    async def _join(self, body: JSONObject, network: Network, endpoint_id: str) -> JSONObject:
         endpoint = self.endpoints.get(endpoint_id)
+        sandbox = field(body, "SandboxKey", str, required=False) or ""
         if endpoint is not None and endpoint.pending:
-            endpoint.sandbox = field(body, "SandboxKey", str, required=False) or ""
+            endpoint.sandbox = sandbox
+            self._joined(endpoint, "")
             endpoint.joining = True
             try:
                 if network.settling is not None:
@@ -788,19 +857,48 @@ class NetworkDriver:
         except TelerouteError as e:
             raise PluginError(f"unable to join endpoint {endpoint_id[:12]}: {e.details}") from None
         answer = join_answer(response)
+        if endpoint is None:
+            # Docker joins only what it made: keep it, though its making went unrecorded.
+            endpoint = self.endpoints[endpoint_id] = Endpoint(id=endpoint_id,
+                                                              network=network.id)
+        interface = "" if response.interface_in_daemon_netns else response.interface_src_name
+        for other in list(self.endpoints.values()):
+            if (interface and other.id != endpoint_id and other.interface == interface
+                    and other.id not in self._busy):
+                self._drop(other, f"the daemon gave its interface to endpoint {endpoint_id[:12]}")
+        endpoint.sandbox = sandbox or endpoint.sandbox
+        self._joined(endpoint, interface)
+        await self._save()
         log.info("endpoint {id} joins with {src} and routes {routes}", id=endpoint_id[:12],
                  src=response.interface_src_name,
                  routes=[r["Destination"] for r in answer["StaticRoutes"]])
         return answer
 
+    def _joined(self, endpoint: Endpoint, interface: str) -> None:
+        endpoint.joined = True
+        endpoint.interface = interface
+        endpoint.since = self._clock.seconds()
+
     async def leave(self, body: JSONObject) -> JSONObject:
-        await self._teardown(body, "leave", "Leave")
+        try:
+            with self._call_on(field(body, "EndpointID", str)):
+                await self._teardown(body, "leave", "Leave")
+        finally:
+            # DeleteEndpoint follows; should it never reach us, the look finds the endpoint.
+            self._schedule_sweep()
         return {}
 
     async def delete_endpoint(self, body: JSONObject) -> JSONObject:
-        endpoint_id = await self._teardown(body, "remove_endpoint", "DeleteEndpoint")
-        if self.endpoints.pop(endpoint_id, None) is not None:
-            await self._save()
+        network_id = field(body, "NetworkID", str)
+        endpoint_id = field(body, "EndpointID", str)
+        with self._call_on(endpoint_id):
+            # Docker deletes the endpoint whatever we answer (it only logs a driver's error):
+            # forget it first, so that no failure below, nor our death, keeps it.
+            endpoint = self.endpoints.get(endpoint_id)
+            if endpoint is not None and endpoint.network == network_id:
+                del self.endpoints[endpoint_id]
+                await self._save()
+            await self._teardown(body, "remove_endpoint", "DeleteEndpoint")
         return {}
 
     async def _teardown(self, body: JSONObject, method: str, call: str) -> str:
@@ -909,6 +1007,56 @@ class NetworkDriver:
     def endpoint_oper_info(self, body: JSONObject) -> JSONObject:
         return {"Value": {}}
 
+    # -- endpoints Docker let go while we could not hear it (telenet.routesweep)
+
+    def _drop(self, endpoint: Endpoint, why: str) -> None:
+        """Forget a stale endpoint (the caller saves), and tell its daemon in the background."""
+        self.endpoints.pop(endpoint.id, None)
+        log.warn("forgetting endpoint {id} of network {network}: Docker no longer has it "
+                 "({why})", id=endpoint.id[:12], network=endpoint.network[:12], why=why)
+        network = self.networks.get(endpoint.network)
+        link = network.link if network is not None else None
+        if link is None or not link.connected or link.client is None:
+            return
+        d = link.client.remove_endpoint(teleroute_pb2.EndpointIdentifier(id=endpoint.id),
+                                        self._timeout)
+        d.addTimeout(self._timeout, self._clock)
+        d.addErrback(lambda f: log.info("the daemon did not forget endpoint {id}: {error}",
+                                        id=endpoint.id[:12], error=f.value))
+
+    def _schedule_sweep(self, delay: float = SETTLE) -> None:
+        if self._sweep_call is None or not self._sweep_call.active():
+            self._sweep_call = self._clock.callLater(delay, self._run_sweep)
+
+    def _run_sweep(self) -> None:
+        self._sweep_call = None
+        if self._sweeping:
+            self._schedule_sweep()
+            return
+        self._sweeping = True
+
+        def done(result: object) -> None:
+            self._sweeping = False
+            if self._sweep.pending(e.seen() for e in self.endpoints.values()):
+                self._schedule_sweep()
+
+        d = defer.Deferred.fromCoroutine(self._sweep_once())
+        d.addErrback(lambda f: log.failure("looking for stale endpoints failed", f))
+        d.addBoth(done)
+
+    async def _sweep_once(self) -> None:
+        ours: set[str] = set()
+        if self._netlink is not None and any(e.interface for e in self.endpoints.values()):
+            ours = {link.name for link in await self._netlink.links()}
+        stale = self._sweep.look([e.seen() for e in self.endpoints.values()], ours,
+                                 set(self._busy))
+        for s in stale:
+            endpoint = self.endpoints.get(s.id)
+            if endpoint is not None and s.id not in self._busy:
+                self._drop(endpoint, s.why)
+        if stale:
+            await self._save()
+
 
 # -- the twistd tap
 
@@ -969,10 +1117,12 @@ def makeService(options: Options, reactor: Any = None,
     top = service.MultiService()
     pool, run_blocking = state_thread(reactor, "teleroute-state")
 
+    from telenet.netlink import PyrouteNetlink
     from telenet.routelinks import NetnsPlumbing, process_runner
 
     driver = NetworkDriver(client_factory, JSONFileStore(os.path.join(state_dir, "state.json")),
-                           reactor, run_blocking, plumbing=NetnsPlumbing(process_runner(reactor)))
+                           reactor, run_blocking, plumbing=NetnsPlumbing(process_runner(reactor)),
+                           netlink=PyrouteNetlink())
     driver.restore()
     log.info("teleroute plug-in, host pid {pid}", pid=driver._pid)
     resource = dockerplugin.PluginResource(["NetworkDriver"], driver.handlers())

@@ -232,6 +232,13 @@ class Teleroute:
         if request.id in self.endpoints:
             raise TelerouteError(grpc.StatusCode.ALREADY_EXISTS,
                                  f"endpoint {request.id} already exists")
+        # Docker gives an address to one live endpoint only: an endpoint we still hold with
+        # it was removed without telling us (a plug-in that died in the call).
+        for other in [e for e in self.endpoints.values()
+                      if (ipv4 and e.addr_ipv4 == ipv4) or (ipv6 and e.addr_ipv6 == ipv6)]:
+            del self.endpoints[other.id]
+            log.info("Endpoint {endpoint} gave up its address {address} to {new}",
+                     endpoint=other.id[:12], address=str(key), new=request.id[:12])
         if request.daemon and request.in_daemon_netns:
             pair = await self._local_pair(key, request.interface_addresses)
         else:

@@ -293,6 +293,10 @@ class MemoryNetlink:
 
         return self._call(go)
 
+    def arrive(self, name: str, kind: str = "veth") -> None:
+        """A link comes into this namespace from another (Docker handing one back)."""
+        self._new(name, _fake_mac(self._next_index), kind)
+
     def get_link(self, name: str) -> defer.Deferred[Link | None]:
         return defer.succeed(self.links_by_name.get(name))
 

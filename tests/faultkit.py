@@ -11,11 +11,13 @@ so that a full run's numbers can be copied into docs/reliability.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 FULL = os.environ.get("TELENET_FAULTS", "").lower() == "full"
 FIGURES = "/tmp/tntest-faults-figures.txt"
@@ -142,3 +144,91 @@ class FsyncedWriter:
         assert len(data) >= self.acked * chunk, (len(data), self.acked)
         for i in range(self.acked):
             assert data[i * chunk : (i + 1) * chunk] == bytes([i % 251]) * chunk, i
+
+
+class PluginCallTap:
+    """
+    A unix-socket stand-in in front of a plug-in, at the socket dockerd uses: it forwards each
+    call (dockerd opens a connection per call) to the plug-in's real socket, and lets a test
+    act at an exact point of one call: ``kill_on`` names a call (``/NetworkDriver.Join``);
+    when dockerd sends it next, ``kill`` runs before the call reaches the plug-in and dockerd's
+    connection is dropped unanswered, as a plug-in killed right then would drop it.
+    ``calls`` lists the paths seen, with the body's length.
+    """
+
+    def __init__(self, path: str, target: str, kill: Callable[[], None]) -> None:
+        self.path = path
+        self.target = target
+        self.kill = kill
+        self.kill_on: str | None = None
+        self.killed = threading.Event()
+        self.calls: list[tuple[str, int]] = []
+        self._server = socket.socket(socket.AF_UNIX)
+        self._server.bind(path)
+        os.chmod(path, 0o660)
+        self._server.listen(64)
+        self._stop = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def close(self) -> None:
+        self._stop = True
+        self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _request(conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return head + b"\r\n\r\n" + body
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(60)
+            try:
+                request = self._request(conn)
+                if not request:
+                    return
+                path = request.split(b" ", 2)[1].decode()
+                self.calls.append((path, len(request.partition(b"\r\n\r\n")[2])))
+                if path == self.kill_on:
+                    self.kill_on = None
+                    self.kill()
+                    self.killed.set()
+                    return
+                # A plug-in being restarted: its socket would queue the call, so wait for it.
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        answer = unix_exchange(self.target, request, timeout=60)
+                        break
+                    except (ConnectionRefusedError, FileNotFoundError):
+                        if time.monotonic() > deadline:
+                            return
+                        time.sleep(0.05)
+                conn.sendall(answer)
+            except OSError:
+                return

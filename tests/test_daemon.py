@@ -427,7 +427,9 @@ def test_daemon_in_container(tmp_path: Any) -> None:
                                       stdout=out, stderr=subprocess.STDOUT)
         wait_for(lambda: log_path.read_text().count("\n") >= 1 or client.poll() is not None,
                  20, "the client's answers")
-        story = json.loads(log_path.read_text().splitlines()[0])
+        first = (log_path.read_text().splitlines() or [""])[0]
+        assert first.startswith("{"), _unreachable_daemon(name, address, log_path.read_text())
+        story = json.loads(first)
         assert story["w"]["routes"] == [subnet] and story["w"]["via"] == "172.30.0.2"
         assert story["status"]["dns"]["local_address"] == "172.30.0.2:53"
         moved = run("ip", "-n", ns, "-o", "link").stdout
@@ -447,6 +449,25 @@ def test_daemon_in_container(tmp_path: Any) -> None:
         sleeper.kill()
         sleeper.wait()
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _unreachable_daemon(name: str, address: str, client_log: str) -> str:
+    """Everything that tells why the host could not reach the daemon container."""
+    def out(*command: str) -> str:
+        result = run(*command, check=False)
+        return f"$ {' '.join(command)}\n{result.stdout}{result.stderr}"
+
+    return "\n".join([
+        "the client failed:", client_log[-3000:],
+        out("ip", "neigh", "show", "to", address), out("ip", "route", "get", address),
+        out("ip", "-d", "link", "show", "docker0"), out("bridge", "fdb", "show", "br", "docker0"),
+        out("docker", "exec", name, "ip", "-d", "addr"),
+        out("docker", "exec", name, "ip", "route"), out("docker", "exec", name, "ip", "neigh"),
+        out("docker", "exec", name, "nft", "list", "ruleset"),
+        out("docker", "exec", name, "cat", "/proc/sys/net/ipv4/conf/eth0/arp_ignore"),
+        out("docker", "logs", "--tail", "60", name),
+        out("iptables-save"), out("dmesg", "-T", "--level", "err,warn"),
+    ])
 
 
 def _same_netns(pid: int, ns: str) -> bool:

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -299,16 +300,30 @@ def openssh_server(workdir: str) -> Iterator[int]:
     os.makedirs(secrets)
     with open(os.path.join(secrets, "token"), "w") as f:
         f.write("s3cr3t-token\n")
-    # Each connection gets a private mount namespace in which the export is /tel_app_exports,
-    # so the host's /tel_app_exports stays an empty directory.
-    os.makedirs("/tel_app_exports", exist_ok=True)
+    # Each connection runs sftp-server chrooted in a private mount namespace: a tmpfs root
+    # with the host's /usr, /etc and /dev, and the export at /tel_app_exports. Nothing is
+    # made on the host's own root.
+    chroot = os.path.join(workdir, "sftp-root")
+    os.makedirs(chroot)
     port = free_port()
     wrapper = os.path.join(workdir, "sftp-server.sh")
     with open(wrapper, "w") as f:
-        f.write(
-            f"#!/bin/sh\nexec unshare -m --propagation private sh -c "
-            f"'mount --bind {root} /tel_app_exports && exec {sftp_server}'\n"
-        )
+        f.write(textwrap.dedent(f"""\
+            #!/bin/sh
+            exec unshare -m --propagation private sh -ec '
+              r={chroot}
+              mount -t tmpfs tmpfs "$r"
+              mkdir "$r/usr" "$r/etc" "$r/dev" "$r/tel_app_exports"
+              for d in bin lib lib32 lib64 libx32 sbin; do
+                if [ -L "/$d" ]; then ln -s "$(readlink "/$d")" "$r/$d"; fi
+              done
+              mount --rbind /usr "$r/usr"
+              mount --rbind /etc "$r/etc"
+              mount --rbind /dev "$r/dev"
+              mount --bind {root} "$r/tel_app_exports"
+              cd "$r"
+              exec chroot "$r" {sftp_server}'
+            """))
     os.chmod(wrapper, 0o755)
     daemon = Daemon(
         ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", f"EXEC:{wrapper}"],

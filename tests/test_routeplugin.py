@@ -28,8 +28,9 @@ from telenet.routeplugin import (
     own_host_pid,
     static_routes,
 )
+from telenet.routesweep import JOIN_WITHIN, SETTLE
 from telenet.routetesting import MemoryPlumbing, MemoryTeleroute
-from telenet.testing import MemoryStateStore
+from telenet.testing import MemoryNetlink, MemoryStateStore
 
 from .helpers import dockerd_calls, result_of
 
@@ -67,15 +68,31 @@ def ids(endpoint: str) -> dict[str, str]:
     return {"NetworkID": NET, "EndpointID": endpoint}
 
 
+class Saves:
+    """The driver's ``run_blocking`` for saves; ``stuck`` makes the next saves never finish."""
+
+    def __init__(self) -> None:
+        self.stuck = False
+
+    def __call__(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        if self.stuck:
+            return defer.Deferred()
+        return defer.maybeDeferred(f, *args)
+
+
 class Harness:
     def __init__(self, store: MemoryStateStore | None = None,
-                 daemon: MemoryTeleroute | None = None) -> None:
+                 daemon: MemoryTeleroute | None = None,
+                 netlink: MemoryNetlink | None = None) -> None:
         self.clock = task.Clock()
         self.store = store or MemoryStateStore()
         self.daemon = daemon or MemoryTeleroute(routes=["10.123.0.0/16"])
         self.plumbing = MemoryPlumbing()
-        self.driver = NetworkDriver(self.daemon.client, self.store, self.clock, pid=PID,
-                                    plumbing=self.plumbing)
+        #: The plug-in's own network namespace (the host's).
+        self.netlink = netlink or MemoryNetlink()
+        self.saves = Saves()
+        self.driver = NetworkDriver(self.daemon.client, self.store, self.clock, self.saves,
+                                    pid=PID, plumbing=self.plumbing, netlink=self.netlink)
         self.driver.restore()
         self.driver.start()
         self.stub = StubTreq(PluginResource(["NetworkDriver"], self.driver.handlers()))
@@ -417,7 +434,10 @@ def test_leave_tolerates_a_daemon_that_forgot_the_endpoint() -> None:
 
 
 def test_leave_reports_other_daemon_errors() -> None:
-    """Errors other than a gone daemon are reported."""
+    """
+    Errors other than a gone daemon are reported; a failed DeleteEndpoint still forgets the
+    endpoint, since Docker deletes it whatever the driver answers (it only logs the error).
+    """
     h = Harness()
     h.network()
     h.ok("/NetworkDriver.CreateEndpoint", endpoint_body(WORK_EP))
@@ -425,7 +445,8 @@ def test_leave_reports_other_daemon_errors() -> None:
     assert h.err("/NetworkDriver.DeleteEndpoint", ids(WORK_EP)) == (
         "unable to DeleteEndpoint endpoint 30b306bd1f07: netlink died"
     )
-    assert WORK_EP in h.driver.endpoints
+    assert WORK_EP not in h.driver.endpoints
+    assert WORK_EP not in h.store.load()["endpoints"]
 
 
 def test_teardown_of_unknown_network_succeeds() -> None:
@@ -515,6 +536,7 @@ def test_reconnects_with_backoff_after_the_stream_ends() -> None:
     h = Harness()
     h.network()
     h.daemon_joins()
+    h.clock.advance(SETTLE)  # the look for stale endpoints after the create: nothing to do
     h.daemon.stop()
     gaps = []
     for _ in range(8):
@@ -765,6 +787,128 @@ def test_stop_closes_streams_but_keeps_state() -> None:
 
 
 # -- process plumbing
+
+
+# -- a plug-in killed in the middle of a call converges on the endpoints Docker has
+
+
+def _killed_and_restarted(h: Harness) -> Harness:
+    """The plug-in dies (nothing in flight is finished) and starts again on its saved state."""
+    return Harness(store=h.store, daemon=h.daemon, netlink=h.netlink)
+
+
+def test_killed_in_delete_endpoint_before_saving_converges() -> None:
+    """
+    The leak the kill -9 fault test found: Docker sent DeleteEndpoint and the plug-in died
+    before its save finished. For Docker the endpoint is gone (it ignores the driver's error),
+    so the restarted plug-in must forget it by itself: the endpoint's interface, which Docker
+    moved back into our namespace at Leave, stays there.
+    """
+    h = Harness()
+    h.network()
+    h.daemon_joins()
+    interface = h.workload_joins() and h.driver.endpoints[WORK_EP].interface
+    assert interface == "tp-fake00000002"  # Docker moved it into the container
+    assert h.ok("/NetworkDriver.Leave", ids(WORK_EP)) == {}
+    h.netlink.arrive(interface)  # Docker hands it back as the container leaves
+    h.saves.stuck = True
+    h.send("/NetworkDriver.DeleteEndpoint", ids(WORK_EP))  # killed before the save finished
+    assert WORK_EP in h.store.load()["endpoints"]
+
+    again = _killed_and_restarted(h)
+    assert WORK_EP in again.driver.endpoints
+    again.clock.advance(SETTLE)  # the first look: its interface is back in our namespace
+    assert WORK_EP in again.driver.endpoints
+    again.clock.advance(SETTLE)  # still there a second later: it left its container
+    assert WORK_EP not in again.driver.endpoints
+    assert set(again.store.load()["endpoints"]) == {DAEMON_EP}
+    assert WORK_EP not in h.daemon.endpoints  # the daemon was told
+    assert again.clock.getDelayedCalls() == []  # settled: no more looking
+
+
+def test_killed_after_saving_a_create_it_never_answered_converges() -> None:
+    """
+    The other leak: CreateEndpoint saved, then the plug-in died before Docker had the
+    answer. For Docker the create failed, and it never joins nor deletes that endpoint; the
+    restarted plug-in forgets it once Docker's Join could no longer come.
+    """
+    h = Harness()
+    h.network()
+    h.daemon_joins()
+    h.send("/NetworkDriver.CreateEndpoint", endpoint_body(WORK_EP))
+    assert WORK_EP in h.store.load()["endpoints"]  # saved; the answer never reached Docker
+
+    again = _killed_and_restarted(h)
+    again.clock.pump([1.0] * int(JOIN_WITHIN - 1))
+    assert WORK_EP in again.driver.endpoints  # Docker's retried Join may still come
+    again.clock.pump([1.0] * 2)
+    assert set(again.store.load()["endpoints"]) == {DAEMON_EP}
+    assert again.clock.getDelayedCalls() == []
+
+
+def test_restarted_plugin_keeps_what_docker_joins_or_holds() -> None:
+    """
+    No false alarm: an endpoint whose create was answered just before the kill is joined by
+    Docker's retried Join; one whose interface is in our namespace only while Docker moves it
+    into its container (Join answered just before the kill) is kept; a running container's.
+    """
+    h = Harness()
+    h.network()
+    h.daemon_joins()
+    steady = "5" * 64
+    h.workload_joins(steady, "172.21.0.9/16")
+    moving = "6" * 64
+    h.workload_joins(moving, "172.21.0.8/16")
+    h.netlink.arrive(h.driver.endpoints[moving].interface)  # not yet in its container
+    assert h.ok("/NetworkDriver.CreateEndpoint", endpoint_body(WORK_EP)) == {}
+
+    again = _killed_and_restarted(h)
+    again.clock.advance(SETTLE)
+    result_of(again.netlink.move_to_netns(h.driver.endpoints[moving].interface, 77))
+    assert again.ok("/NetworkDriver.Join", ids(WORK_EP))["InterfaceName"]["DstPrefix"] == "tpd-"
+    again.clock.pump([1.0] * int(JOIN_WITHIN + 5))
+    assert set(again.store.load()["endpoints"]) == {DAEMON_EP, steady, moving, WORK_EP}
+    assert again.clock.getDelayedCalls() == []
+
+
+def test_an_address_docker_gives_again_retires_the_stale_endpoint() -> None:
+    """
+    Docker gives an address to one live endpoint of a network only: a new endpoint with the
+    address of a kept one means the kept one is gone, at once. The same holds for a veth
+    end the daemon hands to a new endpoint.
+    """
+    h = Harness()
+    h.network()
+    h.daemon_joins()
+    h.workload_joins(WORK_EP, "172.21.0.3/16")
+    other = "7" * 64
+    h.ok("/NetworkDriver.CreateEndpoint", endpoint_body(other, "172.21.0.3/16"))
+    assert set(h.store.load()["endpoints"]) == {DAEMON_EP, other}
+
+    # A join handed the same veth end as a kept endpoint's (a daemon reusing the pair).
+    h.driver.endpoints[DAEMON_EP].interface = "tp-fake00000003"
+    assert h.ok("/NetworkDriver.Join", ids(other)) and (
+        h.driver.endpoints[other].interface == "tp-fake00000003")
+    assert set(h.store.load()["endpoints"]) == {other}
+
+
+def test_a_call_in_flight_is_never_swept() -> None:
+    """An endpoint whose Leave or DeleteEndpoint is in flight is left to that call."""
+    h = Harness()
+    h.network()
+    h.daemon_joins()
+    h.workload_joins()
+    h.netlink.arrive(h.driver.endpoints[WORK_EP].interface)
+    h.daemon.hang.add("Leave")
+    leaving = h.send("/NetworkDriver.Leave", ids(WORK_EP))
+    h.clock.advance(SETTLE)
+    h.clock.advance(SETTLE)
+    assert WORK_EP in h.driver.endpoints
+    code, answer = h.finish(leaving, advance=CALL_TIMEOUT + 1)
+    assert code == 500 and "did not answer leave" in answer["Err"]
+    # Once no call is in flight, the look goes on: the interface stayed in our namespace.
+    h.clock.pump([SETTLE] * 3)
+    assert WORK_EP not in h.driver.endpoints
 
 
 def test_host_pid_from_nspid(tmp_path: Any) -> None:

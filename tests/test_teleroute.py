@@ -188,6 +188,22 @@ def test_create_endpoint_reuses_pair_by_address(h: Harness) -> None:
     assert len([c for c in h.netlink.calls if c[0] == "create_veth"]) == 2
 
 
+def test_create_endpoint_retires_an_endpoint_holding_its_address(h: Harness) -> None:
+    """
+    An endpoint the plug-in never removed (it died in the call) gives up its address to the
+    new endpoint Docker made with it: one endpoint per address, the pair reused.
+    """
+    h.connect()
+    result_of(h.create("old", v4="172.30.0.5", v6="fd00::5"))
+    result_of(h.create("other", v4="172.30.0.6"))
+    result_of(h.create("new", v6="fd00::5"))
+    assert set(h.core.endpoints) == {"other", "new"}
+    pair = h.core.endpoints["other"].pair
+    result_of(h.create("again", v4="172.30.0.6"))
+    assert set(h.core.endpoints) == {"new", "again"}
+    assert h.core.endpoints["again"].pair == pair
+
+
 def test_create_endpoint_replaces_vanished_pair(h: Harness) -> None:
     """A cached pair whose host end is gone (its container netns died) is made anew."""
     h.connect()
