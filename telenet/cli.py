@@ -4,19 +4,27 @@ The ``telenet`` command line: Telepresence's ``--docker`` mode for telenet's plu
 
     telenet connect --docker [--name N] [--vif-network NET | --vif IFACE] [--subnet CIDR ...]
                     [--cluster-dns ADDR] [--cluster-domain D ...]
-    telenet status [--name N] [--output text|json|yaml]
+    telenet status [--name N | --use REGEX] [--multi-daemon] [--output text|json|yaml]
     telenet [--connection N] docker-run [docker run arguments]
     telenet [--connection N] curl [curl arguments] URL
     telenet engage [--name N] --agent HOST:PORT --container NAME [--remote-mount PATH[:ro] ...]
                    --docker-run -- [docker run arguments]
     telenet engage … --docker-build CONTEXT [--docker-build-opt KEY=VALUE ...] -- [docker run args]
     telenet engage … --docker-debug CONTEXT -- [docker run arguments]
-    telenet quit [--name N]
+    telenet quit [--name N | --use REGEX]
     telenet demo [--prefix P] [--keep]
     telenet demo-cluster up|down [--prefix P] [--output json]
 
+Global options (before the command): ``--config FILE``, ``--connection N`` (an exact name),
+``--use REGEX`` (the one connection whose name the expression matches, like Telepresence's
+``--use``) and ``--format json|yaml``.
+
 Errors are one line on stderr (``telenet <command>: …``) and exit 1; docker-run and engage exit
-with the container's code.
+with the container's code. With ``--format``, stdout carries one object per run: status its
+status, the other commands ``{"ok": …, "command": …, …}`` at the end, a failure
+``{"error": "<message>"}`` (exit 1; usage errors exit 2), as Telepresence's ``--output json``
+puts its errors on stdout; telenet's progress lines go to stderr. The containers of docker-run,
+curl and engage keep their own stdout and stderr, so their object follows their output.
 """
 
 from __future__ import annotations
@@ -26,17 +34,36 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
 from telenet.cliconfig import Config, ConfigError, load_config
 
+if TYPE_CHECKING:
+    from telenet.connection import Connector
+    from telenet.runner import Runner
+
 COMMANDS = ("connect", "status", "docker-run", "curl", "engage", "quit", "demo", "demo-cluster")
+FORMATS = ("text", "json", "yaml")
+
+
+class _UsageError(Exception):
+    """argparse's error, raised so that ``--format`` can print it as an object."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="telenet",
         description="Reach a remote network from Docker containers through a daemon container, "
         "and mount remote directories as Docker volumes.",
@@ -51,6 +78,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the connection docker-run and engage use (default: the only one; "
         "or $TELENET_CONNECTION)",
+    )
+    parser.add_argument(
+        "--use",
+        dest="global_use",
+        metavar="REGEX",
+        help="the one connection whose name REGEX matches (searched, like Telepresence's --use)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="machine-readable output of every command: its object (or "
+        '{"error": ...}) on stdout, progress lines on stderr',
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -73,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     vif.add_argument(
         "--vif-network",
         metavar="NET",
-        help="a Docker network to attach the daemon to as its VIF (eth1)",
+        help="a Docker network to attach the daemon to as its VIF (found there by its address)",
     )
     connect.add_argument(
         "--subnet",
@@ -93,9 +133,17 @@ def _parser() -> argparse.ArgumentParser:
         help="a domain resolved by --cluster-dns (repeatable; default cluster.local)",
     )
 
-    status = commands.add_parser("status", help="describe the connection")
-    status.add_argument("--name")
-    status.add_argument("--output", "-o", choices=("text", "json", "yaml"), default="text")
+    status = commands.add_parser("status", help="describe the connection(s)")
+    status.add_argument("--name", help="the connection of that exact name")
+    status.add_argument("--use", metavar="REGEX", help="the one connection REGEX matches")
+    status.add_argument(
+        "--multi-daemon",
+        action="store_true",
+        help='always {"connections": [...]}, even for one connection (json, yaml)',
+    )
+    status.add_argument(
+        "--output", "-o", choices=("text", "json", "yaml"), help="default: text, or --format"
+    )
 
     commands.add_parser("docker-run", help="docker run on the connection's network", add_help=False)
 
@@ -113,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         "[--docker-build-opt KEY=VALUE ...] | --docker-debug CONTEXT) -- [docker run arguments]",
     )
     engage.add_argument("--name")
+    engage.add_argument("--use", metavar="REGEX", help="the one connection REGEX matches")
     engage.add_argument(
         "--agent",
         required=True,
@@ -158,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
 
     quit_ = commands.add_parser("quit", help="stop the daemon and remove the network")
     quit_.add_argument("--name")
+    quit_.add_argument("--use", metavar="REGEX", help="the one connection REGEX matches")
 
     demo = commands.add_parser("demo", help="the whole story against an embedded demo cluster")
     demo.add_argument(
@@ -172,7 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     cluster = commands.add_parser("demo-cluster", help="start or remove the demo cluster alone")
     cluster.add_argument("action", choices=("up", "down"))
     cluster.add_argument("--prefix", default="telenet-demo")
-    cluster.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    cluster.add_argument("--output", "-o", choices=("text", "json"))
     return parser
 
 
@@ -198,10 +248,30 @@ def _split(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return argv, None
 
 
+def _wanted_format(argv: list[str]) -> str:
+    """``--format`` among the global options, before argparse has run (for its errors)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        arg = argv[i]
+        if arg.startswith("--format="):
+            value = arg.partition("=")[2]
+            return value if value in FORMATS else "text"
+        if arg == "--format":
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+            return value if value in FORMATS else "text"
+        i += 1 if "=" in arg or arg in ("-h", "--help") else 2
+    return "text"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     head, docker_args = _split(argv)
     parser = _parser()
+    if head[-1:] in (["docker-run"], ["curl"]) and docker_args == []:
+        fmt = _wanted_format(head)
+        if fmt != "text":
+            _emit({"error": f"telenet {head[-1]}: its arguments are required"}, fmt)
+            return 2
     if head[-1:] == ["docker-run"] and docker_args in ([], ["-h"], ["--help"]):
         print(
             "usage: telenet [--connection N] docker-run [docker run arguments]\n\n"
@@ -216,10 +286,21 @@ def main(argv: list[str] | None = None) -> int:
             "curlimages/curl)."
         )
         return 0 if docker_args else 2
-    args = parser.parse_args(head)
+    try:
+        args = parser.parse_args(head)
+    except _UsageError as e:
+        fmt = _wanted_format(head)
+        if fmt == "text":
+            argparse.ArgumentParser.error(e.parser, e.message)
+        _emit({"error": f"{e.parser.prog}: {e.message}"}, fmt)
+        return 2
+    out = _Output(args.format)
 
     def fail(message: str) -> int:
-        print(f"telenet {args.command}: {message}", file=sys.stderr, flush=True)
+        if out.machine:
+            out.emit({"error": message})
+        else:
+            print(f"telenet {args.command}: {message}", file=sys.stderr, flush=True)
         return 1
 
     try:
@@ -229,25 +310,73 @@ def main(argv: list[str] | None = None) -> int:
     from telenet.connection import CLIError
 
     try:
-        return _dispatch(args, docker_args or [], config)
+        return _dispatch(args, docker_args or [], config, out)
     except CLIError as e:
         return fail(str(e))
     except KeyboardInterrupt:
         return fail("interrupted")
+    except Exception as e:
+        if not out.machine:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        return fail(" ".join(str(e).split()) or type(e).__name__)
+
+
+class _Output:
+    """Where a run's output goes: text as before, or (``--format``) one object on stdout."""
+
+    def __init__(self, fmt: str) -> None:
+        self.format = fmt
+        self.machine = fmt != "text"
+
+    def say(self, text: str) -> None:
+        """A progress line: stdout, or stderr when stdout is for the object."""
+        print(text, file=sys.stderr if self.machine else sys.stdout, flush=True)
+
+    def emit(self, data: dict[str, Any]) -> None:
+        _emit(data, self.format)
+
+
+def _emit(data: dict[str, Any], fmt: str) -> None:
+    if fmt == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False).rstrip(), flush=True)
+    else:
+        print(json.dumps(data), flush=True)
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _dispatch(args: argparse.Namespace, docker_args: list[str], config: Config) -> int:
-    from telenet.connection import Connector, ConnectRequest, check_subnet, default_connection_name
+def make_connector(config: Config, say: Callable[[str], None]) -> Connector:
+    """The CLI's Connector (tests replace this to run main against memory fakes)."""
+    from telenet.connection import Connector
     from telenet.dockerapi import SDKDocker
 
-    connector = Connector(SDKDocker(), config, say=_say)
+    return Connector(SDKDocker(), config, say=say)
+
+
+def make_runner(connector: Connector, say: Callable[[str], None]) -> Runner:
+    """The CLI's Runner (tests replace this to run main against memory fakes)."""
+    from telenet.runner import Runner
+
+    return Runner(connector, say=say)
+
+
+def _dispatch(
+    args: argparse.Namespace, docker_args: list[str], config: Config, out: _Output
+) -> int:
+    from telenet.connection import CLIError, ConnectRequest, check_subnet, default_connection_name
+
+    connector = make_connector(config, out.say)
     connection = args.connection or os.environ.get("TELENET_CONNECTION") or None
+    use = getattr(args, "use", None) or args.global_use
     if args.command == "connect":
-        connector.connect(
+        if use is not None:
+            raise CLIError("--use picks an existing connection; connect takes --name")
+        conn = connector.connect(
             ConnectRequest(
                 name=args.name or default_connection_name(),
                 vif=args.vif,
@@ -257,65 +386,189 @@ def _dispatch(args: argparse.Namespace, docker_args: list[str], config: Config) 
                 cluster_domains=tuple(args.cluster_domain),
             )
         )
+        if out.machine:
+            from telenet.connection import container_name
+            from telenet.dockerapi import subnets_of
+
+            network = conn.network or {}
+            out.emit({
+                "ok": True,
+                "command": "connect",
+                "connection": conn.name,
+                "daemon": container_name(conn.name),
+                "network": network.get("Name"),
+                "subnet": next(iter(subnets_of(network)), None) if network else None,
+            })  # fmt: skip
         return 0
     if args.command == "status":
-        from telenet.connection import NotConnected, format_status
-
-        try:
-            status = connector.status(args.name or connection)
-        except NotConnected as e:
-            if args.output == "text":
-                print(str(e).split(":")[0].capitalize())
-                return 0
-            status = {
-                "connection": None,
-                "daemon": None,
-                "network": None,
-                "plugins": [],
-                "bridges": [],
-                "volumes": [],
-            }
-        print(_render(status, args.output, format_status))
-        return 0
+        return _status(connector, args, args.name or (None if use else connection), use, out)
+    name = getattr(args, "name", None) or None
+    if use is not None and args.command in ("quit", "docker-run", "curl", "engage"):
+        if name is not None:
+            raise CLIError("give --name or --use, not both")
+        connector.check_docker()
+        name = connector.select(use)
+    name = name or connection
     if args.command == "quit":
-        connector.quit(args.name or connection)
+        gone = None
+        if out.machine:
+            from telenet.connection import NotConnected
+
+            connector.check_docker()
+            try:
+                gone = connector.find(name).name
+            except NotConnected:
+                pass
+        connector.quit(name)
+        if out.machine:
+            out.emit({"ok": True, "command": "quit", "connection": gone})
         return 0
     if args.command in ("docker-run", "curl", "engage"):
-        from telenet.connection import CLIError
-        from telenet.runner import Build, Runner
+        return _run(connector, args, name, docker_args, out)
+    from telenet import demo
 
-        runner = Runner(connector, say=_say)
-        if args.command == "docker-run":
-            return runner.docker_run(connection, docker_args)
-        if args.command == "curl":
-            return runner.curl(connection, docker_args)
-        build = None
+    if args.command == "demo":
+        code = _quietly(
+            out, lambda: demo.run_demo(connector, prefix=args.prefix, keep=args.keep, telenet=main)
+        )
+        if out.machine:
+            out.emit({"ok": code == 0, "command": "demo", "prefix": args.prefix,
+                      "exit_code": code})  # fmt: skip
+        return code
+    cluster = demo.DemoCluster(connector.docker, args.prefix, config.daemon_image)
+    connector.check_docker()
+    if args.action == "up":
+        shape = args.output or out.format
+        info = cluster.up(say=_say if shape == "text" else lambda _: None)
+        if args.output is None and out.machine:
+            out.emit(info)
+        else:
+            print(_render(info, shape, demo.format_cluster))
+    else:
+        cluster.down()
+        if out.machine:
+            out.emit({"ok": True, "command": "demo-cluster", "action": "down",
+                      "prefix": args.prefix})  # fmt: skip
+    return 0
+
+
+def _status(
+    connector: Connector,
+    args: argparse.Namespace,
+    name: str | None,
+    use: str | None,
+    out: _Output,
+) -> int:
+    from telenet.connection import NotConnected, format_statuses
+
+    shape = args.output or out.format
+    try:
+        statuses = connector.statuses(name, use)
+    except NotConnected as e:
+        if shape == "text":
+            first = str(e).split(":")[0]
+            print(first[:1].upper() + first[1:])
+            return 0
+        data: dict[str, Any] = {
+            "connection": None,
+            "daemon": None,
+            "network": None,
+            "plugins": [],
+            "bridges": [],
+            "volumes": [],
+        }
+    else:
+        if shape == "text":
+            print(format_statuses(statuses))
+            return 0
+        data = (
+            statuses[0]
+            if len(statuses) == 1 and not args.multi_daemon
+            else {"connections": statuses}
+        )
+    if args.output is None:
+        out.emit(data)
+    else:
+        print(_render(data, shape, str))
+    return 0
+
+
+def _run(
+    connector: Connector,
+    args: argparse.Namespace,
+    name: str | None,
+    docker_args: list[str],
+    out: _Output,
+) -> int:
+    """docker-run, curl, engage: the container's output is its own; telenet's object follows."""
+    from telenet.connection import CLIError
+    from telenet.runner import Build
+
+    runner = make_runner(connector, out.say)
+    build = None
+    if args.command == "engage":
         context = args.docker_build or args.docker_debug
         if context is not None:
             build = Build(context, tuple(args.docker_build_opt), debug=bool(args.docker_debug))
         elif args.docker_build_opt:
             raise CLIError("--docker-build-opt goes with --docker-build or --docker-debug")
-        return runner.engage(
-            args.name or connection,
-            args.agent,
-            args.container,
-            args.remote_mount,
-            docker_args,
-            build,
-        )
-    from telenet import demo
 
-    if args.command == "demo":
-        return demo.run_demo(connector, prefix=args.prefix, keep=args.keep, telenet=main)
-    cluster = demo.DemoCluster(connector.docker, args.prefix, config.daemon_image)
-    if args.action == "up":
-        connector.check_docker()
-        info = cluster.up(say=_say if args.output == "text" else lambda _: None)
-        print(_render(info, args.output, demo.format_cluster))
-    else:
-        connector.check_docker()
-        cluster.down()
-    return 0
+    def call() -> int:
+        if args.command == "docker-run":
+            return runner.docker_run(name, docker_args)
+        if args.command == "curl":
+            return runner.curl(name, docker_args)
+        return runner.engage(
+            name, args.agent, args.container, args.remote_mount, docker_args, build
+        )
+
+    if not out.machine:
+        return call()
+    import contextlib
+    import io
+
+    run_process = runner.run_process
+
+    def build_output_on_stderr(command: list[str], **kw: Any) -> Any:
+        # docker build's progress is telenet's, not the engaged container's.
+        if command[1:2] == ["build"]:
+            kw.setdefault("stdout", 2)
+        return run_process(command, **kw)
+
+    runner.run_process = build_output_on_stderr
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        # Only telenet's own lines (the id of a detached container) are Python's; the
+        # container's output goes to the inherited descriptors, untouched.
+        code = call()
+    result: dict[str, Any] = {
+        "ok": code == 0,
+        "command": args.command,
+        "connection": name or _only_connection(connector),
+        "exit_code": code,
+    }
+    if args.command == "engage":
+        result["container"] = args.container
+    lines = printed.getvalue().split()
+    if lines:
+        result["container_id"] = lines[-1]
+    out.emit(result)
+    return code
+
+
+def _only_connection(connector: Connector) -> str | None:
+    names = connector.connection_names()
+    return names[0] if len(names) == 1 else None
+
+
+def _quietly(out: _Output, call: Callable[[], int]) -> int:
+    """``call()`` with Python's prints on stderr when stdout is for the object."""
+    if not out.machine:
+        return call()
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return call()
 
 
 def _render(data: dict[str, Any], output: str, text: Callable[[dict[str, Any]], str]) -> str:

@@ -267,7 +267,7 @@ class Connector:
         try:
             version = self.docker.api_version()
         except DockerUnavailable as e:
-            raise CLIError(f"Docker is not available at {e}: is dockerd running?") from None
+            raise CLIError(f"{e}; is dockerd running?") from None
         if not api_version_ok(version):
             raise CLIError(
                 f"Docker API {version} is too old: telenet needs Docker 20.10 (API 1.41) or newer"
@@ -470,9 +470,17 @@ class Connector:
                    "--control", f"tcp:{self.config.daemon_port}",
                    "--teleroute-port", str(self.config.teleroute_port),
                    "--name", safe_name("docker-" + req.name)]  # fmt: skip
-        vif = "eth1" if req.vif_network else req.vif
-        if vif:
-            command += ["--vif", vif]
+        if req.vif_network:
+            # Found by its address on that network: Docker's interface names follow neither
+            # the order of connection nor any order the CLI can know.
+            network = self.docker.network(req.vif_network) or {}
+            vif_subnets = subnets_of(network)
+            if not vif_subnets:
+                raise CLIError(f"--vif-network {req.vif_network} has no subnet to find it by")
+            for subnet in vif_subnets:
+                command += ["--vif-subnet", subnet]
+        elif req.vif:
+            command += ["--vif", req.vif]
         for subnet in req.subnets:
             command += ["--subnet", subnet]
         if req.cluster_dns:
@@ -513,7 +521,6 @@ class Connector:
             raise CLIError(f"could not create the daemon container {spec.name}: {e}") from None
         try:
             if req.vif_network:
-                # Connected before start, so it is eth1 when the daemon looks for --vif.
                 self.docker.connect(req.vif_network, container_id, None)
             self.docker.start_container(container_id)
         except DockerError as e:
@@ -727,30 +734,98 @@ class Connector:
 
     # -- status
 
+    def select(self, use: str) -> str:
+        """
+        The one connection whose name ``use`` (a regular expression) matches anywhere, like
+        Telepresence's ``--use``: NotConnected when none does, CLIError when several do.
+        """
+        try:
+            pattern = re.compile(use)
+        except re.error as e:
+            raise CLIError(f"--use {use!r} is not a regular expression: {e}") from None
+        names = self.connection_names()
+        matches = [n for n in names if pattern.search(n)]
+        if not matches:
+            known = f"connections: {', '.join(names)}" if names else "there is no connection"
+            raise NotConnected(f"no connection matches --use {use!r}: {known}")
+        if len(matches) > 1:
+            raise CLIError(
+                f"--use {use!r} matches several connections ({', '.join(matches)}): "
+                "give an expression that matches one"
+            )
+        return matches[0]
+
     def status(self, name: str | None) -> dict[str, Any]:
+        """The status of the connection named ``name``, or of the only one."""
         self.check_docker()
-        conn = self.find(name)
+        return self._describe(self.find(name))
+
+    def statuses(self, name: str | None = None, use: str | None = None) -> list[dict[str, Any]]:
+        """
+        The status of the connection named ``name``, of the one ``use`` matches
+        (L{select}), or, with neither, of every connection; NotConnected when there is none.
+        """
+        self.check_docker()
+        if name is not None and use is not None:
+            raise CLIError("give --name or --use, not both")
+        if use is not None:
+            name = self.select(use)
+        if name is not None:
+            return [self._describe(self.find(name))]
+        found = []
+        for each in self.connection_names():
+            try:
+                found.append(self._describe(self.find(each)))
+            except NotConnected:
+                continue  # gone since it was listed
+        if not found:
+            raise NotConnected("not connected: run telenet connect --docker first")
+        return found
+
+    def _describe(self, conn: Connection) -> dict[str, Any]:
+        # The daemon object has telenet's keys and those of Telepresence's containerized
+        # daemon (`telepresence status --output json`: in_docker, name, status,
+        # container_network, daemon_port, dns.local_address(es), subnets).
+        address = conn.control_address(self.config.daemon_port) if conn.running else None
         daemon: dict[str, Any] = {
-            "container": conn.container_id,
-            "name": container_name(conn.name),
+            "in_docker": True,
+            "name": conn.name,
             "running": conn.running,
+            "status": "Not connected",
+            "container": conn.container_id,
+            "container_name": container_name(conn.name),
+            "container_network": conn.network["Name"] if conn.network is not None else None,
+            "daemon_port": address[1] if address else None,
+            "control": f"{address[0]}:{address[1]}" if address else None,
+            "version": None,
+            "dns": {"local_address": None, "local_addresses": []},
+            "subnets": [],
+            "routes": [],
+            "vif": None,
         }
         bridges: list[Any] = []
         if conn.running:
-            address = conn.control_address(self.config.daemon_port)
-            daemon["control"] = f"{address[0]}:{address[1]}" if address else None
             try:
                 status = self.control(conn).status()
             except (ControlError, CLIError) as e:
                 daemon["error"] = str(e)
             else:
+                routes = [str(r) for r in status.get("routes") or []]
                 daemon.update(
                     version=status.get("version"),
-                    dns=status.get("dns") or {},
-                    routes=status.get("routes") or [],
+                    dns=_dns_status(status.get("dns")),
+                    subnets=routes,
+                    routes=routes,
                     vif=status.get("vif"),
                 )
                 bridges = list(status.get("bridges") or [])
+                if conn.network is not None and conn.dns_ip() is not None:
+                    daemon["status"] = "Connected"
+                else:
+                    daemon["error"] = (
+                        f"the daemon is not on network {conn.name}: run telenet connect "
+                        f"--docker --name {conn.name} again"
+                    )
         network = None
         if conn.network is not None:
             network = {
@@ -773,21 +848,37 @@ class Connector:
         }
 
 
+def _dns_status(dns: Any) -> dict[str, Any]:
+    """The daemon's ``dns`` with both ``local_address`` and the ``local_addresses`` list."""
+    dns = dict(dns) if isinstance(dns, dict) else {}
+    addresses = dns.pop("local_addresses", None)
+    first = dns.pop("local_address", None)
+    if not isinstance(addresses, list):
+        addresses = [first] if first else []
+    addresses = [str(a) for a in addresses if a]
+    return {
+        "local_address": first or (addresses[0] if addresses else None),
+        "local_addresses": addresses,
+        **dns,
+    }
+
+
 def format_status(status: dict[str, Any]) -> str:
-    """The human-readable form of ``telenet status``."""
+    """The human-readable form of ``telenet status`` for one connection."""
     daemon = status["daemon"]
-    lines = [f"Connection {status['connection']}:"]
+    lines = [f"Connection {status['connection']}: {daemon.get('status') or 'Not connected'}"]
     state = "running" if daemon.get("running") else "not running"
     cid = (daemon.get("container") or "")[:12] or "none"
+    container = daemon.get("container_name") or daemon["name"]
     lines.append(
-        f"  daemon:  {daemon['name']} ({cid}), {state}"
+        f"  daemon:  {container} ({cid}), {state}"
         + (f", version {daemon['version']}" if daemon.get("version") else "")
     )
     if daemon.get("error"):
         lines.append(f"  error:   {daemon['error']}")
-    dns = (daemon.get("dns") or {}).get("local_address")
+    dns = (daemon.get("dns") or {}).get("local_addresses") or []
     if dns:
-        lines.append(f"  DNS:     {dns}")
+        lines.append(f"  DNS:     {', '.join(dns)}")
     if daemon.get("routes"):
         lines.append(f"  routes:  {', '.join(daemon['routes'])}")
     network = status.get("network")
@@ -805,6 +896,11 @@ def format_status(status: dict[str, Any]) -> str:
     )
     lines.append("  volumes: " + (", ".join(status.get("volumes") or []) or "none"))
     return "\n".join(lines)
+
+
+def format_statuses(statuses: list[dict[str, Any]]) -> str:
+    """Several connections' statuses, one block each."""
+    return "\n\n".join(format_status(s) for s in statuses)
 
 
 _CIDR = re.compile(r"^[0-9a-fA-F:.]+/\d+$")

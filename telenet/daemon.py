@@ -2,15 +2,18 @@
 """
 ``twistd telepresence-daemon``: the daemon container's side of teleroute.
 
-    twistd -n telepresence-daemon [--vif IFACE] [--subnet CIDR ...] [--cluster-domain D ...]
-        [--cluster-dns ADDR] [--teleroute-port 4039] [--control ENDPOINT]
+    twistd -n telepresence-daemon [--vif IFACE | --vif-subnet CIDR ...] [--subnet CIDR ...]
+        [--cluster-domain D ...] [--cluster-dns ADDR] [--teleroute-port 4039]
+        [--control ENDPOINT]
 
 One process, on Twisted's asyncio reactor (installed here, so no ``--reactor`` is needed):
 
 - the teleroute gRPC service (``telenet.teleroute``) on ``--teleroute-port``, with the
   ``br-daemon`` bridge and the veth pairs of the containers on the teleroute network;
-- the routed subnets: ``--subnet`` plus the kernel routes through ``--vif``, watched live,
-  with forwarding and masquerading toward the VIF (``telenet.vif``);
+- the routed subnets: ``--subnet`` plus the kernel routes through the VIF, watched live,
+  with forwarding and masquerading toward it (``telenet.vif``); the VIF is ``--vif``, or the
+  interface holding an address in ``--vif-subnet`` (the subnet of the Docker network the
+  container is connected to as its VIF: Docker's interface names follow no order we know);
 - DNS on the daemon's teleroute address, port 53 (``telenet.dns``), bound as soon as the
   daemon's own endpoint is created;
 - the control API for the CLI (``telenet.control``) on ``--control``, with SFTP bridges.
@@ -38,7 +41,8 @@ DEFAULT_CONTROL = "tcp:4038:interface=127.0.0.1"
 
 
 class Options(usage.Options):
-    synopsis = "[--vif IFACE] [--subnet CIDR ...] [--cluster-domain D ...] [--cluster-dns ADDR]"
+    synopsis = ("[--vif IFACE | --vif-subnet CIDR ...] [--subnet CIDR ...] "
+                "[--cluster-domain D ...] [--cluster-dns ADDR]")
     longdesc = ("The Telepresence daemon's teleroute side: veth pairs for the containers of a "
                 "teleroute network, routes to the remote network behind --vif, DNS, and the "
                 "control API.")
@@ -60,7 +64,16 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["subnet"] = []
+        self["vif-subnet"] = []
         self["cluster-domain"] = []
+
+    def opt_vif_subnet(self, value: str) -> None:
+        """Instead of --vif: the VIF holds an address in this subnet (its network's). Repeatable."""
+        try:
+            self["vif-subnet"].append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise usage.UsageError(f"--vif-subnet {value!r} is not a CIDR like 172.19.0.0/16"
+                                   ) from None
 
     def opt_subnet(self, value: str) -> None:
         """A subnet (CIDR) to route to, in addition to those through --vif. Repeatable."""
@@ -99,6 +112,8 @@ class Options(usage.Options):
         vif = self["vif"]
         if vif is not None and (not vif or len(vif) > 15 or "/" in vif or " " in vif):
             raise usage.UsageError(f"--vif {vif!r} is not an interface name")
+        if vif is not None and self["vif-subnet"]:
+            raise usage.UsageError("give --vif or --vif-subnet, not both")
 
 
 class _StopInReverse(service.MultiService):
@@ -134,10 +149,12 @@ class _Closer(service.Service):
 
 
 def makeService(options: Options, reactor: Any = None,  # noqa: N802
-                netlink: INetlink | None = None) -> service.MultiService:
+                netlink: INetlink | None = None,
+                sysctl_root: str = "/proc/sys") -> service.MultiService:
     """
     The daemon as one ``MultiService``. Children, started in this order and stopped in the
-    reverse: ``netlink``, ``forwarding`` and ``vif-routes`` (with ``--vif``), ``teleroute``,
+    reverse: ``netlink``, ``forwarding`` and ``vif-routes`` (with ``--vif``; with
+    ``--vif-subnet``, ``vif``, which holds them once it found the interface), ``teleroute``,
     ``dns``, ``bridges``, ``control``.
     """
     if reactor is None:
@@ -152,7 +169,7 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
     from telenet.firewall import process_runner
     from telenet.gateway import BridgeGateway
     from telenet.teleroute import BRIDGE, DST_PREFIX, GrpcServerService, Teleroute
-    from telenet.vif import Forwarding, RouteTable, VifRouteService
+    from telenet.vif import Forwarding, RouteTable, VifRouteService, VifSelector
 
     # The firewall is touched only on the real kernel (tests pass a fake netlink).
     real_kernel = netlink is None
@@ -169,10 +186,22 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
 
     add("netlink", _Closer(netlink))
     table = RouteTable(options["subnet"])
-    vif = options["vif"]
-    if vif:
-        add("forwarding", Forwarding(vif, process_runner(reactor)))
-        add("vif-routes", VifRouteService(netlink, vif, table))
+
+    def vif_services(name: str) -> list[tuple[str, service.Service]]:
+        return [("forwarding", Forwarding(name, process_runner(reactor),
+                                          sysctl_root=sysctl_root)),
+                ("vif-routes", VifRouteService(netlink, name, table))]
+
+    selector: VifSelector | None = None
+    if options["vif"]:
+        for name, child in vif_services(options["vif"]):
+            add(name, child)
+    elif options["vif-subnet"]:
+        selector = VifSelector(netlink, options["vif-subnet"], vif_services, reactor)
+        add("vif", selector)
+
+    def vif() -> str | None:
+        return selector.vif if selector is not None else options["vif"]
 
     core = Teleroute(netlink, table.current, name=options["name"])
     port = options["teleroute-port"]
@@ -215,7 +244,7 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
         return {
             "version": telenet.__version__,
             "name": options["name"],
-            "vif": vif,
+            "vif": vif(),
             "dns": {
                 "local_address": local[0] if local else None,
                 "local_addresses": local,
@@ -230,8 +259,10 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
     add("control", strports.service(options["control"], control_site(status, bridges, reactor),
                                     reactor=reactor))
     _warn_overlaps(options["subnet"], options["cluster-domain"])
+    vif_text = options["vif"] or (
+        "in " + ", ".join(str(n) for n in options["vif-subnet"]) if options["vif-subnet"] else "-")
     log.info("telepresence-daemon {version}: vif {vif}, subnets {subnets}, cluster domains "
-             "{domains} via {dns}", version=telenet.__version__, vif=vif or "-",
+             "{domains} via {dns}", version=telenet.__version__, vif=vif_text,
              subnets=[str(s) for s in options["subnet"]], domains=options["cluster-domain"],
              dns=options["cluster-dns"] or "the daemon's own resolver")
     return top

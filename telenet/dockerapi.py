@@ -20,11 +20,13 @@ import re
 import socket
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
 from zope.interface import Interface, implementer
+
+from telenet.dockercontext import DockerContextError, DockerEndpoint, resolve
 
 MIN_API_VERSION = (1, 41)
 """Docker 20.10: what telenet is tested with."""
@@ -95,7 +97,17 @@ class Conflict(DockerError):
 
 
 class DockerUnavailable(DockerError):
-    """No Docker engine answers."""
+    """
+    No Docker engine answers; ``str()`` is one line naming the context and endpoint tried.
+    ``endpoint`` (a ``DockerEndpoint``) and ``reason`` are set when known.
+    """
+
+    def __init__(
+        self, message: str, *, endpoint: DockerEndpoint | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.reason = reason
 
 
 @attrs.frozen
@@ -134,7 +146,10 @@ class IDocker(Interface):
         """Make managed plug-ins ``(name, kind)`` from the image's rootfs (not enabled)."""
 
     def socket_answers(path: str) -> bool:
-        """Whether a legacy plug-in accepts connections on the unix socket ``path``."""
+        """
+        Whether a legacy plug-in accepts connections on the unix socket ``path``, for this
+        engine (False when the engine runs elsewhere: the socket here cannot serve it).
+        """
 
     def image_exists(name: str) -> bool:
         """Whether the image is present locally."""
@@ -288,21 +303,87 @@ def plugin_contexts(
 
 @implementer(IDocker)
 class SDKDocker:
-    """``IDocker`` with docker-py (``docker.from_env()``: ``DOCKER_HOST`` and friends)."""
+    """
+    ``IDocker`` with docker-py, on the engine the ``docker`` CLI would use (``DOCKER_HOST``,
+    ``DOCKER_CONTEXT``, the current context of ``~/.docker/config.json``, the default socket:
+    see ``telenet.dockercontext``), or on ``endpoint`` if given.
 
-    def __init__(self, client: Any = None) -> None:
+    ``client_factory`` makes the docker-py client (``docker.DockerClient`` unless given) from
+    keyword arguments: ``base_url``, ``tls``, ``version``, ``timeout``, ``use_ssh_client``.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        endpoint: DockerEndpoint | None = None,
+        client_factory: Callable[..., Any] | None = None,
+    ) -> None:
         self._client = client
+        self._endpoint = endpoint
+        self._client_factory = client_factory
+        self._here: bool | None = None
+
+    @property
+    def endpoint(self) -> DockerEndpoint:
+        """The engine addressed (resolved at first use); DockerContextError if it cannot be."""
+        if self._endpoint is None:
+            self._endpoint = resolve()
+        return self._endpoint
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            import docker
-
             try:
-                self._client = docker.from_env(version="auto", timeout=120)
-            except docker.errors.DockerException as e:
-                raise DockerUnavailable(_unreachable(e)) from None
+                endpoint = self.endpoint
+            except DockerContextError as e:
+                raise DockerUnavailable(str(e), reason=str(e)) from None
+            self._client = self._connect(endpoint)
         return self._client
+
+    def _connect(self, endpoint: DockerEndpoint) -> Any:
+        import docker
+        import docker.errors
+        import docker.tls
+
+        tls: Any = False
+        if endpoint.tls is not None:
+            material = endpoint.tls
+            cert = None
+            if material.client_cert and material.client_key:
+                cert = (material.client_cert, material.client_key)
+            try:
+                tls = docker.tls.TLSConfig(
+                    client_cert=cert, ca_cert=material.ca_cert, verify=material.verify
+                )
+            except docker.errors.TLSParameterError as e:
+                raise DockerUnavailable(
+                    f"Docker at {endpoint.describe()}: unusable TLS material: {_explain(e)}",
+                    endpoint=endpoint,
+                    reason=_explain(e),
+                ) from None
+        factory = self._client_factory or docker.DockerClient
+        try:
+            return factory(
+                base_url=endpoint.host,
+                tls=tls,
+                version="auto",
+                timeout=120,
+                use_ssh_client=endpoint.host.startswith("ssh://"),
+            )
+        except docker.errors.DockerException as e:
+            raise self._unreachable(e) from None
+
+    def _unreachable(self, e: Exception) -> DockerUnavailable:
+        """DockerUnavailable naming the context and endpoint, and why it did not answer."""
+        try:
+            endpoint: DockerEndpoint | None = self.endpoint
+        except DockerContextError:
+            endpoint = None
+        reason = _unreachable_reason(e)
+        where = endpoint.describe() if endpoint is not None else "the Docker endpoint"
+        return DockerUnavailable(
+            f"Docker at {where} does not answer: {reason}", endpoint=endpoint, reason=reason
+        )
 
     @property
     def api(self) -> Any:
@@ -321,7 +402,7 @@ class SDKDocker:
                 raise Conflict(_explain(e)) from None
             raise DockerError(_explain(e)) from None
         except requests.exceptions.ConnectionError as e:
-            raise DockerUnavailable(_unreachable(e)) from None
+            raise self._unreachable(e) from None
         except docker.errors.DockerException as e:
             raise DockerError(_explain(e)) from None
 
@@ -373,7 +454,23 @@ class SDKDocker:
             self._maybe(self.api.remove_container, created["Id"], force=True)
 
     def socket_answers(self, path: str) -> bool:
-        return _socket_answers(path)
+        # A legacy plug-in's socket here serves only an engine that runs here too.
+        return self._engine_here() and _socket_answers(path)
+
+    def _engine_here(self) -> bool:
+        """
+        Whether the engine runs on this machine (its plug-in directory is ours): a unix
+        socket, and the engine's name is this host's (an engine in a VM behind a unix socket,
+        as Docker Desktop's or Colima's, has the VM's).
+        """
+        if self._here is None:
+            try:
+                local = self.endpoint.local
+            except DockerContextError:
+                local = False
+            info = self._maybe(self.api.info) if local else None
+            self._here = info is not None and info.get("Name") == socket.gethostname()
+        return self._here
 
     def image_exists(self, name: str) -> bool:
         return self._maybe(self.api.inspect_image, name) is not None
@@ -491,15 +588,14 @@ class SDKDocker:
         self._call(self.api.remove_volume, name)
 
 
-def _unreachable(e: Exception) -> str:
-    """Where Docker was looked for and why it did not answer, briefly."""
-    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+def _unreachable_reason(e: Exception) -> str:
+    """Why Docker did not answer, briefly (one line)."""
     text = str(e)
     for reason in ("No such file or directory", "Permission denied", "Connection refused",
-                   "timed out"):  # fmt: skip
+                   "timed out", "Name or service not known"):  # fmt: skip
         if reason in text:
-            return f"{host}: {reason}"
-    return f"{host}: {_explain(e)}"
+            return reason
+    return _explain(e)
 
 
 def _port_tuple(spec: str) -> tuple[int, str]:

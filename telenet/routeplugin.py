@@ -1047,7 +1047,11 @@ class NetworkDriver:
     async def _sweep_once(self) -> None:
         ours: set[str] = set()
         if self._netlink is not None and any(e.interface for e in self.endpoints.values()):
-            ours = {link.name for link in await self._netlink.links()}
+            try:
+                ours = {link.name for link in await self._netlink.links()}
+            finally:
+                # Looks are rare: hold no netlink socket between them.
+                await self._netlink.close()
         stale = self._sweep.look([e.seen() for e in self.endpoints.values()], ours,
                                  set(self._busy))
         for s in stale:

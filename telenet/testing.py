@@ -443,7 +443,8 @@ class MemoryDocker:
 
     def _check(self, method: str) -> None:
         if self.version is None:
-            raise DockerUnavailable("unix:///var/run/docker.sock: Connection refused")
+            raise DockerUnavailable("Docker at unix:///var/run/docker.sock (context default, the "
+                                    "default) does not answer: Connection refused")
         error = self.fail.pop(method, None)
         if error is not None:
             raise error

@@ -3,11 +3,13 @@
 The daemon's view of the remote network (contracts §5): the "VIF".
 
 telenet has no traffic manager: the remote network is whatever the daemon container reaches
-through one interface (``--vif IFACE``), plus subnets named with ``--subnet``. ``RouteTable``
-holds the routed subnets, learning the VIF's kernel routes live over netlink (the interface
-may appear later, when the container is connected to that network). ``Forwarding`` turns on
-IP forwarding and masquerades traffic leaving through the VIF, so the far side needs no route
-back to the teleroute network.
+through one interface (``--vif IFACE``, or the one holding an address in ``--vif-subnet``),
+plus subnets named with ``--subnet``. ``RouteTable`` holds the routed subnets, learning the
+VIF's kernel routes live over netlink (the interface may appear later, when the container is
+connected to that network). ``VifSelector`` finds the VIF by the address Docker gave it when
+its name is not known in advance. ``Forwarding`` turns on IP forwarding and masquerades
+traffic leaving through the VIF, so the far side needs no route back to the teleroute
+network.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from telenet.firewall import FirewallRules, IptablesRule, NftChain, Runner
@@ -92,6 +95,84 @@ class VifRouteService(service.Service):
             return watch.stop() if watch is not None else None
 
         return watching.addCallback(stop)
+
+
+class VifSelector(service.MultiService):
+    """
+    Finds the VIF by the address Docker gave it on the VIF network: the link holding an
+    address in one of ``subnets`` (that network's subnets), never by an interface name
+    guessed in advance; Docker does not number a container's interfaces in the order its
+    networks were connected. Once found (looked for every ``interval`` seconds until then),
+    the services ``make(name)`` gives (masquerade, route watch) run as children.
+    """
+
+    def __init__(self, netlink: INetlink, subnets: Iterable[Network],
+                 make: Callable[[str], list[tuple[str, service.Service]]],
+                 clock: IReactorTime, interval: float = 0.25, patience: float = 30) -> None:
+        super().__init__()
+        self.netlink = netlink
+        self.subnets = list(subnets)
+        self.make = make
+        self.clock = clock
+        self.interval = interval
+        self.patience = patience
+        #: The VIF's name, once found.
+        self.vif: str | None = None
+        self._call: IDelayedCall | None = None
+        self._since = 0.0
+        self._warned = False
+
+    def startService(self) -> None:
+        super().startService()
+        if self.vif is None:
+            self._since = self.clock.seconds()
+            self._schedule(0)
+
+    def stopService(self) -> defer.Deferred[None]:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return defer.maybeDeferred(super().stopService)
+
+    def _schedule(self, delay: float) -> None:
+        self._call = self.clock.callLater(delay, self._look)
+
+    def _look(self) -> None:
+        self._call = None
+        d = defer.Deferred.fromCoroutine(self._find())
+        d.addCallback(self._found)
+        d.addErrback(lambda f: log.failure("Looking for the VIF failed", f))
+        d.addBoth(lambda _: self._again())
+
+    async def _find(self) -> str | None:
+        for link in await self.netlink.links():
+            if link.name == "lo":
+                continue
+            for address in await self.netlink.addresses(link.name):
+                if any(address.ip in subnet for subnet in self.subnets):
+                    return link.name
+        return None
+
+    def _found(self, name: str | None) -> None:
+        if name is None or not self.running or self.vif is not None:
+            return
+        self.vif = name
+        log.info("The VIF is {vif}: it holds an address in {subnets}", vif=name,
+                 subnets=[str(s) for s in self.subnets])
+        for child_name, child in self.make(name):
+            child.setName(child_name)
+            child.setServiceParent(self)
+
+    def _again(self) -> None:
+        if self.vif is not None or not self.running:
+            return
+        waited = self.clock.seconds() - self._since
+        if waited >= self.patience and not self._warned:
+            self._warned = True
+            log.warn("No interface holds an address in {subnets} after {waited:g} s; still "
+                     "looking (is the daemon connected to the VIF network?)",
+                     subnets=[str(s) for s in self.subnets], waited=waited)
+        self._schedule(self.interval if waited < self.patience else 2.0)
 
 
 class Forwarding(FirewallRules):

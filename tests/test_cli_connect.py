@@ -22,6 +22,7 @@ from telenet.connection import (
     check_subnet,
     default_connection_name,
     format_status,
+    format_statuses,
     safe_name,
 )
 from telenet.dockerapi import PLUGIN_CONFIGS, DockerError, IDocker, SDKDocker, plugin_contexts
@@ -103,11 +104,12 @@ def test_connect_makes_plugins_daemon_and_network(world: World) -> None:
     assert spec.ports == {"4038/tcp": ("127.0.0.1", None)}
     assert spec.command == [
         "twistd", "--nodaemon", "--pidfile=", "telepresence-daemon", "--control", "tcp:4038",
-        "--teleroute-port", "4039", "--name", "docker-blue", "--vif", "eth1",
+        "--teleroute-port", "4039", "--name", "docker-blue", "--vif-subnet", "172.18.0.0/16",
         "--subnet", "10.96.0.0/12", "--cluster-dns", "172.18.0.2",
         "--cluster-domain", "cluster.local",
     ]  # fmt: skip
-    # The VIF network is connected before the start, so that it is eth1.
+    # The daemon finds its VIF by the VIF network's subnet (not by an interface name), once
+    # connected before the start.
     assert calls.index(("connect", "cluster", "tp-blue", None)) < calls.index(
         ("start_container", "tp-blue")
     )
@@ -192,7 +194,8 @@ def test_docker_missing_or_too_old(world: World) -> None:
     world.docker.version = None
     with pytest.raises(
         CLIError,
-        match="Docker is not available at unix:///var/run/docker.sock: Connection refused: is",
+        match=r"Docker at unix:///var/run/docker.sock \(context default, the default\) does not "
+        "answer: Connection refused; is dockerd running\\?",
     ):
         world.connect()
 
@@ -375,7 +378,7 @@ def test_status(world: World) -> None:
                                {LABEL_CONNECTION: "blue"})  # fmt: skip
     status = world.connector.status("blue")
     assert status["connection"] == "blue"
-    assert status["daemon"]["name"] == "tp-blue" and status["daemon"]["running"]
+    assert status["daemon"]["container_name"] == "tp-blue" and status["daemon"]["running"]
     assert status["daemon"]["dns"]["local_address"] == "172.16.0.2:53"
     assert status["daemon"]["routes"] == ["10.96.0.0/16"]
     assert status["daemon"]["control"].startswith("127.0.0.1:")
@@ -390,16 +393,101 @@ def test_status(world: World) -> None:
     assert status["volumes"] == ["echo-0"]
     json.dumps(status)
     text = format_status(status)
+    assert text.startswith("Connection blue: Connected\n  daemon:  tp-blue (")
     assert "DNS:     172.16.0.2:53" in text and "33000 -> 10.0.0.5:8022" in text
+
+
+def test_status_has_telepresence_keys(world: World) -> None:
+    """
+    The daemon object also has the keys of Telepresence's containerized daemon, with its
+    meanings and types: scripts written for `telepresence status --output json` work.
+    """
+    conn = world.connect()
+    world.control.base_status["dns"] = {"local_address": "172.16.0.2:53"}  # an older daemon
+    daemon = world.connector.status(None)["daemon"]
+    port = int(daemon["control"].rpartition(":")[2])
+    assert {k: daemon[k] for k in ("in_docker", "running", "name", "status", "container_network",
+                                   "daemon_port", "subnets")} == {
+        "in_docker": True, "running": True, "name": "blue", "status": "Connected",
+        "container_network": "blue", "daemon_port": port, "subnets": ["10.96.0.0/16"],
+    }  # fmt: skip
+    assert daemon["dns"] == {"local_address": "172.16.0.2:53", "local_addresses": ["172.16.0.2:53"]}
+    assert daemon["container"] == conn.container_id and "error" not in daemon
+    # A daemon that reports several addresses: the first one is local_address.
+    world.control.base_status["dns"] = {"local_addresses": ["172.16.0.2:53", "[fd00::2]:53"],
+                                        "cluster_dns": None}  # fmt: skip
+    dns = world.connector.status("blue")["daemon"]["dns"]
+    assert dns == {"local_address": "172.16.0.2:53", "cluster_dns": None,
+                   "local_addresses": ["172.16.0.2:53", "[fd00::2]:53"]}  # fmt: skip
 
 
 def test_status_of_a_dead_daemon(world: World) -> None:
     """A killed daemon shows as not running, without asking its control API."""
     world.connect()
     world.docker.kill("tp-blue")
+    calls = len(world.addresses)
     status = world.connector.status(None)
-    assert status["daemon"]["running"] is False
-    assert "not running" in format_status(status)
+    assert len(world.addresses) == calls
+    daemon = status["daemon"]
+    assert {k: daemon[k] for k in ("in_docker", "running", "name", "status", "container_network",
+                                   "daemon_port", "dns", "subnets")} == {
+        "in_docker": True, "running": False, "name": "blue", "status": "Not connected",
+        "container_network": "blue", "daemon_port": None,
+        "dns": {"local_address": None, "local_addresses": []}, "subnets": [],
+    }  # fmt: skip
+    text = format_status(status)
+    assert text.startswith("Connection blue: Not connected\n") and "not running" in text
+
+
+def test_status_of_a_daemon_not_answering_or_off_its_network(world: World) -> None:
+    """Running but its control API fails, or its network is gone: Not connected, and why."""
+    conn = world.connect()
+    world.control.answering = False
+    daemon = world.connector.status("blue")["daemon"]
+    assert daemon["running"] and daemon["status"] == "Not connected"
+    assert "Connection refused" in daemon["error"]
+    world.control.answering = True
+    network = world.docker.network("blue")
+    assert network is not None
+    world.docker.disconnect(network["Id"], conn.container_id)
+    world.docker.remove_network(network["Id"])
+    daemon = world.connector.status("blue")["daemon"]
+    assert daemon["status"] == "Not connected" and daemon["container_network"] is None
+    assert daemon["error"].startswith("the daemon is not on network blue: run telenet connect")
+
+
+def test_statuses_of_several_connections(world: World) -> None:
+    """Without --name or --use, every connection (a dead one too), sorted by name."""
+    with pytest.raises(NotConnected, match="not connected: run telenet connect --docker"):
+        world.connector.statuses()
+    world.connect("blue")
+    assert [s["connection"] for s in world.connector.statuses()] == ["blue"]
+    world.connect("green")
+    world.docker.kill("tp-green")
+    statuses = world.connector.statuses()
+    assert [(s["connection"], s["daemon"]["status"]) for s in statuses] == [
+        ("blue", "Connected"), ("green", "Not connected")]  # fmt: skip
+    assert [s["connection"] for s in world.connector.statuses("green")] == ["green"]
+    text = format_statuses(statuses)
+    assert text.startswith("Connection blue: Connected\n")
+    assert "\n\nConnection green: Not connected\n" in text
+
+
+def test_use_picks_by_regex(world: World) -> None:
+    """--use is Telepresence's: a search in the names, which must find exactly one."""
+    for name in ("blue", "blue-2", "green"):
+        world.connect(name)
+    assert world.connector.select("gre") == "green"  # anywhere in the name
+    assert world.connector.select(r"^blue$") == "blue"
+    assert [s["connection"] for s in world.connector.statuses(use="-2$")] == ["blue-2"]
+    with pytest.raises(CLIError, match=r"--use 'blue' matches several connections \(blue, b"):
+        world.connector.select("blue")
+    with pytest.raises(NotConnected, match="no connection matches --use 'red': connections: blue"):
+        world.connector.statuses(use="red")
+    with pytest.raises(CLIError, match="--use '\\(' is not a regular expression"):
+        world.connector.select("(")
+    with pytest.raises(CLIError, match="give --name or --use, not both"):
+        world.connector.statuses("blue", "blue")
 
 
 def test_default_connection_name(tmp_path: Any) -> None:

@@ -67,6 +67,8 @@ def test_repeatable_options() -> None:
     (["--teleroute-port", "x"], "port number"),
     (["--teleroute-port", "70000"], "between"),
     (["--vif", "a-very-long-interface-name"], "not an interface"),
+    (["--vif", "eth1", "--vif-subnet", "10.0.0.0/8"], "not both"),
+    (["--vif-subnet", "nonsense"], "not a CIDR"),
     (["--cluster-domain", " "], "not a domain"),
 ])
 def test_bad_options(args: list[str], match: str) -> None:
@@ -97,7 +99,9 @@ class Composed:
         self.reactor = MemoryReactorClock()
         self.netlink = MemoryNetlink(processes={4242})
         self.options = _options("--dns-port", "0", *args)
-        self.top = makeService(self.options, reactor=self.reactor, netlink=self.netlink)
+        # No forwarding sysctl of this machine is touched (none is found there).
+        self.top = makeService(self.options, reactor=self.reactor, netlink=self.netlink,
+                               sysctl_root="/nonexistent/telenet-test-sysctl")
 
     def child(self, name: str) -> Any:
         return self.top.getServiceNamed(name)
@@ -123,6 +127,21 @@ def test_make_service_children() -> None:
                      "bridges", "control"]
     assert [s.name for s in Composed().top] == ["netlink", "teleroute", "gateway", "dns",
                                                 "bridges", "control"]
+    assert [s.name for s in Composed("--vif-subnet", "10.231.5.0/24").top] == [
+        "netlink", "vif", "teleroute", "gateway", "dns", "bridges", "control"]
+
+
+def test_vif_found_by_subnet_shows_in_status() -> None:
+    """With --vif-subnet, the status names the interface once it was found."""
+    c = Composed("--vif-subnet", "10.231.5.0/24")
+    c.child("vif").startService()
+    assert c.status()["vif"] is None
+    nl = c.netlink
+    result_of(nl.create_veth("eth0", "02:00:00:00:00:01", "far", "02:00:00:00:00:02"))
+    result_of(nl.add_address("eth0", ipaddress.ip_interface("10.231.5.3/24")))
+    c.reactor.advance(0.25)
+    assert c.status()["vif"] == "eth0"
+    assert c.child("vif").getServiceNamed("forwarding") is not None
 
 
 def test_make_service_grpc_and_control_endpoints() -> None:

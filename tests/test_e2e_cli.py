@@ -242,6 +242,39 @@ def test_story_end_to_end(env: Env) -> None:
     assert_nothing_left(env, name)
 
 
+@pytest.mark.parametrize("before_bridge", [True, False])
+def test_vif_network_found_whatever_its_name(env: Env, before_bridge: bool) -> None:
+    """
+    The daemon finds its VIF by its address on the VIF network, whatever interface Docker
+    names it: with a cluster network whose name sorts before "bridge" (Docker made it eth0,
+    and the default bridge eth1) and one that sorts after, only the cluster's subnet is
+    routed and a workload reaches the service by name.
+    """
+    if before_bridge:
+        prefix = f"aaa-{env.prefix}"  # "aaa-…-cluster" sorts before "bridge"
+        cluster = json.loads(env.telenet("demo-cluster", "up", "--prefix", prefix, "--output",
+                                         "json").stdout)  # fmt: skip
+    else:
+        prefix, cluster = env.prefix, env.cluster  # "tntest…-cluster" sorts after "bridge"
+    name = f"{env.prefix}-vif{int(before_bridge)}"
+    try:
+        env.connections.add(name)
+        env.telenet("connect", "--docker", "--name", name, "--vif-network", cluster["network"],
+                    "--cluster-dns", cluster["cluster_dns"])  # fmt: skip
+        subnet = run("docker", "network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}",
+                     cluster["network"]).stdout.strip()  # fmt: skip
+        status = env.status(name)
+        assert status["daemon"]["routes"] == [subnet], status["daemon"]
+        assert status["daemon"]["vif"] in ("eth0", "eth1"), status["daemon"]
+        result = env.telenet("--connection", name, "docker-run", "--rm", BUSYBOX, "sh", "-c",
+                             HTTP_GET)  # fmt: skip
+        assert result.stdout.strip() == BODY, result
+        quit_leaves_nothing(env, name)
+    finally:
+        if before_bridge:
+            env.telenet("demo-cluster", "down", "--prefix", prefix, check=False)
+
+
 def test_connect_twice_and_after_a_crash(env: Env) -> None:
     """A second connect reports the connection; after docker kill, connect makes it work again."""
     name = f"{env.prefix}-twice"
@@ -384,7 +417,12 @@ def ensure_curl_image() -> None:
         return
     from telenet.runner import CURL_DOCKERFILE
 
-    built = subprocess.run(["docker", "build", "-q", "-t", CURL_IMAGE, "-"], input=CURL_DOCKERFILE,
+    # The Debian base scripts/dev made for this machine's release (no registry here).
+    bases = [b for b in ("debian:bookworm-slim", "debian:trixie-slim") if subprocess.run(
+        ["docker", "image", "inspect", b], capture_output=True).returncode == 0]
+    require(bool(bases), "no Debian base image (run: scripts/dev setup)")
+    dockerfile = CURL_DOCKERFILE.replace("debian:bookworm-slim", bases[0])
+    built = subprocess.run(["docker", "build", "-q", "-t", CURL_IMAGE, "-"], input=dockerfile,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     require(built.returncode == 0, f"could not build {CURL_IMAGE}: {built.stderr[-500:]}")
 

@@ -283,7 +283,8 @@ class Setup:
     def start(self) -> Setup:
         docker("create", "--name", self.daemon, "--pid", "host", "--cap-add", "NET_ADMIN",
                "--sysctl", "net.ipv4.ip_forward=1", IMAGE,
-               "twistd", "-n", "--pidfile=", "telepresence-daemon", "--vif", "eth1",
+               "twistd", "-n", "--pidfile=", "telepresence-daemon",
+               "--vif-subnet", self.cluster.subnet,
                "--cluster-domain", "cluster.local", "--cluster-dns", self.cluster.ip)
         docker("network", "connect", self.cluster.network, self.daemon)
         docker("start", self.daemon)

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, utils
+from twisted.internet import defer, task, utils
 
 from telenet.netip import Network
 from telenet.testing import FakeRunner, MemoryNetlink
-from telenet.vif import Forwarding, RouteTable, VifRouteService
+from telenet.vif import Forwarding, RouteTable, VifRouteService, VifSelector
 from tests.conftest import require
 from tests.helpers import result_of
 
@@ -52,6 +52,57 @@ def test_vif_service_learns_routes_live() -> None:
     result_of(svc.stopService())
     result_of(nl.add_route(N("10.97.0.0/16"), "eth1"))
     assert N("10.97.0.0/16") not in table.current(), "no updates after stop"
+
+
+def _veth(nl: MemoryNetlink, name: str, address: str) -> None:
+    result_of(nl.create_veth(name, "02:00:00:00:00:01", f"{name}-far", "02:00:00:00:00:02"))
+    result_of(nl.set_up(name))
+    result_of(nl.add_address(name, I(address)))
+
+
+@pytest.mark.parametrize("cluster_link", ["eth0", "eth1", "eth2"])
+def test_vif_selector_finds_the_interface_by_its_address(cluster_link: str) -> None:
+    """
+    Whatever name Docker gave the VIF network's interface (eth0 before the default bridge's
+    eth1, or after it), the VIF is the one holding an address in that network's subnet.
+    """
+    nl = MemoryNetlink()
+    clock = task.Clock()
+    made: list[str] = []
+
+    def make(name: str) -> list[tuple[str, Any]]:
+        made.append(name)
+        return [("vif-routes", VifRouteService(nl, name, table))]
+
+    table = RouteTable()
+    selector = VifSelector(nl, [N("10.231.5.0/24")], make, clock)
+    selector.startService()
+    others = [n for n in ("eth0", "eth1", "eth2") if n != cluster_link][:1]
+    _veth(nl, others[0], "172.17.0.2/16")
+    clock.advance(1)
+    assert selector.vif is None and made == [] and table.current() == []
+    _veth(nl, cluster_link, "10.231.5.3/24")
+    clock.advance(0.25)
+    assert selector.vif == cluster_link and made == [cluster_link]
+    assert table.current() == [N("10.231.5.0/24")], "only the cluster's subnet is routed"
+    assert selector.getServiceNamed("vif-routes").running
+    clock.advance(10)
+    assert made == [cluster_link]  # found once, no more looking
+    result_of(selector.stopService())
+    assert not selector.getServiceNamed("vif-routes").running
+
+
+def test_vif_selector_keeps_looking_and_says_so() -> None:
+    """No interface in the subnet yet: it looks on, and warns once after its patience."""
+    nl = MemoryNetlink()
+    clock = task.Clock()
+    selector = VifSelector(nl, [N("10.231.5.0/24")], lambda name: [], clock, patience=5)
+    selector.startService()
+    clock.pump([0.25] * 40)
+    assert selector.vif is None and clock.getDelayedCalls()
+    _veth(nl, "eth3", "10.231.5.9/24")
+    clock.advance(2)
+    assert selector.vif == "eth3" and not clock.getDelayedCalls()
 
 
 def _sysctl_root(tmp_path: Any, v4: str = "0", v6: str = "0") -> str:
