@@ -153,7 +153,8 @@ class PluginCallTap:
     act at an exact point of one call: ``kill_on`` names a call (``/NetworkDriver.Join``);
     when dockerd sends it next, ``kill`` runs before the call reaches the plug-in and dockerd's
     connection is dropped unanswered, as a plug-in killed right then would drop it.
-    ``calls`` lists the paths seen, with the body's length.
+    ``calls`` lists the paths seen, with the body's length; ``log`` each forwarded call as
+    tests/fixtures keep them (path, dockerd's headers, request and answer, decoded).
     """
 
     def __init__(self, path: str, target: str, kill: Callable[[], None]) -> None:
@@ -163,6 +164,7 @@ class PluginCallTap:
         self.kill_on: str | None = None
         self.killed = threading.Event()
         self.calls: list[tuple[str, int]] = []
+        self.log: list[dict[str, object]] = []
         self._server = socket.socket(socket.AF_UNIX)
         self._server.bind(path)
         os.chmod(path, 0o660)
@@ -230,5 +232,33 @@ class PluginCallTap:
                             return
                         time.sleep(0.05)
                 conn.sendall(answer)
+                self.log.append(_logged(request, answer))
             except OSError:
                 return
+
+
+def _logged(request: bytes, answer: bytes) -> dict[str, object]:
+    head, _, body = request.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    kept = {k: v for k, v in headers.items() if k in ("User-Agent", "Content-Length", "Accept")}
+    reply_head, _, reply = answer.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in reply_head.lower():
+        reply = _dechunked(reply)
+    return {
+        "path": lines[0].split(" ")[1],
+        "headers": kept,
+        "request": json.loads(body) if body.strip() else {},
+        "answer_docker_accepted": json.loads(reply) if reply.strip() else None,
+    }
+
+
+def _dechunked(data: bytes) -> bytes:
+    body = b""
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        body, data = body + rest[:size], rest[size + 2:]
+    return body

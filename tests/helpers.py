@@ -9,7 +9,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
+#: The tests' own fixtures (what real engines sent, captured by tests/capture_plugin_calls.py).
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+#: The engines whose plug-in calls were captured: Debian 12's docker.io and Debian 13's.
+DOCKERD_CAPTURES = ("20.10", "26.1")
 
 
 def result_of(d: defer.Deferred[Any]) -> Any:
@@ -31,11 +34,7 @@ def failure_of(d: defer.Deferred[Any]) -> Failure:
     return box[0]
 
 
-def dockerd_calls() -> dict[str, Any]:
-    """The calls dockerd 20.10 made to real plug-ins, captured verbatim."""
-    for base in (FIXTURES, "/work/shared/fixtures"):
-        path = os.path.join(base, "dockerd-20.10-plugin-calls.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                return json.load(f)
-    raise FileNotFoundError("dockerd-20.10-plugin-calls.json (shared/fixtures) not found")
+def dockerd_calls(version: str = "20.10") -> dict[str, Any]:
+    """The calls dockerd ``version`` made to real plug-ins, captured verbatim."""
+    with open(os.path.join(FIXTURES, f"dockerd-{version}-plugin-calls.json")) as f:
+        return dict(json.load(f))

@@ -32,7 +32,7 @@ from telenet.routesweep import JOIN_WITHIN, SETTLE
 from telenet.routetesting import MemoryPlumbing, MemoryTeleroute
 from telenet.testing import MemoryNetlink, MemoryStateStore
 
-from .helpers import dockerd_calls, result_of
+from .helpers import DOCKERD_CAPTURES, dockerd_calls, result_of
 
 NET = "87f14d808098b20935e8854c7d9ae44dd724450a519e659c8689c05c3cc79620"
 DAEMON_EP = "003a7ebf0bc7b596dd6b0941a246fc3a4d8bfb02f72f7eddf5b202c2e0d5f48d"
@@ -151,11 +151,19 @@ class Harness:
 # -- the captured dockerd story
 
 
-def test_dockerd_network_story_replays() -> None:
+@pytest.mark.parametrize("version", DOCKERD_CAPTURES)
+def test_dockerd_network_story_replays(version: str) -> None:
     """Every call dockerd made in the captured story gets an answer Docker accepted."""
     h = Harness()
-    calls = dockerd_calls()
+    calls = dockerd_calls(version)
     assert h.ok(calls["activate"][0]["path"]) == {"Implements": ["NetworkDriver"]}
+    created = [c["request"] for c in calls["network_calls"]
+               if c["path"] == "/NetworkDriver.CreateEndpoint"]
+    daemon_ip = str(ipaddress.ip_interface(created[0]["Interface"]["Address"]).ip)
+    assert created[0]["Options"].get("daemon") == "true"
+    (network,) = [c["request"] for c in calls["network_calls"]
+                  if c["path"] == "/NetworkDriver.CreateNetwork"]
+    gateway = network["IPv4Data"][0]["Gateway"]
     joins = []
     for call in calls["network_calls"]:
         answer = h.ok(call["path"], call["request"])
@@ -169,11 +177,11 @@ def test_dockerd_network_story_replays() -> None:
     daemon_join, workload_join = joins
     assert daemon_join["StaticRoutes"] == []
     assert workload_join["StaticRoutes"] == [
-        {"Destination": "10.123.0.0/16", "RouteType": 0, "NextHop": "172.21.0.2"}
+        {"Destination": "10.123.0.0/16", "RouteType": 0, "NextHop": daemon_ip}
     ]
-    assert workload_join["Gateway"] == "172.21.0.1"
+    assert workload_join["Gateway"] == str(ipaddress.ip_interface(gateway).ip)
     assert workload_join["DisableGatewayService"] is False
-    assert h.daemon.connects == [(PID, ["172.21.0.1/16"])]
+    assert h.daemon.connects == [(PID, [gateway])]
     # Everything is gone: the daemon's books, our state, the Connect stream.
     assert h.daemon.endpoints == {}
     assert h.daemon.open_sessions == []
