@@ -65,11 +65,14 @@ def volume_story(workdir: str) -> tuple[str, list[dict[str, object]]]:
     volume = f"tntest-echo-{uid()}"
     # No `docker volume rm` of a volume Docker does not know: it asks every volume plug-in
     # socket in /run/docker/plugins, and retries the dead ones for minutes.
-    story = (f"docker volume create -d {plugin.name} -o container=echo -o port=PORT "
-             "-o host=127.0.0.1 -o dir=/var/run/secrets VOL; docker volume ls --filter driver=DRIVER; docker volume "
-             "inspect VOL; docker run --rm -v VOL:/secrets:ro busybox ls /secrets; docker run "
-             "--rm --mount type=volume,src=VOL,dst=/x busybox true; docker volume rm VOL; "
-             "docker volume create -d DRIVER -o bogus=1 bad")
+    story = "; ".join([
+        f"docker volume create -d {plugin.name} -o container=echo -o port=PORT "
+        "-o host=127.0.0.1 -o dir=/var/run/secrets VOL",
+        "docker volume ls --filter driver=DRIVER", "docker volume inspect VOL",
+        "docker run --rm -v VOL:/secrets:ro busybox ls /secrets",
+        "docker run --rm --mount type=volume,src=VOL,dst=/x busybox true",
+        "docker volume rm VOL", "docker volume create -d DRIVER -o bogus=1 bad",
+    ])
     removed = False
     try:
         docker("volume", "create", "-d", plugin.name, "-o", "container=echo", "-o",
