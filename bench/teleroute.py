@@ -106,10 +106,11 @@ def ip_on(container: str, network: str) -> str:
 
 @dataclass
 class _Cluster:
-    """What tests' ``Setup`` needs of a cluster: its network and an address for DNS."""
+    """What tests' ``Setup`` needs of a cluster: its network, its subnet, an address for DNS."""
 
     network: str
     ip: str
+    subnet: str
 
 
 @dataclass
@@ -178,8 +179,11 @@ def topology(work: str, sink_args: list[str]) -> Iterator[dict[str, Any]]:
         plugin.start()
         cleanup.callback(plugin.stop)
         cluster_ip = ip_on(names["cluster_sink"], names["cluster"])
-        # typing note: Setup only uses .network and .ip of its cluster.
-        setup = Setup(plugin, _Cluster(names["cluster"], cluster_ip), "")  # type: ignore[arg-type]
+        subnet = docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}",
+                        names["cluster"]).strip()
+        # typing note: Setup only uses .network, .ip and .subnet of its cluster.
+        cluster = _Cluster(names["cluster"], cluster_ip, subnet)
+        setup = Setup(plugin, cluster, "")  # type: ignore[arg-type]
         cleanup.callback(lambda: setup.stop())
         setup.start()
         yield {

@@ -82,34 +82,22 @@ class ControlError(Exception):
     """The control API did not answer, or answered an error (its message)."""
 
 
-@implementer(IControl)
-@attrs.define
-class HTTPControl:
-    """``IControl`` over HTTP to ``host:port`` (the published port on the host's loopback)."""
+class _JSONControl:
+    """The control API's calls over a transport: ``_exchange`` gives (HTTP status, body)."""
 
-    host: str
-    port: int
-    timeout: float = 10.0
+    def _exchange(self, method: str, path: str, payload: bytes | None) -> tuple[int, bytes]:
+        raise NotImplementedError
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise ControlError(f"{method} {path}: {e or type(e).__name__}") from None
-        finally:
-            conn.close()
+        payload = json.dumps(body).encode() if body is not None else None
+        status, data = self._exchange(method, path, payload)
         try:
             decoded = json.loads(data) if data else {}
         except ValueError:
-            raise ControlError(f"{method} {path}: not JSON (HTTP {response.status})") from None
-        if response.status >= 400:
+            raise ControlError(f"{method} {path}: not JSON (HTTP {status})") from None
+        if status >= 400:
             message = decoded.get("error") if isinstance(decoded, dict) else None
-            raise ControlError(message or f"{method} {path}: HTTP {response.status}")
+            raise ControlError(message or f"{method} {path}: HTTP {status}")
         return decoded
 
     def status(self) -> dict[str, Any]:
@@ -120,6 +108,68 @@ class HTTPControl:
 
     def close_bridge(self, port: int) -> None:
         self._request("DELETE", f"/bridges/{port}")
+
+
+@implementer(IControl)
+@attrs.define
+class HTTPControl(_JSONControl):
+    """``IControl`` over HTTP to ``host:port`` (the published port on the host's loopback)."""
+
+    host: str
+    port: int
+    timeout: float = 10.0
+
+    def _exchange(self, method: str, path: str, payload: bytes | None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise ControlError(f"{method} {path}: {e or type(e).__name__}") from None
+        finally:
+            conn.close()
+
+
+#: Run by ``docker exec`` in the daemon container: one request to its control API on its own
+#: loopback; prints the status, a newline, and the body.
+_EXEC_REQUEST = (
+    "import http.client, sys\n"
+    "method, path, port, body = sys.argv[1:5]\n"
+    "c = http.client.HTTPConnection('127.0.0.1', int(port), timeout=10)\n"
+    "c.request(method, path, body=body.encode() or None,\n"
+    "          headers={'Content-Type': 'application/json'} if body else {})\n"
+    "r = c.getresponse()\n"
+    "sys.stdout.buffer.write(b'%d\\n' % r.status + r.read())\n"
+)
+
+
+@implementer(IControl)
+@attrs.define
+class ExecControl(_JSONControl):
+    """
+    ``IControl`` through ``docker exec`` in the daemon container, on its ``port`` there: for
+    an engine elsewhere (in a VM, on another host, behind TCP), whose published loopback
+    ports are not this machine's.
+    """
+
+    docker: IDocker
+    container: str
+    port: int
+
+    def _exchange(self, method: str, path: str, payload: bytes | None) -> tuple[int, bytes]:
+        argv = ["python3", "-c", _EXEC_REQUEST, method, path, str(self.port),
+                (payload or b"").decode()]  # fmt: skip
+        try:
+            code, out, err = self.docker.exec_in(self.container, argv)
+        except DockerError as e:
+            raise ControlError(f"{method} {path}: {e}") from None
+        status, _, data = out.partition(b"\n")
+        if code != 0 or not status.isdigit():
+            why = (err.decode(errors="replace").strip().splitlines() or ["no answer"])[-1]
+            raise ControlError(f"{method} {path}: {why}")
+        return int(status), data
 
 
 # -- names
@@ -257,6 +307,7 @@ class Connector:
     config: Config
     say: Callable[[str], None] = print
     control_factory: Callable[[str, int], IControl] = HTTPControl
+    exec_control_factory: Callable[[IDocker, str, int], IControl] = ExecControl
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     ready_timeout: float = 30.0
@@ -306,13 +357,26 @@ class Connector:
         return Connection(name, container, network)
 
     def control(self, conn: Connection) -> IControl:
-        address = conn.control_address(self.config.daemon_port)
-        if not conn.running or address is None:
+        control = self._control_of(conn) if conn.running else None
+        if control is None:
             raise CLIError(
                 f"the daemon of {conn.name} is not running: run telenet connect "
                 f"--docker --name {conn.name} again"
             )
-        return self.control_factory(*address)
+        return control
+
+    def _control_of(self, conn: Connection) -> IControl | None:
+        """
+        The daemon's control API: at its published port on this machine's loopback, or,
+        for an engine elsewhere, through docker exec; None while the port is not published.
+        """
+        if not self.docker.engine_is_here():
+            if conn.container_id is None:
+                return None
+            return self.exec_control_factory(self.docker, conn.container_id,
+                                             self.config.daemon_port)  # fmt: skip
+        address = conn.control_address(self.config.daemon_port)
+        return self.control_factory(*address) if address is not None else None
 
     # -- plug-ins
 
@@ -546,10 +610,10 @@ class Connector:
                     f"the daemon container {container_name(conn.name)} exited (code {code}): {why}"
                 )
             conn = Connection(conn.name, current, conn.network)
-            address = conn.control_address(self.config.daemon_port)
-            if address is not None:
+            control = self._control_of(conn)
+            if control is not None:
                 try:
-                    return self.control_factory(*address).status()
+                    return control.status()
                 except ControlError as e:
                     last = str(e)
             if self.clock() >= deadline:
@@ -796,7 +860,8 @@ class Connector:
             "container_name": container_name(conn.name),
             "container_network": conn.network["Name"] if conn.network is not None else None,
             "daemon_port": address[1] if address else None,
-            "control": f"{address[0]}:{address[1]}" if address else None,
+            "control": ("docker exec" if conn.running and not self.docker.engine_is_here()
+                        else f"{address[0]}:{address[1]}" if address else None),
             "version": None,
             "dns": {"local_address": None, "local_addresses": []},
             "subnets": [],

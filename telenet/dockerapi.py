@@ -175,6 +175,15 @@ class IDocker(Interface):
     def container_logs(container: str, tail: int) -> str:
         """The last lines of its output."""
 
+    def exec_in(container: str, argv: list[str]) -> tuple[int, bytes, bytes]:
+        """``docker exec CONTAINER ARGV...``: its exit code, stdout and stderr."""
+
+    def engine_is_here() -> bool:
+        """
+        Whether the engine runs on this machine: its published loopback ports and its legacy
+        plug-in directory are ours (not so for an engine in a VM or on another host).
+        """
+
     def networks() -> list[dict[str, Any]]:
         """``docker network inspect`` of every network."""
 
@@ -455,9 +464,15 @@ class SDKDocker:
 
     def socket_answers(self, path: str) -> bool:
         # A legacy plug-in's socket here serves only an engine that runs here too.
-        return self._engine_here() and _socket_answers(path)
+        return self.engine_is_here() and _socket_answers(path)
 
-    def _engine_here(self) -> bool:
+    def exec_in(self, container: str, argv: list[str]) -> tuple[int, bytes, bytes]:
+        created = self._call(self.api.exec_create, container, argv, stdout=True, stderr=True)
+        out, err = self._call(self.api.exec_start, created["Id"], demux=True)
+        code = self._call(self.api.exec_inspect, created["Id"]).get("ExitCode")
+        return (code if isinstance(code, int) else 1), out or b"", err or b""
+
+    def engine_is_here(self) -> bool:
         """
         Whether the engine runs on this machine (its plug-in directory is ours): a unix
         socket, and the engine's name is this host's (an engine in a VM behind a unix socket,

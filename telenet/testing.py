@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import posixpath
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -403,6 +404,8 @@ from telenet.dockerapi import (  # noqa: E402
     NotFound,
 )
 
+ExecHandler = Callable[[dict[str, Any], list[str]], tuple[int, bytes, bytes]]
+
 _DEFAULT_POOLS = [f"172.{n}.0.0/16" for n in range(17, 32)] + [
     f"192.168.{n}.0/20" for n in range(0, 256, 16)
 ]
@@ -432,6 +435,10 @@ class MemoryDocker:
         self.logs: dict[str, str] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.fail: dict[str, DockerError] = {}
+        #: Whether the engine runs on this machine (``engine_is_here``).
+        self.here = True
+        #: Answers ``exec_in(container inspect, argv)`` as (code, stdout, stderr).
+        self.exec_handler: ExecHandler | None = None
         self._ids = _itertools.count(1)
         self._ports = _itertools.count(40000)
         self._add_network("bridge", "bridge", "172.17.0.0/16", {}, internal=False)
@@ -543,8 +550,22 @@ class MemoryDocker:
             self.calls.append(("create_plugin", name, kind, image))
             self.plugins[name] = {"Name": name, "Id": self._new_id(), "Enabled": False}
 
+    def exec_in(self, container: str, argv: list[str]) -> tuple[int, bytes, bytes]:
+        self._check("exec_in")
+        found = self.container(container)
+        if found is None or not found["State"].get("Running"):
+            raise NotFound(f"No such container: {container}")
+        self.calls.append(("exec_in", found["Name"].lstrip("/"), tuple(argv)))
+        if self.exec_handler is None:
+            return 126, b"", b"MemoryDocker runs no processes"
+        return self.exec_handler(found, argv)
+
+    def engine_is_here(self) -> bool:
+        return self.here
+
     def socket_answers(self, path: str) -> bool:
-        return path in self.legacy_sockets
+        # As SDKDocker: a legacy socket here serves only an engine that runs here.
+        return self.here and path in self.legacy_sockets
 
     def image_exists(self, name: str) -> bool:
         self._check("image_exists")

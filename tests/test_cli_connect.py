@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
+import threading
 from typing import Any
 
 import pytest
@@ -18,6 +22,9 @@ from telenet.connection import (
     CLIError,
     Connector,
     ConnectRequest,
+    ControlError,
+    ExecControl,
+    HTTPControl,
     NotConnected,
     check_subnet,
     default_connection_name,
@@ -25,7 +32,14 @@ from telenet.connection import (
     format_statuses,
     safe_name,
 )
-from telenet.dockerapi import PLUGIN_CONFIGS, DockerError, IDocker, SDKDocker, plugin_contexts
+from telenet.dockerapi import (
+    PLUGIN_CONFIGS,
+    ContainerSpec,
+    DockerError,
+    IDocker,
+    SDKDocker,
+    plugin_contexts,
+)
 from telenet.testing import MemoryControl, MemoryDocker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,12 +71,17 @@ class World:
             config or Config(),
             say=self.said.append,
             control_factory=self._control,
+            exec_control_factory=self._exec_control,
             sleep=self.clock.sleep,
             clock=self.clock,
         )
 
     def _control(self, host: str, port: int) -> MemoryControl:
         self.addresses.append((host, port))
+        return self.control
+
+    def _exec_control(self, docker: Any, container: str, port: int) -> MemoryControl:
+        self.addresses.append((f"exec:{container[:12]}", port))
         return self.control
 
     def connect(self, name: str = "blue", **kw: Any) -> Any:
@@ -551,3 +570,78 @@ def test_plugin_contexts_prefix_the_rootfs(tmp_path: Any) -> None:
             assert marker is not None and marker.read() == f"{name}\n".encode()
             config = tar.extractfile("config.json")
             assert config is not None and json.load(config) == PLUGIN_CONFIGS[kind]
+
+
+def test_an_engine_elsewhere_is_reached_through_docker(world: World) -> None:
+    """
+    An engine not on this machine (a VM, another host, TCP): its published loopback ports and
+    /run/docker/plugins are not ours, so the control API goes through docker exec and a legacy
+    socket here does not count; managed plug-ins are made through the API.
+    """
+    world.docker.here = False
+    world.docker.legacy_sockets.add("/run/docker/plugins/teleroute.sock")
+    conn = world.connect("blue")
+    assert [a for a, _ in world.addresses] == [f"exec:{conn.container_id[:12]}"] * len(
+        world.addresses)
+    assert ("create_plugin", "telenet/teleroute:latest", "teleroute", "telenet") in (
+        world.docker.calls)
+    status = world.connector.status("blue")
+    assert status["daemon"]["control"] == "docker exec"
+    assert [p["mode"] for p in status["plugins"]] == ["managed", "managed"]
+
+
+class _ControlServer(http.server.BaseHTTPRequestHandler):
+    """A stand-in control API: echoes what it got, refuses unknown paths like the real one."""
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode() if length else ""
+        if self.path == "/missing":
+            status, payload = 404, {"error": "no bridge on port 1"}
+        else:
+            status, payload = 200, {"method": self.command, "path": self.path, "body": body}
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_exec_control_runs_its_request_in_the_daemon_container() -> None:
+    """
+    ExecControl's script, run as docker exec would run it (here: a local python3 beside a
+    stand-in control API), gives the same answers and errors as HTTPControl.
+    """
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ControlServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    docker = MemoryDocker()
+    docker.create_container(ContainerSpec(image="telenet", command=[], name="tp-x"))
+    docker.start_container("tp-x")
+
+    def run_here(container: dict[str, Any], argv: list[str]) -> tuple[int, bytes, bytes]:
+        assert argv[0] == "python3"
+        done = subprocess.run([sys.executable, *argv[1:]], capture_output=True)
+        return done.returncode, done.stdout, done.stderr
+
+    docker.exec_handler = run_here
+    try:
+        for control in (ExecControl(docker, "tp-x", port), HTTPControl("127.0.0.1", port)):
+            assert control.status() == {"method": "GET", "path": "/status", "body": ""}
+            answer = control._request("POST", "/bridges", {"agent": "10.0.0.5:8022"})
+            assert json.loads(answer["body"]) == {"agent": "10.0.0.5:8022"}
+            with pytest.raises(ControlError, match="no bridge on port 1"):
+                control._request("DELETE", "/missing")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ControlError, match="GET /status: .*Connection refused"):
+        ExecControl(docker, "tp-x", port).status()
+    docker.exec_handler = None
+    with pytest.raises(ControlError, match="MemoryDocker runs no processes"):
+        ExecControl(docker, "tp-x", port).status()

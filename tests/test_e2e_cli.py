@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import BUSYBOX, require, run, wait_for
+from .conftest import BUSYBOX, free_port, port_open, require, run, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -60,10 +60,11 @@ class Env:
         self.connections: set[str] = set()
         self.cluster: dict[str, Any] = {}
 
-    def telenet(self, *args: str, check: bool = True, timeout: float = 300
+    def telenet(self, *args: str, check: bool = True, timeout: float = 300,
+                extra_env: dict[str, str] | None = None,
                 ) -> subprocess.CompletedProcess[str]:  # fmt: skip
         """Run the installed telenet with this module's config; on failure show its output."""
-        env = {**os.environ, "TELENET_CONFIG": self.config}
+        env = {**os.environ, "TELENET_CONFIG": self.config, **(extra_env or {})}
         env.pop("TELENET_CONNECTION", None)
         result = subprocess.run([TELENET, *args], capture_output=True, text=True, env=env,
                                 timeout=timeout)  # fmt: skip
@@ -273,6 +274,67 @@ def test_vif_network_found_whatever_its_name(env: Env, before_bridge: bool) -> N
     finally:
         if before_bridge:
             env.telenet("demo-cluster", "down", "--prefix", prefix, check=False)
+
+
+def test_docker_context_of_an_engine_elsewhere(env: Env) -> None:
+    """
+    A docker context (``docker context use``) naming an engine on another endpoint, TCP here,
+    as a Docker Desktop VM or a remote host would be: connect, status, docker-run, curl,
+    engage and quit all go through it, with managed plug-ins and the control API through
+    docker exec (the engine's published ports are not this machine's). A context that does
+    not exist, and one whose engine does not answer, are one line naming it and its endpoint.
+    """
+    require(shutil.which("socat") is not None, "socat is needed to serve the engine on TCP")
+    ensure_curl_image()
+    port, dead = free_port(), free_port()
+    proxy = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                              "UNIX-CONNECT:/var/run/docker.sock"])  # fmt: skip
+    config = os.path.join(env.workdir, "docker-config")
+    context = {"DOCKER_CONFIG": config}
+    name = f"{env.prefix}-ctx"
+    try:
+        wait_for(lambda: port_open(port), 10, "the engine on TCP")
+        for ctx, where in (("tntest-elsewhere", port), ("tntest-dead", dead)):
+            run("docker", "--config", config, "context", "create", ctx, "--docker",
+                f"host=tcp://127.0.0.1:{where}")  # fmt: skip
+        run("docker", "--config", config, "context", "use", "tntest-elsewhere")
+
+        result = env.telenet("status", check=False, extra_env={**context,
+                                                               "DOCKER_CONTEXT": "nope"})
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result
+        assert 'docker context "nope" (from DOCKER_CONTEXT) does not exist' in result.stderr
+        result = env.telenet("status", check=False, extra_env={**context,
+                                                               "DOCKER_CONTEXT": "tntest-dead"})
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result
+        assert (f"Docker at tcp://127.0.0.1:{dead} (context tntest-dead, from DOCKER_CONTEXT) "
+                "does not answer") in result.stderr, result
+
+        env.connections.add(name)
+        env.telenet("connect", "--docker", "--name", name, "--vif-network",
+                    env.cluster["network"], "--cluster-dns", env.cluster["cluster_dns"],
+                    extra_env=context)  # fmt: skip
+        status = json.loads(env.telenet("status", "--name", name, "--output", "json",
+                                        extra_env=context).stdout)  # fmt: skip
+        assert status["daemon"]["status"] == "Connected", status["daemon"]
+        assert status["daemon"]["control"] == "docker exec"
+        assert [p["mode"] for p in status["plugins"]] == ["managed", "managed"]
+        result = env.telenet("--connection", name, "docker-run", "--rm", BUSYBOX, "sh", "-c",
+                             HTTP_GET, extra_env=context)  # fmt: skip
+        assert result.stdout.strip() == BODY, result
+        result = env.telenet("--connection", name, "curl", "-sS", f"http://{SERVICE}/",
+                             extra_env=context)  # fmt: skip
+        assert result.stdout.strip() == BODY, result
+        result = env.telenet("engage", "--name", name, "--agent", env.cluster["agent"],
+                             "--container", env.cluster["sample_container"], "--remote-mount",
+                             f"{SECRETS}:ro", "--docker-run", "--", BUSYBOX, "cat",
+                             f"{SECRETS}/serviceaccount/token", extra_env=context)  # fmt: skip
+        assert result.stdout.strip() == "demo-token-123", result
+        env.telenet("quit", "--name", name, extra_env=context)
+        env.connections.discard(name)
+        assert_nothing_left(env, name)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
 
 
 def test_connect_twice_and_after_a_crash(env: Env) -> None:
