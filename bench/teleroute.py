@@ -179,8 +179,9 @@ def topology(work: str, sink_args: list[str]) -> Iterator[dict[str, Any]]:
         plugin.start()
         cleanup.callback(plugin.stop)
         cluster_ip = ip_on(names["cluster_sink"], names["cluster"])
-        subnet = docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}",
-                        names["cluster"]).strip()
+        subnet = docker(
+            "network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", names["cluster"]
+        ).strip()
         # typing note: Setup only uses .network, .ip and .subnet of its cluster.
         cluster = _Cluster(names["cluster"], cluster_ip, subnet)
         setup = Setup(plugin, cluster, "")  # type: ignore[arg-type]

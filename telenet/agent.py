@@ -813,11 +813,14 @@ class AgentProtocol(FileTransferServer):
         offset, length = struct.unpack_from("!QL", data, pos)
         length = min(length, MAX_READ_LENGTH)
         self._on_file(
-            requestId, handle, b"read", _READ,
+            requestId,
+            handle,
+            b"read",
+            _READ,
             lambda f: (offset, offset + length),
             lambda f: self._run_io(lambda: f.readChunk(offset, length)),
             self._cbRead,
-        )  # fmt: skip
+        )
 
     def _cbRead(self, result: bytes, requestId: bytes) -> None:
         if not result:
@@ -835,19 +838,27 @@ class AgentProtocol(FileTransferServer):
         chunk, pos = _get_string(data, pos + 8)
         _expect_end(data, pos)
         self._on_file(
-            requestId, handle, b"write", _WRITE,
+            requestId,
+            handle,
+            b"write",
+            _WRITE,
             lambda f: (0, _EOF_OFFSET) if f.append else (offset, offset + len(chunk)),
             lambda f: self._run_io(lambda: f.writeChunk(offset, chunk)),
-        )  # fmt: skip
+        )
 
     def packet_FSTAT(self, data: bytes) -> None:
         requestId = data[:4]
         handle, pos = _get_string(data, 4)
         _expect_end(data, pos)
         self._on_file(
-            requestId, handle, b"fstat", _READ, _whole_file,
-            lambda f: defer.maybeDeferred(f.getAttrs), self._cbStat,
-        )  # fmt: skip
+            requestId,
+            handle,
+            b"fstat",
+            _READ,
+            _whole_file,
+            lambda f: defer.maybeDeferred(f.getAttrs),
+            self._cbStat,
+        )
 
     def packet_FSETSTAT(self, data: bytes) -> None:
         requestId = data[:4]
@@ -856,9 +867,13 @@ class AgentProtocol(FileTransferServer):
         if rest:
             raise BadMessage("trailing bytes in FSETSTAT")
         self._on_file(
-            requestId, handle, b"fsetstat", _BARRIER, _whole_file,
+            requestId,
+            handle,
+            b"fsetstat",
+            _BARRIER,
+            _whole_file,
             lambda f: self._run_io(lambda: f.setAttrs(attrs)),
-        )  # fmt: skip
+        )
 
     def packet_CLOSE(self, data: bytes) -> None:
         requestId = data[:4]
@@ -887,9 +902,13 @@ class AgentProtocol(FileTransferServer):
             handle, end = _get_string(extData, 0)
             _expect_end(extData, end)
             self._on_file(
-                requestId, handle, b"fsync", _BARRIER, _whole_file,
+                requestId,
+                handle,
+                b"fsync",
+                _BARRIER,
+                _whole_file,
                 lambda f: self._run_io(f.fsync),
-            )  # fmt: skip
+            )
             return
         d = defer.maybeDeferred(self.filesystem.extendedRequest, extName, extData)
         if extName in _STATUS_EXTENSIONS:

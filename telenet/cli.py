@@ -391,14 +391,16 @@ def _dispatch(
             from telenet.dockerapi import subnets_of
 
             network = conn.network or {}
-            out.emit({
-                "ok": True,
-                "command": "connect",
-                "connection": conn.name,
-                "daemon": container_name(conn.name),
-                "network": network.get("Name"),
-                "subnet": next(iter(subnets_of(network)), None) if network else None,
-            })  # fmt: skip
+            out.emit(
+                {
+                    "ok": True,
+                    "command": "connect",
+                    "connection": conn.name,
+                    "daemon": container_name(conn.name),
+                    "network": network.get("Name"),
+                    "subnet": next(iter(subnets_of(network)), None) if network else None,
+                }
+            )
         return 0
     if args.command == "status":
         return _status(connector, args, args.name or (None if use else connection), use, out)
@@ -432,8 +434,7 @@ def _dispatch(
             out, lambda: demo.run_demo(connector, prefix=args.prefix, keep=args.keep, telenet=main)
         )
         if out.machine:
-            out.emit({"ok": code == 0, "command": "demo", "prefix": args.prefix,
-                      "exit_code": code})  # fmt: skip
+            out.emit({"ok": code == 0, "command": "demo", "prefix": args.prefix, "exit_code": code})
         return code
     cluster = demo.DemoCluster(connector.docker, args.prefix, config.daemon_image)
     connector.check_docker()
@@ -447,8 +448,9 @@ def _dispatch(
     else:
         cluster.down()
         if out.machine:
-            out.emit({"ok": True, "command": "demo-cluster", "action": "down",
-                      "prefix": args.prefix})  # fmt: skip
+            out.emit(
+                {"ok": True, "command": "demo-cluster", "action": "down", "prefix": args.prefix}
+            )
     return 0
 
 

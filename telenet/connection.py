@@ -159,8 +159,15 @@ class ExecControl(_JSONControl):
     port: int
 
     def _exchange(self, method: str, path: str, payload: bytes | None) -> tuple[int, bytes]:
-        argv = ["python3", "-c", _EXEC_REQUEST, method, path, str(self.port),
-                (payload or b"").decode()]  # fmt: skip
+        argv = [
+            "python3",
+            "-c",
+            _EXEC_REQUEST,
+            method,
+            path,
+            str(self.port),
+            (payload or b"").decode(),
+        ]
         try:
             code, out, err = self.docker.exec_in(self.container, argv)
         except DockerError as e:
@@ -373,8 +380,9 @@ class Connector:
         if not self.docker.engine_is_here():
             if conn.container_id is None:
                 return None
-            return self.exec_control_factory(self.docker, conn.container_id,
-                                             self.config.daemon_port)  # fmt: skip
+            return self.exec_control_factory(
+                self.docker, conn.container_id, self.config.daemon_port
+            )
         address = conn.control_address(self.config.daemon_port)
         return self.control_factory(*address) if address is not None else None
 
@@ -530,10 +538,18 @@ class Connector:
         return Connection(conn.name, self.docker.container(conn.container_id or ""), network)
 
     def _daemon_command(self, req: ConnectRequest) -> list[str]:
-        command = ["twistd", "--nodaemon", "--pidfile=", "telepresence-daemon",
-                   "--control", f"tcp:{self.config.daemon_port}",
-                   "--teleroute-port", str(self.config.teleroute_port),
-                   "--name", safe_name("docker-" + req.name)]  # fmt: skip
+        command = [
+            "twistd",
+            "--nodaemon",
+            "--pidfile=",
+            "telepresence-daemon",
+            "--control",
+            f"tcp:{self.config.daemon_port}",
+            "--teleroute-port",
+            str(self.config.teleroute_port),
+            "--name",
+            safe_name("docker-" + req.name),
+        ]
         if req.vif_network:
             # Found by its address on that network: Docker's interface names follow neither
             # the order of connection nor any order the CLI can know.
@@ -860,8 +876,13 @@ class Connector:
             "container_name": container_name(conn.name),
             "container_network": conn.network["Name"] if conn.network is not None else None,
             "daemon_port": address[1] if address else None,
-            "control": ("docker exec" if conn.running and not self.docker.engine_is_here()
-                        else f"{address[0]}:{address[1]}" if address else None),
+            "control": (
+                "docker exec"
+                if conn.running and not self.docker.engine_is_here()
+                else f"{address[0]}:{address[1]}"
+                if address
+                else None
+            ),
             "version": None,
             "dns": {"local_address": None, "local_addresses": []},
             "subnets": [],

@@ -114,8 +114,9 @@ class Bridges(service.Service):
             raise ControlError(500, f"cannot open a bridge to {agent}: {e}") from e
         entry = OpenBridge(agent, bridge)
         self.open[bridge.listen_port] = entry
-        log.info("Opened SFTP bridge on port {port} to {agent}", port=bridge.listen_port,
-                 agent=agent)
+        log.info(
+            "Opened SFTP bridge on port {port} to {agent}", port=bridge.listen_port, agent=agent
+        )
         return entry.describe()
 
     async def remove(self, port: int) -> dict[str, Any]:
@@ -152,8 +153,9 @@ class ControlResource(resource.Resource):
             # Answered before the daemon stops, like a plug-in's requests.
             site.track(cast(server.Request, request).notifyFinish())
         d = defer.Deferred.fromCoroutine(self._dispatch(request))
-        d.addCallbacks(lambda body: self._write(request, 200, body),
-                       lambda f: self._fail(request, f))
+        d.addCallbacks(
+            lambda body: self._write(request, 200, body), lambda f: self._fail(request, f)
+        )
         return server.NOT_DONE_YET
 
     async def _dispatch(self, request: IRequest) -> Any:

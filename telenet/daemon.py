@@ -41,23 +41,44 @@ DEFAULT_CONTROL = "tcp:4038:interface=127.0.0.1"
 
 
 class Options(usage.Options):
-    synopsis = ("[--vif IFACE | --vif-subnet CIDR ...] [--subnet CIDR ...] "
-                "[--cluster-domain D ...] [--cluster-dns ADDR]")
-    longdesc = ("The Telepresence daemon's teleroute side: veth pairs for the containers of a "
-                "teleroute network, routes to the remote network behind --vif, DNS, and the "
-                "control API.")
+    synopsis = (
+        "[--vif IFACE | --vif-subnet CIDR ...] [--subnet CIDR ...] "
+        "[--cluster-domain D ...] [--cluster-dns ADDR]"
+    )
+    longdesc = (
+        "The Telepresence daemon's teleroute side: veth pairs for the containers of a "
+        "teleroute network, routes to the remote network behind --vif, DNS, and the "
+        "control API."
+    )
 
     optParameters = [
-        ["vif", None, None, "Interface toward the remote network; the subnets routed through "
-                            "it are watched live and traffic leaving by it is masqueraded."],
-        ["cluster-dns", None, None, "DNS server (ADDR or ADDR:PORT) for names under the "
-                                    "cluster domains."],
-        ["teleroute-port", None, str(DEFAULT_TELEROUTE_PORT), "Port of the teleroute gRPC "
-                                                              "service."],
+        [
+            "vif",
+            None,
+            None,
+            "Interface toward the remote network; the subnets routed through "
+            "it are watched live and traffic leaving by it is masqueraded.",
+        ],
+        [
+            "cluster-dns",
+            None,
+            None,
+            "DNS server (ADDR or ADDR:PORT) for names under the cluster domains.",
+        ],
+        [
+            "teleroute-port",
+            None,
+            str(DEFAULT_TELEROUTE_PORT),
+            "Port of the teleroute gRPC service.",
+        ],
         ["control", None, DEFAULT_CONTROL, "Endpoint of the control API."],
         ["dns-port", None, "53", "DNS port on the daemon's teleroute addresses."],
-        ["resolv-conf", None, "/etc/resolv.conf", "Resolver configuration for every name "
-                                                  "outside the cluster domains."],
+        [
+            "resolv-conf",
+            None,
+            "/etc/resolv.conf",
+            "Resolver configuration for every name outside the cluster domains.",
+        ],
         ["name", None, "telenet-daemon", "Daemon name sent to plug-ins in Connect."],
     ]
 
@@ -72,16 +93,16 @@ class Options(usage.Options):
         try:
             self["vif-subnet"].append(ipaddress.ip_network(value, strict=False))
         except ValueError:
-            raise usage.UsageError(f"--vif-subnet {value!r} is not a CIDR like 172.19.0.0/16"
-                                   ) from None
+            raise usage.UsageError(
+                f"--vif-subnet {value!r} is not a CIDR like 172.19.0.0/16"
+            ) from None
 
     def opt_subnet(self, value: str) -> None:
         """A subnet (CIDR) to route to, in addition to those through --vif. Repeatable."""
         try:
             network = ipaddress.ip_network(value, strict=False)
         except ValueError:
-            raise usage.UsageError(f"--subnet {value!r} is not a CIDR like 10.96.0.0/12"
-                                   ) from None
+            raise usage.UsageError(f"--subnet {value!r} is not a CIDR like 10.96.0.0/12") from None
         if network.prefixlen == 0:
             raise usage.UsageError("--subnet must not be a default route")
         self["subnet"].append(network)
@@ -107,8 +128,10 @@ class Options(usage.Options):
             try:
                 parse_server(self["cluster-dns"])
             except ValueError:
-                raise usage.UsageError(f"--cluster-dns {self['cluster-dns']!r} is not an IP "
-                                       "address (optionally with :PORT)") from None
+                raise usage.UsageError(
+                    f"--cluster-dns {self['cluster-dns']!r} is not an IP "
+                    "address (optionally with :PORT)"
+                ) from None
         vif = self["vif"]
         if vif is not None and (not vif or len(vif) > 15 or "/" in vif or " " in vif):
             raise usage.UsageError(f"--vif {vif!r} is not an interface name")
@@ -148,9 +171,12 @@ class _Closer(service.Service):
         return self.netlink.close()
 
 
-def makeService(options: Options, reactor: Any = None,  # noqa: N802
-                netlink: INetlink | None = None,
-                sysctl_root: str = "/proc/sys") -> service.MultiService:
+def makeService(
+    options: Options,
+    reactor: Any = None,  # noqa: N802
+    netlink: INetlink | None = None,
+    sysctl_root: str = "/proc/sys",
+) -> service.MultiService:
     """
     The daemon as one ``MultiService``. Children, started in this order and stopped in the
     reverse: ``netlink``, ``forwarding`` and ``vif-routes`` (with ``--vif``; with
@@ -188,9 +214,10 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
     table = RouteTable(options["subnet"])
 
     def vif_services(name: str) -> list[tuple[str, service.Service]]:
-        return [("forwarding", Forwarding(name, process_runner(reactor),
-                                          sysctl_root=sysctl_root)),
-                ("vif-routes", VifRouteService(netlink, name, table))]
+        return [
+            ("forwarding", Forwarding(name, process_runner(reactor), sysctl_root=sysctl_root)),
+            ("vif-routes", VifRouteService(netlink, name, table)),
+        ]
 
     selector: VifSelector | None = None
     if options["vif"]:
@@ -210,8 +237,7 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
         if reactor.running:
             reactor.stop()
 
-    grpc_service = GrpcServerService(core, [f"[::]:{port}", f"0.0.0.0:{port}"],
-                                     on_fatal=fatal)
+    grpc_service = GrpcServerService(core, [f"[::]:{port}", f"0.0.0.0:{port}"], on_fatal=fatal)
     add("teleroute", grpc_service)
     if real_kernel:
         from telenet import teleroute
@@ -225,8 +251,12 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
     core.on_daemon_address(gateway.daemon_address)
     add("gateway", gateway)
 
-    resolver = make_resolver(options["cluster-domain"], options["cluster-dns"], reactor,
-                             resolv_conf=options["resolv-conf"])
+    resolver = make_resolver(
+        options["cluster-domain"],
+        options["cluster-dns"],
+        reactor,
+        resolv_conf=options["resolv-conf"],
+    )
     dns_service = DNSService(reactor, make_factory(resolver), port=options["dns-port"])
     core.on_daemon_address(lambda v4, v6: dns_service.listen([v4, v6]))
     add("dns", dns_service)
@@ -256,15 +286,25 @@ def makeService(options: Options, reactor: Any = None,  # noqa: N802
             "bridges": bridges.describe(),
         }
 
-    add("control", strports.service(options["control"], control_site(status, bridges, reactor),
-                                    reactor=reactor))
+    add(
+        "control",
+        strports.service(
+            options["control"], control_site(status, bridges, reactor), reactor=reactor
+        ),
+    )
     _warn_overlaps(options["subnet"], options["cluster-domain"])
     vif_text = options["vif"] or (
-        "in " + ", ".join(str(n) for n in options["vif-subnet"]) if options["vif-subnet"] else "-")
-    log.info("telepresence-daemon {version}: vif {vif}, subnets {subnets}, cluster domains "
-             "{domains} via {dns}", version=telenet.__version__, vif=vif_text,
-             subnets=[str(s) for s in options["subnet"]], domains=options["cluster-domain"],
-             dns=options["cluster-dns"] or "the daemon's own resolver")
+        "in " + ", ".join(str(n) for n in options["vif-subnet"]) if options["vif-subnet"] else "-"
+    )
+    log.info(
+        "telepresence-daemon {version}: vif {vif}, subnets {subnets}, cluster domains "
+        "{domains} via {dns}",
+        version=telenet.__version__,
+        vif=vif_text,
+        subnets=[str(s) for s in options["subnet"]],
+        domains=options["cluster-domain"],
+        dns=options["cluster-dns"] or "the daemon's own resolver",
+    )
     return top
 
 
@@ -272,8 +312,9 @@ def _warn_overlaps(subnets: list[Network], domains: list[str]) -> None:
     for a in subnets:
         for b in subnets:
             if a is not b and a.version == b.version and a.subnet_of(b):  # type: ignore[arg-type]
-                log.warn("--subnet {inner} lies inside --subnet {outer}", inner=str(a),
-                         outer=str(b))
+                log.warn(
+                    "--subnet {inner} lies inside --subnet {outer}", inner=str(a), outer=str(b)
+                )
     for d in domains:
         if in_domains(d, [x for x in domains if x != d]):
             log.warn("--cluster-domain {domain} is inside another cluster domain", domain=d)

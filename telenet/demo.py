@@ -56,16 +56,29 @@ class DemoCluster:
                 self.docker.create_network(
                     self.name, "bridge", {}, {LABEL_DEMO: self.prefix}, None, False
                 )
-                container = self.docker.create_container(ContainerSpec(
-                    image=self.image,
-                    command=["python3", "-m", "telenet.democluster", "--body", BODY,
-                             "--record", f"{SERVICE}=self", "--exports", "/exports",
-                             "--sample", SAMPLE_CONTAINER,
-                             "--agent-port", str(AGENT_PORT)],
-                    name=self.name,
-                    labels={LABEL_DEMO: self.prefix},
-                    network=self.name,
-                ))  # fmt: skip
+                container = self.docker.create_container(
+                    ContainerSpec(
+                        image=self.image,
+                        command=[
+                            "python3",
+                            "-m",
+                            "telenet.democluster",
+                            "--body",
+                            BODY,
+                            "--record",
+                            f"{SERVICE}=self",
+                            "--exports",
+                            "/exports",
+                            "--sample",
+                            SAMPLE_CONTAINER,
+                            "--agent-port",
+                            str(AGENT_PORT),
+                        ],
+                        name=self.name,
+                        labels={LABEL_DEMO: self.prefix},
+                        network=self.name,
+                    )
+                )
                 self.docker.start_container(container)
                 self._wait_ready(container, timeout)
             except BaseException:
@@ -86,8 +99,10 @@ class DemoCluster:
         tail = self.docker.container_logs(container, 5).strip().splitlines()
         last = tail[-1] if tail else "no output"
         if "No module named telenet.democluster" in last:
-            raise CLIError(f"the image {self.image} predates the demo cluster: rebuild it with "
-                           "scripts/build-image")  # fmt: skip
+            raise CLIError(
+                f"the image {self.image} predates the demo cluster: rebuild it with "
+                "scripts/build-image"
+            )
         raise CLIError(f"the demo cluster did not start: {last}")
 
     def info(self) -> dict[str, Any]:

@@ -61,8 +61,9 @@ class SplitResolver(common.ResolverBase):
     Without a cluster resolver, every name goes to the fallback.
     """
 
-    def __init__(self, domains: Sequence[str], cluster: IResolver | None,
-                 fallback: IResolver) -> None:
+    def __init__(
+        self, domains: Sequence[str], cluster: IResolver | None, fallback: IResolver
+    ) -> None:
         super().__init__()
         self.domains = [_normal(d) for d in domains]
         self.cluster = cluster
@@ -101,8 +102,12 @@ def parse_server(text: str, default_port: int = DNS_PORT) -> tuple[str, int]:
     return host, port
 
 
-def make_resolver(domains: Sequence[str], cluster_dns: str | None, reactor: Any,
-                  resolv_conf: str = "/etc/resolv.conf") -> SplitResolver:
+def make_resolver(
+    domains: Sequence[str],
+    cluster_dns: str | None,
+    reactor: Any,
+    resolv_conf: str = "/etc/resolv.conf",
+) -> SplitResolver:
     """The daemon's resolver: ``cluster_dns`` for the cluster domains, resolv.conf otherwise."""
     cluster = None
     if cluster_dns:
@@ -145,8 +150,9 @@ class DNSService(service.Service):
     (the daemon's teleroute addresses); a later ``listen`` replaces the earlier addresses.
     """
 
-    def __init__(self, reactor: Any, factory: server.DNSServerFactory,
-                 port: int = DNS_PORT) -> None:
+    def __init__(
+        self, reactor: Any, factory: server.DNSServerFactory, port: int = DNS_PORT
+    ) -> None:
         self.reactor = reactor
         self.factory = factory
         self.port = port
@@ -156,8 +162,9 @@ class DNSService(service.Service):
     @property
     def local_addresses(self) -> list[str]:
         """Where the server listens, as ``ip:port`` / ``[ip]:port``."""
-        return [f"{a}:{self.port}" if a.version == 4 else f"[{a}]:{self.port}"
-                for a in self.addresses]
+        return [
+            f"{a}:{self.port}" if a.version == 4 else f"[{a}]:{self.port}" for a in self.addresses
+        ]
 
     def listen(self, addresses: Iterable[Address | None]) -> None:
         """Listen on these addresses (None entries are skipped) instead of earlier ones."""
@@ -177,19 +184,27 @@ class DNSService(service.Service):
                 udp = _socket(address, self.port, socket.SOCK_DGRAM)
                 tcp = _socket(address, self.port, socket.SOCK_STREAM)
             except OSError as e:
-                log.error("DNS cannot listen on {address} port {port}: {error}",
-                          address=str(address), port=self.port,
-                          error=e.strerror or errno.errorcode.get(e.errno or 0, str(e)))
+                log.error(
+                    "DNS cannot listen on {address} port {port}: {error}",
+                    address=str(address),
+                    port=self.port,
+                    error=e.strerror or errno.errorcode.get(e.errno or 0, str(e)),
+                )
                 continue
             with udp, tcp:
                 protocol = dns.DNSDatagramProtocol(self.factory)
-                self._ports.append(self.reactor.adoptDatagramPort(
-                    udp.fileno(), family, protocol, maxPacketSize=65535))
-                self._ports.append(self.reactor.adoptStreamPort(tcp.fileno(), family,
-                                                                self.factory))
+                self._ports.append(
+                    self.reactor.adoptDatagramPort(
+                        udp.fileno(), family, protocol, maxPacketSize=65535
+                    )
+                )
+                self._ports.append(self.reactor.adoptStreamPort(tcp.fileno(), family, self.factory))
             bound.append(address)
-            log.info("DNS listening on {address} port {port} (UDP and TCP)",
-                     address=str(address), port=self.port)
+            log.info(
+                "DNS listening on {address} port {port} (UDP and TCP)",
+                address=str(address),
+                port=self.port,
+            )
         self.addresses = bound
 
     def _close(self) -> defer.Deferred[None]:
@@ -204,4 +219,3 @@ class DNSService(service.Service):
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         return self._close()
-

@@ -39,14 +39,23 @@ PLUGIN_CONFIGS: dict[str, dict[str, Any]] = {
         "documentation": "https://github.com/telepresenceio/telepresence/blob/release/v2/docs/"
         "reference/plugins.md",
         "entrypoint": [
-            "/opt/telenet/bin/twistd", "--nodaemon", "--pidfile=", "teleroute",
-            "--listen", "unix:/run/docker/plugins/teleroute.sock:mode=660:lockfile=1:backlog=128",
-            "--state-dir", "/var/lib/telenet/teleroute",
+            "/opt/telenet/bin/twistd",
+            "--nodaemon",
+            "--pidfile=",
+            "teleroute",
+            "--listen",
+            "unix:/run/docker/plugins/teleroute.sock:mode=660:lockfile=1:backlog=128",
+            "--state-dir",
+            "/var/lib/telenet/teleroute",
         ],
         "workdir": "/",
         "env": [
-            {"name": "PATH", "description": "search path of the plug-in's processes",
-             "settable": [], "value": _PATH},
+            {
+                "name": "PATH",
+                "description": "search path of the plug-in's processes",
+                "settable": [],
+                "value": _PATH,
+            },
         ],
         "interface": {"socket": "teleroute.sock", "types": ["docker.networkdriver/1.0"]},
         "network": {"type": "host"},
@@ -58,30 +67,46 @@ PLUGIN_CONFIGS: dict[str, dict[str, Any]] = {
         "Telepresence agents",
         "documentation": "https://github.com/telepresenceio/docker-volume-telemount",
         "entrypoint": [
-            "/opt/telenet/bin/twistd", "--nodaemon", "--pidfile=", "telemount",
-            "--listen", "unix:/run/docker/plugins/telemount.sock:mode=660:lockfile=1:backlog=128",
-            "--mount-root", "/mnt/volumes",
-            "--state-dir", "/var/lib/telenet/telemount",
+            "/opt/telenet/bin/twistd",
+            "--nodaemon",
+            "--pidfile=",
+            "telemount",
+            "--listen",
+            "unix:/run/docker/plugins/telemount.sock:mode=660:lockfile=1:backlog=128",
+            "--mount-root",
+            "/mnt/volumes",
+            "--state-dir",
+            "/var/lib/telenet/telemount",
         ],
         "workdir": "/",
         "env": [
-            {"name": "PATH", "description": "search path of the plug-in's processes",
-             "settable": [], "value": _PATH},
-            {"name": "DISCONNECTED_LINGER_TIME",
-             "description": "how long a disconnected, unused mount stays before it is "
-             "unmounted (Go duration)",
-             "settable": ["value"], "value": "5s"},
-            {"name": "HOST_PING_TIMEOUT",
-             "description": "how long to wait for an SFTP server to accept a connection "
-             "(Go duration)",
-             "settable": ["value"], "value": "1s"},
+            {
+                "name": "PATH",
+                "description": "search path of the plug-in's processes",
+                "settable": [],
+                "value": _PATH,
+            },
+            {
+                "name": "DISCONNECTED_LINGER_TIME",
+                "description": "how long a disconnected, unused mount stays before it is "
+                "unmounted (Go duration)",
+                "settable": ["value"],
+                "value": "5s",
+            },
+            {
+                "name": "HOST_PING_TIMEOUT",
+                "description": "how long to wait for an SFTP server to accept a connection "
+                "(Go duration)",
+                "settable": ["value"],
+                "value": "1s",
+            },
         ],
         "interface": {"socket": "telemount.sock", "types": ["docker.volumedriver/1.0"]},
         "network": {"type": "host"},
         "propagatedmount": "/mnt/volumes",
         "linux": {"capabilities": ["CAP_SYS_ADMIN"], "devices": [{"path": "/dev/fuse"}]},
     },
-}  # fmt: skip
+}
 
 
 class DockerError(Exception):
@@ -606,8 +631,13 @@ class SDKDocker:
 def _unreachable_reason(e: Exception) -> str:
     """Why Docker did not answer, briefly (one line)."""
     text = str(e)
-    for reason in ("No such file or directory", "Permission denied", "Connection refused",
-                   "timed out", "Name or service not known"):  # fmt: skip
+    for reason in (
+        "No such file or directory",
+        "Permission denied",
+        "Connection refused",
+        "timed out",
+        "Name or service not known",
+    ):
         if reason in text:
             return reason
     return _explain(e)

@@ -113,8 +113,9 @@ class FirewallRules(service.Service):
             for table, rule in self.iptables_rules():
                 if not await self._call(tool, [*self._table(table), "-C", *rule], check=False):
                     # ip6tables may lack a module the rule needs: only iptables must work.
-                    await self._call(tool, [*self._table(table), add, *rule],
-                                     check=tool == tools[0])  # fmt: skip
+                    await self._call(
+                        tool, [*self._table(table), add, *rule], check=tool == tools[0]
+                    )
         self.applied("iptables")
 
     async def _remove(self) -> None:
@@ -140,7 +141,8 @@ def process_runner(reactor: Any) -> Runner:
     from twisted.internet import utils
 
     def run(executable: str, args: list[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:
-        return utils.getProcessOutputAndValue(executable, args, env=dict(os.environ),
-                                              reactor=reactor)  # fmt: skip
+        return utils.getProcessOutputAndValue(
+            executable, args, env=dict(os.environ), reactor=reactor
+        )
 
     return run

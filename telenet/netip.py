@@ -92,8 +92,7 @@ def decode_prefix(data: bytes) -> Interface | None:
         return None
     if bits > addr.max_prefixlen:
         raise NetipError(
-            f"prefix length {bits} is too long for IPv{addr.version} in netip.Prefix "
-            f"{data.hex()}"
+            f"prefix length {bits} is too long for IPv{addr.version} in netip.Prefix {data.hex()}"
         )
     if isinstance(addr, ipaddress.IPv6Address):
         # The zone is not part of a prefix.

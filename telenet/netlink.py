@@ -122,8 +122,7 @@ class INetlink(Interface):
     def addresses(name: str) -> defer.Deferred[list[IPInterface]]:
         """The addresses of link ``name`` (empty when it does not exist)."""
 
-    def add_route(dst: Network, name: str,
-                  gateway: Address | None = None) -> defer.Deferred[None]:
+    def add_route(dst: Network, name: str, gateway: Address | None = None) -> defer.Deferred[None]:
         """Add a route to ``dst`` through link ``name``, optionally via ``gateway``."""
 
     def delete_route(dst: Network, name: str) -> defer.Deferred[None]:
@@ -208,8 +207,9 @@ class PyrouteNetlink:
             self._ipr = self._socket()
         return self._ipr
 
-    def _run(self, what: str, coro: Coroutine[Any, Any, T],
-             exists: type[AlreadyExists] = AlreadyExists) -> defer.Deferred[T]:
+    def _run(
+        self, what: str, coro: Coroutine[Any, Any, T], exists: type[AlreadyExists] = AlreadyExists
+    ) -> defer.Deferred[T]:
         async def guarded() -> T:
             from pyroute2.netlink.exceptions import NetlinkError
 
@@ -256,10 +256,15 @@ class PyrouteNetlink:
     @staticmethod
     def _link(msg: Any, names: dict[int, str]) -> Link:
         master = msg.get("master")
-        return Link(name=msg.get("ifname"), index=msg["index"], mac=msg.get("address") or "",
-                    kind=msg.get(("linkinfo", "kind")),
-                    master=names.get(master) if master else None,
-                    up=bool(msg["flags"] & _IFF_UP), arp=not msg["flags"] & _IFF_NOARP)
+        return Link(
+            name=msg.get("ifname"),
+            index=msg["index"],
+            mac=msg.get("address") or "",
+            kind=msg.get(("linkinfo", "kind")),
+            master=names.get(master) if master else None,
+            up=bool(msg["flags"] & _IFF_UP),
+            arp=not msg["flags"] & _IFF_NOARP,
+        )
 
     # -- links ----------------------------------------------------------------------------
 
@@ -287,8 +292,13 @@ class PyrouteNetlink:
     def create_veth(self, name: str, mac: str, peer: str, peer_mac: str) -> defer.Deferred[None]:
         async def go() -> None:
             ipr = await self._conn()
-            await ipr.link("add", ifname=name, kind="veth", address=mac,
-                           peer={"ifname": peer, "address": peer_mac})
+            await ipr.link(
+                "add",
+                ifname=name,
+                kind="veth",
+                address=mac,
+                peer={"ifname": peer, "address": peer_mac},
+            )
 
         return self._run(f"create veth {name}/{peer}", go(), LinkExists)
 
@@ -343,8 +353,12 @@ class PyrouteNetlink:
     def add_address(self, name: str, address: IPInterface) -> defer.Deferred[None]:
         async def go() -> None:
             ipr = await self._conn()
-            await ipr.addr("add", index=await self._index(name), address=str(address.ip),
-                           prefixlen=address.network.prefixlen)
+            await ipr.addr(
+                "add",
+                index=await self._index(name),
+                address=str(address.ip),
+                prefixlen=address.network.prefixlen,
+            )
 
         return self._run(f"add {address} to {name}", go())
 
@@ -354,13 +368,16 @@ class PyrouteNetlink:
             if msg is None:
                 return []
             ipr = await self._conn()
-            return [ipaddress.ip_interface((m.get("address"), m["prefixlen"]))
-                    async for m in await ipr.addr("dump", index=msg["index"])]
+            return [
+                ipaddress.ip_interface((m.get("address"), m["prefixlen"]))
+                async for m in await ipr.addr("dump", index=msg["index"])
+            ]
 
         return self._run(f"list addresses of {name}", go())
 
-    def add_route(self, dst: Network, name: str,
-                  gateway: Address | None = None) -> defer.Deferred[None]:
+    def add_route(
+        self, dst: Network, name: str, gateway: Address | None = None
+    ) -> defer.Deferred[None]:
         async def go() -> None:
             ipr = await self._conn()
             spec: dict[str, Any] = {"dst": str(dst), "oif": await self._index(name)}
@@ -380,8 +397,9 @@ class PyrouteNetlink:
     def replace_route(self, dst: Network, name: str, source: Address) -> defer.Deferred[None]:
         async def go() -> None:
             ipr = await self._conn()
-            await ipr.route("replace", dst=str(dst), oif=await self._index(name),
-                            prefsrc=str(source))
+            await ipr.route(
+                "replace", dst=str(dst), oif=await self._index(name), prefsrc=str(source)
+            )
 
         return self._run(f"replace route {dst} dev {name} src {source}", go())
 
@@ -396,8 +414,12 @@ class PyrouteNetlink:
         found: set[Network] = set()
         for family in (socket.AF_INET, socket.AF_INET6):
             async for r in await ipr.route("dump", family=family):
-                if (r.get("oif") != index or r.get("table") != _RT_TABLE_MAIN
-                        or r["type"] != _RTN_UNICAST or r.get("dst") is None):
+                if (
+                    r.get("oif") != index
+                    or r.get("table") != _RT_TABLE_MAIN
+                    or r["type"] != _RTN_UNICAST
+                    or r.get("dst") is None
+                ):
                     continue
                 dst = ipaddress.ip_network((r.get("dst"), r["dst_len"]), strict=False)
                 if include_route(dst):
@@ -421,8 +443,13 @@ class PyrouteNetlink:
             )
 
             events = self._socket()
-            await events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-                              | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+            await events.bind(
+                groups=RTMGRP_LINK
+                | RTMGRP_IPV4_IFADDR
+                | RTMGRP_IPV6_IFADDR
+                | RTMGRP_IPV4_ROUTE
+                | RTMGRP_IPV6_ROUTE
+            )
             dirty = asyncio.Event()
             # A connection of its own for dumps: the bound one only carries events.
             ipr = self._socket()

@@ -77,20 +77,24 @@ class ITelerouteClient(Interface):
 
     target = Attribute("The daemon's address as host:port (IPv6 in brackets).")
 
-    def connect(request: teleroute_pb2.ConnectRequest,
-                timeout: float) -> defer.Deferred[ConnectSession]:
+    def connect(
+        request: teleroute_pb2.ConnectRequest, timeout: float
+    ) -> defer.Deferred[ConnectSession]:
         """Open the Connect stream; fires when the daemon's first ``Info`` arrived."""
 
-    def create_endpoint(request: teleroute_pb2.CreateEndpointRequest,
-                        timeout: float) -> defer.Deferred[None]:
+    def create_endpoint(
+        request: teleroute_pb2.CreateEndpointRequest, timeout: float
+    ) -> defer.Deferred[None]:
         """Ask the daemon for (or to reuse) a veth pair for a Docker endpoint."""
 
-    def remove_endpoint(request: teleroute_pb2.EndpointIdentifier,
-                        timeout: float) -> defer.Deferred[None]:
+    def remove_endpoint(
+        request: teleroute_pb2.EndpointIdentifier, timeout: float
+    ) -> defer.Deferred[None]:
         """Tell the daemon to forget an endpoint."""
 
-    def join(request: teleroute_pb2.EndpointIdentifier,
-             timeout: float) -> defer.Deferred[teleroute_pb2.JoinResponse]:
+    def join(
+        request: teleroute_pb2.EndpointIdentifier, timeout: float
+    ) -> defer.Deferred[teleroute_pb2.JoinResponse]:
         """The interface, routes and gateways for the joining container."""
 
     def leave(request: teleroute_pb2.EndpointIdentifier, timeout: float) -> defer.Deferred[None]:
@@ -147,24 +151,28 @@ class GrpcTelerouteClient:
             self._stub = teleroute_pb2_grpc.TelerouteStub(self._channel)
         return self._stub
 
-    def connect(self, request: teleroute_pb2.ConnectRequest,
-                timeout: float) -> defer.Deferred[ConnectSession]:
+    def connect(
+        self, request: teleroute_pb2.ConnectRequest, timeout: float
+    ) -> defer.Deferred[ConnectSession]:
         return as_deferred(self._connect(request, timeout))
 
-    async def _connect(self, request: teleroute_pb2.ConnectRequest,
-                       timeout: float) -> ConnectSession:
+    async def _connect(
+        self, request: teleroute_pb2.ConnectRequest, timeout: float
+    ) -> ConnectSession:
         call = self._get_stub().Connect(request)
         try:
             first = await asyncio.wait_for(call.read(), timeout)
         except TimeoutError:
             call.cancel()
-            raise TelerouteError(StatusCode.DEADLINE_EXCEEDED,
-                                 f"no Info from {self.target} within {timeout:g}s") from None
+            raise TelerouteError(
+                StatusCode.DEADLINE_EXCEEDED, f"no Info from {self.target} within {timeout:g}s"
+            ) from None
         except grpc.aio.AioRpcError as e:
             raise _error(e) from None
         if first is grpc.aio.EOF:
-            raise TelerouteError(StatusCode.UNAVAILABLE,
-                                 f"{self.target} ended the Connect stream before its Info")
+            raise TelerouteError(
+                StatusCode.UNAVAILABLE, f"{self.target} ended the Connect stream before its Info"
+            )
         session = ConnectSession(dict(first.info), call.cancel)
         self._streams.add(call)
         task = asyncio.ensure_future(self._watch(call, session))
@@ -178,28 +186,31 @@ class GrpcTelerouteClient:
                 message = await call.read()
                 if message is grpc.aio.EOF:
                     break
-                log.debug("Info from {target}: {info}", target=self.target,
-                          info=dict(message.info))
+                log.debug("Info from {target}: {info}", target=self.target, info=dict(message.info))
         except grpc.aio.AioRpcError as e:
             reason = f"the Connect stream broke: {e.code().name}: {e.details()}"
         except asyncio.CancelledError:
             reason = "the Connect stream was cancelled"
         session.end(reason)
 
-    def create_endpoint(self, request: teleroute_pb2.CreateEndpointRequest,
-                        timeout: float) -> defer.Deferred[None]:
+    def create_endpoint(
+        self, request: teleroute_pb2.CreateEndpointRequest, timeout: float
+    ) -> defer.Deferred[None]:
         return as_deferred(self._unary("CreateEndpoint", request, timeout, none=True))
 
-    def remove_endpoint(self, request: teleroute_pb2.EndpointIdentifier,
-                        timeout: float) -> defer.Deferred[None]:
+    def remove_endpoint(
+        self, request: teleroute_pb2.EndpointIdentifier, timeout: float
+    ) -> defer.Deferred[None]:
         return as_deferred(self._unary("RemoveEndpoint", request, timeout, none=True))
 
-    def join(self, request: teleroute_pb2.EndpointIdentifier,
-             timeout: float) -> defer.Deferred[teleroute_pb2.JoinResponse]:
+    def join(
+        self, request: teleroute_pb2.EndpointIdentifier, timeout: float
+    ) -> defer.Deferred[teleroute_pb2.JoinResponse]:
         return as_deferred(self._unary("Join", request, timeout))
 
-    def leave(self, request: teleroute_pb2.EndpointIdentifier,
-              timeout: float) -> defer.Deferred[None]:
+    def leave(
+        self, request: teleroute_pb2.EndpointIdentifier, timeout: float
+    ) -> defer.Deferred[None]:
         return as_deferred(self._unary("Leave", request, timeout, none=True))
 
     async def _unary(self, method: str, request: Any, timeout: float, none: bool = False) -> Any:

@@ -41,8 +41,9 @@ class PlumbingError(Exception):
 class IEndpointPlumbing(Interface):
     """Moves a link from our network namespace into a container's, configured."""
 
-    def adopt(link: str, sandbox_key: str, daemon_host: str,
-              addresses: list[str]) -> defer.Deferred[str]:
+    def adopt(
+        link: str, sandbox_key: str, daemon_host: str, addresses: list[str]
+    ) -> defer.Deferred[str]:
         """
         Move ``link`` into the namespace of the sandbox (or, failing that, the one holding
         ``daemon_host``) as the next free ``tpd-N`` with ``addresses`` (CIDRs), and bring it
@@ -173,12 +174,14 @@ class NetnsPlumbing:
             text = (err or out).decode("utf-8", "replace").strip()
             raise PlumbingError(f"{' '.join(argv)} failed ({code}): {text}")
 
-    def adopt(self, link: str, sandbox_key: str, daemon_host: str,
-              addresses: list[str]) -> defer.Deferred[str]:
+    def adopt(
+        self, link: str, sandbox_key: str, daemon_host: str, addresses: list[str]
+    ) -> defer.Deferred[str]:
         return defer.ensureDeferred(self._adopt(link, sandbox_key, daemon_host, addresses))
 
-    async def _adopt(self, link: str, sandbox_key: str, daemon_host: str,
-                     addresses: list[str]) -> str:
+    async def _adopt(
+        self, link: str, sandbox_key: str, daemon_host: str, addresses: list[str]
+    ) -> str:
         pid = find_pid_in_sandbox(sandbox_key, self._proc) if sandbox_key else None
         if pid is None:
             pid = find_pid_holding(daemon_host, self._proc)

@@ -190,8 +190,7 @@ def static_routes(response: teleroute_pb2.JoinResponse) -> list[JSONObject]:
         if via is None:
             routes.append({"Destination": str(destination), "RouteType": 1, "NextHop": ""})
         else:
-            routes.append({"Destination": str(destination), "RouteType": 0,
-                           "NextHop": str(via)})
+            routes.append({"Destination": str(destination), "RouteType": 0, "NextHop": str(via)})
     return routes
 
 
@@ -199,8 +198,10 @@ def join_answer(response: teleroute_pb2.JoinResponse) -> JSONObject:
     """The NetworkDriver.Join answer for the daemon's JoinResponse."""
     try:
         answer: JSONObject = {
-            "InterfaceName": {"SrcName": response.interface_src_name,
-                              "DstPrefix": response.interface_dst_prefix},
+            "InterfaceName": {
+                "SrcName": response.interface_src_name,
+                "DstPrefix": response.interface_dst_prefix,
+            },
             "StaticRoutes": static_routes(response),
             "DisableGatewayService": response.disable_gw,
         }
@@ -223,14 +224,17 @@ def own_host_pid(proc: str = "/proc") -> int:
     nested namespace with a host procfs. Without ``NSpid`` (old kernels), our own pid.
     """
     try:
-        with open(os.path.join(proc, "self", "status"), encoding="ascii",
-                  errors="replace") as f:
+        with open(os.path.join(proc, "self", "status"), encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("NSpid:"):
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError) as e:
-        log.warn("cannot read our host pid from {proc}/self/status ({error}); using {pid}",
-                 proc=proc, error=e, pid=os.getpid())
+        log.warn(
+            "cannot read our host pid from {proc}/self/status ({error}); using {pid}",
+            proc=proc,
+            error=e,
+            pid=os.getpid(),
+        )
     return os.getpid()
 
 
@@ -256,10 +260,16 @@ class DaemonLink:
     attempt at once rather than waiting for the next scheduled one.
     """
 
-    def __init__(self, factory: ClientFactory, address: DaemonAddress,
-                 request: Callable[[], teleroute_pb2.ConnectRequest], clock: IReactorTime,
-                 backoff: Backoff | None = None, timeout: float = CALL_TIMEOUT,
-                 on_connect: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        factory: ClientFactory,
+        address: DaemonAddress,
+        request: Callable[[], teleroute_pb2.ConnectRequest],
+        clock: IReactorTime,
+        backoff: Backoff | None = None,
+        timeout: float = CALL_TIMEOUT,
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
         self.address = address
         self.target = grpc_target(address.host, address.port)
         self.client: ITelerouteClient | None = None
@@ -335,9 +345,12 @@ class DaemonLink:
         self.failures = 0
         self._delay = self._backoff.initial
         self.last_error = ""
-        log.info("Connected to {name} version {version} at {target}",
-                 name=session.info.get("name", "?"), version=session.info.get("version", "?"),
-                 target=self.target)
+        log.info(
+            "Connected to {name} version {version} at {target}",
+            name=session.info.get("name", "?"),
+            version=session.info.get("version", "?"),
+            target=self.target,
+        )
         session.ended.addCallback(self._lost, session)
         if self._on_connect is not None:
             try:
@@ -359,9 +372,14 @@ class DaemonLink:
             self.failures += 1
             # A daemon that stays away would fill the log: say it at first, then rarely.
             if self.failures in (1, 10) or self.failures % 100 == 0:
-                log.info("connecting to {target} failed {count} times ({error}); still trying "
-                         "every {delay:g}s at most", target=self.target, count=self.failures,
-                         error=error, delay=self._backoff.maximum)
+                log.info(
+                    "connecting to {target} failed {count} times ({error}); still trying "
+                    "every {delay:g}s at most",
+                    target=self.target,
+                    count=self.failures,
+                    error=error,
+                    delay=self._backoff.maximum,
+                )
             self._schedule()
 
     def _lost(self, reason: str, session: ConnectSession) -> None:
@@ -371,8 +389,11 @@ class DaemonLink:
         self.last_error = reason
         if self._closed:
             return
-        log.warn("lost the daemon at {target} ({reason}); reconnecting", target=self.target,
-                 reason=reason)
+        log.warn(
+            "lost the daemon at {target} ({reason}); reconnecting",
+            target=self.target,
+            reason=reason,
+        )
         self._keep_trying = True
         self._delay = self._backoff.initial
         self._schedule()
@@ -382,8 +403,10 @@ class DaemonLink:
             return
         if self._retry is not None and self._retry.active():
             return
-        delay, self._delay = self._delay, min(self._delay * self._backoff.factor,
-                                              self._backoff.maximum)
+        delay, self._delay = (
+            self._delay,
+            min(self._delay * self._backoff.factor, self._backoff.maximum),
+        )
         self._retry = self._clock.callLater(delay, self._retry_now)
 
     def _retry_now(self) -> None:
@@ -393,8 +416,9 @@ class DaemonLink:
 
     # -- what the driver uses
 
-    async def establish(self, retries: int = CONNECT_RETRIES,
-                        delay: float = CONNECT_RETRY_DELAY) -> None:
+    async def establish(
+        self, retries: int = CONNECT_RETRIES, delay: float = CONNECT_RETRY_DELAY
+    ) -> None:
         """The first connection: retry while UNAVAILABLE, then keep reconnecting for ever."""
         for remaining in range(retries - 1, -1, -1):
             try:
@@ -412,8 +436,12 @@ class DaemonLink:
         if not self.connected and self._attempt is None:
             self._retry_now()
 
-    async def ready(self, timeout: float = CALL_TIMEOUT, patient: bool = True,
-                    retry_delay: float = CONNECT_RETRY_DELAY) -> ITelerouteClient:
+    async def ready(
+        self,
+        timeout: float = CALL_TIMEOUT,
+        patient: bool = True,
+        retry_delay: float = CONNECT_RETRY_DELAY,
+    ) -> ITelerouteClient:
         """
         The connected client, connecting first if needed.
 
@@ -484,8 +512,11 @@ class Network:
     settling: defer.Deferred[None] | None = None
 
     def to_json(self) -> JSONObject:
-        return {"host": self.address.host, "port": self.address.port,
-                "gateways": list(self.gateways)}
+        return {
+            "host": self.address.host,
+            "port": self.address.port,
+            "gateways": list(self.gateways),
+        }
 
     @classmethod
     def from_json(cls, network_id: str, data: JSONObject) -> Network:
@@ -522,19 +553,31 @@ class Endpoint:
     since: float = attrs.field(default=0.0, eq=False)
 
     def to_json(self) -> JSONObject:
-        return {"network": self.network, "ipv4": self.ipv4, "ipv6": self.ipv6,
-                "daemon": self.daemon, "pending": self.pending, "sandbox": self.sandbox,
-                "joined": self.joined, "interface": self.interface}
+        return {
+            "network": self.network,
+            "ipv4": self.ipv4,
+            "ipv6": self.ipv6,
+            "daemon": self.daemon,
+            "pending": self.pending,
+            "sandbox": self.sandbox,
+            "joined": self.joined,
+            "interface": self.interface,
+        }
 
     @classmethod
     def from_json(cls, endpoint_id: str, data: JSONObject) -> Endpoint:
-        return cls(id=endpoint_id, network=str(data["network"]),
-                   ipv4=_parse_cidr(data.get("ipv4", "")), ipv6=_parse_cidr(data.get("ipv6", "")),
-                   daemon=bool(data.get("daemon", False)), pending=bool(data.get("pending", False)),
-                   sandbox=str(data.get("sandbox", "")),
-                   # A state saved before "joined" was kept: take its endpoints as joined.
-                   joined=bool(data.get("joined", True)),
-                   interface=str(data.get("interface", "")))
+        return cls(
+            id=endpoint_id,
+            network=str(data["network"]),
+            ipv4=_parse_cidr(data.get("ipv4", "")),
+            ipv6=_parse_cidr(data.get("ipv6", "")),
+            daemon=bool(data.get("daemon", False)),
+            pending=bool(data.get("pending", False)),
+            sandbox=str(data.get("sandbox", "")),
+            # A state saved before "joined" was kept: take its endpoints as joined.
+            joined=bool(data.get("joined", True)),
+            interface=str(data.get("interface", "")),
+        )
 
     def seen(self) -> Seen:
         return Seen(self.id, self.interface, self.joined, self.since)
@@ -544,24 +587,32 @@ class Endpoint:
 
     def same_as(self, other: Endpoint) -> bool:
         return (self.network, self.ipv4, self.ipv6, self.daemon) == (
-            other.network, other.ipv4, other.ipv6, other.daemon)
+            other.network,
+            other.ipv4,
+            other.ipv6,
+            other.daemon,
+        )
 
     def request(self, in_daemon_netns: bool = False) -> teleroute_pb2.CreateEndpointRequest:
         """
         The CreateEndpoint request; ``in_daemon_netns`` asks the daemon to set its own
         interface up itself (a telenet extension that other daemons ignore).
         """
+
         def addr(cidr: str) -> bytes:
             return netip.encode_addr(ipaddress.ip_interface(cidr).ip if cidr else None)
 
         request = teleroute_pb2.CreateEndpointRequest(
-            id=self.id, addr_ipv4=addr(self.ipv4), addr_ipv6=addr(self.ipv6), daemon=self.daemon,
+            id=self.id,
+            addr_ipv4=addr(self.ipv4),
+            addr_ipv6=addr(self.ipv6),
+            daemon=self.daemon,
         )
         if in_daemon_netns:
             request.in_daemon_netns = True
             request.interface_addresses.extend(
-                netip.encode_prefix(ipaddress.ip_interface(c)) for c in (self.ipv4, self.ipv6)
-                if c)
+                netip.encode_prefix(ipaddress.ip_interface(c)) for c in (self.ipv4, self.ipv6) if c
+            )
         return request
 
 
@@ -576,11 +627,18 @@ class NetworkDriver:
     Every change is saved (through ``run_blocking``) before Docker hears it succeeded.
     """
 
-    def __init__(self, client_factory: ClientFactory, store: IStateStore, clock: IReactorTime,
-                 run_blocking: Runner = _run_now, pid: int | None = None,
-                 backoff: Backoff | None = None, timeout: float = CALL_TIMEOUT,
-                 plumbing: IEndpointPlumbing | None = None,
-                 netlink: INetlink | None = None) -> None:
+    def __init__(
+        self,
+        client_factory: ClientFactory,
+        store: IStateStore,
+        clock: IReactorTime,
+        run_blocking: Runner = _run_now,
+        pid: int | None = None,
+        backoff: Backoff | None = None,
+        timeout: float = CALL_TIMEOUT,
+        plumbing: IEndpointPlumbing | None = None,
+        netlink: INetlink | None = None,
+    ) -> None:
         self._factory = client_factory
         self._plumbing = plumbing
         #: Our own network namespace, where Docker puts back the interfaces of left endpoints.
@@ -608,20 +666,23 @@ class NetworkDriver:
             try:
                 self.networks[network_id] = Network.from_json(network_id, entry)
             except (KeyError, TypeError, ValueError) as e:
-                log.error("skipping unreadable saved network {id}: {error}", id=network_id,
-                          error=e)
+                log.error("skipping unreadable saved network {id}: {error}", id=network_id, error=e)
         for endpoint_id, entry in (data.get("endpoints") or {}).items():
             try:
                 endpoint = Endpoint.from_json(endpoint_id, entry)
             except (KeyError, TypeError, ValueError, PluginError) as e:
-                log.error("skipping unreadable saved endpoint {id}: {error}", id=endpoint_id,
-                          error=e)
+                log.error(
+                    "skipping unreadable saved endpoint {id}: {error}", id=endpoint_id, error=e
+                )
                 continue
             if endpoint.network in self.networks:
                 endpoint.since = self._clock.seconds()
                 self.endpoints[endpoint_id] = endpoint
-        log.info("restored {networks} networks and {endpoints} endpoints",
-                 networks=len(self.networks), endpoints=len(self.endpoints))
+        log.info(
+            "restored {networks} networks and {endpoints} endpoints",
+            networks=len(self.networks),
+            endpoints=len(self.endpoints),
+        )
 
     def start(self) -> None:
         """
@@ -657,14 +718,19 @@ class NetworkDriver:
     def _link(self, network: Network) -> DaemonLink:
         def request() -> teleroute_pb2.ConnectRequest:
             return teleroute_pb2.ConnectRequest(
-                gateways=[netip.encode_prefix(ipaddress.ip_interface(g))
-                          for g in network.gateways],
+                gateways=[netip.encode_prefix(ipaddress.ip_interface(g)) for g in network.gateways],
                 pid=self._pid,
             )
 
-        return DaemonLink(self._factory, network.address, request, self._clock,
-                          backoff=self._backoff, timeout=self._timeout,
-                          on_connect=lambda: self._on_connect(network))
+        return DaemonLink(
+            self._factory,
+            network.address,
+            request,
+            self._clock,
+            backoff=self._backoff,
+            timeout=self._timeout,
+            on_connect=lambda: self._on_connect(network),
+        )
 
     def _network(self, body: JSONObject) -> Network:
         network_id = field(body, "NetworkID", str)
@@ -682,8 +748,7 @@ class NetworkDriver:
             await network.settling
         return client
 
-    async def _call(self, network: Network, method: str, request: Any,
-                    patient: bool = True) -> Any:
+    async def _call(self, network: Network, method: str, request: Any, patient: bool = True) -> Any:
         """One daemon call with the call timeout; failures raise ``TelerouteError``."""
         client = await self._client(network, patient)
         d = getattr(client, method)(request, self._timeout)
@@ -691,9 +756,11 @@ class NetworkDriver:
         try:
             return await d
         except defer.TimeoutError:
-            raise TelerouteError(StatusCode.DEADLINE_EXCEEDED,
-                                 f"{grpc_target(network.address.host, network.address.port)} "
-                                 f"did not answer {method} within {self._timeout:g}s") from None
+            raise TelerouteError(
+                StatusCode.DEADLINE_EXCEEDED,
+                f"{grpc_target(network.address.host, network.address.port)} "
+                f"did not answer {method} within {self._timeout:g}s",
+            ) from None
 
     # -- the NetworkDriver API
 
@@ -737,8 +804,11 @@ class NetworkDriver:
             ) from None
         self.networks[network_id] = network
         await self._save()
-        log.info("created network {id} for the daemon at {target}", id=network_id[:12],
-                 target=link.target)
+        log.info(
+            "created network {id} for the daemon at {target}",
+            id=network_id[:12],
+            target=link.target,
+        )
         return {}
 
     async def delete_network(self, body: JSONObject) -> JSONObject:
@@ -774,12 +844,16 @@ class NetworkDriver:
         with self._call_on(endpoint_id):
             return await self._create_endpoint(body, network, endpoint_id)
 
-    async def _create_endpoint(self, body: JSONObject, network: Network,
-                               endpoint_id: str) -> JSONObject:
+    async def _create_endpoint(
+        self, body: JSONObject, network: Network, endpoint_id: str
+    ) -> JSONObject:
         interface = field(body, "Interface", dict, required=False) or {}
-        endpoint = Endpoint(id=endpoint_id, network=network.id,
-                            ipv4=_parse_cidr(interface.get("Address")),
-                            ipv6=_parse_cidr(interface.get("AddressIPv6")))
+        endpoint = Endpoint(
+            id=endpoint_id,
+            network=network.id,
+            ipv4=_parse_cidr(interface.get("Address")),
+            ipv6=_parse_cidr(interface.get("AddressIPv6")),
+        )
         options = field(body, "Options", dict, required=False) or {}
         daemon_option = options.get("daemon")
         if isinstance(daemon_option, str):
@@ -792,19 +866,26 @@ class NetworkDriver:
         try:
             # The daemon's own endpoint may come while its container is (re)starting: one
             # attempt, then it waits for the daemon (see _settle).
-            await self._call(network, "create_endpoint", endpoint.request(),
-                             patient=not endpoint.daemon)
+            await self._call(
+                network, "create_endpoint", endpoint.request(), patient=not endpoint.daemon
+            )
         except TelerouteError as e:
             known = self.endpoints.get(endpoint_id)
-            if e.code == StatusCode.ALREADY_EXISTS and known is not None and known.same_as(
-                    endpoint):
+            if (
+                e.code == StatusCode.ALREADY_EXISTS
+                and known is not None
+                and known.same_as(endpoint)
+            ):
                 endpoint = known
             elif endpoint.daemon and e.code in _DAEMON_AWAY:
                 endpoint.pending = True
-                log.warn("the daemon at {target} is away ({error}): its own endpoint {id} is set "
-                         "up when it connects", target=grpc_target(network.address.host,
-                                                                  network.address.port),
-                         error=e, id=endpoint_id[:12])
+                log.warn(
+                    "the daemon at {target} is away ({error}): its own endpoint {id} is set "
+                    "up when it connects",
+                    target=grpc_target(network.address.host, network.address.port),
+                    error=e,
+                    id=endpoint_id[:12],
+                )
             else:
                 raise PluginError(
                     f"unable to create endpoint {endpoint_id[:12]}: {e.details}"
@@ -815,16 +896,23 @@ class NetworkDriver:
         # keep with that address was deleted while we could not hear it.
         taken = endpoint.addresses()
         for other in list(self.endpoints.values()):
-            if (other.id != endpoint_id and other.network == network.id
-                    and other.id not in self._busy and other.addresses() & taken):
+            if (
+                other.id != endpoint_id
+                and other.network == network.id
+                and other.id not in self._busy
+                and other.addresses() & taken
+            ):
                 self._drop(other, f"Docker gave its address to endpoint {endpoint_id[:12]}")
         self.endpoints[endpoint_id] = endpoint
         await self._save()
         self._schedule_sweep()
-        log.info("created endpoint {id} ({addresses}{daemon}) on network {network}",
-                 id=endpoint_id[:12], addresses=" ".join(filter(None, (endpoint.ipv4,
-                                                                         endpoint.ipv6))),
-                 daemon=", the daemon's" if endpoint.daemon else "", network=network.id[:12])
+        log.info(
+            "created endpoint {id} ({addresses}{daemon}) on network {network}",
+            id=endpoint_id[:12],
+            addresses=" ".join(filter(None, (endpoint.ipv4, endpoint.ipv6))),
+            daemon=", the daemon's" if endpoint.daemon else "",
+            network=network.id[:12],
+        )
         return {}
 
     async def join(self, body: JSONObject) -> JSONObject:
@@ -859,19 +947,25 @@ class NetworkDriver:
         answer = join_answer(response)
         if endpoint is None:
             # Docker joins only what it made: keep it, though its making went unrecorded.
-            endpoint = self.endpoints[endpoint_id] = Endpoint(id=endpoint_id,
-                                                              network=network.id)
+            endpoint = self.endpoints[endpoint_id] = Endpoint(id=endpoint_id, network=network.id)
         interface = "" if response.interface_in_daemon_netns else response.interface_src_name
         for other in list(self.endpoints.values()):
-            if (interface and other.id != endpoint_id and other.interface == interface
-                    and other.id not in self._busy):
+            if (
+                interface
+                and other.id != endpoint_id
+                and other.interface == interface
+                and other.id not in self._busy
+            ):
                 self._drop(other, f"the daemon gave its interface to endpoint {endpoint_id[:12]}")
         endpoint.sandbox = sandbox or endpoint.sandbox
         self._joined(endpoint, interface)
         await self._save()
-        log.info("endpoint {id} joins with {src} and routes {routes}", id=endpoint_id[:12],
-                 src=response.interface_src_name,
-                 routes=[r["Destination"] for r in answer["StaticRoutes"]])
+        log.info(
+            "endpoint {id} joins with {src} and routes {routes}",
+            id=endpoint_id[:12],
+            src=response.interface_src_name,
+            routes=[r["Destination"] for r in answer["StaticRoutes"]],
+        )
         return answer
 
     def _joined(self, endpoint: Endpoint, interface: str) -> None:
@@ -912,37 +1006,50 @@ class NetworkDriver:
         endpoint_id = field(body, "EndpointID", str)
         network = self.networks.get(network_id)
         if network is None:
-            log.warn("{call} for endpoint {id} of unknown network {network}: nothing to do",
-                     call=call, id=endpoint_id[:12], network=network_id[:12])
+            log.warn(
+                "{call} for endpoint {id} of unknown network {network}: nothing to do",
+                call=call,
+                id=endpoint_id[:12],
+                network=network_id[:12],
+            )
             return endpoint_id
         request = teleroute_pb2.EndpointIdentifier(id=endpoint_id)
         try:
             await self._call(network, method, request, patient=False)
         except TelerouteError as e:
             if e.code in _SWALLOWED_ON_TEARDOWN or e.code == StatusCode.NOT_FOUND:
-                log.info("{call} of endpoint {id}: daemon said {error}; done anyway",
-                         call=call, id=endpoint_id[:12], error=e)
+                log.info(
+                    "{call} of endpoint {id}: daemon said {error}; done anyway",
+                    call=call,
+                    id=endpoint_id[:12],
+                    error=e,
+                )
                 return endpoint_id
-            log.error("{call} of endpoint {id} failed: {error}", call=call, id=endpoint_id[:12],
-                      error=e)
-            raise PluginError(f"unable to {call} endpoint {endpoint_id[:12]}: {e.details}"
-                              ) from None
+            log.error(
+                "{call} of endpoint {id} failed: {error}", call=call, id=endpoint_id[:12], error=e
+            )
+            raise PluginError(
+                f"unable to {call} endpoint {endpoint_id[:12]}: {e.details}"
+            ) from None
         return endpoint_id
 
-    async def _realize(self, network: Network, endpoint: Endpoint,
-                       in_daemon_netns: bool = False) -> bool:
+    async def _realize(
+        self, network: Network, endpoint: Endpoint, in_daemon_netns: bool = False
+    ) -> bool:
         """Create a pending daemon endpoint on a connected daemon; False if it is still away."""
         if network.link is None or not network.link.connected or network.link.client is None:
             return False
         try:
-            d = network.link.client.create_endpoint(endpoint.request(in_daemon_netns),
-                                                    self._timeout)
+            d = network.link.client.create_endpoint(
+                endpoint.request(in_daemon_netns), self._timeout
+            )
             d.addTimeout(self._timeout, self._clock)
             await d
         except TelerouteError as e:
             if e.code != StatusCode.ALREADY_EXISTS:
-                log.warn("the daemon refused its endpoint {id}: {error}", id=endpoint.id[:12],
-                         error=e)
+                log.warn(
+                    "the daemon refused its endpoint {id}: {error}", id=endpoint.id[:12], error=e
+                )
                 return False
         except defer.TimeoutError:
             return False
@@ -952,8 +1059,11 @@ class NetworkDriver:
 
     def _on_connect(self, network: Network) -> None:
         """A (re)connected daemon: set up its own endpoint if it joined while away."""
-        pending = [e for e in self.endpoints.values()
-                   if e.network == network.id and e.pending and e.sandbox and not e.joining]
+        pending = [
+            e
+            for e in self.endpoints.values()
+            if e.network == network.id and e.pending and e.sandbox and not e.joining
+        ]
         if not pending or network.settling is not None:
             return
 
@@ -978,31 +1088,45 @@ class NetworkDriver:
             assert network.link is not None and network.link.client is not None
             try:
                 d = network.link.client.join(
-                    teleroute_pb2.EndpointIdentifier(id=endpoint.id), self._timeout)
+                    teleroute_pb2.EndpointIdentifier(id=endpoint.id), self._timeout
+                )
                 d.addTimeout(self._timeout, self._clock)
                 response = await d
                 if response.interface_in_daemon_netns:
-                    log.info("the daemon set up its interface {name} ({addresses}) for "
-                             "endpoint {id} itself", name=response.interface_src_name,
-                             addresses=" ".join(filter(None, (endpoint.ipv4, endpoint.ipv6))),
-                             id=endpoint.id[:12])
+                    log.info(
+                        "the daemon set up its interface {name} ({addresses}) for "
+                        "endpoint {id} itself",
+                        name=response.interface_src_name,
+                        addresses=" ".join(filter(None, (endpoint.ipv4, endpoint.ipv6))),
+                        id=endpoint.id[:12],
+                    )
                     continue
                 if self._plumbing is None:
                     raise PlumbingError("this plug-in cannot configure interfaces itself")
                 name = await self._plumbing.adopt(
-                    response.interface_src_name, endpoint.sandbox, network.address.host,
-                    [c for c in (endpoint.ipv4, endpoint.ipv6) if c])
+                    response.interface_src_name,
+                    endpoint.sandbox,
+                    network.address.host,
+                    [c for c in (endpoint.ipv4, endpoint.ipv6) if c],
+                )
             except (TelerouteError, PlumbingError, defer.TimeoutError) as e:
-                log.error("cannot give the daemon its interface for endpoint {id} of network "
-                          "{network}: {error}; reconnect the daemon container to the network "
-                          "(docker network disconnect, then connect --driver-opt daemon=true)",
-                          id=endpoint.id[:12], network=network.id[:12], error=e)
+                log.error(
+                    "cannot give the daemon its interface for endpoint {id} of network "
+                    "{network}: {error}; reconnect the daemon container to the network "
+                    "(docker network disconnect, then connect --driver-opt daemon=true)",
+                    id=endpoint.id[:12],
+                    network=network.id[:12],
+                    error=e,
+                )
                 endpoint.pending = True
                 await self._save()
                 continue
-            log.info("gave the daemon its interface {name} ({addresses}) for endpoint {id}",
-                     name=name, addresses=" ".join(filter(None, (endpoint.ipv4, endpoint.ipv6))),
-                     id=endpoint.id[:12])
+            log.info(
+                "gave the daemon its interface {name} ({addresses}) for endpoint {id}",
+                name=name,
+                addresses=" ".join(filter(None, (endpoint.ipv4, endpoint.ipv6))),
+                id=endpoint.id[:12],
+            )
 
     def endpoint_oper_info(self, body: JSONObject) -> JSONObject:
         return {"Value": {}}
@@ -1012,17 +1136,27 @@ class NetworkDriver:
     def _drop(self, endpoint: Endpoint, why: str) -> None:
         """Forget a stale endpoint (the caller saves), and tell its daemon in the background."""
         self.endpoints.pop(endpoint.id, None)
-        log.warn("forgetting endpoint {id} of network {network}: Docker no longer has it "
-                 "({why})", id=endpoint.id[:12], network=endpoint.network[:12], why=why)
+        log.warn(
+            "forgetting endpoint {id} of network {network}: Docker no longer has it ({why})",
+            id=endpoint.id[:12],
+            network=endpoint.network[:12],
+            why=why,
+        )
         network = self.networks.get(endpoint.network)
         link = network.link if network is not None else None
         if link is None or not link.connected or link.client is None:
             return
-        d = link.client.remove_endpoint(teleroute_pb2.EndpointIdentifier(id=endpoint.id),
-                                        self._timeout)
+        d = link.client.remove_endpoint(
+            teleroute_pb2.EndpointIdentifier(id=endpoint.id), self._timeout
+        )
         d.addTimeout(self._timeout, self._clock)
-        d.addErrback(lambda f: log.info("the daemon did not forget endpoint {id}: {error}",
-                                        id=endpoint.id[:12], error=f.value))
+        d.addErrback(
+            lambda f: log.info(
+                "the daemon did not forget endpoint {id}: {error}",
+                id=endpoint.id[:12],
+                error=f.value,
+            )
+        )
 
     def _schedule_sweep(self, delay: float = SETTLE) -> None:
         if self._sweep_call is None or not self._sweep_call.active():
@@ -1052,8 +1186,7 @@ class NetworkDriver:
             finally:
                 # Looks are rare: hold no netlink socket between them.
                 await self._netlink.close()
-        stale = self._sweep.look([e.seen() for e in self.endpoints.values()], ours,
-                                 set(self._busy))
+        stale = self._sweep.look([e.seen() for e in self.endpoints.values()], ours, set(self._busy))
         for s in stale:
             endpoint = self.endpoints.get(s.id)
             if endpoint is not None and s.id not in self._busy:
@@ -1067,12 +1200,19 @@ class NetworkDriver:
 
 class Options(usage.Options):
     optParameters = [
-        ["listen", "l", dockerplugin.plugin_endpoint("teleroute"),
-         "Endpoint the plug-in API listens on."],
-        ["state-dir", "s", "/var/lib/telenet/teleroute",
-         "Directory for the saved networks and endpoints."],
+        [
+            "listen",
+            "l",
+            dockerplugin.plugin_endpoint("teleroute"),
+            "Endpoint the plug-in API listens on.",
+        ],
+        [
+            "state-dir",
+            "s",
+            "/var/lib/telenet/teleroute",
+            "Directory for the saved networks and endpoints.",
+        ],
     ]
-
 
 
 class _DriverService(dockerplugin.DrainingService):
@@ -1082,9 +1222,13 @@ class _DriverService(dockerplugin.DrainingService):
     cancelled call), it closes the daemon connections.
     """
 
-    def __init__(self, driver: NetworkDriver, reactor: Any,
-                 site: dockerplugin.PluginSite | None = None,
-                 pool: ThreadPool | None = None) -> None:
+    def __init__(
+        self,
+        driver: NetworkDriver,
+        reactor: Any,
+        site: dockerplugin.PluginSite | None = None,
+        pool: ThreadPool | None = None,
+    ) -> None:
         super().__init__(site, pool)
         self.driver = driver
         self.reactor = reactor
@@ -1097,8 +1241,9 @@ class _DriverService(dockerplugin.DrainingService):
         return self.driver.stop()
 
 
-def makeService(options: Options, reactor: Any = None,
-                client_factory: ClientFactory | None = None) -> service.MultiService:
+def makeService(
+    options: Options, reactor: Any = None, client_factory: ClientFactory | None = None
+) -> service.MultiService:
     if reactor is None:
         # grpc.aio needs asyncio's loop; twistd has not imported a reactor yet, so
         # `twistd teleroute` works without --reactor (another one chosen is an error).
@@ -1124,9 +1269,14 @@ def makeService(options: Options, reactor: Any = None,
     from telenet.netlink import PyrouteNetlink
     from telenet.routelinks import NetnsPlumbing, process_runner
 
-    driver = NetworkDriver(client_factory, JSONFileStore(os.path.join(state_dir, "state.json")),
-                           reactor, run_blocking, plumbing=NetnsPlumbing(process_runner(reactor)),
-                           netlink=PyrouteNetlink())
+    driver = NetworkDriver(
+        client_factory,
+        JSONFileStore(os.path.join(state_dir, "state.json")),
+        reactor,
+        run_blocking,
+        plumbing=NetnsPlumbing(process_runner(reactor)),
+        netlink=PyrouteNetlink(),
+    )
     driver.restore()
     log.info("teleroute plug-in, host pid {pid}", pid=driver._pid)
     resource = dockerplugin.PluginResource(["NetworkDriver"], driver.handlers())

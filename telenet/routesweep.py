@@ -66,16 +66,16 @@ class EndpointSweep:
     says which endpoints are stale now.
     """
 
-    def __init__(self, clock: IReactorTime, join_within: float = JOIN_WITHIN,
-                 settle: float = SETTLE) -> None:
+    def __init__(
+        self, clock: IReactorTime, join_within: float = JOIN_WITHIN, settle: float = SETTLE
+    ) -> None:
         self.clock = clock
         self.join_within = join_within
         self.settle = settle
         #: Endpoint id -> when its interface was first seen back in our namespace.
         self._back: dict[str, float] = {}
 
-    def look(self, endpoints: Iterable[Seen], our_links: set[str],
-             busy: set[str]) -> list[Stale]:
+    def look(self, endpoints: Iterable[Seen], our_links: set[str], busy: set[str]) -> list[Stale]:
         """
         The stale ones among ``endpoints``, given the link names in our namespace now;
         endpoints in ``busy`` (a call on them in flight) are left alone.
@@ -88,8 +88,12 @@ class EndpointSweep:
                 continue
             if not e.joined:
                 if now - e.since >= self.join_within:
-                    stale.append(Stale(e.id, f"Docker did not join it within "
-                                             f"{self.join_within:g}s of its creation"))
+                    stale.append(
+                        Stale(
+                            e.id,
+                            f"Docker did not join it within {self.join_within:g}s of its creation",
+                        )
+                    )
                 continue
             if not e.interface or e.interface not in our_links or now - e.since < self.settle:
                 continue

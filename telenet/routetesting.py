@@ -61,33 +61,41 @@ class MemoryTelerouteClient:
         if method in self.daemon.errors:
             return defer.fail(self.daemon.errors[method])
         if not self.daemon.up:
-            return defer.fail(TelerouteError(StatusCode.UNAVAILABLE,
-                                             f"failed to connect to {self.target}"))
+            return defer.fail(
+                TelerouteError(StatusCode.UNAVAILABLE, f"failed to connect to {self.target}")
+            )
         return None
 
-    def connect(self, request: teleroute_pb2.ConnectRequest,
-                timeout: float) -> defer.Deferred[ConnectSession]:
+    def connect(
+        self, request: teleroute_pb2.ConnectRequest, timeout: float
+    ) -> defer.Deferred[ConnectSession]:
         refused = self._check("Connect")
         if refused is not None:
             return refused
         return defer.maybeDeferred(self.daemon.connect, request)
 
-    def create_endpoint(self, request: teleroute_pb2.CreateEndpointRequest,
-                        timeout: float) -> defer.Deferred[None]:
+    def create_endpoint(
+        self, request: teleroute_pb2.CreateEndpointRequest, timeout: float
+    ) -> defer.Deferred[None]:
         return self._check("CreateEndpoint") or defer.maybeDeferred(
-            self.daemon.create_endpoint, request)
+            self.daemon.create_endpoint, request
+        )
 
-    def remove_endpoint(self, request: teleroute_pb2.EndpointIdentifier,
-                        timeout: float) -> defer.Deferred[None]:
+    def remove_endpoint(
+        self, request: teleroute_pb2.EndpointIdentifier, timeout: float
+    ) -> defer.Deferred[None]:
         return self._check("RemoveEndpoint") or defer.maybeDeferred(
-            self.daemon.remove_endpoint, request)
+            self.daemon.remove_endpoint, request
+        )
 
-    def join(self, request: teleroute_pb2.EndpointIdentifier,
-             timeout: float) -> defer.Deferred[teleroute_pb2.JoinResponse]:
+    def join(
+        self, request: teleroute_pb2.EndpointIdentifier, timeout: float
+    ) -> defer.Deferred[teleroute_pb2.JoinResponse]:
         return self._check("Join") or defer.maybeDeferred(self.daemon.join, request)
 
-    def leave(self, request: teleroute_pb2.EndpointIdentifier,
-              timeout: float) -> defer.Deferred[None]:
+    def leave(
+        self, request: teleroute_pb2.EndpointIdentifier, timeout: float
+    ) -> defer.Deferred[None]:
         return self._check("Leave") or defer.maybeDeferred(self.daemon.leave, request)
 
     def close(self) -> defer.Deferred[None]:
@@ -177,20 +185,31 @@ class MemoryTeleroute:
             self.daemon_ipv4 = str(v4) if v4 else ""
             self.daemon_ipv6 = str(v6) if v6 else ""
         if v4 is None and v6 is None:
-            raise TelerouteError(StatusCode.INVALID_ARGUMENT,
-                                 "neither IPv4 nor IPv6 address provided")
+            raise TelerouteError(
+                StatusCode.INVALID_ARGUMENT, "neither IPv4 nor IPv6 address provided"
+            )
         if request.id in self.endpoints:
-            raise TelerouteError(StatusCode.ALREADY_EXISTS,
-                                 f"endpoint {request.id} already exists")
+            raise TelerouteError(StatusCode.ALREADY_EXISTS, f"endpoint {request.id} already exists")
         self._veths += 1
         own = self.own_interface and request.daemon and request.in_daemon_netns
         self.endpoints[request.id] = FakeEndpoint(
-            request.id, str(v4 or ""), str(v6 or ""), request.daemon,
-            "tpd-0" if own else f"tp-fake{self._veths:08d}", own)
+            request.id,
+            str(v4 or ""),
+            str(v6 or ""),
+            request.daemon,
+            "tpd-0" if own else f"tp-fake{self._veths:08d}",
+            own,
+        )
         if own:
-            self.own_interfaces.append((request.id, [
-                f"{ipaddress.ip_address(raw[:-1])}/{raw[-1]}"
-                for raw in request.interface_addresses]))
+            self.own_interfaces.append(
+                (
+                    request.id,
+                    [
+                        f"{ipaddress.ip_address(raw[:-1])}/{raw[-1]}"
+                        for raw in request.interface_addresses
+                    ],
+                )
+            )
 
     def _get(self, endpoint_id: str) -> FakeEndpoint:
         endpoint = self.endpoints.get(endpoint_id)
@@ -200,22 +219,26 @@ class MemoryTeleroute:
 
     def join(self, request: teleroute_pb2.EndpointIdentifier) -> teleroute_pb2.JoinResponse:
         endpoint = self._get(request.id)
-        response = teleroute_pb2.JoinResponse(interface_src_name=endpoint.veth,
-                                              interface_dst_prefix="tpd-",
-                                              interface_in_daemon_netns=endpoint.own)
+        response = teleroute_pb2.JoinResponse(
+            interface_src_name=endpoint.veth,
+            interface_dst_prefix="tpd-",
+            interface_in_daemon_netns=endpoint.own,
+        )
         if not endpoint.daemon:
             networks = [ipaddress.ip_network(r) for r in self.routes]
             for n in networks:
                 response.routes.append(n.network_address.packed + bytes([n.prefixlen]))
             if any(n.version == 4 for n in networks):
                 if not self.daemon_ipv4:
-                    raise TelerouteError(StatusCode.INTERNAL,
-                                         "IPv4 is not enabled for the teleroute network")
+                    raise TelerouteError(
+                        StatusCode.INTERNAL, "IPv4 is not enabled for the teleroute network"
+                    )
                 response.via_ip_v4 = ipaddress.ip_address(self.daemon_ipv4).packed
             if any(n.version == 6 for n in networks):
                 if not self.daemon_ipv6:
-                    raise TelerouteError(StatusCode.INTERNAL,
-                                         "IPv6 is not enabled for the teleroute network")
+                    raise TelerouteError(
+                        StatusCode.INTERNAL, "IPv6 is not enabled for the teleroute network"
+                    )
                 response.via_ip_v6 = ipaddress.ip_address(self.daemon_ipv6).packed
             response.via = response.via_ip_v6 or response.via_ip_v4
         for gateway in self.gateways:
@@ -243,8 +266,9 @@ class MemoryPlumbing:
         self.adopted: list[tuple[str, str, str, list[str]]] = []
         self.fail: str | None = None
 
-    def adopt(self, link: str, sandbox_key: str, daemon_host: str,
-              addresses: list[str]) -> defer.Deferred[str]:
+    def adopt(
+        self, link: str, sandbox_key: str, daemon_host: str, addresses: list[str]
+    ) -> defer.Deferred[str]:
         if self.fail is not None:
             return defer.fail(PlumbingError(self.fail))
         self.adopted.append((link, sandbox_key, daemon_host, list(addresses)))

@@ -109,8 +109,10 @@ def _decode_addr(data: bytes, field: str, version: int) -> Address | None:
     except NetipError as e:
         raise TelerouteError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {field}: {e}") from e
     if addr is not None and addr.version != version:
-        raise TelerouteError(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"invalid {field}: {addr} is not an IPv{version} address")
+        raise TelerouteError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"invalid {field}: {addr} is not an IPv{version} address",
+        )
     return addr
 
 
@@ -123,10 +125,15 @@ class Teleroute:
     ``routes`` gives the currently routed subnets; each Join takes a snapshot of them.
     """
 
-    def __init__(self, netlink: INetlink, routes: Callable[[], Iterable[Network]],
-                 bridge: str = BRIDGE, name: str = DEFAULT_NAME,
-                 version: str = telenet.__version__,
-                 random_bytes: RandomBytes = os.urandom) -> None:
+    def __init__(
+        self,
+        netlink: INetlink,
+        routes: Callable[[], Iterable[Network]],
+        bridge: str = BRIDGE,
+        name: str = DEFAULT_NAME,
+        version: str = telenet.__version__,
+        random_bytes: RandomBytes = os.urandom,
+    ) -> None:
         self.netlink = netlink
         self.routes = routes
         self.bridge = bridge
@@ -149,8 +156,11 @@ class Teleroute:
     def start(self) -> defer.Deferred[None]:
         """Make sure the bridge exists and is up (taking over one left by an earlier run)."""
         d = self.netlink.ensure_bridge(self.bridge)
-        return d.addCallback(lambda link: log.info(
-            "Bridge {bridge} is up (index {index})", bridge=link.name, index=link.index))
+        return d.addCallback(
+            lambda link: log.info(
+                "Bridge {bridge} is up (index {index})", bridge=link.name, index=link.index
+            )
+        )
 
     def when_stopping(self) -> defer.Deferred[None]:
         """Fires when the daemon stops; Connect streams end then."""
@@ -197,18 +207,21 @@ class Teleroute:
             try:
                 gateway = decode_prefix(raw)
             except NetipError as e:
-                raise TelerouteError(grpc.StatusCode.INVALID_ARGUMENT,
-                                     f"invalid gateway: {e}") from e
+                raise TelerouteError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"invalid gateway: {e}"
+                ) from e
             if gateway is not None:
                 gateways.append(gateway)
         self.pid = request.pid
         self.gateways = gateways
-        log.info("Teleroute plug-in connected: pid {pid}, gateways {gateways}",
-                 pid=request.pid, gateways=[str(g) for g in gateways])
+        log.info(
+            "Teleroute plug-in connected: pid {pid}, gateways {gateways}",
+            pid=request.pid,
+            gateways=[str(g) for g in gateways],
+        )
         return teleroute_pb2.Info(info={"name": self.name, "version": self.version})
 
-    def create_endpoint(self, request: teleroute_pb2.CreateEndpointRequest
-                        ) -> defer.Deferred[None]:
+    def create_endpoint(self, request: teleroute_pb2.CreateEndpointRequest) -> defer.Deferred[None]:
         return self._lock.run(lambda: defer.Deferred.fromCoroutine(self._create(request)))
 
     async def _create(self, request: teleroute_pb2.CreateEndpointRequest) -> None:
@@ -218,8 +231,11 @@ class Teleroute:
         ipv6 = _decode_addr(request.addr_ipv6, "addr_ipv6", 6)
         if request.daemon:
             self.daemon_ipv4, self.daemon_ipv6 = ipv4, ipv6
-            log.info("Daemon endpoint: IPv4 {ipv4}, IPv6 {ipv6}", ipv4=str(ipv4 or "-"),
-                     ipv6=str(ipv6 or "-"))
+            log.info(
+                "Daemon endpoint: IPv4 {ipv4}, IPv6 {ipv6}",
+                ipv4=str(ipv4 or "-"),
+                ipv6=str(ipv6 or "-"),
+            )
             for listener in self._address_listeners:
                 try:
                     listener(ipv4, ipv6)
@@ -227,25 +243,39 @@ class Teleroute:
                     log.failure("Daemon address listener failed")
         key = ipv4 or ipv6
         if key is None:
-            raise TelerouteError(grpc.StatusCode.INVALID_ARGUMENT,
-                                 "neither IPv4 nor IPv6 address provided")
+            raise TelerouteError(
+                grpc.StatusCode.INVALID_ARGUMENT, "neither IPv4 nor IPv6 address provided"
+            )
         if request.id in self.endpoints:
-            raise TelerouteError(grpc.StatusCode.ALREADY_EXISTS,
-                                 f"endpoint {request.id} already exists")
+            raise TelerouteError(
+                grpc.StatusCode.ALREADY_EXISTS, f"endpoint {request.id} already exists"
+            )
         # Docker gives an address to one live endpoint only: an endpoint we still hold with
         # it was removed without telling us (a plug-in that died in the call).
-        for other in [e for e in self.endpoints.values()
-                      if (ipv4 and e.addr_ipv4 == ipv4) or (ipv6 and e.addr_ipv6 == ipv6)]:
+        for other in [
+            e
+            for e in self.endpoints.values()
+            if (ipv4 and e.addr_ipv4 == ipv4) or (ipv6 and e.addr_ipv6 == ipv6)
+        ]:
             del self.endpoints[other.id]
-            log.info("Endpoint {endpoint} gave up its address {address} to {new}",
-                     endpoint=other.id[:12], address=str(key), new=request.id[:12])
+            log.info(
+                "Endpoint {endpoint} gave up its address {address} to {new}",
+                endpoint=other.id[:12],
+                address=str(key),
+                new=request.id[:12],
+            )
         if request.daemon and request.in_daemon_netns:
             pair = await self._local_pair(key, request.interface_addresses)
         else:
             pair = await self._pair(key)
         self.endpoints[request.id] = Endpoint(request.id, pair, request.daemon, ipv4, ipv6)
-        log.info("Endpoint {endpoint} for {address}: {host} <-> {peer}",
-                 endpoint=request.id[:12], address=str(key), host=pair.host, peer=pair.peer)
+        log.info(
+            "Endpoint {endpoint} for {address}: {host} <-> {peer}",
+            endpoint=request.id[:12],
+            address=str(key),
+            host=pair.host,
+            peer=pair.peer,
+        )
 
     async def _forget_pair(self, key: Address) -> None:
         pair = self.pairs.pop(key, None)
@@ -267,13 +297,15 @@ class Teleroute:
             try:
                 address = decode_prefix(raw)
             except NetipError as e:
-                raise TelerouteError(grpc.StatusCode.INVALID_ARGUMENT,
-                                     f"invalid interface address: {e}") from e
+                raise TelerouteError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"invalid interface address: {e}"
+                ) from e
             if address is not None:
                 addresses.append(address)
         if not addresses:
-            raise TelerouteError(grpc.StatusCode.INVALID_ARGUMENT,
-                                 "in_daemon_netns needs interface_addresses")
+            raise TelerouteError(
+                grpc.StatusCode.INVALID_ARGUMENT, "in_daemon_netns needs interface_addresses"
+            )
         await self._forget_pair(key)
         names = {link.name for link in await self.netlink.links()}
         n = 0
@@ -294,8 +326,11 @@ class Teleroute:
                 log.failure("Could not delete half-made veth {link}", link=host)
             raise
         self.pairs[key] = pair
-        log.info("Own interface {peer} ({addresses}) made in the daemon's netns", peer=peer,
-                 addresses=" ".join(str(a) for a in addresses))
+        log.info(
+            "Own interface {peer} ({addresses}) made in the daemon's netns",
+            peer=peer,
+            addresses=" ".join(str(a) for a in addresses),
+        )
         return pair
 
     async def _pair(self, key: Address) -> VethPair:
@@ -307,12 +342,17 @@ class Teleroute:
         if cached is not None:
             if await self.netlink.get_link(cached.host) is not None:
                 return cached
-            log.info("Veth {link} for {address} is gone; making a new pair",
-                     link=cached.host, address=str(key))
+            log.info(
+                "Veth {link} for {address} is gone; making a new pair",
+                link=cached.host,
+                address=str(key),
+            )
             del self.pairs[key]
         if self.pid <= 0:
-            raise TelerouteError(grpc.StatusCode.INTERNAL,
-                                 "no teleroute plug-in has connected (no pid to move the veth to)")
+            raise TelerouteError(
+                grpc.StatusCode.INTERNAL,
+                "no teleroute plug-in has connected (no pid to move the veth to)",
+            )
         host, peer = veth_name(self.random_bytes), veth_name(self.random_bytes)
         pair = VethPair(host, peer, random_mac(self.random_bytes))
         await self.netlink.create_veth(host, random_mac(self.random_bytes), peer, pair.peer_mac)
@@ -334,27 +374,32 @@ class Teleroute:
             raise TelerouteError(grpc.StatusCode.NOT_FOUND, f"endpoint {endpoint_id} not found")
         return endpoint
 
-    def join(self, request: teleroute_pb2.EndpointIdentifier
-             ) -> defer.Deferred[teleroute_pb2.JoinResponse]:
+    def join(
+        self, request: teleroute_pb2.EndpointIdentifier
+    ) -> defer.Deferred[teleroute_pb2.JoinResponse]:
         return defer.Deferred.fromCoroutine(self._join(request.id))
 
     async def _join(self, endpoint_id: str) -> teleroute_pb2.JoinResponse:
         endpoint = self._endpoint(endpoint_id)
         await self.netlink.set_up(endpoint.pair.host)
-        response = teleroute_pb2.JoinResponse(interface_src_name=endpoint.pair.peer,
-                                              interface_dst_prefix=DST_PREFIX,
-                                              interface_in_daemon_netns=endpoint.pair.local)
+        response = teleroute_pb2.JoinResponse(
+            interface_src_name=endpoint.pair.peer,
+            interface_dst_prefix=DST_PREFIX,
+            interface_in_daemon_netns=endpoint.pair.local,
+        )
         if not endpoint.daemon:
             routes = sorted(self.routes(), key=lambda n: (n.version, n))
             if any(r.version == 4 for r in routes):
                 if self.daemon_ipv4 is None:
-                    raise TelerouteError(grpc.StatusCode.INTERNAL,
-                                         "IPv4 is not enabled for the teleroute network")
+                    raise TelerouteError(
+                        grpc.StatusCode.INTERNAL, "IPv4 is not enabled for the teleroute network"
+                    )
                 response.via_ip_v4 = encode_addr(self.daemon_ipv4)
             if any(r.version == 6 for r in routes):
                 if self.daemon_ipv6 is None:
-                    raise TelerouteError(grpc.StatusCode.INTERNAL,
-                                         "IPv6 is not enabled for the teleroute network")
+                    raise TelerouteError(
+                        grpc.StatusCode.INTERNAL, "IPv6 is not enabled for the teleroute network"
+                    )
                 response.via_ip_v6 = encode_addr(self.daemon_ipv6)
             response.routes.extend(encode_prefix(r) for r in routes)
             response.via = response.via_ip_v6 or response.via_ip_v4
@@ -363,8 +408,12 @@ class Teleroute:
                 response.gw_ip_v4 = encode_prefix(gateway)
             elif gateway.version == 6 and not response.gw_ip_v6:
                 response.gw_ip_v6 = encode_prefix(gateway)
-        log.info("Join {endpoint}: {peer} with {count} routes", endpoint=endpoint_id[:12],
-                 peer=endpoint.pair.peer, count=len(response.routes))
+        log.info(
+            "Join {endpoint}: {peer} with {count} routes",
+            endpoint=endpoint_id[:12],
+            peer=endpoint.pair.peer,
+            count=len(response.routes),
+        )
         return response
 
     def leave(self, request: teleroute_pb2.EndpointIdentifier) -> None:
@@ -399,8 +448,11 @@ class TelerouteServicer(teleroute_pb2_grpc.TelerouteServicer):
     def __init__(self, core: Teleroute) -> None:
         self.core = core
 
-    async def Connect(self, request: teleroute_pb2.ConnectRequest,  # noqa: N802
-                      context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def Connect(
+        self,
+        request: teleroute_pb2.ConnectRequest,  # noqa: N802
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> Any:
         try:
             info = self.core.connect(request)
         except Exception as e:
@@ -410,32 +462,44 @@ class TelerouteServicer(teleroute_pb2_grpc.TelerouteServicer):
         # Held open until the daemon stops; the end of the stream tells the plug-in.
         await as_future(self.core.when_stopping())
 
-    async def CreateEndpoint(self, request: teleroute_pb2.CreateEndpointRequest,  # noqa: N802
-                             context: grpc.aio.ServicerContext[Any, Any]) -> empty_pb2.Empty:
+    async def CreateEndpoint(
+        self,
+        request: teleroute_pb2.CreateEndpointRequest,  # noqa: N802
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> empty_pb2.Empty:
         try:
             await as_future(self.core.create_endpoint(request))
         except Exception as e:
             await _abort(context, e)
         return empty_pb2.Empty()
 
-    async def Join(self, request: teleroute_pb2.EndpointIdentifier,  # noqa: N802
-                   context: grpc.aio.ServicerContext[Any, Any]) -> teleroute_pb2.JoinResponse:
+    async def Join(
+        self,
+        request: teleroute_pb2.EndpointIdentifier,  # noqa: N802
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> teleroute_pb2.JoinResponse:
         try:
             return await as_future(self.core.join(request))
         except Exception as e:
             await _abort(context, e)
             raise
 
-    async def Leave(self, request: teleroute_pb2.EndpointIdentifier,  # noqa: N802
-                    context: grpc.aio.ServicerContext[Any, Any]) -> empty_pb2.Empty:
+    async def Leave(
+        self,
+        request: teleroute_pb2.EndpointIdentifier,  # noqa: N802
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> empty_pb2.Empty:
         try:
             self.core.leave(request)
         except Exception as e:
             await _abort(context, e)
         return empty_pb2.Empty()
 
-    async def RemoveEndpoint(self, request: teleroute_pb2.EndpointIdentifier,  # noqa: N802
-                             context: grpc.aio.ServicerContext[Any, Any]) -> empty_pb2.Empty:
+    async def RemoveEndpoint(
+        self,
+        request: teleroute_pb2.EndpointIdentifier,  # noqa: N802
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> empty_pb2.Empty:
         try:
             self.core.remove_endpoint(request)
         except Exception as e:
@@ -454,8 +518,13 @@ class GrpcServerService(service.Service):
     the server stops, and the veth pairs are deleted.
     """
 
-    def __init__(self, core: Teleroute, addresses: list[str], grace: float = 1.0,
-                 on_fatal: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        core: Teleroute,
+        addresses: list[str],
+        grace: float = 1.0,
+        on_fatal: Callable[[], None] | None = None,
+    ) -> None:
         self.core = core
         self.on_fatal = on_fatal
         self.addresses = addresses

@@ -57,8 +57,9 @@ class MemoryMounter:
     def mountpoint(self, host: str, port: int, name: str) -> str:
         return posixpath.join(self.mount_root, host, str(port), name)
 
-    def attach(self, host: str, port: int, name: str, remote_dir: str,
-               ro: bool) -> defer.Deferred[str]:
+    def attach(
+        self, host: str, port: int, name: str, remote_dir: str, ro: bool
+    ) -> defer.Deferred[str]:
         self.calls.append(("attach", host, str(port), name))
         if (host, port) in self.unreachable:
             return defer.fail(PluginError(f"cannot reach SFTP server at {host}:{port}"))
@@ -81,11 +82,14 @@ class MemoryMounter:
         volumes = self.servers.get((host, port))
         if volumes is None:
             return defer.succeed({"mounted": False, "connected": False})
-        return defer.succeed({
-            "mounted": True, "connected": (host, port) not in self.unreachable,
-            "since": self.since.get((host, port), 0.0),
-            "volumes": {n: {"path": p, "ro": ro} for n, (p, ro) in volumes.items()},
-        })
+        return defer.succeed(
+            {
+                "mounted": True,
+                "connected": (host, port) not in self.unreachable,
+                "since": self.since.get((host, port), 0.0),
+                "volumes": {n: {"path": p, "ro": ro} for n, (p, ro) in volumes.items()},
+            }
+        )
 
     def release(self, host: str, port: int) -> defer.Deferred[None]:
         self.calls.append(("release", host, str(port)))
@@ -159,7 +163,8 @@ class MemoryNetlink:
 
     def __init__(self, processes: set[int] | None = None) -> None:
         self.links_by_name: dict[str, Link] = {
-            "lo": Link("lo", 1, "00:00:00:00:00:00", None, None, True)}
+            "lo": Link("lo", 1, "00:00:00:00:00:00", None, None, True)
+        }
         self._next_index = 2
         self._peers: dict[str, str] = {}
         self._addresses: dict[str, list[_IPInterface]] = {}
@@ -320,8 +325,9 @@ class MemoryNetlink:
     def addresses(self, name: str) -> defer.Deferred[list[_IPInterface]]:
         return defer.succeed(list(self._addresses.get(name, [])))
 
-    def add_route(self, dst: _Network, name: str,
-                  gateway: _Address | None = None) -> defer.Deferred[None]:
+    def add_route(
+        self, dst: _Network, name: str, gateway: _Address | None = None
+    ) -> defer.Deferred[None]:
         def go() -> None:
             self._op("add_route", dst, name, gateway)
             link = self._get(name)
@@ -347,8 +353,7 @@ class MemoryNetlink:
 
         return self._call(go)
 
-    def replace_route(self, dst: _Network, name: str,
-                      source: _Address) -> defer.Deferred[None]:
+    def replace_route(self, dst: _Network, name: str, source: _Address) -> defer.Deferred[None]:
         def go() -> None:
             self._op("replace_route", dst, name, source)
             if not self._get(name).up:
@@ -450,8 +455,10 @@ class MemoryDocker:
 
     def _check(self, method: str) -> None:
         if self.version is None:
-            raise DockerUnavailable("Docker at unix:///var/run/docker.sock (context default, the "
-                                    "default) does not answer: Connection refused")
+            raise DockerUnavailable(
+                "Docker at unix:///var/run/docker.sock (context default, the "
+                "default) does not answer: Connection refused"
+            )
         error = self.fail.pop(method, None)
         if error is not None:
             raise error
@@ -595,15 +602,17 @@ class MemoryDocker:
         self.containers_by_id[cid] = {
             "Id": cid,
             "Name": "/" + spec.name,
-            "Config": {"Image": spec.image, "Cmd": list(spec.command),
-                       "Labels": dict(spec.labels)},
-            "HostConfig": {"PidMode": "host" if spec.pid_host else "",
-                           "CapAdd": list(spec.cap_add), "Sysctls": dict(spec.sysctls),
-                           "NetworkMode": spec.network or "default"},
+            "Config": {"Image": spec.image, "Cmd": list(spec.command), "Labels": dict(spec.labels)},
+            "HostConfig": {
+                "PidMode": "host" if spec.pid_host else "",
+                "CapAdd": list(spec.cap_add),
+                "Sysctls": dict(spec.sysctls),
+                "NetworkMode": spec.network or "default",
+            },
             "State": {"Running": False, "ExitCode": 0},
             "NetworkSettings": {"Networks": {spec.network or "bridge": {}}, "Ports": {}},
             "spec": spec,
-        }  # fmt: skip
+        }
         self.calls.append(("create_container", spec.name))
         return cid
 
@@ -678,13 +687,18 @@ class MemoryDocker:
         ]
         if subnet is None:
             subnet = next(
-                (p for p in _DEFAULT_POOLS
-                 if not any(_ipaddress.ip_network(p).overlaps(u) for u in used)),
+                (
+                    p
+                    for p in _DEFAULT_POOLS
+                    if not any(_ipaddress.ip_network(p).overlaps(u) for u in used)
+                ),
                 None,
-            )  # fmt: skip
+            )
             if subnet is None:
-                raise DockerError("could not find an available, non-overlapping IPv4 address "
-                                  "pool among the defaults to assign to the network")  # fmt: skip
+                raise DockerError(
+                    "could not find an available, non-overlapping IPv4 address "
+                    "pool among the defaults to assign to the network"
+                )
         elif any(_ipaddress.ip_network(subnet).overlaps(u) for u in used):
             raise DockerError("Pool overlaps with other one on this address space")
         network = self._add_network(name, driver, subnet, labels, internal=True)
@@ -749,8 +763,12 @@ class MemoryDocker:
         self._check("create_volume")
         if name in self.volumes_by_name:
             raise Conflict(f"volume {name} already exists")
-        self.volumes_by_name[name] = {"Name": name, "Driver": driver, "Options": dict(options),
-                                      "Labels": dict(labels)}  # fmt: skip
+        self.volumes_by_name[name] = {
+            "Name": name,
+            "Driver": driver,
+            "Options": dict(options),
+            "Labels": dict(labels),
+        }
         self.calls.append(("create_volume", name))
 
     def remove_volume(self, name: str) -> None:
@@ -772,8 +790,11 @@ class MemoryControl:
 
     def __init__(self, status: dict[str, Any] | None = None) -> None:
         self.answering = True
-        self.base_status = status or {"version": "0.1.0", "routes": [],
-                                      "dns": {"local_address": None}}  # fmt: skip
+        self.base_status = status or {
+            "version": "0.1.0",
+            "routes": [],
+            "dns": {"local_address": None},
+        }
         self.bridges: dict[int, str] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.refuse_agent: str | None = None

@@ -53,10 +53,12 @@ class RouteTable:
             return
         added, gone = learned - self.learned, self.learned - learned
         self.learned = learned
-        log.info("VIF routes changed: added {added}, removed {removed}; now {routes}",
-                 added=[str(n) for n in sorted(added, key=str)],
-                 removed=[str(n) for n in sorted(gone, key=str)],
-                 routes=[str(n) for n in self.current()])
+        log.info(
+            "VIF routes changed: added {added}, removed {removed}; now {routes}",
+            added=[str(n) for n in sorted(added, key=str)],
+            removed=[str(n) for n in sorted(gone, key=str)],
+            routes=[str(n) for n in self.current()],
+        )
         for listener in self._listeners:
             listener(self.current())
 
@@ -77,12 +79,16 @@ class VifRouteService(service.Service):
         super().startService()
         self._watch = self.netlink.watch_routes(self.vif, self.table.update)
         self._watch.addCallback(self._started)
-        self._watch.addErrback(lambda f: log.failure(
-            "Cannot watch the routes through {vif}", f, vif=self.vif))
+        self._watch.addErrback(
+            lambda f: log.failure("Cannot watch the routes through {vif}", f, vif=self.vif)
+        )
 
     def _started(self, watch: IRouteWatch) -> IRouteWatch:
-        log.info("Watching routes through {vif}: {routes}", vif=self.vif,
-                 routes=[str(n) for n in self.table.learned])
+        log.info(
+            "Watching routes through {vif}: {routes}",
+            vif=self.vif,
+            routes=[str(n) for n in self.table.learned],
+        )
         return watch
 
     def stopService(self) -> defer.Deferred[None]:
@@ -106,9 +112,15 @@ class VifSelector(service.MultiService):
     the services ``make(name)`` gives (masquerade, route watch) run as children.
     """
 
-    def __init__(self, netlink: INetlink, subnets: Iterable[Network],
-                 make: Callable[[str], list[tuple[str, service.Service]]],
-                 clock: IReactorTime, interval: float = 0.25, patience: float = 30) -> None:
+    def __init__(
+        self,
+        netlink: INetlink,
+        subnets: Iterable[Network],
+        make: Callable[[str], list[tuple[str, service.Service]]],
+        clock: IReactorTime,
+        interval: float = 0.25,
+        patience: float = 30,
+    ) -> None:
         super().__init__()
         self.netlink = netlink
         self.subnets = list(subnets)
@@ -157,8 +169,11 @@ class VifSelector(service.MultiService):
         if name is None or not self.running or self.vif is not None:
             return
         self.vif = name
-        log.info("The VIF is {vif}: it holds an address in {subnets}", vif=name,
-                 subnets=[str(s) for s in self.subnets])
+        log.info(
+            "The VIF is {vif}: it holds an address in {subnets}",
+            vif=name,
+            subnets=[str(s) for s in self.subnets],
+        )
         for child_name, child in self.make(name):
             child.setName(child_name)
             child.setServiceParent(self)
@@ -169,9 +184,12 @@ class VifSelector(service.MultiService):
         waited = self.clock.seconds() - self._since
         if waited >= self.patience and not self._warned:
             self._warned = True
-            log.warn("No interface holds an address in {subnets} after {waited:g} s; still "
-                     "looking (is the daemon connected to the VIF network?)",
-                     subnets=[str(s) for s in self.subnets], waited=waited)
+            log.warn(
+                "No interface holds an address in {subnets} after {waited:g} s; still "
+                "looking (is the daemon connected to the VIF network?)",
+                subnets=[str(s) for s in self.subnets],
+                waited=waited,
+            )
         self._schedule(self.interval if waited < self.patience else 2.0)
 
 
@@ -197,9 +215,14 @@ class Forwarding(FirewallRules):
     nft_table = NFT_TABLE
     what = "masquerade rules"
 
-    def __init__(self, vif: str, run: Runner, sysctl_root: str = "/proc/sys",
-                 which: Callable[[str], str | None] = shutil.which,
-                 bridge: str = "br-daemon") -> None:
+    def __init__(
+        self,
+        vif: str,
+        run: Runner,
+        sysctl_root: str = "/proc/sys",
+        which: Callable[[str], str | None] = shutil.which,
+        bridge: str = "br-daemon",
+    ) -> None:
         super().__init__(run, which)
         self.vif = vif
         self.bridge = bridge
@@ -211,16 +234,38 @@ class Forwarding(FirewallRules):
 
     def nft_chains(self) -> list[NftChain]:
         return [
-            ("postrouting", "type nat hook postrouting priority 100 ; policy accept ;",
-             [["oifname", self.vif, "masquerade"]]),
-            ("prerouting", "type filter hook prerouting priority -300 ; policy accept ;",
-             [["iifname", self.bridge, "meta", "pkttype", "!=", "host", "notrack"]]),
-        ]  # fmt: skip
+            (
+                "postrouting",
+                "type nat hook postrouting priority 100 ; policy accept ;",
+                [["oifname", self.vif, "masquerade"]],
+            ),
+            (
+                "prerouting",
+                "type filter hook prerouting priority -300 ; policy accept ;",
+                [["iifname", self.bridge, "meta", "pkttype", "!=", "host", "notrack"]],
+            ),
+        ]
 
     def iptables_rules(self) -> list[IptablesRule]:
-        return [("nat", ["POSTROUTING", "-o", self.vif, "-j", "MASQUERADE"]),
-                ("raw", ["PREROUTING", "-i", self.bridge, "-m", "pkttype", "!", "--pkt-type",
-                         "host", "-j", "CT", "--notrack"])]  # fmt: skip
+        return [
+            ("nat", ["POSTROUTING", "-o", self.vif, "-j", "MASQUERADE"]),
+            (
+                "raw",
+                [
+                    "PREROUTING",
+                    "-i",
+                    self.bridge,
+                    "-m",
+                    "pkttype",
+                    "!",
+                    "--pkt-type",
+                    "host",
+                    "-j",
+                    "CT",
+                    "--notrack",
+                ],
+            ),
+        ]
 
     def applied(self, tool: str) -> None:
         where = f"nftables table inet {self.nft_table}" if tool == "nftables" else tool
@@ -240,6 +285,8 @@ class Forwarding(FirewallRules):
                 # IPv6 forwarding matters only for IPv6 routes; Docker's containers have
                 # IPv6 off unless asked, so only IPv4 is worth a warning.
                 emit = log.warn if key.startswith("net/ipv4") else log.info
-                emit("Cannot enable {sysctl} ({error}); run the container with "
-                     "--sysctl {sysctl}=1", sysctl=key.replace("/", "."),
-                     error=e.strerror or str(e))
+                emit(
+                    "Cannot enable {sysctl} ({error}); run the container with --sysctl {sysctl}=1",
+                    sysctl=key.replace("/", "."),
+                    error=e.strerror or str(e),
+                )

@@ -38,10 +38,12 @@ def network_story(workdir: str) -> tuple[str, list[dict[str, object]]]:
     plugin.start()
     cluster = Cluster().start()
     s = Setup(plugin, cluster, "wget -q -O- -T 5 http://{host}:{port}{path}")
-    story = (f"docker network create -d {plugin.driver} --internal -o host=DAEMON -o port=4039 "
-             "NET; docker network connect --driver-opt daemon=true NET DAEMON; docker run --rm "
-             "--network NET --dns DAEMON busybox ip route; docker network disconnect NET "
-             "DAEMON; docker rm -f DAEMON; docker network rm NET")
+    story = (
+        f"docker network create -d {plugin.driver} --internal -o host=DAEMON -o port=4039 "
+        "NET; docker network connect --driver-opt daemon=true NET DAEMON; docker run --rm "
+        "--network NET --dns DAEMON busybox ip route; docker network disconnect NET "
+        "DAEMON; docker rm -f DAEMON; docker network rm NET"
+    )
     try:
         s.start()
         s.run("ip route")
@@ -65,27 +67,42 @@ def volume_story(workdir: str) -> tuple[str, list[dict[str, object]]]:
     volume = f"tntest-echo-{uid()}"
     # No `docker volume rm` of a volume Docker does not know: it asks every volume plug-in
     # socket in /run/docker/plugins, and retries the dead ones for minutes.
-    story = "; ".join([
-        f"docker volume create -d {plugin.name} -o container=echo -o port=PORT "
-        "-o host=127.0.0.1 -o dir=/var/run/secrets VOL",
-        "docker volume ls --filter driver=DRIVER", "docker volume inspect VOL",
-        "docker run --rm -v VOL:/secrets:ro busybox ls /secrets",
-        "docker run --rm --mount type=volume,src=VOL,dst=/x busybox true",
-        "docker volume rm VOL", "docker volume create -d DRIVER -o bogus=1 bad",
-    ])
+    story = "; ".join(
+        [
+            f"docker volume create -d {plugin.name} -o container=echo -o port=PORT "
+            "-o host=127.0.0.1 -o dir=/var/run/secrets VOL",
+            "docker volume ls --filter driver=DRIVER",
+            "docker volume inspect VOL",
+            "docker run --rm -v VOL:/secrets:ro busybox ls /secrets",
+            "docker run --rm --mount type=volume,src=VOL,dst=/x busybox true",
+            "docker volume rm VOL",
+            "docker volume create -d DRIVER -o bogus=1 bad",
+        ]
+    )
     removed = False
     try:
-        docker("volume", "create", "-d", plugin.name, "-o", "container=echo", "-o",
-               f"port={agent.port}", "-o", "host=127.0.0.1", "-o", "dir=/var/run/secrets",
-               volume)
+        docker(
+            "volume",
+            "create",
+            "-d",
+            plugin.name,
+            "-o",
+            "container=echo",
+            "-o",
+            f"port={agent.port}",
+            "-o",
+            "host=127.0.0.1",
+            "-o",
+            "dir=/var/run/secrets",
+            volume,
+        )
         docker("volume", "ls", "--filter", f"driver={plugin.name}")
         docker("volume", "inspect", volume)
         docker("run", "--rm", "-v", f"{volume}:/secrets:ro", BUSYBOX, "ls", "/secrets")
         docker("run", "--rm", "--mount", f"type=volume,src={volume},dst=/x", BUSYBOX, "true")
         docker("volume", "rm", volume)
         removed = True
-        docker("volume", "create", "-d", plugin.name, "-o", "bogus=1", f"{volume}-bad",
-               check=False)
+        docker("volume", "create", "-d", plugin.name, "-o", "bogus=1", f"{volume}-bad", check=False)
     finally:
         if not removed:
             docker("volume", "rm", "-f", volume, check=False)
@@ -106,8 +123,8 @@ def main(out: str) -> None:
     activate = [c for c in network_calls + volume_calls if c["path"] == "/Plugin.Activate"]
     capture = {
         "what": f"Every call dockerd {version.strip()} made to two legacy plug-ins (telenet's, "
-                "behind a recording socket), in order, with the request bodies verbatim and "
-                "the answer that was given and accepted.",
+        "behind a recording socket), in order, with the request bodies verbatim and "
+        "the answer that was given and accepted.",
         "network_story": network,
         "volume_story": volumes,
         "activate": activate,

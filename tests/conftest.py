@@ -260,8 +260,7 @@ def plugin_call(path: str, endpoint: str, body: dict[str, Any], timeout: float =
 
     connection = _Connection("plugin", timeout=timeout)
     try:
-        connection.request("POST", endpoint, json.dumps(body),
-                           {"Content-Type": "application/json"})
+        connection.request("POST", endpoint, json.dumps(body), {"Content-Type": "application/json"})
         return json.loads(connection.getresponse().read())
     finally:
         connection.close()

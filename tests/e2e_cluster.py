@@ -37,8 +37,14 @@ class Records(ResolverBase):
             return defer.fail(error.DomainError(name))
         if type not in (dns.A, dns.ALL_RECORDS):
             return defer.succeed(([], [], []))
-        answer = dns.RRHeader(name=name, type=dns.A, cls=dns.IN, ttl=5, auth=True,
-                              payload=dns.Record_A(address, ttl=5))
+        answer = dns.RRHeader(
+            name=name,
+            type=dns.A,
+            cls=dns.IN,
+            ttl=5,
+            auth=True,
+            payload=dns.Record_A(address, ttl=5),
+        )
         return defer.succeed(([answer], [], []))
 
 
@@ -60,8 +66,9 @@ def main() -> None:
     parser.add_argument("--record", action="append", default=[])
     args = parser.parse_args()
     me = socket.gethostbyname(socket.gethostname())
-    records = {name: me if ip == "self" else ip
-               for name, ip in (r.split("=", 1) for r in args.record)}
+    records = {
+        name: me if ip == "self" else ip for name, ip in (r.split("=", 1) for r in args.record)
+    }
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     factory = server.DNSServerFactory(authorities=[Records(records)])
     reactor.listenUDP(53, dns.DNSDatagramProtocol(factory))  # type: ignore[attr-defined]

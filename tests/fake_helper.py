@@ -48,16 +48,25 @@ def main() -> None:
                 reply: dict[str, object] = {"ok": True}
                 if op == "add":
                     if "missing" in request["path"]:
-                        reply = {"ok": False,
-                                 "error": f"remote directory {request['path']} does not exist"}
+                        reply = {
+                            "ok": False,
+                            "error": f"remote directory {request['path']} does not exist",
+                        }
                     else:
                         volumes[request["name"]] = {"path": request["path"], "ro": request["ro"]}
                 elif op == "remove":
                     volumes.pop(request["name"], None)
                 elif op == "status":
-                    reply = {"ok": True, "pid": os.getpid(), "host": args.host,
-                             "port": int(args.port), "mountpoint": args.mountpoint,
-                             "connected": True, "volumes": volumes, "since": 0}
+                    reply = {
+                        "ok": True,
+                        "pid": os.getpid(),
+                        "host": args.host,
+                        "port": int(args.port),
+                        "mountpoint": args.mountpoint,
+                        "connected": True,
+                        "volumes": volumes,
+                        "since": 0,
+                    }
                 stream.write(json.dumps(reply).encode() + b"\n")
                 stream.flush()
                 if op == "shutdown":

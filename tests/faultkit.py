@@ -260,5 +260,5 @@ def _dechunked(data: bytes) -> bytes:
         size = int(size_line.split(b";")[0] or b"0", 16)
         if size == 0:
             break
-        body, data = body + rest[:size], rest[size + 2:]
+        body, data = body + rest[:size], rest[size + 2 :]
     return body

@@ -83,14 +83,16 @@ intercept: {mountCompletionDelay: 1s500ms, useFtp: false}
         ("docker:\n  teleroute: [1, 2]\n", "docker.teleroute: expected a mapping, got a list"),
         ("docker:\n  teleroute:\n    tag: 5\n", "docker.teleroute.tag: expected a string, got int"),
         ("docker:\n  teleroute:\n    tag: ''\n", "docker.teleroute.tag must not be empty"),
-        ("intercept:\n  mountCompletionDelay: soon\n",
-         "intercept.mountCompletionDelay: expected a duration like 300ms"),
+        (
+            "intercept:\n  mountCompletionDelay: soon\n",
+            "intercept.mountCompletionDelay: expected a duration like 300ms",
+        ),
         ("intercept:\n  useFtp: true\n", "intercept.useFtp: FTP is not supported"),
         ("- a list\n", "the file: expected a mapping, got a list"),
         ("nonsense: 1\ngrpc:\n  daemonPort: x\n", "grpc.daemonPort: expected a port number"),
         ("timeouts: {agentInstall: 1m}\ndocker: 5\n", "docker: expected a mapping, got int"),
     ],
-)  # fmt: skip
+)
 def test_errors_name_the_key_path(text: str, message: str) -> None:
     """Wrong types of telenet's keys are errors naming the file and the key's dotted path."""
     with pytest.raises(ConfigError) as e:
@@ -348,8 +350,10 @@ def test_telepresence_file_when_there_is_no_telenet_file(tmp_path: Path) -> None
 
 def test_ftp_mounts_of_a_telepresence_file_are_its_own_business(tmp_path: Path) -> None:
     """intercept.useFtp: true is Telepresence's choice outside Docker mode: ignored there."""
-    telepresence = _write(tmp_path / "xdg" / "telepresence" / "config.yml",
-                          "intercept: {useFtp: true, mountCompletionDelay: 1s}\n")
+    telepresence = _write(
+        tmp_path / "xdg" / "telepresence" / "config.yml",
+        "intercept: {useFtp: true, mountCompletionDelay: 1s}\n",
+    )
     config = load_config()
     assert config.mount_completion_delay == 1.0
     assert config.sources["intercept.useFtp"] == "default"

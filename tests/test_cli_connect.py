@@ -61,8 +61,13 @@ class World:
 
     def __init__(self, config: Config | None = None) -> None:
         self.docker = MemoryDocker()
-        self.control = MemoryControl({"version": "0.1.0", "routes": ["10.96.0.0/16"],
-                                      "dns": {"local_address": "172.16.0.2:53"}})  # fmt: skip
+        self.control = MemoryControl(
+            {
+                "version": "0.1.0",
+                "routes": ["10.96.0.0/16"],
+                "dns": {"local_address": "172.16.0.2:53"},
+            }
+        )
         self.said: list[str] = []
         self.clock = Clock()
         self.addresses: list[tuple[str, int]] = []
@@ -122,11 +127,25 @@ def test_connect_makes_plugins_daemon_and_network(world: World) -> None:
     assert spec.sysctls == {"net.ipv4.ip_forward": "1"}
     assert spec.ports == {"4038/tcp": ("127.0.0.1", None)}
     assert spec.command == [
-        "twistd", "--nodaemon", "--pidfile=", "telepresence-daemon", "--control", "tcp:4038",
-        "--teleroute-port", "4039", "--name", "docker-blue", "--vif-subnet", "172.18.0.0/16",
-        "--subnet", "10.96.0.0/12", "--cluster-dns", "172.18.0.2",
-        "--cluster-domain", "cluster.local",
-    ]  # fmt: skip
+        "twistd",
+        "--nodaemon",
+        "--pidfile=",
+        "telepresence-daemon",
+        "--control",
+        "tcp:4038",
+        "--teleroute-port",
+        "4039",
+        "--name",
+        "docker-blue",
+        "--vif-subnet",
+        "172.18.0.0/16",
+        "--subnet",
+        "10.96.0.0/12",
+        "--cluster-dns",
+        "172.18.0.2",
+        "--cluster-domain",
+        "cluster.local",
+    ]
     # The daemon finds its VIF by the VIF network's subnet (not by an interface name), once
     # connected before the start.
     assert calls.index(("connect", "cluster", "tp-blue", None)) < calls.index(
@@ -168,8 +187,10 @@ def test_existing_plugins_are_used_and_enabled(world: World) -> None:
 
 def test_legacy_plugins_answering_are_used(world: World) -> None:
     """A legacy socket named after the repository is used, by that driver name."""
-    world.docker.legacy_sockets |= {"/run/docker/plugins/teleroute.sock",
-                                    "/run/docker/plugins/telemount.sock"}  # fmt: skip
+    world.docker.legacy_sockets |= {
+        "/run/docker/plugins/teleroute.sock",
+        "/run/docker/plugins/telemount.sock",
+    }
     conn = world.connect()
     assert conn.network["Driver"] == "teleroute"
     assert conn.label("telenet.volume-plugin") == "telemount"
@@ -348,8 +369,7 @@ def test_quit_removes_everything_and_collects_stale_networks(world: World) -> No
     world.connect("blue")
     world.connect("green")
     world.docker.kill("tp-green")
-    world.docker.create_volume("echo-0", "telenet/telemount:latest", {},
-                               {LABEL_CONNECTION: "blue"})  # fmt: skip
+    world.docker.create_volume("echo-0", "telenet/telemount:latest", {}, {LABEL_CONNECTION: "blue"})
     world.docker.create_volume("keep", "telenet/telemount:latest", {}, {})
     world.connector.quit("blue")
     assert world.docker.container_names() == ["tp-green"]
@@ -371,8 +391,9 @@ def test_gc_ignores_active_endpoints_and_foreign_networks(world: World) -> None:
     world.docker.create_network("busy", "bridge", {}, {LABEL_DAEMON: "gone2"}, None, False)
     from telenet.dockerapi import ContainerSpec
 
-    c = world.docker.create_container(ContainerSpec(image="local/busybox", command=[], name="c",
-                                                    network="busy"))  # fmt: skip
+    c = world.docker.create_container(
+        ContainerSpec(image="local/busybox", command=[], name="c", network="busy")
+    )
     world.docker.start_container(c)
     assert world.connector.network_gc() == ["stale"]
     assert world.docker.network_names() == ["bridge", "busy", "theirs"]
@@ -393,8 +414,7 @@ def test_status(world: World) -> None:
     """status: daemon, network, plug-ins, bridges and volumes, as data and as text."""
     world.connect()
     world.control.bridges[33000] = "10.0.0.5:8022"
-    world.docker.create_volume("echo-0", "telenet/telemount:latest", {},
-                               {LABEL_CONNECTION: "blue"})  # fmt: skip
+    world.docker.create_volume("echo-0", "telenet/telemount:latest", {}, {LABEL_CONNECTION: "blue"})
     status = world.connector.status("blue")
     assert status["connection"] == "blue"
     assert status["daemon"]["container_name"] == "tp-blue" and status["daemon"]["running"]
@@ -403,11 +423,9 @@ def test_status(world: World) -> None:
     assert status["daemon"]["control"].startswith("127.0.0.1:")
     assert status["network"]["name"] == "blue" and status["network"]["subnet"]
     assert status["plugins"] == [
-        {"kind": "network", "name": "telenet/teleroute:latest", "mode": "managed",
-         "enabled": True},
-        {"kind": "volume", "name": "telenet/telemount:latest", "mode": "managed",
-         "enabled": True},
-    ]  # fmt: skip
+        {"kind": "network", "name": "telenet/teleroute:latest", "mode": "managed", "enabled": True},
+        {"kind": "volume", "name": "telenet/telemount:latest", "mode": "managed", "enabled": True},
+    ]
     assert status["bridges"] == [{"port": 33000, "agent": "10.0.0.5:8022"}]
     assert status["volumes"] == ["echo-0"]
     json.dumps(status)
@@ -425,19 +443,39 @@ def test_status_has_telepresence_keys(world: World) -> None:
     world.control.base_status["dns"] = {"local_address": "172.16.0.2:53"}  # an older daemon
     daemon = world.connector.status(None)["daemon"]
     port = int(daemon["control"].rpartition(":")[2])
-    assert {k: daemon[k] for k in ("in_docker", "running", "name", "status", "container_network",
-                                   "daemon_port", "subnets")} == {
-        "in_docker": True, "running": True, "name": "blue", "status": "Connected",
-        "container_network": "blue", "daemon_port": port, "subnets": ["10.96.0.0/16"],
-    }  # fmt: skip
+    assert {
+        k: daemon[k]
+        for k in (
+            "in_docker",
+            "running",
+            "name",
+            "status",
+            "container_network",
+            "daemon_port",
+            "subnets",
+        )
+    } == {
+        "in_docker": True,
+        "running": True,
+        "name": "blue",
+        "status": "Connected",
+        "container_network": "blue",
+        "daemon_port": port,
+        "subnets": ["10.96.0.0/16"],
+    }
     assert daemon["dns"] == {"local_address": "172.16.0.2:53", "local_addresses": ["172.16.0.2:53"]}
     assert daemon["container"] == conn.container_id and "error" not in daemon
     # A daemon that reports several addresses: the first one is local_address.
-    world.control.base_status["dns"] = {"local_addresses": ["172.16.0.2:53", "[fd00::2]:53"],
-                                        "cluster_dns": None}  # fmt: skip
+    world.control.base_status["dns"] = {
+        "local_addresses": ["172.16.0.2:53", "[fd00::2]:53"],
+        "cluster_dns": None,
+    }
     dns = world.connector.status("blue")["daemon"]["dns"]
-    assert dns == {"local_address": "172.16.0.2:53", "cluster_dns": None,
-                   "local_addresses": ["172.16.0.2:53", "[fd00::2]:53"]}  # fmt: skip
+    assert dns == {
+        "local_address": "172.16.0.2:53",
+        "cluster_dns": None,
+        "local_addresses": ["172.16.0.2:53", "[fd00::2]:53"],
+    }
 
 
 def test_status_of_a_dead_daemon(world: World) -> None:
@@ -448,12 +486,28 @@ def test_status_of_a_dead_daemon(world: World) -> None:
     status = world.connector.status(None)
     assert len(world.addresses) == calls
     daemon = status["daemon"]
-    assert {k: daemon[k] for k in ("in_docker", "running", "name", "status", "container_network",
-                                   "daemon_port", "dns", "subnets")} == {
-        "in_docker": True, "running": False, "name": "blue", "status": "Not connected",
-        "container_network": "blue", "daemon_port": None,
-        "dns": {"local_address": None, "local_addresses": []}, "subnets": [],
-    }  # fmt: skip
+    assert {
+        k: daemon[k]
+        for k in (
+            "in_docker",
+            "running",
+            "name",
+            "status",
+            "container_network",
+            "daemon_port",
+            "dns",
+            "subnets",
+        )
+    } == {
+        "in_docker": True,
+        "running": False,
+        "name": "blue",
+        "status": "Not connected",
+        "container_network": "blue",
+        "daemon_port": None,
+        "dns": {"local_address": None, "local_addresses": []},
+        "subnets": [],
+    }
     text = format_status(status)
     assert text.startswith("Connection blue: Not connected\n") and "not running" in text
 
@@ -485,7 +539,9 @@ def test_statuses_of_several_connections(world: World) -> None:
     world.docker.kill("tp-green")
     statuses = world.connector.statuses()
     assert [(s["connection"], s["daemon"]["status"]) for s in statuses] == [
-        ("blue", "Connected"), ("green", "Not connected")]  # fmt: skip
+        ("blue", "Connected"),
+        ("green", "Not connected"),
+    ]
     assert [s["connection"] for s in world.connector.statuses("green")] == ["green"]
     text = format_statuses(statuses)
     assert text.startswith("Connection blue: Connected\n")
@@ -563,8 +619,13 @@ def test_plugin_contexts_prefix_the_rootfs(tmp_path: Any) -> None:
         path = paths[name]
         with tarfile.open(path) as tar:
             names = tar.getnames()
-            assert names == ["rootfs/bin/sh", "rootfs/.hidden", "rootfs/bin/ash", "config.json",
-                             "rootfs/etc/telenet-plugin"]  # fmt: skip
+            assert names == [
+                "rootfs/bin/sh",
+                "rootfs/.hidden",
+                "rootfs/bin/ash",
+                "config.json",
+                "rootfs/etc/telenet-plugin",
+            ]
             assert tar.getmember("rootfs/bin/ash").linkname == "rootfs/bin/sh"
             marker = tar.extractfile("rootfs/etc/telenet-plugin")
             assert marker is not None and marker.read() == f"{name}\n".encode()
@@ -582,9 +643,11 @@ def test_an_engine_elsewhere_is_reached_through_docker(world: World) -> None:
     world.docker.legacy_sockets.add("/run/docker/plugins/teleroute.sock")
     conn = world.connect("blue")
     assert [a for a, _ in world.addresses] == [f"exec:{conn.container_id[:12]}"] * len(
-        world.addresses)
+        world.addresses
+    )
     assert ("create_plugin", "telenet/teleroute:latest", "teleroute", "telenet") in (
-        world.docker.calls)
+        world.docker.calls
+    )
     status = world.connector.status("blue")
     assert status["daemon"]["control"] == "docker exec"
     assert [p["mode"] for p in status["plugins"]] == ["managed", "managed"]

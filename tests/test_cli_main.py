@@ -20,13 +20,27 @@ def test_split_keeps_docker_arguments_away_from_argparse() -> None:
     """docker-run takes everything after it; engage everything after its first ``--``."""
     assert _split(["docker-run", "--rm", "-it", "img"]) == (["docker-run"], ["--rm", "-it", "img"])
     assert _split(["--connection", "b", "docker-run", "--name", "x", "img"]) == (
-        ["--connection", "b", "docker-run"], ["--name", "x", "img"],
-    )  # fmt: skip
-    assert _split(["--config=f", "engage", "--agent", "h:1", "--docker-run", "--", "-v", "a:/b",
-                   "img", "--", "x"]) == (
+        ["--connection", "b", "docker-run"],
+        ["--name", "x", "img"],
+    )
+    assert _split(
+        [
+            "--config=f",
+            "engage",
+            "--agent",
+            "h:1",
+            "--docker-run",
+            "--",
+            "-v",
+            "a:/b",
+            "img",
+            "--",
+            "x",
+        ]
+    ) == (
         ["--config=f", "engage", "--agent", "h:1", "--docker-run"],
         ["-v", "a:/b", "img", "--", "x"],
-    )  # fmt: skip
+    )
     assert _split(["status", "--name", "x"]) == (["status", "--name", "x"], None)
 
 
@@ -74,9 +88,8 @@ def world(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setenv("TELENET_SYSTEM_CONFIG", str(tmp_path / "none.yml"))
     monkeypatch.delenv("TELENET_CONNECTION", raising=False)
     monkeypatch.setattr(
-        cli, "make_connector", lambda config, say: attrs.evolve(w.connector, config=config,
-                                                                say=say)
-    )  # fmt: skip
+        cli, "make_connector", lambda config, say: attrs.evolve(w.connector, config=config, say=say)
+    )
     return w
 
 
@@ -98,7 +111,9 @@ def test_status_of_several_connections(world: World, capsys: pytest.CaptureFixtu
     data = json.loads(out)
     assert list(data) == ["connections"]
     assert [(c["connection"], c["daemon"]["name"]) for c in data["connections"]] == [
-        ("blue", "blue"), ("green", "green")]  # fmt: skip
+        ("blue", "blue"),
+        ("green", "green"),
+    ]
     code, out, _ = run(capsys, "status", "-o", "yaml")
     assert [c["connection"] for c in yaml.safe_load(out)["connections"]] == ["blue", "green"]
     code, out, _ = run(capsys, "status")
@@ -118,8 +133,10 @@ def test_status_use_picks_by_regex(world: World, capsys: pytest.CaptureFixture[s
     assert json.loads(out)["connection"] == "blue-2"
     code, out, err = run(capsys, "status", "--use", "blue")
     assert code == 1 and out == ""
-    assert err == ("telenet status: --use 'blue' matches several connections (blue, blue-2): "
-                   "give an expression that matches one\n")  # fmt: skip
+    assert err == (
+        "telenet status: --use 'blue' matches several connections (blue, blue-2): "
+        "give an expression that matches one\n"
+    )
     code, out, _ = run(capsys, "status", "--use", "red")
     assert (code, out) == (0, "No connection matches --use 'red'\n")
 
@@ -128,8 +145,14 @@ def test_format_json_status(world: World, capsys: pytest.CaptureFixture[str]) ->
     """--format json: status prints its object (one line); not connected, today's null object."""
     code, out, err = run(capsys, "--format", "json", "status")
     assert (code, err) == (0, "")
-    assert json.loads(out) == {"connection": None, "daemon": None, "network": None,
-                               "plugins": [], "bridges": [], "volumes": []}  # fmt: skip
+    assert json.loads(out) == {
+        "connection": None,
+        "daemon": None,
+        "network": None,
+        "plugins": [],
+        "bridges": [],
+        "volumes": [],
+    }
     world.connect("blue")
     code, out, err = run(capsys, "--format=json", "status")
     assert out.count("\n") == 1 and err == ""
@@ -148,19 +171,25 @@ def test_format_json_failure(world: World, capsys: pytest.CaptureFixture[str]) -
     world.docker.version = None
     code, out, err = run(capsys, "--format", "json", "quit")
     assert (code, err) == (1, "")
-    assert json.loads(out) == {"error": "Docker at unix:///var/run/docker.sock (context "
-                               "default, the default) does not answer: Connection refused; is "
-                               "dockerd running?"}  # fmt: skip
+    assert json.loads(out) == {
+        "error": "Docker at unix:///var/run/docker.sock (context "
+        "default, the default) does not answer: Connection refused; is "
+        "dockerd running?"
+    }
     code, out, err = run(capsys, "--format", "yaml", "status")
     assert code == 1 and yaml.safe_load(out)["error"].startswith("Docker at unix://")
     # Usage errors too (exit 2), instead of argparse's usage on stderr.
     code, out, err = run(capsys, "--format", "json", "connect", "--name", "x")
     assert (code, err) == (2, "")
     assert json.loads(out) == {
-        "error": "telenet connect: the following arguments are required: --docker"}  # fmt: skip
+        "error": "telenet connect: the following arguments are required: --docker"
+    }
     code, out, err = run(capsys, "--format", "json", "docker-run")
     assert (code, json.loads(out), err) == (
-        2, {"error": "telenet docker-run: its arguments are required"}, "")  # fmt: skip
+        2,
+        {"error": "telenet docker-run: its arguments are required"},
+        "",
+    )
     # Without --format, as before: one line on stderr.
     code, out, err = run(capsys, "quit")
     assert (code, out) == (1, "") and err.startswith("telenet quit: Docker at unix://")
@@ -170,9 +199,14 @@ def test_format_json_connect_and_quit(world: World, capsys: pytest.CaptureFixtur
     """connect and quit: progress lines on stderr, then one object on stdout."""
     code, out, err = run(capsys, "--format", "json", "connect", "--docker", "--name", "blue")
     assert code == 0
-    assert json.loads(out) == {"ok": True, "command": "connect", "connection": "blue",
-                               "daemon": "tp-blue", "network": "blue",
-                               "subnet": "172.16.0.0/16"}  # fmt: skip
+    assert json.loads(out) == {
+        "ok": True,
+        "command": "connect",
+        "connection": "blue",
+        "daemon": "tp-blue",
+        "network": "blue",
+        "subnet": "172.16.0.0/16",
+    }
     assert "Starting the daemon container tp-blue" in err
     assert err.splitlines()[-1].startswith("Connected to blue: daemon tp-blue")
     code, out, err = run(capsys, "--format", "json", "connect", "--docker", "--name", "blue")
@@ -204,30 +238,73 @@ def test_format_json_docker_run_and_engage(
             builds.append(kw)
         return docker.run(args, **kw)
 
-    monkeypatch.setattr(cli, "make_runner", lambda connector, say: Runner(
-        connector, say=say, sleep=world.clock.sleep, run_process=run_process, popen=docker.popen,
-        probe=lambda host, port, agent: None))  # fmt: skip
+    monkeypatch.setattr(
+        cli,
+        "make_runner",
+        lambda connector, say: Runner(
+            connector,
+            say=say,
+            sleep=world.clock.sleep,
+            run_process=run_process,
+            popen=docker.popen,
+            probe=lambda host, port, agent: None,
+        ),
+    )
     code, out, err = run(capsys, "--format", "json", "docker-run", "--rm", "local/busybox")
     assert json.loads(out) == {"error": "not connected: run telenet connect --docker first"}
     world.connect("blue")
     code, out, err = run(capsys, "--format", "json", "docker-run", "--rm", "local/busybox")
     assert (code, err) == (3, "")
-    assert json.loads(out) == {"ok": False, "command": "docker-run", "connection": "blue",
-                               "exit_code": 3}  # fmt: skip
+    assert json.loads(out) == {
+        "ok": False,
+        "command": "docker-run",
+        "connection": "blue",
+        "exit_code": 3,
+    }
     code, out, err = run(capsys, "--format", "json", "docker-run", "-d", "local/busybox")
     result = json.loads(out)
     assert code == 0 and result["ok"] and list(result)[-1] == "container_id"
     assert world.docker.container(result["container_id"]) is not None
     docker.exit_code = 0
-    code, out, err = run(capsys, "--format", "json", "engage", "--agent", "10.96.0.20:8022",
-                         "--container", "echo", "--remote-mount", "/data", "--docker-run", "--",
-                         "-v", "/tmp/d:/data", "local/busybox")  # fmt: skip
-    assert json.loads(out) == {"ok": True, "command": "engage", "connection": "blue",
-                               "exit_code": 0, "container": "echo"}  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "--format",
+        "json",
+        "engage",
+        "--agent",
+        "10.96.0.20:8022",
+        "--container",
+        "echo",
+        "--remote-mount",
+        "/data",
+        "--docker-run",
+        "--",
+        "-v",
+        "/tmp/d:/data",
+        "local/busybox",
+    )
+    assert json.loads(out) == {
+        "ok": True,
+        "command": "engage",
+        "connection": "blue",
+        "exit_code": 0,
+        "container": "echo",
+    }
     assert err == "Skipping auto-mounting of /data: the docker run flags mount it\n"
     # docker build's progress goes to stderr too, not into the object's stream.
-    code, out, err = run(capsys, "--format", "json", "engage", "--agent", "10.96.0.20:8022",
-                         "--container", "echo", "--docker-build", "ctx",
-                         "--", "IMAGE")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "--format",
+        "json",
+        "engage",
+        "--agent",
+        "10.96.0.20:8022",
+        "--container",
+        "echo",
+        "--docker-build",
+        "ctx",
+        "--",
+        "IMAGE",
+    )
     assert json.loads(out)["ok"] and builds == [{"stdout": 2}]
     assert err.startswith("Building the image from ")

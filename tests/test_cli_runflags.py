@@ -92,17 +92,24 @@ def test_every_flag_form_finds_its_mounts() -> None:
     """-v x, -vx, -v=x, --volume x, --volume=x, --mount x, --mount=x, and -itv x clusters."""
     run = parse_run_args(
         [
-            "-v", "a:/1",
+            "-v",
+            "a:/1",
             "-vb:/2",
             "-v=c:/3",
-            "--volume", "d:/4",
+            "--volume",
+            "d:/4",
             "--volume=e:/5",
-            "--mount", "type=volume,src=f,dst=/6",
+            "--mount",
+            "type=volume,src=f,dst=/6",
             "--mount=type=bind,source=/g,target=/7,readonly",
-            "-itv", "h:/8",
-            "local/busybox", "ls", "-v", "/9:/9",
+            "-itv",
+            "h:/8",
+            "local/busybox",
+            "ls",
+            "-v",
+            "/9:/9",
         ]
-    )  # fmt: skip
+    )
     assert [m.target for m in run.mounts()] == [f"/{i}" for i in range(1, 9)]
     assert run.image == "local/busybox"
     assert run.command == ("ls", "-v", "/9:/9")
@@ -129,8 +136,13 @@ def test_option_tokens_round_trip_and_drop() -> None:
     """The options can be given back to docker as given, without the dropped flags."""
     run = parse_run_args(["-d", "--sig-proxy=false", "-p", "1:1", "-itv", "x:/x", "img"])
     assert run.option_tokens(drop=("detach", "sig-proxy")) == [
-        "-p", "1:1", "-i", "-t", "-v", "x:/x",
-    ]  # fmt: skip
+        "-p",
+        "1:1",
+        "-i",
+        "-t",
+        "-v",
+        "x:/x",
+    ]
     assert run.tail() == ["img"]
 
 
@@ -155,8 +167,11 @@ def test_remote_mount_syntax() -> None:
 
 def test_user_targets_win_over_remote_mounts() -> None:
     """A remote mount whose path the user mounts (any syntax) is skipped; others are kept."""
-    remote = [RemoteMount("/var/run/secrets", True), RemoteMount("/data", False),
-              RemoteMount("/etc/conf", False)]  # fmt: skip
+    remote = [
+        RemoteMount("/var/run/secrets", True),
+        RemoteMount("/data", False),
+        RemoteMount("/etc/conf", False),
+    ]
     user = parse_run_args(
         ["-v", "/tmp/d:/data/", "--mount", "type=bind,src=/c,dst=/etc/conf", "img"]
     ).mounts()

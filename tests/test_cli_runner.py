@@ -43,9 +43,12 @@ class FakeDockerCLI:
             if "bad-image" in args:
                 return subprocess.CompletedProcess(args, 125, "", "")
             cid = self.world.docker.create_container(
-                ContainerSpec(image=parse_run_args(args[2:]).image or "", command=[],
-                              name=f"w{len(self.commands)}")
-            )  # fmt: skip
+                ContainerSpec(
+                    image=parse_run_args(args[2:]).image or "",
+                    command=[],
+                    name=f"w{len(self.commands)}",
+                )
+            )
             return subprocess.CompletedProcess(args, 0, cid + "\n", "")
         return subprocess.CompletedProcess(args, 0, "", "")
 
@@ -89,13 +92,23 @@ def runner(world: World, cli: FakeDockerCLI, probe: Any = None) -> Runner:
 
 def test_plan_create() -> None:
     """--dns first, --rm when forced, -d and --sig-proxy left out of create, image and command."""
-    plan = plan_create(parse_run_args(["-d", "--sig-proxy=false", "-p", "80:80", "img", "x"]),
-                       "172.16.0.2")  # fmt: skip
+    plan = plan_create(
+        parse_run_args(["-d", "--sig-proxy=false", "-p", "80:80", "img", "x"]), "172.16.0.2"
+    )
     assert plan.create_args == ["create", "--dns", "172.16.0.2", "-p", "80:80", "img", "x"]
     assert plan.detach
     plan = plan_create(parse_run_args(["-it", "img"]), "1.2.3.4", ["v-0:/a:ro"], force_rm=True)
-    assert plan.create_args == ["create", "--dns", "1.2.3.4", "--rm", "-v", "v-0:/a:ro", "-i",
-                                "-t", "img"]  # fmt: skip
+    assert plan.create_args == [
+        "create",
+        "--dns",
+        "1.2.3.4",
+        "--rm",
+        "-v",
+        "v-0:/a:ro",
+        "-i",
+        "-t",
+        "img",
+    ]
     assert plan.tty and plan.interactive
     plan = plan_create(parse_run_args(["--rm", "img"]), "1.2.3.4", force_rm=True)
     assert plan.create_args.count("--rm") == 1
@@ -111,8 +124,16 @@ def test_docker_run_creates_connects_and_starts(world: World) -> None:
     code = runner(world, cli).docker_run(None, ["--rm", "-p", "8080:80", "local/busybox"])
     assert code == 3
     dns = world.connector.find("blue").dns_ip()
-    assert cli.commands[0] == ["docker", "create", "--dns", dns, "--rm", "-p", "8080:80",
-                               "local/busybox"]  # fmt: skip
+    assert cli.commands[0] == [
+        "docker",
+        "create",
+        "--dns",
+        dns,
+        "--rm",
+        "-p",
+        "8080:80",
+        "local/busybox",
+    ]
     assert cli.commands[1][:3] == ["docker", "start", "--attach"]
     joins = [c for c in world.docker.calls if c[:2] == ("connect", "blue")]
     assert joins[-1] == ("connect", "blue", "w1", None)
@@ -141,16 +162,25 @@ def test_engage_mounts_remote_dirs_and_cleans_up(world: World) -> None:
     """Bridge, one telemount volume per remote mount, user -v wins, --rm; all gone after."""
     cli = FakeDockerCLI(world, exit_code=0)
     code = runner(world, cli).engage(
-        None, "10.96.0.20:8022", "echo",
+        None,
+        "10.96.0.20:8022",
+        "echo",
         ["/var/run/secrets/kubernetes.io:ro", "/data", "/etc/app"],
         ["-v", "/tmp/d:/data", "local/busybox", "ls"],
-    )  # fmt: skip
+    )
     assert code == 0
     create = cli.commands[0]
     assert create[create.index("--rm") :] == [
-        "--rm", "-v", "echo-0:/var/run/secrets/kubernetes.io:ro", "-v", "echo-1:/etc/app",
-        "-v", "/tmp/d:/data", "local/busybox", "ls",
-    ]  # fmt: skip
+        "--rm",
+        "-v",
+        "echo-0:/var/run/secrets/kubernetes.io:ro",
+        "-v",
+        "echo-1:/etc/app",
+        "-v",
+        "/tmp/d:/data",
+        "local/busybox",
+        "ls",
+    ]
     assert cli.mounted_while_running == ["echo-0", "echo-1"]
     created = [c for c in world.docker.calls if c[0] == "create_volume"]
     assert created == [("create_volume", "echo-0"), ("create_volume", "echo-1")]
@@ -174,12 +204,16 @@ def test_engage_volume_options(world: World) -> None:
         original(name, driver, options, labels)
 
     world.docker.create_volume = spy  # type: ignore[method-assign]
-    runner(world, cli).engage(None, "10.96.0.20:8022", "echo", ["/secrets:ro"],
-                              ["local/busybox"])  # fmt: skip
+    runner(world, cli).engage(None, "10.96.0.20:8022", "echo", ["/secrets:ro"], ["local/busybox"])
     driver, options, labels = seen["echo-0"]
     assert driver == "telenet/telemount:latest"
-    assert options == {"host": "172.17.0.2", "port": "33000", "container": "echo",
-                       "dir": "/secrets", "ro": "true"}  # fmt: skip
+    assert options == {
+        "host": "172.17.0.2",
+        "port": "33000",
+        "container": "echo",
+        "dir": "/secrets",
+        "ro": "true",
+    }
     assert labels == {LABEL_CONNECTION: "blue"}
 
 
@@ -188,8 +222,7 @@ def test_engage_cleans_up_on_failure(world: World) -> None:
     cli = FakeDockerCLI(world)
     world.docker.fail["connect"] = DockerError("boom")
     with pytest.raises(CLIError, match="could not connect the container"):
-        runner(world, cli).engage(None, "10.96.0.20:8022", "echo", ["/a", "/b"],
-                                  ["local/busybox"])  # fmt: skip
+        runner(world, cli).engage(None, "10.96.0.20:8022", "echo", ["/a", "/b"], ["local/busybox"])
     assert world.docker.volumes_by_name == {}
     assert world.control.bridges == {}
     assert world.docker.container_names() == ["tp-blue"]
@@ -211,8 +244,9 @@ def test_engage_agent_unreachable(world: World) -> None:
         raise CLIError(f"agent {agent} is unreachable from the daemon (it closed the connection)")
 
     with pytest.raises(CLIError, match="agent 10.9.9.9:8022 is unreachable from the daemon"):
-        runner(world, FakeDockerCLI(world), probe).engage(None, "10.9.9.9:8022", "echo", ["/a"],
-                                                          ["local/busybox"])  # fmt: skip
+        runner(world, FakeDockerCLI(world), probe).engage(
+            None, "10.9.9.9:8022", "echo", ["/a"], ["local/busybox"]
+        )
     assert world.docker.volumes_by_name == {} and world.control.bridges == {}
 
 
@@ -281,8 +315,11 @@ def _server(reply: bytes | None) -> tuple[socket.socket, threading.Thread]:
 
 def test_probe_agent() -> None:
     """The probe passes on an SFTP VERSION, and fails on a close, a wrong answer or no port."""
-    for reply, ok in ((struct.pack(">IBI", 5, 2, 3), True), (None, False),
-                      (struct.pack(">IBI", 5, 101, 3), False)):  # fmt: skip
+    for reply, ok in (
+        (struct.pack(">IBI", 5, 2, 3), True),
+        (None, False),
+        (struct.pack(">IBI", 5, 101, 3), False),
+    ):
         listener, thread = _server(reply)
         port = listener.getsockname()[1]
         try:
@@ -304,25 +341,47 @@ def test_probe_agent() -> None:
 def test_build_args_and_built_image() -> None:
     """KEY=VALUE options become --KEY VALUE; the built image replaces IMAGE or follows the flags."""
     build = Build("ctx", ("file=Dockerfile.dev", "build-arg=A=1"))
-    assert build.build_args("/tmp/iid") == ["build", "--iidfile", "/tmp/iid", "--file",
-                                            "Dockerfile.dev", "--build-arg", "A=1",
-                                            "ctx"]  # fmt: skip
+    assert build.build_args("/tmp/iid") == [
+        "build",
+        "--iidfile",
+        "/tmp/iid",
+        "--file",
+        "Dockerfile.dev",
+        "--build-arg",
+        "A=1",
+        "ctx",
+    ]
     with pytest.raises(CLIError, match="expected KEY=VALUE"):
         Build("ctx", ("nokey",)).build_args("/tmp/iid")
     assert with_built_image(["-v", "/a:/b", "IMAGE", "ls", "/"], "sha256:x", False) == [
-        "-v", "/a:/b", "--", "sha256:x", "ls", "/"]  # fmt: skip
+        "-v",
+        "/a:/b",
+        "--",
+        "sha256:x",
+        "ls",
+        "/",
+    ]
     assert with_built_image(["--rm"], "sha256:x", False) == ["--rm", "--", "sha256:x"]
     assert with_built_image(["-t", "cat", "/f"], "sha256:x", True) == [
-        "--security-opt", "apparmor=unconfined", "--cap-add", "SYS_PTRACE", "-t", "--",
-        "sha256:x", "cat", "/f"]  # fmt: skip
+        "--security-opt",
+        "apparmor=unconfined",
+        "--cap-add",
+        "SYS_PTRACE",
+        "-t",
+        "--",
+        "sha256:x",
+        "cat",
+        "/f",
+    ]
 
 
 def test_engage_docker_build_runs_the_built_image(world: World) -> None:
     """docker build first, then the engagement runs the built image with its volumes."""
     cli = FakeDockerCLI(world)
     r = runner(world, cli)
-    code = r.engage(None, "10.96.0.20:8022", "echo", ["/data"], ["IMAGE", "ls"],
-                    Build("ctx", ("file=D",)))  # fmt: skip
+    code = r.engage(
+        None, "10.96.0.20:8022", "echo", ["/data"], ["IMAGE", "ls"], Build("ctx", ("file=D",))
+    )
     assert code == 0
     assert cli.commands[0][:3] == ["docker", "build", "--iidfile"]
     assert cli.commands[0][-3:] == ["--file", "D", "ctx"]
@@ -335,8 +394,10 @@ def test_engage_docker_build_runs_the_built_image(world: World) -> None:
 
 def test_engage_docker_debug_adds_debugger_options(world: World) -> None:
     cli = FakeDockerCLI(world)
-    assert runner(world, cli).engage(None, "10.96.0.20:8022", "echo", [], [],
-                                     Build("ctx", debug=True)) == 0  # fmt: skip
+    assert (
+        runner(world, cli).engage(None, "10.96.0.20:8022", "echo", [], [], Build("ctx", debug=True))
+        == 0
+    )
     create = cli.commands[1]
     assert create[create.index("--security-opt") + 1] == "apparmor=unconfined"
     assert create[create.index("--cap-add") + 1] == "SYS_PTRACE"
@@ -347,8 +408,9 @@ def test_engage_docker_build_failure_makes_nothing(world: World) -> None:
     """A failed build is an error before any bridge, volume or container; bad args before it."""
     cli = FakeDockerCLI(world)
     with pytest.raises(CLIError, match="docker build of bad-context failed"):
-        runner(world, cli).engage(None, "10.96.0.20:8022", "echo", ["/data"], [],
-                                  Build("bad-context"))  # fmt: skip
+        runner(world, cli).engage(
+            None, "10.96.0.20:8022", "echo", ["/data"], [], Build("bad-context")
+        )
     assert [c[1] for c in cli.commands] == ["build"]
     assert world.docker.volumes_by_name == {}
     with pytest.raises(CLIError, match="flag needs an argument"):
@@ -362,8 +424,18 @@ def test_curl_runs_the_curl_image(world: World) -> None:
     cli = FakeDockerCLI(world, exit_code=6)
     assert runner(world, cli).curl(None, ["-sS", "http://echo/"]) == 6
     dns = world.connector.find("blue").dns_ip()
-    assert cli.commands[0] == ["docker", "create", "--dns", dns, "--rm", "--entrypoint", "curl",
-                               "curlimages/curl", "-sS", "http://echo/"]  # fmt: skip
+    assert cli.commands[0] == [
+        "docker",
+        "create",
+        "--dns",
+        dns,
+        "--rm",
+        "--entrypoint",
+        "curl",
+        "curlimages/curl",
+        "-sS",
+        "http://echo/",
+    ]
     assert ("connect", "blue", "w1", None) in world.docker.calls
     world.docker.images.add("telenet/curl")
     cli = FakeDockerCLI(world)

@@ -43,22 +43,26 @@ class FakeOpener:
         return defer.succeed(bridge)
 
 
-STATUS = {"version": "0.1.0", "dns": {"local_address": "172.30.0.2:53"},
-          "teleroute": {"port": 4039}, "routes": ["10.96.0.0/12"]}
+STATUS = {
+    "version": "0.1.0",
+    "dns": {"local_address": "172.30.0.2:53"},
+    "teleroute": {"port": 4039},
+    "routes": ["10.96.0.0/12"],
+}
 
 
 class Api:
     def __init__(self) -> None:
         self.opener = FakeOpener()
         self.bridges = Bridges(self.opener)
-        self.treq: Any = StubTreq(ControlResource(lambda: {**STATUS,
-                                                      "bridges": self.bridges.describe()},
-                                             self.bridges))
+        self.treq: Any = StubTreq(
+            ControlResource(lambda: {**STATUS, "bridges": self.bridges.describe()}, self.bridges)
+        )
 
-    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None
-             ) -> tuple[int, Any]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None
-                                            else None)
+    def call(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None
+    ) -> tuple[int, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         response = result_of(self.treq.request(method, BASE + path, data=data))
         assert response.headers.getRawHeaders("content-type") == ["application/json"]
         return response.code, json.loads(result_of(response.content()))
@@ -95,11 +99,21 @@ def test_delete_unknown_bridge(api: Api) -> None:
     assert api.call("DELETE", "/bridges/abc")[0] == 400
 
 
-@pytest.mark.parametrize("body", [
-    {}, {"agent": 8022}, {"agent": "host"}, {"agent": "host:0"}, {"agent": "host:70000"},
-    {"agent": "fd00::1:8022"}, {"agent": "[nothex]:1"}, {"agent": "a b:1"},
-    {"agent": "h:1", "extra": 1}, ["h:1"],
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"agent": 8022},
+        {"agent": "host"},
+        {"agent": "host:0"},
+        {"agent": "host:70000"},
+        {"agent": "fd00::1:8022"},
+        {"agent": "[nothex]:1"},
+        {"agent": "a b:1"},
+        {"agent": "h:1", "extra": 1},
+        ["h:1"],
+    ],
+)
 def test_bad_bridge_requests(api: Api, body: Any) -> None:
     """Malformed agents and bodies are 400 with a message, and open nothing."""
     code, answer = api.call("POST", "/bridges", body)
@@ -130,6 +144,7 @@ def test_unknown_path_and_method(api: Api) -> None:
 
 def test_status_failure_is_json(api: Api) -> None:
     """An exception while building the status is a JSON 500, not a traceback page."""
+
     def broken() -> dict[str, Any]:
         raise RuntimeError("status exploded")
 
@@ -148,11 +163,14 @@ def test_bridges_closed_on_stop(api: Api) -> None:
     assert api.bridges.describe() == []
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("10.0.0.1:8022", ("10.0.0.1", 8022)),
-    ("[fd00::1]:8022", ("fd00::1", 8022)),
-    ("echo-agent.default:8022", ("echo-agent.default", 8022)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("10.0.0.1:8022", ("10.0.0.1", 8022)),
+        ("[fd00::1]:8022", ("fd00::1", 8022)),
+        ("echo-agent.default:8022", ("echo-agent.default", 8022)),
+    ],
+)
 def test_parse_agent(text: str, expected: tuple[str, int]) -> None:
     """Agents are IPv4 literals, bracketed IPv6 literals or host names, with a port."""
     assert parse_agent(text) == expected
@@ -198,8 +216,12 @@ def test_request_in_flight_is_answered_before_shutdown() -> None:
     transport = StringTransport()
     protocol.makeConnection(transport)
     body = b'{"agent": "10.0.0.1:8022"}'
-    protocol.dataReceived(b"POST /bridges HTTP/1.1\r\nHost: daemon\r\nContent-Length: "
-                          + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+    protocol.dataReceived(
+        b"POST /bridges HTTP/1.1\r\nHost: daemon\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
     drained: list[object] = []
     site.drain().addBoth(drained.append)
     assert not drained and transport.value() == b""

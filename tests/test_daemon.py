@@ -52,25 +52,41 @@ def test_option_defaults() -> None:
 
 def test_repeatable_options() -> None:
     """--subnet and --cluster-domain repeat; domains are normalised."""
-    options = _options("--vif", "eth1", "--subnet", "10.96.0.0/12", "--subnet", "fd00::/64",
-                       "--cluster-domain", "Cluster.Local.", "--cluster-domain", "corp",
-                       "--cluster-dns", "10.96.0.10", "--teleroute-port", "5000")
+    options = _options(
+        "--vif",
+        "eth1",
+        "--subnet",
+        "10.96.0.0/12",
+        "--subnet",
+        "fd00::/64",
+        "--cluster-domain",
+        "Cluster.Local.",
+        "--cluster-domain",
+        "corp",
+        "--cluster-dns",
+        "10.96.0.10",
+        "--teleroute-port",
+        "5000",
+    )
     assert options["subnet"] == [N("10.96.0.0/12"), N("fd00::/64")]
     assert options["cluster-domain"] == ["cluster.local", "corp"]
     assert options["vif"] == "eth1" and options["teleroute-port"] == 5000
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--subnet", "nope"], "not a CIDR"),
-    (["--subnet", "0.0.0.0/0"], "default route"),
-    (["--cluster-dns", "kube-dns"], "not an IP"),
-    (["--teleroute-port", "x"], "port number"),
-    (["--teleroute-port", "70000"], "between"),
-    (["--vif", "a-very-long-interface-name"], "not an interface"),
-    (["--vif", "eth1", "--vif-subnet", "10.0.0.0/8"], "not both"),
-    (["--vif-subnet", "nonsense"], "not a CIDR"),
-    (["--cluster-domain", " "], "not a domain"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--subnet", "nope"], "not a CIDR"),
+        (["--subnet", "0.0.0.0/0"], "default route"),
+        (["--cluster-dns", "kube-dns"], "not an IP"),
+        (["--teleroute-port", "x"], "port number"),
+        (["--teleroute-port", "70000"], "between"),
+        (["--vif", "a-very-long-interface-name"], "not an interface"),
+        (["--vif", "eth1", "--vif-subnet", "10.0.0.0/8"], "not both"),
+        (["--vif-subnet", "nonsense"], "not a CIDR"),
+        (["--cluster-domain", " "], "not a domain"),
+    ],
+)
 def test_bad_options(args: list[str], match: str) -> None:
     """Bad values are one-line usage errors."""
     with pytest.raises(usage.UsageError, match=match):
@@ -100,8 +116,12 @@ class Composed:
         self.netlink = MemoryNetlink(processes={4242})
         self.options = _options("--dns-port", "0", *args)
         # No forwarding sysctl of this machine is touched (none is found there).
-        self.top = makeService(self.options, reactor=self.reactor, netlink=self.netlink,
-                               sysctl_root="/nonexistent/telenet-test-sysctl")
+        self.top = makeService(
+            self.options,
+            reactor=self.reactor,
+            netlink=self.netlink,
+            sysctl_root="/nonexistent/telenet-test-sysctl",
+        )
 
     def child(self, name: str) -> Any:
         return self.top.getServiceNamed(name)
@@ -123,12 +143,33 @@ class Composed:
 def test_make_service_children() -> None:
     """makeService composes netlink, VIF routes, forwarding, gRPC, gateway, DNS, bridges, API."""
     names = [s.name for s in Composed("--vif", "eth1").top]
-    assert names == ["netlink", "forwarding", "vif-routes", "teleroute", "gateway", "dns",
-                     "bridges", "control"]
-    assert [s.name for s in Composed().top] == ["netlink", "teleroute", "gateway", "dns",
-                                                "bridges", "control"]
+    assert names == [
+        "netlink",
+        "forwarding",
+        "vif-routes",
+        "teleroute",
+        "gateway",
+        "dns",
+        "bridges",
+        "control",
+    ]
+    assert [s.name for s in Composed().top] == [
+        "netlink",
+        "teleroute",
+        "gateway",
+        "dns",
+        "bridges",
+        "control",
+    ]
     assert [s.name for s in Composed("--vif-subnet", "10.231.5.0/24").top] == [
-        "netlink", "vif", "teleroute", "gateway", "dns", "bridges", "control"]
+        "netlink",
+        "vif",
+        "teleroute",
+        "gateway",
+        "dns",
+        "bridges",
+        "control",
+    ]
 
 
 def test_vif_found_by_subnet_shows_in_status() -> None:
@@ -161,8 +202,11 @@ def test_status_and_dns_follow_the_daemon_endpoint() -> None:
     assert before["routes"] == ["10.96.0.0/12"] and before["teleroute"]["port"] == 4039
     core = c.core()
     core.connect(pb.ConnectRequest(pid=4242))
-    result_of(core.create_endpoint(pb.CreateEndpointRequest(
-        id="d", addr_ipv4=encode_addr(A("192.0.2.77")), daemon=True)))
+    result_of(
+        core.create_endpoint(
+            pb.CreateEndpointRequest(id="d", addr_ipv4=encode_addr(A("192.0.2.77")), daemon=True)
+        )
+    )
     after = c.status()
     assert after["dns"]["local_address"] == "192.0.2.77:0"
     assert after["dns"]["cluster_dns"] == "10.96.0.10"
@@ -182,8 +226,13 @@ def test_vif_routes_reach_join() -> None:
     core = c.core()
     core.connect(pb.ConnectRequest(pid=4242))
     for endpoint_id, address, daemon in (("d", "172.30.0.2", True), ("w", "172.30.0.5", False)):
-        result_of(core.create_endpoint(pb.CreateEndpointRequest(
-            id=endpoint_id, addr_ipv4=encode_addr(A(address)), daemon=daemon)))
+        result_of(
+            core.create_endpoint(
+                pb.CreateEndpointRequest(
+                    id=endpoint_id, addr_ipv4=encode_addr(A(address)), daemon=daemon
+                )
+            )
+        )
     joined = result_of(core.join(pb.EndpointIdentifier(id="w")))
     assert joined.routes == [bytes([172, 19, 0, 0, 16])]
     assert c.status()["routes"] == ["172.19.0.0/16"]
@@ -191,7 +240,7 @@ def test_vif_routes_reach_join() -> None:
 
 # -- the real daemon in scratch network namespaces ------------------------------------------
 
-CLIENT = textwrap.dedent('''
+CLIENT = textwrap.dedent("""
     import asyncio, ipaddress, json, sys, urllib.request
     import grpc
     from telenet.netip import decode_addr, decode_network, encode_addr, encode_prefix
@@ -226,9 +275,9 @@ CLIENT = textwrap.dedent('''
                   flush=True)
 
     asyncio.run(main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"))
-''')
+""")
 
-DNS_QUERY = textwrap.dedent('''
+DNS_QUERY = textwrap.dedent("""
     import socket, sys
     from twisted.names import dns
     query = dns.Message(id=99, recDes=True)
@@ -239,7 +288,7 @@ DNS_QUERY = textwrap.dedent('''
     answer = dns.Message()
     answer.fromStr(sock.recv(4096))
     print(" ".join(rr.payload.dottedQuad() for rr in answer.answers if rr.type == dns.A))
-''')
+""")
 
 
 class Scratch:
@@ -259,9 +308,12 @@ class Scratch:
 
     def spawn(self, ns: str, *args: str, log: str) -> subprocess.Popen[bytes]:
         out = open(os.path.join(self.root, log), "wb")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=out,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH":
-                                                              os.getcwd()})
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
         out.close()
         self.procs.append(proc)
         return proc
@@ -296,8 +348,10 @@ class Scratch:
 def scratch(tmp_path: Any) -> Iterator[Scratch]:
     require(os.geteuid() == 0, "network namespaces need root")
     require(shutil.which("ip") is not None, "iproute2 (ip) is not installed")
-    require(shutil.which("nft") is not None or shutil.which("iptables") is not None,
-            "nftables or iptables is needed for masquerading")
+    require(
+        shutil.which("nft") is not None or shutil.which("iptables") is not None,
+        "nftables or iptables is needed for masquerading",
+    )
     s = Scratch(str(tmp_path))
     try:
         s.setup()
@@ -324,27 +378,71 @@ def test_daemon_in_scratch_netns(scratch: Scratch) -> None:
     with open(os.path.join(s.root, "resolv.conf"), "w") as f:
         f.write("nameserver 10.123.0.9\n")
     for address, hosts in (("10.123.0.1", "hosts-cluster"), ("10.123.0.9", "hosts-own")):
-        s.spawn(s.cluster_ns, TWISTD, "-n", "--pidfile=", "dns", "--hosts-file",
-                os.path.join(s.root, hosts), "-i", address, "-p", "53", log=f"dns-{address}.log")
-    s.spawn(s.cluster_ns, py, "-m", "http.server", "8080", "--bind", "10.96.0.10",
-            "--directory", s.root, log="http.log")
+        s.spawn(
+            s.cluster_ns,
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "dns",
+            "--hosts-file",
+            os.path.join(s.root, hosts),
+            "-i",
+            address,
+            "-p",
+            "53",
+            log=f"dns-{address}.log",
+        )
+    s.spawn(
+        s.cluster_ns,
+        py,
+        "-m",
+        "http.server",
+        "8080",
+        "--bind",
+        "10.96.0.10",
+        "--directory",
+        s.root,
+        log="http.log",
+    )
     with open(os.path.join(s.root, "index.html"), "w") as f:
         f.write("hello from the cluster\n")
     sleeper = s.spawn(s.host_ns, "sleep", "600", log="sleeper.log")
-    daemon = Daemon(["ip", "netns", "exec", s.daemon_ns, TWISTD, "-n", "--pidfile=",
-                     "telepresence-daemon", "--vif", "tntvif0", "--subnet", "10.200.0.0/16",
-                     "--cluster-dns", "10.123.0.1",
-                     "--resolv-conf", os.path.join(s.root, "resolv.conf")],
-                    os.path.join(s.root, "daemon.log")).start()
+    daemon = Daemon(
+        [
+            "ip",
+            "netns",
+            "exec",
+            s.daemon_ns,
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "telepresence-daemon",
+            "--vif",
+            "tntvif0",
+            "--subnet",
+            "10.200.0.0/16",
+            "--cluster-dns",
+            "10.123.0.1",
+            "--resolv-conf",
+            os.path.join(s.root, "resolv.conf"),
+        ],
+        os.path.join(s.root, "daemon.log"),
+    ).start()
     try:
-        wait_for(lambda: "listening on port 4039" in daemon.log() or not daemon.alive(), 20,
-                 "the daemon's gRPC port")
+        wait_for(
+            lambda: "listening on port 4039" in daemon.log() or not daemon.alive(),
+            20,
+            "the daemon's gRPC port",
+        )
         assert daemon.alive(), daemon.log()
         wait_for(lambda: _same_netns(sleeper.pid, s.host_ns), 5, "the sleeper's netns")
         client = s.spawn(s.daemon_ns, py, "-c", CLIENT, str(sleeper.pid), log="client.log")
         client_log = os.path.join(s.root, "client.log")
-        wait_for(lambda: open(client_log).read().count("\n") >= 1 or client.poll() is not None,
-                 20, "the client's first answer")
+        wait_for(
+            lambda: open(client_log).read().count("\n") >= 1 or client.poll() is not None,
+            20,
+            "the client's first answer",
+        )
         lines = open(client_log).read().splitlines()
         story = json.loads(lines[0])
         assert story["info"]["name"] == "telenet-daemon"
@@ -372,21 +470,31 @@ def test_daemon_in_scratch_netns(scratch: Scratch) -> None:
             s.ip(s.host_ns, "route", "add", route, "via", story["w"]["via"])
         # The gateway moves to br-daemon (telenet.gateway): the subnet is routed through it
         # and tpd-0 no longer answers ARP, so the workload sends to the bridge's MAC.
-        wait_for(lambda: "dev br-daemon" in s.ip(s.daemon_ns, "route", "show", "172.30.0.0/16"),
-                 10, "the gateway to move to br-daemon")  # fmt: skip
+        wait_for(
+            lambda: "dev br-daemon" in s.ip(s.daemon_ns, "route", "show", "172.30.0.0/16"),
+            10,
+            "the gateway to move to br-daemon",
+        )
         assert "NOARP" in s.ip(s.daemon_ns, "link", "show", "tpd-0")
         bridge_mac = s.ip(s.daemon_ns, "-o", "link", "show", "br-daemon").split("link/ether ")[1]
 
-        page = s.exec(s.host_ns, py, "-c", "import urllib.request; print(urllib.request."
-                      "urlopen('http://10.96.0.10:8080/', timeout=10).read().decode())")
+        page = s.exec(
+            s.host_ns,
+            py,
+            "-c",
+            "import urllib.request; print(urllib.request."
+            "urlopen('http://10.96.0.10:8080/', timeout=10).read().decode())",
+        )
         assert "hello from the cluster" in page.stdout
         neighbour = s.ip(s.host_ns, "neigh", "show", "172.30.0.2")
         assert bridge_mac.split()[0] in neighbour, (neighbour, bridge_mac)
         for name in ("echo.default.svc.cluster.local", "only-own-resolver.example"):
             answer = s.exec(s.host_ns, py, "-c", DNS_QUERY, "172.30.0.2", name)
             assert answer.stdout.split() == ["10.96.0.10"], (name, answer.stderr)
-        assert "masquerade" in s.exec(s.daemon_ns, "nft", "list", "ruleset", check=False).stdout \
+        assert (
+            "masquerade" in s.exec(s.daemon_ns, "nft", "list", "ruleset", check=False).stdout
             or shutil.which("nft") is None
+        )
     finally:
         code = daemon.stop()
     # twistd re-raises the SIGTERM it handled once it has shut down cleanly.
@@ -395,8 +503,12 @@ def test_daemon_in_scratch_netns(scratch: Scratch) -> None:
     wait_for(lambda: client.poll() is not None, 10, "the client to see the stream end")
     ended = json.loads(open(client_log).read().splitlines()[-1])
     assert ended == {"ended": "OK", "more": 0}
-    leftovers = [line for ns in (s.daemon_ns, s.host_ns)
-                 for line in s.ip(ns, "-o", "link").splitlines() if " tp-" in line]
+    leftovers = [
+        line
+        for ns in (s.daemon_ns, s.host_ns)
+        for line in s.ip(ns, "-o", "link").splitlines()
+        if " tp-" in line
+    ]
     assert leftovers == []
     if shutil.which("nft"):
         assert "telenet" not in s.exec(s.daemon_ns, "nft", "list", "ruleset").stdout
@@ -414,9 +526,10 @@ def test_daemon_in_container(tmp_path: Any) -> None:
     """
     require(os.geteuid() == 0, "moving links between namespaces needs root")
     require(shutil.which("docker") is not None, "the docker CLI is not installed")
-    require(subprocess.run(["docker", "image", "inspect", IMAGE],
-                           capture_output=True).returncode == 0,
-            f"image {IMAGE} is missing (scripts/build-image)")
+    require(
+        subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0,
+        f"image {IMAGE} is missing (scripts/build-image)",
+    )
     tag = uuid.uuid4().hex[:6]
     name, network, ns = f"tntest-daemon-{tag}", f"tntest-cluster-{tag}", f"tntest-{tag}"
     run("docker", "network", "create", "--internal", network)
@@ -424,28 +537,56 @@ def test_daemon_in_container(tmp_path: Any) -> None:
     sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"])
     client: subprocess.Popen[bytes] | None = None
     try:
-        run("docker", "run", "-d", "--name", name, "--pid", "host", "--cap-add", "NET_ADMIN",
-            "--sysctl", "net.ipv4.ip_forward=1", IMAGE, "twistd", "-n",
-            "telepresence-daemon", "--vif", "eth1", "--control", "tcp:4038")
+        run(
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--pid",
+            "host",
+            "--cap-add",
+            "NET_ADMIN",
+            "--sysctl",
+            "net.ipv4.ip_forward=1",
+            IMAGE,
+            "twistd",
+            "-n",
+            "telepresence-daemon",
+            "--vif",
+            "eth1",
+            "--control",
+            "tcp:4038",
+        )
 
         def logs() -> str:
-            return run("docker", "logs", name, check=False).stdout + run(
-                "docker", "logs", name, check=False).stderr
+            return (
+                run("docker", "logs", name, check=False).stdout
+                + run("docker", "logs", name, check=False).stderr
+            )
 
         wait_for(lambda: "listening on port 4039" in logs(), 30, "the daemon in its container")
         run("docker", "network", "connect", network, name)
-        subnet = run("docker", "network", "inspect", "-f",
-                     "{{(index .IPAM.Config 0).Subnet}}", network).stdout.strip()
+        subnet = run(
+            "docker", "network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", network
+        ).stdout.strip()
         wait_for(lambda: f"now ['{subnet}']" in logs(), 15, "the VIF subnet to be learned")
-        address = run("docker", "inspect", "-f",
-                      "{{.NetworkSettings.Networks.bridge.IPAddress}}", name).stdout.strip()
+        address = run(
+            "docker", "inspect", "-f", "{{.NetworkSettings.Networks.bridge.IPAddress}}", name
+        ).stdout.strip()
         wait_for(lambda: _same_netns(sleeper.pid, ns), 5, "the sleeper's netns")
         log_path = tmp_path / "client.log"
         with open(log_path, "wb") as out:
-            client = subprocess.Popen([sys.executable, "-c", CLIENT, str(sleeper.pid), address],
-                                      stdout=out, stderr=subprocess.STDOUT)
-        wait_for(lambda: log_path.read_text().count("\n") >= 1 or client.poll() is not None,
-                 20, "the client's answers")
+            client = subprocess.Popen(
+                [sys.executable, "-c", CLIENT, str(sleeper.pid), address],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(
+            lambda: log_path.read_text().count("\n") >= 1 or client.poll() is not None,
+            20,
+            "the client's answers",
+        )
         first = (log_path.read_text().splitlines() or [""])[0]
         assert first.startswith("{"), _unreachable_daemon(name, address, log_path.read_text())
         story = json.loads(first)
@@ -472,21 +613,29 @@ def test_daemon_in_container(tmp_path: Any) -> None:
 
 def _unreachable_daemon(name: str, address: str, client_log: str) -> str:
     """Everything that tells why the host could not reach the daemon container."""
+
     def out(*command: str) -> str:
         result = run(*command, check=False)
         return f"$ {' '.join(command)}\n{result.stdout}{result.stderr}"
 
-    return "\n".join([
-        "the client failed:", client_log[-3000:],
-        out("ip", "neigh", "show", "to", address), out("ip", "route", "get", address),
-        out("ip", "-d", "link", "show", "docker0"), out("bridge", "fdb", "show", "br", "docker0"),
-        out("docker", "exec", name, "ip", "-d", "addr"),
-        out("docker", "exec", name, "ip", "route"), out("docker", "exec", name, "ip", "neigh"),
-        out("docker", "exec", name, "nft", "list", "ruleset"),
-        out("docker", "exec", name, "cat", "/proc/sys/net/ipv4/conf/eth0/arp_ignore"),
-        out("docker", "logs", "--tail", "60", name),
-        out("iptables-save"), out("dmesg", "-T", "--level", "err,warn"),
-    ])
+    return "\n".join(
+        [
+            "the client failed:",
+            client_log[-3000:],
+            out("ip", "neigh", "show", "to", address),
+            out("ip", "route", "get", address),
+            out("ip", "-d", "link", "show", "docker0"),
+            out("bridge", "fdb", "show", "br", "docker0"),
+            out("docker", "exec", name, "ip", "-d", "addr"),
+            out("docker", "exec", name, "ip", "route"),
+            out("docker", "exec", name, "ip", "neigh"),
+            out("docker", "exec", name, "nft", "list", "ruleset"),
+            out("docker", "exec", name, "cat", "/proc/sys/net/ipv4/conf/eth0/arp_ignore"),
+            out("docker", "logs", "--tail", "60", name),
+            out("iptables-save"),
+            out("dmesg", "-T", "--level", "err,warn"),
+        ]
+    )
 
 
 def _same_netns(pid: int, ns: str) -> bool:

@@ -46,33 +46,39 @@ class MemoryResolver(common.ResolverBase):
 
 @pytest.fixture
 def resolvers() -> tuple[MemoryResolver, MemoryResolver, SplitResolver]:
-    cluster = MemoryResolver({"echo.default.svc.cluster.local": "10.96.0.42",
-                              "api.corp.example": "10.96.0.43"})
+    cluster = MemoryResolver(
+        {"echo.default.svc.cluster.local": "10.96.0.42", "api.corp.example": "10.96.0.43"}
+    )
     fallback = MemoryResolver({"tn-daemon": "172.17.0.2", "example.org": "93.184.216.34"})
-    return cluster, fallback, SplitResolver(["cluster.local", "corp.example."], cluster,
-                                            fallback)
+    return cluster, fallback, SplitResolver(["cluster.local", "corp.example."], cluster, fallback)
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("echo.default.svc.cluster.local", True),
-    ("ECHO.Default.SVC.Cluster.Local.", True),
-    ("cluster.local", True),
-    ("notcluster.local", False),
-    ("cluster.local.example.org", False),
-    ("example.org", False),
-    (b"x.svc.cluster.local", True),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("echo.default.svc.cluster.local", True),
+        ("ECHO.Default.SVC.Cluster.Local.", True),
+        ("cluster.local", True),
+        ("notcluster.local", False),
+        ("cluster.local.example.org", False),
+        ("example.org", False),
+        (b"x.svc.cluster.local", True),
+    ],
+)
 def test_in_domains(name: str | bytes, expected: bool) -> None:
     """A name is in a domain when it is the domain or below it, ignoring case and dots."""
     assert in_domains(name, ["cluster.local"]) is expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("10.96.0.10", ("10.96.0.10", 53)),
-    ("10.96.0.10:5353", ("10.96.0.10", 5353)),
-    ("fd00::10", ("fd00::10", 53)),
-    ("[fd00::10]:5353", ("fd00::10", 5353)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("10.96.0.10", ("10.96.0.10", 53)),
+        ("10.96.0.10:5353", ("10.96.0.10", 5353)),
+        ("fd00::10", ("fd00::10", 53)),
+        ("[fd00::10]:5353", ("fd00::10", 5353)),
+    ],
+)
 def test_parse_server(text: str, expected: tuple[str, int]) -> None:
     """--cluster-dns takes an address, optionally with a port."""
     assert parse_server(text) == expected
@@ -167,8 +173,7 @@ def test_make_resolver(tmp_path: Any) -> None:
 def test_service_listens_when_address_learned() -> None:
     """Nothing listens until the daemon's address is known; then UDP and TCP on it, freebind."""
     reactor = MemoryReactor()
-    svc = DNSService(reactor, make_factory(SplitResolver([], None, MemoryResolver({}))),
-                     port=0)
+    svc = DNSService(reactor, make_factory(SplitResolver([], None, MemoryResolver({}))), port=0)
     svc.startService()
     assert reactor.adoptedPorts == [] and svc.local_addresses == []
     # 192.0.2.53 is not on this machine: IP_FREEBIND lets us bind before it exists.
@@ -192,8 +197,9 @@ def test_service_bind_failure_is_logged_not_fatal() -> None:
     port = taken.getsockname()[1]
     try:
         reactor = MemoryReactor()
-        svc = DNSService(reactor, make_factory(SplitResolver([], None, MemoryResolver({}))),
-                         port=port)
+        svc = DNSService(
+            reactor, make_factory(SplitResolver([], None, MemoryResolver({}))), port=port
+        )
         svc.listen([A("127.0.0.1")])
         svc.startService()
         assert reactor.adoptedPorts == [] and svc.local_addresses == []
@@ -214,8 +220,7 @@ async def test_real_udp_and_tcp_on_loopback(resolvers: Any) -> None:
     svc.startService()
     try:
         resolver = client.Resolver(servers=[("127.0.0.1", port)], reactor=reactor)
-        answers, _, _ = await resolver.lookupAddress("echo.default.svc.cluster.local",
-                                                     timeout=[2])
+        answers, _, _ = await resolver.lookupAddress("echo.default.svc.cluster.local", timeout=[2])
         assert answers[0].payload.dottedQuad() == "10.96.0.42"
         query = dns.Query(b"example.org", dns.A, dns.IN)
         tcp = await resolver.queryTCP([query], timeout=5)

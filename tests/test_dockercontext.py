@@ -94,7 +94,10 @@ def test_docker_host_wins(home: Path, config: Path) -> None:
     use_context(config, "desktop-linux")
     endpoint = resolve(env(home, DOCKER_HOST="tcp://1.2.3.4:2376", DOCKER_CONTEXT="colima"))
     assert (endpoint.context, endpoint.host, endpoint.source) == (
-        "default", "tcp://1.2.3.4:2376", "DOCKER_HOST")  # fmt: skip
+        "default",
+        "tcp://1.2.3.4:2376",
+        "DOCKER_HOST",
+    )
     assert endpoint.tls is None
     assert not endpoint.local
 
@@ -129,7 +132,9 @@ def test_empty_variables_are_unset(home: Path, config: Path) -> None:
     use_context(config, "orbstack")
     endpoint = resolve(env(home, DOCKER_HOST="", DOCKER_CONTEXT=""))
     assert (endpoint.context, endpoint.source) == (
-        "orbstack", "the current context of ~/.docker/config.json")  # fmt: skip
+        "orbstack",
+        "the current context of ~/.docker/config.json",
+    )
 
 
 def test_docker_config_locates_config_and_store(home: Path, tmp_path: Path) -> None:
@@ -147,8 +152,9 @@ def test_config_dir_argument(home: Path, tmp_path: Path) -> None:
     """resolve(config_dir=...) overrides DOCKER_CONFIG and ~/.docker."""
     other = tmp_path / "other"
     store_context(other, "colima")
-    endpoint = resolve(env(home, DOCKER_CONTEXT="colima", DOCKER_CONFIG="/nonexistent"),
-                       config_dir=str(other))  # fmt: skip
+    endpoint = resolve(
+        env(home, DOCKER_CONTEXT="colima", DOCKER_CONFIG="/nonexistent"), config_dir=str(other)
+    )
     assert endpoint.host == "unix:///run/colima.sock"
 
 
@@ -157,7 +163,11 @@ def test_default_context_is_the_default_endpoint(home: Path, config: Path) -> No
     store_context(config, "default", "tcp://never:2375")
     endpoint = resolve(env(home, DOCKER_CONTEXT="default"))
     assert (endpoint.context, endpoint.host, endpoint.source, endpoint.local) == (
-        "default", DEFAULT_HOST, "DOCKER_CONTEXT", True)  # fmt: skip
+        "default",
+        DEFAULT_HOST,
+        "DOCKER_CONTEXT",
+        True,
+    )
     use_context(config, "default")
     endpoint = resolve(env(home))
     assert (endpoint.context, endpoint.host) == ("default", DEFAULT_HOST)
@@ -174,7 +184,8 @@ def test_empty_or_contextless_config_json(home: Path, config: Path) -> None:
 def test_context_directory_is_sha256_of_name() -> None:
     """As ``docker context inspect`` shows it (MetadataPath, TLSPath)."""
     assert context_dir_name("colima") == (
-        "f24fd3749c1368328e2b149bec149cb6795619f244c5b584e844961215dadd16")  # fmt: skip
+        "f24fd3749c1368328e2b149bec149cb6795619f244c5b584e844961215dadd16"
+    )
 
 
 def test_meta_json_keys_match_as_go_does(home: Path, config: Path) -> None:
@@ -234,8 +245,14 @@ def certs(directory: Path, *names: str) -> Path:
 def test_docker_tls_verify_with_cert_path(home: Path, tmp_path: Path) -> None:
     """DOCKER_TLS_VERIFY (any non-empty value) and DOCKER_CERT_PATH's ca/cert/key.pem."""
     path = certs(tmp_path / "machine", "ca.pem", "cert.pem", "key.pem")
-    endpoint = resolve(env(home, DOCKER_HOST="tcp://1.2.3.4:2376", DOCKER_TLS_VERIFY="1",
-                           DOCKER_CERT_PATH=str(path)))  # fmt: skip
+    endpoint = resolve(
+        env(
+            home,
+            DOCKER_HOST="tcp://1.2.3.4:2376",
+            DOCKER_TLS_VERIFY="1",
+            DOCKER_CERT_PATH=str(path),
+        )
+    )
     assert endpoint.tls == DockerTLS(
         ca_cert=str(path / "ca.pem"),
         client_cert=str(path / "cert.pem"),
@@ -253,8 +270,9 @@ def test_cert_path_defaults_to_docker_config(home: Path, config: Path) -> None:
 def test_docker_tls_without_verify(home: Path, tmp_path: Path) -> None:
     """DOCKER_TLS alone: TLS, no verification, no CA needed."""
     path = certs(tmp_path / "c")
-    endpoint = resolve(env(home, DOCKER_HOST="tcp://h:2376", DOCKER_TLS="1",
-                           DOCKER_CERT_PATH=str(path)))  # fmt: skip
+    endpoint = resolve(
+        env(home, DOCKER_HOST="tcp://h:2376", DOCKER_TLS="1", DOCKER_CERT_PATH=str(path))
+    )
     assert endpoint.tls == DockerTLS(None, None, None, verify=False)
 
 
@@ -281,8 +299,9 @@ def test_tls_does_not_apply_to_sockets_or_ssh(home: Path, config: Path) -> None:
 def test_tls_verify_without_ca_is_an_error(home: Path, tmp_path: Path) -> None:
     path = certs(tmp_path / "c")
     with pytest.raises(DockerContextError) as e:
-        resolve(env(home, DOCKER_HOST="tcp://h:2376", DOCKER_TLS_VERIFY="1",
-                    DOCKER_CERT_PATH=str(path)))  # fmt: skip
+        resolve(
+            env(home, DOCKER_HOST="tcp://h:2376", DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(path))
+        )
     assert str(e.value) == (
         f"Docker at tcp://h:2376 (context default, from DOCKER_HOST): DOCKER_TLS_VERIFY is set "
         f"but there is no {path}/ca.pem (DOCKER_CERT_PATH)"
@@ -292,14 +311,16 @@ def test_tls_verify_without_ca_is_an_error(home: Path, tmp_path: Path) -> None:
 def test_cert_without_key_is_an_error(home: Path, tmp_path: Path) -> None:
     path = certs(tmp_path / "c", "ca.pem", "cert.pem")
     with pytest.raises(DockerContextError, match=r"cert\.pem has no matching .*key\.pem"):
-        resolve(env(home, DOCKER_HOST="tcp://h:2376", DOCKER_TLS_VERIFY="1",
-                    DOCKER_CERT_PATH=str(path)))  # fmt: skip
+        resolve(
+            env(home, DOCKER_HOST="tcp://h:2376", DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(path))
+        )
 
 
 def test_context_tls_material(home: Path, config: Path) -> None:
     """ca/cert/key.pem under contexts/tls/<sha256>/docker/, verified unless SkipTLSVerify."""
-    tls = store_context(config, "remote", "tcp://10.0.0.5:2376",
-                        tls_files=("ca.pem", "cert.pem", "key.pem"))  # fmt: skip
+    tls = store_context(
+        config, "remote", "tcp://10.0.0.5:2376", tls_files=("ca.pem", "cert.pem", "key.pem")
+    )
     assert str(tls) == os.path.join(config, "contexts", "tls", context_dir_name("remote"), "docker")
     endpoint = resolve(env(home, DOCKER_CONTEXT="remote"))
     assert endpoint.tls == DockerTLS(
@@ -314,17 +335,20 @@ def test_context_tls_material(home: Path, config: Path) -> None:
 def test_context_tls_each_file_optional(home: Path, config: Path) -> None:
     tls = store_context(config, "ca-only", "tcp://h:2376", tls_files=("ca.pem",))
     assert resolve(env(home, DOCKER_CONTEXT="ca-only")).tls == DockerTLS(
-        str(tls / "ca.pem"), None, None, verify=True)  # fmt: skip
+        str(tls / "ca.pem"), None, None, verify=True
+    )
     # A certificate without its key is not used (the docker CLI needs both).
     store_context(config, "cert-only", "tcp://h:2376", tls_files=("cert.pem",))
     assert resolve(env(home, DOCKER_CONTEXT="cert-only")).tls == DockerTLS(
-        None, None, None, verify=True)  # fmt: skip
+        None, None, None, verify=True
+    )
 
 
 def test_context_skip_tls_verify(home: Path, config: Path) -> None:
     store_context(config, "insecure", "tcp://h:2376", skip_tls_verify=True)
     assert resolve(env(home, DOCKER_CONTEXT="insecure")).tls == DockerTLS(
-        None, None, None, verify=False)  # fmt: skip
+        None, None, None, verify=False
+    )
     store_context(config, "plain", "tcp://h:2375")
     assert resolve(env(home, DOCKER_CONTEXT="plain")).tls is None
 
@@ -332,8 +356,9 @@ def test_context_skip_tls_verify(home: Path, config: Path) -> None:
 def test_context_tls_environment_ignored(home: Path, config: Path) -> None:
     """DOCKER_TLS_VERIFY/DOCKER_CERT_PATH are the default context's; a named one has its own."""
     store_context(config, "plain", "tcp://h:2375")
-    endpoint = resolve(env(home, DOCKER_CONTEXT="plain", DOCKER_TLS_VERIFY="1",
-                           DOCKER_CERT_PATH="/nonexistent"))  # fmt: skip
+    endpoint = resolve(
+        env(home, DOCKER_CONTEXT="plain", DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH="/nonexistent")
+    )
     assert endpoint.tls is None
 
 
@@ -517,8 +542,11 @@ def test_sdkdocker_tls_without_verify() -> None:
 def test_sdkdocker_bad_tls_material(tmp_path: Path) -> None:
     tls = DockerTLS(None, str(tmp_path / "gone.pem"), str(tmp_path / "gone-key.pem"), True)
     endpoint = DockerEndpoint("remote", "tcp://h:2376", tls, "DOCKER_CONTEXT", False)
-    with pytest.raises(DockerUnavailable, match=r"^Docker at tcp://h:2376 \(context remote, "
-                       r"from DOCKER_CONTEXT\): unusable TLS material: "):  # fmt: skip
+    with pytest.raises(
+        DockerUnavailable,
+        match=r"^Docker at tcp://h:2376 \(context remote, "
+        r"from DOCKER_CONTEXT\): unusable TLS material: ",
+    ):
         _ = SDKDocker(endpoint=endpoint, client_factory=FakeFactory()).client
 
 

@@ -36,8 +36,10 @@ SERVICE = "echo.default.svc.cluster.local"
 BODY = "hello from echo.default"
 SECRETS = "/var/run/secrets/kubernetes.io"
 #: Busybox's wget crashes on some hosts (docs/teleroute.md): fetch with nc.
-HTTP_GET = (f"printf 'GET / HTTP/1.0\\r\\nHost: {SERVICE}\\r\\n\\r\\n' | nc -w 5 {SERVICE} 80 "
-            "| sed '1,/^\\r*$/d'")  # fmt: skip
+HTTP_GET = (
+    f"printf 'GET / HTTP/1.0\\r\\nHost: {SERVICE}\\r\\n\\r\\n' | nc -w 5 {SERVICE} 80 "
+    "| sed '1,/^\\r*$/d'"
+)
 DURATIONS: dict[str, float] = {}
 
 
@@ -53,21 +55,28 @@ class Env:
         self.workdir = workdir
         self.config = os.path.join(workdir, "config.yml")
         with open(self.config, "w") as f:
-            f.write(f"docker:\n  daemonImage: {IMAGE}\n"
-                    f"  teleroute: {{namespace: {self.prefix}}}\n"
-                    f"  telemount: {{namespace: {self.prefix}}}\n")  # fmt: skip
+            f.write(
+                f"docker:\n  daemonImage: {IMAGE}\n"
+                f"  teleroute: {{namespace: {self.prefix}}}\n"
+                f"  telemount: {{namespace: {self.prefix}}}\n"
+            )
         self.plugins = [f"{self.prefix}/teleroute:latest", f"{self.prefix}/telemount:latest"]
         self.connections: set[str] = set()
         self.cluster: dict[str, Any] = {}
 
-    def telenet(self, *args: str, check: bool = True, timeout: float = 300,
-                extra_env: dict[str, str] | None = None,
-                ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def telenet(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 300,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the installed telenet with this module's config; on failure show its output."""
         env = {**os.environ, "TELENET_CONFIG": self.config, **(extra_env or {})}
         env.pop("TELENET_CONNECTION", None)
-        result = subprocess.run([TELENET, *args], capture_output=True, text=True, env=env,
-                                timeout=timeout)  # fmt: skip
+        result = subprocess.run(
+            [TELENET, *args], capture_output=True, text=True, env=env, timeout=timeout
+        )
         if check:
             assert result.returncode == 0, (
                 f"telenet {' '.join(args)} exited {result.returncode}:\n"
@@ -75,12 +84,22 @@ class Env:
             )
         return result
 
-    def connect(self, name: str, *extra: str, check: bool = True
-                ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def connect(
+        self, name: str, *extra: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         self.connections.add(name)
-        return self.telenet("connect", "--docker", "--name", name, "--vif-network",
-                            self.cluster["network"], "--cluster-dns", self.cluster["cluster_dns"],
-                            *extra, check=check)  # fmt: skip
+        return self.telenet(
+            "connect",
+            "--docker",
+            "--name",
+            name,
+            "--vif-network",
+            self.cluster["network"],
+            "--cluster-dns",
+            self.cluster["cluster_dns"],
+            *extra,
+            check=check,
+        )
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(json.loads(self.telenet("status", "--name", name, "--output", "json").stdout))
@@ -101,15 +120,19 @@ class Env:
 
     @staticmethod
     def plugin_exists(name: str) -> bool:
-        return subprocess.run(["docker", "plugin", "inspect", name],
-                              capture_output=True).returncode == 0  # fmt: skip
+        return (
+            subprocess.run(["docker", "plugin", "inspect", name], capture_output=True).returncode
+            == 0
+        )
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     require(shutil.which("docker") is not None, "the docker CLI is not installed")
-    require(subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
-            "dockerd does not answer (run: scripts/dev setup)")  # fmt: skip
+    require(
+        subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
+        "dockerd does not answer (run: scripts/dev setup)",
+    )
     for image in (BUSYBOX, IMAGE):
         found = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
         require(found.returncode == 0, f"image {image} is missing (run: scripts/dev setup)")
@@ -131,12 +154,12 @@ def env() -> Iterator[Env]:
                 run("docker", "plugin", "rm", "-f", plugin, check=False)
         shutil.rmtree(workdir, ignore_errors=True)
         if DURATIONS:
-            print("\ntelenet durations: " + ", ".join(f"{k} {v:.1f}s"
-                                                      for k, v in DURATIONS.items()))  # fmt: skip
+            print(
+                "\ntelenet durations: " + ", ".join(f"{k} {v:.1f}s" for k, v in DURATIONS.items())
+            )
 
 
-def timed(key: str, env: Env, *args: str, check: bool = True
-          ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def timed(key: str, env: Env, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
     result = env.telenet(*args, check=check)
     DURATIONS[key] = time.monotonic() - started
@@ -166,8 +189,9 @@ def quit_leaves_nothing(env: Env, name: str) -> None:
 
 
 def wait_running(container: str, what: str) -> None:
-    wait_for(lambda: run("docker", "ps", "-q", "--filter", f"name={container}").stdout != "",
-             30, what)  # fmt: skip
+    wait_for(
+        lambda: run("docker", "ps", "-q", "--filter", f"name={container}").stdout != "", 30, what
+    )
 
 
 def interrupt(proc: subprocess.Popen[str], workload: str) -> None:
@@ -184,9 +208,18 @@ def test_story_end_to_end(env: Env) -> None:
     """
     name = f"{env.prefix}-blue"
     env.connections.add(name)
-    out = timed("first connect (plug-ins created)", env, "connect", "--docker", "--name", name,
-                "--vif-network", env.cluster["network"], "--cluster-dns",
-                env.cluster["cluster_dns"]).stdout  # fmt: skip
+    out = timed(
+        "first connect (plug-ins created)",
+        env,
+        "connect",
+        "--docker",
+        "--name",
+        name,
+        "--vif-network",
+        env.cluster["network"],
+        "--cluster-dns",
+        env.cluster["cluster_dns"],
+    ).stdout
     assert f"Creating plug-ins {env.plugins[0]}, {env.plugins[1]}" in out, out
     assert f"Connected to {name}" in out, out
     for plugin in env.plugins:
@@ -199,25 +232,54 @@ def test_story_end_to_end(env: Env) -> None:
     assert status["network"]["name"] == name
     assert env.cluster["network"] != name and status["daemon"]["routes"]
     assert [p["mode"] for p in status["plugins"]] == ["managed", "managed"]
-    labels = json.loads(run("docker", "network", "inspect", "-f", "{{json .Labels}}",
-                            name).stdout)  # fmt: skip
+    labels = json.loads(run("docker", "network", "inspect", "-f", "{{json .Labels}}", name).stdout)
     assert labels["telepresence.io/teleroute/daemon"] == status["daemon"]["container"]
 
-    result = timed("docker-run", env, "--connection", name, "docker-run", "--rm", BUSYBOX,
-                   "sh", "-c", f"{HTTP_GET}; exit 7", check=False)  # fmt: skip
+    result = timed(
+        "docker-run",
+        env,
+        "--connection",
+        name,
+        "docker-run",
+        "--rm",
+        BUSYBOX,
+        "sh",
+        "-c",
+        f"{HTTP_GET}; exit 7",
+        check=False,
+    )
     assert result.returncode == 7, result
     assert result.stdout.strip() == BODY, result
 
     # -p keeps working: the container is created with it, then joined to the network.
     web = f"{env.prefix}-web"
-    env.telenet("--connection", name, "docker-run", "-d", "--rm", "--name", web, "-p",
-                "127.0.0.1::80", BUSYBOX, "httpd", "-f", "-p", "80", "-h", "/etc")  # fmt: skip
+    env.telenet(
+        "--connection",
+        name,
+        "docker-run",
+        "-d",
+        "--rm",
+        "--name",
+        web,
+        "-p",
+        "127.0.0.1::80",
+        BUSYBOX,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    )
     try:
         port = run("docker", "port", web, "80/tcp").stdout.split(":")[-1].strip()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/passwd", timeout=10) as r:
             assert b"root:x:0:0" in r.read()
-        networks = json.loads(run("docker", "container", "inspect", "-f",
-                                  "{{json .NetworkSettings.Networks}}", web).stdout)  # fmt: skip
+        networks = json.loads(
+            run(
+                "docker", "container", "inspect", "-f", "{{json .NetworkSettings.Networks}}", web
+            ).stdout
+        )
         assert set(networks) == {"bridge", name}
     finally:
         run("docker", "rm", "-f", web, check=False)
@@ -226,13 +288,31 @@ def test_story_end_to_end(env: Env) -> None:
     os.makedirs(data)
     with open(os.path.join(data, "mine.txt"), "w") as f:
         f.write("from the workstation\n")
-    result = timed("engage", env, "engage", "--name", name, "--agent", env.cluster["agent"],
-                   "--container", env.cluster["sample_container"], "--remote-mount",
-                   f"{SECRETS}:ro", "--docker-run", "--", "-v", f"{data}:/data", BUSYBOX, "sh",
-                   "-c", f"cat {SECRETS}/serviceaccount/token; cat /data/mine.txt; "
-                   f"touch {SECRETS}/x 2>/dev/null || echo read-only")  # fmt: skip
-    assert result.stdout.split() == ["demo-token-123", "from", "the", "workstation",
-                                     "read-only"], result  # fmt: skip
+    result = timed(
+        "engage",
+        env,
+        "engage",
+        "--name",
+        name,
+        "--agent",
+        env.cluster["agent"],
+        "--container",
+        env.cluster["sample_container"],
+        "--remote-mount",
+        f"{SECRETS}:ro",
+        "--docker-run",
+        "--",
+        "-v",
+        f"{data}:/data",
+        BUSYBOX,
+        "sh",
+        "-c",
+        f"cat {SECRETS}/serviceaccount/token; cat /data/mine.txt; "
+        f"touch {SECRETS}/x 2>/dev/null || echo read-only",
+    )
+    assert result.stdout.split() == ["demo-token-123", "from", "the", "workstation", "read-only"], (
+        result
+    )
     assert env.volumes() == []
     assert env.status(name)["bridges"] == []
     assert run("docker", "ps", "-a", "-q", "--filter", "volume=echo-0").stdout == ""
@@ -253,22 +333,38 @@ def test_vif_network_found_whatever_its_name(env: Env, before_bridge: bool) -> N
     """
     if before_bridge:
         prefix = f"aaa-{env.prefix}"  # "aaa-…-cluster" sorts before "bridge"
-        cluster = json.loads(env.telenet("demo-cluster", "up", "--prefix", prefix, "--output",
-                                         "json").stdout)  # fmt: skip
+        cluster = json.loads(
+            env.telenet("demo-cluster", "up", "--prefix", prefix, "--output", "json").stdout
+        )
     else:
         prefix, cluster = env.prefix, env.cluster  # "tntest…-cluster" sorts after "bridge"
     name = f"{env.prefix}-vif{int(before_bridge)}"
     try:
         env.connections.add(name)
-        env.telenet("connect", "--docker", "--name", name, "--vif-network", cluster["network"],
-                    "--cluster-dns", cluster["cluster_dns"])  # fmt: skip
-        subnet = run("docker", "network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}",
-                     cluster["network"]).stdout.strip()  # fmt: skip
+        env.telenet(
+            "connect",
+            "--docker",
+            "--name",
+            name,
+            "--vif-network",
+            cluster["network"],
+            "--cluster-dns",
+            cluster["cluster_dns"],
+        )
+        subnet = run(
+            "docker",
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Subnet}}",
+            cluster["network"],
+        ).stdout.strip()
         status = env.status(name)
         assert status["daemon"]["routes"] == [subnet], status["daemon"]
         assert status["daemon"]["vif"] in ("eth0", "eth1"), status["daemon"]
-        result = env.telenet("--connection", name, "docker-run", "--rm", BUSYBOX, "sh", "-c",
-                             HTTP_GET)  # fmt: skip
+        result = env.telenet(
+            "--connection", name, "docker-run", "--rm", BUSYBOX, "sh", "-c", HTTP_GET
+        )
         assert result.stdout.strip() == BODY, result
         quit_leaves_nothing(env, name)
     finally:
@@ -287,47 +383,94 @@ def test_docker_context_of_an_engine_elsewhere(env: Env) -> None:
     require(shutil.which("socat") is not None, "socat is needed to serve the engine on TCP")
     ensure_curl_image()
     port, dead = free_port(), free_port()
-    proxy = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-                              "UNIX-CONNECT:/var/run/docker.sock"])  # fmt: skip
+    proxy = subprocess.Popen(
+        [
+            "socat",
+            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+            "UNIX-CONNECT:/var/run/docker.sock",
+        ]
+    )
     config = os.path.join(env.workdir, "docker-config")
     context = {"DOCKER_CONFIG": config}
     name = f"{env.prefix}-ctx"
     try:
         wait_for(lambda: port_open(port), 10, "the engine on TCP")
         for ctx, where in (("tntest-elsewhere", port), ("tntest-dead", dead)):
-            run("docker", "--config", config, "context", "create", ctx, "--docker",
-                f"host=tcp://127.0.0.1:{where}")  # fmt: skip
+            run(
+                "docker",
+                "--config",
+                config,
+                "context",
+                "create",
+                ctx,
+                "--docker",
+                f"host=tcp://127.0.0.1:{where}",
+            )
         run("docker", "--config", config, "context", "use", "tntest-elsewhere")
 
-        result = env.telenet("status", check=False, extra_env={**context,
-                                                               "DOCKER_CONTEXT": "nope"})
+        result = env.telenet("status", check=False, extra_env={**context, "DOCKER_CONTEXT": "nope"})
         assert result.returncode == 1 and result.stderr.count("\n") == 1, result
         assert 'docker context "nope" (from DOCKER_CONTEXT) does not exist' in result.stderr
-        result = env.telenet("status", check=False, extra_env={**context,
-                                                               "DOCKER_CONTEXT": "tntest-dead"})
+        result = env.telenet(
+            "status", check=False, extra_env={**context, "DOCKER_CONTEXT": "tntest-dead"}
+        )
         assert result.returncode == 1 and result.stderr.count("\n") == 1, result
-        assert (f"Docker at tcp://127.0.0.1:{dead} (context tntest-dead, from DOCKER_CONTEXT) "
-                "does not answer") in result.stderr, result
+        assert (
+            f"Docker at tcp://127.0.0.1:{dead} (context tntest-dead, from DOCKER_CONTEXT) "
+            "does not answer"
+        ) in result.stderr, result
 
         env.connections.add(name)
-        env.telenet("connect", "--docker", "--name", name, "--vif-network",
-                    env.cluster["network"], "--cluster-dns", env.cluster["cluster_dns"],
-                    extra_env=context)  # fmt: skip
-        status = json.loads(env.telenet("status", "--name", name, "--output", "json",
-                                        extra_env=context).stdout)  # fmt: skip
+        env.telenet(
+            "connect",
+            "--docker",
+            "--name",
+            name,
+            "--vif-network",
+            env.cluster["network"],
+            "--cluster-dns",
+            env.cluster["cluster_dns"],
+            extra_env=context,
+        )
+        status = json.loads(
+            env.telenet("status", "--name", name, "--output", "json", extra_env=context).stdout
+        )
         assert status["daemon"]["status"] == "Connected", status["daemon"]
         assert status["daemon"]["control"] == "docker exec"
         assert [p["mode"] for p in status["plugins"]] == ["managed", "managed"]
-        result = env.telenet("--connection", name, "docker-run", "--rm", BUSYBOX, "sh", "-c",
-                             HTTP_GET, extra_env=context)  # fmt: skip
+        result = env.telenet(
+            "--connection",
+            name,
+            "docker-run",
+            "--rm",
+            BUSYBOX,
+            "sh",
+            "-c",
+            HTTP_GET,
+            extra_env=context,
+        )
         assert result.stdout.strip() == BODY, result
-        result = env.telenet("--connection", name, "curl", "-sS", f"http://{SERVICE}/",
-                             extra_env=context)  # fmt: skip
+        result = env.telenet(
+            "--connection", name, "curl", "-sS", f"http://{SERVICE}/", extra_env=context
+        )
         assert result.stdout.strip() == BODY, result
-        result = env.telenet("engage", "--name", name, "--agent", env.cluster["agent"],
-                             "--container", env.cluster["sample_container"], "--remote-mount",
-                             f"{SECRETS}:ro", "--docker-run", "--", BUSYBOX, "cat",
-                             f"{SECRETS}/serviceaccount/token", extra_env=context)  # fmt: skip
+        result = env.telenet(
+            "engage",
+            "--name",
+            name,
+            "--agent",
+            env.cluster["agent"],
+            "--container",
+            env.cluster["sample_container"],
+            "--remote-mount",
+            f"{SECRETS}:ro",
+            "--docker-run",
+            "--",
+            BUSYBOX,
+            "cat",
+            f"{SECRETS}/serviceaccount/token",
+            extra_env=context,
+        )
         assert result.stdout.strip() == "demo-token-123", result
         env.telenet("quit", "--name", name, extra_env=context)
         env.connections.discard(name)
@@ -355,8 +498,7 @@ def test_connect_twice_and_after_a_crash(env: Env) -> None:
     assert second["daemon"]["running"] and second["daemon"]["container"] != first
     containers = run("docker", "ps", "-a", "--format", "{{.Names}}").stdout.split()
     assert [c for c in containers if c == f"tp-{name}"] == [f"tp-{name}"]
-    result = env.telenet("--connection", name, "docker-run", "--rm", BUSYBOX, "sh", "-c",
-                         HTTP_GET)  # fmt: skip
+    result = env.telenet("--connection", name, "docker-run", "--rm", BUSYBOX, "sh", "-c", HTTP_GET)
     assert result.stdout.strip() == BODY
     quit_leaves_nothing(env, name)
 
@@ -413,12 +555,26 @@ def test_errors_are_one_line_and_leave_nothing(env: Env) -> None:
     name = f"{env.prefix}-err"
     env.connect(name)
     unreachable = f"{env.cluster['ip']}:1"
-    result = env.telenet("engage", "--name", name, "--agent", unreachable, "--container",
-                         "echo", "--remote-mount", "/x", "--docker-run", "--", BUSYBOX, "true",
-                         check=False)  # fmt: skip
+    result = env.telenet(
+        "engage",
+        "--name",
+        name,
+        "--agent",
+        unreachable,
+        "--container",
+        "echo",
+        "--remote-mount",
+        "/x",
+        "--docker-run",
+        "--",
+        BUSYBOX,
+        "true",
+        check=False,
+    )
     assert result.returncode == 1
-    assert result.stderr.startswith(f"telenet engage: agent {unreachable} is unreachable from "
-                                    "the daemon")  # fmt: skip
+    assert result.stderr.startswith(
+        f"telenet engage: agent {unreachable} is unreachable from the daemon"
+    )
     assert result.stderr.count("\n") == 1
     assert env.volumes() == [] and env.status(name)["bridges"] == []
 
@@ -427,8 +583,9 @@ def test_errors_are_one_line_and_leave_nothing(env: Env) -> None:
         f.write("docker:\n  enableIPv4: maybe\n")
     result = env.telenet("--config", bad, "connect", "--docker", "--name", name, check=False)
     assert result.returncode == 1
-    assert result.stderr == (f"telenet connect: {bad}: docker.enableIPv4: expected true or "
-                             "false, got str 'maybe'\n")  # fmt: skip
+    assert result.stderr == (
+        f"telenet connect: {bad}: docker.enableIPv4: expected true or false, got str 'maybe'\n"
+    )
 
     quit_leaves_nothing(env, name)
 
@@ -474,18 +631,28 @@ CURL_IMAGE = "telenet/curl"
 
 def ensure_curl_image() -> None:
     """telenet/curl made locally from the Debian base (apt inside the build; cached after)."""
-    if subprocess.run(["docker", "image", "inspect", CURL_IMAGE],
-                      capture_output=True).returncode == 0:  # fmt: skip
+    if (
+        subprocess.run(["docker", "image", "inspect", CURL_IMAGE], capture_output=True).returncode
+        == 0
+    ):
         return
     from telenet.runner import CURL_DOCKERFILE
 
     # The Debian base scripts/dev made for this machine's release (no registry here).
-    bases = [b for b in ("debian:bookworm-slim", "debian:trixie-slim") if subprocess.run(
-        ["docker", "image", "inspect", b], capture_output=True).returncode == 0]
+    bases = [
+        b
+        for b in ("debian:bookworm-slim", "debian:trixie-slim")
+        if subprocess.run(["docker", "image", "inspect", b], capture_output=True).returncode == 0
+    ]
     require(bool(bases), "no Debian base image (run: scripts/dev setup)")
     dockerfile = CURL_DOCKERFILE.replace("debian:bookworm-slim", bases[0])
-    built = subprocess.run(["docker", "build", "-q", "-t", CURL_IMAGE, "-"], input=dockerfile,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    built = subprocess.run(
+        ["docker", "build", "-q", "-t", CURL_IMAGE, "-"],
+        input=dockerfile,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     require(built.returncode == 0, f"could not build {CURL_IMAGE}: {built.stderr[-500:]}")
 
 
@@ -500,8 +667,9 @@ def test_curl_and_docker_build_and_debug(env: Env) -> None:
     env.connect(name)
     result = env.telenet("--connection", name, "curl", "-sS", f"http://{SERVICE}/")
     assert result.stdout.strip() == BODY, result
-    result = env.telenet("--connection", name, "curl", "-sS", "http://nowhere.invalid/",
-                         check=False)  # fmt: skip
+    result = env.telenet(
+        "--connection", name, "curl", "-sS", "http://nowhere.invalid/", check=False
+    )
     assert result.returncode == 6, result
     assert "resolve host" in result.stderr, result
 
@@ -511,21 +679,35 @@ def test_curl_and_docker_build_and_debug(env: Env) -> None:
         f.write(f'FROM {BUSYBOX}\nCOPY run.sh /run.sh\nCMD ["sh", "/run.sh"]\n')
     with open(os.path.join(context, "run.sh"), "w") as f:
         f.write(f"{HTTP_GET}\nls {SECRETS}/serviceaccount\n")
-    result = env.telenet("engage", "--name", name, "--agent", env.cluster["agent"],
-                         "--container", env.cluster["sample_container"], "--remote-mount",
-                         f"{SECRETS}:ro", "--docker-build", context, "--docker-build-opt",
-                         f"file={context}/Dockerfile", "--")  # fmt: skip
+    result = env.telenet(
+        "engage",
+        "--name",
+        name,
+        "--agent",
+        env.cluster["agent"],
+        "--container",
+        env.cluster["sample_container"],
+        "--remote-mount",
+        f"{SECRETS}:ro",
+        "--docker-build",
+        context,
+        "--docker-build-opt",
+        f"file={context}/Dockerfile",
+        "--",
+    )
     lines = result.stdout.splitlines()
     assert BODY in lines and "token" in lines, result
     assert env.volumes() == []
 
     workload = f"{env.prefix}-debug"
-    proc = engage_in_background(env, name, env.cluster["agent"], workload,
-                                ("--docker-debug", context), "IMAGE")  # fmt: skip
+    proc = engage_in_background(
+        env, name, env.cluster["agent"], workload, ("--docker-debug", context), "IMAGE"
+    )
     try:
         wait_running(workload, "the debug container")
-        host = json.loads(run("docker", "container", "inspect", "-f", "{{json .HostConfig}}",
-                              workload).stdout)  # fmt: skip
+        host = json.loads(
+            run("docker", "container", "inspect", "-f", "{{json .HostConfig}}", workload).stdout
+        )
         assert {"SYS_PTRACE", "CAP_SYS_PTRACE"} & set(host["CapAdd"] or []), host["CapAdd"]
         assert "apparmor=unconfined" in (host["SecurityOpt"] or []), host["SecurityOpt"]
         interrupt(proc, workload)
@@ -540,19 +722,42 @@ def test_curl_and_docker_build_and_debug(env: Env) -> None:
 IDLE = ("sh", "-c", "trap 'exit 0' TERM; while sleep 0.1; do :; done")
 
 
-def engage_in_background(env: Env, name: str, agent: str, workload: str,
-                         mode: tuple[str, ...] = ("--docker-run",), image: str = BUSYBOX,
-                         ) -> subprocess.Popen[str]:  # fmt: skip
+def engage_in_background(
+    env: Env,
+    name: str,
+    agent: str,
+    workload: str,
+    mode: tuple[str, ...] = ("--docker-run",),
+    image: str = BUSYBOX,
+) -> subprocess.Popen[str]:
     """
     ``telenet engage`` of the echo container's secrets on ``agent``, running IDLE in
     ``image`` (``mode``: --docker-run, or --docker-build/--docker-debug CONTEXT with IMAGE).
     """
     return subprocess.Popen(
-        [TELENET, "engage", "--name", name, "--agent", agent, "--container", "echo",
-         "--remote-mount", SECRETS, *mode, "--", "--name", workload, image, *IDLE],
-        env={**os.environ, "TELENET_CONFIG": env.config}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            TELENET,
+            "engage",
+            "--name",
+            name,
+            "--agent",
+            agent,
+            "--container",
+            "echo",
+            "--remote-mount",
+            SECRETS,
+            *mode,
+            "--",
+            "--name",
+            workload,
+            image,
+            *IDLE,
+        ],
+        env={**os.environ, "TELENET_CONFIG": env.config},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def in_container(container: str, script: str) -> str:
@@ -570,11 +775,26 @@ def test_two_engagements_side_by_side(env: Env) -> None:
     cluster = env.cluster["container"]
     token = f"{SECRETS}/serviceaccount/token"
     # The second agent exports another tree, in the cluster container on port 8023.
-    in_container(cluster, f"mkdir -p /exports2/echo{SECRETS}/serviceaccount && "
-                          f"echo second-token > /exports2/echo{token} && "
-                          f"touch /exports2/echo{SECRETS}/only-second")  # fmt: skip
-    run("docker", "exec", "-d", cluster, "twistd", "-n", "--pidfile=", "sftp-agent", "--root",
-        "/exports2", "--listen", "tcp:8023")  # fmt: skip
+    in_container(
+        cluster,
+        f"mkdir -p /exports2/echo{SECRETS}/serviceaccount && "
+        f"echo second-token > /exports2/echo{token} && "
+        f"touch /exports2/echo{SECRETS}/only-second",
+    )
+    run(
+        "docker",
+        "exec",
+        "-d",
+        cluster,
+        "twistd",
+        "-n",
+        "--pidfile=",
+        "sftp-agent",
+        "--root",
+        "/exports2",
+        "--listen",
+        "tcp:8023",
+    )
     second_agent = f"{env.cluster['ip']}:8023"
 
     def agent_listens() -> bool:

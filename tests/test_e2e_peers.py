@@ -53,8 +53,10 @@ def _sha256(path: str) -> str:
 
 def _debian_base() -> str:
     for base in ("debian:bookworm-slim", "debian:trixie-slim"):
-        if subprocess.run(["docker", "image", "inspect", base], capture_output=True
-                          ).returncode == 0:  # fmt: skip
+        if (
+            subprocess.run(["docker", "image", "inspect", base], capture_output=True).returncode
+            == 0
+        ):
             return base
     pytest.fail("no Debian base image (run: scripts/dev setup)")
 
@@ -67,8 +69,13 @@ def _manifest(name: str, entrypoint: list[str] | None = None) -> dict[str, objec
     return manifest
 
 
-def _create(plugin: str, manifest: dict[str, object], rootfs_tar: str | None,
-            binary: str | None, workdir: str) -> None:
+def _create(
+    plugin: str,
+    manifest: dict[str, object],
+    rootfs_tar: str | None,
+    binary: str | None,
+    workdir: str,
+) -> None:
     """``docker plugin create`` from a directory holding config.json and rootfs/."""
     directory = os.path.join(workdir, plugin.replace("/", "_").replace(":", "_"))
     rootfs = os.path.join(directory, "rootfs")
@@ -98,10 +105,12 @@ def _telemount_rootfs(workdir: str, binary: str) -> str:
         os.makedirs(context)
         shutil.copy(binary, os.path.join(context, TELEMOUNT))
         with open(os.path.join(context, "Dockerfile"), "w") as f:
-            f.write(f"FROM {_debian_base()}\n"
-                    "RUN apt-get update && apt-get install -y --no-install-recommends sshfs "
-                    "fuse3 tini && rm -rf /var/lib/apt/lists/*\n"
-                    f"COPY {TELEMOUNT} /usr/bin/{TELEMOUNT}\n")  # fmt: skip
+            f.write(
+                f"FROM {_debian_base()}\n"
+                "RUN apt-get update && apt-get install -y --no-install-recommends sshfs "
+                "fuse3 tini && rm -rf /var/lib/apt/lists/*\n"
+                f"COPY {TELEMOUNT} /usr/bin/{TELEMOUNT}\n"
+            )
         run("docker", "build", "-q", "-t", tag, context, timeout=600)
     container = run("docker", "create", tag, "true").stdout.strip()
     tar = os.path.join(workdir, "telemount-rootfs.tar")
@@ -119,36 +128,52 @@ class PeersEnv(Env):
         super().__init__(workdir)
         namespace = f"{self.prefix}-go"
         with open(self.config, "w") as f:
-            f.write(f"docker:\n  daemonImage: {IMAGE}\n"
-                    f"  teleroute: {{namespace: {namespace}, repository: teleroute, "
-                    "tag: 0.5.0}\n"
-                    f"  telemount: {{namespace: {namespace}, repository: telemount, "
-                    "tag: 0.3.2}\n")  # fmt: skip
+            f.write(
+                f"docker:\n  daemonImage: {IMAGE}\n"
+                f"  teleroute: {{namespace: {namespace}, repository: teleroute, "
+                "tag: 0.5.0}\n"
+                f"  telemount: {{namespace: {namespace}, repository: telemount, "
+                "tag: 0.3.2}\n"
+            )
         self.plugins = [f"{namespace}/teleroute:0.5.0", f"{namespace}/telemount:0.3.2"]
 
 
 @pytest.fixture(scope="module")
 def peers() -> Iterator[PeersEnv]:
-    require(os.path.isdir(PEERS), f"Telepresence's Go plug-ins are missing ({PEERS}; set "
-                                  "TELENET_PEERS)")  # fmt: skip
+    require(
+        os.path.isdir(PEERS), f"Telepresence's Go plug-ins are missing ({PEERS}; set TELENET_PEERS)"
+    )
     for binary, digest in _checksums().items():
         path = os.path.join(PEERS, binary)
         require(os.path.exists(path), f"{path} is missing")
         assert _sha256(path) == digest, f"{path} is not the published build (SHA256SUMS)"
-    require(subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
-            "dockerd does not answer (run: scripts/dev setup)")  # fmt: skip
+    require(
+        subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
+        "dockerd does not answer (run: scripts/dev setup)",
+    )
     require(os.geteuid() == 0, "the plug-ins need root")
     workdir = tempfile.mkdtemp(prefix="tntest-peers-")
     e = PeersEnv(workdir)
     try:
         teleroute, telemount = e.plugins
-        _create(teleroute, _manifest("teleroute.config.json"), None,
-                os.path.join(PEERS, TELEROUTE), workdir)  # fmt: skip
+        _create(
+            teleroute,
+            _manifest("teleroute.config.json"),
+            None,
+            os.path.join(PEERS, TELEROUTE),
+            workdir,
+        )
         # Upstream's image is Alpine (tini in /sbin); this rootfs is Debian's (/usr/bin).
-        manifest = _manifest("telemount.config.json",
-                             ["/usr/bin/tini", "--", f"/usr/bin/{TELEMOUNT}"])  # fmt: skip
-        _create(telemount, manifest, _telemount_rootfs(workdir, os.path.join(PEERS, TELEMOUNT)),
-                None, workdir)  # fmt: skip
+        manifest = _manifest(
+            "telemount.config.json", ["/usr/bin/tini", "--", f"/usr/bin/{TELEMOUNT}"]
+        )
+        _create(
+            telemount,
+            manifest,
+            _telemount_rootfs(workdir, os.path.join(PEERS, TELEMOUNT)),
+            None,
+            workdir,
+        )
         out = e.telenet("demo-cluster", "up", "--prefix", e.prefix, "--output", "json")
         e.cluster = json.loads(out.stdout)
         yield e
@@ -179,26 +204,61 @@ def test_story_with_telepresences_go_plugins(peers: PeersEnv) -> None:
     network = json.loads(run("docker", "network", "inspect", "-f", "{{json .}}", name).stdout)
     assert network["Driver"] == e.plugins[0]
 
-    result = e.telenet("--connection", name, "docker-run", "--rm", BUSYBOX, "sh", "-c",
-                       f"ip route; {HTTP_GET}")  # fmt: skip
+    result = e.telenet(
+        "--connection", name, "docker-run", "--rm", BUSYBOX, "sh", "-c", f"ip route; {HTTP_GET}"
+    )
     assert "dev tpd-0" in result.stdout and result.stdout.strip().endswith(
-        "hello from echo.default"), result
+        "hello from echo.default"
+    ), result
 
     sample = e.cluster["sample_container"]
-    result = e.telenet("engage", "--name", name, "--agent", e.cluster["agent"], "--container",
-                       sample, "--remote-mount", f"{SECRETS}:ro", "--docker-run", "--",
-                       BUSYBOX, "sh", "-c", f"ls {SECRETS}/serviceaccount; cat "
-                       f"{SECRETS}/serviceaccount/token; touch {SECRETS}/x 2>/dev/null "
-                       "|| echo read-only")  # fmt: skip
+    result = e.telenet(
+        "engage",
+        "--name",
+        name,
+        "--agent",
+        e.cluster["agent"],
+        "--container",
+        sample,
+        "--remote-mount",
+        f"{SECRETS}:ro",
+        "--docker-run",
+        "--",
+        BUSYBOX,
+        "sh",
+        "-c",
+        f"ls {SECRETS}/serviceaccount; cat "
+        f"{SECRETS}/serviceaccount/token; touch {SECRETS}/x 2>/dev/null "
+        "|| echo read-only",
+    )
     words = result.stdout.split()
     assert {"ca.crt", "namespace", "token", "demo-token-123", "read-only"} <= set(words), result
 
     note = f"written through Go telemount {uid()}"
-    e.telenet("engage", "--name", name, "--agent", e.cluster["agent"], "--container", sample,
-              "--remote-mount", f"{SECRETS}/serviceaccount", "--docker-run", "--", BUSYBOX,
-              "sh", "-c", f"echo '{note}' > {SECRETS}/serviceaccount/note && sync")  # fmt: skip
-    on_agent = run("docker", "exec", e.cluster["container"], "cat",
-                   f"/exports/{sample}{SECRETS}/serviceaccount/note").stdout  # fmt: skip
+    e.telenet(
+        "engage",
+        "--name",
+        name,
+        "--agent",
+        e.cluster["agent"],
+        "--container",
+        sample,
+        "--remote-mount",
+        f"{SECRETS}/serviceaccount",
+        "--docker-run",
+        "--",
+        BUSYBOX,
+        "sh",
+        "-c",
+        f"echo '{note}' > {SECRETS}/serviceaccount/note && sync",
+    )
+    on_agent = run(
+        "docker",
+        "exec",
+        e.cluster["container"],
+        "cat",
+        f"/exports/{sample}{SECRETS}/serviceaccount/note",
+    ).stdout
     assert on_agent.strip() == note
     assert e.volumes() == []
     quit_leaves_nothing(e, name)

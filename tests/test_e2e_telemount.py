@@ -308,7 +308,8 @@ def openssh_server(workdir: str) -> Iterator[int]:
     port = free_port()
     wrapper = os.path.join(workdir, "sftp-server.sh")
     with open(wrapper, "w") as f:
-        f.write(textwrap.dedent(f"""\
+        f.write(
+            textwrap.dedent(f"""\
             #!/bin/sh
             exec unshare -m --propagation private sh -ec '
               r={chroot}
@@ -323,7 +324,8 @@ def openssh_server(workdir: str) -> Iterator[int]:
               mount --bind {root} "$r/tel_app_exports"
               cd "$r"
               exec chroot "$r" {sftp_server}'
-            """))
+            """)
+        )
     os.chmod(wrapper, 0o755)
     daemon = Daemon(
         ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", f"EXEC:{wrapper}"],

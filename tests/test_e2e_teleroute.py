@@ -44,16 +44,18 @@ def uid() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def docker(*args: str, check: bool = True, timeout: float = 120
-           ) -> subprocess.CompletedProcess[str]:
+def docker(
+    *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return run("docker", *args, check=check, timeout=timeout)
 
 
 def ip_on(container: str, network: str) -> str:
     # "container inspect": a bare "inspect" of a missing name asks every volume driver too,
     # which hangs while any plug-in socket in /run/docker/plugins is dead.
-    out = docker("container", "inspect", "-f", "{{json .NetworkSettings.Networks}}",
-                 container).stdout
+    out = docker(
+        "container", "inspect", "-f", "{{json .NetworkSettings.Networks}}", container
+    ).stdout
     return str(json.loads(out)[network]["IPAddress"])
 
 
@@ -85,8 +87,10 @@ def host_tp_links() -> list[str]:
 @pytest.fixture(scope="module")
 def images() -> None:
     require(shutil.which("docker") is not None, "the docker CLI is not installed")
-    require(subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
-            "dockerd does not answer (run: scripts/dev setup)")
+    require(
+        subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
+        "dockerd does not answer (run: scripts/dev setup)",
+    )
     for image in (BUSYBOX, IMAGE):
         found = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
         require(found.returncode == 0, f"image {image} is missing (run: scripts/dev setup)")
@@ -102,13 +106,30 @@ def http_get_command(images: None) -> str:
     The busybox-static of Debian 12 on some machines crashes in wget before doing anything
     (SIGSEGV right after start, even on the host); its nc works.
     """
-    probe = subprocess.run(["docker", "run", "--rm", "--network", "none", BUSYBOX, "wget",
-                            "-q", "-O-", "-T", "1", "http://127.0.0.1:1/"],
-                           capture_output=True, timeout=30)
+    probe = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            BUSYBOX,
+            "wget",
+            "-q",
+            "-O-",
+            "-T",
+            "1",
+            "http://127.0.0.1:1/",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
     if probe.returncode != 139:
         return "wget -q -O- -T 5 http://{host}:{port}{path}"
-    return ("printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' "
-            "| nc -w 5 {host} {port} | sed '1,/^\\r*$/d'")
+    return (
+        "printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' "
+        "| nc -w 5 {host} {port} | sed '1,/^\\r*$/d'"
+    )
 
 
 class Cluster:
@@ -120,11 +141,25 @@ class Cluster:
 
     def start(self) -> Cluster:
         docker("network", "create", "--internal", self.network)
-        docker("run", "-d", "--name", self.container, "--network", self.network,
-               "--cap-add", "NET_ADMIN",
-               "-v", f"{os.path.join(HERE, 'e2e_cluster.py')}:/cluster.py:ro",
-               IMAGE, "python3", "/cluster.py", "--body", BODY,
-               "--record", f"{SERVICE}=self")
+        docker(
+            "run",
+            "-d",
+            "--name",
+            self.container,
+            "--network",
+            self.network,
+            "--cap-add",
+            "NET_ADMIN",
+            "-v",
+            f"{os.path.join(HERE, 'e2e_cluster.py')}:/cluster.py:ro",
+            IMAGE,
+            "python3",
+            "/cluster.py",
+            "--body",
+            BODY,
+            "--record",
+            f"{SERVICE}=self",
+        )
         self.ip = ip_on(self.container, self.network)
         self.subnet = subnet_of(self.network)
         return self
@@ -178,13 +213,25 @@ class LegacyPlugin(RoutePlugin):
 
     def start(self) -> None:
         self.daemon = Daemon(
-            [TWISTD, "-n", "--pidfile=", "teleroute",
-             "--listen", f"unix:{self.socket}:mode=660:lockfile=1:backlog=128",
-             "--state-dir", self.state_dir], self.log_path).start()
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "teleroute",
+                "--listen",
+                f"unix:{self.socket}:mode=660:lockfile=1:backlog=128",
+                "--state-dir",
+                self.state_dir,
+            ],
+            self.log_path,
+        ).start()
         daemon = self.daemon
         try:
-            wait_for(lambda: os.path.exists(self.socket) or not daemon.alive(), 20,
-                     "the teleroute socket")
+            wait_for(
+                lambda: os.path.exists(self.socket) or not daemon.alive(),
+                20,
+                "the teleroute socket",
+            )
         except AssertionError:
             raise AssertionError(f"teleroute did not listen: {daemon.log()}") from None
         assert daemon.alive(), f"teleroute died: {daemon.log()}"
@@ -208,13 +255,23 @@ class ManagedPlugin(RoutePlugin):
         self.driver = f"tntest{uid()}/teleroute:latest"
 
     def start(self) -> None:
-        result = run("bash", os.path.join(ROOT, "scripts", "plugins"), "install",
-                     "--only", "teleroute", "--teleroute", self.driver, "--image", IMAGE,
-                     timeout=600)
+        result = run(
+            "bash",
+            os.path.join(ROOT, "scripts", "plugins"),
+            "install",
+            "--only",
+            "teleroute",
+            "--teleroute",
+            self.driver,
+            "--image",
+            IMAGE,
+            timeout=600,
+        )
         assert result.stdout.strip() == self.driver, result
         self.id = docker("plugin", "inspect", "-f", "{{.ID}}", self.driver).stdout.strip()
-        self.state_file = (f"/var/lib/docker/plugins/{self.id}/rootfs"
-                           "/var/lib/telenet/teleroute/state.json")
+        self.state_file = (
+            f"/var/lib/docker/plugins/{self.id}/rootfs/var/lib/telenet/teleroute/state.json"
+        )
 
     def pid(self) -> int:
         """The plug-in's process: dockerd runs it in a cgroup named by the plug-in's id."""
@@ -239,8 +296,11 @@ class ManagedPlugin(RoutePlugin):
         docker("plugin", "rm", "-f", self.driver, check=False)
 
     def log(self) -> str:
-        out = subprocess.run(["grep", "-a", f"plugin={self.id}", "/var/log/dockerd.log"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["grep", "-a", f"plugin={self.id}", "/var/log/dockerd.log"],
+            capture_output=True,
+            text=True,
+        )
         return out.stdout[-5000:]
 
 
@@ -294,17 +354,44 @@ class Setup:
         self.containers: list[str] = []
 
     def start(self) -> Setup:
-        docker("create", "--name", self.daemon, "--pid", "host", "--cap-add", "NET_ADMIN",
-               "--sysctl", "net.ipv4.ip_forward=1", IMAGE,
-               "twistd", "-n", "--pidfile=", "telepresence-daemon",
-               "--vif-subnet", self.cluster.subnet,
-               "--cluster-domain", "cluster.local", "--cluster-dns", self.cluster.ip)
+        docker(
+            "create",
+            "--name",
+            self.daemon,
+            "--pid",
+            "host",
+            "--cap-add",
+            "NET_ADMIN",
+            "--sysctl",
+            "net.ipv4.ip_forward=1",
+            IMAGE,
+            "twistd",
+            "-n",
+            "--pidfile=",
+            "telepresence-daemon",
+            "--vif-subnet",
+            self.cluster.subnet,
+            "--cluster-domain",
+            "cluster.local",
+            "--cluster-dns",
+            self.cluster.ip,
+        )
         docker("network", "connect", self.cluster.network, self.daemon)
         docker("start", self.daemon)
         self.host = ip_on(self.daemon, "bridge")
         self.wait_for_daemon()
-        docker("network", "create", "-d", self.plugin.driver, "--internal",
-               "-o", f"host={self.host}", "-o", "port=4039", self.network)
+        docker(
+            "network",
+            "create",
+            "-d",
+            self.plugin.driver,
+            "--internal",
+            "-o",
+            f"host={self.host}",
+            "-o",
+            "port=4039",
+            self.network,
+        )
         docker("network", "connect", "--driver-opt", "daemon=true", self.network, self.daemon)
         self.address = ip_on(self.daemon, self.network)
         return self
@@ -318,23 +405,30 @@ class Setup:
 
     def vif(self) -> str:
         """The daemon's interface on the cluster network (Docker's name for it varies)."""
-        out = docker("exec", self.daemon, "ip", "-o", "-4", "addr", "show", "to",
-                     self.cluster.subnet).stdout
+        out = docker(
+            "exec", self.daemon, "ip", "-o", "-4", "addr", "show", "to", self.cluster.subnet
+        ).stdout
         return out.split()[1]
 
     def daemon_logs(self) -> str:
         logs = docker("logs", "--tail", "60", self.daemon, check=False)
         return logs.stdout + logs.stderr
 
-    def run(self, script: str, *, name: str | None = None, detach: bool = False,
-            check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        script: str,
+        *,
+        name: str | None = None,
+        detach: bool = False,
+        check: bool = True,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
         name = name or f"tntest-w-{uid()}"
         self.containers.append(name)
         args = ["--name", name, "--network", self.network, "--dns", self.address]
         if forwards_dns_of_internal_networks():
             args += ["-d"] if detach else ["--rm"]
-            return docker("run", *args, BUSYBOX, "sh", "-c", script, check=check,
-                          timeout=timeout)  # fmt: skip
+            return docker("run", *args, BUSYBOX, "sh", "-c", script, check=check, timeout=timeout)
         # Docker 26 answers SERVFAIL for every name its embedded DNS does not know in a
         # container whose networks are all internal (docs/testing.md): the default bridge
         # too, then, as telenet's own docker-run has it (docker run takes no second
@@ -364,6 +458,7 @@ _EARLIER_LINKS: set[str] = set()
 
 def assert_nothing_left(setup: Setup) -> None:
     """No tp-* link on the host, and the plug-in forgot the network and its endpoints."""
+
     def ours() -> list[str]:
         return [name for name in host_tp_links() if name not in _EARLIER_LINKS]
 
@@ -392,8 +487,9 @@ def setup(plugin: RoutePlugin, cluster: Cluster, http_get_command: str) -> Itera
 
 
 @pytest.fixture
-def legacy_setup(legacy_plugin: LegacyPlugin, cluster: Cluster,
-                 http_get_command: str) -> Iterator[Setup]:
+def legacy_setup(
+    legacy_plugin: LegacyPlugin, cluster: Cluster, http_get_command: str
+) -> Iterator[Setup]:
     s = Setup(legacy_plugin, cluster, http_get_command)
     try:
         s.start()
@@ -422,9 +518,17 @@ def test_workloads_reach_the_cluster_and_each_other(setup: Setup) -> None:
     # Docker's own name for the cluster container, qualified with its network: Docker 26's
     # embedded DNS answers a single label itself (empty) instead of forwarding it.
     docker_name = f"{s.cluster.container}.{s.cluster.network}"
-    out = s.run("ip route; echo ---; nslookup " + SERVICE + "; echo ---; nslookup "
-                + docker_name + "; echo ---; " + s.get(SERVICE) + "; echo ---; "
-                + s.get(peer, 8080, "/passwd"), check=False)
+    out = s.run(
+        "ip route; echo ---; nslookup "
+        + SERVICE
+        + "; echo ---; nslookup "
+        + docker_name
+        + "; echo ---; "
+        + s.get(SERVICE)
+        + "; echo ---; "
+        + s.get(peer, 8080, "/passwd"),
+        check=False,
+    )
     sections = out.stdout.split("---\n")
     assert len(sections) == 5, (out, s.plugin.log(), s.daemon_logs())
     routes, cluster_dns, docker_dns, body, peer_body = sections
@@ -445,8 +549,7 @@ def test_route_added_on_the_vif_reaches_later_joiners(legacy_setup: Setup) -> No
     extra = list(ipaddress.ip_network(s.cluster.subnet).subnets(new_prefix=28))[-1]
     address = str(next(extra.hosts()))
     docker("exec", s.cluster.container, "ip", "addr", "add", f"{address}/32", "dev", "eth0")
-    docker("exec", s.daemon, "ip", "route", "add", str(extra), "via", s.cluster.ip,
-           "dev", s.vif())
+    docker("exec", s.daemon, "ip", "route", "add", str(extra), "via", s.cluster.ip, "dev", s.vif())
 
     def routed() -> bool:
         return f"{extra} via {s.address} dev tpd-0" in s.run("ip route").stdout
@@ -500,8 +603,9 @@ def test_daemon_restart_new_workloads_reach_the_cluster(setup: Setup) -> None:
     assert "dev tpd-" in out and out.strip().endswith(BODY), out
 
 
-def test_plugin_killed_and_restarted(plugin: RoutePlugin, cluster: Cluster,
-                                     http_get_command: str) -> None:
+def test_plugin_killed_and_restarted(
+    plugin: RoutePlugin, cluster: Cluster, http_get_command: str
+) -> None:
     """kill -9 of the plug-in: once it is back, old containers leave and new ones join."""
     s = Setup(plugin, cluster, http_get_command)
     try:
@@ -516,8 +620,12 @@ def test_plugin_killed_and_restarted(plugin: RoutePlugin, cluster: Cluster,
             killed = plugin.pid()
             plugin.kill()
             # dockerd restarts a managed plug-in that died.
-            wait_for(lambda: _pid_or_none(plugin) not in (None, killed), 30,
-                     "the managed plug-in to be restarted", interval=0.5)
+            wait_for(
+                lambda: _pid_or_none(plugin) not in (None, killed),
+                30,
+                "the managed plug-in to be restarted",
+                interval=0.5,
+            )
         docker("rm", "-f", old, timeout=60)
         assert reaches_cluster(s).strip() == BODY, (plugin.log(), s.daemon_logs())
     finally:

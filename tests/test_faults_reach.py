@@ -268,7 +268,7 @@ def test_guard_with_nft() -> None:
                 "53",
                 "}",
                 *opening,
-            ]  # fmt: skip
+            ]
             for name in ("tpd-*", "br-daemon")
         ],
     ]

@@ -561,10 +561,20 @@ def test_telemount_sigterm_with_default_timeout_and_a_mute_server(
     sock = os.path.join(workdir, "telemount.sock")
     mount_root = os.path.join(workdir, "mnt")
     plugin = Daemon(
-        [TWISTD, "-n", "--pidfile=", "telemount", "--listen", f"unix:{sock}:mode=660",
-         "--mount-root", mount_root, "--state-dir", os.path.join(workdir, "state")],
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "telemount",
+            "--listen",
+            f"unix:{sock}:mode=660",
+            "--mount-root",
+            mount_root,
+            "--state-dir",
+            os.path.join(workdir, "state"),
+        ],
         os.path.join(workdir, "telemount.log"),
-    ).start()  # fmt: skip
+    ).start()
     mute = socket.socket()
     mute.bind(("127.0.0.1", 0))
     mute.listen(8)
@@ -1073,16 +1083,38 @@ def test_daemon_sigterm_with_rpcs_stream_and_bridge_in_flight(workdir: str, netn
     os.makedirs(os.path.join(root, "echo"))
     agent_port = 8022
     agent = Daemon(
-        ["ip", "netns", "exec", daemon_ns, TWISTD, "-n", "--pidfile=", "sftp-agent",
-         "--root", root, "--listen", f"tcp:{agent_port}:interface=127.0.0.1"],
+        [
+            "ip",
+            "netns",
+            "exec",
+            daemon_ns,
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "sftp-agent",
+            "--root",
+            root,
+            "--listen",
+            f"tcp:{agent_port}:interface=127.0.0.1",
+        ],
         os.path.join(workdir, "agent.log"),
-    ).start()  # fmt: skip
+    ).start()
     sleeper = subprocess.Popen(["ip", "netns", "exec", host_ns, "sleep", "300"])
     daemon = Daemon(
-        ["ip", "netns", "exec", daemon_ns, TWISTD, "-n", "--pidfile=", "telepresence-daemon",
-         "--subnet", "10.200.0.0/16"],
+        [
+            "ip",
+            "netns",
+            "exec",
+            daemon_ns,
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "telepresence-daemon",
+            "--subnet",
+            "10.200.0.0/16",
+        ],
         os.path.join(workdir, "daemon.log"),
-    ).start()  # fmt: skip
+    ).start()
     client: Daemon | None = None
     try:
         wait_for(
@@ -1095,11 +1127,21 @@ def test_daemon_sigterm_with_rpcs_stream_and_bridge_in_flight(workdir: str, netn
         assert agent.alive(), agent.log()
         result_path = os.path.join(workdir, "client.json")
         client = Daemon(
-            ["ip", "netns", "exec", daemon_ns, sys.executable, "-c", DAEMON_CLIENT,
-             str(agent_port), str(sleeper.pid), result_path],
+            [
+                "ip",
+                "netns",
+                "exec",
+                daemon_ns,
+                sys.executable,
+                "-c",
+                DAEMON_CLIENT,
+                str(agent_port),
+                str(sleeper.pid),
+                result_path,
+            ],
             os.path.join(workdir, "client.log"),
             env={"PYTHONPATH": os.getcwd()},
-        ).start()  # fmt: skip
+        ).start()
         wait_for(
             lambda: "ready" in client.log() or not client.alive(), 30, "the clients to get going"
         )

@@ -69,9 +69,16 @@ def test_kill_9_during_volume_loop_loses_nothing(telemount: Telemount, sftp_agen
             ops["ok"] += 1
             created.add(vol)
             token = f"{vol}-{rng.random()}"
-            out = attempt(busybox, "sh", "-c", f"echo {token} > /s/{vol}",
-                          volumes=(f"{vol}:/s",), check=False, timeout=90,
-                          driver=telemount.name)  # fmt: skip
+            out = attempt(
+                busybox,
+                "sh",
+                "-c",
+                f"echo {token} > /s/{vol}",
+                volumes=(f"{vol}:/s",),
+                check=False,
+                timeout=90,
+                driver=telemount.name,
+            )
             if out is not None and out.returncode == 0:
                 written[vol] = token
                 ops["ok"] += 1

@@ -86,8 +86,19 @@ def test_kill_9_during_join_leave_loop(legacy_setup: Setup) -> None:  # noqa: F8
             name = f"tntest-k-{uid()}"
             names.append(name)
             s.containers.append(name)
-            started = docker("run", "-d", "--name", name, "--network", s.network,
-                             "local/busybox", "sleep", "60", check=False, timeout=90)
+            started = docker(
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                s.network,
+                "local/busybox",
+                "sleep",
+                "60",
+                check=False,
+                timeout=90,
+            )
             ops["joined" if started.returncode == 0 else "failed"] += 1
             t = time.monotonic()
             docker("rm", "-f", name, timeout=90)
@@ -118,8 +129,12 @@ def test_kill_9_during_join_leave_loop(legacy_setup: Setup) -> None:  # noqa: F8
     # An endpoint Docker let go during a kill is forgotten by the restarted plug-in within
     # the sweep's bounds (telenet/routesweep.py): at once, about 2 s, or JOIN_WITHIN.
     converged = time.monotonic()
-    wait_for(lambda: _docker_endpoints(s) == _plugin_endpoints(s), JOIN_WITHIN + 15,
-             "the plug-in's endpoints to be Docker's", interval=0.5)
+    wait_for(
+        lambda: _docker_endpoints(s) == _plugin_endpoints(s),
+        JOIN_WITHIN + 15,
+        "the plug-in's endpoints to be Docker's",
+        interval=0.5,
+    )
     converged = time.monotonic() - converged
     assert _docker_endpoints(s) == _plugin_endpoints(s), (plugin.state(), plugin.log()[-2000:])
     assert len(_docker_endpoints(s)) == 2
@@ -127,15 +142,25 @@ def test_kill_9_during_join_leave_loop(legacy_setup: Setup) -> None:  # noqa: F8
     # The daemon keeps the veth pairs per address for the next container (by design): the
     # fixture's teardown checks that no tp-* link is left once the daemon is gone, and that
     # the plug-in's state holds no endpoint of the removed network.
-    record("kill9-teleroute", kills=KILLS, joins_ok=ops["joined"], joins_failed=ops["failed"],
-           slow_removals=len(slow), converged_after=round(converged, 1),
-           forgotten=plugin.log().count("forgetting endpoint"))
+    record(
+        "kill9-teleroute",
+        kills=KILLS,
+        joins_ok=ops["joined"],
+        joins_failed=ops["failed"],
+        slow_removals=len(slow),
+        converged_after=round(converged, 1),
+        forgotten=plugin.log().count("forgetting endpoint"),
+    )
     assert ops["joined"] >= 1
 
 
 @pytest.fixture
-def tapped_setup(images: None, workdir: str, cluster: Cluster,  # noqa: F811
-                 http_get_command: str) -> Iterator[tuple[Setup, PluginCallTap]]:  # noqa: F811
+def tapped_setup(
+    images: None,  # noqa: F811
+    workdir: str,  # noqa: F811
+    cluster: Cluster,  # noqa: F811
+    http_get_command: str,  # noqa: F811
+) -> Iterator[tuple[Setup, PluginCallTap]]:
     """The legacy plug-in behind a ``PluginCallTap`` on the socket dockerd uses."""
     plugin = LegacyPlugin(workdir)
     public, plugin.socket = plugin.socket, os.path.join(workdir, "teleroute.sock")
@@ -153,10 +178,12 @@ def tapped_setup(images: None, workdir: str, cluster: Cluster,  # noqa: F811
         tap.close()
 
 
-@pytest.mark.parametrize("call", ["/NetworkDriver.Join", "/NetworkDriver.Leave",
-                                  "/NetworkDriver.DeleteEndpoint"])
+@pytest.mark.parametrize(
+    "call", ["/NetworkDriver.Join", "/NetworkDriver.Leave", "/NetworkDriver.DeleteEndpoint"]
+)
 def test_killed_at_the_exact_call_converges_on_dockers_endpoints(
-        tapped_setup: tuple[Setup, PluginCallTap], call: str) -> None:
+    tapped_setup: tuple[Setup, PluginCallTap], call: str
+) -> None:
     """
     kill -9 of the plug-in the moment dockerd sends ``call`` for a workload (the call never
     reaches it). Docker goes on without the plug-in's answer: its retry carries an empty
@@ -172,8 +199,9 @@ def test_killed_at_the_exact_call_converges_on_dockers_endpoints(
     name = f"tntest-x-{uid()}"
     tap.kill_on = call
     if call == "/NetworkDriver.Join":
-        run = threading.Thread(target=lambda: s.run("sleep 600", name=name, detach=True,
-                                                    check=False, timeout=90))
+        run = threading.Thread(
+            target=lambda: s.run("sleep 600", name=name, detach=True, check=False, timeout=90)
+        )
     else:
         s.run("sleep 600", name=name, detach=True)
         run = threading.Thread(target=lambda: docker("rm", "-f", name, timeout=90))
@@ -185,12 +213,20 @@ def test_killed_at_the_exact_call_converges_on_dockers_endpoints(
     assert not run.is_alive()
     if call == "/NetworkDriver.Join":
         # The run failed (Docker's retried Join had no body); Docker undid the endpoint.
-        assert docker("container", "inspect", "-f", "{{.State.Running}}", name,
-                      check=False).stdout.strip() != "true"
+        assert (
+            docker(
+                "container", "inspect", "-f", "{{.State.Running}}", name, check=False
+            ).stdout.strip()
+            != "true"
+        )
         docker("rm", "-f", name, check=False)
     waited = time.monotonic()
-    wait_for(lambda: _docker_endpoints(s) == _plugin_endpoints(s), 15,
-             "the plug-in's endpoints to be Docker's", interval=0.2)
+    wait_for(
+        lambda: _docker_endpoints(s) == _plugin_endpoints(s),
+        15,
+        "the plug-in's endpoints to be Docker's",
+        interval=0.2,
+    )
     waited = time.monotonic() - waited
     assert len(_docker_endpoints(s)) == 1  # the daemon's
     assert (call, 0) in [(path, size) for path, size in tap.calls], tap.calls  # the retry

@@ -57,9 +57,11 @@ def test_moves_once_the_address_is_there() -> None:
     assert not netlink.links_by_name["tpd-0"].arp
     switch = [c for c in netlink.calls if c[0] in ("set_arp", "replace_route")]
     # The bridge answers before tpd-0 stops: the gateway is never unanswered.
-    assert switch == [("set_arp", "br-daemon", True),
-                      ("replace_route", SUBNET, "br-daemon", DAEMON),
-                      ("set_arp", "tpd-0", False)]  # fmt: skip
+    assert switch == [
+        ("set_arp", "br-daemon", True),
+        ("replace_route", SUBNET, "br-daemon", DAEMON),
+        ("set_arp", "tpd-0", False),
+    ]
     calls = len(netlink.calls)
     clock.advance(60)
     assert len(netlink.calls) == calls, "it stops looking once moved"
@@ -74,8 +76,9 @@ def test_gives_up_after_patience_with_a_warning() -> None:
             clock.advance(gateway.interval)
     assert gateway.moved_from is None
     assert not [c for c in netlink.calls if c[0] in ("set_arp", "replace_route")]
-    assert [e for e in events if e["log_level"] == LogLevel.warn and "got the daemon" in
-            e["log_format"]]  # fmt: skip
+    assert [
+        e for e in events if e["log_level"] == LogLevel.warn and "got the daemon" in e["log_format"]
+    ]
     assert not clock.getDelayedCalls()
 
 

@@ -97,13 +97,16 @@ def test_zero_prefix() -> None:
     assert netip.decode_network(b"\xff") is None
 
 
-@pytest.mark.parametrize("data,match", [
-    (b"", "at least 1 byte"),
-    (bytes([10, 0, 0, 1, 33]), "prefix length 33 is too long for IPv4"),
-    (bytes(16) + b"\x81", "prefix length 129 is too long for IPv6"),
-    (bytes([10, 0, 0, 8]), "not 3"),
-    (bytes([10, 0, 0, 0, 0, 8]), "not 5"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"", "at least 1 byte"),
+        (bytes([10, 0, 0, 1, 33]), "prefix length 33 is too long for IPv4"),
+        (bytes(16) + b"\x81", "prefix length 129 is too long for IPv6"),
+        (bytes([10, 0, 0, 8]), "not 3"),
+        (bytes([10, 0, 0, 0, 0, 8]), "not 5"),
+    ],
+)
 def test_prefix_bad_bytes(data: bytes, match: str) -> None:
     """Wrong sizes and impossible lengths raise NetipError with a clear message."""
     with pytest.raises(NetipError, match=match):
@@ -127,8 +130,7 @@ def test_addr_round_trip(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
 
 
 @given(st.ip_addresses(), st.integers(min_value=0, max_value=128))
-def test_prefix_round_trip(addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
-                           bits: int) -> None:
+def test_prefix_round_trip(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, bits: int) -> None:
     """Any valid prefix survives encode then decode, host bits included."""
     bits = min(bits, addr.max_prefixlen)
     prefix = ipaddress.ip_interface((addr, bits))

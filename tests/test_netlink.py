@@ -74,8 +74,9 @@ def _real() -> tuple[Namespace, Callable[[], None]]:
     nl = PyrouteNetlink(netns=name)
 
     def in_peer(link: str) -> bool:
-        out = subprocess.run(["ip", "-n", peer, "-o", "link", "show", "dev", link],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["ip", "-n", peer, "-o", "link", "show", "dev", link], capture_output=True, text=True
+        )
         return out.returncode == 0
 
     def cleanup() -> None:
@@ -99,8 +100,9 @@ def _real() -> tuple[Namespace, Callable[[], None]]:
     return Namespace(nl, sleeper.pid, in_peer), cleanup
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", pytest.param("pyroute2",
-                                                                   marks=pytest.mark.e2e)])
+@pytest_twisted.async_yield_fixture(
+    params=["memory", pytest.param("pyroute2", marks=pytest.mark.e2e)]
+)
 async def ns(request: Any) -> AsyncIterator[Namespace]:
     made, cleanup = _memory() if request.param == "memory" else _real()
     try:
@@ -238,7 +240,8 @@ async def test_routes_through_link(ns: Namespace) -> None:
     await ns.nl.add_route(N("fd00:77::/64"), "tnt-v0")
     await ns.nl.add_route(N("0.0.0.0/0"), "tnt-v0", ipaddress.ip_address("10.77.1.2"))
     assert await ns.nl.routes("tnt-v0") == frozenset(
-        {N("10.77.1.0/24"), N("10.96.0.0/12"), N("192.168.50.0/24"), N("fd00:77::/64")})
+        {N("10.77.1.0/24"), N("10.96.0.0/12"), N("192.168.50.0/24"), N("fd00:77::/64")}
+    )
     with pytest.raises(AlreadyExists):
         await ns.nl.add_route(N("10.96.0.0/12"), "tnt-v0")
     await ns.nl.delete_route(N("10.96.0.0/12"), "tnt-v0")

@@ -40,28 +40,38 @@ WORK_EP = "30b306bd1f074c9b216677b2665fbbd15b7173c9c2ebd376294f0894ae99c90a"
 PID = 4242
 
 
-def create_network_body(generic: Any = None, v4: str = "172.21.0.1/16",
-                        v6: str | None = None) -> dict[str, Any]:
+def create_network_body(
+    generic: Any = None, v4: str = "172.21.0.1/16", v6: str | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "NetworkID": NET,
-        "Options": {"com.docker.network.enable_ipv6": v6 is not None,
-                    "com.docker.network.generic": {"host": "172.17.0.2", "port": "4039"}
-                    if generic is None else generic,
-                    "com.docker.network.internal": True},
+        "Options": {
+            "com.docker.network.enable_ipv6": v6 is not None,
+            "com.docker.network.generic": {"host": "172.17.0.2", "port": "4039"}
+            if generic is None
+            else generic,
+            "com.docker.network.internal": True,
+        },
         "IPv4Data": [{"AddressSpace": "LocalDefault", "Gateway": v4, "Pool": "172.21.0.0/16"}],
         "IPv6Data": [],
     }
     if v6 is not None:
-        body["IPv6Data"] = [{"AddressSpace": "LocalDefault", "Gateway": v6,
-                             "Pool": "fd00:21::/64"}]
+        body["IPv6Data"] = [{"AddressSpace": "LocalDefault", "Gateway": v6, "Pool": "fd00:21::/64"}]
     return body
 
 
-def endpoint_body(endpoint: str, address: str = "172.21.0.3/16", ipv6: str = "",
-                  options: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"NetworkID": NET, "EndpointID": endpoint,
-            "Interface": {"Address": address, "AddressIPv6": ipv6, "MacAddress": ""},
-            "Options": options or {}}
+def endpoint_body(
+    endpoint: str,
+    address: str = "172.21.0.3/16",
+    ipv6: str = "",
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "NetworkID": NET,
+        "EndpointID": endpoint,
+        "Interface": {"Address": address, "AddressIPv6": ipv6, "MacAddress": ""},
+        "Options": options or {},
+    }
 
 
 def ids(endpoint: str) -> dict[str, str]:
@@ -81,9 +91,12 @@ class Saves:
 
 
 class Harness:
-    def __init__(self, store: MemoryStateStore | None = None,
-                 daemon: MemoryTeleroute | None = None,
-                 netlink: MemoryNetlink | None = None) -> None:
+    def __init__(
+        self,
+        store: MemoryStateStore | None = None,
+        daemon: MemoryTeleroute | None = None,
+        netlink: MemoryNetlink | None = None,
+    ) -> None:
         self.clock = task.Clock()
         self.store = store or MemoryStateStore()
         self.daemon = daemon or MemoryTeleroute(routes=["10.123.0.0/16"])
@@ -91,8 +104,15 @@ class Harness:
         #: The plug-in's own network namespace (the host's).
         self.netlink = netlink or MemoryNetlink()
         self.saves = Saves()
-        self.driver = NetworkDriver(self.daemon.client, self.store, self.clock, self.saves,
-                                    pid=PID, plumbing=self.plumbing, netlink=self.netlink)
+        self.driver = NetworkDriver(
+            self.daemon.client,
+            self.store,
+            self.clock,
+            self.saves,
+            pid=PID,
+            plumbing=self.plumbing,
+            netlink=self.netlink,
+        )
         self.driver.restore()
         self.driver.start()
         self.stub = StubTreq(PluginResource(["NetworkDriver"], self.driver.handlers()))
@@ -136,14 +156,18 @@ class Harness:
     def network(self, **kw: Any) -> None:
         assert self.ok("/NetworkDriver.CreateNetwork", create_network_body(**kw)) == {}
 
-    def daemon_joins(self, endpoint: str = DAEMON_EP, address: str = "172.21.0.2/16",
-                     ipv6: str = "") -> Any:
-        self.ok("/NetworkDriver.CreateEndpoint",
-                endpoint_body(endpoint, address, ipv6, {"daemon": "true"}))
+    def daemon_joins(
+        self, endpoint: str = DAEMON_EP, address: str = "172.21.0.2/16", ipv6: str = ""
+    ) -> Any:
+        self.ok(
+            "/NetworkDriver.CreateEndpoint",
+            endpoint_body(endpoint, address, ipv6, {"daemon": "true"}),
+        )
         return self.ok("/NetworkDriver.Join", ids(endpoint))
 
-    def workload_joins(self, endpoint: str = WORK_EP, address: str = "172.21.0.3/16",
-                       ipv6: str = "") -> Any:
+    def workload_joins(
+        self, endpoint: str = WORK_EP, address: str = "172.21.0.3/16", ipv6: str = ""
+    ) -> Any:
         self.ok("/NetworkDriver.CreateEndpoint", endpoint_body(endpoint, address, ipv6))
         return self.ok("/NetworkDriver.Join", ids(endpoint))
 
@@ -157,12 +181,14 @@ def test_dockerd_network_story_replays(version: str) -> None:
     h = Harness()
     calls = dockerd_calls(version)
     assert h.ok(calls["activate"][0]["path"]) == {"Implements": ["NetworkDriver"]}
-    created = [c["request"] for c in calls["network_calls"]
-               if c["path"] == "/NetworkDriver.CreateEndpoint"]
+    created = [
+        c["request"] for c in calls["network_calls"] if c["path"] == "/NetworkDriver.CreateEndpoint"
+    ]
     daemon_ip = str(ipaddress.ip_interface(created[0]["Interface"]["Address"]).ip)
     assert created[0]["Options"].get("daemon") == "true"
-    (network,) = [c["request"] for c in calls["network_calls"]
-                  if c["path"] == "/NetworkDriver.CreateNetwork"]
+    (network,) = [
+        c["request"] for c in calls["network_calls"] if c["path"] == "/NetworkDriver.CreateNetwork"
+    ]
     gateway = network["IPv4Data"][0]["Gateway"]
     joins = []
     for call in calls["network_calls"]:
@@ -191,11 +217,19 @@ def test_dockerd_network_story_replays(version: str) -> None:
 def test_capabilities_and_no_ops() -> None:
     """Local scope; EndpointOperInfo has an empty Value; discovery and connectivity are no-ops."""
     h = Harness()
-    assert h.ok("/NetworkDriver.GetCapabilities") == {"Scope": "local",
-                                                      "ConnectivityScope": "local"}
+    assert h.ok("/NetworkDriver.GetCapabilities") == {
+        "Scope": "local",
+        "ConnectivityScope": "local",
+    }
     assert h.ok("/NetworkDriver.EndpointOperInfo", ids(WORK_EP)) == {"Value": {}}
-    for call in ("DiscoverNew", "DiscoverDelete", "ProgramExternalConnectivity",
-                 "RevokeExternalConnectivity", "AllocateNetwork", "FreeNetwork"):
+    for call in (
+        "DiscoverNew",
+        "DiscoverDelete",
+        "ProgramExternalConnectivity",
+        "RevokeExternalConnectivity",
+        "AllocateNetwork",
+        "FreeNetwork",
+    ):
         assert h.ok(f"/NetworkDriver.{call}", {"NetworkID": NET}) == {}
     assert h.daemon.calls == []
 
@@ -203,22 +237,36 @@ def test_capabilities_and_no_ops() -> None:
 # -- CreateNetwork options
 
 
-@pytest.mark.parametrize("generic, message", [
-    ("nope", "network options are missing com.docker.network.generic"),
-    ({"host": "172.17.0.2", "port": "4039", "color": "blue"}, 'illegal option "color"'),
-    ({"host": "172.17.0.2", "port": 4039}, 'unable to parse "port": invalid value type float64'),
-    ({"host": True, "port": "4039"}, 'unable to parse "host": invalid value type bool'),
-    ({"host": "daemon.local", "port": "4039"},
-     'unable to parse "host": "daemon.local" is not an IPv4 or IPv6 address'),
-    ({"host": "172.17.0.2", "port": "0"},
-     'unable to parse "port": "0" is not a port number (1-65535)'),
-    ({"host": "172.17.0.2", "port": "65536"},
-     'unable to parse "port": "65536" is not a port number (1-65535)'),
-    ({"host": "172.17.0.2", "port": "x"},
-     'unable to parse "port": "x" is not a port number (1-65535)'),
-    ({"port": "4039"}, 'option "host" is required'),
-    ({"host": "172.17.0.2"}, 'option "port" is required'),
-])
+@pytest.mark.parametrize(
+    "generic, message",
+    [
+        ("nope", "network options are missing com.docker.network.generic"),
+        ({"host": "172.17.0.2", "port": "4039", "color": "blue"}, 'illegal option "color"'),
+        (
+            {"host": "172.17.0.2", "port": 4039},
+            'unable to parse "port": invalid value type float64',
+        ),
+        ({"host": True, "port": "4039"}, 'unable to parse "host": invalid value type bool'),
+        (
+            {"host": "daemon.local", "port": "4039"},
+            'unable to parse "host": "daemon.local" is not an IPv4 or IPv6 address',
+        ),
+        (
+            {"host": "172.17.0.2", "port": "0"},
+            'unable to parse "port": "0" is not a port number (1-65535)',
+        ),
+        (
+            {"host": "172.17.0.2", "port": "65536"},
+            'unable to parse "port": "65536" is not a port number (1-65535)',
+        ),
+        (
+            {"host": "172.17.0.2", "port": "x"},
+            'unable to parse "port": "x" is not a port number (1-65535)',
+        ),
+        ({"port": "4039"}, 'option "host" is required'),
+        ({"host": "172.17.0.2"}, 'option "port" is required'),
+    ],
+)
 def test_create_network_option_errors(generic: Any, message: str) -> None:
     """Bad ``-o`` options are refused with the Go plug-in's messages, before any daemon call."""
     h = Harness()
@@ -239,16 +287,20 @@ def test_create_network_without_options_object() -> None:
     )
 
 
-@pytest.mark.parametrize("v4, v6, message", [
-    ("172.21.0.1/99", None, "invalid IPv4 gateway address"),
-    ("fd00::1/64", None, "invalid IPv4 gateway address"),
-    ("172.21.0.1/16", "fd00::zz/64", "invalid IPv6 gateway address"),
-])
+@pytest.mark.parametrize(
+    "v4, v6, message",
+    [
+        ("172.21.0.1/99", None, "invalid IPv4 gateway address"),
+        ("fd00::1/64", None, "invalid IPv4 gateway address"),
+        ("172.21.0.1/16", "fd00::zz/64", "invalid IPv6 gateway address"),
+    ],
+)
 def test_create_network_bad_gateway(v4: str, v6: str | None, message: str) -> None:
     """A gateway that is not an address of its family is refused."""
     h = Harness()
-    assert h.err("/NetworkDriver.CreateNetwork",
-                 create_network_body(v4=v4, v6=v6)).startswith(message)
+    assert h.err("/NetworkDriver.CreateNetwork", create_network_body(v4=v4, v6=v6)).startswith(
+        message
+    )
 
 
 def test_malformed_create_network() -> None:
@@ -266,8 +318,7 @@ def test_create_network_connects_with_pid_and_gateways() -> None:
     assert [c for c in h.daemon.calls] == [("Connect", "172.17.0.2:4039")]
     assert len(h.daemon.open_sessions) == 1
     assert h.store.load()["networks"] == {
-        NET: {"host": "172.17.0.2", "port": 4039, "gateways": ["172.21.0.1/16",
-                                                              "fd00:21::1/64"]}
+        NET: {"host": "172.17.0.2", "port": 4039, "gateways": ["172.21.0.1/16", "fd00:21::1/64"]}
     }
 
 
@@ -297,8 +348,9 @@ def test_create_network_gives_up_after_twenty_attempts() -> None:
     """A daemon that stays away fails the network after 20 attempts; nothing is kept."""
     h = Harness()
     h.daemon.up = False
-    code, answer = h.finish(h.send("/NetworkDriver.CreateNetwork", create_network_body()),
-                            advance=5)
+    code, answer = h.finish(
+        h.send("/NetworkDriver.CreateNetwork", create_network_body()), advance=5
+    )
     assert code == 500
     assert answer["Err"].startswith(
         "unable to connect to the teleroute service at 172.17.0.2:4039: failed to connect"
@@ -326,8 +378,10 @@ def test_create_endpoint_sends_addresses_and_daemon_flag() -> None:
     """Only the address part of each CIDR goes to the daemon; daemon=true marks its own."""
     h = Harness()
     h.network(v6="fd00:21::1/64")
-    h.ok("/NetworkDriver.CreateEndpoint",
-         endpoint_body(DAEMON_EP, "172.21.0.2/16", "fd00:21::2/64", {"daemon": "true"}))
+    h.ok(
+        "/NetworkDriver.CreateEndpoint",
+        endpoint_body(DAEMON_EP, "172.21.0.2/16", "fd00:21::2/64", {"daemon": "true"}),
+    )
     h.ok("/NetworkDriver.CreateEndpoint", endpoint_body(WORK_EP, "", "fd00:21::3/64"))
     assert h.daemon.daemon_ipv4 == "172.21.0.2" and h.daemon.daemon_ipv6 == "fd00:21::2"
     assert h.daemon.endpoints[WORK_EP].ipv4 == ""
@@ -336,13 +390,21 @@ def test_create_endpoint_sends_addresses_and_daemon_flag() -> None:
     assert set(h.store.load()["endpoints"]) == {DAEMON_EP, WORK_EP}
 
 
-@pytest.mark.parametrize("body, message", [
-    ({**endpoint_body(WORK_EP), "NetworkID": "unknown"}, 'network "unknown" not found'),
-    (endpoint_body(WORK_EP, "172.21.0.300/16"), 'invalid CIDR "172.21.0.300/16"'),
-    (endpoint_body(WORK_EP, options={"daemon": "yes"}),
-     'invalid value for option "daemon": "yes" is not a boolean'),
-    (endpoint_body(WORK_EP, ""), "unable to create endpoint 30b306bd1f07: neither IPv4 nor IPv6"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({**endpoint_body(WORK_EP), "NetworkID": "unknown"}, 'network "unknown" not found'),
+        (endpoint_body(WORK_EP, "172.21.0.300/16"), 'invalid CIDR "172.21.0.300/16"'),
+        (
+            endpoint_body(WORK_EP, options={"daemon": "yes"}),
+            'invalid value for option "daemon": "yes" is not a boolean',
+        ),
+        (
+            endpoint_body(WORK_EP, ""),
+            "unable to create endpoint 30b306bd1f07: neither IPv4 nor IPv6",
+        ),
+    ],
+)
 def test_create_endpoint_errors(body: dict[str, Any], message: str) -> None:
     """Unknown networks, bad addresses and the daemon's refusals reach the user."""
     h = Harness()
@@ -357,8 +419,9 @@ def test_create_endpoint_already_known_is_idempotent() -> None:
     h.network()
     h.ok("/NetworkDriver.CreateEndpoint", endpoint_body(WORK_EP))
     h.ok("/NetworkDriver.CreateEndpoint", endpoint_body(WORK_EP))
-    assert "already exists" in h.err("/NetworkDriver.CreateEndpoint",
-                                     endpoint_body(WORK_EP, "172.21.0.9/16"))
+    assert "already exists" in h.err(
+        "/NetworkDriver.CreateEndpoint", endpoint_body(WORK_EP, "172.21.0.9/16")
+    )
 
 
 def test_join_answers_interface_routes_and_gateways() -> None:
@@ -494,7 +557,10 @@ def test_static_routes_dual_stack() -> None:
     """Each family's routes go via that family's next hop."""
     response = teleroute_pb2.JoinResponse(
         routes=[_prefix("10.0.0.0/8"), _prefix("fd00::/64")],
-        via_ip_v4=_addr("172.21.0.2"), via_ip_v6=_addr("fd00:21::2"), via=_addr("fd00:21::2"))
+        via_ip_v4=_addr("172.21.0.2"),
+        via_ip_v6=_addr("fd00:21::2"),
+        via=_addr("fd00:21::2"),
+    )
     assert static_routes(response) == [
         {"Destination": "10.0.0.0/8", "RouteType": 0, "NextHop": "172.21.0.2"},
         {"Destination": "fd00::/64", "RouteType": 0, "NextHop": "fd00:21::2"},
@@ -504,7 +570,8 @@ def test_static_routes_dual_stack() -> None:
 def test_static_routes_missing_family_via() -> None:
     """A route of a family without a next hop (and no legacy via) is a connected route."""
     response = teleroute_pb2.JoinResponse(
-        routes=[_prefix("10.0.0.0/8"), _prefix("fd00::/64")], via_ip_v4=_addr("172.21.0.2"))
+        routes=[_prefix("10.0.0.0/8"), _prefix("fd00::/64")], via_ip_v4=_addr("172.21.0.2")
+    )
     assert static_routes(response) == [
         {"Destination": "10.0.0.0/8", "RouteType": 0, "NextHop": "172.21.0.2"},
         {"Destination": "fd00::/64", "RouteType": 1, "NextHop": ""},
@@ -514,7 +581,8 @@ def test_static_routes_missing_family_via() -> None:
 def test_static_routes_legacy_via() -> None:
     """An old daemon sends only ``via``: every route uses it."""
     response = teleroute_pb2.JoinResponse(
-        routes=[_prefix("10.0.0.0/8"), _prefix("10.96.0.0/12")], via=_addr("172.21.0.2"))
+        routes=[_prefix("10.0.0.0/8"), _prefix("10.96.0.0/12")], via=_addr("172.21.0.2")
+    )
     assert [r["NextHop"] for r in static_routes(response)] == ["172.21.0.2", "172.21.0.2"]
     assert {r["RouteType"] for r in static_routes(response)} == {0}
 
@@ -522,8 +590,7 @@ def test_static_routes_legacy_via() -> None:
 def test_static_routes_no_via_at_all() -> None:
     """With no next hop at all every route is connected."""
     response = teleroute_pb2.JoinResponse(routes=[_prefix("10.0.0.0/8")])
-    assert static_routes(response) == [{"Destination": "10.0.0.0/8", "RouteType": 1,
-                                        "NextHop": ""}]
+    assert static_routes(response) == [{"Destination": "10.0.0.0/8", "RouteType": 1, "NextHop": ""}]
 
 
 def test_malformed_join_answer() -> None:
@@ -596,8 +663,9 @@ def test_join_fails_when_the_daemon_stays_away() -> None:
     h = Harness()
     h.network()
     h.daemon.stop()
-    code, answer = h.finish(h.send("/NetworkDriver.CreateEndpoint", endpoint_body(WORK_EP)),
-                            advance=4)
+    code, answer = h.finish(
+        h.send("/NetworkDriver.CreateEndpoint", endpoint_body(WORK_EP)), advance=4
+    )
     assert code == 500
     assert answer["Err"].startswith("unable to create endpoint 30b306bd1f07: failed to connect")
 
@@ -613,10 +681,14 @@ def daemon_container_restarts(h: Harness) -> None:
     h.daemon.stop()
     assert h.ok("/NetworkDriver.Leave", ids(DAEMON_EP)) == {}
     assert h.ok("/NetworkDriver.DeleteEndpoint", ids(DAEMON_EP)) == {}
-    h.ok("/NetworkDriver.CreateEndpoint",
-         endpoint_body(D2, "172.21.0.4/16", options={"daemon": "true"}))
+    h.ok(
+        "/NetworkDriver.CreateEndpoint",
+        endpoint_body(D2, "172.21.0.4/16", options={"daemon": "true"}),
+    )
     assert h.ok("/NetworkDriver.Join", {**ids(D2), "SandboxKey": SANDBOX}) == {
-        "StaticRoutes": [], "DisableGatewayService": False}
+        "StaticRoutes": [],
+        "DisableGatewayService": False,
+    }
 
 
 def test_daemon_endpoint_joins_while_the_daemon_is_away() -> None:
@@ -631,9 +703,13 @@ def test_daemon_endpoint_joins_while_the_daemon_is_away() -> None:
     h.daemon.start()
     h.clock.advance(2)
     assert h.daemon.daemon_ipv4 == "172.21.0.4"
-    (veth, sandbox, host, addresses), = h.plumbing.adopted
-    assert (veth, sandbox, host, addresses) == (h.daemon.endpoints[D2].veth, SANDBOX,
-                                                "172.17.0.2", ["172.21.0.4/16"])
+    ((veth, sandbox, host, addresses),) = h.plumbing.adopted
+    assert (veth, sandbox, host, addresses) == (
+        h.daemon.endpoints[D2].veth,
+        SANDBOX,
+        "172.17.0.2",
+        ["172.21.0.4/16"],
+    )
     assert not h.driver.endpoints[D2].pending
     answer = h.workload_joins(endpoint="w2" * 32, address="172.21.0.5/16")
     assert answer["StaticRoutes"][0]["NextHop"] == "172.21.0.4"
@@ -664,8 +740,10 @@ def test_in_daemon_netns_only_for_the_pending_daemon_endpoint() -> None:
     h.daemon_joins()
     h.workload_joins()
     h.daemon.stop()
-    h.ok("/NetworkDriver.CreateEndpoint",
-         endpoint_body(D2, "172.21.0.4/16", options={"daemon": "true"}))
+    h.ok(
+        "/NetworkDriver.CreateEndpoint",
+        endpoint_body(D2, "172.21.0.4/16", options={"daemon": "true"}),
+    )
     h.daemon.start()
     h.clock.advance(2)
     answer = h.ok("/NetworkDriver.Join", {**ids(D2), "SandboxKey": SANDBOX})
@@ -691,8 +769,10 @@ def test_daemon_endpoint_back_before_join_is_normal() -> None:
     h.network()
     h.daemon_joins()
     h.daemon.stop()
-    h.ok("/NetworkDriver.CreateEndpoint",
-         endpoint_body(D2, "172.21.0.4/16", options={"daemon": "true"}))
+    h.ok(
+        "/NetworkDriver.CreateEndpoint",
+        endpoint_body(D2, "172.21.0.4/16", options={"daemon": "true"}),
+    )
     h.daemon.start()
     h.clock.advance(2)
     answer = h.ok("/NetworkDriver.Join", {**ids(D2), "SandboxKey": SANDBOX})
@@ -757,12 +837,19 @@ def test_restart_restores_networks_and_endpoints() -> None:
 
 def test_restore_skips_unreadable_entries() -> None:
     """Broken saved entries are skipped, the rest restored; endpoints of lost networks go."""
-    store = MemoryStateStore({
-        "networks": {NET: {"host": "172.17.0.2", "port": 4039, "gateways": []},
-                     "bad": {"host": "not-an-ip", "port": 1}},
-        "endpoints": {WORK_EP: {"network": NET, "ipv4": "172.21.0.3"},
-                      "orphan": {"network": "bad"}, "broken": {}},
-    })
+    store = MemoryStateStore(
+        {
+            "networks": {
+                NET: {"host": "172.17.0.2", "port": 4039, "gateways": []},
+                "bad": {"host": "not-an-ip", "port": 1},
+            },
+            "endpoints": {
+                WORK_EP: {"network": NET, "ipv4": "172.21.0.3"},
+                "orphan": {"network": "bad"},
+                "broken": {},
+            },
+        }
+    )
     h = Harness(store=store)
     assert set(h.driver.networks) == {NET}
     assert set(h.driver.endpoints) == {WORK_EP}
@@ -770,8 +857,9 @@ def test_restore_skips_unreadable_entries() -> None:
 
 def test_restored_network_reconnects_in_the_background() -> None:
     """A restored network whose daemon is away keeps trying, and connects when it is back."""
-    store = MemoryStateStore({"networks": {NET: {"host": "172.17.0.2", "port": 4039,
-                                                  "gateways": ["172.21.0.1/16"]}}})
+    store = MemoryStateStore(
+        {"networks": {NET: {"host": "172.17.0.2", "port": 4039, "gateways": ["172.21.0.1/16"]}}}
+    )
     daemon = MemoryTeleroute()
     daemon.up = False
     h = Harness(store=store, daemon=daemon)
@@ -896,7 +984,8 @@ def test_an_address_docker_gives_again_retires_the_stale_endpoint() -> None:
     # A join handed the same veth end as a kept endpoint's (a daemon reusing the pair).
     h.driver.endpoints[DAEMON_EP].interface = "tp-fake00000003"
     assert h.ok("/NetworkDriver.Join", ids(other)) and (
-        h.driver.endpoints[other].interface == "tp-fake00000003")
+        h.driver.endpoints[other].interface == "tp-fake00000003"
+    )
     assert set(h.store.load()["endpoints"]) == {other}
 
 
@@ -932,8 +1021,9 @@ def test_make_service_listens_where_told(tmp_path: Any) -> None:
     """The tap listens on --listen and keeps its state in --state-dir."""
     options = Options()
     sock = tmp_path / "run" / "tntest-route.sock"
-    options.parseOptions(["--listen", f"unix:{sock}:lockfile=1",
-                          "--state-dir", str(tmp_path / "state")])
+    options.parseOptions(
+        ["--listen", f"unix:{sock}:lockfile=1", "--state-dir", str(tmp_path / "state")]
+    )
     reactor = MemoryReactorClock()
     daemon = MemoryTeleroute()
     top = makeService(options, reactor=reactor, client_factory=daemon.client)
@@ -947,8 +1037,10 @@ def test_make_service_listens_where_told(tmp_path: Any) -> None:
 
 def test_importing_does_not_pick_a_reactor() -> None:
     """The module imports without installing a reactor, so the tap can choose asyncio."""
-    code = ("import sys, telenet.routeplugin, telenet.routeclient; "
-            "assert 'twisted.internet.reactor' not in sys.modules")
+    code = (
+        "import sys, telenet.routeplugin, telenet.routeclient; "
+        "assert 'twisted.internet.reactor' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -1043,8 +1135,10 @@ async def test_grpc_client_round_trip() -> None:
         await client.create_endpoint(teleroute_pb2.CreateEndpointRequest(id="e1"), 3)
         with pytest.raises(TelerouteError) as e:
             await client.create_endpoint(teleroute_pb2.CreateEndpointRequest(id="e2"), 3)
-        assert (e.value.code, e.value.details) == (grpc.StatusCode.ALREADY_EXISTS,
-                                                   "endpoint e2 exists")
+        assert (e.value.code, e.value.details) == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "endpoint e2 exists",
+        )
         joined = await client.join(teleroute_pb2.EndpointIdentifier(id="e1"), 3)
         assert joined.interface_src_name == "tp-x"
         with pytest.raises(TelerouteError) as e:
@@ -1102,14 +1196,18 @@ FIB_TRIE = """Main:
 def _fake_proc(tmp_path: Any) -> Any:
     """A /proc with ourselves, a process in our netns and one in the daemon's."""
     proc = tmp_path / "proc"
-    for pid, netns, trie in (("self", "net:[1]", ""), ("10", "net:[1]", ""),
-                             ("20", "net:[2]", FIB_TRIE)):
+    for pid, netns, trie in (
+        ("self", "net:[1]", ""),
+        ("10", "net:[1]", ""),
+        ("20", "net:[2]", FIB_TRIE),
+    ):
         (proc / pid / "ns").mkdir(parents=True)
         (proc / pid / "net").mkdir()
         os.symlink(netns, proc / pid / "ns" / "net")
         (proc / pid / "net" / "fib_trie").write_text(trie)
         (proc / pid / "net" / "if_inet6").write_text(
-            "fd000000000000000000000000000002 05 40 00 80     eth0\n" if pid == "20" else "")
+            "fd000000000000000000000000000002 05 40 00 80     eth0\n" if pid == "20" else ""
+        )
     return proc
 
 
@@ -1136,7 +1234,8 @@ def test_plumbing_moves_renames_addresses_and_raises(tmp_path: Any) -> None:
 
     proc = _fake_proc(tmp_path)
     (proc / "20" / "net" / "dev").write_text(
-        "Inter-|   Receive\n face |bytes\n    lo: 0 0\n  eth0: 0 0\n tpd-0: 0 0\n")
+        "Inter-|   Receive\n face |bytes\n    lo: 0 0\n  eth0: 0 0\n tpd-0: 0 0\n"
+    )
     commands: list[list[str]] = []
 
     def run(argv: list[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:

@@ -43,6 +43,7 @@ DAEMON_V6 = A("fd00:30::2")
 
 # -- protobuf wire format, by hand ---------------------------------------------------------
 
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -63,25 +64,35 @@ def _int(field: int, value: int) -> bytes:
 
 # -- fixtures ------------------------------------------------------------------------------
 
+
 class Harness:
     def __init__(self) -> None:
         self.netlink = MemoryNetlink(processes={PID})
         self.routes: set[Any] = set()
         counter = itertools.count()
-        self.core = Teleroute(self.netlink, lambda: self.routes,
-                              random_bytes=lambda n: bytes([next(counter) % 256] * n))
+        self.core = Teleroute(
+            self.netlink,
+            lambda: self.routes,
+            random_bytes=lambda n: bytes([next(counter) % 256] * n),
+        )
         result_of(self.core.start())
 
     def connect(self, *gateways: str, pid: int = PID) -> pb.Info:
-        return self.core.connect(pb.ConnectRequest(
-            pid=pid, gateways=[encode_prefix(I(g)) for g in gateways]))
+        return self.core.connect(
+            pb.ConnectRequest(pid=pid, gateways=[encode_prefix(I(g)) for g in gateways])
+        )
 
-    def create(self, endpoint_id: str, v4: str | None = None, v6: str | None = None,
-               daemon: bool = False) -> Any:
-        return self.core.create_endpoint(pb.CreateEndpointRequest(
-            id=endpoint_id, daemon=daemon,
-            addr_ipv4=encode_addr(A(v4)) if v4 else b"",
-            addr_ipv6=encode_addr(A(v6)) if v6 else b""))
+    def create(
+        self, endpoint_id: str, v4: str | None = None, v6: str | None = None, daemon: bool = False
+    ) -> Any:
+        return self.core.create_endpoint(
+            pb.CreateEndpointRequest(
+                id=endpoint_id,
+                daemon=daemon,
+                addr_ipv4=encode_addr(A(v4)) if v4 else b"",
+                addr_ipv6=encode_addr(A(v6)) if v6 else b"",
+            )
+        )
 
     def join(self, endpoint_id: str) -> Any:
         return self.core.join(pb.EndpointIdentifier(id=endpoint_id))
@@ -106,6 +117,7 @@ def _raises(f: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
 
 # -- names and MACs ------------------------------------------------------------------------
 
+
 def test_veth_names() -> None:
     """Veth names are tp- plus 12 lowercase base32 characters: 15, the kernel's maximum."""
     names = {veth_name() for _ in range(50)}
@@ -126,6 +138,7 @@ def test_random_macs_are_local_unicast() -> None:
 
 
 # -- the logic against MemoryNetlink -------------------------------------------------------
+
 
 def test_start_makes_bridge() -> None:
     """Starting takes over (or makes) br-daemon, up."""
@@ -154,8 +167,9 @@ def test_connect_last_wins(h: Harness) -> None:
 
 def test_connect_bad_gateway(h: Harness) -> None:
     """A gateway that is not a netip.Prefix is INVALID_ARGUMENT."""
-    code, message = _raises(lambda: h.core.connect(
-        pb.ConnectRequest(pid=PID, gateways=[bytes([10, 0, 0, 1, 40])])))
+    code, message = _raises(
+        lambda: h.core.connect(pb.ConnectRequest(pid=PID, gateways=[bytes([10, 0, 0, 1, 40])]))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "gateway" in message
 
 
@@ -226,15 +240,21 @@ def test_create_endpoint_ipv6_only_key(h: Harness) -> None:
 def test_create_endpoint_errors(h: Harness) -> None:
     """No address, a duplicate id and bad bytes give Go's status codes."""
     h.connect()
-    assert _code(h.create("ep1")) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                      "neither IPv4 nor IPv6 address provided")
+    assert _code(h.create("ep1")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "neither IPv4 nor IPv6 address provided",
+    )
     result_of(h.create("ep1", v4="172.30.0.5"))
-    assert _code(h.create("ep1", v4="172.30.0.9")) == (grpc.StatusCode.ALREADY_EXISTS,
-                                                       "endpoint ep1 already exists")
-    for request in (pb.CreateEndpointRequest(id="x", addr_ipv4=b"\x01\x02\x03"),
-                    pb.CreateEndpointRequest(id="x", addr_ipv6=b"\x01" * 7),
-                    pb.CreateEndpointRequest(id="x", addr_ipv4=encode_addr(DAEMON_V6)),
-                    pb.CreateEndpointRequest(id="x", addr_ipv6=encode_addr(DAEMON_V4))):
+    assert _code(h.create("ep1", v4="172.30.0.9")) == (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "endpoint ep1 already exists",
+    )
+    for request in (
+        pb.CreateEndpointRequest(id="x", addr_ipv4=b"\x01\x02\x03"),
+        pb.CreateEndpointRequest(id="x", addr_ipv6=b"\x01" * 7),
+        pb.CreateEndpointRequest(id="x", addr_ipv4=encode_addr(DAEMON_V6)),
+        pb.CreateEndpointRequest(id="x", addr_ipv6=encode_addr(DAEMON_V4)),
+    ):
         code, _ = _code(h.core.create_endpoint(request))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "x" not in h.core.endpoints
@@ -274,9 +294,17 @@ def test_daemon_endpoint_in_daemon_netns(h: Harness) -> None:
     """
     h.connect("172.30.0.1/16")
     result_of(h.netlink.create_veth("tpd-0", "02:00:00:00:00:01", "x-peer", "02:00:00:00:00:02"))
-    result_of(h.core.create_endpoint(pb.CreateEndpointRequest(
-        id="d", daemon=True, addr_ipv4=encode_addr(DAEMON_V4), in_daemon_netns=True,
-        interface_addresses=[encode_prefix(I("172.30.0.2/16"))])))
+    result_of(
+        h.core.create_endpoint(
+            pb.CreateEndpointRequest(
+                id="d",
+                daemon=True,
+                addr_ipv4=encode_addr(DAEMON_V4),
+                in_daemon_netns=True,
+                interface_addresses=[encode_prefix(I("172.30.0.2/16"))],
+            )
+        )
+    )
     pair = h.core.endpoints["d"].pair
     assert pair.local and pair.peer == "tpd-1"
     assert h.netlink.moved == {}
@@ -297,12 +325,24 @@ def test_daemon_endpoint_in_daemon_netns(h: Harness) -> None:
 def test_in_daemon_netns_needs_addresses_and_is_daemon_only(h: Harness) -> None:
     """Without addresses in_daemon_netns is refused; on a workload's endpoint it is ignored."""
     h.connect()
-    code, _ = _code(h.core.create_endpoint(pb.CreateEndpointRequest(
-        id="d", daemon=True, addr_ipv4=encode_addr(DAEMON_V4), in_daemon_netns=True)))
+    code, _ = _code(
+        h.core.create_endpoint(
+            pb.CreateEndpointRequest(
+                id="d", daemon=True, addr_ipv4=encode_addr(DAEMON_V4), in_daemon_netns=True
+            )
+        )
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    result_of(h.core.create_endpoint(pb.CreateEndpointRequest(
-        id="w", addr_ipv4=encode_addr(A("172.30.0.9")), in_daemon_netns=True,
-        interface_addresses=[encode_prefix(I("172.30.0.9/16"))])))
+    result_of(
+        h.core.create_endpoint(
+            pb.CreateEndpointRequest(
+                id="w",
+                addr_ipv4=encode_addr(A("172.30.0.9")),
+                in_daemon_netns=True,
+                interface_addresses=[encode_prefix(I("172.30.0.9/16"))],
+            )
+        )
+    )
     assert not h.core.endpoints["w"].pair.local
 
 
@@ -327,7 +367,10 @@ def test_join_dual_stack(h: Harness) -> None:
     result_of(h.create("w", v4="172.30.0.5", v6="fd00:30::5"))
     response = result_of(h.join("w"))
     assert [decode_network(r) for r in response.routes] == [
-        N("10.96.0.0/12"), N("172.18.0.0/16"), N("fd00:96::/108")]
+        N("10.96.0.0/12"),
+        N("172.18.0.0/16"),
+        N("fd00:96::/108"),
+    ]
     assert decode_addr(response.via_ip_v4) == DAEMON_V4
     assert decode_addr(response.via_ip_v6) == DAEMON_V6
     assert decode_addr(response.via) == DAEMON_V6
@@ -356,8 +399,10 @@ def test_join_missing_family(h: Harness, route: str, family: str) -> None:
     h.connect()
     h.routes = {N(route)}
     result_of(h.create("w", v4="172.30.0.5"))
-    assert _code(h.join("w")) == (grpc.StatusCode.INTERNAL,
-                                  f"{family} is not enabled for the teleroute network")
+    assert _code(h.join("w")) == (
+        grpc.StatusCode.INTERNAL,
+        f"{family} is not enabled for the teleroute network",
+    )
 
 
 def test_join_no_routes_no_via(h: Harness) -> None:
@@ -445,25 +490,41 @@ def test_wire_endpoint_identifier_and_empty() -> None:
 def test_wire_join_response_every_field() -> None:
     """JoinResponse fields 1-9 with their numbers and types."""
     route = bytes([10, 96, 0, 0, 12])
-    golden = (_bytes(1, "tp-abcdefghijkl") + _bytes(2, "tpd-") + _bytes(3, route)
-              + _bytes(3, bytes([172, 18, 0, 0, 16])) + _bytes(4, V6) + _bytes(5, GW4)
-              + _bytes(6, GW6) + _int(7, 1) + _bytes(8, V4) + _bytes(9, V6))
+    golden = (
+        _bytes(1, "tp-abcdefghijkl")
+        + _bytes(2, "tpd-")
+        + _bytes(3, route)
+        + _bytes(3, bytes([172, 18, 0, 0, 16]))
+        + _bytes(4, V6)
+        + _bytes(5, GW4)
+        + _bytes(6, GW6)
+        + _int(7, 1)
+        + _bytes(8, V4)
+        + _bytes(9, V6)
+    )
     message = pb.JoinResponse(
-        interface_src_name="tp-abcdefghijkl", interface_dst_prefix="tpd-",
-        routes=[route, bytes([172, 18, 0, 0, 16])], via=V6, gw_ip_v4=GW4, gw_ip_v6=GW6,
-        disable_gw=True, via_ip_v4=V4, via_ip_v6=V6)
+        interface_src_name="tp-abcdefghijkl",
+        interface_dst_prefix="tpd-",
+        routes=[route, bytes([172, 18, 0, 0, 16])],
+        via=V6,
+        gw_ip_v4=GW4,
+        gw_ip_v6=GW6,
+        disable_gw=True,
+        via_ip_v4=V4,
+        via_ip_v6=V6,
+    )
     assert message.SerializeToString() == golden
     assert pb.JoinResponse.FromString(golden) == message
 
 
 def test_wire_info_map() -> None:
     """Info: map<string,string> info = 1, each entry a message with key 1 and value 2."""
-    golden = (_bytes(1, _bytes(1, "name") + _bytes(2, "telenet-daemon"))
-              + _bytes(1, _bytes(1, "version") + _bytes(2, "0.1.0")))
+    golden = _bytes(1, _bytes(1, "name") + _bytes(2, "telenet-daemon")) + _bytes(
+        1, _bytes(1, "version") + _bytes(2, "0.1.0")
+    )
     message = pb.Info(info={"name": "telenet-daemon", "version": "0.1.0"})
     assert message.SerializeToString(deterministic=True) == golden
-    assert dict(pb.Info.FromString(golden).info) == {"name": "telenet-daemon",
-                                                     "version": "0.1.0"}
+    assert dict(pb.Info.FromString(golden).info) == {"name": "telenet-daemon", "version": "0.1.0"}
 
 
 def test_wire_join_answer_from_the_daemon(h: Harness) -> None:
@@ -474,12 +535,19 @@ def test_wire_join_answer_from_the_daemon(h: Harness) -> None:
     result_of(h.create("w", v4="172.30.0.5"))
     response = result_of(h.join("w"))
     peer = h.core.endpoints["w"].pair.peer
-    golden = (_bytes(1, peer) + _bytes(2, "tpd-") + _bytes(3, bytes([10, 96, 0, 0, 12]))
-              + _bytes(4, V4) + _bytes(5, GW4) + _bytes(8, V4))
+    golden = (
+        _bytes(1, peer)
+        + _bytes(2, "tpd-")
+        + _bytes(3, bytes([10, 96, 0, 0, 12]))
+        + _bytes(4, V4)
+        + _bytes(5, GW4)
+        + _bytes(8, V4)
+    )
     assert response.SerializeToString() == golden
 
 
 # -- the real grpc.aio server ---------------------------------------------------------------
+
 
 class Served:
     def __init__(self, harness: Harness, service: GrpcServerService, target: str) -> None:
@@ -489,6 +557,7 @@ class Served:
 
     async def call(self, f: Callable[[Any], Any]) -> Any:
         """Run ``f(stub)`` (an asyncio coroutine function) with a fresh channel."""
+
         async def go() -> Any:
             async with grpc.aio.insecure_channel(self.target) as channel:
                 return await asyncio.wait_for(f(pb_grpc.TelerouteStub(channel)), 10)
@@ -531,8 +600,9 @@ async def test_grpc_full_story(served: Served) -> None:
         info = await stream.read()
         await stub.CreateEndpoint(pb.CreateEndpointRequest(id="d", addr_ipv4=V4, daemon=True))
         await stub.Join(pb.EndpointIdentifier(id="d"))
-        await stub.CreateEndpoint(pb.CreateEndpointRequest(
-            id="w", addr_ipv4=encode_addr(A("172.30.0.5"))))
+        await stub.CreateEndpoint(
+            pb.CreateEndpointRequest(id="w", addr_ipv4=encode_addr(A("172.30.0.5")))
+        )
         joined = await stub.Join(pb.EndpointIdentifier(id="w"))
         await stub.Leave(pb.EndpointIdentifier(id="w"))
         await stub.RemoveEndpoint(pb.EndpointIdentifier(id="w"))
@@ -551,20 +621,24 @@ async def test_grpc_status_codes(served: Served) -> None:
     """Errors reach a gRPC client with the status codes Go's daemon uses."""
     served.h.connect()
     bad_addr = pb.CreateEndpointRequest(id="x", addr_ipv4=b"\x01\x02\x03")
-    assert await served.status_of(lambda s: s.CreateEndpoint(bad_addr)) == \
-        grpc.StatusCode.INVALID_ARGUMENT
-    assert await served.status_of(
-        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(id="x"))) == \
-        grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        await served.status_of(lambda s: s.CreateEndpoint(bad_addr))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        await served.status_of(lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(id="x")))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     ok = pb.CreateEndpointRequest(id="x", addr_ipv4=encode_addr(A("172.30.0.9")))
     assert await served.status_of(lambda s: s.CreateEndpoint(ok)) == grpc.StatusCode.OK
-    assert await served.status_of(lambda s: s.CreateEndpoint(ok)) == \
-        grpc.StatusCode.ALREADY_EXISTS
+    assert await served.status_of(lambda s: s.CreateEndpoint(ok)) == grpc.StatusCode.ALREADY_EXISTS
     for rpc in ("Join", "Leave", "RemoveEndpoint"):
         assert await served.status_of(_call_unknown(rpc)) == grpc.StatusCode.NOT_FOUND
     served.h.routes = {N("fd00:96::/108")}
-    assert await served.status_of(lambda s: s.Join(pb.EndpointIdentifier(id="x"))) == \
-        grpc.StatusCode.INTERNAL
+    assert (
+        await served.status_of(lambda s: s.Join(pb.EndpointIdentifier(id="x")))
+        == grpc.StatusCode.INTERNAL
+    )
 
 
 def _call_unknown(rpc: str) -> Callable[[Any], Any]:
@@ -574,6 +648,7 @@ def _call_unknown(rpc: str) -> Callable[[Any], Any]:
 @pytest_twisted.ensureDeferred
 async def test_grpc_connect_bad_gateway(served: Served) -> None:
     """A Connect with a malformed gateway prefix is INVALID_ARGUMENT."""
+
     async def go(stub: Any) -> None:
         async for _ in stub.Connect(pb.ConnectRequest(pid=PID, gateways=[b"\x0a\x00"])):
             pass
@@ -584,6 +659,7 @@ async def test_grpc_connect_bad_gateway(served: Served) -> None:
 @pytest_twisted.ensureDeferred
 async def test_grpc_connect_held_until_daemon_stops(served: Served) -> None:
     """The Connect stream sends one Info, stays open, and ends cleanly when the daemon stops."""
+
     async def go(stub: Any) -> tuple[Any, list[Any], grpc.StatusCode]:
         stream = stub.Connect(pb.ConnectRequest(pid=PID))
         first = await stream.read()
@@ -599,4 +675,3 @@ async def test_grpc_connect_held_until_daemon_stops(served: Served) -> None:
     assert "version" in first.info
     assert rest == [grpc.aio.EOF] and code == grpc.StatusCode.OK
     assert served.h.core.stopping
-

@@ -126,14 +126,62 @@ def test_forwarding_with_nft(tmp_path: Any) -> None:
     assert run.commands == [
         ["nft", "delete", "table", "inet", "telenet"],
         ["nft", "add", "table", "inet", "telenet"],
-        ["nft", "add", "chain", "inet", "telenet", "postrouting", "{", "type", "nat", "hook",
-         "postrouting", "priority", "100", ";", "policy", "accept", ";", "}"],
-        ["nft", "add", "rule", "inet", "telenet", "postrouting", "oifname", "eth1",
-         "masquerade"],
-        ["nft", "add", "chain", "inet", "telenet", "prerouting", "{", "type", "filter", "hook",
-         "prerouting", "priority", "-300", ";", "policy", "accept", ";", "}"],
-        ["nft", "add", "rule", "inet", "telenet", "prerouting", "iifname", "br-daemon",
-         "meta", "pkttype", "!=", "host", "notrack"],
+        [
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "telenet",
+            "postrouting",
+            "{",
+            "type",
+            "nat",
+            "hook",
+            "postrouting",
+            "priority",
+            "100",
+            ";",
+            "policy",
+            "accept",
+            ";",
+            "}",
+        ],
+        ["nft", "add", "rule", "inet", "telenet", "postrouting", "oifname", "eth1", "masquerade"],
+        [
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "telenet",
+            "prerouting",
+            "{",
+            "type",
+            "filter",
+            "hook",
+            "prerouting",
+            "priority",
+            "-300",
+            ";",
+            "policy",
+            "accept",
+            ";",
+            "}",
+        ],
+        [
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "telenet",
+            "prerouting",
+            "iifname",
+            "br-daemon",
+            "meta",
+            "pkttype",
+            "!=",
+            "host",
+            "notrack",
+        ],
     ]
     run.commands.clear()
     result_of(fwd.stopService())
@@ -142,16 +190,32 @@ def test_forwarding_with_nft(tmp_path: Any) -> None:
 
 def test_forwarding_with_iptables(tmp_path: Any) -> None:
     """Without nft: iptables and ip6tables rules (masquerade, bridge notrack), added once."""
-    run = FakeRunner({("iptables", "-t", "nat", "-C"): 1, ("iptables", "-t", "raw", "-C"): 1,
-                      ("ip6tables", "-t", "nat", "-C"): 0, ("ip6tables", "-t", "raw", "-C"): 1})
+    run = FakeRunner(
+        {
+            ("iptables", "-t", "nat", "-C"): 1,
+            ("iptables", "-t", "raw", "-C"): 1,
+            ("ip6tables", "-t", "nat", "-C"): 0,
+            ("ip6tables", "-t", "raw", "-C"): 1,
+        }
+    )
     tools = {"iptables": "/usr/sbin/iptables", "ip6tables": "/usr/sbin/ip6tables"}
-    fwd = Forwarding("eth1", run, sysctl_root=_sysctl_root(tmp_path, "1", "1"),
-                     which=tools.get)
+    fwd = Forwarding("eth1", run, sysctl_root=_sysctl_root(tmp_path, "1", "1"), which=tools.get)
     fwd.startService()
     result_of(fwd.ready)  # type: ignore[arg-type]
     rule = ["POSTROUTING", "-o", "eth1", "-j", "MASQUERADE"]
-    raw = ["PREROUTING", "-i", "br-daemon", "-m", "pkttype", "!", "--pkt-type", "host", "-j",
-           "CT", "--notrack"]
+    raw = [
+        "PREROUTING",
+        "-i",
+        "br-daemon",
+        "-m",
+        "pkttype",
+        "!",
+        "--pkt-type",
+        "host",
+        "-j",
+        "CT",
+        "--notrack",
+    ]
     assert run.commands == [
         ["iptables", "-t", "nat", "-C", *rule],
         ["iptables", "-t", "nat", "-A", *rule],
@@ -163,16 +227,19 @@ def test_forwarding_with_iptables(tmp_path: Any) -> None:
     ]
     run.commands.clear()
     result_of(fwd.stopService())
-    assert run.commands == [["iptables", "-t", "nat", "-D", *rule],
-                            ["iptables", "-t", "raw", "-D", *raw],
-                            ["ip6tables", "-t", "nat", "-D", *rule],
-                            ["ip6tables", "-t", "raw", "-D", *raw]]
+    assert run.commands == [
+        ["iptables", "-t", "nat", "-D", *rule],
+        ["iptables", "-t", "raw", "-D", *raw],
+        ["ip6tables", "-t", "nat", "-D", *rule],
+        ["ip6tables", "-t", "raw", "-D", *raw],
+    ]
 
 
 def test_forwarding_failures_are_not_fatal(tmp_path: Any) -> None:
     """Read-only sysctls and no firewall tool are logged; start and stop still complete."""
-    fwd = Forwarding("eth1", FakeRunner(), sysctl_root=str(tmp_path / "missing"),
-                     which=lambda t: None)
+    fwd = Forwarding(
+        "eth1", FakeRunner(), sysctl_root=str(tmp_path / "missing"), which=lambda t: None
+    )
     fwd.startService()
     assert fwd.ready is not None and result_of(fwd.ready) is None
     assert fwd.tool is None
@@ -184,17 +251,22 @@ def test_forwarding_failures_are_not_fatal(tmp_path: Any) -> None:
 async def test_forwarding_real_nft_in_scratch_netns(tmp_path: Any) -> None:
     """Against real nftables in a scratch netns: the masquerade rule is there, then gone."""
     require(os.geteuid() == 0, "nftables needs root")
-    require(shutil.which("nft") is not None and shutil.which("ip") is not None,
-            "nft and ip must be installed")
+    require(
+        shutil.which("nft") is not None and shutil.which("ip") is not None,
+        "nft and ip must be installed",
+    )
     from twisted.internet import reactor
 
     ns = f"tntest-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
+
         def in_ns(executable: str, args: list[str]) -> defer.Deferred[Any]:
             return utils.getProcessOutputAndValue(
-                shutil.which("ip") or "ip", ["netns", "exec", ns, executable, *args],
-                reactor=reactor)
+                shutil.which("ip") or "ip",
+                ["netns", "exec", ns, executable, *args],
+                reactor=reactor,
+            )
 
         fwd = Forwarding("tntvif0", in_ns, sysctl_root=_sysctl_root(tmp_path))
         fwd.startService()
@@ -202,8 +274,11 @@ async def test_forwarding_real_nft_in_scratch_netns(tmp_path: Any) -> None:
         assert fwd.tool is not None
 
         def listing() -> str:
-            return subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "ruleset"],
-                                  capture_output=True, text=True).stdout
+            return subprocess.run(
+                ["ip", "netns", "exec", ns, "nft", "list", "ruleset"],
+                capture_output=True,
+                text=True,
+            ).stdout
 
         assert 'oifname "tntvif0" masquerade' in listing()
         assert 'iifname "br-daemon" meta pkttype != host notrack' in listing()
