@@ -1,5 +1,5 @@
 """
-Run the mount helper (``python -m telenet.sftpfs``) with instruments, for ``helper_cpu.py``.
+Run the mount helper (``python -m telenet.fuse.helper``) with instruments, for ``helper_cpu.py``.
 
     python bench/_helper_wrap.py [--profile FILE] [--count] -- HELPER ARGS
 
@@ -18,7 +18,8 @@ from typing import Any
 
 from twisted.conch.ssh import filetransfer as ft
 
-from telenet import sftpclient, sftpfs
+from telenet.fuse import helper as sftpfs
+from telenet.sftp import client as sftpclient
 
 OPS = (
     "lookup forget getattr setattr readlink open read write flush release create opendir "

@@ -162,7 +162,7 @@ def run_case(
     args: argparse.Namespace,
     clients: list[str],
 ) -> None:
-    wrap = ["-m", "telenet.sftpfs"]
+    wrap = ["-m", "telenet.fuse.helper"]
     if args.profile or args.count:
         wrap = [WRAPPER]
         if args.profile:

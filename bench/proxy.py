@@ -65,7 +65,7 @@ def serve(port: int) -> None:
 
 def bridge(listen: int, target: int) -> None:
     """A bridge as the daemon opens it, in this process, until killed."""
-    from telenet.aio import install_asyncio_reactor
+    from telenet.core.aio import install_asyncio_reactor
 
     install_asyncio_reactor()
     from twisted.internet import reactor

@@ -4,7 +4,7 @@ Telemount's FUSE client against sshfs, side by side, on the same SFTP server and
     python bench/sftp_mounts.py [--runs 5] [--size-mib 256] [--servers openssh,agent] [--smoke]
 
 For each SFTP server (OpenSSH's sftp-server behind socat, and telenet's sftp-agent) it mounts
-the same export twice at once, with telemount's helper (``python -m telenet.sftpfs``, exactly
+the same export twice at once, with telemount's helper (``python -m telenet.fuse.helper``, exactly
 what the plug-in runs) and with sshfs using Telepresence's flags, then times, alternating the
 two clients run by run and with the page cache dropped before every run:
 
@@ -84,7 +84,7 @@ def telemount(port: int, remote: str, work: str) -> Iterator[tuple[str, int]]:
     """Mount with the plug-in's helper; yields the volume path and the helper's pid."""
     mountpoint = os.path.join(work, "tm")
     control = os.path.join(work, "tm.sock")
-    args = [sys.executable, "-m", "telenet.sftpfs", "--host", "127.0.0.1", "--port", str(port)]
+    args = [sys.executable, "-m", "telenet.fuse.helper", "--host", "127.0.0.1", "--port", str(port)]
     args += ["--mountpoint", mountpoint, "--control", control]
     args += ["--log-file", os.path.join(work, "tm.log")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

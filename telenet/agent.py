@@ -67,7 +67,7 @@ from twisted.python import failure, usage
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from telenet.threads import ThreadPoolService
+from telenet.core.threads import ThreadPoolService
 
 _T = TypeVar("_T")
 

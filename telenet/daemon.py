@@ -8,15 +8,15 @@
 
 One process, on Twisted's asyncio reactor (installed here, so no ``--reactor`` is needed):
 
-- the teleroute gRPC service (``telenet.teleroute``) on ``--teleroute-port``, with the
+- the teleroute gRPC service (``telenet.teleroute.service``) on ``--teleroute-port``, with the
   ``br-daemon`` bridge and the veth pairs of the containers on the teleroute network;
 - the routed subnets: ``--subnet`` plus the kernel routes through the VIF, watched live,
-  with forwarding and masquerading toward it (``telenet.vif``); the VIF is ``--vif``, or the
+  with forwarding and masquerading toward it (``telenet.network.vif``); the VIF is ``--vif``, or the
   interface holding an address in ``--vif-subnet`` (the subnet of the Docker network the
   container is connected to as its VIF: Docker's interface names follow no order we know);
-- DNS on the daemon's teleroute address, port 53 (``telenet.dns``), bound as soon as the
+- DNS on the daemon's teleroute address, port 53 (``telenet.network.dns``), bound as soon as the
   daemon's own endpoint is created;
-- the control API for the CLI (``telenet.control``) on ``--control``, with SFTP bridges.
+- the control API for the CLI (``telenet.network.control``) on ``--control``, with SFTP bridges.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 import telenet
-from telenet.dns import DEFAULT_CLUSTER_DOMAIN, in_domains, parse_server
-from telenet.netip import Network
-from telenet.netlink import INetlink
+from telenet.core.netip import Network
+from telenet.core.netlink import INetlink
+from telenet.network.dns import DEFAULT_CLUSTER_DOMAIN, in_domains, parse_server
 
 log = Logger()
 
@@ -184,23 +184,23 @@ def makeService(
     ``dns``, ``bridges``, ``control``.
     """
     if reactor is None:
-        from telenet.aio import install_asyncio_reactor
+        from telenet.core.aio import install_asyncio_reactor
 
         install_asyncio_reactor()
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    from telenet.control import Bridges, control_site
-    from telenet.dns import DNSService, make_factory, make_resolver
-    from telenet.firewall import process_runner
-    from telenet.gateway import BridgeGateway
-    from telenet.teleroute import BRIDGE, DST_PREFIX, GrpcServerService, Teleroute
-    from telenet.vif import Forwarding, RouteTable, VifRouteService, VifSelector
+    from telenet.network.control import Bridges, control_site
+    from telenet.network.dns import DNSService, make_factory, make_resolver
+    from telenet.network.firewall import process_runner
+    from telenet.network.gateway import BridgeGateway
+    from telenet.network.vif import Forwarding, RouteTable, VifRouteService, VifSelector
+    from telenet.teleroute.service import BRIDGE, DST_PREFIX, GrpcServerService, Teleroute
 
     # The firewall is touched only on the real kernel (tests pass a fake netlink).
     real_kernel = netlink is None
     if netlink is None:
-        from telenet.netlink import PyrouteNetlink
+        from telenet.core.netlink import PyrouteNetlink
 
         netlink = PyrouteNetlink()
 
@@ -240,11 +240,11 @@ def makeService(
     grpc_service = GrpcServerService(core, [f"[::]:{port}", f"0.0.0.0:{port}"], on_fatal=fatal)
     add("teleroute", grpc_service)
     if real_kernel:
-        from telenet import teleroute
-        from telenet.guard import TelerouteGuard
+        from telenet.network.guard import TelerouteGuard
+        from telenet.teleroute import service as teleroute
 
         # The workloads on the teleroute network may open TCP connections to the daemon's
-        # DNS only: not to gRPC, SFTP bridges or a TCP control API (telenet/guard.py).
+        # DNS only: not to gRPC, SFTP bridges or a TCP control API (telenet/network/guard.py).
         inward = [f"{teleroute.DST_PREFIX}*", teleroute.BRIDGE]
         add("guard", TelerouteGuard(inward, [options["dns-port"]], process_runner(reactor)))
     gateway = BridgeGateway(netlink, reactor, bridge=BRIDGE, prefix=DST_PREFIX)

@@ -27,11 +27,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from telenet import dockerplugin
-from telenet.dockerplugin import BadRequest, JSONObject, PluginError, field, string_map
-from telenet.gocompat import parse_duration
-from telenet.interfaces import IMounter, IStateStore
-from telenet.threads import state_thread
+from telenet.core import dockerplugin
+from telenet.core.dockerplugin import BadRequest, JSONObject, PluginError, field, string_map
+from telenet.core.gocompat import parse_duration
+from telenet.core.interfaces import IMounter, IStateStore
+from telenet.core.threads import state_thread
 
 log = Logger()
 
@@ -494,8 +494,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    from telenet.mounter import ProcessMounter
-    from telenet.state import JSONFileStore
+    from telenet.core.state import JSONFileStore
+    from telenet.volumes.mounter import ProcessMounter
 
     assert IReactorTime.providedBy(reactor) and IReactorCore.providedBy(reactor)
     assert IReactorThreads.providedBy(reactor)

@@ -37,21 +37,21 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from telenet import dockerplugin, netip
-from telenet.dockerplugin import BadRequest, JSONObject, PluginError, field
-from telenet.interfaces import IStateStore
-from telenet.netlink import INetlink
-from telenet.proto import teleroute_pb2
-from telenet.routeclient import (
+from telenet.core import dockerplugin, netip
+from telenet.core.dockerplugin import BadRequest, JSONObject, PluginError, field
+from telenet.core.interfaces import IStateStore
+from telenet.core.netlink import INetlink
+from telenet.core.threads import state_thread
+from telenet.netplugin.plumbing import IEndpointPlumbing, PlumbingError
+from telenet.netplugin.sweep import SETTLE, EndpointSweep, Seen
+from telenet.teleroute.client import (
     ClientFactory,
     ConnectSession,
     ITelerouteClient,
     TelerouteError,
     grpc_target,
 )
-from telenet.routelinks import IEndpointPlumbing, PlumbingError
-from telenet.routesweep import SETTLE, EndpointSweep, Seen
-from telenet.threads import state_thread
+from telenet.teleroute.proto import teleroute_pb2
 
 log = Logger()
 
@@ -549,7 +549,7 @@ class Endpoint:
     #: Set while Docker's Join of this endpoint is under way: the Join then sets the interface
     #: up through Docker, and a reconnection must not set it up a second time.
     joining: bool = attrs.field(default=False, eq=False)
-    #: When this process made, joined or restored it (clock seconds; see telenet.routesweep).
+    #: When this process made, joined or restored it (clock seconds; see telenet.netplugin.sweep).
     since: float = attrs.field(default=0.0, eq=False)
 
     def to_json(self) -> JSONObject:
@@ -1131,7 +1131,7 @@ class NetworkDriver:
     def endpoint_oper_info(self, body: JSONObject) -> JSONObject:
         return {"Value": {}}
 
-    # -- endpoints Docker let go while we could not hear it (telenet.routesweep)
+    # -- endpoints Docker let go while we could not hear it (telenet.netplugin.sweep)
 
     def _drop(self, endpoint: Endpoint, why: str) -> None:
         """Forget a stale endpoint (the caller saves), and tell its daemon in the background."""
@@ -1247,17 +1247,17 @@ def makeService(
     if reactor is None:
         # grpc.aio needs asyncio's loop; twistd has not imported a reactor yet, so
         # `twistd teleroute` works without --reactor (another one chosen is an error).
-        from telenet.aio import install_asyncio_reactor
+        from telenet.core.aio import install_asyncio_reactor
 
         install_asyncio_reactor()
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
     if client_factory is None:
-        from telenet.routeclient import GrpcTelerouteClient
+        from telenet.teleroute.client import GrpcTelerouteClient
 
         client_factory = GrpcTelerouteClient
-    from telenet.state import JSONFileStore
+    from telenet.core.state import JSONFileStore
 
     state_dir = options["state-dir"]
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
@@ -1266,8 +1266,8 @@ def makeService(
     top = service.MultiService()
     pool, run_blocking = state_thread(reactor, "teleroute-state")
 
-    from telenet.netlink import PyrouteNetlink
-    from telenet.routelinks import NetnsPlumbing, process_runner
+    from telenet.core.netlink import PyrouteNetlink
+    from telenet.netplugin.plumbing import NetnsPlumbing, process_runner
 
     driver = NetworkDriver(
         client_factory,

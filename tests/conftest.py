@@ -301,6 +301,6 @@ def telemount(workdir: str, docker_ready: None, fuse_ready: None) -> Iterator[Te
             if os.path.lexists(path) and not plugin.daemon.alive():
                 os.unlink(path)
     leftovers = fuse_mounts(plugin.mount_root)
-    subprocess.run(["pkill", "-9", "-f", f"telenet.sftpfs .*{workdir}"], capture_output=True)
+    subprocess.run(["pkill", "-9", "-f", f"telenet.fuse.helper .*{workdir}"], capture_output=True)
     assert answered, f"the plug-in stopped answering on {plugin.socket}: {plugin.daemon.log()}"
     assert leftovers == [], f"mounts left behind after the plug-in stopped: {leftovers}"

@@ -1,5 +1,5 @@
 """
-A stand-in for ``python -m telenet.sftpfs`` that speaks the helper's contract without FUSE.
+A stand-in for ``python -m telenet.fuse.helper`` that speaks the helper's contract without FUSE.
 
 It reports ready (or the error named by $FAKE_HELPER_ERROR), serves the control socket with
 add/remove/status/shutdown, and treats remote paths containing "missing" as absent. Used to

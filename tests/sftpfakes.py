@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from telenet.sftpclient import (
+from telenet.sftp.client import (
     FAKE_STATVFS,
     MAX_CHUNK,
     FileAttrs,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from telenet.cliconfig import (
+from telenet.cli.config import (
     KEYS,
     Config,
     ConfigError,

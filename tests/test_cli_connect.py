@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from zope.interface.verify import verifyObject
 
-from telenet.cliconfig import Config, PluginConfig
-from telenet.connection import (
+from telenet.cli.config import Config, PluginConfig
+from telenet.cli.connection import (
     LABEL_CONNECTION,
     LABEL_DAEMON,
     CLIError,
@@ -32,7 +32,7 @@ from telenet.connection import (
     format_statuses,
     safe_name,
 )
-from telenet.dockerapi import (
+from telenet.cli.dockerapi import (
     PLUGIN_CONFIGS,
     ContainerSpec,
     DockerError,
@@ -251,7 +251,7 @@ def test_foreign_network_name_clash(world: World) -> None:
 
 def test_foreign_container_name_clash(world: World) -> None:
     """A container named tp-<name> that telenet did not make is left alone."""
-    from telenet.dockerapi import ContainerSpec
+    from telenet.cli.dockerapi import ContainerSpec
 
     world.docker.create_container(ContainerSpec(image="local/busybox", command=[], name="tp-blue"))
     with pytest.raises(CLIError, match="container named tp-blue exists and is not telenet's"):
@@ -281,7 +281,7 @@ def test_connect_twice_reports_the_connection(world: World) -> None:
 def test_connect_after_the_daemon_crashed(world: World) -> None:
     """A killed daemon is replaced; its network too, with the workloads reconnected."""
     first = world.connect()
-    from telenet.dockerapi import ContainerSpec
+    from telenet.cli.dockerapi import ContainerSpec
 
     workload = world.docker.create_container(
         ContainerSpec(image="local/busybox", command=[], name="w", network="blue")
@@ -309,7 +309,7 @@ def test_network_of_a_live_daemon_is_not_taken(world: World) -> None:
     network = world.docker.network("blue")
     assert network is not None
     world.docker.remove_container("tp-blue")  # leaves its endpoint's network behind
-    from telenet.dockerapi import ContainerSpec
+    from telenet.cli.dockerapi import ContainerSpec
 
     other = world.docker.create_container(
         ContainerSpec(image="telenet", command=[], name="tp-other")
@@ -389,7 +389,7 @@ def test_gc_ignores_active_endpoints_and_foreign_networks(world: World) -> None:
     world.docker.create_network("theirs", "bridge", {}, {}, None, False)
     world.docker.create_network("stale", "bridge", {}, {LABEL_DAEMON: "gone"}, None, False)
     world.docker.create_network("busy", "bridge", {}, {LABEL_DAEMON: "gone2"}, None, False)
-    from telenet.dockerapi import ContainerSpec
+    from telenet.cli.dockerapi import ContainerSpec
 
     c = world.docker.create_container(
         ContainerSpec(image="local/busybox", command=[], name="c", network="busy")

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from telenet.connection import CLIError
-from telenet.demo import LABEL_DEMO, DemoCluster, format_cluster
+from telenet.cli.connection import CLIError
+from telenet.cli.demo import LABEL_DEMO, DemoCluster, format_cluster
 from telenet.democluster import SAMPLE_FILES, write_samples
 from telenet.testing import MemoryDocker
 

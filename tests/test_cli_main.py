@@ -9,8 +9,8 @@ import attrs
 import pytest
 import yaml
 
-from telenet import cli
-from telenet.cli import _split, main
+from telenet.cli import main as cli
+from telenet.cli.main import _split, main
 
 from .test_cli_connect import World
 from .test_cli_runner import FakeDockerCLI
@@ -228,7 +228,7 @@ def test_format_json_docker_run_and_engage(
     world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The container's output is its own; telenet's object (exit code, -d's id) follows it."""
-    from telenet.runner import Runner
+    from telenet.cli.runner import Runner
 
     docker = FakeDockerCLI(world, exit_code=3)
     builds: list[dict[str, Any]] = []

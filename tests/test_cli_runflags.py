@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from telenet.runflags import (
+from telenet.cli.runflags import (
     Mount,
     RemoteMount,
     RunFlagsError,

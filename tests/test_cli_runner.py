@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from telenet.cliconfig import Config
-from telenet.connection import LABEL_CONNECTION, CLIError
-from telenet.dockerapi import ContainerSpec, DockerError
-from telenet.runflags import parse_run_args
-from telenet.runner import Build, Runner, plan_create, probe_agent, with_built_image
+from telenet.cli.config import Config
+from telenet.cli.connection import LABEL_CONNECTION, CLIError
+from telenet.cli.dockerapi import ContainerSpec, DockerError
+from telenet.cli.runflags import parse_run_args
+from telenet.cli.runner import Build, Runner, plan_create, probe_agent, with_built_image
 
 from .test_cli_connect import World
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 
-from telenet.subnets import candidates, choose_subnet
+from telenet.cli.subnets import candidates, choose_subnet
 
 
 def test_candidate_order() -> None:

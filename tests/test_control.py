@@ -10,7 +10,7 @@ import pytest_twisted
 from treq.testing import StubTreq
 from twisted.internet import defer
 
-from telenet.control import Bridges, ControlError, ControlResource, parse_agent
+from telenet.network.control import Bridges, ControlError, ControlResource, parse_agent
 from tests.conftest import free_port, port_open
 from tests.helpers import result_of
 
@@ -204,8 +204,8 @@ def test_request_in_flight_is_answered_before_shutdown() -> None:
     from twisted.internet import task
     from twisted.internet.testing import StringTransport
 
-    from telenet.control import control_site
-    from telenet.dockerplugin import PluginSite
+    from telenet.core.dockerplugin import PluginSite
+    from telenet.network.control import control_site
 
     opening: defer.Deferred[Any] = defer.Deferred()
     clock = task.Clock()

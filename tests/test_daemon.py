@@ -23,10 +23,10 @@ from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from telenet import aio
+from telenet.core import aio
+from telenet.core.netip import encode_addr
 from telenet.daemon import Options, makeService
-from telenet.netip import encode_addr
-from telenet.proto import teleroute_pb2 as pb
+from telenet.teleroute.proto import teleroute_pb2 as pb
 from telenet.testing import MemoryNetlink
 from tests.conftest import TWISTD, Daemon, require, run, wait_for
 from tests.helpers import result_of
@@ -243,8 +243,8 @@ def test_vif_routes_reach_join() -> None:
 CLIENT = textwrap.dedent("""
     import asyncio, ipaddress, json, sys, urllib.request
     import grpc
-    from telenet.netip import decode_addr, decode_network, encode_addr, encode_prefix
-    from telenet.proto import teleroute_pb2 as pb, teleroute_pb2_grpc as pbg
+    from telenet.core.netip import decode_addr, decode_network, encode_addr, encode_prefix
+    from telenet.teleroute.proto import teleroute_pb2 as pb, teleroute_pb2_grpc as pbg
 
     async def main(pid, host):
         out = {}
@@ -468,7 +468,7 @@ def test_daemon_in_scratch_netns(scratch: Scratch) -> None:
         s.ip(s.host_ns, "link", "set", "tpd-0", "up")
         for route in story["w"]["routes"]:
             s.ip(s.host_ns, "route", "add", route, "via", story["w"]["via"])
-        # The gateway moves to br-daemon (telenet.gateway): the subnet is routed through it
+        # The gateway moves to br-daemon (telenet.network.gateway): the subnet is routed through it
         # and tpd-0 no longer answers ARP, so the workload sends to the bridge's MAC.
         wait_for(
             lambda: "dev br-daemon" in s.ip(s.daemon_ns, "route", "show", "172.30.0.0/16"),

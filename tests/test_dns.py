@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.names import client, common, dns
 from twisted.names.error import DomainError
 
-from telenet.dns import (
+from telenet.network.dns import (
     DNSService,
     SplitResolver,
     in_domains,

@@ -1,5 +1,5 @@
-"""The Docker endpoint chosen as the docker CLI chooses it (telenet.dockercontext), and SDKDocker
-built from it. Temporary directories only: no daemon, no network."""
+"""The Docker endpoint chosen as the docker CLI chooses it (telenet.cli.dockercontext), and
+SDKDocker built from it. Temporary directories only: no daemon, no network."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from telenet.dockerapi import DockerUnavailable, SDKDocker
-from telenet.dockercontext import (
+from telenet.cli.dockerapi import DockerUnavailable, SDKDocker
+from telenet.cli.dockercontext import (
     DEFAULT_HOST,
     DockerContextError,
     DockerEndpoint,
@@ -476,7 +476,7 @@ def test_config_json_ignored_when_docker_host_or_context_set(home: Path, config:
 def test_module_is_import_light() -> None:
     """The CLI imports it on every command: no docker-py (or requests) at import."""
     code = (
-        "import sys, telenet.dockercontext; "
+        "import sys, telenet.cli.dockercontext; "
         "sys.exit(any(m in sys.modules for m in ('docker', 'requests')))"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

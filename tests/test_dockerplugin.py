@@ -10,8 +10,8 @@ import pytest_twisted
 from treq.testing import StubTreq
 from twisted.internet import defer
 
-from telenet import dockerplugin
-from telenet.dockerplugin import BadRequest, PluginError, PluginResource, field, string_map
+from telenet.core import dockerplugin
+from telenet.core.dockerplugin import BadRequest, PluginError, PluginResource, field, string_map
 
 from .helpers import result_of
 

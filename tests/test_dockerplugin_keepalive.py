@@ -17,8 +17,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from telenet import dockerplugin
-from telenet.dockerplugin import PluginError, PluginResource
+from telenet.core import dockerplugin
+from telenet.core.dockerplugin import PluginError, PluginResource
 
 from .faultkit import unix_exchange
 

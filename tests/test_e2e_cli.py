@@ -636,7 +636,7 @@ def ensure_curl_image() -> None:
         == 0
     ):
         return
-    from telenet.runner import CURL_DOCKERFILE
+    from telenet.cli.runner import CURL_DOCKERFILE
 
     # The Debian base scripts/dev made for this machine's release (no registry here).
     bases = [

@@ -128,7 +128,9 @@ def sleeping_container(volume: str) -> Iterator[str]:
 
 def helper_pids(plugin: Telemount) -> list[int]:
     out = subprocess.run(
-        ["pgrep", "-f", f"telenet.sftpfs .*{plugin.mount_root}"], capture_output=True, text=True
+        ["pgrep", "-f", f"telenet.fuse.helper .*{plugin.mount_root}"],
+        capture_output=True,
+        text=True,
     ).stdout
     return [int(p) for p in out.split()]
 

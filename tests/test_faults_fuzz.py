@@ -326,7 +326,7 @@ def test_slowloris(plugins: Plugins) -> None:
     While ``SLOW_CONNECTIONS`` sockets hold half a request each, real requests still get answers
     within a second; the idle ones are closed by the plug-in's idle timeout.
     """
-    from telenet.dockerplugin import IDLE_TIMEOUT
+    from telenet.core.dockerplugin import IDLE_TIMEOUT
 
     slow: list[socket.socket] = []
     try:

@@ -36,7 +36,7 @@ TIMEOUT = 3
 BRIDGE = textwrap.dedent(
     """
     import sys
-    from telenet.aio import install_asyncio_reactor
+    from telenet.core.aio import install_asyncio_reactor
     install_asyncio_reactor()
     from twisted.internet import reactor
     from telenet import sftpproxy

@@ -23,7 +23,7 @@ teleroute network, the cluster container behind the VIF, and inside the daemon:
 | the cluster (VIF side) | VIF address | no | no | VIF address |
 | inside the daemon | 127.0.0.1 | 127.0.0.1 | no | - |
 
-Workloads are refused by the daemon's ``telenet.guard.TelerouteGuard`` (nftables table
+Workloads are refused by the daemon's ``telenet.network.guard.TelerouteGuard`` (nftables table
 ``inet telenet_guard``: a TCP reset for every new connection that comes in on ``tpd-*`` or
 ``br-daemon`` to a port other than DNS). The VIF side is not guarded: the VIF may be the
 plug-in's own path (``--vif eth0`` when the cluster is reached through the host).
@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 
-from telenet.guard import TelerouteGuard
+from telenet.network.guard import TelerouteGuard
 from telenet.testing import FakeRunner
 
 from .conftest import require
@@ -96,7 +96,7 @@ def tcp(host, port, send):
 
 def grpc(host, port):  # Leave of an endpoint that does not exist: NOT_FOUND, no change
     import grpc as g
-    from telenet.proto import teleroute_pb2, teleroute_pb2_grpc
+    from telenet.teleroute.proto import teleroute_pb2, teleroute_pb2_grpc
     with g.insecure_channel(f"{host}:{port}") as channel:
         stub = teleroute_pb2_grpc.TelerouteStub(channel)
         try:

@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from telenet.aio import as_deferred
-from telenet.netip import encode_addr, encode_prefix
-from telenet.netlink import NetlinkFailure
-from telenet.proto import teleroute_pb2 as pb
-from telenet.teleroute import GrpcServerService, TelerouteError
+from telenet.core.aio import as_deferred
+from telenet.core.netip import encode_addr, encode_prefix
+from telenet.core.netlink import NetlinkFailure
+from telenet.teleroute.proto import teleroute_pb2 as pb
+from telenet.teleroute.service import GrpcServerService, TelerouteError
 
 from .faultkit import record, scaled
 from .test_teleroute import PID, Harness

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from telenet import daemon, dockerplugin, mountplugin, routeplugin
+from telenet import daemon, mountplugin, routeplugin
+from telenet.core import dockerplugin
 
 from .conftest import Agent, Telemount, run
 from .test_e2e_telemount import busybox, create_volume

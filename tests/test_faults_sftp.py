@@ -9,7 +9,7 @@ Fault suite, item 4 (bad input) for the FUSE client's side of SFTP: a hostile se
   never raises, and the client never holds more than one packet's worth of bytes.
 - One deterministic test per bug the property found (see each docstring).
 - ``test_hostile_server_under_a_real_mount`` (e2e): the FUSE helper (``python -m
-  telenet.sftpfs``) mounted against a hostile TCP server; file operations fail within the
+  telenet.fuse.helper``) mounted against a hostile TCP server; file operations fail within the
   timeout, the helper lives, nothing is left in D state; switched to a real agent, the mount
   recovers by itself.
 - ``test_malformed_answers_to_each_operation_under_a_real_mount`` (e2e): a proxy to a real
@@ -43,7 +43,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from telenet.sftpclient import (
+from telenet.sftp.client import (
     MAX_PACKET,
     MIN_CHUNK,
     ConnectionDead,

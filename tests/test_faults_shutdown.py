@@ -45,17 +45,17 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from telenet.agent import RootedFilesystem
+from telenet.core.dockerplugin import PluginSite
+from telenet.core.interfaces import IMounter
+from telenet.core.netip import encode_addr
 from telenet.daemon import Options as DaemonOptions
 from telenet.daemon import makeService
-from telenet.dockerplugin import PluginSite
-from telenet.interfaces import IMounter
-from telenet.mounter import EXIT_GRACE, ProcessMounter
 from telenet.mountplugin import VolumeDriver, _MounterService
-from telenet.netip import encode_addr
-from telenet.proto import teleroute_pb2, teleroute_pb2_grpc
 from telenet.routeplugin import NetworkDriver, _DriverService
-from telenet.teleroute import Teleroute, TelerouteError
+from telenet.teleroute.proto import teleroute_pb2, teleroute_pb2_grpc
+from telenet.teleroute.service import Teleroute, TelerouteError
 from telenet.testing import MemoryNetlink
+from telenet.volumes.mounter import EXIT_GRACE, ProcessMounter
 
 from .conftest import TWISTD, Agent, Daemon, Telemount, fuse_mounts, require, wait_for
 from .faultkit import post, process_state, record
@@ -597,7 +597,7 @@ def test_telemount_sigterm_with_default_timeout_and_a_mute_server(
         mute.close()
     log = plugin.log()
     helpers = subprocess.run(
-        ["pgrep", "-f", f"telenet.sftpfs .*{mount_root}"], capture_output=True, text=True
+        ["pgrep", "-f", f"telenet.fuse.helper .*{mount_root}"], capture_output=True, text=True
     ).stdout.split()
     for pid in helpers:
         os.kill(int(pid), signal.SIGKILL)
@@ -922,8 +922,8 @@ DAEMON_CLIENT = textwrap.dedent(
     """
     import ipaddress, json, struct, sys, threading, time, urllib.request, uuid
     import grpc
-    from telenet.netip import encode_addr, encode_prefix
-    from telenet.proto import teleroute_pb2 as pb, teleroute_pb2_grpc as pbg
+    from telenet.core.netip import encode_addr, encode_prefix
+    from telenet.teleroute.proto import teleroute_pb2 as pb, teleroute_pb2_grpc as pbg
     from tests.test_faults_shutdown import RawSFTP, WINDOW, _chunk, _string, CHUNK
 
     agent_port, pid, out_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

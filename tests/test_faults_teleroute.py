@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from telenet.routesweep import JOIN_WITHIN
+from telenet.netplugin.sweep import JOIN_WITHIN
 
 from .conftest import wait_for
 from .faultkit import PluginCallTap, record, scaled
@@ -127,7 +127,7 @@ def test_kill_9_during_join_leave_loop(legacy_setup: Setup) -> None:  # noqa: F8
     # Nothing Docker saw succeed is lost, nothing stale is kept: the plug-in's endpoints are
     # exactly those Docker has on the network (the daemon's and the long-lived workload's).
     # An endpoint Docker let go during a kill is forgotten by the restarted plug-in within
-    # the sweep's bounds (telenet/routesweep.py): at once, about 2 s, or JOIN_WITHIN.
+    # the sweep's bounds (telenet/netplugin/sweep.py): at once, about 2 s, or JOIN_WITHIN.
     converged = time.monotonic()
     wait_for(
         lambda: _docker_endpoints(s) == _plugin_endpoints(s),

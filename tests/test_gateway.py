@@ -1,5 +1,5 @@
 """
-telenet.gateway against the memory netlink and a task.Clock: when and how the workloads'
+telenet.network.gateway against the memory netlink and a task.Clock: when and how the workloads'
 gateway moves from the daemon's tpd-N to br-daemon.
 """
 
@@ -10,8 +10,8 @@ import ipaddress
 from twisted.internet import task
 from twisted.logger import LogLevel, capturedLogs
 
-from telenet.gateway import BridgeGateway
-from telenet.netlink import NetlinkFailure
+from telenet.core.netlink import NetlinkFailure
+from telenet.network.gateway import BridgeGateway
 from telenet.testing import MemoryNetlink
 
 from .helpers import result_of

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from telenet import gocompat, mountplugin
+from telenet import mountplugin
+from telenet.core import gocompat
 
 
 @pytest.mark.parametrize(
@@ -34,10 +35,10 @@ def test_the_volume_plugin_shares_it() -> None:
 def test_the_cli_configuration_needs_no_twisted_application() -> None:
     """Reading config.yml does not import the plug-ins' Twisted services (a fresh interpreter)."""
     modules = subprocess.run(
-        [sys.executable, "-c", "import sys, telenet.cliconfig; print(*sys.modules)"],
+        [sys.executable, "-c", "import sys, telenet.cli.config; print(*sys.modules)"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.split()
-    assert "telenet.gocompat" in modules
+    assert "telenet.core.gocompat" in modules
     assert [m for m in modules if m.startswith(("twisted", "telenet.mountplugin"))] == []

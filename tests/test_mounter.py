@@ -12,10 +12,10 @@ import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
-from telenet.dockerplugin import PluginError
-from telenet.interfaces import IMounter
-from telenet.mounter import ProcessMounter, control_request, host_dir_name
+from telenet.core.dockerplugin import PluginError
+from telenet.core.interfaces import IMounter
 from telenet.testing import MemoryMounter
+from telenet.volumes.mounter import ProcessMounter, control_request, host_dir_name
 
 HELPER = [sys.executable, os.path.join(os.path.dirname(__file__), "fake_helper.py")]
 
@@ -110,9 +110,9 @@ async def test_a_hung_helper_times_out(
     mounter: ProcessMounter, ports: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A helper that never reports is killed and the attach fails with a timeout."""
-    import telenet.mounter
+    import telenet.volumes.mounter
 
-    monkeypatch.setattr(telenet.mounter, "START_GRACE", 0.5)
+    monkeypatch.setattr(telenet.volumes.mounter, "START_GRACE", 0.5)
     monkeypatch.setenv("FAKE_HELPER_ERROR", "hang")
     with pytest.raises(PluginError, match="timed out mounting the SFTP server at 127.0.0.1:"):
         await mounter.attach("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False)
@@ -168,7 +168,7 @@ async def test_control_request_to_nobody(tmp_path: Path) -> None:
     """A control request to a socket nobody serves fails with ControlUnavailable."""
     from twisted.internet import reactor
 
-    from telenet.mounter import ControlUnavailable
+    from telenet.volumes.mounter import ControlUnavailable
 
     with pytest.raises(ControlUnavailable):
         await control_request(reactor, str(tmp_path / "none.sock"), {"op": "status"})

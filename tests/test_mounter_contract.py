@@ -13,10 +13,10 @@ import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
-from telenet.dockerplugin import PluginError
-from telenet.interfaces import IMounter
-from telenet.mounter import ProcessMounter
+from telenet.core.dockerplugin import PluginError
+from telenet.core.interfaces import IMounter
 from telenet.testing import MemoryMounter
+from telenet.volumes.mounter import ProcessMounter
 
 from .conftest import Agent, free_port, require
 

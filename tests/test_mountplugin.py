@@ -9,7 +9,7 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet import defer, task
 
-from telenet.dockerplugin import PluginResource
+from telenet.core.dockerplugin import PluginResource
 from telenet.mountplugin import Options, VolumeDriver, parse_duration, parse_options, safe_name
 from telenet.testing import MemoryMounter, MemoryStateStore
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telenet import netip
-from telenet.netip import NetipError
+from telenet.core import netip
+from telenet.core.netip import NetipError
 
 A = ipaddress.ip_address
 I = ipaddress.ip_interface  # noqa: E741

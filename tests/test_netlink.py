@@ -20,8 +20,8 @@ import pytest_twisted
 from twisted.internet import task
 from zope.interface.verify import verifyObject
 
-from telenet.netip import Network
-from telenet.netlink import (
+from telenet.core.netip import Network
+from telenet.core.netlink import (
     AlreadyExists,
     INetlink,
     IRouteWatch,

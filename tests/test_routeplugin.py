@@ -16,9 +16,8 @@ from treq.testing import StubTreq
 from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 
-from telenet.dockerplugin import PluginResource
-from telenet.proto import teleroute_pb2
-from telenet.routeclient import TelerouteError, grpc_target
+from telenet.core.dockerplugin import PluginResource
+from telenet.netplugin.sweep import JOIN_WITHIN, SETTLE
 from telenet.routeplugin import (
     CALL_TIMEOUT,
     NetworkDriver,
@@ -28,9 +27,10 @@ from telenet.routeplugin import (
     own_host_pid,
     static_routes,
 )
-from telenet.routesweep import JOIN_WITHIN, SETTLE
-from telenet.routetesting import MemoryPlumbing, MemoryTeleroute
+from telenet.teleroute.client import TelerouteError, grpc_target
+from telenet.teleroute.proto import teleroute_pb2
 from telenet.testing import MemoryNetlink, MemoryStateStore
+from telenet.testing.teleroute import MemoryPlumbing, MemoryTeleroute
 
 from .helpers import DOCKERD_CAPTURES, dockerd_calls, result_of
 
@@ -595,7 +595,7 @@ def test_static_routes_no_via_at_all() -> None:
 
 def test_malformed_join_answer() -> None:
     """Bad bytes from the daemon are an error Docker can show, not a crash."""
-    from telenet.dockerplugin import PluginError
+    from telenet.core.dockerplugin import PluginError
 
     with pytest.raises(PluginError, match="malformed"):
         join_answer(teleroute_pb2.JoinResponse(routes=[b"\x0a\x00"]))
@@ -1038,7 +1038,7 @@ def test_make_service_listens_where_told(tmp_path: Any) -> None:
 def test_importing_does_not_pick_a_reactor() -> None:
     """The module imports without installing a reactor, so the tap can choose asyncio."""
     code = (
-        "import sys, telenet.routeplugin, telenet.routeclient; "
+        "import sys, telenet.routeplugin, telenet.teleroute.client; "
         "assert 'twisted.internet.reactor' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -1109,7 +1109,7 @@ def grpc_loop_ready() -> None:
 
 async def _with_server(servicer: _Servicer) -> tuple[Any, int]:
     """An asyncio coroutine (run it with ``as_deferred``) starting a server on loopback."""
-    from telenet.proto import teleroute_pb2_grpc
+    from telenet.teleroute.proto import teleroute_pb2_grpc
 
     server = grpc.aio.server()
     teleroute_pb2_grpc.add_TelerouteServicer_to_server(servicer, server)
@@ -1122,8 +1122,8 @@ async def _with_server(servicer: _Servicer) -> tuple[Any, int]:
 @pytest_twisted.ensureDeferred
 async def test_grpc_client_round_trip() -> None:
     """The gRPC client opens the stream, makes calls, maps errors and sees the stream end."""
-    from telenet.aio import as_deferred
-    from telenet.routeclient import GrpcTelerouteClient
+    from telenet.core.aio import as_deferred
+    from telenet.teleroute.client import GrpcTelerouteClient
 
     servicer = _Servicer()
     server, port = await as_deferred(_with_server(servicer))
@@ -1161,8 +1161,8 @@ async def test_grpc_client_round_trip() -> None:
 @pytest_twisted.ensureDeferred
 async def test_grpc_client_sees_a_daemon_going_away() -> None:
     """A server that stops ends the stream; nothing listening is UNAVAILABLE."""
-    from telenet.aio import as_deferred
-    from telenet.routeclient import GrpcTelerouteClient
+    from telenet.core.aio import as_deferred
+    from telenet.teleroute.client import GrpcTelerouteClient
 
     servicer = _Servicer()
     server, port = await as_deferred(_with_server(servicer))
@@ -1213,7 +1213,7 @@ def _fake_proc(tmp_path: Any) -> Any:
 
 def test_local_addresses_and_finding_the_daemon_namespace(tmp_path: Any) -> None:
     """The namespace holding the daemon's address is found through /proc, never our own."""
-    from telenet.routelinks import find_pid_holding, find_pid_in_sandbox, local_addresses
+    from telenet.netplugin.plumbing import find_pid_holding, find_pid_in_sandbox, local_addresses
 
     proc = _fake_proc(tmp_path)
     assert local_addresses(str(proc / "20" / "net")) == {"127.0.0.1", "172.17.0.2", "fd00::2"}
@@ -1230,7 +1230,7 @@ def test_local_addresses_and_finding_the_daemon_namespace(tmp_path: Any) -> None
 
 def test_plumbing_moves_renames_addresses_and_raises(tmp_path: Any) -> None:
     """The link goes in by pid, then gets the next free tpd-N, its addresses, and up."""
-    from telenet.routelinks import NetnsPlumbing
+    from telenet.netplugin.plumbing import NetnsPlumbing
 
     proc = _fake_proc(tmp_path)
     (proc / "20" / "net" / "dev").write_text(
@@ -1256,7 +1256,7 @@ def test_plumbing_moves_renames_addresses_and_raises(tmp_path: Any) -> None:
 
 def test_plumbing_errors(tmp_path: Any) -> None:
     """No namespace with the daemon's address, or a failing command: a clear PlumbingError."""
-    from telenet.routelinks import NetnsPlumbing, PlumbingError
+    from telenet.netplugin.plumbing import NetnsPlumbing, PlumbingError
 
     proc = _fake_proc(tmp_path)
     (proc / "20" / "net" / "dev").write_text("  eth0: 0 0\n")

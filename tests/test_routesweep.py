@@ -1,10 +1,10 @@
-"""``telenet.routesweep.EndpointSweep``: which saved endpoints Docker no longer has."""
+"""``telenet.netplugin.sweep.EndpointSweep``: which saved endpoints Docker no longer has."""
 
 from __future__ import annotations
 
 from twisted.internet import task
 
-from telenet.routesweep import EndpointSweep, Seen
+from telenet.netplugin.sweep import EndpointSweep, Seen
 
 
 def test_joined_endpoint_whose_interface_stays_back_is_stale_at_the_second_look() -> None:

@@ -1,5 +1,5 @@
 """
-Tests for ``telenet.sftpclient``: the protocol against a real Conch ``FileTransferServer`` over
+Tests for ``telenet.sftp.client``: the protocol against a real Conch ``FileTransferServer`` over
 iosim, deadlines and keepalives on a ``task.Clock``, the read-ahead window, the pipelined
 writer and the reconnecting manager.
 """
@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from telenet.sftpclient import (
+from telenet.sftp.client import (
     FAKE_STATVFS,
     LAZY_DELAY,
     MAX_CHUNK,

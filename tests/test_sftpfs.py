@@ -1,9 +1,9 @@
 """
-Tests for ``telenet.sftpfs``.
+Tests for ``telenet.fuse.helper``.
 
 The unit tests drive the FUSE operations directly (as pyfuse3 would, on the asyncio loop)
 against ``FakeSFTPClient``, an in-memory SFTP server. The end-to-end tests (``-m e2e``) run
-``python -m telenet.sftpfs`` against OpenSSH's sftp-server behind socat and use the mount from
+``python -m telenet.fuse.helper`` against OpenSSH's sftp-server behind socat and use the mount from
 worker threads, as any program would.
 """
 
@@ -35,10 +35,9 @@ from twisted.conch.ssh import filetransfer as ft
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
-from telenet import sftpfs
-from telenet.aio import as_deferred
-from telenet.sftpclient import MAX_CHUNK, SFTPStatusError
-from telenet.sftpfs import (
+from telenet.core.aio import as_deferred
+from telenet.fuse import helper as sftpfs
+from telenet.fuse.helper import (
     KERNEL_READAHEAD_KB,
     ControlProtocol,
     FuseFdWaiter,
@@ -46,6 +45,7 @@ from telenet.sftpfs import (
     SFTPOperations,
     _mount_dev,
 )
+from telenet.sftp.client import MAX_CHUNK, SFTPStatusError
 from tests.conftest import free_port, fuse_mounts, port_open, require, wait_for
 from tests.helpers import result_of
 from tests.sftpfakes import FakeSFTPClient, FakeSource
@@ -640,7 +640,7 @@ class SocatSFTP:
 
 
 class MountHelper:
-    """A ``python -m telenet.sftpfs`` child and its control socket."""
+    """A ``python -m telenet.fuse.helper`` child and its control socket."""
 
     def __init__(self, workdir: str, port: int, timeout: float = 3) -> None:
         self.mountpoint = os.path.join(workdir, "mnt", "127.0.0.1", str(port))
@@ -649,7 +649,7 @@ class MountHelper:
         self.args = [
             sys.executable,
             "-m",
-            "telenet.sftpfs",
+            "telenet.fuse.helper",
             "--host",
             "127.0.0.1",
             "--port",
@@ -1153,7 +1153,7 @@ async def test_a_failed_preload_leaves_the_kernel_to_read(world: World) -> None:
 async def test_resume_runs_the_waiting_task_inside_the_settling_call() -> None:
     """Settled from a loop callback, the awaiting task has run before set_result returns;
     settled from inside another task, it runs a loop turn later (tasks cannot nest)."""
-    from telenet.sftpfs import Resume
+    from telenet.fuse.helper import Resume
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()

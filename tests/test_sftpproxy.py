@@ -454,7 +454,7 @@ class Collector(Protocol):
 @pytest_twisted.ensureDeferred
 async def test_sftp_client_reads_its_socket_the_lean_way(agent_port: int) -> None:
     """telenet's SFTP client, on real TCP, takes the same lean read path and works on it."""
-    from telenet.sftpclient import SFTPClient
+    from telenet.sftp.client import SFTPClient
 
     reactor = _reactor()
     client = SFTPClient(reactor)

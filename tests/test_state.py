@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from zope.interface.verify import verifyObject
 
-from telenet.interfaces import IStateStore
-from telenet.state import JSONFileStore
+from telenet.core.interfaces import IStateStore
+from telenet.core.state import JSONFileStore
 from telenet.testing import MemoryStateStore
 
 

@@ -19,11 +19,11 @@ import pytest
 import pytest_twisted
 from google.protobuf import empty_pb2
 
-from telenet.aio import as_deferred, as_future
-from telenet.netip import decode_addr, decode_network, encode_addr, encode_prefix
-from telenet.proto import teleroute_pb2 as pb
-from telenet.proto import teleroute_pb2_grpc as pb_grpc
-from telenet.teleroute import (
+from telenet.core.aio import as_deferred, as_future
+from telenet.core.netip import decode_addr, decode_network, encode_addr, encode_prefix
+from telenet.teleroute.proto import teleroute_pb2 as pb
+from telenet.teleroute.proto import teleroute_pb2_grpc as pb_grpc
+from telenet.teleroute.service import (
     GrpcServerService,
     Teleroute,
     TelerouteError,

@@ -13,9 +13,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task, utils
 
-from telenet.netip import Network
+from telenet.core.netip import Network
+from telenet.network.vif import Forwarding, RouteTable, VifRouteService, VifSelector
 from telenet.testing import FakeRunner, MemoryNetlink
-from telenet.vif import Forwarding, RouteTable, VifRouteService, VifSelector
 from tests.conftest import require
 from tests.helpers import result_of
 

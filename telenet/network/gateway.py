@@ -25,8 +25,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from telenet.netip import Address
-from telenet.netlink import INetlink
+from telenet.core.netip import Address
+from telenet.core.netlink import INetlink
 
 log = Logger()
 

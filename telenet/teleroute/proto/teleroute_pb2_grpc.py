@@ -4,7 +4,7 @@ import grpc
 import warnings
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
-from telenet.proto import teleroute_pb2 as telenet_dot_proto_dot_teleroute__pb2
+from telenet.teleroute.proto import teleroute_pb2 as telenet_dot_teleroute_dot_proto_dot_teleroute__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in telenet/proto/teleroute_pb2_grpc.py depends on'
+        + ' but the generated code in telenet/teleroute/proto/teleroute_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,27 +37,27 @@ class TelerouteStub:
         """
         self.Connect = channel.unary_stream(
                 '/telepresence.teleroute.Teleroute/Connect',
-                request_serializer=telenet_dot_proto_dot_teleroute__pb2.ConnectRequest.SerializeToString,
-                response_deserializer=telenet_dot_proto_dot_teleroute__pb2.Info.FromString,
+                request_serializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.Info.FromString,
                 _registered_method=True)
         self.CreateEndpoint = channel.unary_unary(
                 '/telepresence.teleroute.Teleroute/CreateEndpoint',
-                request_serializer=telenet_dot_proto_dot_teleroute__pb2.CreateEndpointRequest.SerializeToString,
+                request_serializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.CreateEndpointRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.RemoveEndpoint = channel.unary_unary(
                 '/telepresence.teleroute.Teleroute/RemoveEndpoint',
-                request_serializer=telenet_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
+                request_serializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.Join = channel.unary_unary(
                 '/telepresence.teleroute.Teleroute/Join',
-                request_serializer=telenet_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
-                response_deserializer=telenet_dot_proto_dot_teleroute__pb2.JoinResponse.FromString,
+                request_serializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
+                response_deserializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.JoinResponse.FromString,
                 _registered_method=True)
         self.Leave = channel.unary_unary(
                 '/telepresence.teleroute.Teleroute/Leave',
-                request_serializer=telenet_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
+                request_serializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
 
@@ -100,27 +100,27 @@ def add_TelerouteServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Connect': grpc.unary_stream_rpc_method_handler(
                     servicer.Connect,
-                    request_deserializer=telenet_dot_proto_dot_teleroute__pb2.ConnectRequest.FromString,
-                    response_serializer=telenet_dot_proto_dot_teleroute__pb2.Info.SerializeToString,
+                    request_deserializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.ConnectRequest.FromString,
+                    response_serializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.Info.SerializeToString,
             ),
             'CreateEndpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEndpoint,
-                    request_deserializer=telenet_dot_proto_dot_teleroute__pb2.CreateEndpointRequest.FromString,
+                    request_deserializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.CreateEndpointRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'RemoveEndpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveEndpoint,
-                    request_deserializer=telenet_dot_proto_dot_teleroute__pb2.EndpointIdentifier.FromString,
+                    request_deserializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'Join': grpc.unary_unary_rpc_method_handler(
                     servicer.Join,
-                    request_deserializer=telenet_dot_proto_dot_teleroute__pb2.EndpointIdentifier.FromString,
-                    response_serializer=telenet_dot_proto_dot_teleroute__pb2.JoinResponse.SerializeToString,
+                    request_deserializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.FromString,
+                    response_serializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.JoinResponse.SerializeToString,
             ),
             'Leave': grpc.unary_unary_rpc_method_handler(
                     servicer.Leave,
-                    request_deserializer=telenet_dot_proto_dot_teleroute__pb2.EndpointIdentifier.FromString,
+                    request_deserializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
@@ -149,8 +149,8 @@ class Teleroute:
             request,
             target,
             '/telepresence.teleroute.Teleroute/Connect',
-            telenet_dot_proto_dot_teleroute__pb2.ConnectRequest.SerializeToString,
-            telenet_dot_proto_dot_teleroute__pb2.Info.FromString,
+            telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.ConnectRequest.SerializeToString,
+            telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.Info.FromString,
             options,
             channel_credentials,
             insecure,
@@ -176,7 +176,7 @@ class Teleroute:
             request,
             target,
             '/telepresence.teleroute.Teleroute/CreateEndpoint',
-            telenet_dot_proto_dot_teleroute__pb2.CreateEndpointRequest.SerializeToString,
+            telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.CreateEndpointRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -203,7 +203,7 @@ class Teleroute:
             request,
             target,
             '/telepresence.teleroute.Teleroute/RemoveEndpoint',
-            telenet_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
+            telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -230,8 +230,8 @@ class Teleroute:
             request,
             target,
             '/telepresence.teleroute.Teleroute/Join',
-            telenet_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
-            telenet_dot_proto_dot_teleroute__pb2.JoinResponse.FromString,
+            telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
+            telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -257,7 +257,7 @@ class Teleroute:
             request,
             target,
             '/telepresence.teleroute.Teleroute/Leave',
-            telenet_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
+            telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,

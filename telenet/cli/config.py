@@ -38,7 +38,7 @@ from typing import Any
 import attrs
 import yaml
 
-from telenet.gocompat import parse_duration
+from telenet.core.gocompat import parse_duration
 
 DEFAULT_SOURCE = "default"
 SYSTEM_CONFIG = "/etc/telenet/config.yml"

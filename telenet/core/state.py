@@ -17,7 +17,7 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from telenet.interfaces import IStateStore
+from telenet.core.interfaces import IStateStore
 
 log = Logger()
 

@@ -4,7 +4,7 @@ The telemount FUSE filesystem, and the mount helper process that serves it.
 
 pyfuse3 serves one mount per process, so the volume plug-in runs one helper per SFTP server::
 
-    python -m telenet.sftpfs --host H --port P --mountpoint MP --control SOCK
+    python -m telenet.fuse.helper --host H --port P --mountpoint MP --control SOCK
                              [--log-file F] [--timeout SECONDS]
 
 The mount root lists one directory per volume; volume ``NAME`` is ``MP/NAME`` and shows a
@@ -58,8 +58,8 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from telenet.aio import as_deferred, as_future
-from telenet.sftpclient import (
+from telenet.core.aio import as_deferred, as_future
+from telenet.sftp.client import (
     FileAttrs,
     NameEntry,
     NotConnected,
@@ -72,7 +72,7 @@ from telenet.sftpclient import (
 
 __all__ = ["ControlFactory", "MountControl", "SFTPOperations", "Volume", "main"]
 
-log = Logger(namespace="telenet.sftpfs")
+log = Logger(namespace="telenet.fuse.helper")
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -1733,7 +1733,9 @@ class ControlFactory(Factory):
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m telenet.sftpfs", description=__doc__.split("\n")[1])
+    p = argparse.ArgumentParser(
+        prog="python -m telenet.fuse.helper", description=__doc__.split("\n")[1]
+    )
     p.add_argument("--host", required=True)
     p.add_argument("--port", required=True, type=int)
     p.add_argument("--mountpoint", required=True)
@@ -1966,7 +1968,7 @@ def main(argv: list[str] | None = None) -> int:
     # 14 MiB of a helper that never speaks TLS. Without it, Twisted just has no startTLS.
     sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
 
-    from telenet.aio import install_asyncio_reactor
+    from telenet.core.aio import install_asyncio_reactor
 
     install_asyncio_reactor()
     import pyfuse3.asyncio as pyfuse3_asyncio
@@ -1989,7 +1991,7 @@ def main(argv: list[str] | None = None) -> int:
         textFileLogObserver,
     )
 
-    from telenet.sftpclient import SFTPConnectionManager
+    from telenet.sftp.client import SFTPConnectionManager
 
     log_out = open(args.log_file, "a", buffering=1) if args.log_file else sys.stderr  # noqa: SIM115
     observer = FilteringLogObserver(

@@ -31,8 +31,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 import telenet
-from telenet.aio import as_deferred, as_future
-from telenet.netip import (
+from telenet.core.aio import as_deferred, as_future
+from telenet.core.netip import (
     Address,
     Interface,
     NetipError,
@@ -42,8 +42,8 @@ from telenet.netip import (
     encode_addr,
     encode_prefix,
 )
-from telenet.netlink import INetlink, LinkNotFound, NetlinkFailure
-from telenet.proto import teleroute_pb2, teleroute_pb2_grpc
+from telenet.core.netlink import INetlink, LinkNotFound, NetlinkFailure
+from telenet.teleroute.proto import teleroute_pb2, teleroute_pb2_grpc
 
 log = Logger()
 

@@ -23,9 +23,9 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from telenet.firewall import FirewallRules, IptablesRule, NftChain, Runner
-from telenet.netip import Network
-from telenet.netlink import INetlink, IRouteWatch
+from telenet.core.netip import Network
+from telenet.core.netlink import INetlink, IRouteWatch
+from telenet.network.firewall import FirewallRules, IptablesRule, NftChain, Runner
 
 log = Logger()
 
@@ -198,8 +198,8 @@ class Forwarding(FirewallRules):
     While running: IP forwarding on, and traffic leaving through the VIF masqueraded.
 
     Masquerading uses an nftables table of its own (``inet telenet``) when ``nft`` is
-    installed, else iptables/ip6tables rules (``telenet.firewall``). Failures are logged, not
-    fatal: the daemon still serves DNS and the control API, and the container's
+    installed, else iptables/ip6tables rules (``telenet.network.firewall``). Failures are
+    logged, not fatal: the daemon still serves DNS and the control API, and the container's
     ``--sysctl net.ipv4.ip_forward=1`` may already have done half the job.
 
     Frames switched by ``bridge`` from port to port (between the containers' veth ports and the
@@ -209,7 +209,8 @@ class Forwarding(FirewallRules):
     would never apply when the same packet is routed to the VIF (checked in a scratch netns:
     without the exemption the far side gets the containers' addresses and its replies go
     nowhere). Frames addressed to the bridge itself (packet type "host": the gateway, see
-    ``telenet.gateway``) are routed from it and must be tracked, or they are not masqueraded.
+    ``telenet.network.gateway``) are routed from it and must be tracked, or they are not
+    masqueraded.
     """
 
     nft_table = NFT_TABLE

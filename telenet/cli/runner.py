@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from telenet.connection import (
+from telenet.cli.connection import (
     LABEL_CONNECTION,
     LABEL_VOLUME_PLUGIN,
     CLIError,
@@ -40,8 +40,8 @@ from telenet.connection import (
     Connector,
     ControlError,
 )
-from telenet.dockerapi import DockerError
-from telenet.runflags import (
+from telenet.cli.dockerapi import DockerError
+from telenet.cli.runflags import (
     RemoteMount,
     RunArgs,
     RunFlagsError,

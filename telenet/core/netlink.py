@@ -23,9 +23,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from telenet.aio import as_deferred
-from telenet.netip import Address, Network
-from telenet.netip import Interface as IPInterface
+from telenet.core.aio import as_deferred
+from telenet.core.netip import Address, Network
+from telenet.core.netip import Interface as IPInterface
 
 log = Logger()
 
@@ -279,7 +279,7 @@ class PyrouteNetlink:
                 raise LinkExists(f"link {name!r} exists and is not a bridge")
             else:
                 log.info("Taking over bridge {bridge} left by an earlier run", bridge=name)
-            # ARP is left as it is: on for a new bridge, whatever telenet.gateway made it
+            # ARP is left as it is: on for a new bridge, whatever telenet.network.gateway made it
             # for one taken over.
             await ipr.link("set", ifname=name, state="up")
             msg = await self._find(name)

@@ -10,7 +10,7 @@ command before running it: ``connect --docker`` with the cluster network as the 
 ``engage`` whose container lists the agent's files next to a directory of its own ``-v``, and
 ``quit``; then it removes the cluster (``--keep`` leaves everything running).
 
-Every object is named with the prefix (default ``telenet-demo``) and labelled ``telenet.demo``.
+Every object is named with the prefix (default ``telenet-demo``) and labelled ``telenet.cli.demo``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from telenet.connection import CLIError, Connector
-from telenet.dockerapi import ContainerSpec, DockerError, IDocker
+from telenet.cli.connection import CLIError, Connector
+from telenet.cli.dockerapi import ContainerSpec, DockerError, IDocker
 
 BUSYBOX = "local/busybox"
-LABEL_DEMO = "telenet.demo"
+LABEL_DEMO = "telenet.cli.demo"
 SERVICE = "echo.default.svc.cluster.local"
 BODY = "hello from echo.default"
 SAMPLE_CONTAINER = "echo"
@@ -187,7 +187,7 @@ def run_demo(
 ) -> int:
     """Run the story; 0 when every step worked."""
     if telenet is None:
-        from telenet.cli import main as telenet
+        from telenet.cli.main import main as telenet
     assert telenet is not None
 
     def step(*args: str, expect: int = 0) -> None:

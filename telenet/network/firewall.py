@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_vif,tests.test_faults_reach -*-
 """
 Firewall rules the daemon owns while it runs: ``FirewallRules``, the base of the masquerade
-(``telenet.vif.Forwarding``) and of the teleroute guard (``telenet.guard.TelerouteGuard``).
+(``telenet.network.vif.Forwarding``) and of the teleroute guard
+(``telenet.network.guard.TelerouteGuard``).
 
 With ``nft`` installed the rules live in an nftables table of their own, replaced on start
 (a table left by an earlier run would double them) and deleted on stop. Without it they are

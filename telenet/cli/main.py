@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
-from telenet.cliconfig import Config, ConfigError, load_config
+from telenet.cli.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from telenet.connection import Connector
-    from telenet.runner import Runner
+    from telenet.cli.connection import Connector
+    from telenet.cli.runner import Runner
 
 COMMANDS = ("connect", "status", "docker-run", "curl", "engage", "quit", "demo", "demo-cluster")
 FORMATS = ("text", "json", "yaml")
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as e:
         return fail(str(e))
-    from telenet.connection import CLIError
+    from telenet.cli.connection import CLIError
 
     try:
         return _dispatch(args, docker_args or [], config, out)
@@ -352,15 +352,15 @@ def _say(text: str) -> None:
 
 def make_connector(config: Config, say: Callable[[str], None]) -> Connector:
     """The CLI's Connector (tests replace this to run main against memory fakes)."""
-    from telenet.connection import Connector
-    from telenet.dockerapi import SDKDocker
+    from telenet.cli.connection import Connector
+    from telenet.cli.dockerapi import SDKDocker
 
     return Connector(SDKDocker(), config, say=say)
 
 
 def make_runner(connector: Connector, say: Callable[[str], None]) -> Runner:
     """The CLI's Runner (tests replace this to run main against memory fakes)."""
-    from telenet.runner import Runner
+    from telenet.cli.runner import Runner
 
     return Runner(connector, say=say)
 
@@ -368,7 +368,12 @@ def make_runner(connector: Connector, say: Callable[[str], None]) -> Runner:
 def _dispatch(
     args: argparse.Namespace, docker_args: list[str], config: Config, out: _Output
 ) -> int:
-    from telenet.connection import CLIError, ConnectRequest, check_subnet, default_connection_name
+    from telenet.cli.connection import (
+        CLIError,
+        ConnectRequest,
+        check_subnet,
+        default_connection_name,
+    )
 
     connector = make_connector(config, out.say)
     connection = args.connection or os.environ.get("TELENET_CONNECTION") or None
@@ -387,8 +392,8 @@ def _dispatch(
             )
         )
         if out.machine:
-            from telenet.connection import container_name
-            from telenet.dockerapi import subnets_of
+            from telenet.cli.connection import container_name
+            from telenet.cli.dockerapi import subnets_of
 
             network = conn.network or {}
             out.emit(
@@ -414,7 +419,7 @@ def _dispatch(
     if args.command == "quit":
         gone = None
         if out.machine:
-            from telenet.connection import NotConnected
+            from telenet.cli.connection import NotConnected
 
             connector.check_docker()
             try:
@@ -427,7 +432,7 @@ def _dispatch(
         return 0
     if args.command in ("docker-run", "curl", "engage"):
         return _run(connector, args, name, docker_args, out)
-    from telenet import demo
+    from telenet.cli import demo
 
     if args.command == "demo":
         code = _quietly(
@@ -461,7 +466,7 @@ def _status(
     use: str | None,
     out: _Output,
 ) -> int:
-    from telenet.connection import NotConnected, format_statuses
+    from telenet.cli.connection import NotConnected, format_statuses
 
     shape = args.output or out.format
     try:
@@ -503,8 +508,8 @@ def _run(
     out: _Output,
 ) -> int:
     """docker-run, curl, engage: the container's output is its own; telenet's object follows."""
-    from telenet.connection import CLIError
-    from telenet.runner import Build
+    from telenet.cli.connection import CLIError
+    from telenet.cli.runner import Build
 
     runner = make_runner(connector, out.say)
     build = None

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
-from telenet.dockerplugin import PluginSite
+from telenet.core.dockerplugin import PluginSite
 
 log = Logger()
 

@@ -32,8 +32,8 @@ import attrs
 import yaml
 from zope.interface import Interface, implementer
 
-from telenet.cliconfig import Config, PluginConfig
-from telenet.dockerapi import (
+from telenet.cli.config import Config, PluginConfig
+from telenet.cli.dockerapi import (
     ContainerSpec,
     DockerError,
     DockerUnavailable,
@@ -41,11 +41,11 @@ from telenet.dockerapi import (
     api_version_ok,
     subnets_of,
 )
-from telenet.subnets import choose_subnet
+from telenet.cli.subnets import choose_subnet
 
 LABEL_DAEMON = "telepresence.io/teleroute/daemon"
 """On a teleroute network: the id of its daemon container (Telepresence's label)."""
-LABEL_CONNECTION = "telenet.connection"
+LABEL_CONNECTION = "telenet.cli.connection"
 """On the daemon container, the network and engagement volumes: the connection's name."""
 LABEL_ROLE = "telenet.role"
 LABEL_NETWORK_PLUGIN = "telenet.network-plugin"

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.names import client, common, dns, server
 from zope.interface import implementer
 
-from telenet.netip import Address
+from telenet.core.netip import Address
 
 log = Logger()
 

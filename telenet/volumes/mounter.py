@@ -1,11 +1,11 @@
 # -*- test-case-name: tests.test_mounter -*-
 """
-The real ``IMounter``: one ``telenet.sftpfs`` helper process per SFTP server.
+The real ``IMounter``: one ``telenet.fuse.helper`` helper process per SFTP server.
 
 pyfuse3 serves one mount per process, so each SFTP server (host, port) gets a helper process
 that mounts it under ``<mount-root>/<host>/<port>`` and shows each volume as a directory there.
 The plug-in talks to a helper over its control socket (newline-delimited JSON, see
-``telenet.sftpfs``). Helpers run in their own session and outlive a crashed plug-in, so the
+``telenet.fuse.helper``). Helpers run in their own session and outlive a crashed plug-in, so the
 containers using their volumes keep working; the next plug-in adopts them through their sockets.
 """
 
@@ -26,8 +26,8 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from telenet.dockerplugin import PluginError
-from telenet.interfaces import IMounter
+from telenet.core.dockerplugin import PluginError
+from telenet.core.interfaces import IMounter
 
 log = Logger()
 
@@ -181,7 +181,7 @@ def _unescape(field: str) -> str:
 
 @implementer(IMounter)
 class ProcessMounter:
-    """Mounts each SFTP server with a ``python -m telenet.sftpfs`` helper."""
+    """Mounts each SFTP server with a ``python -m telenet.fuse.helper`` helper."""
 
     def __init__(
         self,
@@ -197,7 +197,7 @@ class ProcessMounter:
         self.state_dir = state_dir
         self.timeout = timeout
         self.ping_timeout = ping_timeout
-        self._helper = helper or [sys.executable, "-m", "telenet.sftpfs"]
+        self._helper = helper or [sys.executable, "-m", "telenet.fuse.helper"]
         self._servers: dict[tuple[str, int], _Server] = {}
 
     def _server(self, host: str, port: int) -> _Server:

@@ -17,7 +17,7 @@ input hook at all. UDP is left alone: the daemon's only UDP service is DNS.
 
 nftables: a table of its own, ``inet telenet_guard`` (one input chain), replaced on start and
 deleted on stop; without ``nft``, iptables/ip6tables INPUT rules. Failures are logged, not
-fatal, like ``telenet.vif.Forwarding``.
+fatal, like ``telenet.network.vif.Forwarding``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 
 from twisted.logger import Logger
 
-from telenet.firewall import FirewallRules, IptablesRule, NftChain, Runner
+from telenet.network.firewall import FirewallRules, IptablesRule, NftChain, Runner
 
 log = Logger()
 

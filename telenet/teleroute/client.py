@@ -4,7 +4,8 @@ The teleroute plug-in's view of a daemon: ``ITelerouteClient`` and its gRPC impl
 
 The network plug-in talks to the daemon's ``telepresence.teleroute.Teleroute`` service. The
 driver logic in ``routeplugin`` sees only ``ITelerouteClient`` (Deferreds in, ``TelerouteError``
-out), so it runs in unit tests against ``telenet.routetesting.MemoryTeleroute`` with no sockets.
+out), so it runs in unit tests against ``telenet.testing.teleroute.MemoryTeleroute``, with no
+sockets.
 ``GrpcTelerouteClient`` is the real one, on ``grpc.aio``; it needs Twisted's asyncio reactor.
 """
 
@@ -21,8 +22,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-from telenet.aio import as_deferred
-from telenet.proto import teleroute_pb2
+from telenet.core.aio import as_deferred
+from telenet.teleroute.proto import teleroute_pb2
 
 log = Logger()
 
@@ -145,7 +146,7 @@ class GrpcTelerouteClient:
 
     def _get_stub(self) -> Any:
         if self._stub is None:
-            from telenet.proto import teleroute_pb2_grpc
+            from telenet.teleroute.proto import teleroute_pb2_grpc
 
             self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
             self._stub = teleroute_pb2_grpc.TelerouteStub(self._channel)

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 from zope.interface import Interface, implementer
 
-from telenet.dockercontext import DockerContextError, DockerEndpoint, resolve
+from telenet.cli.dockercontext import DockerContextError, DockerEndpoint, resolve
 
 MIN_API_VERSION = (1, 41)
 """Docker 20.10: what telenet is tested with."""
@@ -340,7 +340,7 @@ class SDKDocker:
     """
     ``IDocker`` with docker-py, on the engine the ``docker`` CLI would use (``DOCKER_HOST``,
     ``DOCKER_CONTEXT``, the current context of ``~/.docker/config.json``, the default socket:
-    see ``telenet.dockercontext``), or on ``endpoint`` if given.
+    see ``telenet.cli.dockercontext``), or on ``endpoint`` if given.
 
     ``client_factory`` makes the docker-py client (``docker.DockerClient`` unless given) from
     keyword arguments: ``base_url``, ``tls``, ``version``, ``timeout``, ``use_ssh_client``.

@@ -17,9 +17,9 @@ import grpc
 from twisted.internet import defer
 from zope.interface import implementer
 
-from telenet.proto import teleroute_pb2
-from telenet.routeclient import ConnectSession, ITelerouteClient, TelerouteError, grpc_target
-from telenet.routelinks import IEndpointPlumbing, PlumbingError
+from telenet.netplugin.plumbing import IEndpointPlumbing, PlumbingError
+from telenet.teleroute.client import ConnectSession, ITelerouteClient, TelerouteError, grpc_target
+from telenet.teleroute.proto import teleroute_pb2
 
 StatusCode = grpc.StatusCode
 

@@ -16,8 +16,8 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface import implementer
 
-from telenet.dockerplugin import PluginError
-from telenet.interfaces import IMounter, IStateStore
+from telenet.core.dockerplugin import PluginError
+from telenet.core.interfaces import IMounter, IStateStore
 
 
 @implementer(IStateStore)
@@ -118,10 +118,10 @@ class MemoryMounter:
 
 import attrs  # noqa: E402
 
-from telenet.netip import Address as _Address  # noqa: E402
-from telenet.netip import Interface as _IPInterface  # noqa: E402
-from telenet.netip import Network as _Network  # noqa: E402
-from telenet.netlink import (  # noqa: E402
+from telenet.core.netip import Address as _Address  # noqa: E402
+from telenet.core.netip import Interface as _IPInterface  # noqa: E402
+from telenet.core.netip import Network as _Network  # noqa: E402
+from telenet.core.netlink import (  # noqa: E402
     AlreadyExists,
     INetlink,
     IRouteWatch,
@@ -399,8 +399,8 @@ def _fake_mac(n: int) -> str:
 import ipaddress as _ipaddress  # noqa: E402
 import itertools as _itertools  # noqa: E402
 
-from telenet.connection import ControlError, IControl  # noqa: E402
-from telenet.dockerapi import (  # noqa: E402
+from telenet.cli.connection import ControlError, IControl  # noqa: E402
+from telenet.cli.dockerapi import (  # noqa: E402
     Conflict,
     ContainerSpec,
     DockerError,
@@ -827,7 +827,7 @@ class MemoryControl:
 
 class FakeRunner:
     """
-    A ``telenet.firewall.Runner`` that records each command (``commands``, the executable's
+    A ``telenet.network.firewall.Runner`` that records each command (``commands``, the executable's
     base name first) and answers the exit code of the first ``codes`` prefix it matches, else 0.
     """
 

@@ -143,7 +143,7 @@ CommandRunner = Callable[[list[str]], "defer.Deferred[tuple[bytes, bytes, int]]"
 
 def process_runner(reactor: Any) -> CommandRunner:
     """A ``CommandRunner`` with the reactor's processes (no shell, our environment)."""
-    from telenet.firewall import process_runner as executable_runner
+    from telenet.network.firewall import process_runner as executable_runner
 
     run_executable = executable_runner(reactor)
 
