@@ -40,6 +40,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from telenet.core.internals import lean_reads, nothing_queued
+
 log = Logger()
 
 READ_SIZE = 256 * 1024
@@ -73,34 +75,13 @@ def _send_now(out: tcp.Connection, data: bytes) -> bytes:
     of the latency a bridge adds to a small request. Errors are left for write() to meet,
     so the reactor handles them as usual.
     """
-    if out.disconnecting or not out.connected or out._tempDataLen or out.dataBuffer:
+    if not nothing_queued(out):
         return data
     try:
         sent = out.socket.send(data)
     except OSError:
         return data
     return data[sent:]
-
-
-def lean_reads(transport: Any) -> None:
-    """
-    On the asyncio reactor, have the loop call the reactor's read handler for C{transport}
-    directly rather than through Twisted's per-event log context: a few microseconds per hop,
-    most of what the bridge adds to a small request's round trip beyond socat's (the SFTP
-    client uses it for the same reason). The reactor
-    still handles the read, its errors and disconnects as usual; a pause and resume (flow
-    control in a bulk transfer) puts Twisted's own registration back. On any other reactor,
-    or if these internals change, nothing happens.
-    """
-    reactor = getattr(transport, "reactor", None)
-    loop = getattr(reactor, "_asyncioEventloop", None)
-    readers = getattr(reactor, "_readers", None)
-    handler = getattr(reactor, "_readOrWrite", None)
-    if loop is None or not isinstance(readers, dict) or handler is None:
-        return
-    fd = transport.fileno()
-    if fd >= 0 and readers.get(transport) == fd:
-        loop.add_reader(fd, handler, transport, True)
 
 
 def _tune(transport: Any) -> None:

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 from twisted.internet import defer
 from twisted.python import usage
 
+from telenet.core.internals import reactor_loop
+
 T = TypeVar("T")
 
 
@@ -32,7 +34,7 @@ def _loop() -> asyncio.AbstractEventLoop:
         pass
     from twisted.internet import reactor
 
-    loop = getattr(reactor, "_asyncioEventloop", None)
+    loop = reactor_loop(reactor)
     if loop is None:
         raise ReactorMismatch(
             "asyncio work needs Twisted's asyncio reactor (twistd --reactor=asyncio)"

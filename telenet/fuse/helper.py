@@ -40,7 +40,6 @@ import socket
 import stat
 import sys
 import time
-from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
@@ -59,6 +58,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from telenet.core.aio import as_deferred, as_future
+from telenet.core.internals import patch_pyfuse3_waiting, reactor_loop, task_running
 from telenet.sftp.client import (
     FileAttrs,
     NameEntry,
@@ -1527,7 +1527,7 @@ class Resume(Generic[R]):
             return
         self._wakeup = None
         context = self._context
-        if eager and _current_tasks.get(self._loop) is None:
+        if eager and not task_running(self._loop):
             if context is None:
                 wakeup(self)
             else:
@@ -1936,9 +1936,7 @@ class FuseFdWaiter:
         Put ``wait_readable``, ``notify_closing`` and the read lock's class in place of
         pyfuse3.asyncio's (the lock is pyfuse3's only use of ``Lock``).
         """
-        module.wait_readable = self.wait_readable
-        module.notify_closing = self.notify_closing
-        module.Lock = _FreeLock
+        patch_pyfuse3_waiting(module, self.wait_readable, self.notify_closing, _FreeLock)
 
 
 class _FreeLock:
@@ -1976,10 +1974,9 @@ def main(argv: list[str] | None = None) -> int:
     pyfuse3_asyncio.enable()
     from twisted.internet import reactor
 
-    FuseFdWaiter(
-        reactor._asyncioEventloop,  # type: ignore[attr-defined]
-        pyfuse3_asyncio.ClosedResourceError,
-    ).install(pyfuse3_asyncio)
+    loop = reactor_loop(reactor)
+    assert loop is not None, "install_asyncio_reactor() installed it"
+    FuseFdWaiter(loop, pyfuse3_asyncio.ClosedResourceError).install(pyfuse3_asyncio)
     from twisted.internet.endpoints import HostnameEndpoint
     from twisted.internet.error import ReactorNotRunning
     from twisted.internet.interfaces import IReactorUNIX

@@ -38,6 +38,8 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from telenet.core.internals import lean_reads, nothing_queued
+
 __all__ = [
     "ConnectionDead",
     "FileAttrs",
@@ -457,8 +459,6 @@ class SFTPClient(ft.FileTransferClient):
         )
         self._lastReceived = self._connectedAt = self._clock.seconds()
         if self._direct:
-            from telenet.sftpproxy import lean_reads
-
             lean_reads(transport)  # answers are read without Twisted's per-event log context
         super().connectionMade()
         # VERSION has the same deadline as any request.
@@ -803,12 +803,7 @@ class SFTPClient(ft.FileTransferClient):
             # Held requests were numbered first: they go first.
             parts = [*self._held, *parts]
             self._held = []
-        if (
-            self._direct
-            and not transport.dataBuffer
-            and not transport._tempDataLen
-            and not transport.disconnecting
-        ):
+        if self._direct and nothing_queued(transport):
             try:
                 sent = transport.socket.sendmsg(parts)
             except OSError:
