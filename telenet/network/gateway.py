@@ -22,13 +22,18 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from telenet.core.netip import Address
 from telenet.core.netlink import INetlink
+from telenet.core.reconnect import Reconnector
 
 log = Logger()
+
+
+class _NotYet(Exception):
+    """No tpd-N link holds the daemon's address yet."""
 
 
 class BridgeGateway(service.Service):
@@ -36,6 +41,9 @@ class BridgeGateway(service.Service):
     Waits for the daemon's IPv4 address on a link named ``prefix``N, then makes ``bridge``
     the gateway (see the module docstring). ``daemon_address`` is a
     ``Teleroute.on_daemon_address`` listener.
+
+    Looks every ``interval`` seconds; a failing switch is tried again ``retry_after`` later;
+    past ``patience`` seconds from the address it gives up (``telenet.core.reconnect``).
     """
 
     def __init__(
@@ -59,79 +67,74 @@ class BridgeGateway(service.Service):
         #: The link whose gateway role went to the bridge, once it has.
         self.moved_from: str | None = None
         self._deadline = 0.0
-        self._call: IDelayedCall | None = None
-        self._busy = False
+        self._switching: Reconnector[str] | None = None
 
     def daemon_address(self, ipv4: Address | None, ipv6: Address | None) -> None:
+        if self._switching is not None:
+            self._switching.stop()
+            self._switching = None
         self.address = ipv4
         self.moved_from = None
         self._deadline = self.clock.seconds() + self.patience
-        self._schedule(0)
+        if ipv4 is None:
+            return
+        switching: Reconnector[str] = Reconnector(
+            lambda: defer.Deferred.fromCoroutine(self._switch(ipv4)),
+            self.clock,
+            lambda failures: self._delay(switching),
+        )
+        switching.observers.append(self._moved)
+        switching.on_failure.append(lambda failure, delay: self._failed(failure, delay, ipv4))
+        self._switching = switching
+        if self.running:
+            # The next turn: the caller is making the daemon's endpoint right now.
+            switching.start(0)
 
     def startService(self) -> None:
         super().startService()
-        if self.address is not None and self.moved_from is None:
-            self._schedule(0)
+        if self._switching is not None and self.moved_from is None:
+            self._switching.start(0)
 
     def stopService(self) -> None:
         super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        if self._switching is not None:
+            self._switching.stop()
 
-    def _schedule(self, delay: float) -> None:
-        if not self.running or self.address is None:
+    def _delay(self, switching: Reconnector[str]) -> float:
+        failure = switching.last_failure
+        return self.interval if failure is None or failure.check(_NotYet) else self.retry_after
+
+    def _moved(self, link: str | None) -> None:
+        if link is not None:
+            self.moved_from = link
+
+    def _failed(self, failure: Any, delay: float, address: Address) -> None:
+        switching = self._switching
+        if failure.check(_NotYet):
+            if self.clock.seconds() >= self._deadline and switching is not None:
+                switching.stop()
+                log.warn(
+                    "No {prefix}N link got the daemon's address {address} within {patience} s; "
+                    "workload traffic keeps going through it",
+                    prefix=self.prefix,
+                    address=str(address),
+                    patience=self.patience,
+                )
             return
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = self.clock.callLater(delay, self._attempt)
-
-    def _attempt(self) -> None:
-        self._call = None
-        if self._busy:
-            # One look at a time; the running one reschedules if it needs to.
-            return
-        address = self.address
-        if address is None:
-            return
-        self._busy = True
-        d = defer.Deferred.fromCoroutine(self._switch(address))
-        d.addCallback(self._attempted, address)
-        d.addErrback(self._failed, address)
-
-    def _attempted(self, moved_from: str | None, address: Address) -> None:
-        self._busy = False
-        if address != self.address:
-            self._schedule(0)  # the daemon's address changed while we looked
-        elif moved_from is not None:
-            self.moved_from = moved_from
-        elif self.clock.seconds() < self._deadline:
-            self._schedule(self.interval)
-        else:
-            log.warn(
-                "No {prefix}N link got the daemon's address {address} within {patience} s; "
-                "workload traffic keeps going through it",
-                prefix=self.prefix,
-                address=str(address),
-                patience=self.patience,
-            )
-
-    def _failed(self, failure: Any, address: Address) -> None:
-        self._busy = False
-        retry = self.clock.seconds() + self.retry_after < self._deadline
+        retry = self.clock.seconds() + delay < self._deadline
         log.failure(
             "Could not make {bridge} the gateway for {address} ({next}); workload traffic "
             "goes through the daemon's own interface meanwhile",
             failure,
             bridge=self.bridge,
             address=str(address),
-            next=f"trying again in {self.retry_after:g} s" if retry else "giving up",
+            next=f"trying again in {delay:g} s" if retry else "giving up",
         )
-        if retry:
-            self._schedule(self.retry_after)
+        if not retry and switching is not None:
+            switching.stop()
 
-    async def _switch(self, address: Address) -> str | None:
-        """The link the gateway moved from, or None while no link holds ``address``."""
+    async def _switch(self, address: Address) -> str:
+        """The link the gateway moved from; ``_NotYet`` while no link holds ``address``."""
         for link in await self.netlink.links():
             if not link.name.startswith(self.prefix) or not link.up:
                 continue
@@ -151,4 +154,4 @@ class BridgeGateway(service.Service):
                     subnet=str(interface.network),
                 )
                 return link.name
-        return None
+        raise _NotYet()
