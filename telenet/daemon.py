@@ -190,9 +190,9 @@ def makeService(
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    from telenet.core.processes import spawner
     from telenet.network.control import Bridges, control_site
     from telenet.network.dns import DNSService, make_factory, make_resolver
-    from telenet.network.firewall import process_runner
     from telenet.network.gateway import BridgeGateway
     from telenet.network.vif import Forwarding, RouteTable, VifRouteService, VifSelector
     from telenet.teleroute.service import BRIDGE, DST_PREFIX, GrpcServerService, Teleroute
@@ -215,7 +215,7 @@ def makeService(
 
     def vif_services(name: str) -> list[tuple[str, service.Service]]:
         return [
-            ("forwarding", Forwarding(name, process_runner(reactor), sysctl_root=sysctl_root)),
+            ("forwarding", Forwarding(name, spawner(reactor), sysctl_root=sysctl_root)),
             ("vif-routes", VifRouteService(netlink, name, table)),
         ]
 
@@ -246,7 +246,7 @@ def makeService(
         # The workloads on the teleroute network may open TCP connections to the daemon's
         # DNS only: not to gRPC, SFTP bridges or a TCP control API (telenet/network/guard.py).
         inward = [f"{teleroute.DST_PREFIX}*", teleroute.BRIDGE]
-        add("guard", TelerouteGuard(inward, [options["dns-port"]], process_runner(reactor)))
+        add("guard", TelerouteGuard(inward, [options["dns-port"]], spawner(reactor)))
     gateway = BridgeGateway(netlink, reactor, bridge=BRIDGE, prefix=DST_PREFIX)
     core.on_daemon_address(gateway.daemon_address)
     add("gateway", gateway)

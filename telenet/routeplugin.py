@@ -1267,14 +1267,15 @@ def makeService(
     pool, run_blocking = state_thread(reactor, "teleroute-state")
 
     from telenet.core.netlink import PyrouteNetlink
-    from telenet.netplugin.plumbing import NetnsPlumbing, process_runner
+    from telenet.core.processes import spawner
+    from telenet.netplugin.plumbing import NetnsPlumbing
 
     driver = NetworkDriver(
         client_factory,
         JSONFileStore(os.path.join(state_dir, "state.json")),
         reactor,
         run_blocking,
-        plumbing=NetnsPlumbing(process_runner(reactor)),
+        plumbing=NetnsPlumbing(spawner(reactor)),
         netlink=PyrouteNetlink(),
     )
     driver.restore()

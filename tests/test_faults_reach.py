@@ -41,7 +41,7 @@ import pytest
 from twisted.internet import defer
 
 from telenet.network.guard import TelerouteGuard
-from telenet.testing import FakeRunner
+from telenet.testing import FakeProcesses
 
 from .conftest import require
 from .faultkit import record
@@ -241,7 +241,7 @@ def test_daemon_ports_reachable_only_where_they_must_be(legacy_setup: Setup) -> 
 
 def test_guard_with_nft() -> None:
     """A table of its own, one rule per teleroute-side interface, gone on stop."""
-    run = FakeRunner({("nft", "delete"): 1})
+    run = FakeProcesses({("nft", "delete"): 1})
     guard = TelerouteGuard(["tpd-*", "br-daemon"], [53], run, which=lambda t: f"/usr/sbin/{t}")
     guard.startService()
     result_of(guard.ready)  # type: ignore[arg-type]
@@ -279,7 +279,7 @@ def test_guard_with_nft() -> None:
 
 def test_guard_with_iptables_and_failures_not_fatal() -> None:
     """Without nft: INPUT rules (``tpd-+``), inserted once; no tool at all is only logged."""
-    run = FakeRunner({("iptables", "-C"): 1, ("ip6tables", "-C"): 0})
+    run = FakeProcesses({("iptables", "-C"): 1, ("ip6tables", "-C"): 0})
     tools = {"iptables": "/usr/sbin/iptables", "ip6tables": "/usr/sbin/ip6tables"}
     guard = TelerouteGuard(["tpd-*"], [53, 5353], run, which=tools.get)
     guard.startService()
@@ -295,7 +295,7 @@ def test_guard_with_iptables_and_failures_not_fatal() -> None:
     result_of(guard.stopService())
     assert run.commands == [["iptables", "-D", *rule], ["ip6tables", "-D", *rule]]
 
-    nothing = TelerouteGuard(["tpd-*"], [53], FakeRunner(), which=lambda t: None)
+    nothing = TelerouteGuard(["tpd-*"], [53], FakeProcesses(), which=lambda t: None)
     nothing.startService()
     assert nothing.ready is not None and result_of(nothing.ready) is None
     assert nothing.tool is None
@@ -389,8 +389,8 @@ def test_guard_in_scratch_netns() -> None:
             ).stdout
             return dict(line.split() for line in out.splitlines())
 
-        def run(executable: str, args: list[str]) -> defer.Deferred[Any]:
-            done = subprocess.run(in_ns(d, executable, *args), capture_output=True)
+        def run(command: list[str]) -> defer.Deferred[Any]:
+            done = subprocess.run(in_ns(d, *command), capture_output=True)
             return defer.succeed((done.stdout, done.stderr, done.returncode))
 
         guard = TelerouteGuard(["tpd-*", "br-daemon"], [5353], run)

@@ -15,7 +15,7 @@ from twisted.internet import defer, task, utils
 
 from telenet.core.netip import Network
 from telenet.network.vif import Forwarding, RouteTable, VifRouteService, VifSelector
-from telenet.testing import FakeRunner, MemoryNetlink
+from telenet.testing import FakeProcesses, MemoryNetlink
 from tests.conftest import require
 from tests.helpers import result_of
 
@@ -117,7 +117,7 @@ def _sysctl_root(tmp_path: Any, v4: str = "0", v6: str = "0") -> str:
 def test_forwarding_with_nft(tmp_path: Any) -> None:
     """With nft: sysctls on, a table of our own with one masquerade rule, deleted on stop."""
     root = _sysctl_root(tmp_path)
-    run = FakeRunner({("nft", "delete"): 1})
+    run = FakeProcesses({("nft", "delete"): 1})
     fwd = Forwarding("eth1", run, sysctl_root=root, which=lambda t: f"/usr/sbin/{t}")
     fwd.startService()
     result_of(fwd.ready)  # type: ignore[arg-type]
@@ -190,7 +190,7 @@ def test_forwarding_with_nft(tmp_path: Any) -> None:
 
 def test_forwarding_with_iptables(tmp_path: Any) -> None:
     """Without nft: iptables and ip6tables rules (masquerade, bridge notrack), added once."""
-    run = FakeRunner(
+    run = FakeProcesses(
         {
             ("iptables", "-t", "nat", "-C"): 1,
             ("iptables", "-t", "raw", "-C"): 1,
@@ -238,7 +238,7 @@ def test_forwarding_with_iptables(tmp_path: Any) -> None:
 def test_forwarding_failures_are_not_fatal(tmp_path: Any) -> None:
     """Read-only sysctls and no firewall tool are logged; start and stop still complete."""
     fwd = Forwarding(
-        "eth1", FakeRunner(), sysctl_root=str(tmp_path / "missing"), which=lambda t: None
+        "eth1", FakeProcesses(), sysctl_root=str(tmp_path / "missing"), which=lambda t: None
     )
     fwd.startService()
     assert fwd.ready is not None and result_of(fwd.ready) is None
@@ -261,10 +261,10 @@ async def test_forwarding_real_nft_in_scratch_netns(tmp_path: Any) -> None:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
 
-        def in_ns(executable: str, args: list[str]) -> defer.Deferred[Any]:
+        def in_ns(command: list[str]) -> defer.Deferred[Any]:
             return utils.getProcessOutputAndValue(
                 shutil.which("ip") or "ip",
-                ["netns", "exec", ns, executable, *args],
+                ["netns", "exec", ns, *command],
                 reactor=reactor,
             )
 

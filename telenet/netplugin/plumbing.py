@@ -22,12 +22,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
+
+from telenet.core.processes import Processes
 
 log = Logger()
 
@@ -138,21 +138,6 @@ def link_names(pid: int, proc: str = "/proc") -> set[str]:
 
 
 #: Runs a command (argv), firing with (stdout, stderr, exit code).
-CommandRunner = Callable[[list[str]], "defer.Deferred[tuple[bytes, bytes, int]]"]
-
-
-def process_runner(reactor: Any) -> CommandRunner:
-    """A ``CommandRunner`` with the reactor's processes (no shell, our environment)."""
-    from telenet.network.firewall import process_runner as executable_runner
-
-    run_executable = executable_runner(reactor)
-
-    def run(argv: list[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:
-        return run_executable(argv[0], argv[1:])
-
-    return run
-
-
 @implementer(IEndpointPlumbing)
 class NetnsPlumbing:
     """
@@ -163,7 +148,7 @@ class NetnsPlumbing:
     CAP_SYS_ADMIN (a legacy plug-in run as root has it).
     """
 
-    def __init__(self, run: CommandRunner, proc: str = "/proc") -> None:
+    def __init__(self, run: Processes, proc: str = "/proc") -> None:
         self._run = run
         self._proc = proc
 

@@ -15,16 +15,15 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from telenet.core.processes import Processes
+
 log = Logger()
 
-#: Runs an executable with arguments (a list, no shell): Deferred of (out, err, exit code).
-Runner = Callable[[str, list[str]], "defer.Deferred[tuple[bytes, bytes, int]]"]
 
 #: An nftables chain: its name, its spec (type, hook, priority, policy) and its rules.
 NftChain = tuple[str, str, list[list[str]]]
@@ -44,7 +43,7 @@ class FirewallRules(service.Service):
     iptables_insert = False
     what = "firewall rules"
 
-    def __init__(self, run: Runner, which: Callable[[str], str | None] = shutil.which) -> None:
+    def __init__(self, run: Processes, which: Callable[[str], str | None] = shutil.which) -> None:
         self.run = run
         self.which = which
         #: The tool that made the rules (nft, or the first of iptables/ip6tables); None: none.
@@ -78,7 +77,7 @@ class FirewallRules(service.Service):
         return defer.Deferred.fromCoroutine(self._remove())
 
     async def _call(self, tool: str, args: list[str], check: bool = True) -> bool:
-        out, err, code = await self.run(tool, args)
+        out, err, code = await self.run([tool, *args])
         if code != 0 and check:
             raise RuntimeError(
                 f"{os.path.basename(tool)} {' '.join(args)} exited {code}: "
@@ -135,15 +134,3 @@ class FirewallRules(service.Service):
                         await self._call(t, [*self._table(table), "-D", *rule], check=False)
         except Exception:
             log.failure("Could not remove the {what}", what=self.what)
-
-
-def process_runner(reactor: Any) -> Runner:
-    """Run ``executable`` with ``args`` (a list, no shell): Deferred of (out, err, code)."""
-    from twisted.internet import utils
-
-    def run(executable: str, args: list[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:
-        return utils.getProcessOutputAndValue(
-            executable, args, env=dict(os.environ), reactor=reactor
-        )
-
-    return run

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable
 
 from twisted.logger import Logger
 
-from telenet.network.firewall import FirewallRules, IptablesRule, NftChain, Runner
+from telenet.core.processes import Processes
+from telenet.network.firewall import FirewallRules, IptablesRule, NftChain
 
 log = Logger()
 
@@ -50,7 +51,7 @@ class TelerouteGuard(FirewallRules):
         self,
         interfaces: Iterable[str],
         allowed: Iterable[int],
-        run: Runner,
+        run: Processes,
         which: Callable[[str], str | None] = shutil.which,
     ) -> None:
         super().__init__(run, which)

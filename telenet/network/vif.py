@@ -25,7 +25,8 @@ from twisted.logger import Logger
 
 from telenet.core.netip import Network
 from telenet.core.netlink import INetlink, IRouteWatch
-from telenet.network.firewall import FirewallRules, IptablesRule, NftChain, Runner
+from telenet.core.processes import Processes
+from telenet.network.firewall import FirewallRules, IptablesRule, NftChain
 
 log = Logger()
 
@@ -219,7 +220,7 @@ class Forwarding(FirewallRules):
     def __init__(
         self,
         vif: str,
-        run: Runner,
+        run: Processes,
         sysctl_root: str = "/proc/sys",
         which: Callable[[str], str | None] = shutil.which,
         bridge: str = "br-daemon",

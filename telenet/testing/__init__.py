@@ -11,7 +11,7 @@ from telenet.testing.control import MemoryControl
 from telenet.testing.docker import ExecHandler, MemoryDocker
 from telenet.testing.mounter import MemoryMounter
 from telenet.testing.netlink import MemoryNetlink
-from telenet.testing.runner import FakeRunner
+from telenet.testing.processes import FakeProcesses
 from telenet.testing.state import MemoryStateStore
 
 __all__ = [
@@ -21,5 +21,5 @@ __all__ = [
     "MemoryDocker",
     "ExecHandler",
     "MemoryControl",
-    "FakeRunner",
+    "FakeProcesses",
 ]
