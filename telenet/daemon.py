@@ -30,8 +30,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 import telenet
+from telenet.core.interfaces import INetlink
 from telenet.core.netip import Network
-from telenet.core.netlink import INetlink
 from telenet.network.dns import DEFAULT_CLUSTER_DOMAIN, in_domains, parse_server
 
 log = Logger()

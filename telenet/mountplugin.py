@@ -29,7 +29,7 @@ from twisted.python.threadpool import ThreadPool
 
 from telenet.core import dockerplugin
 from telenet.core.dockerplugin import BadRequest, JSONObject, PluginError, field, string_map
-from telenet.core.gocompat import parse_duration
+from telenet.core.gocompat import parse_bool, parse_duration
 from telenet.core.interfaces import IMounter, IStateStore
 from telenet.core.threads import state_thread
 
@@ -39,8 +39,6 @@ EXPORTS_ROOT = "/tel_app_exports"
 DEFAULT_HOST = "localhost"
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
-_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 _KNOWN_OPTIONS = ("container", "dir", "host", "port", "ro")
 
 Runner = Callable[..., "defer.Deferred[Any]"]
@@ -64,15 +62,6 @@ class VolumeOptions:
             if self.dir
             else (posixpath.join(EXPORTS_ROOT, self.container))
         )
-
-
-def parse_bool(value: str) -> bool:
-    """Go's ``strconv.ParseBool``, which users of the Go plug-in are used to."""
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(value)
 
 
 def parse_options(opts: dict[str, str]) -> VolumeOptions:
@@ -148,24 +137,6 @@ def _confined_dir(container: str, directory: str) -> str:
         else:
             parts.append(part)
     return "/".join(parts)
-
-
-def safe_name(name: str) -> str:
-    """
-    A file name for a host, as the Go plug-in makes it (so mount paths look alike).
-
-    Letters and digits stay; after the first character ``_ . -`` stay too; anything else
-    becomes ``_``, or ``a`` in first place.
-    """
-    out = []
-    for i, ch in enumerate(name):
-        if ch.isascii() and ch.isalnum():
-            out.append(ch)
-        elif i > 0 and ch in "_.-":
-            out.append(ch)
-        else:
-            out.append("_" if i > 0 else "a")
-    return "".join(out)
 
 
 @attrs.define

@@ -39,8 +39,8 @@ from twisted.python.threadpool import ThreadPool
 
 from telenet.core import dockerplugin, netip
 from telenet.core.dockerplugin import BadRequest, JSONObject, PluginError, field
-from telenet.core.interfaces import IStateStore
-from telenet.core.netlink import INetlink
+from telenet.core.gocompat import parse_bool
+from telenet.core.interfaces import INetlink, IStateStore
 from telenet.core.threads import state_thread
 from telenet.netplugin.plumbing import IEndpointPlumbing, PlumbingError
 from telenet.netplugin.sweep import SETTLE, EndpointSweep, Seen
@@ -64,8 +64,6 @@ CALL_TIMEOUT = 3.0
 CONNECT_RETRIES = 20
 CONNECT_RETRY_DELAY = 0.05
 GENERIC_OPTIONS = "com.docker.network.generic"
-_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 _SWALLOWED_ON_TEARDOWN = {StatusCode.CANCELLED, StatusCode.UNAVAILABLE}
 #: The daemon is not there (yet): its own endpoint is then set up when it connects.
 _DAEMON_AWAY = {StatusCode.CANCELLED, StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED}
@@ -160,15 +158,6 @@ def _parse_cidr(text: Any) -> str:
         return str(ipaddress.ip_interface(text))
     except ValueError as e:
         raise PluginError(f'invalid CIDR "{text}": {e}') from None
-
-
-def parse_bool(value: str) -> bool:
-    """Go's ``strconv.ParseBool``."""
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(value)
 
 
 def static_routes(response: teleroute_pb2.JoinResponse) -> list[JSONObject]:

@@ -27,8 +27,8 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from telenet.core.aio import as_deferred
+from telenet.core.interfaces import NetlinkFailure
 from telenet.core.netip import encode_addr, encode_prefix
-from telenet.core.netlink import NetlinkFailure
 from telenet.teleroute.proto import teleroute_pb2 as pb
 from telenet.teleroute.service import GrpcServerService, TelerouteError
 

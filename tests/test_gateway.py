@@ -10,7 +10,7 @@ import ipaddress
 from twisted.internet import task
 from twisted.logger import LogLevel, capturedLogs
 
-from telenet.core.netlink import NetlinkFailure
+from telenet.core.interfaces import NetlinkFailure
 from telenet.network.gateway import BridgeGateway
 from telenet.testing import MemoryNetlink
 

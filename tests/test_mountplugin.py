@@ -10,7 +10,8 @@ from treq.testing import StubTreq
 from twisted.internet import defer, task
 
 from telenet.core.dockerplugin import PluginResource
-from telenet.mountplugin import Options, VolumeDriver, parse_duration, parse_options, safe_name
+from telenet.core.gocompat import parse_duration, safe_name
+from telenet.mountplugin import Options, VolumeDriver, parse_options
 from telenet.testing import MemoryMounter, MemoryStateStore
 
 from .helpers import DOCKERD_CAPTURES, dockerd_calls, result_of

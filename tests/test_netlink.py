@@ -20,16 +20,16 @@ import pytest_twisted
 from twisted.internet import task
 from zope.interface.verify import verifyObject
 
-from telenet.core.netip import Network
-from telenet.core.netlink import (
+from telenet.core.interfaces import (
     AlreadyExists,
     INetlink,
     IRouteWatch,
     LinkExists,
     LinkNotFound,
     NetlinkFailure,
-    PyrouteNetlink,
 )
+from telenet.core.netip import Network
+from telenet.core.netlink import PyrouteNetlink
 from telenet.testing import MemoryNetlink
 from tests.conftest import require
 

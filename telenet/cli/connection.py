@@ -42,6 +42,7 @@ from telenet.cli.dockerapi import (
     subnets_of,
 )
 from telenet.cli.subnets import choose_subnet
+from telenet.core.gocompat import safe_name
 
 LABEL_DAEMON = "telepresence.io/teleroute/daemon"
 """On a teleroute network: the id of its daemon container (Telepresence's label)."""
@@ -180,22 +181,6 @@ class ExecControl(_JSONControl):
 
 
 # -- names
-
-
-def safe_name(name: str) -> str:
-    """
-    A name usable for a container and a network (Telepresence's ``SafeContainerName``):
-    ``[a-zA-Z0-9][a-zA-Z0-9_.-]*``, other characters replaced by ``_`` (a first one by ``a``).
-    """
-    out = []
-    for i, c in enumerate(name):
-        if c.isascii() and c.isalnum():
-            out.append(c)
-        elif i > 0 and c in "_.-":
-            out.append(c)
-        else:
-            out.append("_" if i > 0 else "a")
-    return "".join(out)
 
 
 def kube_context(environ: dict[str, str] | None = None) -> tuple[str, str]:

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from telenet.core.gocompat import parse_bool
+
 #: Boolean flags of ``docker run`` (Docker 20.10 to 28), long name by short name where any.
 BOOLEAN_FLAGS = frozenset(
     {
@@ -127,11 +129,10 @@ class RunArgs:
 
 def _parse_bool(value: str, flag: str) -> bool:
     # pflag accepts Go's strconv.ParseBool spellings.
-    if value in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    if value in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    raise RunFlagsError(f"invalid argument {value!r} for --{flag}: not a boolean")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise RunFlagsError(f"invalid argument {value!r} for --{flag}: not a boolean") from None
 
 
 def parse_run_args(args: Iterable[str]) -> RunArgs:

@@ -28,3 +28,38 @@ def parse_duration(text: str) -> float:
     if position != len(text) or not text:
         raise ValueError(f"not a duration: {text!r}")
     return total
+
+
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def parse_bool(value: str) -> bool:
+    """Go's ``strconv.ParseBool``, which users of the Go plug-ins are used to."""
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(value)
+
+
+def safe_name(name: str) -> str:
+    """
+    A name usable for a file, a container or a network, as Telepresence makes it
+    (``SafeContainerName``, telemount's ``safeName``): letters and digits stay; after the
+    first character ``_ . -`` stay too; anything else becomes ``_``, or ``a`` in first place.
+    """
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isascii() and ch.isalnum():
+            out.append(ch)
+        elif i > 0 and ch in "_.-":
+            out.append(ch)
+        else:
+            out.append("_" if i > 0 else "a")
+    return "".join(out)
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 literal in brackets (Go's ``net.JoinHostPort``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -58,6 +58,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from telenet.core.aio import as_deferred, as_future
+from telenet.core.gocompat import host_port
 from telenet.core.internals import patch_pyfuse3_waiting, reactor_loop, task_running
 from telenet.sftp.client import (
     FileAttrs,
@@ -1949,10 +1950,6 @@ class _FreeLock:
         return None
 
 
-def _label(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run a mount helper (see the module docstring for the contract)."""
     try:
@@ -1960,7 +1957,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         pass  # already a session (or group) leader
     args = _parse_args(sys.argv[1:] if argv is None else argv)
-    label = _label(args.host, args.port)
+    label = host_port(args.host, args.port)
     _tune_malloc()
     # Twisted's TCP module loads pyOpenSSL (and OpenSSL with it) for startTLS when it can: about
     # 14 MiB of a helper that never speaks TLS. Without it, Twisted just has no startTLS.

@@ -25,8 +25,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from telenet.core.interfaces import INetlink
 from telenet.core.netip import Address
-from telenet.core.netlink import INetlink
 from telenet.core.reconnect import Reconnector
 
 log = Logger()

@@ -23,8 +23,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from telenet.core.interfaces import INetlink, IRouteWatch
 from telenet.core.netip import Network
-from telenet.core.netlink import INetlink, IRouteWatch
 from telenet.core.processes import Processes
 from telenet.network.firewall import FirewallRules, IptablesRule, NftChain
 

@@ -12,7 +12,6 @@ sockets.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from telenet.core.aio import as_deferred
+from telenet.core.gocompat import host_port
 from telenet.teleroute.proto import teleroute_pb2
 
 log = Logger()
@@ -111,12 +111,7 @@ ClientFactory = Callable[[str, int], ITelerouteClient]
 
 def grpc_target(host: str, port: int) -> str:
     """``host:port`` as gRPC wants it; an IPv6 literal goes in brackets."""
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]:{port}"
-    except ValueError:
-        pass
-    return f"{host}:{port}"
+    return host_port(host, port)
 
 
 #: gRPC's own reconnect back-off starts at one second and grows to two minutes; a daemon that

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 import telenet
 from telenet.core.aio import as_deferred, as_future
+from telenet.core.interfaces import INetlink, LinkNotFound, NetlinkFailure
 from telenet.core.netip import (
     Address,
     Interface,
@@ -42,7 +43,6 @@ from telenet.core.netip import (
     encode_addr,
     encode_prefix,
 )
-from telenet.core.netlink import INetlink, LinkNotFound, NetlinkFailure
 from telenet.teleroute.proto import teleroute_pb2, teleroute_pb2_grpc
 
 log = Logger()

@@ -8,10 +8,7 @@ import attrs
 from twisted.internet import defer
 from zope.interface import implementer
 
-from telenet.core.netip import Address as _Address
-from telenet.core.netip import Interface as _IPInterface
-from telenet.core.netip import Network as _Network
-from telenet.core.netlink import (
+from telenet.core.interfaces import (
     AlreadyExists,
     INetlink,
     IRouteWatch,
@@ -22,6 +19,9 @@ from telenet.core.netlink import (
     RouteCallback,
     include_route,
 )
+from telenet.core.netip import Address as _Address
+from telenet.core.netip import Interface as _IPInterface
+from telenet.core.netip import Network as _Network
 
 _PID_MAX = 1 << 22
 

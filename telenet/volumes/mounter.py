@@ -149,7 +149,7 @@ class _Server:
 
 def host_dir_name(host: str) -> str:
     """A directory name for ``host``: the Go plug-in's safe name, made unique when it changed."""
-    from telenet.mountplugin import safe_name
+    from telenet.core.gocompat import safe_name
 
     safe = safe_name(host)
     if safe == host:
