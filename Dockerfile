@@ -20,14 +20,14 @@ RUN apt-get update \
       python3 python3-venv python3-dev gcc pkg-config libfuse3-dev ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 # "build*" copies build/ (wheels, pip) when it exists, and nothing otherwise.
-COPY pyproject.toml README.md build* /src/
+COPY pyproject.toml README.md LICENSE build* /src/
 # The dependencies (and what builds telenet) first, in a layer of their own: it is rebuilt only
 # when pyproject changes.
 RUN set -eu; \
     python3 -m venv /opt/telenet; \
     if [ -f /src/pip/ca-certificates.crt ]; then export PIP_CERT=/src/pip/ca-certificates.crt; fi; \
     mkdir -p /src/wheels; \
-    python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb")); print("\n".join(p["project"]["dependencies"] + p["build-system"]["requires"]))' \
+    python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb")); print("\n".join(p["project"]["dependencies"] + p["project"]["optional-dependencies"]["telemount"] + p["build-system"]["requires"]))' \
       > /src/requirements.txt; \
     pip="/opt/telenet/bin/pip install --no-cache-dir --disable-pip-version-check"; \
     $pip --no-index --find-links /src/wheels -r /src/requirements.txt 2>/dev/null \

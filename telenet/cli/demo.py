@@ -180,15 +180,12 @@ def http_get(host: str, path: str = "/") -> str:
 
 def run_demo(
     connector: Connector,
+    telenet: Callable[[list[str]], int],
     prefix: str = "telenet-demo",
     keep: bool = False,
-    telenet: Callable[[list[str]], int] | None = None,
     say: Callable[[str], None] = lambda text: print(text, flush=True),
 ) -> int:
-    """Run the story; 0 when every step worked."""
-    if telenet is None:
-        from telenet.cli.main import main as telenet
-    assert telenet is not None
+    """Run the story (``telenet`` runs one CLI command); 0 when every step worked."""
 
     def step(*args: str, expect: int = 0) -> None:
         say("\n$ telenet " + shlex.join(args))

@@ -436,7 +436,7 @@ def _dispatch(
 
     if args.command == "demo":
         code = _quietly(
-            out, lambda: demo.run_demo(connector, prefix=args.prefix, keep=args.keep, telenet=main)
+            out, lambda: demo.run_demo(connector, main, prefix=args.prefix, keep=args.keep)
         )
         if out.machine:
             out.emit({"ok": code == 0, "command": "demo", "prefix": args.prefix, "exit_code": code})
