@@ -32,6 +32,7 @@ from twisted.python import usage
 import telenet
 from telenet.core.interfaces import INetlink
 from telenet.core.netip import Network
+from telenet.core.reactor import IReactor, global_reactor
 from telenet.network.dns import DEFAULT_CLUSTER_DOMAIN, in_domains, parse_server
 
 log = Logger()
@@ -173,7 +174,7 @@ class _Closer(service.Service):
 
 def makeService(
     options: Options,
-    reactor: Any = None,  # noqa: N802
+    reactor: IReactor | None = None,
     netlink: INetlink | None = None,
     sysctl_root: str = "/proc/sys",
 ) -> service.MultiService:
@@ -187,9 +188,7 @@ def makeService(
         from telenet.core.aio import install_asyncio_reactor
 
         install_asyncio_reactor()
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
+        reactor = global_reactor()
     from telenet.core.processes import spawner
     from telenet.network.control import Bridges, control_site
     from telenet.network.dns import DNSService, make_factory, make_resolver

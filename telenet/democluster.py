@@ -20,7 +20,7 @@ import argparse
 import os
 import socket
 import sys
-from typing import Any
+from typing import Any, cast
 
 SAMPLE_FILES = {
     "var/run/secrets/kubernetes.io/serviceaccount/token": "demo-token-123\n",
@@ -39,7 +39,7 @@ def write_samples(exports: str, container: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from twisted.internet import defer
-    from twisted.internet import reactor as _reactor
+    from twisted.internet.protocol import ServerFactory
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.names import dns, error, server
     from twisted.names.common import ResolverBase
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.web import server as web
 
     from telenet import agent
+    from telenet.core.reactor import global_reactor
 
     parser = argparse.ArgumentParser(prog="python3 -m telenet.democluster")
     parser.add_argument("--body", default="hello from echo.default")
@@ -86,16 +87,16 @@ def main(argv: list[str] | None = None) -> None:
             request.setHeader(b"content-type", b"text/plain")
             return args.body.encode() + b"\n"
 
-    reactor: Any = _reactor
+    reactor = global_reactor()
     write_samples(args.exports, args.sample)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     factory = server.DNSServerFactory(authorities=[Records()])
-    reactor.listenUDP(53, dns.DNSDatagramProtocol(factory))
-    reactor.listenTCP(53, factory)
-    reactor.listenTCP(80, web.Site(Body()))
+    reactor.listenUDP(53, dns.DNSDatagramProtocol(factory), "", 8192)
+    reactor.listenTCP(53, factory, 50, "")
+    reactor.listenTCP(80, cast(ServerFactory, web.Site(Body())), 50, "")
     options = agent.Options()
     options.parseOptions(["--root", args.exports, "--listen", f"tcp:{args.agent_port}"])
-    agent.makeService(options).startService()
+    agent.makeService(options, reactor).startService()
     print("ready", flush=True)
     reactor.run()
 

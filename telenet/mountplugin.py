@@ -31,6 +31,7 @@ from telenet.core import dockerplugin
 from telenet.core.dockerplugin import BadRequest, JSONObject, PluginError, field, string_map
 from telenet.core.gocompat import parse_bool, parse_duration
 from telenet.core.interfaces import IMounter, IStateStore
+from telenet.core.reactor import IReactor, global_reactor
 from telenet.core.threads import state_thread
 
 log = Logger()
@@ -460,11 +461,9 @@ class _MounterService(dockerplugin.DrainingService):
         return d
 
 
-def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+def makeService(options: Options, reactor: IReactor | None = None) -> service.MultiService:
     if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
+        reactor = global_reactor()
     from telenet.core.state import JSONFileStore
     from telenet.volumes.mounter import ProcessMounter
 

@@ -30,7 +30,6 @@ from twisted.internet.interfaces import (
     IHalfCloseableDescriptor,
     IHalfCloseableProtocol,
     IListeningPort,
-    IReactorCore,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
     ITCPTransport,
@@ -41,6 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from telenet.core.internals import lean_reads, nothing_queued
+from telenet.core.reactor import IReactor, global_reactor
 
 log = Logger()
 
@@ -332,7 +332,7 @@ class Bridge:
 
 
 def target_endpoint(
-    reactor: Any, host: str, port: int, timeout: float = DEFAULT_CONNECT_TIMEOUT
+    reactor: IReactor, host: str, port: int, timeout: float = DEFAULT_CONNECT_TIMEOUT
 ) -> IStreamClientEndpoint:
     """The client endpoint of an agent at C{host}:C{port} (IPv4, IPv6 literal, or a name)."""
     return HostnameEndpoint(reactor, host, port, timeout=timeout)
@@ -346,7 +346,7 @@ def listen_bridge(listen: IStreamServerEndpoint, target: IStreamClientEndpoint) 
 
 
 def open_bridge(
-    reactor: Any,
+    reactor: IReactor,
     listen: str,
     target_host: str,
     target_port: int,
@@ -369,7 +369,7 @@ class BridgeService(service.Service):
         self,
         listen: str | IStreamServerEndpoint,
         target: IStreamClientEndpoint,
-        reactor: IReactorCore | None = None,
+        reactor: IReactor | None = None,
     ) -> None:
         self.listen = listen
         self.target = target
@@ -380,12 +380,7 @@ class BridgeService(service.Service):
     def _endpoint(self) -> IStreamServerEndpoint:
         if not isinstance(self.listen, str):
             return self.listen
-        reactor = self.reactor
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
-        return serverFromString(reactor, self.listen)
+        return serverFromString(self.reactor or global_reactor(), self.listen)
 
     def startService(self) -> None:
         super().startService()

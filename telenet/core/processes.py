@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorProcess
 
 #: (stdout, stderr, exit code) of a finished command.
 ProcessResult = tuple[bytes, bytes, int]
@@ -21,7 +21,7 @@ ProcessResult = tuple[bytes, bytes, int]
 Processes = Callable[[list[str]], "defer.Deferred[ProcessResult]"]
 
 
-def spawner(reactor: Any) -> Processes:
+def spawner(reactor: IReactorProcess) -> Processes:
     """``Processes`` with the reactor's child processes, in our environment."""
     from twisted.internet import utils
 

@@ -7,12 +7,13 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.threadpool import ThreadPool
 
 RunBlocking = Callable[..., defer.Deferred[Any]]
 
 
-def state_thread(reactor: Any, name: str) -> tuple[ThreadPool, RunBlocking]:
+def state_thread(reactor: IReactorFromThreads, name: str) -> tuple[ThreadPool, RunBlocking]:
     """
     A pool of one thread for a plug-in's state files, and a ``run_blocking(f, *args)`` on it:
     with one thread the saves happen in the order they were asked for. Start and stop the pool

@@ -30,6 +30,7 @@ from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from telenet.core.dockerplugin import PluginSite
+from telenet.core.reactor import IReactor
 
 log = Logger()
 
@@ -215,7 +216,9 @@ class ControlResource(resource.Resource):
         request.finish()
 
 
-def control_site(status: StatusSource, bridges: Bridges, reactor: Any = None) -> server.Site:
+def control_site(
+    status: StatusSource, bridges: Bridges, reactor: IReactor | None = None
+) -> server.Site:
     """The control API's site: requests in flight at SIGTERM are answered first."""
     site = PluginSite(ControlResource(status, bridges), reactor=reactor)
     site.noisy = False

@@ -29,6 +29,7 @@ from twisted.names import client, common, dns, server
 from zope.interface import implementer
 
 from telenet.core.netip import Address
+from telenet.core.reactor import IReactor
 
 log = Logger()
 
@@ -105,7 +106,7 @@ def parse_server(text: str, default_port: int = DNS_PORT) -> tuple[str, int]:
 def make_resolver(
     domains: Sequence[str],
     cluster_dns: str | None,
-    reactor: Any,
+    reactor: IReactor,
     resolv_conf: str = "/etc/resolv.conf",
 ) -> SplitResolver:
     """The daemon's resolver: ``cluster_dns`` for the cluster domains, resolv.conf otherwise."""
@@ -151,7 +152,7 @@ class DNSService(service.Service):
     """
 
     def __init__(
-        self, reactor: Any, factory: server.DNSServerFactory, port: int = DNS_PORT
+        self, reactor: IReactor, factory: server.DNSServerFactory, port: int = DNS_PORT
     ) -> None:
         self.reactor = reactor
         self.factory = factory

@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
@@ -28,6 +29,7 @@ from zope.interface import implementer
 
 from telenet.core.dockerplugin import PluginError
 from telenet.core.interfaces import IMounter
+from telenet.core.reactor import IReactor
 
 log = Logger()
 
@@ -79,7 +81,7 @@ class _ControlClient(LineOnlyReceiver):
 
 
 async def control_request(
-    reactor: Any, path: str, request: dict[str, Any], timeout: float = CONTROL_TIMEOUT
+    reactor: IReactor, path: str, request: dict[str, Any], timeout: float = CONTROL_TIMEOUT
 ) -> dict[str, Any]:
     """Send one request to a helper's control socket and return its answer."""
     client = _ControlClient(request)
@@ -185,7 +187,7 @@ class ProcessMounter:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactor,
         mount_root: str,
         state_dir: str,
         timeout: float = 10.0,
@@ -446,7 +448,7 @@ class ProcessMounter:
             await self._stop(server)
 
 
-async def _tcp_problem(reactor: Any, host: str, port: int, timeout: float) -> str | None:
+async def _tcp_problem(reactor: IReactor, host: str, port: int, timeout: float) -> str | None:
     """Why a TCP connection to host:port fails within ``timeout``, or None when it succeeds."""
     from twisted.internet.endpoints import HostnameEndpoint
 
@@ -494,13 +496,13 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+def _sleep(reactor: IReactorTime, seconds: float) -> defer.Deferred[None]:
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)
 
 
-async def _lazy_unmount(reactor: Any, path: str) -> None:
+async def _lazy_unmount(reactor: IReactorProcess, path: str) -> None:
     from twisted.internet.utils import getProcessOutputAndValue
 
     out, err, code = await getProcessOutputAndValue(
