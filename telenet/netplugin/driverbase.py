@@ -71,7 +71,7 @@ class DriverBase:
         self._sweep = EndpointSweep(clock)
         self._sweep_call: IDelayedCall | None = None
         self._sweeping = False
-        #: PluginEndpoint ids with a Docker call in flight (a sweep leaves them alone).
+        #: Endpoint ids with a Docker call in flight (a sweep leaves them alone).
         self._busy: Counter[str] = Counter()
         self._store = store
         self._clock = clock
