@@ -51,7 +51,8 @@ from telenet.core.netip import encode_addr
 from telenet.daemon import Options as DaemonOptions
 from telenet.daemon import makeService
 from telenet.mountplugin import VolumeDriver, _MounterService
-from telenet.routeplugin import NetworkDriver, _DriverService
+from telenet.netplugin.driver import NetworkDriver
+from telenet.routeplugin import _DriverService
 from telenet.teleroute.proto import teleroute_pb2, teleroute_pb2_grpc
 from telenet.teleroute.service import Teleroute, TelerouteError
 from telenet.testing import MemoryNetlink

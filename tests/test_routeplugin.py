@@ -17,16 +17,11 @@ from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 
 from telenet.core.dockerplugin import PluginResource
+from telenet.netplugin.driver import NetworkDriver
+from telenet.netplugin.link import CALL_TIMEOUT, own_host_pid
+from telenet.netplugin.options import join_answer, static_routes
 from telenet.netplugin.sweep import JOIN_WITHIN, SETTLE
-from telenet.routeplugin import (
-    CALL_TIMEOUT,
-    NetworkDriver,
-    Options,
-    join_answer,
-    makeService,
-    own_host_pid,
-    static_routes,
-)
+from telenet.routeplugin import Options, makeService
 from telenet.teleroute.client import TelerouteError, grpc_target
 from telenet.teleroute.proto import teleroute_pb2
 from telenet.testing import MemoryNetlink, MemoryStateStore

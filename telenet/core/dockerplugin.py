@@ -5,7 +5,7 @@ The Docker plug-in HTTP protocol, shared by the network and volume plug-ins.
 Docker POSTs JSON to ``/Plugin.Activate`` and ``/<Driver>.<Call>`` over a unix socket and expects
 JSON back; a failure is ``{"Err": "<message>"}``. This module owns that envelope and nothing else:
 decoding (strictly), size limits, dispatch to a driver's handler table, and the single place where
-exceptions become ``{"Err": ...}``. Driver logic lives in ``mountplugin`` and ``routeplugin``.
+exceptions become ``{"Err": ...}``. Driver logic lives in ``mountplugin`` and ``netplugin``.
 """
 
 from __future__ import annotations

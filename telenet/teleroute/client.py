@@ -3,7 +3,7 @@
 The teleroute plug-in's view of a daemon: ``ITelerouteClient`` and its gRPC implementation.
 
 The network plug-in talks to the daemon's ``telepresence.teleroute.Teleroute`` service. The
-driver logic in ``routeplugin`` sees only ``ITelerouteClient`` (Deferreds in, ``TelerouteError``
+driver logic in ``netplugin`` sees only ``ITelerouteClient`` (Deferreds in, ``TelerouteError``
 out), so it runs in unit tests against ``telenet.testing.teleroute.MemoryTeleroute``, with no
 sockets.
 ``GrpcTelerouteClient`` is the real one, on ``grpc.aio``; it needs Twisted's asyncio reactor.
