@@ -30,11 +30,13 @@ from typing import Any
 
 from twisted.application import service, strports
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from telenet.core import dockerplugin
+from telenet.core.reactor import IReactor, global_reactor
 from telenet.core.threads import state_thread
 from telenet.netplugin.driver import NetworkDriver
 from telenet.teleroute.client import ClientFactory
@@ -72,7 +74,7 @@ class _DriverService(dockerplugin.DrainingService):
     def __init__(
         self,
         driver: NetworkDriver,
-        reactor: Any,
+        reactor: IReactorCore,
         site: dockerplugin.PluginSite | None = None,
         pool: ThreadPool | None = None,
     ) -> None:
@@ -89,7 +91,7 @@ class _DriverService(dockerplugin.DrainingService):
 
 
 def makeService(
-    options: Options, reactor: Any = None, client_factory: ClientFactory | None = None
+    options: Options, reactor: IReactor | None = None, client_factory: ClientFactory | None = None
 ) -> service.MultiService:
     if reactor is None:
         # grpc.aio needs asyncio's loop; twistd has not imported a reactor yet, so
@@ -97,9 +99,7 @@ def makeService(
         from telenet.core.aio import install_asyncio_reactor
 
         install_asyncio_reactor()
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
+        reactor = global_reactor()
     if client_factory is None:
         from telenet.teleroute.client import GrpcTelerouteClient
 
