@@ -1,7 +1,7 @@
 """
 End to end: the teleroute plug-in, the daemon container and busybox workloads on real dockerd.
 
-The topology of the test bed (spec/testbed.md): a daemon container from the project image
+The topology of the test bed (docs/testing.md): a daemon container from the project image
 (``--pid host``, NET_ADMIN) on the default bridge, with its VIF (found by its subnet) on an
 internal "cluster" network where a cluster container serves HTTP and DNS for ``cluster.local``; the
 teleroute network ``blue`` made by the plug-in, legacy (``twistd teleroute`` on the host) or

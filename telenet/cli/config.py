@@ -12,7 +12,8 @@ Files, lowest priority first; per key, a later file's value wins over an earlier
    ``~/.config/telepresence/config.yml`` (same XDG rule) instead, for the keys telenet knows:
    that file is Telepresence's, so its other keys are ignored without a word.
 
-Keys are Telepresence's (contracts §7), plus ``docker.daemonImage`` and ``docker.curlImage``
+Keys are Telepresence's (docs/cli.md lists those telenet reads), plus ``docker.daemonImage``
+and ``docker.curlImage``
 (the image of ``telenet curl``; unset, ``telenet/curl`` then ``curlimages/curl`` are tried).
 A key telenet knows with a value of the wrong type is an error naming the file and the key's path
 (``docker.teleroute.tag``). Any other key is ignored: silently when Telepresence knows it

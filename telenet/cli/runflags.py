@@ -8,8 +8,8 @@ Docker's CLI parses with pflag: long flags ``--name value`` or ``--name=value``,
 /a:/b``). A flag not known to be boolean is taken to have a value, as pflag does for every
 non-boolean flag; ``--`` or the first non-flag argument is the image.
 
-The merge rule of engagements (reference §4): a mount target the user gave with ``-v``,
-``--volume`` or ``--mount`` wins over a remote mount at the same path.
+The merge rule of engagements (docs/cli.md, "docker-run and engage"): a mount target the
+user gave with ``-v``, ``--volume`` or ``--mount`` wins over a remote mount at the same path.
 """
 
 from __future__ import annotations

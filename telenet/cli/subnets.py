@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_cli_subnets -*-
 """
 The subnet of a teleroute network: one that overlaps neither the routed subnets nor any
-existing Docker network (Telepresence PR #4083, reference §4 "Network creation").
+existing Docker network (the rule of Telepresence's PR #4083).
 
 Candidates, first fit wins: ``172.16.0.0/16`` … ``172.31.0.0/16``; ``10.0.0.0/8`` in ``/20``s;
 the same in ``/24``s; ``192.168.0.0/16`` in ``/24``s. None fits: None (Docker's IPAM decides).

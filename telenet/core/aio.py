@@ -3,7 +3,7 @@
 Bridges between Twisted and asyncio, for code that runs on Twisted's asyncio reactor.
 
 grpc.aio and pyroute2's ``AsyncIPRoute`` are asyncio libraries; the daemon runs them on the
-same loop as Twisted. Crossing the boundary has two traps (see the stack notes):
+same loop as Twisted. Crossing the boundary has two traps:
 ``ensureDeferred`` cannot drive an asyncio coroutine, and an asyncio task cannot await a bare
 Deferred. ``as_deferred`` and ``as_future`` are the two correct crossings.
 """

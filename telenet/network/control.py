@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_control -*-
 """
-The daemon's control API (contracts §6), HTTP + JSON for the telenet CLI.
+The daemon's control API (docs/daemon.md, "Control API"), HTTP + JSON for the telenet CLI.
 
 - ``GET /status``: version, ``dns.local_address``, ``teleroute.port``, ``routes``, ``bridges``
   and more (see ``telenet.daemon``).

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_vif -*-
 """
-The daemon's view of the remote network (contracts §5): the "VIF".
+The daemon's view of the remote network: the "VIF" (docs/daemon.md).
 
 telenet has no traffic manager: the remote network is whatever the daemon container reaches
 through one interface (``--vif IFACE``, or the one holding an address in ``--vif-subnet``),

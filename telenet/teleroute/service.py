@@ -8,8 +8,8 @@ is moved into the plug-in's netns (the plug-in told us its host pid in ``Connect
 where Docker moves it into the container as ``tpd-N``. ``Join`` answers with the routed
 subnets via the daemon's own address on the teleroute network.
 
-Behaviour and status codes follow Go Telepresence's daemon (reference §3), so a Go plug-in
-works with this daemon. Two layers:
+Behaviour and status codes follow Go Telepresence's daemon (docs/daemon.md, "Behaviour"), so
+a Go plug-in works with this daemon. Two layers:
 
 - ``Teleroute``: the logic, Twisted-native (Deferred-returning, against ``INetlink``), raising
   ``TelerouteError`` with a gRPC status code;

@@ -1,7 +1,7 @@
 """
 A memory fake of a daemon's teleroute service, for unit tests of the network plug-in.
 
-``MemoryTeleroute`` keeps the books the daemon keeps (reference §3: endpoints, the daemon's own
+``MemoryTeleroute`` keeps the books the daemon keeps (docs/daemon.md: endpoints, the daemon's own
 addresses, routes, the last Connect's pid and gateways) and answers with the daemon's status
 codes. ``MemoryTeleroute.client`` is an ``ITelerouteClient`` factory for ``NetworkDriver``;
 ``MemoryPlumbing`` stands in for moving interfaces between namespaces.
