@@ -16,22 +16,9 @@ import pytest
 from zope.interface.verify import verifyObject
 
 from telenet.cli.config import Config, PluginConfig
-from telenet.cli.connection import (
-    LABEL_CONNECTION,
-    LABEL_DAEMON,
-    CLIError,
-    Connector,
-    ConnectRequest,
-    ControlError,
-    ExecControl,
-    HTTPControl,
-    NotConnected,
-    check_subnet,
-    default_connection_name,
-    format_status,
-    format_statuses,
-    safe_name,
-)
+from telenet.cli.connection import CLIError, ConnectRequest, NotConnected
+from telenet.cli.connector import Connector
+from telenet.cli.daemoncontrol import DaemonControlError, ExecControl, HTTPControl
 from telenet.cli.dockerapi import (
     PLUGIN_CONFIGS,
     ContainerSpec,
@@ -40,6 +27,10 @@ from telenet.cli.dockerapi import (
     SDKDocker,
     plugin_contexts,
 )
+from telenet.cli.naming import LABEL_CONNECTION, LABEL_DAEMON, default_connection_name
+from telenet.cli.status import format_status, format_statuses
+from telenet.cli.subnets import check_subnet
+from telenet.core.gocompat import safe_name
 from telenet.testing import MemoryControl, MemoryDocker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -698,13 +689,13 @@ def test_exec_control_runs_its_request_in_the_daemon_container() -> None:
             assert control.status() == {"method": "GET", "path": "/status", "body": ""}
             answer = control._request("POST", "/bridges", {"agent": "10.0.0.5:8022"})
             assert json.loads(answer["body"]) == {"agent": "10.0.0.5:8022"}
-            with pytest.raises(ControlError, match="no bridge on port 1"):
+            with pytest.raises(DaemonControlError, match="no bridge on port 1"):
                 control._request("DELETE", "/missing")
     finally:
         server.shutdown()
         server.server_close()
-    with pytest.raises(ControlError, match="GET /status: .*Connection refused"):
+    with pytest.raises(DaemonControlError, match="GET /status: .*Connection refused"):
         ExecControl(docker, "tp-x", port).status()
     docker.exec_handler = None
-    with pytest.raises(ControlError, match="MemoryDocker runs no processes"):
+    with pytest.raises(DaemonControlError, match="MemoryDocker runs no processes"):
         ExecControl(docker, "tp-x", port).status()

@@ -228,7 +228,7 @@ def test_format_json_docker_run_and_engage(
     world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The container's output is its own; telenet's object (exit code, -d's id) follows it."""
-    from telenet.cli.runner import Runner
+    from telenet.cli.runner import WorkloadRunner
 
     docker = FakeDockerCLI(world, exit_code=3)
     builds: list[dict[str, Any]] = []
@@ -241,7 +241,7 @@ def test_format_json_docker_run_and_engage(
     monkeypatch.setattr(
         cli,
         "make_runner",
-        lambda connector, say: Runner(
+        lambda connector, say: WorkloadRunner(
             connector,
             say=say,
             sleep=world.clock.sleep,

@@ -12,10 +12,17 @@ from typing import Any
 import pytest
 
 from telenet.cli.config import Config
-from telenet.cli.connection import LABEL_CONNECTION, CLIError
+from telenet.cli.connection import CLIError
 from telenet.cli.dockerapi import ContainerSpec, DockerError
+from telenet.cli.naming import LABEL_CONNECTION
 from telenet.cli.runflags import parse_run_args
-from telenet.cli.runner import Build, Runner, plan_create, probe_agent, with_built_image
+from telenet.cli.runner import (
+    Build,
+    WorkloadRunner,
+    plan_create,
+    probe_agent,
+    with_built_image,
+)
 
 from .test_cli_connect import World
 
@@ -79,8 +86,8 @@ def world() -> Iterator[World]:
     yield w
 
 
-def runner(world: World, cli: FakeDockerCLI, probe: Any = None) -> Runner:
-    return Runner(
+def runner(world: World, cli: FakeDockerCLI, probe: Any = None) -> WorkloadRunner:
+    return WorkloadRunner(
         world.connector,
         say=world.said.append,
         sleep=world.clock.sleep,

@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from telenet.cli.connection import CLIError, Connector
+from telenet.cli.connection import CLIError
+from telenet.cli.connector import Connector
 from telenet.cli.dockerapi import ContainerSpec, DockerError, IDocker
 
 BUSYBOX = "local/busybox"

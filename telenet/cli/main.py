@@ -41,8 +41,8 @@ import yaml
 from telenet.cli.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from telenet.cli.connection import Connector
-    from telenet.cli.runner import Runner
+    from telenet.cli.connector import Connector
+    from telenet.cli.runner import WorkloadRunner
 
 COMMANDS = ("connect", "status", "docker-run", "curl", "engage", "quit", "demo", "demo-cluster")
 FORMATS = ("text", "json", "yaml")
@@ -352,28 +352,25 @@ def _say(text: str) -> None:
 
 def make_connector(config: Config, say: Callable[[str], None]) -> Connector:
     """The CLI's Connector (tests replace this to run main against memory fakes)."""
-    from telenet.cli.connection import Connector
+    from telenet.cli.connector import Connector
     from telenet.cli.dockerapi import SDKDocker
 
     return Connector(SDKDocker(), config, say=say)
 
 
-def make_runner(connector: Connector, say: Callable[[str], None]) -> Runner:
-    """The CLI's Runner (tests replace this to run main against memory fakes)."""
-    from telenet.cli.runner import Runner
+def make_runner(connector: Connector, say: Callable[[str], None]) -> WorkloadRunner:
+    """The CLI's WorkloadRunner (tests replace this to run main against memory fakes)."""
+    from telenet.cli.runner import WorkloadRunner
 
-    return Runner(connector, say=say)
+    return WorkloadRunner(connector, say=say)
 
 
 def _dispatch(
     args: argparse.Namespace, docker_args: list[str], config: Config, out: _Output
 ) -> int:
-    from telenet.cli.connection import (
-        CLIError,
-        ConnectRequest,
-        check_subnet,
-        default_connection_name,
-    )
+    from telenet.cli.connection import CLIError, ConnectRequest
+    from telenet.cli.naming import default_connection_name
+    from telenet.cli.subnets import check_subnet
 
     connector = make_connector(config, out.say)
     connection = args.connection or os.environ.get("TELENET_CONNECTION") or None
@@ -392,8 +389,8 @@ def _dispatch(
             )
         )
         if out.machine:
-            from telenet.cli.connection import container_name
             from telenet.cli.dockerapi import subnets_of
+            from telenet.cli.naming import container_name
 
             network = conn.network or {}
             out.emit(
@@ -466,7 +463,8 @@ def _status(
     use: str | None,
     out: _Output,
 ) -> int:
-    from telenet.cli.connection import NotConnected, format_statuses
+    from telenet.cli.connection import NotConnected
+    from telenet.cli.status import format_statuses
 
     shape = args.output or out.format
     try:

@@ -32,15 +32,11 @@ from typing import Any
 
 import attrs
 
-from telenet.cli.connection import (
-    LABEL_CONNECTION,
-    LABEL_VOLUME_PLUGIN,
-    CLIError,
-    Connection,
-    Connector,
-    ControlError,
-)
+from telenet.cli.connection import CLIError, Connection
+from telenet.cli.connector import Connector
+from telenet.cli.daemoncontrol import DaemonControlError
 from telenet.cli.dockerapi import DockerError
+from telenet.cli.naming import LABEL_CONNECTION, LABEL_VOLUME_PLUGIN
 from telenet.cli.runflags import (
     RemoteMount,
     RunArgs,
@@ -169,7 +165,7 @@ def _signals_stop(callback: Callable[[int], None], signals: Sequence[int]) -> It
 
 
 @attrs.define
-class Runner:
+class WorkloadRunner:
     """I run workloads on a connection's network."""
 
     connector: Connector
@@ -342,7 +338,7 @@ class Runner:
                     raise CLIError(f"the daemon of {conn.name} has no bridge address")
                 try:
                     bridge = control.open_bridge(agent)
-                except ControlError as e:
+                except DaemonControlError as e:
                     raise CLIError(f"the daemon could not open a bridge to {agent}: {e}") from None
                 self.probe(host, bridge, agent)
                 for i, mount in enumerate(kept):
@@ -371,11 +367,11 @@ class Runner:
                 # The --rm removal of the container, which frees the volumes, is asynchronous.
                 self.sleep(0.2)
                 for volume in volumes:
-                    self.connector._remove_volume(volume)
+                    self.connector.teardown.remove_volume(volume)
             if bridge is not None:
                 try:
                     control.close_bridge(bridge)
-                except ControlError as e:
+                except DaemonControlError as e:
                     self.say(f"Warning: could not close the bridge on port {bridge}: {e}")
 
     def build_image(self, build: Build) -> str:

@@ -5,13 +5,18 @@ existing Docker network (the rule of Telepresence's PR #4083).
 
 Candidates, first fit wins: ``172.16.0.0/16`` … ``172.31.0.0/16``; ``10.0.0.0/8`` in ``/20``s;
 the same in ``/24``s; ``192.168.0.0/16`` in ``/24``s. None fits: None (Docker's IPAM decides).
+
+Also the check of the user's ``--subnet`` values (``check_subnet``).
 """
 
 from __future__ import annotations
 
 import bisect
 import ipaddress
+import re
 from collections.abc import Iterable, Iterator
+
+from telenet.cli.connection import CLIError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -47,3 +52,19 @@ def choose_subnet(blocked: Iterable[Network | str]) -> ipaddress.IPv4Network | N
         if i == len(merged) or merged[i][0] > last:
             return candidate
     return None
+
+
+_CIDR = re.compile(r"^[0-9a-fA-F:.]+/\d+$")
+
+
+def check_subnet(text: str) -> str:
+    """A ``--subnet`` value, normalized; CLIError when it is not a CIDR."""
+    try:
+        if not _CIDR.match(text):
+            raise ValueError(text)
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise CLIError(f"--subnet {text!r} is not a CIDR like 10.96.0.0/12") from None
+    if network.prefixlen == 0:
+        raise CLIError("--subnet must not be a default route")
+    return str(network)

@@ -8,7 +8,7 @@ from typing import Any
 
 from zope.interface import implementer
 
-from telenet.cli.connection import ControlError, IControl
+from telenet.cli.daemoncontrol import DaemonControlError, IControl
 
 
 @implementer(IControl)
@@ -32,7 +32,7 @@ class MemoryControl:
 
     def _check(self) -> None:
         if not self.answering:
-            raise ControlError("GET /status: [Errno 111] Connection refused")
+            raise DaemonControlError("GET /status: [Errno 111] Connection refused")
 
     def status(self) -> dict[str, Any]:
         self._check()
@@ -42,7 +42,7 @@ class MemoryControl:
     def open_bridge(self, agent: str) -> int:
         self._check()
         if self.refuse_agent is not None:
-            raise ControlError(self.refuse_agent)
+            raise DaemonControlError(self.refuse_agent)
         port = next(self._ports)
         self.bridges[port] = agent
         self.calls.append(("open_bridge", agent, port))
@@ -51,5 +51,5 @@ class MemoryControl:
     def close_bridge(self, port: int) -> None:
         self._check()
         if self.bridges.pop(port, None) is None:
-            raise ControlError(f"no bridge on port {port}")
+            raise DaemonControlError(f"no bridge on port {port}")
         self.calls.append(("close_bridge", port))
