@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_cli_connect -*-
 """
-Connections: ``telenet connect --docker``, ``status`` and ``quit`` (reference §4).
+Connections: ``telenet connect --docker``, ``status`` and ``quit`` (docs/cli.md).
 
 A connection named N is:
 

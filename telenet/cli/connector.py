@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_cli_connect -*-
 """
 The ``Connector``: what the commands call to make, find, describe and end connections
-(``telenet connect --docker``, ``status``, ``quit``; reference §4).
+(``telenet connect --docker``, ``status``, ``quit``; docs/cli.md).
 
 It is a front: the work is done by the collaborators it makes from its fields and owns,
 one a concern (``lookup``, ``plugins``, ``daemon``, ``networks``, ``reporter``, ``teardown``);

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_cli_connect -*-
 """
-The daemon's control API as the CLI calls it (contracts §6): ``IControl``, over HTTP to the
-published port (``HTTPControl``) or through ``docker exec`` (``ExecControl``).
+The daemon's control API as the CLI calls it (docs/daemon.md, "Control API"): ``IControl``,
+over HTTP to the published port (``HTTPControl``) or through ``docker exec`` (``ExecControl``).
 
 Separate from the connections: it is a client of one wire protocol, used by the connector
 (readiness, status) and the runner (SFTP bridges). Its error is ``DaemonControlError``:
@@ -21,7 +21,7 @@ from telenet.cli.dockerapi import DockerError, IDocker
 
 
 class IControl(Interface):
-    """The daemon's control API (contracts §6)."""
+    """The daemon's control API (docs/daemon.md, "Control API")."""
 
     def status() -> dict[str, Any]:
         """``GET /status``."""

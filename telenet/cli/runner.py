@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_cli_runner -*-
 """
-``telenet docker-run`` and ``telenet engage --docker-run`` (reference §4 "docker-run").
+``telenet docker-run`` and ``telenet engage --docker-run`` (docs/cli.md, "docker-run and engage").
 
 A workload is made the way Telepresence makes it since PR #3905, so that ``-p`` and extra
 networks keep working: ``docker create --dns <daemon's teleroute address> ARGS``, then
