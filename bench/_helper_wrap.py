@@ -18,7 +18,9 @@ from typing import Any
 
 from twisted.conch.ssh import filetransfer as ft
 
-from telenet.fuse import helper as sftpfs
+from telenet.fuse.control import MountControl
+from telenet.fuse.helper import main as run_helper
+from telenet.fuse.operations import SFTPOperations
 from telenet.sftp import client as sftpclient
 
 OPS = (
@@ -30,7 +32,7 @@ OPS = (
 def count() -> None:
     counts: collections.Counter[str] = collections.Counter()
     for name in OPS:
-        original = getattr(sftpfs.SFTPOperations, name)
+        original = getattr(SFTPOperations, name)
 
         def make(original: Any, name: str) -> Any:
             @functools.wraps(original)
@@ -40,22 +42,22 @@ def count() -> None:
 
             return counted
 
-        setattr(sftpfs.SFTPOperations, name, make(original, name))
-    fetch_ahead = sftpfs.SFTPOperations._fetch_ahead
+        setattr(SFTPOperations, name, make(original, name))
+    fetch_ahead = SFTPOperations._fetch_ahead
 
     def counted_fetch_ahead(self: Any, *args: Any) -> None:
         counts["ahead fetched"] += 1
         fetch_ahead(self, *args)
 
-    sftpfs.SFTPOperations._fetch_ahead = counted_fetch_ahead  # type: ignore[method-assign]
-    claim = sftpfs.SFTPOperations._claim
+    SFTPOperations._fetch_ahead = counted_fetch_ahead  # type: ignore[method-assign]
+    claim = SFTPOperations._claim
 
     async def counted_claim(self: Any, *args: Any) -> Any:
         info = await claim(self, *args)
         counts["ahead claimed" if info is not None else "ahead refused"] += 1
         return info
 
-    sftpfs.SFTPOperations._claim = counted_claim  # type: ignore[method-assign]
+    SFTPOperations._claim = counted_claim  # type: ignore[method-assign]
     request = sftpclient.SFTPClient._request
 
     def counted_request(self: Any, kind: int, *args: Any, **kwargs: Any) -> Any:
@@ -78,7 +80,7 @@ def count() -> None:
             counts[f"gc{generation} ms"] += round(ms)
 
     gc.callbacks.append(gc_timer)
-    handle = sftpfs.MountControl.handle
+    handle = MountControl.handle
 
     async def counted_handle(self: Any, request: object) -> dict[str, Any]:
         if isinstance(request, dict) and request.get("op") == "bench-counts":
@@ -87,7 +89,7 @@ def count() -> None:
             return {"ok": True, **result}
         return await handle(self, request)
 
-    sftpfs.MountControl.handle = counted_handle  # type: ignore[method-assign]
+    MountControl.handle = counted_handle  # type: ignore[method-assign]
 
 
 def main() -> int:
@@ -100,12 +102,12 @@ def main() -> int:
     if args.count:
         count()
     if not args.profile:
-        return sftpfs.main(helper)
+        return run_helper(helper)
     import cProfile
 
     profiler = cProfile.Profile()
     try:
-        return profiler.runcall(sftpfs.main, helper)
+        return profiler.runcall(run_helper, helper)
     finally:
         profiler.dump_stats(args.profile)
 

@@ -36,15 +36,10 @@ from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
 from telenet.core.aio import as_deferred
-from telenet.fuse import helper as sftpfs
-from telenet.fuse.helper import (
-    KERNEL_READAHEAD_KB,
-    ControlProtocol,
-    FuseFdWaiter,
-    MountControl,
-    SFTPOperations,
-    _mount_dev,
-)
+from telenet.fuse.control import ControlProtocol, MountControl
+from telenet.fuse.operations import SFTPOperations
+from telenet.fuse.prefetch import AHEAD_FILES
+from telenet.fuse.tuning import KERNEL_READAHEAD_KB, FuseFdWaiter, mount_dev
 from telenet.sftp.client import MAX_CHUNK, SFTPStatusError
 from tests.conftest import free_port, fuse_mounts, port_open, require, wait_for
 from tests.helpers import result_of
@@ -831,7 +826,7 @@ def test_e2e_file_operations(helper: MountHelper, export: str) -> None:
             assert f.read() == "hello\nagain\n"
 
     in_thread(story, 60)
-    dev = _mount_dev(helper.mountpoint)
+    dev = mount_dev(helper.mountpoint)
     with open(f"/sys/class/bdi/{dev}/read_ahead_kb") as f:
         assert int(f.read()) == KERNEL_READAHEAD_KB, "big kernel read-ahead"
     status = helper.request({"op": "status"})
@@ -1153,7 +1148,7 @@ async def test_a_failed_preload_leaves_the_kernel_to_read(world: World) -> None:
 async def test_resume_runs_the_waiting_task_inside_the_settling_call() -> None:
     """Settled from a loop callback, the awaiting task has run before set_result returns;
     settled from inside another task, it runs a loop turn later (tasks cannot nest)."""
-    from telenet.fuse.helper import Resume
+    from telenet.fuse.resume import Resume
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -1237,7 +1232,7 @@ async def test_a_directory_walk_fetches_the_next_small_files_ahead(world: World)
         fi = await aio(world.fs.open(inodes[name], os.O_RDONLY, None))
         await aio(world.fs.release(fi.fh))
     opened = [c[1].rsplit(b"/", 1)[1] for c in _calls(world, "open")]
-    assert opened == names[: 2 + sftpfs.AHEAD_FILES], "the next AHEAD_FILES, after ours"
+    assert opened == names[: 2 + AHEAD_FILES], "the next AHEAD_FILES, after ours"
     assert len(_calls(world, "read")) == len(opened)
     before = len(world.client.calls)
     fi = await aio(world.fs.open(inodes[b"f02"], os.O_RDONLY, None))

@@ -1,0 +1,380 @@
+"""
+The file handlers of ``SFTPOperations``: open and create, read and write (through a
+``ReadAhead`` window and a ``PipelinedWriter`` per open file), flush, fsync and release, and
+reopening a handle on a new connection after a reconnect.
+
+Separate because open files have their own state (``FileHandle``) and their own fast paths
+(bytes stored in the kernel's page cache at open, files fetched ahead claimed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+import time
+from typing import Any
+
+from pyfuse3 import EntryAttributes, FileInfo, FUSEError
+from twisted.conch.ssh import filetransfer as ft
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from telenet.fuse.errors import fuse_error, fuse_op
+from telenet.fuse.inodes import InodeTable
+from telenet.fuse.nodes import FileHandle, Node
+from telenet.fuse.prefetch import PAGE, PREFETCH_MAX, Ahead
+from telenet.fuse.resume import Resume, both, running_loop, wait
+from telenet.sftp.client import FileAttrs, PipelinedWriter, ReadAhead, SFTPClient
+
+__all__ = ["SETTLED", "FilesMixin"]
+
+#: The helper process's one log namespace (its events read the same from every module).
+log = Logger(namespace="telenet.fuse.helper")
+
+#: Seconds after which a file's mtime is "settled" for keeping its cached pages.
+SETTLED = 60.0
+
+
+class FilesMixin(InodeTable):
+    """
+    File operations. Relies on ``InodeTable`` (``_files``, ``_next_fh``, ``_store``,
+    ``_source``, ``_readahead``, ``_write_behind``, the table and attributes) and on
+    ``PrefetchMixin`` (``_ahead``, ``_claiming``, ``_take_ahead``, ``_drop_ahead``, ``_walk``).
+    """
+
+    def _register(
+        self,
+        node: Node,
+        flags: int,
+        client: SFTPClient,
+        handle: bytes,
+        reader: ReadAhead | None = None,
+    ) -> FileHandle:
+        fh = self._next_fh
+        self._next_fh += 1
+        h = FileHandle(fh, node, flags, client, handle)
+        h.reader = reader  # else made at the first READ: most small files never get one
+        if flags & ft.FXF_WRITE:
+            h.writer = PipelinedWriter(client, handle, self._write_behind)
+        self._files[fh] = h
+        node.handles.add(h)
+        return h
+
+    def _reader(self, node: Node, client: SFTPClient, handle: bytes) -> ReadAhead:
+        size = node.attrs.size if node.attrs is not None else None
+        return ReadAhead(client, handle, window=self._readahead, sizeHint=size)
+
+    @staticmethod
+    def _sftp_flags(flags: int) -> int:
+        mode = flags & os.O_ACCMODE
+        if mode == os.O_WRONLY:
+            return ft.FXF_WRITE
+        if mode == os.O_RDWR:
+            return ft.FXF_READ | ft.FXF_WRITE
+        return ft.FXF_READ
+
+    @fuse_op()
+    async def open(self, inode: int, flags: int, ctx: Any = None) -> FileInfo:
+        node = self._node(inode)
+        sflags = self._sftp_flags(flags)
+        if sflags & ft.FXF_WRITE or flags & os.O_TRUNC:
+            self._writable(node)
+        client = self._client()
+        key = (node.vol.vid, node.rel)
+        ahead = self._take_ahead(key) if self._ahead else None
+        if flags & os.O_TRUNC:
+            if ahead is not None:
+                ahead.discard()
+            # The kernel leaves O_TRUNC to us (atomic_o_trunc): truncate while opening.
+            handle = await wait(client.open(node.remote, sflags | ft.FXF_TRUNC))
+            node.expires = 0.0
+            for other in node.handles:
+                if other.reader is not None:
+                    other.reader.reset()
+            h = self._register(node, sflags, client, handle)
+            h.wrote = True
+            return FileInfo(fh=h.fh)
+        keep = self._keep_cache(node)
+        size = node.attrs.size if node.attrs is not None else None
+        # Small files are walked (fetched ahead) even when the kernel may keep its pages:
+        # those may be gone (memory pressure, drop_caches), and a fetched file costs no wait.
+        small = sflags == ft.FXF_READ and size is not None and size <= PREFETCH_MAX
+        if ahead is not None and not small:
+            ahead.discard()
+            ahead = None
+        if ahead is not None:
+            self._walk(node, client)
+            info = await self._claim(node, ahead, client)
+            if info is not None:
+                return info
+        opening = client.open(node.remote, sflags)
+        readers: list[ReadAhead] = []
+        if small and not keep:
+            assert size is not None
+
+            # A small file is read whole as soon as the handle arrives (from the answer's
+            # callback, not a loop turn later), asking past its size so that the short
+            # answer shows the end: the kernel's READ then finds it there or on its way.
+            def prefetch(handle: bytes) -> bytes:
+                reader = self._reader(node, client, handle)
+                reader.prefetch((size // PAGE + 1) * PAGE)
+                readers.append(reader)
+                return handle
+
+            opening.addCallback(prefetch)
+        if small and ahead is None:
+            self._walk(node, client)  # after our own OPEN: it goes first
+        handle = await wait(opening)
+        h = self._register(node, sflags, client, handle, readers[0] if readers else None)
+        if readers and size and self._store is not None and len(node.handles) == 1:
+            keep = await self._preload(node, readers[0], size)
+        return FileInfo(fh=h.fh, keep_cache=keep)
+
+    async def _preload(self, node: Node, reader: ReadAhead, size: int) -> bool:
+        """
+        Put a small file's bytes (read at open) in the kernel's page cache before the open is
+        answered, so that the kernel reads them from there: no READ request, and no GETATTR
+        after it either (a read makes the kernel drop the cached atime). Then the open may
+        keep the cache, because every page up to the end of the file is what was just
+        stored: only when the bytes are exactly the size the kernel was told, with the
+        attributes still fresh (our own writes expire them) and no other open handle. Any
+        failure leaves the usual path: the kernel asks with READ.
+        """
+        try:
+            data = reader.read(0, size)
+            if isinstance(data, Deferred):
+                data = await wait(data)
+            attrs = node.attrs
+            if (
+                len(data) != size
+                or attrs is None
+                or attrs.size != size
+                or node.expires <= self._now()
+                or node.detached
+                or len(node.handles) != 1
+            ):
+                return False
+            assert self._store is not None
+            self._store(node.ino, 0, data)
+        except Exception:
+            return False  # the kernel's READ will ask again (and meet any error itself)
+        return True
+
+    async def _claim(self, node: Node, ahead: Ahead, client: SFTPClient) -> FileInfo | None:
+        """
+        Open ``node`` with what was fetched ahead for it, and put its bytes in the kernel's
+        page cache (as ``_preload`` does); None if that cannot be used (then it is closed).
+
+        Only when the bytes are no older than the attribute timeout and match the attributes
+        the kernel was last told (size and mtime): a file changed on the server shows after
+        the attribute timeout at the latest, as its attributes do. This mount's own changes
+        drop what was fetched ahead of them (``_drop_ahead``), so the kernel's size is the
+        one it was told.
+        """
+        if ahead.data is None and not ahead.failed:
+            key = (node.vol.vid, node.rel)
+            self._claiming[key] = ahead  # a change meanwhile still drops it
+            ahead.waiter = Resume(running_loop())
+            try:
+                await ahead.waiter
+            finally:
+                if self._claiming.get(key) is ahead:
+                    del self._claiming[key]
+        data = ahead.data
+        attrs = node.attrs
+        now = self._now()
+        if (
+            data is None
+            or ahead.failed
+            or ahead.dropped
+            or ahead.handle is None
+            or ahead.client is not client
+            or not client.alive
+            or now - ahead.started > self.attr_timeout
+            or attrs is None
+            or (attrs.size, attrs.mtime) != (ahead.size, ahead.mtime)
+            or len(data) != ahead.size
+            or node.detached
+        ):
+            ahead.discard()
+            return None
+        handle, ahead.handle = ahead.handle, None
+        h = self._register(node, ft.FXF_READ, client, handle)
+        keep = False
+        if ahead.size and self._store is not None and len(node.handles) == 1:
+            try:
+                self._store(node.ino, 0, data)
+                keep = True
+            except Exception:
+                pass  # the kernel's READ will ask (and meet any error itself)
+        return FileInfo(fh=h.fh, keep_cache=keep)
+
+    def _keep_cache(self, node: Node) -> bool:
+        """
+        Whether the kernel may keep this file's cached pages from an earlier open.
+
+        Only when the file is unchanged since that open: fresh attributes with the same mtime
+        and size, and at that open the mtime was already "settled" (well in the past), so a
+        later change could not hide in the same one-second mtime. The margin is wide to
+        survive clock skew between this machine and the server.
+        """
+        a = node.attrs
+        if a is None or a.mtime is None or node.expires <= self._now():
+            node.opened = None
+            return False
+        version = (a.mtime, a.size)
+        keep = node.opened == version
+        node.opened = version if a.mtime < time.time() - SETTLED else None
+        return keep
+
+    @fuse_op(errno.EEXIST)
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any = None
+    ) -> tuple[FileInfo, EntryAttributes]:
+        parent = self._parent(parent_inode)
+        sflags = self._sftp_flags(flags)
+        open_flags = sflags | ft.FXF_CREAT
+        if flags & os.O_EXCL:
+            open_flags |= ft.FXF_EXCL
+        if flags & os.O_TRUNC:
+            open_flags |= ft.FXF_TRUNC
+        client = self._client()
+        rel = self._join(parent, name)
+        self._drop_ahead(parent.vol.vid, rel)
+        path = parent.vol.remote(rel)
+        handle, attrs = await both(
+            client.open(path, open_flags, FileAttrs(permissions=stat.S_IMODE(mode))),
+            client.lstat(path),
+        )
+        node = self._child(parent.vol, rel)
+        entry = self._set_attrs(node, attrs)
+        node.lookups += 1
+        parent.expires = 0.0
+        h = self._register(node, sflags, client, handle)
+        h.wrote = True
+        return FileInfo(fh=h.fh), entry
+
+    async def _ready(self, h: FileHandle) -> None:
+        """Make sure ``h`` is open on the live connection (reopening after a reconnect)."""
+        while h.client is not self._source.current() or not h.client.alive:
+            if h.reopening is None:
+                h.reopening = asyncio.ensure_future(self._reopen(h))
+            try:
+                await asyncio.shield(h.reopening)
+            finally:
+                if h.reopening is not None and h.reopening.done():
+                    h.reopening = None
+
+    async def _reopen(self, h: FileHandle) -> None:
+        client = self._source.current()
+        if h.writer is not None and (h.writer.error is not None or h.writer.inFlight):
+            # Writes the old connection never confirmed are lost: say so from now on.
+            h.error = errno.EIO
+        handle = await wait(client.open(h.node.remote, h.flags))
+        log.info("reopened {path} after a reconnect", path=h.node.remote)
+        h.client = client
+        h.handle = handle
+        h.reader = None  # made again at the next READ, on the new handle
+        if h.writer is not None:
+            h.writer = PipelinedWriter(client, handle, self._write_behind)
+
+    def _file(self, fh: int) -> FileHandle:
+        h = self._files.get(fh)
+        if h is None:
+            raise FUSEError(errno.EBADF)
+        return h
+
+    # typing note: pyfuse3 says bytes; it takes any contiguous buffer (PyObject_GetBuffer).
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
+        h = self._file(fh)
+        try:
+            client = h.client
+            if not client.alive or client is not self._source.current():
+                await self._ready(h)
+            reader = h.reader
+            if reader is None:
+                if not h.flags & ft.FXF_READ:
+                    raise FUSEError(errno.EBADF)
+                reader = h.reader = self._reader(h.node, h.client, h.handle)
+            data = reader.read(off, size)
+            if isinstance(data, Deferred):
+                return await wait(data)
+            return data
+        except Exception as e:
+            raise fuse_error(e) from None
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._file(fh)
+        try:
+            if h.error is not None:
+                raise FUSEError(h.error)
+            client = h.client
+            if not client.alive or client is not self._source.current():
+                await self._ready(h)
+                if h.error is not None:
+                    raise FUSEError(h.error)
+            writer = h.writer
+            if writer is None:
+                raise FUSEError(errno.EBADF)
+            node = h.node
+            node.expires = 0.0
+            if self._ahead:
+                self._drop_ahead(node.vol.vid, node.rel)
+            h.wrote = True
+            if len(node.handles) > 1:
+                for other in node.handles:
+                    if other.reader is not None:
+                        other.reader.reset()
+            elif h.reader is not None:
+                h.reader.reset()
+            pending = writer.write(off, buf)
+            if pending is not None:
+                await wait(pending)
+            return len(buf)
+        except Exception as e:
+            raise fuse_error(e) from None
+
+    @fuse_op()
+    async def flush(self, fh: int) -> None:
+        h = self._file(fh)
+        await self._drain(h)
+
+    async def _drain(self, h: FileHandle) -> None:
+        if h.error is not None:
+            raise FUSEError(h.error)
+        if h.writer is not None:
+            await wait(h.writer.flush())
+            if h.wrote:
+                h.node.expires = 0.0
+
+    @fuse_op()
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._file(fh)
+        await self._drain(h)
+        if h.writer is not None:
+            await self._ready(h)
+            await wait(h.client.fsync(h.handle))
+
+    @fuse_op()
+    async def release(self, fh: int) -> None:
+        h = self._files.pop(fh, None)
+        if h is None:
+            return
+        node = h.node
+        node.handles.discard(h)
+        try:
+            await self._drain(h)
+        finally:
+            if h.client.alive:
+                # A reader's CLOSE can wait to go out with the next request (or a moment).
+                h.client.close(h.handle, soon=h.writer is None).addErrback(
+                    lambda f: log.warn(
+                        "closing {path}: {error}", path=node.remote, error=f.getErrorMessage()
+                    )
+                )
+            if h.wrote:
+                node.expires = 0.0
+            if node.lookups <= 0:
+                self._maybe_drop(node)

@@ -1,0 +1,233 @@
+"""
+The namespace handlers of ``SFTPOperations``: looking names up, attributes, and changing the
+tree (mkdir, symlink, link, unlink, rmdir, rename).
+
+Separate from the file and directory handlers because these only touch paths and attributes,
+never an open handle's data.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyfuse3
+from pyfuse3 import EntryAttributes, FUSEError
+from twisted.conch.ssh import filetransfer as ft
+from twisted.internet.defer import Deferred
+
+from telenet.fuse.errors import fuse_op
+from telenet.fuse.inodes import InodeTable
+from telenet.fuse.nodes import ROOT_INODE, Node
+from telenet.fuse.resume import both, wait
+from telenet.sftp.client import FileAttrs, SFTPClient, SFTPStatusError
+
+__all__ = ["NamesMixin"]
+
+
+class NamesMixin(InodeTable):
+    """
+    Name operations: lookup, forget, getattr, setattr, readlink, and the calls that make,
+    remove or move names. Relies on ``InodeTable`` (the table, ``_fresh``, ``_set_attrs``,
+    ``_parent``, ``_join``) and ``PrefetchMixin._drop_ahead``.
+    """
+
+    @fuse_op()
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> EntryAttributes:
+        if parent_inode == ROOT_INODE:
+            if name in (b".", b".."):
+                return self._root_entry()
+            vol = self._by_bname.get(name)
+            if vol is None:
+                raise FUSEError(errno.ENOENT)  # not cached: a volume may be added any time
+            entry = await self._fresh(vol.root)
+            if vol.removed:
+                raise FUSEError(errno.ENOENT)
+            vol.root.lookups += 1
+            return entry
+        parent = self._node(parent_inode)
+        vol = parent.vol
+        if name == b".":
+            rel = parent.rel
+        elif name == b"..":
+            if not parent.rel:
+                return self._root_entry()
+            rel = parent.rel.rpartition(b"/")[0]
+        else:
+            rel = self._join(parent, name)
+        node = self._by_key.get((vol.vid, rel))
+        if node is not None and node.entry is not None and node.expires > self._now():
+            node.lookups += 1
+            return node.entry
+        try:
+            attrs = await wait(self._client().lstat(vol.remote(rel)))
+        except SFTPStatusError as e:
+            if e.errno != errno.ENOENT or self.negative_timeout <= 0:
+                raise
+            return self._negative()
+        if vol.removed:
+            raise FUSEError(errno.ENOENT)
+        node = self._child(vol, rel)  # again: the table may have changed while we waited
+        entry = self._set_attrs(node, attrs)
+        node.lookups += 1
+        return entry
+
+    async def forget(self, inode_list: Any) -> None:
+        for inode, nlookup in inode_list:
+            node = self._nodes.get(inode)
+            if node is not None:
+                node.lookups -= nlookup
+                if node.lookups <= 0:
+                    node.lookups = 0
+                    self._maybe_drop(node)
+
+    @fuse_op()
+    async def getattr(self, inode: int, ctx: Any = None) -> EntryAttributes:
+        if inode == ROOT_INODE:
+            return self._root_entry()
+        return await self._fresh(self._node(inode))
+
+    @fuse_op()
+    async def setattr(
+        self, inode: int, attr: EntryAttributes, fields: Any, fh: int | None, ctx: Any = None
+    ) -> EntryAttributes:
+        if inode == ROOT_INODE:
+            raise FUSEError(errno.EROFS)
+        node = self._node(inode)
+        self._writable(node)
+        self._drop_ahead(node.vol.vid, node.rel)
+        for h in list(node.handles):
+            if h.writer is not None:  # earlier writes go first, e.g. before a truncate
+                await wait(h.writer.flush())
+        size = uid = gid = perms = atime = mtime = None
+        if fields.update_size:
+            size = attr.st_size
+        if fields.update_mode:
+            perms = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime:
+            # SFTP v3 sets uid with gid and atime with mtime: fill in the half not changing.
+            if not fields.update_uid or not fields.update_gid:
+                await self._fresh(node)
+            current = node.attrs or FileAttrs()
+            if fields.update_uid or fields.update_gid:
+                uid = attr.st_uid if fields.update_uid else current.uid
+                gid = attr.st_gid if fields.update_gid else current.gid
+            if fields.update_atime or fields.update_mtime:
+                now = int(time.time())
+                atime = attr.st_atime_ns // 1_000_000_000 if fields.update_atime else None
+                mtime = attr.st_mtime_ns // 1_000_000_000 if fields.update_mtime else None
+                if atime is None:
+                    atime = current.atime if current.atime is not None else now
+                if mtime is None:
+                    mtime = current.mtime if current.mtime is not None else now
+        client = self._client()
+        path = node.remote
+        done = client.setstat(path, FileAttrs(size, uid, gid, perms, atime, mtime))
+        fresh = client.lstat(path) if node is not node.vol.root else client.stat(path)
+        node.expires = 0.0
+        if size is not None:
+            for h in node.handles:
+                if h.reader is not None:
+                    h.reader.reset()
+        _, attrs = await both(done, fresh)
+        return self._set_attrs(node, attrs)
+
+    @fuse_op()
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        node = self._node(inode)
+        return await wait(self._client().readlink(node.remote))
+
+    @fuse_op(errno.EEXIST)
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: Any = None
+    ) -> EntryAttributes:
+        parent = self._parent(parent_inode)
+        return await self._make(
+            parent, name, lambda c, p: c.mkdir(p, FileAttrs(permissions=stat.S_IMODE(mode)))
+        )
+
+    @fuse_op(errno.EEXIST)
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: Any = None
+    ) -> EntryAttributes:
+        parent = self._parent(parent_inode)
+        return await self._make(parent, name, lambda c, p: c.symlink(p, target))
+
+    @fuse_op(errno.EEXIST)
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any = None
+    ) -> EntryAttributes:
+        node = self._node(inode)
+        parent = self._parent(new_parent_inode)
+        if parent.vol is not node.vol:
+            raise FUSEError(errno.EXDEV)
+        old = node.remote
+        entry = await self._make(parent, new_name, lambda c, p: c.hardlink(old, p))
+        node.expires = 0.0
+        return entry
+
+    async def _make(
+        self, parent: Node, name: bytes, create: Callable[[SFTPClient, bytes], Deferred[None]]
+    ) -> EntryAttributes:
+        client = self._client()
+        rel = self._join(parent, name)
+        path = parent.vol.remote(rel)
+        # Pipelined: the server answers in order, so the LSTAT sees what was just made.
+        _, attrs = await both(create(client, path), client.lstat(path))
+        self._detach(parent.vol, rel)
+        node = self._child(parent.vol, rel)
+        entry = self._set_attrs(node, attrs)
+        node.lookups += 1
+        parent.expires = 0.0
+        return entry
+
+    @fuse_op()
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
+        parent = self._parent(parent_inode)
+        rel = self._join(parent, name)
+        await wait(self._client().remove(parent.vol.remote(rel)))
+        self._detach(parent.vol, rel)
+        parent.expires = 0.0
+
+    @fuse_op(errno.ENOTEMPTY)
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
+        parent = self._parent(parent_inode)
+        rel = self._join(parent, name)
+        await wait(self._client().rmdir(parent.vol.remote(rel)))
+        self._detach(parent.vol, rel)
+        parent.expires = 0.0
+
+    @fuse_op()
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any = None,
+    ) -> None:
+        old_parent = self._parent(parent_inode_old)
+        new_parent = self._parent(parent_inode_new)
+        if old_parent.vol is not new_parent.vol:
+            raise FUSEError(errno.EXDEV)
+        client = self._client()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise FUSEError(errno.EINVAL)
+        if flags & pyfuse3.RENAME_NOREPLACE and not client.canNoReplaceRename:
+            raise FUSEError(errno.EINVAL)
+        vol = old_parent.vol
+        old = self._join(old_parent, name_old)
+        new = self._join(new_parent, name_new)
+        overwrite = not flags & pyfuse3.RENAME_NOREPLACE
+        try:
+            await wait(client.rename(vol.remote(old), vol.remote(new), overwrite=overwrite))
+        except SFTPStatusError as e:
+            raise FUSEError(
+                e.errno if e.code != ft.FX_FAILURE or overwrite else errno.EEXIST
+            ) from None
+        self._move(vol, old, new)
+        old_parent.expires = new_parent.expires = 0.0

@@ -1,0 +1,134 @@
+"""
+What the filesystem is made of: the volumes it shows, its inodes, its open file and directory
+handles, and the source of its SFTP connection.
+
+Plain records (slots, no behaviour beyond a path or two), kept apart from the handlers that
+fill them in so that every handler module can share them without importing the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Protocol
+
+import pyfuse3
+from pyfuse3 import EntryAttributes
+
+from telenet.fuse.resume import Resume
+from telenet.sftp.client import FileAttrs, PipelinedWriter, ReadAhead, SFTPClient
+
+__all__ = ["ROOT_INODE", "ConnectionSource", "DirHandle", "FileHandle", "MountedVolume", "Node"]
+
+ROOT_INODE = pyfuse3.ROOT_INODE
+
+
+class ConnectionSource(Protocol):
+    """Where the filesystem gets its SFTP connection (an ``SFTPConnectionManager``)."""
+
+    label: str
+    since: float
+
+    @property
+    def connected(self) -> bool: ...
+
+    def current(self) -> SFTPClient: ...
+
+
+class MountedVolume:
+    """A remote directory shown as ``<mountpoint>/<name>``."""
+
+    __slots__ = ("name", "bname", "path", "prefix", "ro", "vid", "root", "removed")
+
+    def __init__(self, name: str, path: str, ro: bool, vid: int) -> None:
+        self.name = name
+        self.bname = os.fsencode(name)
+        self.path = os.fsencode(path)
+        # Remote path of a child is prefix + b"/" + relative path ("/" itself has no prefix).
+        self.prefix = self.path.rstrip(b"/")
+        self.ro = ro
+        self.vid = vid
+        self.removed = False
+        self.root: Node  # set right after by the filesystem
+
+    def remote(self, rel: bytes) -> bytes:
+        return self.prefix + b"/" + rel if rel else self.path
+
+
+class Node:
+    """An inode: one (volume, relative path) the kernel knows about."""
+
+    __slots__ = (
+        "ino",
+        "vol",
+        "rel",
+        "lookups",
+        "entry",
+        "attrs",
+        "expires",
+        "handles",
+        "opened",
+        "detached",
+    )
+
+    def __init__(self, ino: int, vol: MountedVolume, rel: bytes) -> None:
+        self.ino = ino
+        self.vol = vol
+        self.rel = rel
+        self.lookups = 0
+        self.entry: EntryAttributes | None = None
+        self.attrs: FileAttrs | None = None
+        self.expires = 0.0
+        self.handles: set[FileHandle] = set()
+        self.opened: tuple[int | None, int | None] | None = None  # (mtime, size) at last open
+        self.detached = False  # unlinked or renamed over: its path means something else now
+
+    @property
+    def remote(self) -> bytes:
+        return self.vol.remote(self.rel)
+
+
+class FileHandle:
+    """An open file: reopened lazily on a new connection after a reconnect."""
+
+    __slots__ = (
+        "fh",
+        "node",
+        "flags",
+        "client",
+        "handle",
+        "reader",
+        "writer",
+        "error",
+        "reopening",
+        "wrote",
+    )
+
+    def __init__(self, fh: int, node: Node, flags: int, client: SFTPClient, handle: bytes):
+        self.fh = fh
+        self.node = node
+        self.flags = flags  # SFTP FXF_* flags to reopen with (no CREAT/TRUNC/EXCL)
+        self.client = client
+        self.handle = handle
+        self.reader: ReadAhead | None = None
+        self.writer: PipelinedWriter | None = None
+        self.error: int | None = None  # sticky errno: writes were lost
+        self.reopening: asyncio.Future[None] | None = None
+        self.wrote = False
+
+
+class DirHandle:
+    __slots__ = ("node", "entries", "done", "error", "waiter")
+
+    def __init__(self, node: Node | None) -> None:
+        self.node = node  # None for the mount root
+        # The listing so far: it grows as the server's batches arrive, until ``done``.
+        self.entries: list[tuple[bytes, Node | FileAttrs]] | None = None
+        self.done = False
+        self.error: BaseException | None = None
+        self.waiter: Resume[None] | None = None
+
+    def wake(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            waiter.set_result(None)
