@@ -45,7 +45,8 @@ from telenet.fuse.helper import (
     SFTPOperations,
     _mount_dev,
 )
-from telenet.sftp.client import MAX_CHUNK, SFTPStatusError
+from telenet.sftp.codec import MAX_CHUNK
+from telenet.sftp.errors import SFTPStatusError
 from tests.conftest import free_port, fuse_mounts, port_open, require, wait_for
 from tests.helpers import result_of
 from tests.sftpfakes import FakeSFTPClient, FakeSource

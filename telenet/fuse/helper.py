@@ -60,16 +60,11 @@ from zope.interface import implementer
 from telenet.core.aio import as_deferred, as_future
 from telenet.core.gocompat import host_port
 from telenet.core.internals import patch_pyfuse3_waiting, reactor_loop, task_running
-from telenet.sftp.client import (
-    FileAttrs,
-    NameEntry,
-    NotConnected,
-    PipelinedWriter,
-    ReadAhead,
-    SFTPClient,
-    SFTPStatusError,
-    error_to_errno,
-)
+from telenet.sftp.client import SFTPClient
+from telenet.sftp.codec import FileAttrs, NameEntry
+from telenet.sftp.errors import SFTPNotConnected as NotConnected
+from telenet.sftp.errors import SFTPStatusError, error_to_errno
+from telenet.sftp.transfer import PipelinedWriter, ReadAhead
 
 __all__ = ["ControlFactory", "MountControl", "SFTPOperations", "Volume", "main"]
 
@@ -1985,7 +1980,7 @@ def main(argv: list[str] | None = None) -> int:
         textFileLogObserver,
     )
 
-    from telenet.sftp.client import SFTPConnectionManager
+    from telenet.sftp.connection import SFTPConnectionManager
 
     log_out = open(args.log_file, "a", buffering=1) if args.log_file else sys.stderr  # noqa: SIM115
     observer = FilteringLogObserver(
