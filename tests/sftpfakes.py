@@ -26,16 +26,9 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from telenet.sftp.client import (
-    FAKE_STATVFS,
-    MAX_CHUNK,
-    FileAttrs,
-    NameEntry,
-    NotConnected,
-    SFTPClient,
-    SFTPStatusError,
-    StatVFS,
-)
+from telenet.sftp.client import SFTPClient
+from telenet.sftp.codec import FAKE_STATVFS, MAX_CHUNK, FileAttrs, NameEntry, StatVFS
+from telenet.sftp.errors import SFTPNotConnected, SFTPStatusError
 
 # -- a real Conch server, rooted -----------------------------------------------------------------
 
@@ -429,5 +422,5 @@ class FakeSource:
 
     def current(self) -> Any:
         if self.client is None or not self.client.alive:
-            raise NotConnected(f"{self.label} is not connected: test")
+            raise SFTPNotConnected(f"{self.label} is not connected: test")
         return self.client

@@ -1,5 +1,6 @@
 """
-Tests for L{telenet.agent}: the raw SFTP server exporting a directory as /tel_app_exports.
+Tests for L{telenet.agent} and its raw SFTP server (L{telenet.sftp.server}, serving the
+directory L{telenet.sftp.rooted} confines) exporting a directory as /tel_app_exports.
 
 Most tests drive the real server protocol with Conch's L{FileTransferClient} over an in-memory
 L{iosim} connection backed by a C{tmp_path} directory. The last ones use real loopback sockets
@@ -52,7 +53,9 @@ from twisted.python.usage import UsageError
 from twisted.test import iosim
 
 from telenet import agent
-from telenet.agent import AgentFactory, AgentProtocol, Options, makeService
+from telenet.agent import Options, makeService
+from telenet.sftp.runners import BlockingCallRunner, run_inline, threadpool_runner
+from telenet.sftp.server import MAX_INFLIGHT, AgentFactory, AgentProtocol
 
 from .sftpfakes import Pumped
 
@@ -83,7 +86,7 @@ class Client(FileTransferClient):
 class Harness(Pumped):
     """The agent protocol and a Conch client joined in memory; C{wait} pumps until a reply."""
 
-    def __init__(self, root: Path, run_io: agent.IORunner = agent.run_inline) -> None:
+    def __init__(self, root: Path, run_io: BlockingCallRunner = run_inline) -> None:
         self.root = root
         self.server: AgentProtocol = AgentFactory(str(root), run_io).buildProtocol(None)
         self.client = Client()
@@ -530,7 +533,7 @@ def test_request_without_an_id_drops_the_connection(sftp: Harness) -> None:
 
 
 class ManualRunner:
-    """An IORunner whose calls wait until the test runs them."""
+    """A BlockingCallRunner whose calls wait until the test runs them."""
 
     def __init__(self) -> None:
         self.queue: list[tuple[Callable[[], Any], Deferred[Any]]] = []
@@ -583,11 +586,11 @@ def test_too_many_requests_in_flight_stop_dispatch(tree: Path) -> None:
     runner = ManualRunner()
     sftp = Harness(tree, runner)
     f = sftp.wait(sftp.client.openFile(b"hello.txt", FXF_READ, {}))
-    replies = [sftp.fire(f.readChunk(i % 12, 1)) for i in range(agent.MAX_INFLIGHT + 5)]
-    assert len(runner.queue) == agent.MAX_INFLIGHT
+    replies = [sftp.fire(f.readChunk(i % 12, 1)) for i in range(MAX_INFLIGHT + 5)]
+    assert len(runner.queue) == MAX_INFLIGHT
     runner.run()
     sftp.pump.flush()
-    assert len(runner.queue) == agent.MAX_INFLIGHT
+    assert len(runner.queue) == MAX_INFLIGHT
     while runner.queue:
         runner.run()
         sftp.pump.flush()
@@ -698,7 +701,7 @@ async def agent_port(tree: Path, pool: ThreadPool) -> Any:
     """The agent on a loopback port with a real thread pool; yields the port number."""
     from twisted.internet import reactor
 
-    factory = AgentFactory(str(tree), agent.threadpool_runner(cast(Any, reactor), pool))
+    factory = AgentFactory(str(tree), threadpool_runner(cast(Any, reactor), pool))
     port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     yield port.getHost().port
     await port.stopListening()

@@ -43,19 +43,10 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from telenet.sftp.client import (
-    MAX_PACKET,
-    MIN_CHUNK,
-    ConnectionDead,
-    FileAttrs,
-    NameEntry,
-    SFTPClient,
-    SFTPProtocolError,
-    SFTPStatusError,
-    StatVFS,
-    error_to_errno,
-    pack_attrs,
-)
+from telenet.sftp.client import SFTPClient
+from telenet.sftp.codec import FileAttrs, NameEntry, StatVFS, pack_attrs
+from telenet.sftp.errors import ConnectionDead, SFTPProtocolError, SFTPStatusError, error_to_errno
+from telenet.sftp.reader import MAX_PACKET, MIN_CHUNK
 
 from .conftest import Agent, free_port, fuse_mounts, port_open, wait_for
 from .faultkit import process_state, reads_back, record, rss_kib, scaled

@@ -44,7 +44,6 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from telenet.agent import RootedFilesystem
 from telenet.core.dockerplugin import PluginSite
 from telenet.core.interfaces import IMounter
 from telenet.core.netip import encode_addr
@@ -53,6 +52,7 @@ from telenet.daemon import makeService
 from telenet.mountplugin import VolumeDriver, _MounterService
 from telenet.netplugin.driver import NetworkDriver
 from telenet.routeplugin import _DriverService
+from telenet.sftp.rooted import RootedFilesystem
 from telenet.teleroute.proto import teleroute_pb2, teleroute_pb2_grpc
 from telenet.teleroute.service import Teleroute, TelerouteError
 from telenet.testing import MemoryNetlink

@@ -23,23 +23,18 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from telenet.sftp.client import (
-    FAKE_STATVFS,
-    LAZY_DELAY,
-    MAX_CHUNK,
+from telenet.sftp.channel import LAZY_DELAY
+from telenet.sftp.client import SFTPClient
+from telenet.sftp.codec import FAKE_STATVFS, MAX_CHUNK, FileAttrs, pack_attrs, parse_attrs
+from telenet.sftp.connection import SFTPConnectionManager
+from telenet.sftp.errors import (
     ConnectionDead,
-    FileAttrs,
-    NotConnected,
-    PipelinedWriter,
-    ReadAhead,
-    SFTPClient,
-    SFTPConnectionManager,
+    SFTPNotConnected,
     SFTPStatusError,
     error_to_errno,
-    pack_attrs,
-    parse_attrs,
     status_errno,
 )
+from telenet.sftp.transfer import PipelinedWriter, ReadAhead
 from tests.helpers import failure_of, result_of
 from tests.sftpfakes import ConchRootedServer, SFTPPair
 
@@ -280,7 +275,7 @@ def test_status_errno_table() -> None:
     assert status_errno(ft.FX_FAILURE, "mkdir /x: file exists") == errno.EEXIST
     assert status_errno(ft.FX_FAILURE, "Failure") == errno.EIO
     assert status_errno(ft.FX_FAILURE, "Failure", errno.ENOTEMPTY) == errno.ENOTEMPTY
-    assert error_to_errno(NotConnected("x")) == errno.ENOTCONN
+    assert error_to_errno(SFTPNotConnected("x")) == errno.ENOTCONN
     assert error_to_errno(ConnectionDead("x")) == errno.EIO
 
 
@@ -541,7 +536,7 @@ def test_manager_connects_and_hands_out_the_connection(tree: Path) -> None:
 
 
 def test_manager_fails_fast_while_disconnected_then_reconnects(tree: Path) -> None:
-    """After a loss, callers get NotConnected at once; the manager reconnects by itself."""
+    """After a loss, callers get SFTPNotConnected at once; the manager reconnects by itself."""
     manager, endpoint, clock = _manager(tree)
     manager.start()
     first = manager.current()
@@ -550,7 +545,7 @@ def test_manager_fails_fast_while_disconnected_then_reconnects(tree: Path) -> No
     endpoint.pumps[0].flush()
     assert not manager.connected
     err = failure_of(manager.connection()).value
-    assert isinstance(err, NotConnected) and "srv:22 is not connected" in str(err)
+    assert isinstance(err, SFTPNotConnected) and "srv:22 is not connected" in str(err)
     clock.advance(2.0)  # retryPolicy(0) → refused
     assert endpoint.attempts == 2 and not manager.connected
     endpoint.refuse = False
@@ -584,10 +579,10 @@ def test_manager_when_connected_can_give_up(tree: Path) -> None:
     forever = manager.whenConnected()
     manager.start()
     err = failure_of(d).value
-    assert isinstance(err, NotConnected) and "refused" in str(err).lower()
+    assert isinstance(err, SFTPNotConnected) and "refused" in str(err).lower()
     assert not forever.called
     manager.stop()
-    assert failure_of(forever).check(NotConnected)
+    assert failure_of(forever).check(SFTPNotConnected)
     clock.advance(100)
     assert endpoint.attempts == 1, "stopped managers do not retry"
 
@@ -601,7 +596,7 @@ def test_manager_stop_closes_the_connection(tree: Path) -> None:
     endpoint.pumps[0].flush()
     clock.advance(100)
     assert not client.alive and endpoint.attempts == 1
-    with pytest.raises(NotConnected):
+    with pytest.raises(SFTPNotConnected):
         manager.current()
 
 

@@ -40,7 +40,8 @@ from telenet.fuse.control import ControlProtocol, MountControl
 from telenet.fuse.operations import SFTPOperations
 from telenet.fuse.prefetch import AHEAD_FILES
 from telenet.fuse.tuning import KERNEL_READAHEAD_KB, FuseFdWaiter, mount_dev
-from telenet.sftp.client import MAX_CHUNK, SFTPStatusError
+from telenet.sftp.codec import MAX_CHUNK
+from telenet.sftp.errors import SFTPStatusError
 from tests.conftest import free_port, fuse_mounts, port_open, require, wait_for
 from tests.helpers import result_of
 from tests.sftpfakes import FakeSFTPClient, FakeSource

@@ -35,7 +35,8 @@ from twisted.python.log import callWithLogger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from telenet import agent
+from telenet.sftp.runners import threadpool_runner
+from telenet.sftp.server import AgentFactory
 from telenet.sftpproxy import Bridge, BridgeFactory, BridgeService, open_bridge
 
 DONE = Failure(ConnectionDone())
@@ -244,7 +245,7 @@ async def agent_port(tmp_path: Any, pool: ThreadPool) -> Any:
     export = tmp_path / "export"
     export.mkdir()
     reactor = _reactor()
-    factory = agent.AgentFactory(str(export), agent.threadpool_runner(reactor, pool))
+    factory = AgentFactory(str(export), threadpool_runner(reactor, pool))
     port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     yield port.getHost().port
     await port.stopListening()

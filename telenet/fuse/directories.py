@@ -18,7 +18,7 @@ from telenet.fuse.errors import fuse_op
 from telenet.fuse.inodes import InodeTable
 from telenet.fuse.nodes import ROOT_INODE, DirHandle, Node
 from telenet.fuse.resume import Resume, running_loop
-from telenet.sftp.client import FileAttrs, NameEntry
+from telenet.sftp.codec import FileAttrs, NameEntry
 
 __all__ = ["READDIR_REPLY", "DirectoriesMixin"]
 

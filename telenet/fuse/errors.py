@@ -18,7 +18,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from telenet.sftp.client import SFTPStatusError, error_to_errno
+from telenet.sftp.errors import SFTPStatusError, error_to_errno
 
 __all__ = ["fuse_error", "fuse_op"]
 

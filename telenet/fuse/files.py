@@ -26,7 +26,9 @@ from telenet.fuse.inodes import InodeTable
 from telenet.fuse.nodes import FileHandle, Node
 from telenet.fuse.prefetch import PAGE, PREFETCH_MAX, Ahead
 from telenet.fuse.resume import Resume, both, running_loop, wait
-from telenet.sftp.client import FileAttrs, PipelinedWriter, ReadAhead, SFTPClient
+from telenet.sftp.client import SFTPClient
+from telenet.sftp.codec import FileAttrs
+from telenet.sftp.transfer import PipelinedWriter, ReadAhead
 
 __all__ = ["SETTLED", "FilesMixin"]
 

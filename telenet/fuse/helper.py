@@ -59,7 +59,7 @@ from telenet.fuse.tuning import (
     tune_malloc,
     tune_readahead,
 )
-from telenet.sftp.client import NotConnected
+from telenet.sftp.errors import SFTPNotConnected
 
 __all__ = ["main"]
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         textFileLogObserver,
     )
 
-    from telenet.sftp.client import SFTPConnectionManager
+    from telenet.sftp.connection import SFTPConnectionManager
 
     log_out = open(args.log_file, "a", buffering=1) if args.log_file else sys.stderr  # noqa: SIM115
     observer = FilteringLogObserver(
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             await as_future(manager.whenConnected(failAfterFailures=1).addTimeout(timeout, reactor))
         except Exception as e:
             reason = manager.lastError if isinstance(e, defer.TimeoutError) else str(e)
-            if isinstance(e, NotConnected):
+            if isinstance(e, SFTPNotConnected):
                 reason = manager.lastError
             _say({"error": f"cannot reach SFTP server at {label}: {reason}"})
             outcome["code"] = 1

@@ -33,7 +33,9 @@ from telenet.fuse.nodes import (
 )
 from telenet.fuse.prefetch import Ahead, Listing, PrefetchMixin
 from telenet.fuse.resume import wait
-from telenet.sftp.client import FileAttrs, NotConnected, SFTPClient, SFTPStatusError
+from telenet.sftp.client import SFTPClient
+from telenet.sftp.codec import FileAttrs
+from telenet.sftp.errors import SFTPNotConnected, SFTPStatusError
 
 __all__ = ["ATTR_TIMEOUT", "ENTRY_TIMEOUT", "NEGATIVE_TIMEOUT", "InodeTable"]
 
@@ -188,7 +190,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         try:
             client = self._source.current()
             attrs = await client.stat(os.fsencode(path))
-        except NotConnected as e:
+        except SFTPNotConnected as e:
             return f"SFTP server {label} is not connected: {e}"
         except SFTPStatusError as e:
             if e.errno == errno.ENOENT:
@@ -292,7 +294,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     def _client(self) -> SFTPClient:
         try:
             return self._source.current()
-        except NotConnected:
+        except SFTPNotConnected:
             raise FUSEError(errno.ENOTCONN) from None
 
     async def _fresh(self, node: Node) -> EntryAttributes:

@@ -23,7 +23,9 @@ from telenet.fuse.errors import fuse_op
 from telenet.fuse.inodes import InodeTable
 from telenet.fuse.nodes import ROOT_INODE, Node
 from telenet.fuse.resume import both, wait
-from telenet.sftp.client import FileAttrs, SFTPClient, SFTPStatusError
+from telenet.sftp.client import SFTPClient
+from telenet.sftp.codec import FileAttrs
+from telenet.sftp.errors import SFTPStatusError
 
 __all__ = ["NamesMixin"]
 

@@ -16,7 +16,9 @@ import pyfuse3
 from pyfuse3 import EntryAttributes
 
 from telenet.fuse.resume import Resume
-from telenet.sftp.client import FileAttrs, PipelinedWriter, ReadAhead, SFTPClient
+from telenet.sftp.client import SFTPClient
+from telenet.sftp.codec import FileAttrs
+from telenet.sftp.transfer import PipelinedWriter, ReadAhead
 
 __all__ = ["ROOT_INODE", "ConnectionSource", "DirHandle", "FileHandle", "MountedVolume", "Node"]
 

@@ -21,7 +21,8 @@ from twisted.python.failure import Failure
 
 from telenet.fuse.nodes import Node
 from telenet.fuse.resume import Resume, running_loop
-from telenet.sftp.client import FileAttrs, SFTPClient
+from telenet.sftp.client import SFTPClient
+from telenet.sftp.codec import FileAttrs
 
 __all__ = ["AHEAD_BYTES", "AHEAD_FILES", "AHEAD_TOTAL", "PAGE", "PREFETCH_MAX", "PrefetchMixin"]
 
