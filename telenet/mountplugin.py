@@ -30,7 +30,7 @@ from twisted.python.threadpool import ThreadPool
 from telenet.core import dockerplugin
 from telenet.core.dockerplugin import BadRequest, JSONObject, PluginError, field, string_map
 from telenet.core.gocompat import parse_bool, parse_duration
-from telenet.core.interfaces import IMounter, IStateStore
+from telenet.core.interfaces import IMounter, IStateStore, VolumeSpec
 from telenet.core.reactor import IReactor, global_reactor
 from telenet.core.threads import state_thread
 
@@ -62,6 +62,12 @@ class VolumeOptions:
             posixpath.join(EXPORTS_ROOT, self.container, self.dir)
             if self.dir
             else (posixpath.join(EXPORTS_ROOT, self.container))
+        )
+
+    def spec(self, name: str) -> VolumeSpec:
+        """Volume ``name`` with these options, as an ``IMounter`` takes it."""
+        return VolumeSpec(
+            host=self.host, port=self.port, name=name, remote_dir=self.remote_dir, ro=self.ro
         )
 
 
@@ -273,9 +279,7 @@ class VolumeDriver:
                 raise PluginError(f'volume "{name}" already exists with other options')
             # Mount eagerly, as the Go plug-in does, so an unreachable server or a missing
             # directory is reported by `docker volume create`, not by a later `docker run`.
-            await self._mounter.attach(
-                options.host, options.port, name, options.remote_dir, options.ro
-            )
+            await self._mounter.attach(options.spec(name))
             self.volumes[name] = Volume(
                 name=name, options=options, created_at=self._clock.seconds()
             )
@@ -314,8 +318,7 @@ class VolumeDriver:
         caller = field(body, "ID", str)
         async with self._lock(name):
             volume = self._get(name)
-            o = volume.options
-            mountpoint = await self._mounter.attach(o.host, o.port, name, o.remote_dir, o.ro)
+            mountpoint = await self._mounter.attach(volume.options.spec(name))
             if caller not in volume.used_by:
                 volume.used_by.append(caller)
                 await self._save()

@@ -15,6 +15,27 @@ import socket
 import sys
 import time
 
+# Run as a script (tests/ is sys.path[0]): the protocol must come from this checkout, not
+# from whichever telenet the interpreter has installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from telenet.fuse.protocol import (  # noqa: E402
+    AddVolume,
+    Answer,
+    Done,
+    ProtocolError,
+    Refused,
+    RemoveVolume,
+    Request,
+    Shutdown,
+    Status,
+    StatusReport,
+    VolumeState,
+    decode_request,
+    encode,
+    parse_line,
+)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -38,40 +59,43 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
-    volumes: dict[str, dict[str, object]] = {}
+    volumes: dict[str, VolumeState] = {}
     while True:
         conn, _ = server.accept()
         with conn, conn.makefile("rwb") as stream:
             for line in stream:
-                request = json.loads(line)
-                op = request.get("op")
-                reply: dict[str, object] = {"ok": True}
-                if op == "add":
-                    if "missing" in request["path"]:
-                        reply = {
-                            "ok": False,
-                            "error": f"remote directory {request['path']} does not exist",
-                        }
-                    else:
-                        volumes[request["name"]] = {"path": request["path"], "ro": request["ro"]}
-                elif op == "remove":
-                    volumes.pop(request["name"], None)
-                elif op == "status":
-                    reply = {
-                        "ok": True,
-                        "pid": os.getpid(),
-                        "host": args.host,
-                        "port": int(args.port),
-                        "mountpoint": args.mountpoint,
-                        "connected": True,
-                        "volumes": volumes,
-                        "since": 0,
-                    }
-                stream.write(json.dumps(reply).encode() + b"\n")
+                try:
+                    request = decode_request(parse_line(line))
+                except ProtocolError as e:
+                    stream.write(encode(Refused(str(e))) + b"\n")
+                    stream.flush()
+                    continue
+                stream.write(encode(answer(request, volumes, args)) + b"\n")
                 stream.flush()
-                if op == "shutdown":
+                if isinstance(request, Shutdown):
                     os.unlink(args.control)
                     sys.exit(0)
+
+
+def answer(request: Request, volumes: dict[str, VolumeState], args: argparse.Namespace) -> Answer:
+    match request:
+        case AddVolume(name=name, path=path, ro=ro):
+            if "missing" in path:
+                return Refused(f"remote directory {path} does not exist")
+            volumes[name] = VolumeState(path=path, ro=ro)
+        case RemoveVolume(name=name):
+            volumes.pop(name, None)
+        case Status():
+            return StatusReport(
+                pid=os.getpid(),
+                host=args.host,
+                port=int(args.port),
+                mountpoint=args.mountpoint,
+                connected=True,
+                volumes=dict(volumes),
+                since=0,
+            )
+    return Done()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from telenet.core.dockerplugin import PluginSite
-from telenet.core.interfaces import IMounter
+from telenet.core.interfaces import IMounter, VolumeSpec
 from telenet.core.netip import encode_addr
 from telenet.daemon import Options as DaemonOptions
 from telenet.daemon import makeService
@@ -410,7 +410,7 @@ async def test_telemount_shutdown_waits_for_its_helpers_to_exit(
     """
     mounter, port = stand_in_mounter
     monkeypatch.setenv("LINGER", "0.5")
-    await mounter.attach("127.0.0.1", port, "v", "/tel_app_exports/c", False)
+    await mounter.attach(VolumeSpec("127.0.0.1", port, "v", "/tel_app_exports/c", False))
     pid = (await mounter.status("127.0.0.1", port))["pid"]
     started = time.monotonic()
     await mounter.shutdown()
@@ -432,7 +432,7 @@ async def test_telemount_shutdown_kills_a_helper_still_starting(
     """
     mounter, port = stand_in_mounter
     monkeypatch.setenv("NEVER_READY", "1")
-    attaching = mounter.attach("127.0.0.1", port, "v", "/tel_app_exports/c", False)
+    attaching = mounter.attach(VolumeSpec("127.0.0.1", port, "v", "/tel_app_exports/c", False))
     outcome: list[Any] = []
     attaching.addBoth(outcome.append)
     from twisted.internet import reactor

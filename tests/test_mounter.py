@@ -13,7 +13,8 @@ import pytest_twisted
 from zope.interface.verify import verifyObject
 
 from telenet.core.dockerplugin import PluginError
-from telenet.core.interfaces import IMounter
+from telenet.core.interfaces import IMounter, VolumeSpec
+from telenet.fuse.protocol import Status
 from telenet.testing import MemoryMounter
 from telenet.volumes.mounter import ProcessMounter, control_request, host_dir_name
 
@@ -74,11 +75,11 @@ async def test_one_helper_serves_every_volume_of_a_server(
     mounter: ProcessMounter, ports: tuple[int, int]
 ) -> None:
     """The first attach starts a helper; later ones reuse it; the last detach stops it."""
-    mp = await mounter.attach("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False)
+    mp = await mounter.attach(VolumeSpec("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False))
     assert mp.endswith(f"/127.0.0.1/{ports[0]}/a")
     status = await mounter.status("127.0.0.1", ports[0])
     pid = status["pid"]
-    await mounter.attach("127.0.0.1", ports[0], "b", "/tel_app_exports/c/d", True)
+    await mounter.attach(VolumeSpec("127.0.0.1", ports[0], "b", "/tel_app_exports/c/d", True))
     status = await mounter.status("127.0.0.1", ports[0])
     assert status["pid"] == pid
     assert status["volumes"] == {
@@ -99,10 +100,10 @@ async def test_helper_errors_reach_the_caller(
     """A helper's error line, or its death before mounting, becomes the PluginError message."""
     monkeypatch.setenv("FAKE_HELPER_ERROR", "cannot reach SFTP server at 127.0.0.1:1: refused")
     with pytest.raises(PluginError, match="cannot reach SFTP server at 127.0.0.1:.*: refused"):
-        await mounter.attach("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False)
+        await mounter.attach(VolumeSpec("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False))
     monkeypatch.setenv("FAKE_HELPER_ERROR", "die")
     with pytest.raises(PluginError, match=r"exited \(code 7\) before mounting: fake helper"):
-        await mounter.attach("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False)
+        await mounter.attach(VolumeSpec("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False))
 
 
 @pytest_twisted.ensureDeferred
@@ -115,14 +116,16 @@ async def test_a_hung_helper_times_out(
     monkeypatch.setattr(telenet.volumes.mounter, "START_GRACE", 0.5)
     monkeypatch.setenv("FAKE_HELPER_ERROR", "hang")
     with pytest.raises(PluginError, match="timed out mounting the SFTP server at 127.0.0.1:"):
-        await mounter.attach("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False)
+        await mounter.attach(VolumeSpec("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False))
 
 
 @pytest_twisted.ensureDeferred
 async def test_missing_remote_dir(mounter: ProcessMounter, ports: tuple[int, int]) -> None:
     """The helper's refusal of a volume is the attach's error."""
     with pytest.raises(PluginError, match="remote directory /tel_app_exports/missing does not"):
-        await mounter.attach("127.0.0.1", ports[0], "a", "/tel_app_exports/missing", False)
+        await mounter.attach(
+            VolumeSpec("127.0.0.1", ports[0], "a", "/tel_app_exports/missing", False)
+        )
     await mounter.shutdown()
 
 
@@ -133,9 +136,9 @@ async def test_a_new_mounter_adopts_running_helpers(
     """After a plug-in restart the helpers are adopted; unknown volumes and servers go."""
     from twisted.internet import reactor
 
-    await mounter.attach("127.0.0.1", ports[0], "keep", "/tel_app_exports/c", False)
-    await mounter.attach("127.0.0.1", ports[0], "stale", "/tel_app_exports/c", False)
-    await mounter.attach("127.0.0.1", ports[1], "orphan", "/tel_app_exports/c", False)
+    await mounter.attach(VolumeSpec("127.0.0.1", ports[0], "keep", "/tel_app_exports/c", False))
+    await mounter.attach(VolumeSpec("127.0.0.1", ports[0], "stale", "/tel_app_exports/c", False))
+    await mounter.attach(VolumeSpec("127.0.0.1", ports[1], "orphan", "/tel_app_exports/c", False))
     pid = (await mounter.status("127.0.0.1", ports[0]))["pid"]
     orphan_pid = (await mounter.status("127.0.0.1", ports[1]))["pid"]
 
@@ -154,11 +157,11 @@ async def test_a_new_mounter_adopts_running_helpers(
 @pytest_twisted.ensureDeferred
 async def test_dead_helper_is_replaced(mounter: ProcessMounter, ports: tuple[int, int]) -> None:
     """A helper killed behind the plug-in's back is replaced at the next attach."""
-    await mounter.attach("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False)
+    await mounter.attach(VolumeSpec("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False))
     pid = (await mounter.status("127.0.0.1", ports[0]))["pid"]
     os.kill(pid, signal.SIGKILL)
     await _wait_gone(pid)
-    await mounter.attach("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False)
+    await mounter.attach(VolumeSpec("127.0.0.1", ports[0], "a", "/tel_app_exports/c", False))
     assert (await mounter.status("127.0.0.1", ports[0]))["pid"] != pid
     await mounter.shutdown()
 
@@ -171,7 +174,7 @@ async def test_control_request_to_nobody(tmp_path: Path) -> None:
     from telenet.volumes.mounter import ControlUnavailable
 
     with pytest.raises(ControlUnavailable):
-        await control_request(reactor, str(tmp_path / "none.sock"), {"op": "status"})
+        await control_request(reactor, str(tmp_path / "none.sock"), Status())
 
 
 async def _wait_gone(pid: int) -> None:
@@ -210,4 +213,4 @@ async def test_absent_server_is_reported_by_the_ping(tmp_path: Path) -> None:
     )
     assert await m.reachable("127.0.0.1", port, 1) is False
     with pytest.raises(PluginError, match=f"cannot reach SFTP server at 127.0.0.1:{port}: "):
-        await m.attach("127.0.0.1", port, "a", "/tel_app_exports/c", False)
+        await m.attach(VolumeSpec("127.0.0.1", port, "a", "/tel_app_exports/c", False))

@@ -14,7 +14,7 @@ import pytest_twisted
 from zope.interface.verify import verifyObject
 
 from telenet.core.dockerplugin import PluginError
-from telenet.core.interfaces import IMounter
+from telenet.core.interfaces import IMounter, VolumeSpec
 from telenet.testing import MemoryMounter
 from telenet.volumes.mounter import ProcessMounter
 
@@ -53,10 +53,10 @@ async def test_attach_status_detach(setup: Setup) -> None:
     """attach mounts and names the volume's path; the last detach unmounts."""
     m = setup.mounter
     assert verifyObject(IMounter, m)
-    path = await m.attach(setup.host, setup.port, "v1", EXPORT, False)
+    path = await m.attach(VolumeSpec(setup.host, setup.port, "v1", EXPORT, False))
     assert path == m.mountpoint(setup.host, setup.port, "v1")
     assert path.endswith("/v1")
-    await m.attach(setup.host, setup.port, "v2", EXPORT, True)
+    await m.attach(VolumeSpec(setup.host, setup.port, "v2", EXPORT, True))
     status: dict[str, Any] = await m.status(setup.host, setup.port)
     assert status["mounted"] is True and status["connected"] is True
     assert status["volumes"] == {
@@ -73,8 +73,8 @@ async def test_attach_status_detach(setup: Setup) -> None:
 async def test_attach_is_idempotent(setup: Setup) -> None:
     """Attaching the same volume twice is one volume."""
     m = setup.mounter
-    await m.attach(setup.host, setup.port, "v", EXPORT, False)
-    await m.attach(setup.host, setup.port, "v", EXPORT, False)
+    await m.attach(VolumeSpec(setup.host, setup.port, "v", EXPORT, False))
+    await m.attach(VolumeSpec(setup.host, setup.port, "v", EXPORT, False))
     assert list((await m.status(setup.host, setup.port))["volumes"]) == ["v"]
     await m.release(setup.host, setup.port)
     assert (await m.status(setup.host, setup.port))["mounted"] is False
@@ -85,11 +85,11 @@ async def test_missing_directory_and_absent_server(setup: Setup) -> None:
     """A missing remote directory and an absent server are PluginErrors saying which."""
     m = setup.mounter
     with pytest.raises(PluginError, match="/tel_app_exports/echo/nope"):
-        await m.attach(setup.host, setup.port, "v", "/tel_app_exports/echo/nope", False)
+        await m.attach(VolumeSpec(setup.host, setup.port, "v", "/tel_app_exports/echo/nope", False))
     with pytest.raises(
         PluginError, match=f"cannot reach SFTP server at 127.0.0.1:{setup.dead_port}"
     ):
-        await m.attach("127.0.0.1", setup.dead_port, "w", EXPORT, False)
+        await m.attach(VolumeSpec("127.0.0.1", setup.dead_port, "w", EXPORT, False))
     assert await m.reachable(setup.host, setup.port, 1) is True
     assert await m.reachable("127.0.0.1", setup.dead_port, 1) is False
     await m.shutdown()

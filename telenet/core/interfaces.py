@@ -30,6 +30,17 @@ class IStateStore(Interface):
         """Replace the saved state atomically; it survives a crash right after this returns."""
 
 
+@attrs.frozen
+class VolumeSpec:
+    """What a mounter needs of one volume: directory ``remote_dir`` of SFTP server host:port."""
+
+    host: str
+    port: int
+    name: str
+    remote_dir: str
+    ro: bool = False
+
+
 class IMounter(Interface):
     """
     Mounts SFTP servers and exposes volumes on them.
@@ -38,9 +49,9 @@ class IMounter(Interface):
     directory of that mount mapped onto a remote directory, read-only or writable.
     """
 
-    def attach(host: str, port: int, name: str, remote_dir: str, ro: bool) -> Deferred[str]:
+    def attach(volume: VolumeSpec) -> Deferred[str]:
         """
-        Make volume ``name`` available, mounting its server first if needed.
+        Make ``volume`` available, mounting its server first if needed.
 
         Fires with the volume's mount point, or fails with a ``PluginError`` saying why
         (server unreachable, remote directory missing, ...). Idempotent.

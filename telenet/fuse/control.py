@@ -1,15 +1,16 @@
 """
 The mount helper's control socket: newline-delimited JSON requests from the volume plug-in
-(add, remove, status, shutdown; see ``telenet.fuse.helper``), one answer line per request.
+(add, remove, status, shutdown; the schema is ``telenet.fuse.protocol``), one answer line per
+request.
 
-Separate from the filesystem: it validates requests and calls ``SFTPOperations``'s volume
+Separate from the filesystem: it decodes requests and calls ``SFTPOperations``'s volume
 methods, and the filesystem knows nothing of it.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import posixpath
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,21 @@ from zope.interface import implementer
 
 from telenet.fuse.nodes import ConnectionSource
 from telenet.fuse.operations import SFTPOperations
+from telenet.fuse.protocol import (
+    AddVolume,
+    Answer,
+    Done,
+    ProtocolError,
+    Refused,
+    RemoveVolume,
+    Shutdown,
+    Status,
+    StatusReport,
+    VolumeState,
+    decode_request,
+    encode,
+    parse_line,
+)
 
 __all__ = ["ControlFactory", "ControlProtocol", "MountControl"]
 
@@ -51,66 +67,41 @@ class MountControl:
         self._on_shutdown = on_shutdown
 
     async def handle(self, request: object) -> dict[str, Any]:
-        if not isinstance(request, dict):
-            return _error("a request must be a JSON object")
-        op = request.get("op")
-        if op == "add":
-            name, path, ro = request.get("name"), request.get("path"), request.get("ro", False)
-            problem = _check_name(name) or _check_path(path)
-            if problem:
-                return _error(problem)
-            if not isinstance(ro, bool):
-                return _error('"ro" must be a boolean')
-            assert isinstance(name, str) and isinstance(path, str)
-            failed = await self.fs.add_volume(name, _normalise(path), ro)
-            return _error(failed) if failed else {"ok": True}
-        if op == "remove":
-            name = request.get("name")
-            if not isinstance(name, str):
-                return _error('"name" must be a string')
-            self.fs.remove_volume(name)
-            return {"ok": True}
-        if op == "status":
-            return {
-                "ok": True,
-                "pid": os.getpid(),
-                "host": self.host,
-                "port": self.port,
-                "mountpoint": self.mountpoint,
-                "connected": self.source.connected,
-                "volumes": {
-                    v.name: {"path": os.fsdecode(v.path), "ro": v.ro}
-                    for v in self.fs.volumes.values()
-                },
-                "since": self.source.since,
-            }
-        if op == "shutdown":
-            self._on_shutdown()
-            return {"ok": True}
-        return _error(f"unknown op {op!r}")
+        """The JSON answer to one decoded JSON request."""
+        return (await self.answer(request)).to_json()
 
-
-def _error(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message}
-
-
-def _check_name(name: object) -> str | None:
-    if not isinstance(name, str) or not name:
-        return '"name" must be a non-empty string'
-    if "/" in name or "\0" in name or name in (".", "..") or len(name.encode()) > 255:
-        return f"invalid volume name {name!r}"
-    return None
-
-
-def _check_path(path: object) -> str | None:
-    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
-        return '"path" must be an absolute path'
-    return None
+    async def answer(self, data: object) -> Answer:
+        """The answer to one decoded JSON request: invalid ones are ``Refused``, never raised."""
+        try:
+            request = decode_request(data)
+        except ProtocolError as e:
+            return Refused(str(e))
+        match request:
+            case AddVolume(name=name, path=path, ro=ro):
+                failed = await self.fs.add_volume(name, _normalise(path), ro)
+                return Refused(failed) if failed else Done()
+            case RemoveVolume(name=name):
+                self.fs.remove_volume(name)
+                return Done()
+            case Status():
+                return StatusReport(
+                    pid=os.getpid(),
+                    host=self.host,
+                    port=self.port,
+                    mountpoint=self.mountpoint,
+                    connected=self.source.connected,
+                    volumes={
+                        v.name: VolumeState(path=os.fsdecode(v.path), ro=v.ro)
+                        for v in self.fs.volumes.values()
+                    },
+                    since=self.source.since,
+                )
+            case Shutdown():
+                self._on_shutdown()
+                return Done()
 
 
 def _normalise(path: str) -> str:
-    import posixpath
-
     normal = posixpath.normpath(path)
     return "/" if normal.startswith("//") and normal.strip("/") == "" else normal
 
@@ -132,18 +123,19 @@ class ControlProtocol(LineOnlyReceiver):
     async def _answer(self, line: bytes) -> None:
         if not line.strip():
             return
+        reply: Answer
         try:
-            request = json.loads(line)
-        except ValueError as e:
-            reply = _error(f"malformed JSON: {e}")
+            request = parse_line(line)
+        except ProtocolError as e:
+            reply = Refused(str(e))
         else:
             try:
-                reply = await self._control.handle(request)
+                reply = await self._control.answer(request)
             except Exception as e:
                 log.failure("control request {request!r} failed", request=request)
-                reply = _error(f"internal error: {e}")
+                reply = Refused(f"internal error: {e}")
         if self.transport is not None:
-            self.sendLine(json.dumps(reply).encode())
+            self.sendLine(encode(reply))
 
     def readConnectionLost(self) -> None:
         # The client sent its last request (e.g. ``echo ... | socat``): answer, then close.
@@ -157,7 +149,7 @@ class ControlProtocol(LineOnlyReceiver):
         pass
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self.sendLine(json.dumps(_error("request line too long")).encode())
+        self.sendLine(encode(Refused("request line too long")))
         if self.transport is not None:
             self.transport.loseConnection()
 

@@ -9,15 +9,8 @@ pyfuse3 serves one mount per process, so the volume plug-in runs one helper per 
 
 The mount root lists one directory per volume; volume ``NAME`` is ``MP/NAME`` and shows a
 remote directory, read-only or writable. The plug-in adds and removes volumes over the control
-socket ``SOCK`` (newline-delimited JSON, one answer line per request line):
-
-- ``{"op": "add", "name": N, "path": "/remote/dir", "ro": false}`` → ``{"ok": true}``
-- ``{"op": "remove", "name": N}`` → ``{"ok": true}``
-- ``{"op": "status"}`` → ``{"ok": true, "pid", "host", "port", "mountpoint", "connected",
-  "volumes": {N: {"path", "ro"}}, "since"}``
-- ``{"op": "shutdown"}`` → ``{"ok": true}``, then unmount and exit 0.
-
-Failures answer ``{"ok": false, "error": "..."}``. The helper prints one JSON line on stdout
+socket ``SOCK`` (newline-delimited JSON, one answer line per request line: add, remove, status,
+shutdown; the schema is ``telenet.fuse.protocol``). The helper prints one JSON line on stdout
 when it is ready (``{"ready": true, "pid": PID}``) or cannot start (``{"error": "..."}``,
 exit 1), then logs only to the log file.
 

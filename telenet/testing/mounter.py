@@ -9,7 +9,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from telenet.core.dockerplugin import PluginError
-from telenet.core.interfaces import IMounter
+from telenet.core.interfaces import IMounter, VolumeSpec
 
 
 @implementer(IMounter)
@@ -33,9 +33,8 @@ class MemoryMounter:
     def mountpoint(self, host: str, port: int, name: str) -> str:
         return posixpath.join(self.mount_root, host, str(port), name)
 
-    def attach(
-        self, host: str, port: int, name: str, remote_dir: str, ro: bool
-    ) -> defer.Deferred[str]:
+    def attach(self, volume: VolumeSpec) -> defer.Deferred[str]:
+        host, port, name, remote_dir = volume.host, volume.port, volume.name, volume.remote_dir
         self.calls.append(("attach", host, str(port), name))
         if (host, port) in self.unreachable:
             return defer.fail(PluginError(f"cannot reach SFTP server at {host}:{port}"))
@@ -43,7 +42,7 @@ class MemoryMounter:
             return defer.fail(
                 PluginError(f"remote directory {remote_dir} does not exist on {host}:{port}")
             )
-        self.servers.setdefault((host, port), {})[name] = (remote_dir, ro)
+        self.servers.setdefault((host, port), {})[name] = (remote_dir, volume.ro)
         return defer.succeed(self.mountpoint(host, port, name))
 
     def detach(self, host: str, port: int, name: str) -> defer.Deferred[None]:

@@ -4,8 +4,8 @@ The real ``IMounter``: one ``telenet.fuse.helper`` helper process per SFTP serve
 
 pyfuse3 serves one mount per process, so each SFTP server (host, port) gets a helper process
 that mounts it under ``<mount-root>/<host>/<port>`` and shows each volume as a directory there.
-The plug-in talks to a helper over its control socket (newline-delimited JSON, see
-``telenet.fuse.helper``). Helpers run in their own session and outlive a crashed plug-in, so the
+The plug-in talks to a helper over its control socket (newline-delimited JSON, the schema in
+``telenet.fuse.protocol``). Helpers run in their own session and outlive a crashed plug-in, so the
 containers using their volumes keep working; the next plug-in adopts them through their sockets.
 """
 
@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
@@ -28,10 +28,24 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from telenet.core.dockerplugin import PluginError
-from telenet.core.interfaces import IMounter
+from telenet.core.interfaces import IMounter, VolumeSpec
 from telenet.core.reactor import IReactor
+from telenet.fuse.protocol import (
+    AddVolume,
+    ProtocolError,
+    Refused,
+    RemoveVolume,
+    RequestFor,
+    Shutdown,
+    Status,
+    StatusReport,
+    encode,
+    parse_line,
+)
 
 log = Logger()
+
+_A = TypeVar("_A")
 
 #: Seconds a helper gets to start (connect and mount) beyond the SFTP timeout.
 START_GRACE = 10.0
@@ -47,23 +61,21 @@ class ControlUnavailable(Exception):
     """No helper answers on the control socket."""
 
 
-class _ControlClient(LineOnlyReceiver):
+class _ControlClient(LineOnlyReceiver, Generic[_A]):
     delimiter = b"\n"
     MAX_LENGTH = 4 * 1024 * 1024
 
-    def __init__(self, request: dict[str, Any]) -> None:
+    def __init__(self, request: RequestFor[_A]) -> None:
         self.request = request
-        self.answer: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self.answer: defer.Deferred[_A | Refused] = defer.Deferred()
 
     def connectionMade(self) -> None:
-        self.sendLine(json.dumps(self.request).encode())
+        self.sendLine(encode(self.request))
 
     def lineReceived(self, line: bytes) -> None:
         try:
-            reply = json.loads(line)
-            if not isinstance(reply, dict):
-                raise ValueError("not an object")
-        except ValueError as e:
+            reply = self.request.answer_from_json(parse_line(line))
+        except ProtocolError as e:
             self._finish(Failure(ControlUnavailable(f"bad control answer: {e}")))
         else:
             self._finish(reply)
@@ -73,16 +85,18 @@ class _ControlClient(LineOnlyReceiver):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._finish(Failure(ControlUnavailable("control connection closed without an answer")))
 
-    def _finish(self, result: dict[str, Any] | Failure) -> None:
-        if not self.answer.called:
-            self.answer.callback(result) if isinstance(result, dict) else self.answer.errback(
-                result
-            )
+    def _finish(self, result: _A | Refused | Failure) -> None:
+        if self.answer.called:
+            return
+        if isinstance(result, Failure):
+            self.answer.errback(result)
+        else:
+            self.answer.callback(result)
 
 
 async def control_request(
-    reactor: IReactor, path: str, request: dict[str, Any], timeout: float = CONTROL_TIMEOUT
-) -> dict[str, Any]:
+    reactor: IReactor, path: str, request: RequestFor[_A], timeout: float = CONTROL_TIMEOUT
+) -> _A | Refused:
     """Send one request to a helper's control socket and return its answer."""
     client = _ControlClient(request)
     try:
@@ -93,6 +107,16 @@ async def control_request(
         return await client.answer.addTimeout(timeout, reactor)
     except defer.TimeoutError as e:
         raise ControlUnavailable(f"helper at {path} did not answer in {timeout:g}s") from e
+
+
+async def helper_status(
+    reactor: IReactor, path: str, timeout: float = CONTROL_TIMEOUT
+) -> StatusReport:
+    """The status of the helper at ``path``; one that refuses to give it counts as absent."""
+    answer = await control_request(reactor, path, Status(), timeout)
+    if isinstance(answer, Refused):
+        raise ControlUnavailable(f"helper at {path} refused its status: {answer.error}")
+    return answer
 
 
 class _HelperProcess(protocol.ProcessProtocol):
@@ -220,23 +244,21 @@ class ProcessMounter:
     def mountpoint(self, host: str, port: int, name: str) -> str:
         return os.path.join(self._server(host, port).mountpoint, name)
 
-    def attach(
-        self, host: str, port: int, name: str, remote_dir: str, ro: bool
-    ) -> defer.Deferred[str]:
-        return defer.ensureDeferred(self._attach(host, port, name, remote_dir, ro))
+    def attach(self, volume: VolumeSpec) -> defer.Deferred[str]:
+        return defer.ensureDeferred(self._attach(volume))
 
-    async def _attach(self, host: str, port: int, name: str, remote_dir: str, ro: bool) -> str:
-        server = self._server(host, port)
-        request = {"op": "add", "name": name, "path": remote_dir, "ro": ro}
+    async def _attach(self, volume: VolumeSpec) -> str:
+        server = self._server(volume.host, volume.port)
+        request = AddVolume(name=volume.name, path=volume.remote_dir, ro=volume.ro)
         async with server.lock:
             try:
                 reply = await control_request(self._reactor, server.control, request)
             except ControlUnavailable:
                 await self._start(server)
                 reply = await control_request(self._reactor, server.control, request)
-        if not reply.get("ok"):
-            raise PluginError(str(reply.get("error") or f"mounting {name} failed"))
-        return self.mountpoint(host, port, name)
+        if isinstance(reply, Refused):
+            raise PluginError(reply.error or f"mounting {volume.name} failed")
+        return self.mountpoint(volume.host, volume.port, volume.name)
 
     async def _start(self, server: _Server) -> None:
         """Start a helper for ``server``, clearing what a dead one left behind."""
@@ -294,20 +316,18 @@ class ProcessMounter:
         server = self._server(host, port)
         async with server.lock:
             try:
-                await control_request(self._reactor, server.control, {"op": "remove", "name": name})
-                status = await control_request(self._reactor, server.control, {"op": "status"})
+                await control_request(self._reactor, server.control, RemoveVolume(name))
+                status = await helper_status(self._reactor, server.control)
             except ControlUnavailable:
                 await self._clear_leftovers(server)
                 return
-            if not status.get("volumes"):
+            if not status.volumes:
                 await self._stop(server)
 
     async def _stop(self, server: _Server) -> None:
         """Ask the helper to unmount and exit; make sure of it if it does not."""
         try:
-            await control_request(
-                self._reactor, server.control, {"op": "shutdown"}, timeout=STOP_GRACE
-            )
+            await control_request(self._reactor, server.control, Shutdown(), timeout=STOP_GRACE)
         except ControlUnavailable as e:
             log.warn(
                 "helper for {label} did not take shutdown: {error}", label=server.label, error=e
@@ -329,11 +349,8 @@ class ProcessMounter:
 
     async def _pid(self, server: _Server) -> int | None:
         try:
-            status = await control_request(
-                self._reactor, server.control, {"op": "status"}, timeout=2
-            )
-            return int(status["pid"])
-        except (ControlUnavailable, KeyError, TypeError, ValueError):
+            return (await helper_status(self._reactor, server.control, timeout=2)).pid
+        except ControlUnavailable:
             return None
 
     def status(self, host: str, port: int) -> defer.Deferred[dict[str, Any]]:
@@ -342,10 +359,10 @@ class ProcessMounter:
     async def _status(self, host: str, port: int) -> dict[str, Any]:
         server = self._server(host, port)
         try:
-            status = await control_request(self._reactor, server.control, {"op": "status"})
+            status = await helper_status(self._reactor, server.control)
         except ControlUnavailable:
             return {"mounted": False, "connected": False}
-        return {"mounted": True, **status}
+        return {"mounted": True, **status.to_json()}
 
     def release(self, host: str, port: int) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._stop_locked(self._server(host, port)))
@@ -375,18 +392,16 @@ class ProcessMounter:
             wanted = expected.get((server.host, server.port), {})
             async with server.lock:
                 try:
-                    status = await control_request(self._reactor, server.control, {"op": "status"})
+                    status = await helper_status(self._reactor, server.control)
                 except ControlUnavailable:
                     await self._clear_leftovers(server)
                     continue
                 if not wanted:
                     await self._stop(server)
                     continue
-                for name in status.get("volumes") or {}:
+                for name in status.volumes:
                     if name not in wanted:
-                        await control_request(
-                            self._reactor, server.control, {"op": "remove", "name": name}
-                        )
+                        await control_request(self._reactor, server.control, RemoveVolume(name))
                 log.info("adopted mount helper for {label}", label=server.label)
 
     async def _running_helpers(self) -> list[_Server]:
@@ -401,9 +416,9 @@ class ProcessMounter:
                 continue
             path = os.path.join(self.state_dir, entry)
             try:
-                status = await control_request(self._reactor, path, {"op": "status"}, timeout=5)
-                found.append(self._server(str(status["host"]), int(status["port"])))
-            except (ControlUnavailable, KeyError, TypeError, ValueError):
+                status = await helper_status(self._reactor, path, timeout=5)
+                found.append(self._server(status.host, status.port))
+            except ControlUnavailable:
                 log.warn("removing dead helper socket {path}", path=path)
                 os.unlink(path)
         return found
