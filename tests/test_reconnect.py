@@ -153,3 +153,99 @@ def test_start_later() -> None:
     assert server.attempts == []
     clock.advance(0)
     assert len(server.attempts) == 1
+
+
+def test_a_wait_before_start_waits() -> None:
+    """wait() before start() waits for the first connection; only a stop fails it."""
+    _, server, r, _ = make()
+    early = r.wait(fail_after=1)
+    assert not early.called
+    r.start()
+    name = server.answer()
+    assert result_of(early) == name
+
+
+def test_stop_hands_back_the_connection() -> None:
+    """stop() returns the connection for the caller to close; its end is no loss then."""
+    clock, server, r, seen = make()
+    r.start()
+    name = server.answer()
+    assert r.stop() == name
+    assert r.current is None and seen == [name]
+    server.end(name)
+    clock.advance(10)
+    assert seen == [name] and len(server.attempts) == 1
+    assert r.stop() is None
+
+
+def test_a_policy_that_says_none_waits_for_now() -> None:
+    """A policy answering None schedules nothing, after a failure or a loss; now() tries."""
+    clock, server = task.Clock(), Server()
+    retrying = False
+
+    def maybe(failures: int) -> float | None:
+        return 1.0 if retrying else None
+
+    r: Reconnector[str] = Reconnector(server.attempt, clock, maybe, ended=server.ended)
+    told: list[float | None] = []
+    r.on_failure.append(lambda failure, delay: told.append(delay))
+    r.start()
+    server.refuse()
+    assert told == [None] and clock.getDelayedCalls() == []
+    r.now()
+    name = server.answer()
+    server.end(name)
+    assert clock.getDelayedCalls() == [] and len(server.attempts) == 2
+    retrying = True
+    r.now()
+    server.refuse()
+    assert told == [None, 1.0] and len(clock.getDelayedCalls()) == 1
+
+
+def test_observers_and_listeners_hear_before_waiters() -> None:
+    """What observers and failure listeners keep is up to date when a waiter wakes."""
+    _, server, r, seen = make()
+    heard: list[object] = []
+    r.on_failure.append(lambda failure, delay: heard.append(failure.getErrorMessage()))
+    failing = r.wait(fail_after=1)
+    failing.addErrback(lambda f: heard.append(("waiter", list(heard))))
+    connected = r.wait()
+    connected.addCallback(lambda name: heard.append(("waiter", list(seen))))
+    r.start()
+    server.refuse()
+    r.now()
+    name = server.answer()
+    assert heard == ["refused", ("waiter", ["refused"]), ("waiter", [name])]
+
+
+def test_giving_up_carries_the_failure() -> None:
+    """GaveUp.failure is the failed attempt; None when stopped."""
+    _, server, r, _ = make()
+    r.start()
+    d = r.wait(fail_after=1)
+    server.refuse()
+    gave_up = failure_of(d).value
+    assert isinstance(gave_up, GaveUp) and gave_up.failure is not None
+    assert gave_up.failure.check(ConnectionRefusedError)
+    later = r.wait()
+    r.stop()
+    stopped = failure_of(later).value
+    assert isinstance(stopped, GaveUp) and stopped.failure is None
+
+
+def test_a_listener_that_stops_leaves_no_retry() -> None:
+    """A failure listener may give up (stop): no retry is left scheduled."""
+    clock, server, r, _ = make()
+    r.on_failure.append(lambda failure, delay: r.stop())
+    r.start()
+    server.refuse()
+    assert not r.running and clock.getDelayedCalls() == []
+
+
+def test_a_waiter_that_tries_again_leaves_no_retry() -> None:
+    """A waiter that makes the next attempt itself: no retry is scheduled on top of it."""
+    clock, server, r, _ = make()
+    r.start()
+    r.wait(fail_after=1).addErrback(lambda f: r.now())
+    server.refuse()
+    assert len(server.attempts) == 2 and clock.getDelayedCalls() == []

@@ -9,6 +9,9 @@ start over; let callers wait for the next success, or give up after a number of 
 attempts, or try at once instead of at the next scheduled time. Twisted's ``ClientService``
 does this for one stream endpoint and one protocol; these are a gRPC stream, an SFTP client
 and a netlink operation, so ``attempt`` is any function that makes one try.
+
+Its users: ``telenet.sftp.connection.SFTPConnectionManager``,
+``telenet.netplugin.link.DaemonLink`` and ``telenet.network.gateway.BridgeGateway``.
 """
 
 from __future__ import annotations
@@ -25,12 +28,18 @@ log = Logger()
 
 T = TypeVar("T")
 
-#: Seconds before retry number ``failures`` (1 after the first failure).
-RetryPolicy = Callable[[int], float]
+#: Seconds before retry number ``failures`` (1 after the first failure, 0 after a loss), or
+#: None: no retry of my own, the next attempt waits for ``now``.
+RetryPolicy = Callable[[int], float | None]
 
 
 class GaveUp(Exception):
     """A wait for the connection ended without one: stopped, or too many failed attempts."""
+
+    def __init__(self, message: str, failure: Failure | None = None) -> None:
+        super().__init__(message)
+        #: The last failed attempt, when that is why; None when stopped.
+        self.failure = failure
 
 
 class Reconnector(Generic[T]):
@@ -42,7 +51,8 @@ class Reconnector(Generic[T]):
     ``current`` is the live connection or None; ``wait`` fires with the next one (or fails
     with ``GaveUp``); ``now`` tries at once rather than at the next scheduled time.
     ``observers`` are told ``(connection or None)`` on every change, ``on_failure`` of each
-    failed attempt.
+    failed attempt ``(failure, delay before the retry or None)``; both hear before waiters do,
+    so the state they keep is up to date when a waiter wakes.
     """
 
     def __init__(
@@ -61,8 +71,9 @@ class Reconnector(Generic[T]):
         #: Why the last attempt failed (a Failure), None after a success.
         self.last_failure: Failure | None = None
         self.observers: list[Callable[[T | None], None]] = []
-        self.on_failure: list[Callable[[Failure, float], None]] = []
+        self.on_failure: list[Callable[[Failure, float | None], None]] = []
         self._running = False
+        self._stopped = False
         self._trying: defer.Deferred[T] | None = None
         self._retry: IDelayedCall | None = None
         # (waiter, failed attempts it still accepts, None: any number)
@@ -85,19 +96,28 @@ class Reconnector(Generic[T]):
         if self._running:
             return
         self._running = True
+        self._stopped = False
         if delay is None:
             self.now()
         else:
             self._schedule(delay)
 
-    def stop(self) -> None:
-        """Stop for good: no more attempts; waiters fail with ``GaveUp``."""
+    def stop(self) -> T | None:
+        """
+        Stop for good (until ``start``): no more attempts; waiters fail with ``GaveUp``.
+
+        Returns the connection I had, now the caller's to close: its end is no loss then, and
+        observers are not told.
+        """
         self._running = False
+        self._stopped = True
         self._cancel_retry()
         if self._trying is not None:
             self._trying.cancel()
+        connection, self.current = self.current, None
         for waiter, _ in self._take_waiters():
             waiter.errback(GaveUp("stopped"))
+        return connection
 
     def now(self) -> None:
         """Try at once, unless connected or trying already."""
@@ -113,12 +133,13 @@ class Reconnector(Generic[T]):
 
     def wait(self, fail_after: int | None = None) -> defer.Deferred[T]:
         """
-        The connection, now or once made; with ``fail_after``, fails with ``GaveUp`` after
-        that many more failed attempts. Cancelling the wait leaves the trying alone.
+        The connection, now or once made (a wait before ``start`` waits for it); with
+        ``fail_after``, fails with ``GaveUp`` after that many more failed attempts. Cancelling
+        the wait leaves the trying alone.
         """
         if self.current is not None:
             return defer.succeed(self.current)
-        if not self._running:
+        if self._stopped:
             return defer.fail(GaveUp("stopped"))
 
         def forget(d: defer.Deferred[T]) -> None:
@@ -136,7 +157,9 @@ class Reconnector(Generic[T]):
         self._tell(None)
         if self._running:
             self.failures = 0
-            self._schedule(self._policy(0))
+            delay = self._policy(0)
+            if delay is not None:
+                self._schedule(delay)
 
     # -- the machine
 
@@ -150,9 +173,9 @@ class Reconnector(Generic[T]):
         if self._ended is not None:
             ended = self._ended(connection)
             ended.addBoth(lambda _: self.lost(connection))
+        self._tell(connection)
         for waiter, _ in self._take_waiters():
             waiter.callback(connection)
-        self._tell(connection)
 
     def _failed(self, failure: Failure) -> None:
         self._trying = None
@@ -160,22 +183,26 @@ class Reconnector(Generic[T]):
             return
         self.failures += 1
         self.last_failure = failure
-        still = []
-        for waiter, allowed in self._take_waiters():
-            if allowed is not None and allowed <= 1:
-                waiter.errback(GaveUp(failure.getErrorMessage()))
-            else:
-                still.append((waiter, None if allowed is None else allowed - 1))
-        self._waiters = still + self._waiters
         delay = self._policy(self.failures)
         for listener in list(self.on_failure):
             try:
                 listener(failure, delay)
             except Exception:
                 log.failure("A reconnect failure listener failed")
-        self._schedule(delay)
+        still = []
+        for waiter, allowed in self._take_waiters():
+            if allowed is not None and allowed <= 1:
+                waiter.errback(GaveUp(failure.getErrorMessage(), failure))
+            else:
+                still.append((waiter, None if allowed is None else allowed - 1))
+        self._waiters = still + self._waiters
+        # A listener may have stopped me (giving up).
+        if self._running and delay is not None:
+            self._schedule(delay)
 
     def _schedule(self, delay: float) -> None:
+        if self.current is not None or self._trying is not None:
+            return  # a waiter that woke tried again already
         if self._retry is None or not self._retry.active():
             self._retry = self._clock.callLater(delay, self._retry_now)
 

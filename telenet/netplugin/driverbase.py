@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from telenet.core import netip
 from telenet.core.dockerplugin import JSONObject, PluginError, field
 from telenet.core.interfaces import INetlink, IStateStore
-from telenet.netplugin.link import CALL_TIMEOUT, Backoff, DaemonLink, own_host_pid
+from telenet.netplugin.link import CALL_TIMEOUT, RETRY_POLICY, DaemonLink, own_host_pid
 from telenet.netplugin.plumbing import IEndpointPlumbing
 from telenet.netplugin.records import PluginEndpoint, PluginNetwork
 from telenet.netplugin.sweep import EndpointSweep
@@ -59,7 +59,7 @@ class DriverBase:
         clock: IReactorTime,
         run_blocking: Runner = _run_now,
         pid: int | None = None,
-        backoff: Backoff | None = None,
+        retry_policy: Callable[[int], float] = RETRY_POLICY,
         timeout: float = CALL_TIMEOUT,
         plumbing: IEndpointPlumbing | None = None,
         netlink: INetlink | None = None,
@@ -77,7 +77,7 @@ class DriverBase:
         self._clock = clock
         self._run_blocking = run_blocking
         self._pid = pid if pid is not None else own_host_pid()
-        self._backoff = backoff
+        self._retry_policy = retry_policy
         self._timeout = timeout
         self.networks: dict[str, PluginNetwork] = {}
         self.endpoints: dict[str, PluginEndpoint] = {}
@@ -128,7 +128,7 @@ class DriverBase:
             network.address,
             request,
             self._clock,
-            backoff=self._backoff,
+            policy=self._retry_policy,
             timeout=self._timeout,
             on_connect=lambda: self._on_connect(network),
         )

@@ -1,11 +1,12 @@
 # -*- test-case-name: tests.test_routeplugin -*-
 """
-The network plug-in's connection to one daemon: ``DaemonLink`` and its ``Backoff``.
+The network plug-in's connection to one daemon: ``DaemonLink``.
 
 Each teleroute network keeps a Connect stream open to its daemon's teleroute gRPC service;
 the daemon finds us by our host pid (``own_host_pid``) to move veth ends into our network
-namespace. This module is that connection alone (attempts, reconnection with back-off, the
-call timeouts), separate from the driver that decides what to ask the daemon.
+namespace. This module is that connection alone (attempts, reconnection with back-off by
+``telenet.core.reconnect.Reconnector``, the call timeouts), separate from the driver that
+decides what to ask the daemon.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-import attrs
 import grpc
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from telenet.core.reconnect import GaveUp, Reconnector
 from telenet.netplugin.options import DaemonAddress
 from telenet.teleroute.client import (
     ClientFactory,
@@ -67,14 +69,9 @@ def own_host_pid(proc: str = "/proc") -> int:
 
 # -- the connection to one daemon
 
-
-@attrs.frozen
-class Backoff:
-    """Delays between reconnection attempts: ``initial``, growing by ``factor`` to ``maximum``."""
-
-    initial: float = 0.1
-    factor: float = 2.0
-    maximum: float = 2.0
+#: Seconds between reconnection attempts once a network exists: 0.1 s doubling to 2 s. No
+#: jitter: each daemon has one plug-in to hear from.
+RETRY_POLICY = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0, jitter=lambda: 0)
 
 
 class DaemonLink:
@@ -83,8 +80,9 @@ class DaemonLink:
 
     The first connection (CreateNetwork) retries only while the daemon is UNAVAILABLE, briefly,
     as the Go plug-in does, and a failure refuses the network. Once the network exists, losing
-    the stream starts reconnection with back-off; calls that need the daemon meanwhile make an
-    attempt at once rather than waiting for the next scheduled one.
+    the stream starts reconnection with back-off (``policy``, by ``Reconnector``); calls that
+    need the daemon meanwhile make an attempt at once rather than waiting for the next
+    scheduled one.
     """
 
     def __init__(
@@ -93,33 +91,44 @@ class DaemonLink:
         address: DaemonAddress,
         request: Callable[[], teleroute_pb2.ConnectRequest],
         clock: IReactorTime,
-        backoff: Backoff | None = None,
+        policy: Callable[[int], float] = RETRY_POLICY,
         timeout: float = CALL_TIMEOUT,
         on_connect: Callable[[], None] | None = None,
     ) -> None:
         self.address = address
         self.target = grpc_target(address.host, address.port)
         self.client: ITelerouteClient | None = None
-        self.session: ConnectSession | None = None
         self.last_error = "not connected yet"
         self.connections = 0
-        self.failures = 0
         self._factory = factory
         self._request = request
         self._clock = clock
-        self._backoff = backoff or Backoff()
+        self._policy = policy
         self._timeout = timeout
-        self._delay = self._backoff.initial
-        self._attempt: defer.Deferred[ConnectSession] | None = None
-        self._retry: IDelayedCall | None = None
-        self._waiters: list[defer.Deferred[None]] = []
+        # Until the network exists (or is restored) a failed attempt is not retried by itself.
         self._keep_trying = False
         self._closed = False
         self._on_connect = on_connect
+        self._link: Reconnector[ConnectSession] = Reconnector(
+            self._connect, clock, self._retry_delay, ended=self._ended
+        )
+        self._link.observers.append(self._changed)
+        self._link.on_failure.append(self._failed)
+
+    @property
+    def session(self) -> ConnectSession | None:
+        """The open Connect stream, if any."""
+        return self._link.current
 
     @property
     def connected(self) -> bool:
-        return self.session is not None and self.session.is_open
+        session = self._link.current
+        return session is not None and session.is_open
+
+    @property
+    def failures(self) -> int:
+        """Failed attempts since the last connection."""
+        return self._link.failures
 
     # -- attempts
 
@@ -133,21 +142,26 @@ class DaemonLink:
             return defer.fail(TelerouteError(StatusCode.CANCELLED, "the network was deleted"))
         if self.connected:
             return defer.succeed(None)
+        waiter = self._link.wait(fail_after=1)
+        self._try_now()
+        return waiter.addCallbacks(lambda session: None, self._gave_up)
 
-        def forget(d: defer.Deferred[None]) -> None:
-            if d in self._waiters:
-                self._waiters.remove(d)
+    def _try_now(self) -> None:
+        if self._link.running:
+            self._link.now()  # nothing if an attempt is under way
+        else:
+            self._link.start()
 
-        waiter: defer.Deferred[None] = defer.Deferred(forget)
-        self._waiters.append(waiter)
-        if self._attempt is None:
-            self._start_attempt()
-        return waiter
+    def _gave_up(self, failure: Failure) -> Failure:
+        error = failure.value
+        if not isinstance(error, GaveUp):
+            return failure  # cancelled by the caller
+        if error.failure is None:
+            return Failure(TelerouteError(StatusCode.CANCELLED, "the network was deleted"))
+        return Failure(_as_teleroute_error(error.failure, self.target))
 
-    def _start_attempt(self) -> None:
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+    def _connect(self) -> defer.Deferred[ConnectSession]:
+        """One attempt, for the Reconnector; it fails with a ``TelerouteError``."""
         old, self.client = self.client, None
         if old is not None:
             # A fresh channel per attempt: gRPC's own back-off would otherwise keep a daemon
@@ -159,18 +173,25 @@ class DaemonLink:
         except Exception:
             d = defer.fail()
         d.addTimeout(self._timeout + 1, self._clock)
-        self._attempt = d
-        d.addCallbacks(self._connected, self._failed)
 
-    def _connected(self, session: ConnectSession) -> None:
-        self._attempt = None
-        if self._closed:
-            session.cancel()
-            return
-        self.session = session
+        def made(session: ConnectSession) -> ConnectSession:
+            if self._closed:  # closed meanwhile: nobody else will end it
+                session.cancel()
+                raise TelerouteError(StatusCode.CANCELLED, "the network was deleted")
+            return session
+
+        def failed(failure: Failure) -> Failure:
+            return Failure(_as_teleroute_error(failure, self.target))
+
+        return d.addCallbacks(made, failed)
+
+    def _retry_delay(self, failures: int) -> float | None:
+        return self._policy(failures) if self._keep_trying else None
+
+    def _changed(self, session: ConnectSession | None) -> None:
+        if session is None:
+            return  # _ended said why
         self.connections += 1
-        self.failures = 0
-        self._delay = self._backoff.initial
         self.last_error = ""
         log.info(
             "Connected to {name} version {version} at {target}",
@@ -178,68 +199,43 @@ class DaemonLink:
             version=session.info.get("version", "?"),
             target=self.target,
         )
-        session.ended.addCallback(self._lost, session)
         if self._on_connect is not None:
             try:
                 self._on_connect()
             except Exception:
                 log.failure("handling the connection to {target} failed", target=self.target)
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
 
-    def _failed(self, failure: Failure) -> None:
-        self._attempt = None
+    def _failed(self, failure: Failure, delay: float | None) -> None:
         error = _as_teleroute_error(failure, self.target)
         self.last_error = error.details
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.errback(error)
-        if self._keep_trying and not self._closed:
-            self.failures += 1
-            # A daemon that stays away would fill the log: say it at first, then rarely.
-            if self.failures in (1, 10) or self.failures % 100 == 0:
-                log.info(
-                    "connecting to {target} failed {count} times ({error}); still trying "
-                    "every {delay:g}s at most",
+        # A daemon that stays away would fill the log: say it at first, then rarely.
+        if delay is not None and (self.failures in (1, 10) or self.failures % 100 == 0):
+            log.info(
+                "connecting to {target} failed {count} times ({error}); still trying, "
+                "next in {delay:g}s",
+                target=self.target,
+                count=self.failures,
+                error=error,
+                delay=delay,
+            )
+
+    def _ended(self, session: ConnectSession) -> defer.Deferred[object]:
+        ended: defer.Deferred[object] = defer.Deferred()
+
+        def lost(reason: str) -> str:
+            if session is self._link.current:  # not when close() ended it
+                self.last_error = reason
+                log.warn(
+                    "lost the daemon at {target} ({reason}); reconnecting",
                     target=self.target,
-                    count=self.failures,
-                    error=error,
-                    delay=self._backoff.maximum,
+                    reason=reason,
                 )
-            self._schedule()
+                self._keep_trying = True
+            ended.callback(None)
+            return reason
 
-    def _lost(self, reason: str, session: ConnectSession) -> None:
-        if self.session is not session:
-            return
-        self.session = None
-        self.last_error = reason
-        if self._closed:
-            return
-        log.warn(
-            "lost the daemon at {target} ({reason}); reconnecting",
-            target=self.target,
-            reason=reason,
-        )
-        self._keep_trying = True
-        self._delay = self._backoff.initial
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if self._closed or self._attempt is not None or self.connected:
-            return
-        if self._retry is not None and self._retry.active():
-            return
-        delay, self._delay = (
-            self._delay,
-            min(self._delay * self._backoff.factor, self._backoff.maximum),
-        )
-        self._retry = self._clock.callLater(delay, self._retry_now)
-
-    def _retry_now(self) -> None:
-        self._retry = None
-        # The outcome is handled by _connected/_failed; this waiter is only for attempt().
-        self.attempt().addErrback(lambda f: None)
+        session.ended.addCallback(lost)
+        return ended
 
     # -- what the driver uses
 
@@ -259,9 +255,11 @@ class DaemonLink:
 
     def keep_connected(self) -> None:
         """Connect in the background and stay connected (a network restored at start)."""
+        if self._closed:
+            return
         self._keep_trying = True
-        if not self.connected and self._attempt is None:
-            self._retry_now()
+        if not self.connected:
+            self._try_now()
 
     async def ready(
         self,
@@ -299,15 +297,7 @@ class DaemonLink:
     def close(self) -> defer.Deferred[None]:
         """Stop for good: end the stream (the daemon sees us leave) and stop reconnecting."""
         self._closed = True
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._attempt is not None:
-            self._attempt.cancel()
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.errback(TelerouteError(StatusCode.CANCELLED, "the network was deleted"))
-        session, self.session = self.session, None
+        session = self._link.stop()
         if session is not None:
             session.cancel()
         client, self.client = self.client, None

@@ -108,7 +108,7 @@ class BridgeGateway(service.Service):
         if link is not None:
             self.moved_from = link
 
-    def _failed(self, failure: Any, delay: float, address: Address) -> None:
+    def _failed(self, failure: Any, delay: float | None, address: Address) -> None:
         switching = self._switching
         if failure.check(_NotYet):
             if self.clock.seconds() >= self._deadline and switching is not None:
@@ -121,7 +121,7 @@ class BridgeGateway(service.Service):
                     patience=self.patience,
                 )
             return
-        retry = self.clock.seconds() + delay < self._deadline
+        retry = delay is not None and self.clock.seconds() + delay < self._deadline
         log.failure(
             "Could not make {bridge} the gateway for {address} ({next}); workload traffic "
             "goes through the daemon's own interface meanwhile",
