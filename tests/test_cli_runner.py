@@ -13,7 +13,8 @@ import pytest
 
 from telenet.cli.config import Config
 from telenet.cli.connection import CLIError
-from telenet.cli.dockerapi import ContainerSpec, DockerError
+from telenet.cli.dockerapi import DockerError
+from telenet.cli.interfaces import ContainerSpec
 from telenet.cli.naming import LABEL_CONNECTION
 from telenet.cli.runflags import parse_run_args
 from telenet.cli.runner import (

@@ -8,7 +8,8 @@ from typing import Any
 
 from zope.interface import implementer
 
-from telenet.cli.daemoncontrol import DaemonControlError, IControl
+from telenet.cli.daemoncontrol import DaemonControlError
+from telenet.cli.interfaces import IControl
 
 
 @implementer(IControl)

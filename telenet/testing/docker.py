@@ -11,14 +11,8 @@ from typing import Any
 from zope.interface import implementer
 
 # -- docker and the daemon's control API (the telenet CLI) ---------------------------------
-from telenet.cli.dockerapi import (
-    Conflict,
-    ContainerSpec,
-    DockerError,
-    DockerUnavailable,
-    IDocker,
-    NotFound,
-)
+from telenet.cli.dockerapi import Conflict, DockerError, DockerUnavailable, NotFound
+from telenet.cli.interfaces import ContainerSpec, IDocker
 
 ExecHandler = Callable[[dict[str, Any], list[str]], tuple[int, bytes, bytes]]
 
