@@ -407,7 +407,9 @@ def test_status(world: World) -> None:
         {"kind": "network", "name": "telenet/teleroute:latest", "mode": "managed", "enabled": True},
         {"kind": "volume", "name": "telenet/telemount:latest", "mode": "managed", "enabled": True},
     ]
-    assert status["bridges"] == [{"port": 33000, "agent": "10.0.0.5:8022"}]
+    assert status["bridges"] == [
+        {"port": 33000, "agent": "10.0.0.5:8022", "connections": 0, "bytes_in": 0, "bytes_out": 0}
+    ]
     assert status["volumes"] == ["echo-0"]
     json.dumps(status)
     text = format_status(status)
