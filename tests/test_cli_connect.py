@@ -19,14 +19,8 @@ from telenet.cli.config import Config, PluginConfig
 from telenet.cli.connection import CLIError, ConnectRequest, NotConnected
 from telenet.cli.connector import Connector
 from telenet.cli.daemoncontrol import DaemonControlError, ExecControl, HTTPControl
-from telenet.cli.dockerapi import (
-    PLUGIN_CONFIGS,
-    ContainerSpec,
-    DockerError,
-    IDocker,
-    SDKDocker,
-    plugin_contexts,
-)
+from telenet.cli.dockerapi import PLUGIN_CONFIGS, DockerError, SDKDocker, plugin_contexts
+from telenet.cli.interfaces import ContainerSpec, IDocker
 from telenet.cli.naming import LABEL_CONNECTION, LABEL_DAEMON, default_connection_name
 from telenet.cli.status import format_status, format_statuses
 from telenet.cli.subnets import check_subnet
@@ -242,7 +236,6 @@ def test_foreign_network_name_clash(world: World) -> None:
 
 def test_foreign_container_name_clash(world: World) -> None:
     """A container named tp-<name> that telenet did not make is left alone."""
-    from telenet.cli.dockerapi import ContainerSpec
 
     world.docker.create_container(ContainerSpec(image="local/busybox", command=[], name="tp-blue"))
     with pytest.raises(CLIError, match="container named tp-blue exists and is not telenet's"):
@@ -272,7 +265,6 @@ def test_connect_twice_reports_the_connection(world: World) -> None:
 def test_connect_after_the_daemon_crashed(world: World) -> None:
     """A killed daemon is replaced; its network too, with the workloads reconnected."""
     first = world.connect()
-    from telenet.cli.dockerapi import ContainerSpec
 
     workload = world.docker.create_container(
         ContainerSpec(image="local/busybox", command=[], name="w", network="blue")
@@ -300,7 +292,6 @@ def test_network_of_a_live_daemon_is_not_taken(world: World) -> None:
     network = world.docker.network("blue")
     assert network is not None
     world.docker.remove_container("tp-blue")  # leaves its endpoint's network behind
-    from telenet.cli.dockerapi import ContainerSpec
 
     other = world.docker.create_container(
         ContainerSpec(image="telenet", command=[], name="tp-other")
@@ -380,7 +371,6 @@ def test_gc_ignores_active_endpoints_and_foreign_networks(world: World) -> None:
     world.docker.create_network("theirs", "bridge", {}, {}, None, False)
     world.docker.create_network("stale", "bridge", {}, {LABEL_DAEMON: "gone"}, None, False)
     world.docker.create_network("busy", "bridge", {}, {LABEL_DAEMON: "gone2"}, None, False)
-    from telenet.cli.dockerapi import ContainerSpec
 
     c = world.docker.create_container(
         ContainerSpec(image="local/busybox", command=[], name="c", network="busy")
@@ -417,7 +407,9 @@ def test_status(world: World) -> None:
         {"kind": "network", "name": "telenet/teleroute:latest", "mode": "managed", "enabled": True},
         {"kind": "volume", "name": "telenet/telemount:latest", "mode": "managed", "enabled": True},
     ]
-    assert status["bridges"] == [{"port": 33000, "agent": "10.0.0.5:8022"}]
+    assert status["bridges"] == [
+        {"port": 33000, "agent": "10.0.0.5:8022", "connections": 0, "bytes_in": 0, "bytes_out": 0}
+    ]
     assert status["volumes"] == ["echo-0"]
     json.dumps(status)
     text = format_status(status)

@@ -13,7 +13,8 @@ import pytest
 
 from telenet.cli.config import Config
 from telenet.cli.connection import CLIError
-from telenet.cli.dockerapi import ContainerSpec, DockerError
+from telenet.cli.dockerapi import DockerError
+from telenet.cli.interfaces import ContainerSpec
 from telenet.cli.naming import LABEL_CONNECTION
 from telenet.cli.runflags import parse_run_args
 from telenet.cli.runner import (
@@ -268,7 +269,7 @@ def test_engage_input_errors(world: World) -> None:
         r.engage(None, "h:1", "echo", ["rel"], ["img"])
     with pytest.raises(CLIError, match="needs an argument"):
         r.engage(None, "h:1", "echo", [], ["-v"])
-    world.control.refuse_agent = "agent 'h:1' is not HOST:PORT"
+    world.control.refuse_agent = "Couldn't listen on any:0: [Errno 98] Address already in use."
     with pytest.raises(CLIError, match="could not open a bridge to h:1"):
         r.engage(None, "h:1", "echo", ["/a"], ["img"])
     assert world.docker.volumes_by_name == {}

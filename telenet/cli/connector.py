@@ -19,8 +19,9 @@ import attrs
 from telenet.cli.config import Config
 from telenet.cli.connection import CLIError, Connection, ConnectRequest
 from telenet.cli.daemoncontainer import DaemonContainer
-from telenet.cli.daemoncontrol import ExecControl, HTTPControl, IControl
-from telenet.cli.dockerapi import IDocker, subnets_of
+from telenet.cli.daemoncontrol import ExecControl, HTTPControl
+from telenet.cli.dockerapi import subnets_of
+from telenet.cli.interfaces import IControl, IDocker
 from telenet.cli.lookup import ConnectionLookup
 from telenet.cli.naming import (
     LABEL_CONNECTION,

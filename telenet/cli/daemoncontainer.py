@@ -18,7 +18,8 @@ import attrs
 from telenet.cli.config import Config
 from telenet.cli.connection import CLIError, Connection, ConnectRequest
 from telenet.cli.daemoncontrol import DaemonControlError
-from telenet.cli.dockerapi import ContainerSpec, DockerError, IDocker, subnets_of
+from telenet.cli.dockerapi import DockerError, subnets_of
+from telenet.cli.interfaces import ContainerSpec, IDocker
 from telenet.cli.lookup import ConnectionLookup
 from telenet.cli.naming import (
     LABEL_CONNECTION,

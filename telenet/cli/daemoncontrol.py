@@ -15,22 +15,10 @@ import json
 from typing import Any
 
 import attrs
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
-from telenet.cli.dockerapi import DockerError, IDocker
-
-
-class IControl(Interface):
-    """The daemon's control API (docs/daemon.md, "Control API")."""
-
-    def status() -> dict[str, Any]:
-        """``GET /status``."""
-
-    def open_bridge(agent: str) -> int:
-        """``POST /bridges {"agent": agent}``: the bridge's port."""
-
-    def close_bridge(port: int) -> None:
-        """``DELETE /bridges/<port>``."""
+from telenet.cli.dockerapi import DockerError
+from telenet.cli.interfaces import IControl, IDocker
 
 
 class DaemonControlError(Exception):

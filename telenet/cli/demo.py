@@ -25,7 +25,8 @@ from typing import Any
 
 from telenet.cli.connection import CLIError
 from telenet.cli.connector import Connector
-from telenet.cli.dockerapi import ContainerSpec, DockerError, IDocker
+from telenet.cli.dockerapi import DockerError
+from telenet.cli.interfaces import ContainerSpec, IDocker
 
 BUSYBOX = "local/busybox"
 LABEL_DEMO = "telenet.cli.demo"

@@ -16,8 +16,9 @@ import attrs
 
 from telenet.cli.config import Config
 from telenet.cli.connection import CLIError, Connection, NotConnected
-from telenet.cli.daemoncontrol import ExecControl, HTTPControl, IControl
-from telenet.cli.dockerapi import DockerError, DockerUnavailable, IDocker, api_version_ok
+from telenet.cli.daemoncontrol import ExecControl, HTTPControl
+from telenet.cli.dockerapi import DockerError, DockerUnavailable, api_version_ok
+from telenet.cli.interfaces import IControl, IDocker
 from telenet.cli.naming import (
     LABEL_CONNECTION,
     LABEL_DAEMON,

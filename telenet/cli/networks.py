@@ -18,7 +18,8 @@ import attrs
 
 from telenet.cli.config import Config
 from telenet.cli.connection import CLIError, Connection, ConnectRequest
-from telenet.cli.dockerapi import DockerError, IDocker, subnets_of
+from telenet.cli.dockerapi import DockerError, subnets_of
+from telenet.cli.interfaces import IDocker
 from telenet.cli.naming import LABEL_CONNECTION, LABEL_DAEMON, container_name, labels_of
 from telenet.cli.subnets import choose_subnet
 

@@ -16,7 +16,8 @@ import attrs
 
 from telenet.cli.config import Config, PluginConfig
 from telenet.cli.connection import CLIError
-from telenet.cli.dockerapi import DockerError, IDocker
+from telenet.cli.dockerapi import DockerError
+from telenet.cli.interfaces import IDocker
 
 #: The plug-in kinds a connection needs, in the order they are made.
 PLUGIN_KINDS = ("teleroute", "telemount")

@@ -15,7 +15,8 @@ import attrs
 from telenet.cli.config import Config
 from telenet.cli.connection import CLIError, Connection, NotConnected
 from telenet.cli.daemoncontrol import DaemonControlError
-from telenet.cli.dockerapi import IDocker, subnets_of
+from telenet.cli.dockerapi import subnets_of
+from telenet.cli.interfaces import IDocker
 from telenet.cli.lookup import ConnectionLookup
 from telenet.cli.naming import LABEL_NETWORK_PLUGIN, LABEL_VOLUME_PLUGIN, container_name
 from telenet.cli.plugins import Plugins

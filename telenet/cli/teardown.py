@@ -14,7 +14,8 @@ from collections.abc import Callable
 import attrs
 
 from telenet.cli.connection import CLIError, NotConnected
-from telenet.cli.dockerapi import DockerError, IDocker
+from telenet.cli.dockerapi import DockerError
+from telenet.cli.interfaces import IDocker
 from telenet.cli.lookup import ConnectionLookup
 from telenet.cli.naming import container_name
 from telenet.cli.networks import TelerouteNetworks

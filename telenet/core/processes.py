@@ -4,7 +4,9 @@ Running other programs: ``Processes``, one function type for every part that doe
 daemon's firewall rules, the network plug-in's plumbing), and ``spawner``, the real one.
 
 A command is an argv list (no shell, so no quoting of anything a user or a peer sent); the
-result is its stdout, stderr and exit code. ``telenet.testing.FakeProcesses`` is the fake.
+result is its stdout, stderr and exit code, minus the signal's number for a command killed by
+one (as ``subprocess`` has it). A program that cannot be run fails the Deferred with its
+``OSError``. ``telenet.testing.FakeProcesses`` is the fake (tests/test_processes_contract.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorProcess
+from twisted.python.failure import Failure
 
 #: (stdout, stderr, exit code) of a finished command.
 ProcessResult = tuple[bytes, bytes, int]
@@ -26,8 +29,22 @@ def spawner(reactor: IReactorProcess) -> Processes:
     from twisted.internet import utils
 
     def run(argv: list[str]) -> defer.Deferred[ProcessResult]:
-        return utils.getProcessOutputAndValue(
-            argv[0], argv[1:], env=dict(os.environ), reactor=reactor
+        # spawnProcess raises at once for a missing program; a Processes fails its Deferred.
+        d = defer.maybeDeferred(
+            utils.getProcessOutputAndValue, argv[0], argv[1:], env=dict(os.environ), reactor=reactor
         )
+        return d.addErrback(_signalled)
 
     return run
+
+
+def _signalled(failure: Failure) -> ProcessResult:
+    """
+    A command killed by a signal as a result: Twisted fails with a bare (out, err, signal)
+    tuple, not an exception, which breaks ``await`` of the Deferred.
+    """
+    value = failure.value
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[2], int):
+        out, err, signal = value
+        return out, err, -signal
+    failure.raiseException()

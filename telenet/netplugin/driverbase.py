@@ -23,8 +23,8 @@ from twisted.logger import Logger
 from telenet.core import netip
 from telenet.core.dockerplugin import JSONObject, PluginError, field
 from telenet.core.interfaces import INetlink, IStateStore
+from telenet.netplugin.interfaces import IEndpointPlumbing
 from telenet.netplugin.link import CALL_TIMEOUT, RETRY_POLICY, DaemonLink, own_host_pid
-from telenet.netplugin.plumbing import IEndpointPlumbing
 from telenet.netplugin.records import PluginEndpoint, PluginNetwork
 from telenet.netplugin.sweep import EndpointSweep
 from telenet.teleroute.client import (

@@ -8,7 +8,8 @@ plug-in accepts that endpoint as pending (the container starts without its teler
 interface), and once the daemon is back and connected, asks it for the pair as Docker would
 have, and puts the container end into the daemon container's network namespace itself:
 renamed to the next free ``tpd-N``, with the endpoint's addresses, up. This module is that last
-step, behind ``IEndpointPlumbing`` so that the driver logic is tested without a kernel.
+step, behind ``IEndpointPlumbing`` (``telenet.netplugin.interfaces``) so that the driver logic
+is tested without a kernel.
 
 The namespace is found by the Join's ``SandboxKey`` when this process can see it (a legacy
 plug-in on the host), else by looking through ``/proc`` for the namespace that holds the
@@ -25,9 +26,10 @@ import shutil
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from telenet.core.processes import Processes
+from telenet.netplugin.interfaces import IEndpointPlumbing
 
 log = Logger()
 
@@ -36,19 +38,6 @@ INTERFACE_PREFIX = "tpd-"
 
 class PlumbingError(Exception):
     """The interface could not be put in place; the message says why."""
-
-
-class IEndpointPlumbing(Interface):
-    """Moves a link from our network namespace into a container's, configured."""
-
-    def adopt(
-        link: str, sandbox_key: str, daemon_host: str, addresses: list[str]
-    ) -> defer.Deferred[str]:
-        """
-        Move ``link`` into the namespace of the sandbox (or, failing that, the one holding
-        ``daemon_host``) as the next free ``tpd-N`` with ``addresses`` (CIDRs), and bring it
-        up. Fires with the new name; fails with ``PlumbingError``.
-        """
 
 
 def local_addresses(proc_net: str) -> set[str]:
@@ -137,7 +126,6 @@ def link_names(pid: int, proc: str = "/proc") -> set[str]:
         return {line.split(":", 1)[0].strip() for line in f if ":" in line}
 
 
-#: Runs a command (argv), firing with (stdout, stderr, exit code).
 @implementer(IEndpointPlumbing)
 class NetnsPlumbing:
     """

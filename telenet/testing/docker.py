@@ -11,14 +11,8 @@ from typing import Any
 from zope.interface import implementer
 
 # -- docker and the daemon's control API (the telenet CLI) ---------------------------------
-from telenet.cli.dockerapi import (
-    Conflict,
-    ContainerSpec,
-    DockerError,
-    DockerUnavailable,
-    IDocker,
-    NotFound,
-)
+from telenet.cli.dockerapi import Conflict, DockerError, DockerUnavailable, NotFound
+from telenet.cli.interfaces import ContainerSpec, IDocker
 
 ExecHandler = Callable[[dict[str, Any], list[str]], tuple[int, bytes, bytes]]
 
@@ -30,7 +24,8 @@ _DEFAULT_POOLS = [f"172.{n}.0.0/16" for n in range(17, 32)] + [
 @implementer(IDocker)
 class MemoryDocker:
     """
-    An ``IDocker`` in memory, answering with the API's JSON shapes and Docker's error texts:
+    An ``IDocker`` in memory, answering with the API's JSON shapes and Docker's error texts
+    (tests/test_docker_contract.py holds it to SDKDocker on dockerd):
     containers get addresses from their networks' subnets when they run, networks without a
     subnet get one from Docker's default pools, a network with endpoints cannot be removed.
 
@@ -171,8 +166,11 @@ class MemoryDocker:
     def exec_in(self, container: str, argv: list[str]) -> tuple[int, bytes, bytes]:
         self._check("exec_in")
         found = self.container(container)
-        if found is None or not found["State"].get("Running"):
+        if found is None:
             raise NotFound(f"No such container: {container}")
+        if not found["State"].get("Running"):
+            # dockerd answers 409, not 404, for a container that is there but stopped.
+            raise Conflict(f"container {found['Id']} is not running")
         self.calls.append(("exec_in", found["Name"].lstrip("/"), tuple(argv)))
         if self.exec_handler is None:
             return 126, b"", b"MemoryDocker runs no processes"
@@ -352,9 +350,10 @@ class MemoryDocker:
         net = self._find_network(network)
         if net is None:
             raise NotFound(f"network {network} not found")
-        net["Containers"].pop(container, None)
         found = self._find_container(container)
         if found is not None:
+            # The endpoints are kept by id; the caller may give a name.
+            net["Containers"].pop(found["Id"], None)
             found["NetworkSettings"]["Networks"].pop(net["Name"], None)
         self.calls.append(("disconnect", net["Name"], container))
 
