@@ -22,7 +22,8 @@ from telenet.netplugin.link import CALL_TIMEOUT, own_host_pid
 from telenet.netplugin.options import join_answer, static_routes
 from telenet.netplugin.sweep import JOIN_WITHIN, SETTLE
 from telenet.routeplugin import Options, makeService
-from telenet.teleroute.client import TelerouteError, grpc_target
+from telenet.teleroute.client import grpc_target
+from telenet.teleroute.interfaces import TelerouteError
 from telenet.teleroute.proto import teleroute_pb2
 from telenet.testing import MemoryNetlink, MemoryStateStore
 from telenet.testing.teleroute import MemoryPlumbing, MemoryTeleroute

@@ -21,12 +21,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from telenet.netplugin.options import DaemonAddress
-from telenet.teleroute.client import (
+from telenet.teleroute.client import grpc_target
+from telenet.teleroute.interfaces import (
     ClientFactory,
     ConnectSession,
     ITelerouteClient,
     TelerouteError,
-    grpc_target,
 )
 from telenet.teleroute.proto import teleroute_pb2
 

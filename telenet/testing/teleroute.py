@@ -18,7 +18,8 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from telenet.netplugin.plumbing import IEndpointPlumbing, PlumbingError
-from telenet.teleroute.client import ConnectSession, ITelerouteClient, TelerouteError, grpc_target
+from telenet.teleroute.client import grpc_target
+from telenet.teleroute.interfaces import ConnectSession, ITelerouteClient, TelerouteError
 from telenet.teleroute.proto import teleroute_pb2
 
 StatusCode = grpc.StatusCode
