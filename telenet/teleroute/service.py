@@ -436,11 +436,17 @@ class TelerouteCore:
         }
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
+def peer_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and message a peer gets for ``error``: a refusal's own, else INTERNAL."""
     if isinstance(error, CoreRefusal):
-        await context.abort(error.code, error.message)
-    log.failure("teleroute call failed")
-    await context.abort(grpc.StatusCode.INTERNAL, str(error) or type(error).__name__)
+        return error.code, error.message
+    return grpc.StatusCode.INTERNAL, str(error) or type(error).__name__
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
+    if not isinstance(error, CoreRefusal):
+        log.failure("teleroute call failed")
+    await context.abort(*peer_status(error))
 
 
 class TelerouteServicer(teleroute_pb2_grpc.TelerouteServicer):
