@@ -194,7 +194,7 @@ def makeService(
     from telenet.network.dns import DNSService, make_factory, make_resolver
     from telenet.network.gateway import BridgeGateway
     from telenet.network.vif import Forwarding, RouteTable, VifRouteService, VifSelector
-    from telenet.teleroute.service import BRIDGE, DST_PREFIX, GrpcServerService, Teleroute
+    from telenet.teleroute.service import BRIDGE, DST_PREFIX, GrpcServerService, TelerouteCore
 
     # The firewall is touched only on the real kernel (tests pass a fake netlink).
     real_kernel = netlink is None
@@ -229,7 +229,7 @@ def makeService(
     def vif() -> str | None:
         return selector.vif if selector is not None else options["vif"]
 
-    core = Teleroute(netlink, table.current, name=options["name"])
+    core = TelerouteCore(netlink, table.current, name=options["name"])
     port = options["teleroute-port"]
 
     def fatal() -> None:

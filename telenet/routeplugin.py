@@ -39,7 +39,7 @@ from telenet.core import dockerplugin
 from telenet.core.reactor import IReactor, global_reactor
 from telenet.core.threads import state_thread
 from telenet.netplugin.driver import NetworkDriver
-from telenet.teleroute.client import ClientFactory
+from telenet.teleroute.interfaces import ClientFactory
 
 log = Logger()
 

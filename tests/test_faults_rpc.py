@@ -3,7 +3,7 @@ Fault suite, item 4 (bad input): the daemon's teleroute RPCs under hypothesis.
 
 Random sequences of Connect, CreateEndpoint, Join, Leave and RemoveEndpoint with bad addresses
 (wrong lengths, wrong families, garbage), unknown ids and duplicate ids, against the daemon's
-logic on MemoryNetlink: every call succeeds or fails with a ``TelerouteError`` (a gRPC status),
+logic on MemoryNetlink: every call succeeds or fails with a ``CoreRefusal`` (a gRPC status),
 never anything else, and no veth is made that the daemon does not track; stopping deletes them
 all. Then malformed protobuf bytes to every method of the real grpc.aio server: each answered
 with a status (never UNKNOWN, which would be an unhandled exception), the server keeps serving.
@@ -30,7 +30,7 @@ from telenet.core.aio import as_deferred
 from telenet.core.interfaces import NetlinkFailure
 from telenet.core.netip import encode_addr, encode_prefix
 from telenet.teleroute.proto import teleroute_pb2 as pb
-from telenet.teleroute.service import GrpcServerService, TelerouteError
+from telenet.teleroute.service import CoreRefusal, GrpcServerService
 
 from .faultkit import record, scaled
 from .test_teleroute import PID, Harness
@@ -82,7 +82,7 @@ def _settle(d: Any) -> Any:
 
 
 def test_rpc_sequences_never_crash_or_leak() -> None:
-    """Random RPC sequences: a result or a TelerouteError each; tracked veths only; none after."""
+    """Random RPC sequences: a result or a CoreRefusal each; tracked veths only; none after."""
     calls = {"n": 0, "errors": 0}
 
     @settings(
@@ -115,12 +115,12 @@ def test_rpc_sequences_never_crash_or_leak() -> None:
                         "remove": h.core.remove_endpoint,
                     }[op]
                     result = _settle(method(pb.EndpointIdentifier(id=args[0])))
-            except TelerouteError:
+            except CoreRefusal:
                 calls["errors"] += 1
                 continue
             if isinstance(result, Failure):
                 # A netlink failure (a plug-in pid that does not exist) is INTERNAL on the wire.
-                assert isinstance(result.value, TelerouteError | NetlinkFailure), (op, args, result)
+                assert isinstance(result.value, CoreRefusal | NetlinkFailure), (op, args, result)
                 calls["errors"] += 1
             # Every tp-* link in the daemon's netns belongs to a pair it tracks.
             tracked = {pair.host for pair in h.core.pairs.values()}

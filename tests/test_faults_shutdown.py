@@ -54,7 +54,7 @@ from telenet.netplugin.driver import NetworkDriver
 from telenet.routeplugin import _DriverService
 from telenet.sftp.rooted import RootedFilesystem
 from telenet.teleroute.proto import teleroute_pb2, teleroute_pb2_grpc
-from telenet.teleroute.service import Teleroute, TelerouteError
+from telenet.teleroute.service import CoreRefusal, TelerouteCore
 from telenet.testing import MemoryNetlink
 from telenet.volumes.mounter import EXIT_GRACE, ProcessMounter
 
@@ -834,7 +834,7 @@ def test_sftp_agent_sigterm_with_a_client_opening_a_fifo(sftp_agent: Agent) -> N
 
 def test_daemon_stop_deletes_the_pair_of_a_create_endpoint_in_flight() -> None:
     """
-    Teleroute.stop while a CreateEndpoint waits for netlink: the pair it makes is deleted
+    TelerouteCore.stop while a CreateEndpoint waits for netlink: the pair it makes is deleted
     too (it was left behind: stop deleted only the pairs that existed when it began), and a
     CreateEndpoint after stop began is refused with UNAVAILABLE.
     """
@@ -850,7 +850,7 @@ def test_daemon_stop_deletes_the_pair_of_a_create_endpoint_in_flight() -> None:
 
     pid = 4242
     netlink = SlowNetlink(processes={pid})
-    core = Teleroute(netlink, list)
+    core = TelerouteCore(netlink, list)
     core.start()
     core.connect(teleroute_pb2.ConnectRequest(pid=pid))
 
@@ -871,7 +871,7 @@ def test_daemon_stop_deletes_the_pair_of_a_create_endpoint_in_flight() -> None:
     assert not created and not stopped and not late
     gates[0].callback(None)
     assert created == [None] and stopped == [None]
-    assert isinstance(late[0].value, TelerouteError), late
+    assert isinstance(late[0].value, CoreRefusal), late
     assert late[0].value.code == grpc.StatusCode.UNAVAILABLE
     assert [n for n in netlink.links_by_name if n.startswith("tp-")] == []
     assert len(gates) == 1, "the late CreateEndpoint made a veth"

@@ -22,7 +22,8 @@ from telenet.netplugin.link import CALL_TIMEOUT, own_host_pid
 from telenet.netplugin.options import join_answer, static_routes
 from telenet.netplugin.sweep import JOIN_WITHIN, SETTLE
 from telenet.routeplugin import Options, makeService
-from telenet.teleroute.client import TelerouteError, grpc_target
+from telenet.teleroute.client import grpc_target
+from telenet.teleroute.interfaces import TelerouteError
 from telenet.teleroute.proto import teleroute_pb2
 from telenet.testing import MemoryNetlink, MemoryStateStore
 from telenet.testing.teleroute import MemoryPlumbing, MemoryTeleroute
@@ -167,6 +168,20 @@ class Harness:
         return self.ok("/NetworkDriver.Join", ids(endpoint))
 
 
+def container_end(h: Harness, endpoint: str) -> str:
+    """The container end of the veth pair the daemon made for ``endpoint``."""
+    return h.daemon.core.endpoints[endpoint].pair.peer
+
+
+def own_interfaces(daemon: MemoryTeleroute) -> list[tuple[str, list[str]]]:
+    """(endpoint, addresses) of each interface the daemon set up in its own namespace."""
+    return [
+        (e.id, [str(a) for a in result_of(daemon.netlink.addresses(e.pair.peer))])
+        for e in daemon.core.endpoints.values()
+        if e.pair.local
+    ]
+
+
 # -- the captured dockerd story
 
 
@@ -204,7 +219,7 @@ def test_dockerd_network_story_replays(version: str) -> None:
     assert workload_join["DisableGatewayService"] is False
     assert h.daemon.connects == [(PID, [gateway])]
     # Everything is gone: the daemon's books, our state, the Connect stream.
-    assert h.daemon.endpoints == {}
+    assert h.daemon.core.endpoints == {}
     assert h.daemon.open_sessions == []
     assert h.store.load() == {"endpoints": {}, "networks": {}}
 
@@ -378,10 +393,11 @@ def test_create_endpoint_sends_addresses_and_daemon_flag() -> None:
         endpoint_body(DAEMON_EP, "172.21.0.2/16", "fd00:21::2/64", {"daemon": "true"}),
     )
     h.ok("/NetworkDriver.CreateEndpoint", endpoint_body(WORK_EP, "", "fd00:21::3/64"))
-    assert h.daemon.daemon_ipv4 == "172.21.0.2" and h.daemon.daemon_ipv6 == "fd00:21::2"
-    assert h.daemon.endpoints[WORK_EP].ipv4 == ""
-    assert h.daemon.endpoints[WORK_EP].ipv6 == "fd00:21::3"
-    assert not h.daemon.endpoints[WORK_EP].daemon
+    core = h.daemon.core
+    assert str(core.daemon_ipv4) == "172.21.0.2" and str(core.daemon_ipv6) == "fd00:21::2"
+    assert core.endpoints[WORK_EP].addr_ipv4 is None
+    assert str(core.endpoints[WORK_EP].addr_ipv6) == "fd00:21::3"
+    assert not core.endpoints[WORK_EP].daemon
     assert set(h.store.load()["endpoints"]) == {DAEMON_EP, WORK_EP}
 
 
@@ -427,7 +443,7 @@ def test_join_answers_interface_routes_and_gateways() -> None:
     assert daemon_join["StaticRoutes"] == []
     answer = h.workload_joins(ipv6="fd00:21::3/64")
     assert answer == {
-        "InterfaceName": {"SrcName": "tp-fake00000002", "DstPrefix": "tpd-"},
+        "InterfaceName": {"SrcName": container_end(h, WORK_EP), "DstPrefix": "tpd-"},
         "StaticRoutes": [
             {"Destination": "10.96.0.0/12", "RouteType": 0, "NextHop": "172.21.0.2"},
             {"Destination": "fd00:96::/108", "RouteType": 0, "NextHop": "fd00:21::2"},
@@ -483,7 +499,7 @@ def test_leave_and_delete_endpoint_tolerate_a_gone_daemon() -> None:
     assert h.ok("/NetworkDriver.DeleteEndpoint", ids(WORK_EP)) == {}
     assert WORK_EP not in h.driver.endpoints
     assert WORK_EP not in h.store.load()["endpoints"]
-    h.daemon.up = True
+    h.daemon.start()
     h.daemon.errors["Leave"] = TelerouteError(grpc.StatusCode.CANCELLED, "context canceled")
     assert h.ok("/NetworkDriver.Leave", ids(DAEMON_EP)) == {}
 
@@ -648,7 +664,7 @@ def test_join_waits_for_a_daemon_that_is_starting() -> None:
     h.clock.advance(1.0)
     h.stub.flush()
     assert not d.called
-    h.daemon.start(fresh=False)
+    h.daemon.start()
     code, answer = h.finish(d, advance=0.2)
     assert (code, answer) == (200, {})
 
@@ -697,10 +713,10 @@ def test_daemon_endpoint_joins_while_the_daemon_is_away() -> None:
     assert h.store.load()["endpoints"][D2]["sandbox"] == SANDBOX
     h.daemon.start()
     h.clock.advance(2)
-    assert h.daemon.daemon_ipv4 == "172.21.0.4"
+    assert str(h.daemon.core.daemon_ipv4) == "172.21.0.4"
     ((veth, sandbox, host, addresses),) = h.plumbing.adopted
     assert (veth, sandbox, host, addresses) == (
-        h.daemon.endpoints[D2].veth,
+        container_end(h, D2),
         SANDBOX,
         "172.17.0.2",
         ["172.21.0.4/16"],
@@ -721,7 +737,7 @@ def test_telenet_daemon_sets_up_its_own_interface() -> None:
     daemon_container_restarts(h)
     h.daemon.start()
     h.clock.advance(2)
-    assert h.daemon.own_interfaces == [(D2, ["172.21.0.4/16"])]
+    assert own_interfaces(h.daemon) == [(D2, ["172.21.0.4/16"])]
     assert h.plumbing.adopted == []
     assert not h.driver.endpoints[D2].pending
     answer = h.workload_joins(endpoint="w2" * 32, address="172.21.0.5/16")
@@ -742,8 +758,10 @@ def test_in_daemon_netns_only_for_the_pending_daemon_endpoint() -> None:
     h.daemon.start()
     h.clock.advance(2)
     answer = h.ok("/NetworkDriver.Join", {**ids(D2), "SandboxKey": SANDBOX})
-    assert answer["InterfaceName"]["SrcName"].startswith("tp-fake")
-    assert h.daemon.own_interfaces == [] and h.plumbing.adopted == []
+    # A veth for a container (tp-…), not an interface of the daemon's own (tpd-N).
+    assert answer["InterfaceName"]["SrcName"] == container_end(h, D2)
+    assert container_end(h, D2).startswith("tp-")
+    assert own_interfaces(h.daemon) == [] and h.plumbing.adopted == []
 
 
 def test_workload_joining_first_waits_for_the_daemon_endpoint() -> None:
@@ -771,7 +789,7 @@ def test_daemon_endpoint_back_before_join_is_normal() -> None:
     h.daemon.start()
     h.clock.advance(2)
     answer = h.ok("/NetworkDriver.Join", {**ids(D2), "SandboxKey": SANDBOX})
-    assert answer["InterfaceName"]["SrcName"] == h.daemon.endpoints[D2].veth
+    assert answer["InterfaceName"]["SrcName"] == container_end(h, D2)
     assert h.plumbing.adopted == []
     assert not h.driver.endpoints[D2].pending
 
@@ -783,7 +801,7 @@ def test_daemon_endpoint_setup_failure_is_retried_on_reconnect() -> None:
     h.daemon_joins()
     daemon_container_restarts(h)
     h.plumbing.fail = "no network namespace holds the daemon's address"
-    h.daemon.start(fresh=True)
+    h.daemon.start()
     h.clock.advance(2)
     assert h.driver.endpoints[D2].pending and h.plumbing.adopted == []
     h.plumbing.fail = None
@@ -825,7 +843,7 @@ def test_restart_restores_networks_and_endpoints() -> None:
     assert daemon.connects[-1] == (PID, ["172.21.0.1/16"])
     assert second.ok("/NetworkDriver.Leave", ids(WORK_EP)) == {}
     assert second.ok("/NetworkDriver.DeleteEndpoint", ids(WORK_EP)) == {}
-    assert WORK_EP not in daemon.endpoints
+    assert WORK_EP not in daemon.core.endpoints
     answer = second.workload_joins(endpoint="w3" * 32, address="172.21.0.6/16")
     assert answer["StaticRoutes"][0]["NextHop"] == "172.21.0.2"
 
@@ -899,7 +917,7 @@ def test_killed_in_delete_endpoint_before_saving_converges() -> None:
     h.network()
     h.daemon_joins()
     interface = h.workload_joins() and h.driver.endpoints[WORK_EP].interface
-    assert interface == "tp-fake00000002"  # Docker moved it into the container
+    assert interface == container_end(h, WORK_EP)  # Docker moved it into the container
     assert h.ok("/NetworkDriver.Leave", ids(WORK_EP)) == {}
     h.netlink.arrive(interface)  # Docker hands it back as the container leaves
     h.saves.stuck = True
@@ -913,7 +931,7 @@ def test_killed_in_delete_endpoint_before_saving_converges() -> None:
     again.clock.advance(SETTLE)  # still there a second later: it left its container
     assert WORK_EP not in again.driver.endpoints
     assert set(again.store.load()["endpoints"]) == {DAEMON_EP}
-    assert WORK_EP not in h.daemon.endpoints  # the daemon was told
+    assert WORK_EP not in h.daemon.core.endpoints  # the daemon was told
     assert again.clock.getDelayedCalls() == []  # settled: no more looking
 
 
@@ -977,9 +995,10 @@ def test_an_address_docker_gives_again_retires_the_stale_endpoint() -> None:
     assert set(h.store.load()["endpoints"]) == {DAEMON_EP, other}
 
     # A join handed the same veth end as a kept endpoint's (a daemon reusing the pair).
-    h.driver.endpoints[DAEMON_EP].interface = "tp-fake00000003"
+    reused = container_end(h, other)
+    h.driver.endpoints[DAEMON_EP].interface = reused
     assert h.ok("/NetworkDriver.Join", ids(other)) and (
-        h.driver.endpoints[other].interface == "tp-fake00000003"
+        h.driver.endpoints[other].interface == reused
     )
     assert set(h.store.load()["endpoints"]) == {other}
 

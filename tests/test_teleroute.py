@@ -24,9 +24,9 @@ from telenet.core.netip import decode_addr, decode_network, encode_addr, encode_
 from telenet.teleroute.proto import teleroute_pb2 as pb
 from telenet.teleroute.proto import teleroute_pb2_grpc as pb_grpc
 from telenet.teleroute.service import (
+    CoreRefusal,
     GrpcServerService,
-    Teleroute,
-    TelerouteError,
+    TelerouteCore,
     random_mac,
     veth_name,
 )
@@ -70,7 +70,7 @@ class Harness:
         self.netlink = MemoryNetlink(processes={PID})
         self.routes: set[Any] = set()
         counter = itertools.count()
-        self.core = Teleroute(
+        self.core = TelerouteCore(
             self.netlink,
             lambda: self.routes,
             random_bytes=lambda n: bytes([next(counter) % 256] * n),
@@ -105,12 +105,12 @@ def h() -> Harness:
 
 def _code(d: Any) -> tuple[grpc.StatusCode, str]:
     error = failure_of(d).value
-    assert isinstance(error, TelerouteError)
+    assert isinstance(error, CoreRefusal)
     return error.code, error.message
 
 
 def _raises(f: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(TelerouteError) as info:
+    with pytest.raises(CoreRefusal) as info:
         f()
     return info.value.code, info.value.message
 
@@ -144,7 +144,7 @@ def test_start_makes_bridge() -> None:
     """Starting takes over (or makes) br-daemon, up."""
     nl = MemoryNetlink()
     result_of(nl.ensure_bridge("br-daemon"))
-    result_of(Teleroute(nl, set).start())
+    result_of(TelerouteCore(nl, set).start())
     assert nl.links_by_name["br-daemon"].up
     assert [c[0] for c in nl.calls] == ["ensure_bridge", "ensure_bridge"]
 

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from telenet.netplugin.driverbase import DriverBase
 from telenet.netplugin.plumbing import PlumbingError
 from telenet.netplugin.records import PluginEndpoint, PluginNetwork
-from telenet.teleroute.client import TelerouteError
+from telenet.teleroute.interfaces import TelerouteError
 from telenet.teleroute.proto import teleroute_pb2
 
 log = Logger()

@@ -21,7 +21,7 @@ from telenet.core.dockerplugin import JSONObject, PluginError, field
 from telenet.netplugin.endpoints import EndpointCallsMixin
 from telenet.netplugin.options import parse_gateways, parse_network_options
 from telenet.netplugin.records import PluginNetwork
-from telenet.teleroute.client import TelerouteError
+from telenet.teleroute.interfaces import TelerouteError
 
 log = Logger()
 

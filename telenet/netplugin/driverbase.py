@@ -27,12 +27,8 @@ from telenet.netplugin.interfaces import IEndpointPlumbing
 from telenet.netplugin.link import CALL_TIMEOUT, RETRY_POLICY, DaemonLink, own_host_pid
 from telenet.netplugin.records import PluginEndpoint, PluginNetwork
 from telenet.netplugin.sweep import EndpointSweep
-from telenet.teleroute.client import (
-    ClientFactory,
-    ITelerouteClient,
-    TelerouteError,
-    grpc_target,
-)
+from telenet.teleroute.client import grpc_target
+from telenet.teleroute.interfaces import ClientFactory, ITelerouteClient, TelerouteError
 from telenet.teleroute.proto import teleroute_pb2
 
 log = Logger()

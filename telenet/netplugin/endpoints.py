@@ -23,7 +23,8 @@ from telenet.netplugin.daemonendpoint import DaemonEndpointMixin
 from telenet.netplugin.options import _parse_cidr, join_answer
 from telenet.netplugin.reconcile import ReconcileMixin
 from telenet.netplugin.records import PluginEndpoint, PluginNetwork
-from telenet.teleroute.client import TelerouteError, grpc_target
+from telenet.teleroute.client import grpc_target
+from telenet.teleroute.interfaces import TelerouteError
 from telenet.teleroute.proto import teleroute_pb2
 
 log = Logger()

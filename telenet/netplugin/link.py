@@ -23,12 +23,12 @@ from twisted.python.failure import Failure
 
 from telenet.core.reconnect import GaveUp, Reconnector
 from telenet.netplugin.options import DaemonAddress
-from telenet.teleroute.client import (
+from telenet.teleroute.client import grpc_target
+from telenet.teleroute.interfaces import (
     ClientFactory,
     ConnectSession,
     ITelerouteClient,
     TelerouteError,
-    grpc_target,
 )
 from telenet.teleroute.proto import teleroute_pb2
 

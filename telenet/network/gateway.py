@@ -40,7 +40,7 @@ class BridgeGateway(service.Service):
     """
     Waits for the daemon's IPv4 address on a link named ``prefix``N, then makes ``bridge``
     the gateway (see the module docstring). ``daemon_address`` is a
-    ``Teleroute.on_daemon_address`` listener.
+    ``TelerouteCore.on_daemon_address`` listener.
 
     Looks every ``interval`` seconds; a failing switch is tried again ``retry_after`` later;
     past ``patience`` seconds from the address it gives up (``telenet.core.reconnect``).

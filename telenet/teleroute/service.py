@@ -11,8 +11,8 @@ subnets via the daemon's own address on the teleroute network.
 Behaviour and status codes follow Go Telepresence's daemon (docs/daemon.md, "Behaviour"), so
 a Go plug-in works with this daemon. Two layers:
 
-- ``Teleroute``: the logic, Twisted-native (Deferred-returning, against ``INetlink``), raising
-  ``TelerouteError`` with a gRPC status code;
+- ``TelerouteCore``: the logic, Twisted-native (Deferred-returning, against ``INetlink``), raising
+  ``CoreRefusal`` with a gRPC status code;
 - ``TelerouteServicer``: the grpc.aio servicer, a thin adapter; ``GrpcServerService`` runs it.
 """
 
@@ -56,8 +56,11 @@ RandomBytes = Callable[[int], bytes]
 AddressListener = Callable[[Address | None, Address | None], None]
 
 
-class TelerouteError(Exception):
-    """A failed call, with the gRPC status code the peer gets."""
+class CoreRefusal(Exception):
+    """
+    The core refuses a call: the gRPC status code and message the peer gets (a plug-in sees
+    them as ``telenet.teleroute.interfaces.TelerouteError``).
+    """
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
@@ -107,16 +110,16 @@ def _decode_addr(data: bytes, field: str, version: int) -> Address | None:
     try:
         addr = decode_addr(data)
     except NetipError as e:
-        raise TelerouteError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {field}: {e}") from e
+        raise CoreRefusal(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {field}: {e}") from e
     if addr is not None and addr.version != version:
-        raise TelerouteError(
+        raise CoreRefusal(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"invalid {field}: {addr} is not an IPv{version} address",
         )
     return addr
 
 
-class Teleroute:
+class TelerouteCore:
     """
     I keep the daemon's teleroute state: the connected plug-in's pid and gateways, the
     endpoints, and the veth pairs, cached by container address and reused (Docker hands the
@@ -207,9 +210,7 @@ class Teleroute:
             try:
                 gateway = decode_prefix(raw)
             except NetipError as e:
-                raise TelerouteError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"invalid gateway: {e}"
-                ) from e
+                raise CoreRefusal(grpc.StatusCode.INVALID_ARGUMENT, f"invalid gateway: {e}") from e
             if gateway is not None:
                 gateways.append(gateway)
         self.pid = request.pid
@@ -226,7 +227,7 @@ class Teleroute:
 
     async def _create(self, request: teleroute_pb2.CreateEndpointRequest) -> None:
         if self.stopping:
-            raise TelerouteError(grpc.StatusCode.UNAVAILABLE, "the daemon is stopping")
+            raise CoreRefusal(grpc.StatusCode.UNAVAILABLE, "the daemon is stopping")
         ipv4 = _decode_addr(request.addr_ipv4, "addr_ipv4", 4)
         ipv6 = _decode_addr(request.addr_ipv6, "addr_ipv6", 6)
         if request.daemon:
@@ -243,11 +244,11 @@ class Teleroute:
                     log.failure("Daemon address listener failed")
         key = ipv4 or ipv6
         if key is None:
-            raise TelerouteError(
+            raise CoreRefusal(
                 grpc.StatusCode.INVALID_ARGUMENT, "neither IPv4 nor IPv6 address provided"
             )
         if request.id in self.endpoints:
-            raise TelerouteError(
+            raise CoreRefusal(
                 grpc.StatusCode.ALREADY_EXISTS, f"endpoint {request.id} already exists"
             )
         # Docker gives an address to one live endpoint only: an endpoint we still hold with
@@ -297,13 +298,13 @@ class Teleroute:
             try:
                 address = decode_prefix(raw)
             except NetipError as e:
-                raise TelerouteError(
+                raise CoreRefusal(
                     grpc.StatusCode.INVALID_ARGUMENT, f"invalid interface address: {e}"
                 ) from e
             if address is not None:
                 addresses.append(address)
         if not addresses:
-            raise TelerouteError(
+            raise CoreRefusal(
                 grpc.StatusCode.INVALID_ARGUMENT, "in_daemon_netns needs interface_addresses"
             )
         await self._forget_pair(key)
@@ -349,7 +350,7 @@ class Teleroute:
             )
             del self.pairs[key]
         if self.pid <= 0:
-            raise TelerouteError(
+            raise CoreRefusal(
                 grpc.StatusCode.INTERNAL,
                 "no teleroute plug-in has connected (no pid to move the veth to)",
             )
@@ -371,7 +372,7 @@ class Teleroute:
     def _endpoint(self, endpoint_id: str) -> Endpoint:
         endpoint = self.endpoints.get(endpoint_id)
         if endpoint is None:
-            raise TelerouteError(grpc.StatusCode.NOT_FOUND, f"endpoint {endpoint_id} not found")
+            raise CoreRefusal(grpc.StatusCode.NOT_FOUND, f"endpoint {endpoint_id} not found")
         return endpoint
 
     def join(
@@ -391,13 +392,13 @@ class Teleroute:
             routes = sorted(self.routes(), key=lambda n: (n.version, n))
             if any(r.version == 4 for r in routes):
                 if self.daemon_ipv4 is None:
-                    raise TelerouteError(
+                    raise CoreRefusal(
                         grpc.StatusCode.INTERNAL, "IPv4 is not enabled for the teleroute network"
                     )
                 response.via_ip_v4 = encode_addr(self.daemon_ipv4)
             if any(r.version == 6 for r in routes):
                 if self.daemon_ipv6 is None:
-                    raise TelerouteError(
+                    raise CoreRefusal(
                         grpc.StatusCode.INTERNAL, "IPv6 is not enabled for the teleroute network"
                     )
                 response.via_ip_v6 = encode_addr(self.daemon_ipv6)
@@ -435,17 +436,23 @@ class Teleroute:
         }
 
 
+def peer_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and message a peer gets for ``error``: a refusal's own, else INTERNAL."""
+    if isinstance(error, CoreRefusal):
+        return error.code, error.message
+    return grpc.StatusCode.INTERNAL, str(error) or type(error).__name__
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
-    if isinstance(error, TelerouteError):
-        await context.abort(error.code, error.message)
-    log.failure("teleroute call failed")
-    await context.abort(grpc.StatusCode.INTERNAL, str(error) or type(error).__name__)
+    if not isinstance(error, CoreRefusal):
+        log.failure("teleroute call failed")
+    await context.abort(*peer_status(error))
 
 
 class TelerouteServicer(teleroute_pb2_grpc.TelerouteServicer):
-    """The grpc.aio adapter over ``Teleroute``: status codes from ``TelerouteError``."""
+    """The grpc.aio adapter over ``TelerouteCore``: status codes from ``CoreRefusal``."""
 
-    def __init__(self, core: Teleroute) -> None:
+    def __init__(self, core: TelerouteCore) -> None:
         self.core = core
 
     async def Connect(
@@ -520,7 +527,7 @@ class GrpcServerService(service.Service):
 
     def __init__(
         self,
-        core: Teleroute,
+        core: TelerouteCore,
         addresses: list[str],
         grace: float = 1.0,
         on_fatal: Callable[[], None] | None = None,

@@ -1,58 +1,69 @@
 """
-A memory fake of a daemon's teleroute service, for unit tests of the network plug-in.
+A teleroute daemon for unit tests of the network plug-in: the daemon's real core over a
+memory netlink, reached through a thin ``ITelerouteClient``.
 
-``MemoryTeleroute`` keeps the books the daemon keeps (docs/daemon.md: endpoints, the daemon's own
-addresses, routes, the last Connect's pid and gateways) and answers with the daemon's status
-codes. ``MemoryTeleroute.client`` is an ``ITelerouteClient`` factory for ``NetworkDriver``;
-``MemoryPlumbing`` stands in for moving interfaces between namespaces.
+``MemoryTeleroute`` runs ``telenet.teleroute.service.TelerouteCore`` over a ``MemoryNetlink``;
+its books, veth pairs and status codes are the daemon's own. It adds only what tests need to
+steer and watch the daemon from outside: recorded calls, unreachable, hanging or failing
+methods, stops and restarts. ``MemoryTeleroute.client`` is the ``ClientFactory`` to give
+``NetworkDriver``. ``MemoryPlumbing`` stands in for moving interfaces between namespaces.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
-import attrs
 import grpc
 from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from telenet.core.netip import Network
 from telenet.netplugin.plumbing import IEndpointPlumbing, PlumbingError
-from telenet.teleroute.client import ConnectSession, ITelerouteClient, TelerouteError, grpc_target
+from telenet.teleroute.client import grpc_target
+from telenet.teleroute.interfaces import ConnectSession, ITelerouteClient, TelerouteError
 from telenet.teleroute.proto import teleroute_pb2
+from telenet.teleroute.service import TelerouteCore, peer_status
+from telenet.testing.netlink import MemoryNetlink
+
+log = Logger()
 
 StatusCode = grpc.StatusCode
 
 
-def _addr(data: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    if not data:
-        return None
-    if len(data) not in (4, 16):
-        raise TelerouteError(StatusCode.INVALID_ARGUMENT, f"bad address bytes {data!r}")
-    return ipaddress.ip_address(data)
+def _counting_bytes() -> Callable[[int], bytes]:
+    """Stand-in for ``os.urandom``: distinct and repeatable, so veth names are too."""
+    count = 0
+
+    def next_bytes(n: int) -> bytes:
+        nonlocal count
+        count += 1
+        return count.to_bytes(n, "big")
+
+    return next_bytes
 
 
-@attrs.define
-class FakeEndpoint:
-    id: str
-    ipv4: str
-    ipv6: str
-    daemon: bool
-    veth: str
-    #: Set up by the daemon in its own netns (``in_daemon_netns``).
-    own: bool = False
+def _refused(failure: Failure) -> Failure:
+    """What the client sees of a failed core call: the status the servicer would send."""
+    code, message = peer_status(failure.value)
+    return Failure(TelerouteError(code, message))
 
 
 @implementer(ITelerouteClient)
 class MemoryTelerouteClient:
-    """A client of a ``MemoryTeleroute``; ``calls`` of the daemon are recorded there."""
+    """A client of a ``MemoryTeleroute``; its calls are recorded in the daemon's ``calls``."""
 
     def __init__(self, daemon: MemoryTeleroute, host: str, port: int) -> None:
         self.daemon = daemon
         self.target = grpc_target(host, port)
         self.closed = False
+        self._sessions: list[ConnectSession] = []
 
-    def _check(self, method: str) -> defer.Deferred[Any] | None:
+    def _refusal(self, method: str) -> defer.Deferred[Any] | None:
+        """The test's answer to ``method`` when it overrides the daemon's, else None."""
         self.daemon.calls.append((method, self.target))
         if self.closed:
             return defer.fail(TelerouteError(StatusCode.CANCELLED, "client closed"))
@@ -60,202 +71,151 @@ class MemoryTelerouteClient:
             return defer.Deferred()
         if method in self.daemon.errors:
             return defer.fail(self.daemon.errors[method])
-        if not self.daemon.up:
+        if not self.daemon.up or self.daemon.core.stopping:
+            # A stopped daemon's server is gone with it (GrpcServerService.stopService).
             return defer.fail(
                 TelerouteError(StatusCode.UNAVAILABLE, f"failed to connect to {self.target}")
             )
         return None
 
+    def _call(self, method: str, call: Callable[[TelerouteCore], Any]) -> defer.Deferred[Any]:
+        refusal = self._refusal(method)
+        if refusal is not None:
+            return refusal
+        return defer.maybeDeferred(call, self.daemon.core).addErrback(_refused)
+
     def connect(
         self, request: teleroute_pb2.ConnectRequest, timeout: float
     ) -> defer.Deferred[ConnectSession]:
-        refused = self._check("Connect")
-        if refused is not None:
-            return refused
-        return defer.maybeDeferred(self.daemon.connect, request)
+        d = self._call("Connect", lambda core: self.daemon.open_session(core, request))
+        return d.addCallback(self._opened)
+
+    def _opened(self, session: ConnectSession) -> ConnectSession:
+        self._sessions.append(session)
+        return session
 
     def create_endpoint(
         self, request: teleroute_pb2.CreateEndpointRequest, timeout: float
     ) -> defer.Deferred[None]:
-        return self._check("CreateEndpoint") or defer.maybeDeferred(
-            self.daemon.create_endpoint, request
-        )
+        seen = self.daemon.as_received(request)
+        return self._call("CreateEndpoint", lambda core: core.create_endpoint(seen))
 
     def remove_endpoint(
         self, request: teleroute_pb2.EndpointIdentifier, timeout: float
     ) -> defer.Deferred[None]:
-        return self._check("RemoveEndpoint") or defer.maybeDeferred(
-            self.daemon.remove_endpoint, request
-        )
+        return self._call("RemoveEndpoint", lambda core: core.remove_endpoint(request))
 
     def join(
         self, request: teleroute_pb2.EndpointIdentifier, timeout: float
     ) -> defer.Deferred[teleroute_pb2.JoinResponse]:
-        return self._check("Join") or defer.maybeDeferred(self.daemon.join, request)
+        return self._call("Join", lambda core: core.join(request))
 
     def leave(
         self, request: teleroute_pb2.EndpointIdentifier, timeout: float
     ) -> defer.Deferred[None]:
-        return self._check("Leave") or defer.maybeDeferred(self.daemon.leave, request)
+        return self._call("Leave", lambda core: core.leave(request))
 
     def close(self) -> defer.Deferred[None]:
+        # As the gRPC client does: closing cancels the streams this client opened.
         self.closed = True
+        for session in self._sessions:
+            session.cancel()
         return defer.succeed(None)
 
 
 class MemoryTeleroute:
     """
-    A teleroute daemon in memory.
+    A teleroute daemon in memory: ``core``, a real ``TelerouteCore`` over ``netlink``, a
+    ``MemoryNetlink`` standing for the daemon's network namespace. Read its books there.
 
-    ``up`` False makes every call fail UNAVAILABLE (a daemon not running); ``hang`` names calls
-    that never answer; ``errors`` maps call names to the error they fail with; ``restart()``
-    ends the streams and forgets everything, as a daemon container restart does; ``routes``
-    are the routed subnets (CIDR strings). ``own_interface`` makes it honour the telenet
-    extension ``in_daemon_netns`` (a telenet daemon); without it, it ignores the extension as
-    another daemon would. ``own_interfaces`` records (endpoint id, addresses) it set up.
+    ``routes`` are the routed subnets (CIDR strings, read at each Join). ``up`` False makes
+    every call fail UNAVAILABLE (a running daemon out of reach); ``hang`` names calls that
+    never answer; ``errors`` maps call names to the ``TelerouteError`` they fail with.
+    ``stop()`` stops the core as the daemon's shutdown does (its Connect streams end, its veth
+    pairs go) and leaves it unreachable; ``start()`` boots a new daemon, a fresh core in a
+    fresh namespace, as a daemon container restart does. Without ``own_interface`` the daemon
+    ignores the telenet extension ``in_daemon_netns`` (and its ``interface_addresses``), as
+    Go's daemon does, whose protocol lacks those fields.
+
+    Records: ``calls`` (method, target) of every call, ``connects`` (pid, gateways) of every
+    accepted Connect, ``sessions`` every Connect stream opened.
     """
 
     def __init__(self, routes: list[str] | None = None, own_interface: bool = False) -> None:
-        self.up = True
+        self.routes = list(routes or [])
         self.own_interface = own_interface
-        self.own_interfaces: list[tuple[str, list[str]]] = []
+        self.up = True
         self.hang: set[str] = set()
         self.errors: dict[str, TelerouteError] = {}
-        self.routes = list(routes or [])
         self.calls: list[tuple[str, str]] = []
-        self.sessions: list[ConnectSession] = []
-        self.clients: list[MemoryTelerouteClient] = []
         self.connects: list[tuple[int, list[str]]] = []
-        self.boots = 1
-        self._reset()
+        self.sessions: list[ConnectSession] = []
+        self._boot()
 
-    def _reset(self) -> None:
-        self.endpoints: dict[str, FakeEndpoint] = {}
-        self.daemon_ipv4: str = ""
-        self.daemon_ipv6: str = ""
-        self.gateways: list[str] = []
-        self.pid = 0
-        self._veths = 0
+    def _boot(self) -> None:
+        self.netlink = MemoryNetlink()
+        self.core = TelerouteCore(
+            self.netlink,
+            self._routed,
+            name="memory-daemon",
+            version="v0.0.0",
+            random_bytes=_counting_bytes(),
+        )
+        self.core.start().addErrback(lambda f: log.failure("The memory daemon did not start", f))
+
+    def _routed(self) -> list[Network]:
+        return [ipaddress.ip_network(r) for r in self.routes]
 
     def client(self, host: str, port: int) -> MemoryTelerouteClient:
         """The ``ClientFactory`` to give the driver."""
-        c = MemoryTelerouteClient(self, host, port)
-        self.clients.append(c)
-        return c
+        return MemoryTelerouteClient(self, host, port)
 
     @property
     def open_sessions(self) -> list[ConnectSession]:
         return [s for s in self.sessions if s.is_open]
 
     def stop(self) -> None:
-        """The daemon goes away: its streams end, and it answers nothing until ``start``."""
-        self.up = False
-        for session in self.open_sessions:
-            session.end("the daemon ended the Connect stream")
+        """The daemon stops: its streams end, and it answers nothing until ``start``."""
+        self.core.stop().addErrback(lambda f: log.failure("The memory daemon did not stop", f))
 
-    def start(self, fresh: bool = True) -> None:
-        """The daemon is back; a fresh one remembers nothing of the last."""
-        self.up = True
-        if fresh:
-            self.boots += 1
-            self._reset()
+    def start(self) -> None:
+        """A new daemon starts, remembering nothing of the last."""
+        if not self.core.stopping:
+            self.stop()
+        self._boot()
 
     def restart(self) -> None:
         self.stop()
         self.start()
 
-    # -- the service
+    # -- what the client adapter asks of the daemon
 
-    def connect(self, request: teleroute_pb2.ConnectRequest) -> ConnectSession:
-        gateways = []
-        for raw in request.gateways:
-            if len(raw) not in (5, 17):
-                raise TelerouteError(StatusCode.INVALID_ARGUMENT, "bad gateway prefix")
-            gateways.append(f"{ipaddress.ip_address(raw[:-1])}/{raw[-1]}")
-        self.pid = request.pid
-        self.gateways = gateways
-        self.connects.append((request.pid, gateways))
-        session = ConnectSession({"name": "memory-daemon", "version": "v0.0.0"}, lambda: None)
+    def as_received(
+        self, request: teleroute_pb2.CreateEndpointRequest
+    ) -> teleroute_pb2.CreateEndpointRequest:
+        """The request as this daemon decodes it: a Go daemon never sees the extension."""
+        if self.own_interface:
+            return request
+        seen = teleroute_pb2.CreateEndpointRequest()
+        seen.CopyFrom(request)
+        seen.ClearField("in_daemon_netns")
+        seen.ClearField("interface_addresses")
+        return seen
+
+    def open_session(
+        self, core: TelerouteCore, request: teleroute_pb2.ConnectRequest
+    ) -> ConnectSession:
+        """Connect, as the servicer serves it: the core's Info, held open until it stops."""
+        info = core.connect(request)
+        self.connects.append((core.pid, [str(g) for g in core.gateways]))
+        stopping = core.when_stopping()
+        session = ConnectSession(dict(info.info), stopping.cancel)
+        stopping.addCallbacks(
+            lambda _: session.end("the daemon ended the Connect stream"),
+            lambda f: f.trap(defer.CancelledError),
+        )
         self.sessions.append(session)
         return session
-
-    def create_endpoint(self, request: teleroute_pb2.CreateEndpointRequest) -> None:
-        v4, v6 = _addr(request.addr_ipv4), _addr(request.addr_ipv6)
-        if request.daemon:
-            self.daemon_ipv4 = str(v4) if v4 else ""
-            self.daemon_ipv6 = str(v6) if v6 else ""
-        if v4 is None and v6 is None:
-            raise TelerouteError(
-                StatusCode.INVALID_ARGUMENT, "neither IPv4 nor IPv6 address provided"
-            )
-        if request.id in self.endpoints:
-            raise TelerouteError(StatusCode.ALREADY_EXISTS, f"endpoint {request.id} already exists")
-        self._veths += 1
-        own = self.own_interface and request.daemon and request.in_daemon_netns
-        self.endpoints[request.id] = FakeEndpoint(
-            request.id,
-            str(v4 or ""),
-            str(v6 or ""),
-            request.daemon,
-            "tpd-0" if own else f"tp-fake{self._veths:08d}",
-            own,
-        )
-        if own:
-            self.own_interfaces.append(
-                (
-                    request.id,
-                    [
-                        f"{ipaddress.ip_address(raw[:-1])}/{raw[-1]}"
-                        for raw in request.interface_addresses
-                    ],
-                )
-            )
-
-    def _get(self, endpoint_id: str) -> FakeEndpoint:
-        endpoint = self.endpoints.get(endpoint_id)
-        if endpoint is None:
-            raise TelerouteError(StatusCode.NOT_FOUND, f"endpoint {endpoint_id} not found")
-        return endpoint
-
-    def join(self, request: teleroute_pb2.EndpointIdentifier) -> teleroute_pb2.JoinResponse:
-        endpoint = self._get(request.id)
-        response = teleroute_pb2.JoinResponse(
-            interface_src_name=endpoint.veth,
-            interface_dst_prefix="tpd-",
-            interface_in_daemon_netns=endpoint.own,
-        )
-        if not endpoint.daemon:
-            networks = [ipaddress.ip_network(r) for r in self.routes]
-            for n in networks:
-                response.routes.append(n.network_address.packed + bytes([n.prefixlen]))
-            if any(n.version == 4 for n in networks):
-                if not self.daemon_ipv4:
-                    raise TelerouteError(
-                        StatusCode.INTERNAL, "IPv4 is not enabled for the teleroute network"
-                    )
-                response.via_ip_v4 = ipaddress.ip_address(self.daemon_ipv4).packed
-            if any(n.version == 6 for n in networks):
-                if not self.daemon_ipv6:
-                    raise TelerouteError(
-                        StatusCode.INTERNAL, "IPv6 is not enabled for the teleroute network"
-                    )
-                response.via_ip_v6 = ipaddress.ip_address(self.daemon_ipv6).packed
-            response.via = response.via_ip_v6 or response.via_ip_v4
-        for gateway in self.gateways:
-            interface = ipaddress.ip_interface(gateway)
-            raw = interface.ip.packed + bytes([interface.network.prefixlen])
-            if interface.version == 4 and not response.gw_ip_v4:
-                response.gw_ip_v4 = raw
-            elif interface.version == 6 and not response.gw_ip_v6:
-                response.gw_ip_v6 = raw
-        return response
-
-    def leave(self, request: teleroute_pb2.EndpointIdentifier) -> None:
-        self._get(request.id)
-
-    def remove_endpoint(self, request: teleroute_pb2.EndpointIdentifier) -> None:
-        self._get(request.id)
-        del self.endpoints[request.id]
 
 
 @implementer(IEndpointPlumbing)
