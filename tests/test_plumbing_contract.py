@@ -3,10 +3,6 @@ IEndpointPlumbing's contract, asserted alike of ``MemoryPlumbing`` and of the re
 ``NetnsPlumbing`` (real ``ip`` and ``nsenter``) between two scratch network namespaces: the
 plug-in's (where the link starts; every command runs there) and the daemon container's (a
 sleeping process in it, its sandbox file under /run/netns, an address of its own).
-
-``MemoryPlumbing`` (telenet/testing/teleroute.py, another wing's file) does not yet know
-namespaces: it answers ``tpd-0`` to everything. The cases it gets wrong are marked xfail
-(strict) on its side until it does.
 """
 
 from __future__ import annotations
@@ -33,17 +29,6 @@ from tests.conftest import require
 NOWHERE = "/run/netns/tntest-gone"
 
 
-def needs_namespaces(setup: Setup, request: pytest.FixtureRequest) -> None:
-    """A case MemoryPlumbing cannot pass yet: expected to fail on its side (strictly)."""
-    if isinstance(setup.plumbing, MemoryPlumbing):
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="MemoryPlumbing knows no namespaces: always tpd-0, never an error",
-                strict=True,
-            )
-        )
-
-
 class Setup:
     """The plumbing, a way to make links on our side, and the daemon's namespace."""
 
@@ -53,7 +38,7 @@ class Setup:
         make_link: Callable[[], Awaitable[str]],
         sandbox: str,
         host: str,
-        inside: Callable[[], dict[str, set[str]]] | None,
+        inside: Callable[[], dict[str, set[str]]],
     ) -> None:
         self.plumbing, self.make_link = plumbing, make_link
         self.sandbox, self.host, self.inside = sandbox, host, inside
@@ -125,12 +110,18 @@ class Namespaces:
 @pytest_twisted.async_yield_fixture(params=["memory", pytest.param("netns", marks=pytest.mark.e2e)])
 async def setup(request: Any) -> AsyncIterator[Setup]:
     if request.param == "memory":
-        names = iter(range(1, 1000))
+        ours: list[str] = []
+        memory = MemoryPlumbing(lambda: ours)
+        namespace = memory.add_namespace("/run/netns/tntest-daemon", 4242, "198.18.0.1")
 
         async def fake_link() -> str:
-            return f"tnv{next(names)}"
+            ours.append(f"tnv{len(ours) + 1}")
+            return ours[-1]
 
-        yield Setup(MemoryPlumbing(), fake_link, "/run/netns/tntest-daemon", "198.18.0.1", None)
+        def fake_inside() -> dict[str, set[str]]:
+            return {name: cidrs(*addresses) for name, addresses in namespace.links.items()}
+
+        yield Setup(memory, fake_link, "/run/netns/tntest-daemon", "198.18.0.1", fake_inside)
         return
     require(os.geteuid() == 0, "moving links between namespaces needs root")
     for tool in ("ip", "nsenter"):
@@ -167,8 +158,7 @@ async def test_adopt_by_sandbox(setup: Setup) -> None:
     link = await setup.make_link()
     addresses = ["10.250.0.2/24", "fd00:250::2/64"]
     assert await setup.plumbing.adopt(link, setup.sandbox, setup.host, addresses) == "tpd-0"
-    if setup.inside is not None:
-        assert setup.inside() == {"tpd-0": cidrs(*addresses)}
+    assert setup.inside() == {"tpd-0": cidrs(*addresses)}
 
 
 @pytest_twisted.ensureDeferred
@@ -176,14 +166,12 @@ async def test_adopt_by_daemon_address(setup: Setup) -> None:
     """A sandbox not visible here: the namespace holding the daemon's address is used."""
     link = await setup.make_link()
     assert await setup.plumbing.adopt(link, NOWHERE, setup.host, ["10.250.0.3/24"]) == "tpd-0"
-    if setup.inside is not None:
-        assert setup.inside()["tpd-0"] == cidrs("10.250.0.3/24")
+    assert setup.inside()["tpd-0"] == cidrs("10.250.0.3/24")
 
 
 @pytest_twisted.ensureDeferred
-async def test_next_free_name(setup: Setup, request: pytest.FixtureRequest) -> None:
+async def test_next_free_name(setup: Setup) -> None:
     """Each adopted link takes the next tpd-N free in that namespace."""
-    needs_namespaces(setup, request)
     names = [
         await setup.plumbing.adopt(await setup.make_link(), setup.sandbox, setup.host, [])
         for _ in range(3)
@@ -192,9 +180,8 @@ async def test_next_free_name(setup: Setup, request: pytest.FixtureRequest) -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_no_namespace(setup: Setup, request: pytest.FixtureRequest) -> None:
+async def test_no_namespace(setup: Setup) -> None:
     """Neither the sandbox nor the daemon's address found: PlumbingError saying so."""
-    needs_namespaces(setup, request)
     link = await setup.make_link()
     with pytest.raises(PlumbingError) as caught:
         await setup.plumbing.adopt(link, NOWHERE, "198.51.100.254", [])
@@ -205,8 +192,7 @@ async def test_no_namespace(setup: Setup, request: pytest.FixtureRequest) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_missing_link(setup: Setup, request: pytest.FixtureRequest) -> None:
+async def test_missing_link(setup: Setup) -> None:
     """A link that is not on our side: PlumbingError naming the command that failed."""
-    needs_namespaces(setup, request)
     with pytest.raises(PlumbingError, match=r"^ip link set dev tntest-nolink netns \d+ failed"):
         await setup.plumbing.adopt("tntest-nolink", setup.sandbox, setup.host, [])

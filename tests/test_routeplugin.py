@@ -34,6 +34,8 @@ NET = "87f14d808098b20935e8854c7d9ae44dd724450a519e659c8689c05c3cc79620"
 DAEMON_EP = "003a7ebf0bc7b596dd6b0941a246fc3a4d8bfb02f72f7eddf5b202c2e0d5f48d"
 WORK_EP = "30b306bd1f074c9b216677b2665fbbd15b7173c9c2ebd376294f0894ae99c90a"
 PID = 4242
+#: The daemon container's address on the default bridge (the network's "host" option).
+DAEMON_HOST = "172.17.0.2"
 
 
 def create_network_body(
@@ -43,7 +45,7 @@ def create_network_body(
         "NetworkID": NET,
         "Options": {
             "com.docker.network.enable_ipv6": v6 is not None,
-            "com.docker.network.generic": {"host": "172.17.0.2", "port": "4039"}
+            "com.docker.network.generic": {"host": DAEMON_HOST, "port": "4039"}
             if generic is None
             else generic,
             "com.docker.network.internal": True,
@@ -96,7 +98,13 @@ class Harness:
         self.clock = task.Clock()
         self.store = store or MemoryStateStore()
         self.daemon = daemon or MemoryTeleroute(routes=["10.123.0.0/16"])
-        self.plumbing = MemoryPlumbing()
+        # The links the plug-in can move are the veth ends the daemon moved to the plug-in's
+        # namespace (its Connect pid); the restarted daemon container's namespace (SANDBOX)
+        # is visible, holding the daemon's address.
+        self.plumbing = MemoryPlumbing(
+            lambda: (name for name, pid in self.daemon.netlink.moved.items() if pid == PID)
+        )
+        self.plumbing.add_namespace(SANDBOX, 4321, DAEMON_HOST)
         #: The plug-in's own network namespace (the host's).
         self.netlink = netlink or MemoryNetlink()
         self.saves = Saves()

@@ -113,7 +113,7 @@ def find_pid_in_sandbox(sandbox_key: str, proc: str = "/proc") -> int | None:
     return None
 
 
-def _next_free(names: set[str]) -> str:
+def next_free_name(names: set[str]) -> str:
     n = 0
     while f"{INTERFACE_PREFIX}{n}" in names:
         n += 1
@@ -164,7 +164,7 @@ class NetnsPlumbing:
                 f"(and the sandbox {sandbox_key or '?'} is not visible here)"
             )
         try:
-            name = _next_free(link_names(pid, self._proc))
+            name = next_free_name(link_names(pid, self._proc))
         except OSError as e:
             raise PlumbingError(f"cannot list the links of process {pid}: {e}") from e
         await self._command("ip", "link", "set", "dev", link, "netns", str(pid))

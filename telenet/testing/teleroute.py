@@ -12,9 +12,10 @@ methods, stops and restarts. ``MemoryTeleroute.client`` is the ``ClientFactory``
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import attrs
 import grpc
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -22,7 +23,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from telenet.core.netip import Network
-from telenet.netplugin.plumbing import IEndpointPlumbing, PlumbingError
+from telenet.netplugin.interfaces import IEndpointPlumbing
+from telenet.netplugin.plumbing import PlumbingError, next_free_name
 from telenet.teleroute.client import grpc_target
 from telenet.teleroute.interfaces import ConnectSession, ITelerouteClient, TelerouteError
 from telenet.teleroute.proto import teleroute_pb2
@@ -218,18 +220,65 @@ class MemoryTeleroute:
         return session
 
 
+@attrs.define
+class MemoryNamespace:
+    """A network namespace ``MemoryPlumbing`` can see: its process, addresses and links."""
+
+    pid: int
+    addresses: set[str]
+    #: Link name to the addresses it was given.
+    links: dict[str, list[str]] = attrs.field(factory=dict)
+
+
 @implementer(IEndpointPlumbing)
 class MemoryPlumbing:
-    """An ``IEndpointPlumbing`` that records what it was asked; ``fail`` makes it refuse."""
+    """
+    An ``IEndpointPlumbing`` over namespaces kept in memory, refusing what ``NetnsPlumbing``
+    refuses (tests/test_plumbing_contract.py holds them alike).
 
-    def __init__(self) -> None:
+    ``our_links`` names the links on the plug-in's side; ``add_namespace`` makes a daemon's
+    namespace visible by its sandbox key. ``adopted`` records every move; ``fail`` makes every
+    adoption refuse with that message.
+    """
+
+    def __init__(self, our_links: Callable[[], Iterable[str]]) -> None:
+        self._our_links = our_links
+        self.namespaces: dict[str, MemoryNamespace] = {}
         self.adopted: list[tuple[str, str, str, list[str]]] = []
         self.fail: str | None = None
+
+    def add_namespace(self, sandbox_key: str, pid: int, *addresses: str) -> MemoryNamespace:
+        namespace = MemoryNamespace(pid, set(addresses))
+        self.namespaces[sandbox_key] = namespace
+        return namespace
+
+    def _find(self, sandbox_key: str, daemon_host: str) -> MemoryNamespace | None:
+        if sandbox_key in self.namespaces:
+            return self.namespaces[sandbox_key]
+        holding = (n for n in self.namespaces.values() if daemon_host in n.addresses)
+        return next(holding, None)
 
     def adopt(
         self, link: str, sandbox_key: str, daemon_host: str, addresses: list[str]
     ) -> defer.Deferred[str]:
         if self.fail is not None:
             return defer.fail(PlumbingError(self.fail))
+        namespace = self._find(sandbox_key, daemon_host)
+        if namespace is None:
+            return defer.fail(
+                PlumbingError(
+                    f"no network namespace holds the daemon's address {daemon_host} "
+                    f"(and the sandbox {sandbox_key or '?'} is not visible here)"
+                )
+            )
+        if link not in set(self._our_links()):
+            return defer.fail(
+                PlumbingError(
+                    f"ip link set dev {link} netns {namespace.pid} failed (1): "
+                    f'Cannot find device "{link}"'
+                )
+            )
+        name = next_free_name(set(namespace.links))
+        namespace.links[name] = list(addresses)
         self.adopted.append((link, sandbox_key, daemon_host, list(addresses)))
-        return defer.succeed("tpd-0")
+        return defer.succeed(name)
