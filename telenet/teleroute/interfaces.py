@@ -2,9 +2,9 @@
 The seam between the network plug-in and a daemon's teleroute service: ``ITelerouteClient``,
 its error ``TelerouteError`` and the ``ConnectSession`` it opens.
 
-``telenet.teleroute.client.GrpcTelerouteClient`` is the real client;
-``telenet.testing.teleroute.MemoryTeleroute`` gives the fake; tests/test_teleroute_client_contract.py
-holds them alike.
+``telenet.teleroute.client.GrpcTelerouteClient`` is the real client,
+``telenet.testing.teleroute.MemoryTeleroute`` gives the fake, and
+tests/test_teleroute_client_contract.py holds them alike.
 """
 
 from __future__ import annotations
