@@ -390,17 +390,15 @@ class RootedFilesystem:
         os.link(self._mutable_path(oldpath), self._mutable_path(newpath), follow_symlinks=False)
 
     def extendedRequest(self, extName: bytes, extData: bytes) -> bytes:
-        if extName == b"posix-rename@openssh.com":
+        two_paths = {
+            b"posix-rename@openssh.com": self.posixRename,
+            b"hardlink@openssh.com": self.hardLink,
+        }
+        if extName in two_paths:
             old, pos = get_string(extData, 0)
             new, pos = get_string(extData, pos)
             expect_end(extData, pos)
-            self.posixRename(old, new)
-            return b""
-        if extName == b"hardlink@openssh.com":
-            old, pos = get_string(extData, 0)
-            new, pos = get_string(extData, pos)
-            expect_end(extData, pos)
-            self.hardLink(old, new)
+            two_paths[extName](old, new)
             return b""
         if extName == b"statvfs@openssh.com":
             path, pos = get_string(extData, 0)
