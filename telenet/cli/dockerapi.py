@@ -487,6 +487,8 @@ class SDKDocker:
             labels=labels,
             enable_ipv6=ipv6,
             scope="local",
+            # Docker before API 1.44 makes a second network of the same name without it.
+            check_duplicate=True,
         )
         return str(created["Id"]), str(created.get("Warning") or "")
 
@@ -494,12 +496,24 @@ class SDKDocker:
         self._call(self.api.remove_network, network)
 
     def connect(self, network: str, container: str, driver_opts: dict[str, str] | None) -> None:
+        # Docker 20.10 accepts a container that has not started into a network that does not
+        # exist, and fails only at its start; say so now, as for a running one.
+        if self.network(network) is None:
+            raise NotFound(f"network {network} not found")
         self._call(
             self.api.connect_container_to_network, container, network, driver_opt=driver_opts
         )
 
     def disconnect(self, network: str, container: str) -> None:
-        self._call(self.api.disconnect_container_from_network, container, network, force=True)
+        try:
+            self._call(self.api.disconnect_container_from_network, container, network, force=True)
+        except NotFound:
+            raise
+        except DockerError:
+            # Docker 20.10 answers a network that does not exist with "not connected" (500).
+            if self.network(network) is None:
+                raise NotFound(f"network {network} not found") from None
+            raise
 
     def volumes(self, driver: str, label: str | None = None) -> list[dict[str, Any]]:
         filters = {"driver": driver, **({"label": label} if label else {})}
