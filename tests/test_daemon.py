@@ -250,8 +250,10 @@ CLIENT = textwrap.dedent("""
         out = {}
         async with grpc.aio.insecure_channel(f"{host}:4039") as channel:
             stub = pbg.TelerouteStub(channel)
+            # As the plug-in does (it reconnects with back-off), a first attempt that fails
+            # is tried again: the host's neighbour resolution on docker0 once failed here.
             stream = stub.Connect(pb.ConnectRequest(pid=pid, gateways=[
-                encode_prefix(ipaddress.ip_interface("172.30.0.1/16"))]))
+                encode_prefix(ipaddress.ip_interface("172.30.0.1/16"))]), wait_for_ready=True)
             out["info"] = dict((await stream.read()).info)
             for eid, addr, daemon in (("d" * 64, "172.30.0.2", True),
                                       ("w" * 64, "172.30.0.5", False)):
