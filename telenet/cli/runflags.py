@@ -292,16 +292,17 @@ class RemoteMount:
     readonly: bool
 
     @classmethod
-    def parse(cls, text: str) -> RemoteMount:
+    def parse(cls, text: str, what: str = "--remote-mount") -> RemoteMount:
+        """``PATH``, ``PATH:ro`` or ``PATH:rw``; the errors name ``what`` (the flag or key)."""
         path, readonly = text, False
         if text.endswith(":ro"):
             path, readonly = text[: -len(":ro")], True
         elif text.endswith(":rw"):
             path = text[: -len(":rw")]
         if not path.startswith("/"):
-            raise RunFlagsError(f"--remote-mount {text!r}: the path must be absolute")
+            raise RunFlagsError(f"{what} {text!r}: the path must be absolute")
         if ":" in path:
-            raise RunFlagsError(f"--remote-mount {text!r}: expected PATH or PATH:ro")
+            raise RunFlagsError(f"{what} {text!r}: expected PATH or PATH:ro")
         return cls(_clean(path), readonly)
 
 

@@ -44,6 +44,14 @@ from telenet.cli.runflags import (
     merge_remote_mounts,
     parse_run_args,
 )
+from telenet.cli.workload import (
+    WorkloadDNS,
+    check_agent,
+    check_container,
+    telemount_options,
+    teleroute_network,
+    workload_dns,
+)
 
 # Flags of `docker run` that `docker create` does not take: -d is telenet's to honour;
 # `docker start --attach` always proxies signals, and telenet stops the container on them.
@@ -116,15 +124,23 @@ class CreatePlan:
 
 
 def plan_create(
-    run: RunArgs, dns: str, extra_volumes: Sequence[str] = (), force_rm: bool = False
+    run: RunArgs,
+    dns: WorkloadDNS | str,
+    extra_volumes: Sequence[str] = (),
+    force_rm: bool = False,
 ) -> CreatePlan:
-    """The ``docker create`` argument list (after ``docker``) for ``docker run`` arguments."""
+    """
+    The ``docker create`` argument list (after ``docker``) for ``docker run`` arguments; ``dns``
+    is the connection's ``workload_dns`` (a string: that one server).
+    """
+    if isinstance(dns, str):
+        dns = WorkloadDNS(servers=(dns,))
     if run.image is None:
         raise CLIError("an image is required: docker run [OPTIONS] IMAGE [COMMAND] [ARG...]")
     detach = run.boolean("detach")
     if force_rm and detach:
         raise CLIError("an engagement runs attached: drop -d/--detach")
-    args = ["create", "--dns", dns]
+    args = ["create", *dns.create_flags()]
     if force_rm and not run.boolean("rm"):
         args.append("--rm")
     for volume in extra_volumes:
@@ -189,7 +205,7 @@ class WorkloadRunner:
                 f"the daemon of {conn.name} is not running: run telenet connect "
                 f"--docker --name {conn.name} again"
             )
-        if conn.network is None or conn.dns_ip() is None:
+        if conn.network is None or not workload_dns(conn).servers:
             raise CLIError(
                 f"the daemon is not on network {conn.name}: run telenet connect "
                 f"--docker --name {conn.name} again"
@@ -203,7 +219,7 @@ class WorkloadRunner:
         except RunFlagsError as e:
             raise CLIError(str(e)) from None
         conn = self._connection(name)
-        plan = plan_create(run, conn.dns_ip() or "")
+        plan = plan_create(run, workload_dns(conn))
         return self._run(conn, plan)
 
     def curl_image(self) -> str:
@@ -226,7 +242,7 @@ class WorkloadRunner:
         conn = self._connection(name)
         image = self.curl_image()
         run = parse_run_args(["--rm", "--entrypoint", "curl", image, *args])
-        return self._run(conn, plan_create(run, conn.dns_ip() or ""))
+        return self._run(conn, plan_create(run, workload_dns(conn)))
 
     def _run(self, conn: Connection, plan: CreatePlan) -> int:
         created = self.run_process(
@@ -240,12 +256,12 @@ class WorkloadRunner:
             raise CLIError("docker create printed no container id")
         container = lines[-1].strip()
         try:
-            self.docker.connect(conn.name, container, None)
+            self.docker.connect(teleroute_network(conn), container, None)
         except DockerError as e:
             if "already exists" not in str(e):
                 self.docker.remove_container(container)
                 raise CLIError(
-                    f"could not connect the container to network {conn.name}: {e}"
+                    f"could not connect the container to network {teleroute_network(conn)}: {e}"
                 ) from None
         if plan.detach:
             started = self.run_process([self.docker_cli, "start", container])
@@ -313,9 +329,8 @@ class WorkloadRunner:
             user_mounts = run.mounts()
         except RunFlagsError as e:
             raise CLIError(str(e)) from None
-        if not container or "/" in container:
-            raise CLIError(f"--container {container!r} is not a container name")
-        _check_agent(agent)
+        check_container(container)
+        check_agent(agent)
         conn = self._connection(name)
         if build is not None:
             image = self.build_image(build)
@@ -343,14 +358,9 @@ class WorkloadRunner:
                 self.probe(host, bridge, agent)
                 for i, mount in enumerate(kept):
                     volume = self._volume_name(f"{container}-{i}", bridge, driver, conn.name)
-                    options = {
-                        "host": host,
-                        "port": str(bridge),
-                        "container": container,
-                        "dir": mount.path,
-                    }
-                    if mount.readonly:
-                        options["ro"] = "true"
+                    options = telemount_options(
+                        host, bridge, container, mount.path, mount.readonly
+                    )
                     try:
                         self.docker.create_volume(
                             volume, driver, options, {LABEL_CONNECTION: conn.name}
@@ -360,7 +370,7 @@ class WorkloadRunner:
                     volumes.append(volume)
                     extra.append(f"{volume}:{mount.path}" + (":ro" if mount.readonly else ""))
                 self.sleep(self.connector.config.mount_completion_delay)
-            plan = plan_create(run, conn.dns_ip() or "", extra, force_rm=True)
+            plan = plan_create(run, workload_dns(conn), extra, force_rm=True)
             return self._run(conn, plan)
         finally:
             if volumes:
@@ -426,12 +436,6 @@ class WorkloadRunner:
         except DockerError:
             return False
         return True
-
-
-def _check_agent(agent: str) -> None:
-    host, sep, port = agent.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise CLIError(f"--agent {agent!r}: expected HOST:PORT, e.g. 10.96.0.20:8022")
 
 
 _SFTP_INIT = struct.pack(">IBI", 5, 1, 3)

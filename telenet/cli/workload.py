@@ -1,0 +1,79 @@
+# -*- test-case-name: tests.test_cli_runner,tests.test_compose_render -*-
+"""
+What a workload of a connection gets, whoever makes it: ``telenet docker-run``, ``curl``,
+``engage`` (``telenet.cli.runner``) and ``telenet compose`` (``telenet.cli.compose.render``).
+
+- the connection's teleroute network (``teleroute_network``), which the workload joins;
+- the daemon as DNS server, and the search domains (``workload_dns``): ``docker create --dns``
+  and a compose service's ``dns`` / ``dns_search`` come from the same value;
+- for an engagement, one telemount volume per remote mount, with the options
+  ``telemount_options`` spells (``host``, ``port``, ``container``, ``dir``, ``ro``);
+- the checks of an agent's address and an engaged container's name.
+
+One module, so that a container of ``docker-run`` and a compose service of the same connection
+resolve and mount alike.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from telenet.cli.connection import CLIError, Connection
+
+
+@attrs.frozen
+class WorkloadDNS:
+    """The DNS servers and search domains a workload of a connection is given."""
+
+    servers: tuple[str, ...]
+    search: tuple[str, ...] = ()
+
+    def create_flags(self) -> list[str]:
+        """The ``docker create`` flags: ``--dns S`` each, then ``--dns-search D`` each."""
+        flags: list[str] = []
+        for server in self.servers:
+            flags += ["--dns", server]
+        for domain in self.search:
+            flags += ["--dns-search", domain]
+        return flags
+
+
+def workload_dns(conn: Connection) -> WorkloadDNS:
+    """
+    The daemon's address on its teleroute network, and no search domain of telenet's own:
+    the workload keeps the search list Docker gives it (the host's), for docker-run and compose
+    alike.
+    """
+    address = conn.dns_ip()
+    return WorkloadDNS(servers=(address,) if address else ())
+
+
+def teleroute_network(conn: Connection) -> str:
+    """The Docker network a workload of the connection joins (it bears the connection's name)."""
+    return conn.name
+
+
+def telemount_options(
+    host: str, port: int, container: str, path: str, readonly: bool
+) -> dict[str, str]:
+    """
+    A telemount volume's driver options for the directory ``path`` of the engaged ``container``,
+    served through the bridge ``host:port`` (docs/telemount.md); ``ro`` only when read-only.
+    """
+    options = {"host": host, "port": str(port), "container": container, "dir": path}
+    if readonly:
+        options["ro"] = "true"
+    return options
+
+
+def check_agent(agent: str, what: str = "--agent") -> None:
+    """``HOST:PORT`` with a port in 1-65535; CLIError naming ``what`` otherwise."""
+    host, sep, port = agent.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CLIError(f"{what} {agent!r}: expected HOST:PORT, e.g. 10.96.0.20:8022")
+
+
+def check_container(container: str, what: str = "--container") -> None:
+    """An engaged container's name: its export directory on the agent, so no ``/``."""
+    if not container or "/" in container:
+        raise CLIError(f"{what} {container!r} is not a container name")
