@@ -358,9 +358,7 @@ class WorkloadRunner:
                 self.probe(host, bridge, agent)
                 for i, mount in enumerate(kept):
                     volume = self._volume_name(f"{container}-{i}", bridge, driver, conn.name)
-                    options = telemount_options(
-                        host, bridge, container, mount.path, mount.readonly
-                    )
+                    options = telemount_options(host, bridge, container, mount.path, mount.readonly)
                     try:
                         self.docker.create_volume(
                             volume, driver, options, {LABEL_CONNECTION: conn.name}
