@@ -54,12 +54,16 @@ def kube_context(environ: dict[str, str] | None = None) -> tuple[str, str]:
     return context, namespace
 
 
-def default_connection_name(environ: dict[str, str] | None = None) -> str:
+def default_connection_name(
+    environ: dict[str, str] | None = None, namespace: str | None = None
+) -> str:
     """
     Telepresence's default for a containerized daemon: ``<context>-<namespace>-cn`` from the
-    kubeconfig; ``in-cluster-<namespace>-cn`` when there is no current context.
+    kubeconfig; ``in-cluster-<namespace>-cn`` when there is no current context. ``namespace``
+    replaces the kubeconfig's (an ``x-tele`` connection's ``namespace``).
     """
-    context, namespace = kube_context(environ)
+    context, configured = kube_context(environ)
+    namespace = namespace or configured
     name = f"{context}-{namespace}" if context else f"in-cluster-{namespace}"
     return safe_name(name + "-cn")
 

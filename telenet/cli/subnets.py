@@ -57,14 +57,14 @@ def choose_subnet(blocked: Iterable[Network | str]) -> ipaddress.IPv4Network | N
 _CIDR = re.compile(r"^[0-9a-fA-F:.]+/\d+$")
 
 
-def check_subnet(text: str) -> str:
-    """A ``--subnet`` value, normalized; CLIError when it is not a CIDR."""
+def check_subnet(text: str, what: str = "--subnet") -> str:
+    """A ``--subnet`` value, normalized; CLIError (naming ``what``) when it is not a CIDR."""
     try:
         if not _CIDR.match(text):
             raise ValueError(text)
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise CLIError(f"--subnet {text!r} is not a CIDR like 10.96.0.0/12") from None
+        raise CLIError(f"{what} {text!r} is not a CIDR like 10.96.0.0/12") from None
     if network.prefixlen == 0:
-        raise CLIError("--subnet must not be a default route")
+        raise CLIError(f"{what} must not be a default route")
     return str(network)
