@@ -14,7 +14,15 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from telenet.core.processes import Processes, ProcessResult, spawner
+from telenet.core.processes import (
+    AttachedProcesses,
+    BlockingProcesses,
+    Processes,
+    ProcessResult,
+    run_attached,
+    run_blocking,
+    spawner,
+)
 from telenet.testing import FakeProcesses
 
 ECHO = "/bin/echo"
@@ -74,3 +82,57 @@ async def test_missing_program_fails_the_deferred(run: Processes) -> None:
     assert isinstance(d, defer.Deferred)
     with pytest.raises(FileNotFoundError):
         await d
+
+
+# -- BlockingProcesses and AttachedProcesses: the same answers, synchronously (the CLI's)
+
+
+@pytest.fixture(params=["real", "fake"])
+def blocking(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[BlockingProcesses, AttachedProcesses]]:
+    monkeypatch.setenv("TNTEST_MARK", "marked")
+    if request.param == "fake":
+        answers: dict[tuple[str, ...], Any] = {
+            (os.path.basename(argv[0]), *argv[1:]): result for argv, result in CASES
+        }
+        answers[(MISSING,)] = FileNotFoundError(2, "No such file or directory", MISSING)
+        fake = FakeProcesses(answers)
+        yield fake.blocking, fake.attached
+        return
+    if not os.path.exists(ECHO):
+        pytest.skip(f"{ECHO} is missing")
+    yield run_blocking, run_attached
+
+
+@pytest.mark.parametrize("argv,expected", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_blocking_result(
+    blocking: tuple[BlockingProcesses, AttachedProcesses],
+    argv: list[str],
+    expected: ProcessResult,
+) -> None:
+    """A blocking run's result is the same (stdout, stderr, exit code) as a Deferred's."""
+    run, _ = blocking
+    assert run(argv) == expected
+
+
+@pytest.mark.parametrize("argv,expected", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_attached_exit_code(
+    blocking: tuple[BlockingProcesses, AttachedProcesses],
+    argv: list[str],
+    expected: ProcessResult,
+) -> None:
+    """An attached run answers its exit code (its output went to ours)."""
+    _, attached = blocking
+    assert attached(argv) == expected[2]
+
+
+def test_blocking_missing_program_raises(
+    blocking: tuple[BlockingProcesses, AttachedProcesses],
+) -> None:
+    """A program that cannot be run raises its OSError, blocking or attached."""
+    run, attached = blocking
+    with pytest.raises(FileNotFoundError):
+        run([MISSING, "x"])
+    with pytest.raises(FileNotFoundError):
+        attached([MISSING, "x"])

@@ -12,6 +12,7 @@ one (as ``subprocess`` has it). A program that cannot be run fails the Deferred 
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 
 from twisted.internet import defer
@@ -22,6 +23,11 @@ from twisted.python.failure import Failure
 ProcessResult = tuple[bytes, bytes, int]
 #: Runs an argv list: a Deferred of its ``ProcessResult``.
 Processes = Callable[[list[str]], "defer.Deferred[ProcessResult]"]
+#: Runs an argv list to its end, synchronously (the CLI has no reactor): its ``ProcessResult``;
+#: a program that cannot be run raises its ``OSError``.
+BlockingProcesses = Callable[[list[str]], ProcessResult]
+#: Runs an argv list on this process's stdin, stdout and stderr: its exit code.
+AttachedProcesses = Callable[[list[str]], int]
 
 
 def spawner(reactor: IReactorProcess) -> Processes:
@@ -36,6 +42,25 @@ def spawner(reactor: IReactorProcess) -> Processes:
         return d.addErrback(_signalled)
 
     return run
+
+
+def run_blocking(argv: list[str]) -> ProcessResult:
+    """``BlockingProcesses``, the real one: no stdin, stdout and stderr captured."""
+    done = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    return done.stdout, done.stderr, done.returncode
+
+
+def run_attached(argv: list[str]) -> int:
+    """
+    ``AttachedProcesses``, the real one. The terminal's ^C reaches the program too (one
+    process group): the program decides what it means, and we wait for it to end.
+    """
+    program = subprocess.Popen(argv)
+    while True:
+        try:
+            return program.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 def _signalled(failure: Failure) -> ProcessResult:
