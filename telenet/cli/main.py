@@ -12,6 +12,8 @@ The ``telenet`` command line: Telepresence's ``--docker`` mode for telenet's plu
     telenet engage … --docker-build CONTEXT [--docker-build-opt KEY=VALUE ...] -- [docker run args]
     telenet engage … --docker-debug CONTEXT -- [docker run arguments]
     telenet quit [--name N | --use REGEX]
+    telenet compose [-f FILE ...] [--env-file F] [--profile P ...] [--project-name N]
+                    [--project-directory D] SUBCOMMAND [ARGS ...]
     telenet demo [--prefix P] [--keep]
     telenet demo-cluster up|down [--prefix P] [--output json]
 
@@ -38,13 +40,25 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
+from telenet.cli.compose.arguments import add_compose_parser, split_compose
 from telenet.cli.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
+    from telenet.cli.compose.command import ComposeCommand
     from telenet.cli.connector import Connector
     from telenet.cli.runner import WorkloadRunner
 
-COMMANDS = ("connect", "status", "docker-run", "curl", "engage", "quit", "demo", "demo-cluster")
+COMMANDS = (
+    "connect",
+    "status",
+    "docker-run",
+    "curl",
+    "engage",
+    "quit",
+    "compose",
+    "demo",
+    "demo-cluster",
+)
 FORMATS = ("text", "json", "yaml")
 
 
@@ -209,6 +223,8 @@ def _parser() -> argparse.ArgumentParser:
     quit_.add_argument("--name")
     quit_.add_argument("--use", metavar="REGEX", help="the one connection REGEX matches")
 
+    add_compose_parser(commands)
+
     demo = commands.add_parser("demo", help="the whole story against an embedded demo cluster")
     demo.add_argument(
         "--prefix",
@@ -229,7 +245,8 @@ def _parser() -> argparse.ArgumentParser:
 def _split(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """
     Arguments for argparse, and the raw docker run arguments (docker-run: all after the
-    command; engage: all after the first ``--``), which argparse must not see.
+    command; engage: all after the first ``--``; compose: all after its subcommand), which
+    argparse must not see.
     """
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
@@ -239,6 +256,8 @@ def _split(argv: list[str]) -> tuple[list[str], list[str] | None]:
         return argv, None
     if argv[i] in ("docker-run", "curl"):
         return argv[: i + 1], argv[i + 1 :]
+    if argv[i] == "compose":
+        return split_compose(argv, i)
     if argv[i] == "engage":
         rest = argv[i + 1 :]
         if "--" in rest:
@@ -365,6 +384,13 @@ def make_runner(connector: Connector, say: Callable[[str], None]) -> WorkloadRun
     return WorkloadRunner(connector, say=say)
 
 
+def make_compose(connector: Connector, say: Callable[[str], None]) -> ComposeCommand:
+    """The CLI's ComposeCommand (tests replace this to run main against fakes)."""
+    from telenet.cli.compose.command import ComposeCommand
+
+    return ComposeCommand(connector.docker, connector.lookup, say=say)
+
+
 def _dispatch(
     args: argparse.Namespace, docker_args: list[str], config: Config, out: _Output
 ) -> int:
@@ -373,6 +399,8 @@ def _dispatch(
     from telenet.cli.subnets import check_subnet
 
     connector = make_connector(config, out.say)
+    if args.command == "compose":
+        return _compose(connector, args, docker_args, out)
     connection = args.connection or os.environ.get("TELENET_CONNECTION") or None
     use = getattr(args, "use", None) or args.global_use
     if args.command == "connect":
@@ -558,6 +586,35 @@ def _run(
     if lines:
         result["container_id"] = lines[-1]
     out.emit(result)
+    return code
+
+
+def _compose(
+    connector: Connector, args: argparse.Namespace, compose_args: list[str], out: _Output
+) -> int:
+    """telenet compose: Compose's output is its own; with --format, telenet's object follows."""
+    from telenet.cli.compose.project import ComposeOptions
+    from telenet.cli.connection import CLIError
+
+    if args.subcommand is None:
+        raise CLIError("a subcommand is required (telenet compose --help lists them)")
+    options = ComposeOptions(
+        files=tuple(args.files),
+        env_files=tuple(args.env_files),
+        profiles=tuple(args.profiles),
+        project_name=args.project_name,
+        project_directory=args.project_directory,
+    )
+    code = make_compose(connector, out.say).main(options, args.subcommand, compose_args)
+    if out.machine:
+        out.emit(
+            {
+                "ok": code == 0,
+                "command": "compose",
+                "subcommand": args.subcommand,
+                "exit_code": code,
+            }
+        )
     return code
 
 

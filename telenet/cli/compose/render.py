@@ -88,7 +88,8 @@ def _networks(value: Any) -> list[Network]:
     return found
 
 
-def _overlapping(a: Iterable[str], b: Iterable[str]) -> list[tuple[str, str]]:
+def overlapping(a: Iterable[str], b: Iterable[str]) -> list[tuple[str, str]]:
+    """The pairs of subnets, one of each, that overlap (same IP version)."""
     pairs = []
     for x in _networks(a):
         for y in _networks(b):
@@ -147,7 +148,7 @@ def _check_routes(spec: ServiceSpec, facts: Facts) -> None:
     names = spec.connections
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
-            pairs = _overlapping(facts.connections[first].routes, facts.connections[second].routes)
+            pairs = overlapping(facts.connections[first].routes, facts.connections[second].routes)
             if pairs:
                 a, b = pairs[0]
                 raise ComposeError(
@@ -245,7 +246,7 @@ def _subnets(document: dict[str, Any], joined: list[str], used: list[str], facts
         ]
         blocked = routes + others + chosen
         existing = [s for s in facts.networks.get(docker_name, ()) if ":" not in s]
-        if existing and not _overlapping(existing[:1], blocked):
+        if existing and not overlapping(existing[:1], blocked):
             subnet: str | None = str(ipaddress.ip_network(existing[0], strict=False))
         else:
             found = choose_subnet(blocked)
