@@ -129,10 +129,12 @@ def parse_dotenv(text: str, path: str) -> dict[str, str]:
                 values[key] = os.environ[key]
             continue
         value = value.strip()
-        if value[:1] in ("'", '"') and value.endswith(value[0]) and len(value) > 1:
-            value = value[1:-1]
-            if raw.strip().partition("=")[2].strip()[:1] == '"':
-                value = value.replace("\\n", "\n").replace('\\"', '"')
+        quote = value[:1]
+        end = value.find(quote, 1) if quote in ("'", '"') else -1
+        if end > 0:
+            value = value[1:end]
+            if quote == '"':
+                value = value.replace("\\n", "\n")
         else:
             value = re.split(r"\s+#", value, maxsplit=1)[0].rstrip()
         values[key] = value

@@ -70,6 +70,12 @@ class Reset:
     def __repr__(self) -> str:
         return "RESET"
 
+    def __copy__(self) -> Reset:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Reset:
+        return self
+
 
 RESET = Reset()
 
