@@ -401,22 +401,51 @@ class _Blocks:
     service_seen: dict[str, Where] = attrs.field(factory=dict)
 
 
-def _read_blocks(documents: Iterable[SourceDocument], flavor: str, warn: Warn) -> _Blocks:
+def _service_nodes(document: SourceDocument) -> list[tuple[str, Node]]:
+    services = child(document.node, "services")
+    if not isinstance(services, MappingNode):
+        return []
+    return [(str(key.value), service) for key, service in services.value]
+
+
+def _telenet_levels(documents: list[SourceDocument]) -> tuple[Where | None, set[str]]:
+    """Where a top-level x-telenet is, if any file has one; the services that have one."""
+    top = None
+    services = set()
+    for document in documents:
+        node = child(document.node, TELENET_KEY)
+        if node is not None:
+            top = where_of(document.file, node)
+        services |= {n for n, s in _service_nodes(document) if child(s, TELENET_KEY) is not None}
+    return top, services
+
+
+def _read_blocks(
+    documents: Iterable[SourceDocument],
+    flavor: str,
+    warn: Warn,
+    skip_top: bool = False,
+    skip: Iterable[str] = (),
+) -> _Blocks:
+    """The blocks of ``flavor``, but the top-level one if ``skip_top`` and those of ``skip``."""
     blocks = _Blocks()
+    skip = set(skip)
     for document in documents:
         reader = _Reader(document.file, flavor, warn)
         node = child(document.node, flavor)
-        if node is not None:
+        if node is not None and skip_top:
+            warn(f"{reader.where(node)}: {flavor}: ignored, {TELENET_KEY} is given")
+        elif node is not None:
             blocks.top = _merge_block(blocks.top, reader.top(node), _top_lists)
             blocks.top_seen = reader.where(node)
-        services = child(document.node, "services")
-        if not isinstance(services, MappingNode):
-            continue
-        for key, service in services.value:
+        for name, service in _service_nodes(document):
             node = child(service, flavor)
             if node is None:
                 continue
-            name = str(key.value)
+            if name in skip:
+                where = f"{reader.where(node)}: services.{name}.{flavor}"
+                warn(f"{where}: ignored, {TELENET_KEY} is given")
+                continue
             block = reader.service(node, name)
             blocks.services[name] = _merge_block(blocks.services.get(name), block, _service_lists)
             blocks.service_seen[name] = reader.where(node)
@@ -434,12 +463,13 @@ def read_extension(
     project has; ComposeError (``FILE:LINE: key.path: …``) for anything wrong in it.
     """
     documents = list(documents)
+    telenet_top, telenet_services = _telenet_levels(documents)
     telenet = _read_blocks(documents, TELENET_KEY, warn)
-    tele = _read_blocks(documents, TELEPRESENCE_KEY, warn)
-    if telenet.top_seen is not None or tele.top_seen is None:
+    tele = _read_blocks(
+        documents, TELEPRESENCE_KEY, warn, telenet_top is not None, telenet_services
+    )
+    if telenet_top is not None or tele.top_seen is None:
         top, key = telenet.top, TELENET_KEY
-        if tele.top_seen is not None:
-            warn(f"{tele.top_seen}: {TELEPRESENCE_KEY}: ignored, {TELENET_KEY} is given")
     else:
         top, key = tele.top, TELEPRESENCE_KEY
     top = top or {}
@@ -448,11 +478,6 @@ def read_extension(
     specs: dict[str, ServiceSpec] = {}
     for service in services:
         flavor = TELENET_KEY if service in telenet.service_seen else TELEPRESENCE_KEY
-        if flavor == TELENET_KEY and service in tele.service_seen:
-            warn(
-                f"{tele.service_seen[service]}: services.{service}.{TELEPRESENCE_KEY}: ignored, "
-                f"{TELENET_KEY} is given"
-            )
         blocks = telenet if flavor == TELENET_KEY else tele
         block = blocks.services.get(service)
         if block is None:
