@@ -11,7 +11,7 @@ import pytest
 
 from telenet.cli.compose.extcheck import check_extension
 from telenet.cli.compose.extension import Extension, MountPolicy
-from telenet.cli.compose.extparse import read_extension
+from telenet.cli.compose.extmerge import read_extension
 from telenet.cli.compose.project import ComposeOptions, Project, load_project
 from telenet.cli.compose.source import ComposeError
 from telenet.cli.runflags import RemoteMount

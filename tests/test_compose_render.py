@@ -14,7 +14,7 @@ import pytest
 
 from telenet.cli.compose.command import dump
 from telenet.cli.compose.extension import Extension
-from telenet.cli.compose.extparse import read_extension
+from telenet.cli.compose.extmerge import read_extension
 from telenet.cli.compose.facts import FactsReader
 from telenet.cli.compose.project import ComposeOptions, Project, load_project
 from telenet.cli.compose.render import (

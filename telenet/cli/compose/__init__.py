@@ -6,7 +6,8 @@
 - ``merge.py``: several ``-f`` files merged as Compose merges them
 - ``project.py``: which files, the project's name and directory, ``.env``, profiles
 - ``extension.py``: the ``x-telenet`` extension (and Telepresence's ``x-tele``) as attrs values
-- ``extparse.py``: the extension read from the files' YAML nodes; ``FILE:LINE: key.path`` errors
+- ``extparse.py``: the extension read from a file's YAML nodes; ``FILE:LINE: key.path`` errors
+- ``extmerge.py``: the files' extension blocks merged, the defaults filled in (``read_extension``)
 - ``extcheck.py``: the extension checked against the project (connections, agents, mounts)
 - ``mounts.py``: the services' volume entries; which become telemount volumes, read-only or not
 - ``render.py``: the renderer: the project, the extension and the facts in, the file to run out

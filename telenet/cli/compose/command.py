@@ -33,7 +33,7 @@ from telenet.cli.compose.arguments import RENDERED, SUBCOMMANDS
 from telenet.cli.compose.discovery import ComposeProgram, find_compose
 from telenet.cli.compose.extcheck import check_extension
 from telenet.cli.compose.extension import Extension
-from telenet.cli.compose.extparse import read_extension
+from telenet.cli.compose.extmerge import read_extension
 from telenet.cli.compose.facts import FactsReader
 from telenet.cli.compose.project import ComposeOptions, Project, load_project
 from telenet.cli.compose.render import Rendered, render
