@@ -36,7 +36,7 @@ from telenet.cli.connection import CLIError, Connection
 from telenet.cli.connector import Connector
 from telenet.cli.daemoncontrol import DaemonControlError
 from telenet.cli.dockerapi import DockerError
-from telenet.cli.naming import LABEL_CONNECTION, LABEL_VOLUME_PLUGIN
+from telenet.cli.naming import LABEL_CONNECTION
 from telenet.cli.runflags import (
     RemoteMount,
     RunArgs,
@@ -46,10 +46,12 @@ from telenet.cli.runflags import (
 )
 from telenet.cli.workload import (
     WorkloadDNS,
+    bridge_host,
     check_agent,
     check_container,
     telemount_options,
     teleroute_network,
+    volume_driver,
     workload_dns,
 )
 
@@ -344,13 +346,10 @@ class WorkloadRunner:
         try:
             extra: list[str] = []
             if kept:
-                driver = (
-                    conn.label(LABEL_VOLUME_PLUGIN)
-                    or self.connector.ensure_plugins(("telemount",))["telemount"]
+                driver = volume_driver(
+                    conn, lambda: self.connector.ensure_plugins(("telemount",))["telemount"]
                 )
-                host = conn.bridge_ip()
-                if host is None:
-                    raise CLIError(f"the daemon of {conn.name} has no bridge address")
+                host = bridge_host(conn)
                 try:
                     bridge = control.open_bridge(agent)
                 except DaemonControlError as e:

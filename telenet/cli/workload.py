@@ -6,8 +6,9 @@ What a workload of a connection gets, whoever makes it: ``telenet docker-run``, 
 - the connection's teleroute network (``teleroute_network``), which the workload joins;
 - the daemon as DNS server, and the search domains (``workload_dns``): ``docker create --dns``
   and a compose service's ``dns`` / ``dns_search`` come from the same value;
-- for an engagement, one telemount volume per remote mount, with the options
-  ``telemount_options`` spells (``host``, ``port``, ``container``, ``dir``, ``ro``);
+- for an engagement, one telemount volume per remote mount, of the connection's plug-in
+  (``volume_driver``), with the options ``telemount_options`` spells (``host``, the daemon's
+  ``bridge_host``; ``port``, ``container``, ``dir``, ``ro``);
 - the checks of an agent's address and an engaged container's name.
 
 One module, so that a container of ``docker-run`` and a compose service of the same connection
@@ -16,9 +17,12 @@ resolve and mount alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 
 from telenet.cli.connection import CLIError, Connection
+from telenet.cli.naming import LABEL_VOLUME_PLUGIN
 
 
 @attrs.frozen
@@ -51,6 +55,19 @@ def workload_dns(conn: Connection) -> WorkloadDNS:
 def teleroute_network(conn: Connection) -> str:
     """The Docker network a workload of the connection joins (it bears the connection's name)."""
     return conn.name
+
+
+def volume_driver(conn: Connection, otherwise: Callable[[], str]) -> str:
+    """The telemount plug-in the connection was made with (its label), else ``otherwise()``."""
+    return conn.label(LABEL_VOLUME_PLUGIN) or otherwise()
+
+
+def bridge_host(conn: Connection) -> str:
+    """The daemon's address on Docker's default bridge: telemount's ``host`` for a bridge."""
+    host = conn.bridge_ip()
+    if host is None:
+        raise CLIError(f"the daemon of {conn.name} has no bridge address")
+    return host
 
 
 def telemount_options(

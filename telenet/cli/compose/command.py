@@ -35,6 +35,7 @@ from telenet.cli.compose.extcheck import check_extension
 from telenet.cli.compose.extension import Extension
 from telenet.cli.compose.extmerge import read_extension
 from telenet.cli.compose.facts import FactsReader
+from telenet.cli.compose.mounts import plan_mounts
 from telenet.cli.compose.project import ComposeOptions, Project, load_project
 from telenet.cli.compose.render import Rendered, render
 from telenet.cli.compose.source import ComposeError
@@ -130,7 +131,10 @@ class ComposeCommand:
         reader = FactsReader(self.docker, self.lookup.config, self.lookup)
         if extension.used_connections(set(active)):
             self.lookup.check_docker()
-        facts, notes = reader.preview(project.name, extension, active)
+        declared = project.model.get("volumes") or {}
+        plan = plan_mounts(project.services(), active, extension, declared)
+        bridged = sorted({volume.service for volume in plan.volumes})
+        facts, notes = reader.preview(project.name, extension, active, bridged)
         rendered = render(project.model, extension, active, facts)
         return attrs.evolve(rendered, notes=(*notes, *rendered.notes))
 

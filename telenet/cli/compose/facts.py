@@ -24,8 +24,7 @@ from telenet.cli.daemoncontrol import DaemonControlError
 from telenet.cli.dockerapi import subnets_of
 from telenet.cli.interfaces import IDocker
 from telenet.cli.lookup import ConnectionLookup
-from telenet.cli.naming import LABEL_VOLUME_PLUGIN
-from telenet.cli.workload import teleroute_network, workload_dns
+from telenet.cli.workload import bridge_host, teleroute_network, volume_driver, workload_dns
 
 
 @attrs.frozen
@@ -67,7 +66,7 @@ class FactsReader:
             network=teleroute_network(conn),
             dns=dns,
             routes=tuple(str(r) for r in status.get("routes") or []),
-            volume_driver=conn.label(LABEL_VOLUME_PLUGIN) or self.config.telemount.name,
+            volume_driver=volume_driver(conn, lambda: self.config.telemount.name),
         )
         bridges = tuple(
             (int(b["port"]), str(b.get("agent")))
@@ -81,21 +80,26 @@ class FactsReader:
         return {n["Name"]: tuple(subnets_of(n)) for n in self.docker.networks()}
 
     def preview(
-        self, project: str, extension: Extension, active: Iterable[str]
+        self, project: str, extension: Extension, active: Iterable[str], bridged: Iterable[str]
     ) -> tuple[Facts, list[str]]:
         """
         The facts of the connections the active services use (each must be up), with the
-        bridges they have open; an engaged service without one gets port 0, and a note.
+        bridges the ``bridged`` services need that are open; one that is not gets port 0,
+        and a note.
         """
         active = set(active)
         connected = {n: self.connected(n) for n in extension.used_connections(active)}
         bridges: dict[str, BridgeFacts] = {}
         notes = []
-        for name, spec in extension.services.items():
-            if name not in active or not spec.engaged or spec.agent is None:
+        for name in bridged:
+            spec = extension.services[name]
+            if spec.agent is None:
                 continue
             found = connected[spec.connection]
-            host = found.connection.bridge_ip() or ""
+            try:
+                host = bridge_host(found.connection)
+            except CLIError as e:
+                raise ComposeError(str(e)) from None
             port = next((p for p, agent in found.bridges if agent == spec.agent), 0)
             if not port:
                 notes.append(
