@@ -258,3 +258,19 @@ def test_format_json(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
 def test_private_root(tmp_path: Path) -> None:
     assert private_root({"XDG_RUNTIME_DIR": "/run/user/1000"}) == "/run/user/1000/telenet/compose"
     assert private_root({"HOME": "/home/me"}) == "/home/me/.cache/telenet/compose"
+
+
+def test_config_of_a_project_without_the_extension(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No service of a connection: nothing to ask Docker, the file is rendered as it is."""
+    (setup.project / "compose.yaml").write_text(
+        "services:\n  web:\n    image: nginx:1.27\n    environment: {DEBUG: 'on'}\n"
+    )
+    code, _, _ = run(capsys, "compose", "config")
+    assert code == 0
+    assert setup.world.docker.calls == []
+    rendered = Path(private_root(setup.environ)) / "shop" / "compose.yaml"
+    assert yaml.safe_load(rendered.read_text()) == {
+        "services": {"web": {"image": "nginx:1.27", "environment": {"DEBUG": "on"}}}
+    }

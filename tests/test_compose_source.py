@@ -11,6 +11,7 @@ from telenet.cli.compose.source import (
     ComposeError,
     Locator,
     Override,
+    dump_yaml,
     load_source,
     parse_source,
 )
@@ -151,3 +152,24 @@ def test_locator_finds_the_last_file_that_wrote_a_key() -> None:
     assert str(locator.where("services", "web", "image")) == "b.yml:4"
     assert str(locator.where("services", "web", "network_mode")) == "a.yml:4"
     assert locator.where("services", "db") is None
+
+
+def test_dumped_yaml_reads_back_the_same() -> None:
+    """Strings YAML 1.2 would read as numbers or booleans are quoted; the rest stays plain."""
+    document = {
+        "octal": "0o17",
+        "exponent": "1e5",
+        "yes": "yes",
+        "port": "22:22",
+        "date": "2024-01-01",
+        "tilde": "~",
+        "number": 17,
+        "float": 1.5,
+        "flag": True,
+        "nothing": None,
+        "text": "plain",
+    }
+    text = dump_yaml(document)
+    assert "octal: '0o17'" in text and "exponent: '1e5'" in text and "text: plain" in text
+    (again,) = parse_source(text, "rendered.yaml")
+    assert again.data == document

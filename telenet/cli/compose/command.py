@@ -27,7 +27,6 @@ import tempfile
 from collections.abc import Callable, Mapping
 
 import attrs
-import yaml
 
 from telenet.cli.compose.arguments import RENDERED, SUBCOMMANDS
 from telenet.cli.compose.discovery import ComposeProgram, find_compose
@@ -38,7 +37,7 @@ from telenet.cli.compose.facts import FactsReader
 from telenet.cli.compose.mounts import plan_mounts
 from telenet.cli.compose.project import ComposeOptions, Project, load_project
 from telenet.cli.compose.render import Rendered, render
-from telenet.cli.compose.source import ComposeError
+from telenet.cli.compose.source import ComposeError, dump_yaml
 from telenet.cli.config import print_warning
 from telenet.cli.interfaces import IDocker
 from telenet.cli.lookup import ConnectionLookup
@@ -61,9 +60,7 @@ def dump(document: dict[str, object], project: Project) -> str:
         f"# Rendered by telenet compose for project {project.name} from "
         f"{', '.join(project.files)}.\n# Written again on each run: edit those files instead.\n"
     )
-    return header + yaml.safe_dump(
-        document, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100
-    )
+    return header + dump_yaml(document)
 
 
 def write_private(root: str, project: Project, text: str) -> str:

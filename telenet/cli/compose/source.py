@@ -175,6 +175,34 @@ ComposeLoader.add_constructor("!reset", _construct_reset)
 ComposeLoader.add_constructor("!override", _construct_override)
 
 
+class ComposeDumper(yaml.SafeDumper):
+    """
+    PyYAML's safe dumper, quoting every string that YAML 1.1 *or* 1.2 would read as something
+    else: ``'0o17'`` and ``'1e5'`` are numbers to Compose, though not to PyYAML.
+    """
+
+    yaml_implicit_resolvers = {
+        k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()
+    }
+
+
+for _first, _resolvers in _Core12Resolver.yaml_implicit_resolvers.items():
+    for _tag, _regexp in _resolvers:
+        ComposeDumper.add_implicit_resolver(_tag, _regexp, [_first])
+
+
+def dump_yaml(document: Any) -> str:
+    """A document as YAML that Compose reads back the same (see ``ComposeDumper``)."""
+    return yaml.dump(
+        document,
+        Dumper=ComposeDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=100,
+    )
+
+
 @attrs.frozen
 class SourceDocument:
     """One YAML document of a compose file: its root node (with marks) and its value."""
