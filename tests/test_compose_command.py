@@ -274,3 +274,10 @@ def test_config_of_a_project_without_the_extension(
     assert yaml.safe_load(rendered.read_text()) == {
         "services": {"web": {"image": "nginx:1.27", "environment": {"DEBUG": "on"}}}
     }
+
+
+def test_unknown_compose_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["compose", "--ansi", "never", "ps"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --ansi\n" in capsys.readouterr().err

@@ -96,7 +96,7 @@ def split_compose(argv: list[str], i: int) -> tuple[list[str], list[str] | None]
         elif token[:2] in ("-f", "-p") and len(token) > 2:
             j += 1
         else:
-            return argv, None  # argparse names the unknown option
+            return argv[: j + 1], None  # argparse names the unknown option
     if j >= len(argv):
         return argv, []
     return argv[: j + 1], argv[j + 1 :]
