@@ -34,7 +34,6 @@ import attrs
 
 from telenet.cli.connection import CLIError, Connection
 from telenet.cli.connector import Connector
-from telenet.cli.daemoncontrol import DaemonControlError
 from telenet.cli.dockerapi import DockerError
 from telenet.cli.naming import LABEL_CONNECTION
 from telenet.cli.runflags import (
@@ -49,6 +48,8 @@ from telenet.cli.workload import (
     bridge_host,
     check_agent,
     check_container,
+    close_bridge,
+    open_bridge,
     telemount_options,
     teleroute_network,
     volume_driver,
@@ -350,11 +351,7 @@ class WorkloadRunner:
                     conn, lambda: self.connector.ensure_plugins(("telemount",))["telemount"]
                 )
                 host = bridge_host(conn)
-                try:
-                    bridge = control.open_bridge(agent)
-                except DaemonControlError as e:
-                    raise CLIError(f"the daemon could not open a bridge to {agent}: {e}") from None
-                self.probe(host, bridge, agent)
+                bridge = open_bridge(control, agent, host, self.probe)
                 for i, mount in enumerate(kept):
                     volume = self._volume_name(f"{container}-{i}", bridge, driver, conn.name)
                     options = telemount_options(host, bridge, container, mount.path, mount.readonly)
@@ -376,10 +373,7 @@ class WorkloadRunner:
                 for volume in volumes:
                     self.connector.teardown.remove_volume(volume)
             if bridge is not None:
-                try:
-                    control.close_bridge(bridge)
-                except DaemonControlError as e:
-                    self.say(f"Warning: could not close the bridge on port {bridge}: {e}")
+                close_bridge(control, bridge, self.say)
 
     def build_image(self, build: Build) -> str:
         """``docker build`` with its output on ours; the image id, or CLIError if it failed."""

@@ -9,6 +9,8 @@ What a workload of a connection gets, whoever makes it: ``telenet docker-run``, 
 - for an engagement, one telemount volume per remote mount, of the connection's plug-in
   (``volume_driver``), with the options ``telemount_options`` spells (``host``, the daemon's
   ``bridge_host``; ``port``, ``container``, ``dir``, ``ro``);
+- an SFTP bridge opened to an agent, checked to answer, and closed (``open_bridge``,
+  ``close_bridge``);
 - the checks of an agent's address and an engaged container's name.
 
 One module, so that a container of ``docker-run`` and a compose service of the same connection
@@ -22,6 +24,8 @@ from collections.abc import Callable
 import attrs
 
 from telenet.cli.connection import CLIError, Connection
+from telenet.cli.daemoncontrol import DaemonControlError
+from telenet.cli.interfaces import IControl
 from telenet.cli.naming import LABEL_VOLUME_PLUGIN
 
 
@@ -94,3 +98,33 @@ def check_container(container: str, what: str = "--container") -> None:
     """An engaged container's name: its export directory on the agent, so no ``/``."""
     if not container or "/" in container:
         raise CLIError(f"{what} {container!r} is not a container name")
+
+
+#: Sends an SFTP INIT through the bridge ``host:port`` to ``agent``; CLIError when no agent
+#: answers (``telenet.cli.runner.probe_agent``).
+Probe = Callable[[str, int, str], None]
+
+
+def open_bridge(control: IControl, agent: str, host: str, probe: Probe) -> int:
+    """
+    A bridge from the daemon to ``agent``, its port; the agent is probed through it, and the
+    bridge closed again when it does not answer (CLIError with the agent's address).
+    """
+    try:
+        port = control.open_bridge(agent)
+    except DaemonControlError as e:
+        raise CLIError(f"the daemon could not open a bridge to {agent}: {e}") from None
+    try:
+        probe(host, port, agent)
+    except BaseException:
+        close_bridge(control, port, lambda text: None)
+        raise
+    return port
+
+
+def close_bridge(control: IControl, port: int, say: Callable[[str], None]) -> None:
+    """The bridge on ``port`` closed; a warning said when the daemon could not."""
+    try:
+        control.close_bridge(port)
+    except DaemonControlError as e:
+        say(f"Warning: could not close the bridge on port {port}: {e}")
