@@ -388,7 +388,7 @@ def make_compose(connector: Connector, say: Callable[[str], None]) -> ComposeCom
     """The CLI's ComposeCommand (tests replace this to run main against fakes)."""
     from telenet.cli.compose.command import ComposeCommand
 
-    return ComposeCommand(connector.docker, connector.lookup, say=say)
+    return ComposeCommand(connector.docker, connector.lookup, say=say, connector=connector)
 
 
 def _dispatch(
@@ -451,6 +451,7 @@ def _dispatch(
                 gone = connector.find(name).name
             except NotConnected:
                 pass
+        _compose_down_of(connector, name, out)
         connector.quit(name)
         if out.machine:
             out.emit({"ok": True, "command": "quit", "connection": gone})
@@ -511,6 +512,7 @@ def _status(
             "volumes": [],
         }
     else:
+        _compose_projects(statuses)
         if shape == "text":
             print(format_statuses(statuses))
             return 0
@@ -616,6 +618,27 @@ def _compose(
             }
         )
     return code
+
+
+def _compose_down_of(connector: Connector, name: str | None, out: _Output) -> None:
+    """``telenet quit``: ``compose down`` first for the compose projects of the connection."""
+    from telenet.cli.connection import NotConnected
+
+    connector.check_docker()
+    try:
+        found = connector.find(name).name
+    except NotConnected:
+        return
+    _quietly(out, lambda: len(make_compose(connector, out.say).down_projects_of(found)))
+
+
+def _compose_projects(statuses: list[dict[str, Any]]) -> None:
+    """``telenet status``: each connection's compose projects (``compose_projects``)."""
+    from telenet.cli.compose.state import StateStore, private_root
+
+    store = StateStore(private_root(os.environ))
+    for status in statuses:
+        status["compose_projects"] = store.projects_of(status["connection"])
 
 
 def _only_connection(connector: Connector) -> str | None:

@@ -178,6 +178,9 @@ def format_status(status: dict[str, Any]) -> str:
         "  bridges: " + (", ".join(f"{b['port']} -> {b['agent']}" for b in bridges) or "none")
     )
     lines.append("  volumes: " + (", ".join(status.get("volumes") or []) or "none"))
+    if "compose_projects" in status:
+        projects = ", ".join(status["compose_projects"]) or "none"
+        lines.append(f"  compose projects: {projects}")
     return "\n".join(lines)
 
 

@@ -9,24 +9,37 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Subcommands that need no connection work: Compose runs them on the user's files.
+#: Subcommands that need no connection work: Compose runs them on the rendered file while the
+#: project is up, else on the user's files.
 PASS_THROUGH = (
+    "attach",
     "build",
+    "cp",
     "events",
     "exec",
     "images",
+    "kill",
     "logs",
     "ls",
+    "pause",
     "port",
     "ps",
     "pull",
     "push",
+    "rm",
+    "stats",
     "top",
+    "unpause",
     "version",
+    "wait",
 )
 #: Subcommands on the rendered file.
 RENDERED = ("config",)
-SUBCOMMANDS = tuple(sorted(PASS_THROUGH + RENDERED))
+#: Subcommands that start containers: the connections and bridges are made first.
+PREPARED = ("create", "restart", "run", "start", "up")
+#: Subcommands after which telenet closes bridges (stop) or cleans up (down).
+ENDING = ("down", "stop")
+SUBCOMMANDS = tuple(sorted(PASS_THROUGH + RENDERED + PREPARED + ENDING))
 
 #: The options of ``telenet compose`` that take a value (Compose's own global options).
 COMPOSE_VALUE_OPTIONS = (

@@ -23,12 +23,12 @@ user's files are never written.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
-from telenet.cli.compose.arguments import RENDERED, SUBCOMMANDS
+from telenet.cli.compose.arguments import PREPARED, RENDERED, SUBCOMMANDS
 from telenet.cli.compose.discovery import ComposeProgram, find_compose
 from telenet.cli.compose.extcheck import check_extension
 from telenet.cli.compose.extension import Extension
@@ -36,23 +36,17 @@ from telenet.cli.compose.extmerge import read_extension
 from telenet.cli.compose.facts import FactsReader
 from telenet.cli.compose.mounts import plan_mounts
 from telenet.cli.compose.project import ComposeOptions, Project, load_project
-from telenet.cli.compose.render import Rendered, render
+from telenet.cli.compose.render import BridgeFacts, Rendered, render
+from telenet.cli.compose.session import Session
 from telenet.cli.compose.source import ComposeError, dump_yaml
+from telenet.cli.compose.state import ProjectState, StateStore, private_root, write_private
 from telenet.cli.config import print_warning
 from telenet.cli.interfaces import IDocker
 from telenet.cli.lookup import ConnectionLookup
+from telenet.cli.workload import Probe, bridge_host
 from telenet.core.processes import AttachedProcesses, BlockingProcesses, run_attached, run_blocking
 
 RENDERED_FILE = "compose.yaml"
-
-
-def private_root(environ: Mapping[str, str]) -> str:
-    """Where rendered files go: ``$XDG_RUNTIME_DIR/telenet/compose``, else under ~/.cache."""
-    runtime = environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "telenet", "compose")
-    home = environ.get("HOME") or os.path.expanduser("~")
-    return os.path.join(home, ".cache", "telenet", "compose")
 
 
 def dump(document: dict[str, object], project: Project) -> str:
@@ -61,24 +55,6 @@ def dump(document: dict[str, object], project: Project) -> str:
         f"{', '.join(project.files)}.\n# Written again on each run: edit those files instead.\n"
     )
     return header + dump_yaml(document)
-
-
-def write_private(root: str, project: Project, text: str) -> str:
-    """The rendered text in ``root/<project>/compose.yaml`` (0600, replaced atomically)."""
-    directory = os.path.join(root, project.name)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    os.chmod(directory, 0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".compose-", suffix=".yaml", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        path = os.path.join(directory, RENDERED_FILE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 @attrs.define
@@ -94,6 +70,8 @@ class ComposeCommand:
     cwd: Callable[[], str] = os.getcwd
     environ: Mapping[str, str] = attrs.field(factory=lambda: os.environ)
     docker_cli: str = "docker"
+    connector: Any = None
+    probe: Probe | None = None
 
     def load(self, options: ComposeOptions) -> tuple[Project, Extension]:
         """The project and its extension, checked; ComposeError for the first problem."""
@@ -102,28 +80,109 @@ class ComposeCommand:
         check_extension(project, extension, project.active_services())
         return project, extension
 
+    def session(self) -> Session:
+        return Session(
+            self.docker,
+            self.lookup,
+            StateStore(private_root(self.environ)),
+            self.connector,
+            self.say,
+            self.probe,
+        )
+
     def main(self, options: ComposeOptions, subcommand: str, args: list[str]) -> int:
         """The exit code of Compose (or ComposeError before Compose runs)."""
         if subcommand not in SUBCOMMANDS:
             raise ComposeError(
-                f"{subcommand} is not available yet (it needs the connections and bridges of "
-                f"the next stage); telenet compose runs: {', '.join(SUBCOMMANDS)}"
+                f"{subcommand} is not a subcommand telenet compose runs; it runs: "
+                f"{', '.join(SUBCOMMANDS)}"
             )
         project, extension = self.load(options)
         program = find_compose(self.run, self.docker_cli)
+        session = self.session()
+        state = session.state(project.name)
+        if subcommand in PREPARED:
+            return self.start(session, program, project, extension, state, subcommand, args)
         if subcommand in RENDERED:
-            rendered = self.render(project, extension)
-            path = write_private(
-                private_root(self.environ), project, dump(rendered.document, project)
-            )
-            for note in rendered.notes:
-                self.say(note)
-            self.say(f"Rendered {path}")
+            ports = {b_service: b.port for b in state.bridges for b_service in b.services}
+            path = self.write_rendered(project, extension, ports)
             return self.attached(self.command(program, project, (path,), subcommand, args))
-        return self.attached(self.command(program, project, project.files, subcommand, args))
+        files = project.files
+        if state.file is not None and os.path.exists(state.file):
+            files = (state.file,)
+        code = self.attached(self.command(program, project, files, subcommand, args))
+        if subcommand == "down":
+            session.cleanup(state)
+        elif subcommand == "stop":
+            session.close_bridges(state, services_named(args))
+        return code
 
-    def render(self, project: Project, extension: Extension) -> Rendered:
-        """The project rendered with the facts of the running connections."""
+    def start(
+        self,
+        session: Session,
+        program: ComposeProgram,
+        project: Project,
+        extension: Extension,
+        state: ProjectState,
+        subcommand: str,
+        args: list[str],
+    ) -> int:
+        """
+        ``up``, ``create``, ``start``, ``restart``, ``run``: connections and bridges made, the
+        project rendered with the bridges' ports, Compose run; an attached ``up`` closes the
+        bridges when Compose returns (after ^C too: Compose stops the services).
+        """
+        ports = session.prepare(state, extension, project.active_services())
+        try:
+            path = self.write_rendered(project, extension, ports)
+        except BaseException:
+            session.undo(state)
+            raise
+        state.file = path
+        state.argv = self.command(program, project, (path,), "", [])[:-1]
+        session.store.write(state)
+        try:
+            return self.attached(self.command(program, project, (path,), subcommand, args))
+        finally:
+            if subcommand == "up" and not detached(args):
+                session.close_bridges(state)
+
+    def write_rendered(
+        self, project: Project, extension: Extension, ports: Mapping[str, int]
+    ) -> str:
+        """The project rendered into the private directory: the file's path."""
+        rendered = self.render(project, extension, ports)
+        path = write_private(
+            private_root(self.environ),
+            project.name,
+            RENDERED_FILE,
+            dump(rendered.document, project),
+        )
+        for note in rendered.notes:
+            self.say(note)
+        self.say(f"Rendered {path}")
+        return path
+
+    def down_projects_of(self, connection: str) -> list[str]:
+        """``compose down`` for each project that uses ``connection`` (``telenet quit``)."""
+        session = self.session()
+        done = []
+        for name in session.store.projects_of(connection):
+            state = session.state(name)
+            if state.argv:
+                self.say(f"Taking down compose project {name}, which uses {connection}")
+                self.attached([*state.argv, "down"])
+            session.cleanup(state, quit_started=False)
+            done.append(name)
+        return done
+
+    def render(
+        self, project: Project, extension: Extension, ports: Mapping[str, int] | None = None
+    ) -> Rendered:
+        """
+        The project rendered with the facts of the running connections; ``ports``: the
+        bridges telenet opened for the project, by service.
+        """
         active = project.active_services()
         reader = FactsReader(self.docker, self.lookup.config, self.lookup)
         if extension.used_connections(set(active)):
@@ -131,7 +190,15 @@ class ComposeCommand:
         declared = project.model.get("volumes") or {}
         plan = plan_mounts(project.services(), active, extension, declared)
         bridged = sorted({volume.service for volume in plan.volumes})
-        facts, notes = reader.preview(project.name, extension, active, bridged)
+        ports = {s: p for s, p in (ports or {}).items() if s in bridged}
+        unknown = sorted(set(bridged) - set(ports))
+        facts, notes = reader.preview(project.name, extension, active, unknown)
+        bridges = dict(facts.bridges)
+        for service, port in ports.items():
+            spec = extension.services[service]
+            connected = reader.connected(spec.connection)
+            bridges[service] = BridgeFacts(bridge_host(connected.connection), port, str(spec.agent))
+        facts = attrs.evolve(facts, bridges=bridges)
         rendered = render(project.model, extension, active, facts)
         return attrs.evolve(rendered, notes=(*notes, *rendered.notes))
 
@@ -153,3 +220,29 @@ class ComposeCommand:
         for profile in project.profiles:
             argv += ["--profile", profile]
         return [*argv, subcommand, *args]
+
+
+def detached(args: Sequence[str]) -> bool:
+    """Whether ``up ARGS`` returns at once: ``-d``, ``--detach`` or ``--wait``."""
+    for token in args:
+        if token == "--":
+            break
+        if token in ("--detach", "--wait") or token.startswith("--wait="):
+            return True
+        if token.startswith("-") and not token.startswith("--") and "d" in token[1:]:
+            return True
+    return False
+
+
+def services_named(args: Sequence[str]) -> list[str]:
+    """The services ``stop ARGS`` names (its one option with a value is ``-t``/``--timeout``)."""
+    named = []
+    skip = False
+    for token in args:
+        if skip:
+            skip = False
+        elif token in ("-t", "--timeout"):
+            skip = True
+        elif not token.startswith("-"):
+            named.append(token)
+    return named

@@ -1,0 +1,228 @@
+# -*- test-case-name: tests.test_compose_up -*-
+"""
+The connection work of ``telenet compose`` (docs/compose.md, "Subcommands"): before Compose
+runs ``up``, ``create``, ``start``, ``restart`` or ``run``, the connections the project uses
+are connected (those that are not), a bridge is opened to each engaged service's agent and
+probed; after, ``stop`` closes the bridges and ``down`` removes the telemount volumes, closes
+the bridges and quits the connections telenet started.
+
+Everything made is recorded first (``telenet.cli.compose.state``), so that a crash leaves a
+record. An error before Compose starts undoes what this run made: nothing is left half-made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from telenet.cli.compose.extension import Extension
+from telenet.cli.compose.source import ComposeError
+from telenet.cli.compose.state import Bridge, ProjectState, StateStore
+from telenet.cli.connection import CLIError, NotConnected
+from telenet.cli.dockerapi import DockerError
+from telenet.cli.interfaces import IDocker
+from telenet.cli.lookup import ConnectionLookup
+from telenet.cli.naming import LABEL_CONNECTION
+from telenet.cli.workload import Probe, bridge_host, close_bridge, open_bridge, volume_driver
+
+#: Compose's label on what it makes for a project.
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+
+
+@attrs.define
+class Session:
+    """I connect, open and close bridges, and clean up, for one project's state."""
+
+    docker: IDocker
+    lookup: ConnectionLookup
+    store: StateStore
+    connector: Any = None
+    say: Callable[[str], None] = print
+    probe: Probe | None = None
+    #: What the last ``prepare`` made: the connections it started, the bridges it opened.
+    made: tuple[list[str], list[Bridge]] = attrs.field(factory=lambda: ([], []))
+
+    def state(self, project: str) -> ProjectState:
+        return self.store.read(project) or ProjectState(project)
+
+    # -- before Compose
+
+    def prepare(
+        self, state: ProjectState, extension: Extension, active: Iterable[str]
+    ) -> dict[str, int]:
+        """
+        The connections up and the bridges open: each bridged service's port. On an error,
+        what this call made is undone and ComposeError raised.
+        """
+        active = set(active)
+        used = extension.used_connections(active)
+        state.connections = sorted(set(state.connections) | set(used))
+        started: list[str] = []
+        opened: list[Bridge] = []
+        self.made = (started, opened)
+        try:
+            if used:
+                self.lookup.check_docker()
+            for name in used:
+                if self._connected(name):
+                    continue
+                if self.connector is None:
+                    raise ComposeError(f"connection {name} is not connected")
+                self.say(f"Connecting to {name} for project {state.project}")
+                self.connector.connect(extension.connection(name).request())
+                started.append(name)
+                state.started = sorted(set(state.started) | {name})
+                self.store.write(state)
+            return self._bridges(state, extension, active, opened)
+        except BaseException:
+            self.undo(state)
+            raise
+
+    def _connected(self, name: str) -> bool:
+        try:
+            conn = self.lookup.find(name)
+        except NotConnected:
+            return False
+        return conn.running and conn.network is not None
+
+    def _bridges(
+        self,
+        state: ProjectState,
+        extension: Extension,
+        active: set[str],
+        opened: list[Bridge],
+    ) -> dict[str, int]:
+        ports: dict[str, int] = {}
+        engaged = [s for s in sorted(active) if extension.services.get(s) is not None]
+        for service in engaged:
+            spec = extension.services[service]
+            if not spec.engaged or spec.agent is None or not spec.remote_mounts:
+                continue
+            conn = self.lookup.find(spec.connection)
+            control = self.lookup.control(conn)
+            open_now = {int(b["port"]) for b in control.status().get("bridges") or []}
+            kept = next(
+                (
+                    b
+                    for b in state.bridges
+                    if (b.connection, b.agent) == (spec.connection, spec.agent)
+                    and b.port in open_now
+                ),
+                None,
+            )
+            if kept is None:
+                try:
+                    host = bridge_host(conn)
+                    port = open_bridge(control, spec.agent, host, self._probe())
+                except CLIError as e:
+                    raise ComposeError(f"service {service}: {e}; nothing was started") from None
+                kept = Bridge(spec.connection, spec.agent, port)
+                opened.append(kept)
+                state.bridges = [
+                    b
+                    for b in state.bridges
+                    if (b.connection, b.agent) != (spec.connection, spec.agent)
+                ]
+                state.bridges.append(kept)
+            users = tuple(sorted({*kept.services, service}))
+            state.bridges = [
+                attrs.evolve(b, services=users) if b is kept else b for b in state.bridges
+            ]
+            self.store.write(state)
+            ports[service] = kept.port
+        return ports
+
+    def _probe(self) -> Probe:
+        if self.probe is not None:
+            return self.probe
+        from telenet.cli.runner import probe_agent
+
+        return probe_agent
+
+    def undo(self, state: ProjectState) -> None:
+        """What the last ``prepare`` made, undone: its bridges closed, its connections quit."""
+        started, opened = self.made
+        self.made = ([], [])
+        ports = {(b.connection, b.port) for b in opened}
+        self._close(b for b in state.bridges if (b.connection, b.port) in ports)
+        state.bridges = [b for b in state.bridges if (b.connection, b.port) not in ports]
+        for name in started:
+            self.connector.quit(name)
+        state.started = [c for c in state.started if c not in started]
+        if state.file is None and not state.bridges and not state.started:
+            self.store.remove(state.project)  # never up: nothing to remember
+        else:
+            self.store.write(state)
+
+    # -- after Compose
+
+    def close_bridges(self, state: ProjectState, services: Iterable[str] = ()) -> None:
+        """
+        The project's bridges closed: all of them, or, with ``services``, those only these
+        services use.
+        """
+        named = set(services)
+        closing = [b for b in state.bridges if not named or set(b.services) <= named]
+        self._close(closing)
+        state.bridges = [b for b in state.bridges if b not in closing]
+        self.store.write(state)
+
+    def _close(self, bridges: Iterable[Bridge]) -> None:
+        for bridge in bridges:
+            try:
+                control = self.lookup.control(self.lookup.find(bridge.connection))
+            except CLIError:
+                continue  # its daemon is gone, and the bridge with it
+            self.say(f"Closing the bridge on port {bridge.port} to {bridge.agent}")
+            close_bridge(control, bridge.port, self.say)
+
+    def remove_volumes(self, state: ProjectState) -> list[str]:
+        """The project's telemount volumes removed (never a volume of the user's): names."""
+        drivers = {self.lookup.config.telemount.name}
+        for name in state.connections:
+            try:
+                conn = self.lookup.find(name)
+            except CLIError:
+                continue
+            drivers.add(volume_driver(conn, lambda: self.lookup.config.telemount.name))
+        removed = []
+        for driver in sorted(drivers):
+            try:
+                found = self.docker.volumes(driver, f"{COMPOSE_PROJECT_LABEL}={state.project}")
+            except DockerError:
+                continue
+            for volume in found:
+                if LABEL_CONNECTION not in (volume.get("Labels") or {}):
+                    continue
+                self._remove_volume(volume["Name"])
+                removed.append(volume["Name"])
+        return removed
+
+    def _remove_volume(self, name: str) -> None:
+        if self.connector is not None:
+            self.connector.teardown.remove_volume(name)
+            return
+        try:
+            self.docker.remove_volume(name)
+        except DockerError as e:
+            self.say(f"Warning: could not remove volume {name}: {e}")
+
+    def cleanup(self, state: ProjectState, quit_started: bool = True) -> None:
+        """After Compose's ``down``: volumes, bridges, the connections telenet started."""
+        self.remove_volumes(state)
+        self.close_bridges(state)
+        if quit_started and self.connector is not None:
+            others = {
+                c for s in self.store.projects() if s.project != state.project for c in s.started
+            }
+            for name in state.started:
+                if name in others:
+                    self.say(f"Leaving {name} connected: another project started it too")
+                    continue
+                try:
+                    self.connector.quit(name)
+                except CLIError as e:
+                    self.say(f"Warning: could not quit {name}: {e}")
+        self.store.remove(state.project)
