@@ -33,7 +33,8 @@ def subcommands(setup: Setup) -> list[list[str]]:
     """Each Compose call's subcommand and arguments (after the project's options)."""
     found = []
     for command in setup.compose_commands():
-        i = max(j for j, token in enumerate(command) if token.startswith("--")) + 2
+        options = ("--project-name", "--project-directory", "--file", "--env-file", "--profile")
+        i = max(j for j, token in enumerate(command) if token in options) + 2
         found.append(command[i:])
     return found
 
@@ -217,3 +218,41 @@ def test_a_crashed_up_is_cleaned_up_by_down(
     assert run(capsys, "compose", "down")[0] == 0
     assert setup.world.control.bridges == {}
     assert "tp-blue" not in setup.world.docker.container_names()
+
+
+@pytest.mark.parametrize("subcommand", ["up", "start"])
+def test_after_stop_the_volumes_of_the_closed_bridge_are_made_again(
+    setup: Setup, capsys: pytest.CaptureFixture[str], subcommand: str
+) -> None:
+    """Docker keeps a volume's options: the one for the closed bridge goes, with its users."""
+    run(capsys, "compose", "up", "-d")
+    ((old_port, _),) = setup.world.control.bridges.items()
+    conn = setup.world.connector.find("blue")
+    setup.world.docker.create_volume(
+        "shop_telenet-uploads",
+        conn.label(LABEL_VOLUME_PLUGIN) or "",
+        {"port": str(old_port)},
+        {"com.docker.compose.project": "shop", LABEL_CONNECTION: "blue"},
+    )
+    run(capsys, "compose", "stop")
+    code, out, _ = run(capsys, "compose", subcommand, "-d" if subcommand == "up" else "api")
+    assert code == 0
+    assert "Making api again: the bridge of shop_telenet-uploads was closed" in out
+    assert "shop_telenet-uploads" not in setup.world.docker.volumes_by_name
+    expected = [["rm", "--force", "--stop", "api"]]
+    if subcommand == "start":
+        expected.append(["up", "--detach", "--no-deps", "api"])
+    assert subcommands(setup)[2:] == [
+        *expected,
+        [subcommand, "-d" if subcommand == "up" else "api"],
+    ]
+
+
+def test_a_failed_down_keeps_the_record(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "compose", "up", "-d")
+    setup.processes.codes[("docker", "compose", "--project-name")] = 1
+    code, out, _ = run(capsys, "compose", "down")
+    assert code == 1
+    assert "Compose's down failed: telenet leaves the bridges open" in out
+    assert len(setup.world.control.bridges) == 1
+    assert store(setup).read("shop") is not None

@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from telenet.cli.compose.arguments import PREPARED, RENDERED, SUBCOMMANDS
+from telenet.cli.compose.arguments import ENDING, PREPARED, RENDERED, SUBCOMMANDS
 from telenet.cli.compose.discovery import ComposeProgram, find_compose
 from telenet.cli.compose.extcheck import check_extension
 from telenet.cli.compose.extension import Extension
@@ -105,13 +105,15 @@ class ComposeCommand:
             return self.start(session, program, project, extension, state, subcommand, args)
         if subcommand in RENDERED:
             ports = {b_service: b.port for b in state.bridges for b_service in b.services}
-            path = self.write_rendered(project, extension, ports)
+            path, _ = self.write_rendered(project, extension, ports)
             return self.attached(self.command(program, project, (path,), subcommand, args))
         files = project.files
         if state.file is not None and os.path.exists(state.file):
             files = (state.file,)
         code = self.attached(self.command(program, project, files, subcommand, args))
-        if subcommand == "down":
+        if subcommand in ENDING and code != 0:
+            self.say(f"Compose's {subcommand} failed: telenet leaves the bridges open")
+        elif subcommand == "down":
             session.cleanup(state)
         elif subcommand == "stop":
             session.close_bridges(state, services_named(args))
@@ -134,22 +136,46 @@ class ComposeCommand:
         """
         ports = session.prepare(state, extension, project.active_services())
         try:
-            path = self.write_rendered(project, extension, ports)
+            path, rendered = self.write_rendered(project, extension, ports)
         except BaseException:
             session.undo(state)
             raise
         state.file = path
         state.argv = self.command(program, project, (path,), "", [])[:-1]
         session.store.write(state)
+        self.remake(session, state, rendered, subcommand)
         try:
             return self.attached(self.command(program, project, (path,), subcommand, args))
         finally:
             if subcommand == "up" and not detached(args):
                 session.close_bridges(state)
 
+    def remake(
+        self, session: Session, state: ProjectState, rendered: Rendered, subcommand: str
+    ) -> None:
+        """
+        The telemount volumes Docker has for a bridge that is closed (after ``stop``) made
+        again for the new one: Docker keeps a volume's options, so the containers that mount
+        one are removed with it (``rm --force --stop``), and Compose makes both again
+        (``start``/``restart`` cannot: ``up --detach --no-deps`` does, first).
+        """
+        stale, services = session.stale_volumes(state.project, rendered)
+        if not stale:
+            return
+        if services:
+            self.say(
+                f"Making {', '.join(services)} again: the bridge of "
+                f"{', '.join(stale)} was closed (telenet compose stop)"
+            )
+            self.attached([*state.argv, "rm", "--force", "--stop", *services])
+        for volume in stale:
+            session.remove_volume(volume)
+        if services and subcommand in ("start", "restart"):
+            self.attached([*state.argv, "up", "--detach", "--no-deps", *services])
+
     def write_rendered(
         self, project: Project, extension: Extension, ports: Mapping[str, int]
-    ) -> str:
+    ) -> tuple[str, Rendered]:
         """The project rendered into the private directory: the file's path."""
         rendered = self.render(project, extension, ports)
         path = write_private(
@@ -161,7 +187,7 @@ class ComposeCommand:
         for note in rendered.notes:
             self.say(note)
         self.say(f"Rendered {path}")
-        return path
+        return path, rendered
 
     def down_projects_of(self, connection: str) -> list[str]:
         """``compose down`` for each project that uses ``connection`` (``telenet quit``)."""

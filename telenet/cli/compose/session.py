@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from telenet.cli.compose.extension import Extension
+from telenet.cli.compose.render import Rendered
 from telenet.cli.compose.source import ComposeError
 from telenet.cli.compose.state import Bridge, ProjectState, StateStore
 from telenet.cli.connection import CLIError, NotConnected
@@ -196,11 +197,40 @@ class Session:
             for volume in found:
                 if LABEL_CONNECTION not in (volume.get("Labels") or {}):
                     continue
-                self._remove_volume(volume["Name"])
+                self.remove_volume(volume["Name"])
                 removed.append(volume["Name"])
         return removed
 
-    def _remove_volume(self, name: str) -> None:
+    def stale_volumes(self, project: str, rendered: Rendered) -> tuple[list[str], list[str]]:
+        """
+        The project's telemount volumes in Docker whose bridge port is not the rendered one,
+        and the services that mount them.
+        """
+        declared = rendered.document.get("volumes") or {}
+        stale: list[str] = []
+        keys: set[str] = set()
+        for key in rendered.volumes:
+            definition = declared[key]
+            name = definition.get("name") or f"{project}_{key}"
+            try:
+                found = self.docker.volumes(
+                    definition["driver"], f"{COMPOSE_PROJECT_LABEL}={project}"
+                )
+            except DockerError:
+                continue
+            port = definition["driver_opts"]["port"]
+            for volume in found:
+                if volume["Name"] == name and (volume.get("Options") or {}).get("port") != port:
+                    stale.append(name)
+                    keys.add(key)
+        services = sorted(
+            service
+            for service, body in (rendered.document.get("services") or {}).items()
+            if any(_source(entry) in keys for entry in (body or {}).get("volumes") or [])
+        )
+        return stale, services
+
+    def remove_volume(self, name: str) -> None:
         if self.connector is not None:
             self.connector.teardown.remove_volume(name)
             return
@@ -226,3 +256,11 @@ class Session:
                 except CLIError as e:
                     self.say(f"Warning: could not quit {name}: {e}")
         self.store.remove(state.project)
+
+
+def _source(entry: Any) -> str | None:
+    """The volume a service's ``volumes`` entry mounts (long or short syntax)."""
+    if isinstance(entry, dict):
+        source = entry.get("source")
+        return str(source) if source is not None else None
+    return str(entry).split(":", 1)[0]
