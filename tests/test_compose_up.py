@@ -256,3 +256,18 @@ def test_a_failed_down_keeps_the_record(setup: Setup, capsys: pytest.CaptureFixt
     assert "Compose's down failed: telenet leaves the bridges open" in out
     assert len(setup.world.control.bridges) == 1
     assert store(setup).read("shop") is not None
+
+
+def test_a_service_named_is_active_whatever_its_profiles(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As Compose: up SERVICE starts it even when its profiles are not given."""
+    text = (setup.project / "compose.yaml").read_text()
+    profiled = text.replace(
+        "      - uploads:/srv/uploads\n", "      - uploads:/srv/uploads\n    profiles: [engaged]\n"
+    )
+    (setup.project / "compose.yaml").write_text(profiled)
+    run(capsys, "compose", "up", "-d", "web")
+    assert setup.world.control.bridges == {}
+    run(capsys, "compose", "up", "-d", "api")
+    assert list(setup.world.control.bridges.values()) == [AGENT]

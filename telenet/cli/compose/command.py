@@ -134,9 +134,12 @@ class ComposeCommand:
         project rendered with the bridges' ports, Compose run; an attached ``up`` closes the
         bridges when Compose returns (after ^C too: Compose stops the services).
         """
-        ports = session.prepare(state, extension, project.active_services())
+        targeted = services_targeted(subcommand, args, project.services())
+        active = project.active_services(targeted)
+        check_extension(project, extension, active)
+        ports = session.prepare(state, extension, active)
         try:
-            path, rendered = self.write_rendered(project, extension, ports)
+            path, rendered = self.write_rendered(project, extension, ports, targeted)
         except BaseException:
             session.undo(state)
             raise
@@ -174,10 +177,14 @@ class ComposeCommand:
             self.attached([*state.argv, "up", "--detach", "--no-deps", *services])
 
     def write_rendered(
-        self, project: Project, extension: Extension, ports: Mapping[str, int]
+        self,
+        project: Project,
+        extension: Extension,
+        ports: Mapping[str, int],
+        targeted: Sequence[str] = (),
     ) -> tuple[str, Rendered]:
         """The project rendered into the private directory: the file's path."""
-        rendered = self.render(project, extension, ports)
+        rendered = self.render(project, extension, ports, targeted)
         path = write_private(
             private_root(self.environ),
             project.name,
@@ -203,13 +210,17 @@ class ComposeCommand:
         return done
 
     def render(
-        self, project: Project, extension: Extension, ports: Mapping[str, int] | None = None
+        self,
+        project: Project,
+        extension: Extension,
+        ports: Mapping[str, int] | None = None,
+        targeted: Sequence[str] = (),
     ) -> Rendered:
         """
         The project rendered with the facts of the running connections; ``ports``: the
         bridges telenet opened for the project, by service.
         """
-        active = project.active_services()
+        active = project.active_services(targeted)
         reader = FactsReader(self.docker, self.lookup.config, self.lookup)
         if extension.used_connections(set(active)):
             self.lookup.check_docker()
@@ -272,3 +283,14 @@ def services_named(args: Sequence[str]) -> list[str]:
         elif not token.startswith("-"):
             named.append(token)
     return named
+
+
+def services_targeted(
+    subcommand: str, args: Sequence[str], services: Mapping[str, Any]
+) -> list[str]:
+    """
+    The services the command names (Compose activates them whatever their profiles): for
+    ``run``, the first argument that is a service; else every one.
+    """
+    named = [token for token in args if not token.startswith("-") and token in services]
+    return named[:1] if subcommand == "run" else named
