@@ -271,3 +271,16 @@ def test_a_service_named_is_active_whatever_its_profiles(
     assert setup.world.control.bridges == {}
     run(capsys, "compose", "up", "-d", "api")
     assert list(setup.world.control.bridges.values()) == [AGENT]
+
+
+def test_down_leaves_a_connection_another_project_uses(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The other project's down quits it instead."""
+    run(capsys, "compose", "up", "-d")
+    run(capsys, "compose", "-p", "other", "up", "-d", "web")
+    _, out, _ = run(capsys, "compose", "down")
+    assert "Leaving blue connected: project other uses it" in out
+    assert setup.world.connector.find("blue").running
+    run(capsys, "compose", "-p", "other", "down")
+    assert "tp-blue" not in setup.world.docker.container_names()

@@ -13,5 +13,8 @@
 - ``render.py``: the renderer: the project, the extension and the facts in, the file to run out
 - ``discovery.py``: finding Compose v2 (``docker compose`` or ``docker-compose``), refusing v1
 - ``facts.py``: the facts of running connections, read from Docker and their daemons
+- ``state.py``: what telenet made for a project (bridges, connections it started, the rendered
+  file), recorded in the private directory for a later ``down``, ``stop``, ``quit``, ``status``
+- ``session.py``: the connection work: connecting, bridges opened, probed, closed; cleanup
 - ``command.py``: ``telenet compose`` itself: files, checks, rendered file, Compose's command line
 """

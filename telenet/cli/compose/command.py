@@ -7,12 +7,16 @@ Every run reads the files, the extension and checks both (nothing starts on a ba
 finds Compose v2. Then:
 
 - ``config``: the connections' facts are read (they must be up), the project is rendered to
-  ``<private dir>/<project>/compose.yaml`` and Compose prints it (``docker compose … config
-  ARGS``, so its own options work);
-- the subcommands that need no connection work (``PASS_THROUGH``) run Compose on the user's
-  own files, which Compose reads as they are (it ignores ``x-`` keys);
-- the others (``up``, ``down``, ``stop``, ``start``, ``create``, ``run``, …) come with the
-  orchestration of connections and bridges, in the next stage; they are refused by name.
+  ``<private dir>/<project>/compose.yaml`` (with the bridges ``up`` opened, if any) and Compose
+  prints it (``docker compose … config ARGS``, so its own options work);
+- ``up``, ``create``, ``start``, ``restart``, ``run`` (``PREPARED``): the connections are
+  connected and the bridges opened and probed (``telenet.cli.compose.session``), the project
+  rendered with the bridges' ports, and Compose run on the rendered file; an attached ``up``
+  closes the bridges when Compose returns, the others leave them open until ``stop``/``down``;
+- ``stop`` closes the bridges (of the services it stops), ``down`` removes the telemount
+  volumes and bridges and quits the connections telenet started, each once Compose succeeded;
+- the others (``PASS_THROUGH``) run Compose on the rendered file while the project has one,
+  else on the user's own files, which Compose reads as they are (it ignores ``x-`` keys).
 
 Compose is always given the project's name, its directory, the files, the env files and the
 profiles, so that it sees the project telenet saw. The private directory is

@@ -244,12 +244,14 @@ class Session:
         self.remove_volumes(state)
         self.close_bridges(state)
         if quit_started and self.connector is not None:
-            others = {
-                c for s in self.store.projects() if s.project != state.project for c in s.started
-            }
+            others = [s for s in self.store.projects() if s.project != state.project]
             for name in state.started:
-                if name in others:
-                    self.say(f"Leaving {name} connected: another project started it too")
+                heir = next((s for s in others if name in s.connections), None)
+                if heir is not None:
+                    # Its down quits it, as it was started for a project.
+                    heir.started = sorted({*heir.started, name})
+                    self.store.write(heir)
+                    self.say(f"Leaving {name} connected: project {heir.project} uses it")
                     continue
                 try:
                     self.connector.quit(name)
