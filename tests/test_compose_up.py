@@ -284,3 +284,13 @@ def test_down_leaves_a_connection_another_project_uses(
     assert setup.world.connector.find("blue").running
     run(capsys, "compose", "-p", "other", "down")
     assert "tp-blue" not in setup.world.docker.container_names()
+
+
+def test_no_bridge_when_no_telemount_volume_is_needed(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The remote mount lands on a bind mount, which wins: nothing to bridge, no probe."""
+    text = (setup.project / "compose.yaml").read_text()
+    (setup.project / "compose.yaml").write_text(text.replace("- uploads:/srv", "- ./up:/srv"))
+    assert run(capsys, "compose", "up", "-d")[0] == 0
+    assert setup.world.control.bridges == {} and setup.probed == []

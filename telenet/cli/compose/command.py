@@ -141,7 +141,9 @@ class ComposeCommand:
         targeted = services_targeted(subcommand, args, project.services())
         active = project.active_services(targeted)
         check_extension(project, extension, active)
-        ports = session.prepare(state, extension, active)
+        ports = session.prepare(
+            state, extension, active, bridged_services(project, extension, active)
+        )
         try:
             path, rendered = self.write_rendered(project, extension, ports, targeted)
         except BaseException:
@@ -228,9 +230,7 @@ class ComposeCommand:
         reader = FactsReader(self.docker, self.lookup.config, self.lookup)
         if extension.used_connections(set(active)):
             self.lookup.check_docker()
-        declared = project.model.get("volumes") or {}
-        plan = plan_mounts(project.services(), active, extension, declared)
-        bridged = sorted({volume.service for volume in plan.volumes})
+        bridged = bridged_services(project, extension, active)
         ports = {s: p for s, p in (ports or {}).items() if s in bridged}
         unknown = sorted(set(bridged) - set(ports))
         facts, notes = reader.preview(project.name, extension, active, unknown)
@@ -298,3 +298,10 @@ def services_targeted(
     """
     named = [token for token in args if not token.startswith("-") and token in services]
     return named[:1] if subcommand == "run" else named
+
+
+def bridged_services(project: Project, extension: Extension, active: Sequence[str]) -> list[str]:
+    """The active services that get telemount volumes, so need a bridge."""
+    declared = project.model.get("volumes") or {}
+    plan = plan_mounts(project.services(), active, extension, declared)
+    return sorted({volume.service for volume in plan.volumes})

@@ -51,10 +51,15 @@ class Session:
     # -- before Compose
 
     def prepare(
-        self, state: ProjectState, extension: Extension, active: Iterable[str]
+        self,
+        state: ProjectState,
+        extension: Extension,
+        active: Iterable[str],
+        bridged: Iterable[str],
     ) -> dict[str, int]:
         """
-        The connections up and the bridges open: each bridged service's port. On an error,
+        The connections of the ``active`` services up, and a bridge open for each of the
+        ``bridged`` ones (those that get telemount volumes): their ports. On an error,
         what this call made is undone and ComposeError raised.
         """
         active = set(active)
@@ -76,7 +81,7 @@ class Session:
                 started.append(name)
                 state.started = sorted(set(state.started) | {name})
                 self.store.write(state)
-            return self._bridges(state, extension, active, opened)
+            return self._bridges(state, extension, sorted(bridged), opened)
         except BaseException:
             self.undo(state)
             raise
@@ -92,14 +97,13 @@ class Session:
         self,
         state: ProjectState,
         extension: Extension,
-        active: set[str],
+        bridged: list[str],
         opened: list[Bridge],
     ) -> dict[str, int]:
         ports: dict[str, int] = {}
-        engaged = [s for s in sorted(active) if extension.services.get(s) is not None]
-        for service in engaged:
+        for service in bridged:
             spec = extension.services[service]
-            if not spec.engaged or spec.agent is None or not spec.remote_mounts:
+            if spec.agent is None:
                 continue
             conn = self.lookup.find(spec.connection)
             control = self.lookup.control(conn)
