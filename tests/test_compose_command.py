@@ -62,9 +62,13 @@ class Setup:
     #: The agents that do not answer the probe through their bridge.
     unreachable: set[str] = attrs.field(factory=set)
     probed: list[tuple[str, int, str]] = attrs.field(factory=list)
+    #: Called by each probe first (a crash while probing).
+    on_probe: Any = None
 
     def probe(self, host: str, port: int, agent: str) -> None:
         self.probed.append((host, port, agent))
+        if self.on_probe is not None:
+            self.on_probe()
         if agent in self.unreachable:
             raise CLIError(f"agent {agent} is unreachable from the daemon (no answer within 6 s)")
 

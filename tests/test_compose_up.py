@@ -294,3 +294,28 @@ def test_no_bridge_when_no_telemount_volume_is_needed(
     (setup.project / "compose.yaml").write_text(text.replace("- uploads:/srv", "- ./up:/srv"))
     assert run(capsys, "compose", "up", "-d")[0] == 0
     assert setup.world.control.bridges == {} and setup.probed == []
+
+
+def test_the_bridge_is_recorded_before_the_probe(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bridge is in the record while the agent is probed; a failed probe leaves nothing."""
+    seen = []
+
+    def crash() -> None:
+        state = store(setup).read("shop")
+        seen.append([(b.agent, b.port) for b in state.bridges] if state else [])
+        raise SystemExit(137)
+
+    setup.on_probe = crash
+    with pytest.raises(SystemExit):
+        run(capsys, "compose", "up", "-d")
+    ((_, _, port),) = [c for c in setup.world.control.calls if c[0] == "open_bridge"]
+    assert seen == [[(AGENT, port)]]
+    # An exception that can be caught closes it at once.
+    assert setup.world.control.bridges == {}
+    setup.on_probe = None
+    setup.unreachable.add(AGENT)
+    _, out, _ = run(capsys, "compose", "up", "-d")
+    assert "Warning" not in out
+    assert store(setup).read("shop") is None and setup.world.control.bridges == {}

@@ -118,19 +118,12 @@ class Session:
                 None,
             )
             if kept is None:
-                try:
-                    host = bridge_host(conn)
-                    port = open_bridge(control, spec.agent, host, self._probe())
-                except CLIError as e:
-                    raise ComposeError(f"service {service}: {e}; nothing was started") from None
-                kept = Bridge(spec.connection, spec.agent, port)
-                opened.append(kept)
                 state.bridges = [
                     b
                     for b in state.bridges
                     if (b.connection, b.agent) != (spec.connection, spec.agent)
                 ]
-                state.bridges.append(kept)
+                kept = self._open(state, spec.connection, spec.agent, service, opened)
             users = tuple(sorted({*kept.services, service}))
             state.bridges = [
                 attrs.evolve(b, services=users) if b is kept else b for b in state.bridges
@@ -138,6 +131,37 @@ class Session:
             self.store.write(state)
             ports[service] = kept.port
         return ports
+
+    def _open(
+        self, state: ProjectState, connection: str, agent: str, service: str, opened: list[Bridge]
+    ) -> Bridge:
+        """
+        A bridge to ``agent``, recorded as soon as the daemon gives its port (before the
+        probe: a crash leaves it for a later ``down``); dropped again when the agent does not
+        answer (``open_bridge`` closed it).
+        """
+        conn = self.lookup.find(connection)
+        probe = self._probe()
+
+        def record_then_probe(host: str, port: int, agent: str) -> None:
+            made = Bridge(connection, agent, port)
+            opened.append(made)
+            state.bridges.append(made)
+            self.store.write(state)
+            probe(host, port, agent)
+
+        before = len(opened)
+        try:
+            open_bridge(self.lookup.control(conn), agent, bridge_host(conn), record_then_probe)
+        except BaseException as e:
+            if len(opened) > before:
+                gone = opened.pop()
+                state.bridges.remove(gone)
+                self.store.write(state)
+            if isinstance(e, CLIError):
+                raise ComposeError(f"service {service}: {e}; nothing was started") from None
+            raise
+        return opened[-1]
 
     def _probe(self) -> Probe:
         if self.probe is not None:
