@@ -42,26 +42,15 @@ TELEPRESENCE_KEY = "x-tele"
 
 
 @attrs.frozen
-class ConnectionSpec:
+class ConnectionSpec(ConnectRequest):
     """A connection the project uses: ``telenet connect --docker`` with these options."""
 
-    name: str
-    vif: str | None = None
-    vif_network: str | None = None
-    subnets: tuple[str, ...] = ()
-    cluster_dns: str | None = None
-    cluster_domains: tuple[str, ...] = ()
-    where: Where | None = attrs.field(default=None, eq=False)
+    where: Where | None = attrs.field(default=None, eq=False, kw_only=True)
 
     def request(self) -> ConnectRequest:
         """What ``telenet connect --docker`` is asked when the connection is not up."""
         return ConnectRequest(
-            name=self.name,
-            vif=self.vif,
-            vif_network=self.vif_network,
-            subnets=self.subnets,
-            cluster_dns=self.cluster_dns,
-            cluster_domains=self.cluster_domains,
+            **{f.name: getattr(self, f.name) for f in attrs.fields(ConnectRequest)}
         )
 
 
