@@ -1,0 +1,156 @@
+"""
+End to end: ``telenet compose`` runs a three-service Compose project on a connection to the
+embedded demo cluster, with real dockerd, real Compose v2, the managed plug-ins and a real
+telemount volume.
+
+``web`` is engaged against the demo cluster's agent with a read-only remote mount of
+``/var/run/secrets/kubernetes.io`` (it serves the token it reads); ``worker`` is on the
+connection (it fetches the cluster's echo service by its cluster name, and ``web`` and ``db``
+by their Compose names); ``db`` is a plain local service with the user's named volume. After
+``telenet compose down`` nothing of the project is left but the user's volume.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import BUSYBOX, require, run
+from .test_e2e_cli import BODY, SECRETS, SERVICE, Env, uid
+from .test_e2e_cli import env as cli_env
+
+pytestmark = pytest.mark.e2e
+
+#: The module's environment: the CLI tests' demo cluster and config, set up once here.
+env = cli_env
+
+
+def compose_v2() -> bool:
+    found = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True)
+    if found.returncode == 0 and found.stdout.decode().lstrip("v").startswith("2."):
+        return True
+    if shutil.which("docker-compose") is None:
+        return False
+    found = subprocess.run(["docker-compose", "version", "--short"], capture_output=True)
+    return found.returncode == 0 and found.stdout.decode().lstrip("v").startswith("2.")
+
+
+@pytest.fixture
+def project(env: Env) -> Iterator[dict[str, Any]]:
+    require(compose_v2(), "Compose v2 is not installed (run: scripts/dev setup)")
+    name = f"{env.prefix}shop{uid()[:4]}"
+    directory = os.path.join(env.workdir, name)
+    os.makedirs(directory)
+    connection = f"{env.prefix}-cmp"
+    with open(os.path.join(directory, "compose.yaml"), "w") as f:
+        f.write(
+            f"""\
+x-telenet:
+  connections:
+    - name: {connection}
+      vifNetwork: {env.cluster["network"]}
+      clusterDNS: {env.cluster["cluster_dns"]}
+services:
+  web:
+    image: {BUSYBOX}
+    command: ["sh", "-c", "mkdir -p /www && cp {SECRETS}/serviceaccount/token /www/token
+      && (touch {SECRETS}/x 2>/dev/null || echo read-only > /www/ro)
+      && exec httpd -f -p 80 -h /www"]
+    x-telenet:
+      type: engage
+      agent: {env.cluster["agent"]}
+      container: {env.cluster["sample_container"]}
+      remoteMounts: ["{SECRETS}:ro"]
+  worker:
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap 'exit 0' TERM; while sleep 0.1; do :; done"]
+    x-telenet:
+      type: connect
+  db:
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo db-ok > /data/hello && exec httpd -f -p 80 -h /data"]
+    volumes:
+      - dbdata:/data
+volumes:
+  dbdata:
+"""
+        )
+    env.connections.add(connection)
+    facts = {"name": name, "directory": directory, "connection": connection}
+    try:
+        yield facts
+    finally:
+        compose(env, facts, "down", "--timeout", "1", check=False)
+        env.telenet("quit", "--name", connection, check=False)
+        run("docker", "volume", "rm", "-f", f"{name}_dbdata", check=False)
+
+
+def compose(
+    env: Env, project: dict[str, Any], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return env.telenet(
+        "compose",
+        "--project-directory",
+        project["directory"],
+        "-f",
+        os.path.join(project["directory"], "compose.yaml"),
+        "-p",
+        project["name"],
+        *args,
+        check=check,
+    )
+
+
+def fetch(env: Env, project: dict[str, Any], host: str, path: str = "/") -> str:
+    """
+    An HTTP GET in the worker (busybox's nc: its static wget cannot resolve names), tried for a
+    while: httpd and the mounts start with the project.
+    """
+    get = (
+        f"printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' | nc -w 5 {host} 80 "
+        "| sed '1,/^\\r*$/d'"
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        result = compose(env, project, "exec", "-T", "worker", "sh", "-c", get, check=False)
+        if (result.returncode == 0 and result.stdout.strip()) or time.monotonic() > deadline:
+            assert result.returncode == 0, f"{host}{path}: {result.stdout}{result.stderr}"
+            return result.stdout
+        time.sleep(0.5)
+
+
+def project_leftovers(project: dict[str, Any], env: Env) -> dict[str, list[str]]:
+    label = f"label=com.docker.compose.project={project['name']}"
+    containers = run("docker", "ps", "-a", "-q", "--filter", label).stdout.split()
+    networks = run("docker", "network", "ls", "-q", "--filter", label).stdout.split()
+    return {"containers": containers, "networks": networks, "telemount": env.volumes()}
+
+
+def test_compose_project_on_the_connection(env: Env, project: dict[str, Any]) -> None:
+    out = compose(env, project, "up", "-d").stdout
+    assert f"Connected to {project['connection']}" in out, out
+    assert fetch(env, project, SERVICE).strip() == BODY
+    assert fetch(env, project, "web", "/token").strip() == "demo-token-123"
+    assert fetch(env, project, "web", "/ro").strip() == "read-only"
+    assert fetch(env, project, "db", "/hello").strip() == "db-ok"
+    status = env.status(project["connection"])
+    assert project["name"] in str(status.get("compose_projects")), status
+    assert len(status["bridges"]) == 1, status
+    assert env.volumes() != []
+
+    compose(env, project, "down", "--timeout", "1")
+    assert project_leftovers(project, env) == {"containers": [], "networks": [], "telemount": []}
+    # The connection up started is quit with the project; the user's volume stays.
+    assert (
+        run("docker", "network", "ls", "-q", "--filter", f"name=^{project['connection']}$").stdout
+        == ""
+    )
+    assert (
+        run("docker", "volume", "inspect", f"{project['name']}_dbdata", check=False).returncode == 0
+    )
