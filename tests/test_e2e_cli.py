@@ -383,9 +383,14 @@ def test_docker_context_of_an_engine_elsewhere(env: Env) -> None:
     require(shutil.which("socat") is not None, "socat is needed to serve the engine on TCP")
     ensure_curl_image()
     port, dead = free_port(), free_port()
+    # docker start --attach half-closes its side at once (nothing on stdin); socat would then
+    # drop the engine's side 0.5 s later (its -t default), losing the output of any container
+    # slower than that. A real remote engine keeps the attach stream open: so must the proxy.
     proxy = subprocess.Popen(
         [
             "socat",
+            "-t",
+            "3600",
             f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
             "UNIX-CONNECT:/var/run/docker.sock",
         ]
