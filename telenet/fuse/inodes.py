@@ -31,6 +31,7 @@ from telenet.fuse.nodes import (
     MountedVolume,
     Node,
 )
+from telenet.fuse.owners import SERVER_OWNED, Ownership
 from telenet.fuse.prefetch import Ahead, Listing, PrefetchMixin
 from telenet.fuse.resume import wait
 from telenet.sftp.client import SFTPClient
@@ -177,14 +178,22 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
 
     # -- volumes ---------------------------------------------------------------------------------
 
-    async def add_volume(self, name: str, path: str, ro: bool) -> str | None:
+    async def add_volume(
+        self, name: str, path: str, ro: bool, owner: Ownership = SERVER_OWNED
+    ) -> str | None:
         """
         Show remote directory ``path`` as volume ``name``; None on success, else why not.
 
-        Re-adding a volume unchanged is fine; a different path or ro flag replaces it.
+        Re-adding a volume unchanged is fine; a different path, ro flag or ownership
+        replaces it.
         """
         existing = self.volumes.get(name)
-        if existing is not None and os.fsencode(path) == existing.path and existing.ro == ro:
+        if (
+            existing is not None
+            and os.fsencode(path) == existing.path
+            and existing.ro == ro
+            and existing.owner == owner
+        ):
             return None
         label = self._source.label
         try:
@@ -203,14 +212,20 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         current = self.volumes.get(name)  # it may have changed while we waited
         if current is not None:
             self._drop_volume(current)
-        vol = MountedVolume(name, path, ro, self._next_vid)
+        vol = MountedVolume(name, path, ro, self._next_vid, owner)
         self._next_vid += 1
         vol.root = self._child(vol, b"")
         self._set_attrs(vol.root, attrs)
         self.volumes[name] = vol
         self._by_bname[vol.bname] = vol
         self._root_mtime_ns = time.time_ns()
-        log.info("volume {name} shows {path} (ro={ro})", name=name, path=path, ro=ro)
+        log.info(
+            "volume {name} shows {path} (ro={ro}, owner={owner})",
+            name=name,
+            path=path,
+            ro=ro,
+            owner=owner,
+        )
         return None
 
     def remove_volume(self, name: str) -> None:
@@ -241,13 +256,13 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         e.st_ino = node.ino
         e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.attr_timeout
-        mode = a.permissions if a.permissions is not None else stat.S_IFREG | 0o644
+        uid, gid, mode = node.vol.owner.shown(a, stat.S_IFREG | 0o644)
         if node.vol.ro:
             mode &= ~0o222
         e.st_mode = mode
         e.st_nlink = 1
-        e.st_uid = a.uid or 0
-        e.st_gid = a.gid or 0
+        e.st_uid = uid
+        e.st_gid = gid
         size = a.size or 0
         e.st_size = size
         e.st_blocks = (size + 511) // 512

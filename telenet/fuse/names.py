@@ -21,7 +21,8 @@ from twisted.internet.defer import Deferred
 
 from telenet.fuse.errors import fuse_op
 from telenet.fuse.inodes import InodeTable
-from telenet.fuse.nodes import ROOT_INODE, Node
+from telenet.fuse.nodes import ROOT_INODE, MountedVolume, Node
+from telenet.fuse.owners import check_name, owner_change, settle
 from telenet.fuse.resume import both, wait
 from telenet.sftp.client import SFTPClient
 from telenet.sftp.codec import FileAttrs
@@ -59,6 +60,7 @@ class NamesMixin(InodeTable):
                 return self._root_entry()
             rel = parent.rel.rpartition(b"/")[0]
         else:
+            check_name(name)
             rel = self._join(parent, name)
         node = self._by_key.get((vol.vid, rel))
         if node is not None and node.entry is not None and node.expires > self._now():
@@ -109,14 +111,19 @@ class NamesMixin(InodeTable):
             size = attr.st_size
         if fields.update_mode:
             perms = stat.S_IMODE(attr.st_mode)
-        if fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime:
+        uid, gid = owner_change(
+            node.vol.owner,
+            attr.st_uid if fields.update_uid else None,
+            attr.st_gid if fields.update_gid else None,
+        )
+        if uid is not None or gid is not None or fields.update_atime or fields.update_mtime:
             # SFTP v3 sets uid with gid and atime with mtime: fill in the half not changing.
-            if not fields.update_uid or not fields.update_gid:
+            if uid is None or gid is None or not fields.update_atime or not fields.update_mtime:
                 await self._fresh(node)
             current = node.attrs or FileAttrs()
-            if fields.update_uid or fields.update_gid:
-                uid = attr.st_uid if fields.update_uid else current.uid
-                gid = attr.st_gid if fields.update_gid else current.gid
+            if uid is not None or gid is not None:
+                uid = uid if uid is not None else current.uid
+                gid = gid if gid is not None else current.gid
             if fields.update_atime or fields.update_mtime:
                 now = int(time.time())
                 atime = attr.st_atime_ns // 1_000_000_000 if fields.update_atime else None
@@ -127,15 +134,31 @@ class NamesMixin(InodeTable):
                     mtime = current.mtime if current.mtime is not None else now
         client = self._client()
         path = node.remote
-        done = client.setstat(path, FileAttrs(size, uid, gid, perms, atime, mtime))
+        link = node.attrs is not None and stat.S_ISLNK(node.attrs.permissions or 0)
+        setstat = client.lsetstat if link and client.canLsetstat else client.setstat
+        changes = []
+        if uid is not None and perms is not None:
+            # OpenSSH applies a SETSTAT's mode before its owner, and a chown clears the
+            # set-id bits: the owner goes first, on its own.
+            changes.append(setstat(path, FileAttrs(uid=uid, gid=gid)))
+            uid = gid = None
+        if any(v is not None for v in (size, uid, gid, perms, atime, mtime)):
+            changes.append(setstat(path, FileAttrs(size, uid, gid, perms, atime, mtime)))
         fresh = client.lstat(path) if node is not node.vol.root else client.stat(path)
         node.expires = 0.0
         if size is not None:
             for h in node.handles:
                 if h.reader is not None:
                     h.reader.reset()
-        _, attrs = await both(done, fresh)
-        return self._set_attrs(node, attrs)
+        try:
+            for change in changes:
+                await wait(change)
+        except SFTPStatusError as e:
+            fresh.addErrback(lambda f: None)
+            if e.errno == errno.EACCES and size is None:
+                raise FUSEError(errno.EPERM) from None  # chown, chmod, utimes: not the owner
+            raise
+        return self._set_attrs(node, await wait(fresh))
 
     @fuse_op()
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
@@ -147,16 +170,40 @@ class NamesMixin(InodeTable):
         self, parent_inode: int, name: bytes, mode: int, ctx: Any = None
     ) -> EntryAttributes:
         parent = self._parent(parent_inode)
+        check_name(name)
         return await self._make(
-            parent, name, lambda c, p: c.mkdir(p, FileAttrs(permissions=stat.S_IMODE(mode)))
+            parent,
+            name,
+            lambda c, p: c.mkdir(p, FileAttrs(permissions=stat.S_IMODE(mode))),
+            ctx,
+            stat.S_IFDIR | mode,
         )
+
+    @fuse_op(errno.EEXIST)
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any = None
+    ) -> EntryAttributes:
+        parent = self._parent(parent_inode)
+        check_name(name)
+        if not stat.S_ISREG(mode):
+            # SFTP makes regular files, directories and symlinks only: mknod(2)'s EPERM for
+            # "the file system does not support the type of node requested".
+            raise FUSEError(errno.EPERM)
+
+        def make(c: SFTPClient, p: bytes) -> Deferred[None]:
+            flags = ft.FXF_WRITE | ft.FXF_CREAT | ft.FXF_EXCL
+            opening = c.open(p, flags, FileAttrs(permissions=stat.S_IMODE(mode)))
+            return opening.addCallback(lambda handle: c.close(handle))
+
+        return await self._make(parent, name, make, ctx, mode)
 
     @fuse_op(errno.EEXIST)
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: Any = None
     ) -> EntryAttributes:
         parent = self._parent(parent_inode)
-        return await self._make(parent, name, lambda c, p: c.symlink(p, target))
+        check_name(name)
+        return await self._make(parent, name, lambda c, p: c.symlink(p, target), ctx)
 
     @fuse_op(errno.EEXIST)
     async def link(
@@ -164,6 +211,7 @@ class NamesMixin(InodeTable):
     ) -> EntryAttributes:
         node = self._node(inode)
         parent = self._parent(new_parent_inode)
+        check_name(new_name)
         if parent.vol is not node.vol:
             raise FUSEError(errno.EXDEV)
         old = node.remote
@@ -172,13 +220,23 @@ class NamesMixin(InodeTable):
         return entry
 
     async def _make(
-        self, parent: Node, name: bytes, create: Callable[[SFTPClient, bytes], Deferred[None]]
+        self,
+        parent: Node,
+        name: bytes,
+        create: Callable[[SFTPClient, bytes], Deferred[None]],
+        ctx: Any = None,
+        mode: int | None = None,
     ) -> EntryAttributes:
+        """
+        Make a new name with ``create``, then give it the owner and ``mode`` (None: a
+        symlink's) a local filesystem would (``settle``).
+        """
         client = self._client()
         rel = self._join(parent, name)
         path = parent.vol.remote(rel)
         # Pipelined: the server answers in order, so the LSTAT sees what was just made.
         _, attrs = await both(create(client, path), client.lstat(path))
+        attrs = await settle(client, parent.vol.owner, parent.attrs, path, attrs, ctx, mode)
         self._detach(parent.vol, rel)
         node = self._child(parent.vol, rel)
         entry = self._set_attrs(node, attrs)
@@ -221,6 +279,7 @@ class NamesMixin(InodeTable):
             raise FUSEError(errno.EINVAL)
         if flags & pyfuse3.RENAME_NOREPLACE and not client.canNoReplaceRename:
             raise FUSEError(errno.EINVAL)
+        check_name(name_new)
         vol = old_parent.vol
         old = self._join(old_parent, name_old)
         new = self._join(new_parent, name_new)
@@ -228,8 +287,21 @@ class NamesMixin(InodeTable):
         try:
             await wait(client.rename(vol.remote(old), vol.remote(new), overwrite=overwrite))
         except SFTPStatusError as e:
-            raise FUSEError(
-                e.errno if e.code != ft.FX_FAILURE or overwrite else errno.EEXIST
-            ) from None
+            code = e.errno
+            if e.code == ft.FX_FAILURE and not overwrite:
+                code = errno.EEXIST
+            elif e.code == ft.FX_FAILURE and code == errno.EIO and self._is_dir(vol, new):
+                # OpenSSH says only "Failure": over a directory, it had entries.
+                code = errno.ENOTEMPTY
+            raise FUSEError(code) from None
         self._move(vol, old, new)
         old_parent.expires = new_parent.expires = 0.0
+
+    def _is_dir(self, vol: MountedVolume, rel: bytes) -> bool:
+        """Whether ``rel`` was last seen as a directory (the kernel looks a target up first)."""
+        node = self._by_key.get((vol.vid, rel))
+        return (
+            node is not None
+            and node.attrs is not None
+            and stat.S_ISDIR(node.attrs.permissions or 0)
+        )
