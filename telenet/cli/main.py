@@ -173,7 +173,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run a container with an agent's directories mounted",
         usage="telenet engage [--name N] --agent HOST:PORT --container NAME "
         "[--remote-mount PATH[:ro] ...] [--mount-opt KEY=VALUE ...] "
-        "(--docker-run | --docker-build CONTEXT [--docker-build-opt KEY=VALUE ...] | --docker-debug CONTEXT) -- [docker run arguments]",
+        "(--docker-run | --docker-build CONTEXT [--docker-build-opt KEY=VALUE ...] "
+        "| --docker-debug CONTEXT) -- [docker run arguments]",
     )
     engage.add_argument("--name")
     engage.add_argument("--use", metavar="REGEX", help="the one connection REGEX matches")
