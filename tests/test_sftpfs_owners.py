@@ -216,10 +216,7 @@ async def test_errnos_sftp_v3_cannot_carry(world: World) -> None:
         await fuse_errno(world.fs.create(vol.st_ino, long, 0o644, os.O_WRONLY, None))
         == errno.ENAMETOOLONG
     )
-    for kind in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
-        assert await fuse_errno(world.fs.mknod(vol.st_ino, b"x", kind | 0o644, 0, None)) == (
-            errno.EPERM
-        )
+    assert await fuse_errno(world.fs.mknod(vol.st_ino, b"x", 0o644, 0, None)) == errno.EINVAL
     await world.lookup_path(b"data", b"sub")
 
     def failing_rename(old: bytes, new: bytes, overwrite: bool = True) -> Deferred[None]:
@@ -233,3 +230,58 @@ async def test_errnos_sftp_v3_cannot_carry(world: World) -> None:
     assert await fuse_errno(rename(vol.st_ino, b"sub", vol.st_ino, b"hello", 0, None)) == (
         errno.EIO
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_special_nodes_live_in_the_mount(world: World) -> None:
+    """
+    FIFOs, sockets and devices: kept by the mount, listed with the server's names, moved,
+    linked and removed; a directory holding one is not empty; the server never sees them.
+    """
+    await aio(world.setup())
+    vol = await world.lookup_path(b"data")
+    sub = await world.lookup_path(b"data", b"sub")
+    fs = world.fs
+    fifo = await aio(fs.mknod(sub.st_ino, b"fifo", stat.S_IFIFO | 0o640, 0, ctx(7, 8)))
+    assert stat.S_ISFIFO(fifo.st_mode) and (fifo.st_uid, fifo.st_gid) == (7, 8)
+    dev = await aio(fs.mknod(vol.st_ino, b"dev", stat.S_IFCHR | 0o600, 0x0102, None))
+    assert stat.S_ISCHR(dev.st_mode) and dev.st_rdev == 0x0102
+    assert b"/exp/app/data/sub/fifo" not in world.client.tree
+    assert sorted(await world.readdir(sub.st_ino)) == [b"deep", b"fifo"]
+    assert (await aio(fs.lookup(sub.st_ino, b"fifo", None))).st_ino == fifo.st_ino
+    assert await fuse_errno(fs.mknod(sub.st_ino, b"fifo", stat.S_IFIFO, 0, None)) == errno.EEXIST
+    assert await fuse_errno(fs.mknod(sub.st_ino, b"deep", stat.S_IFIFO, 0, None)) == errno.EEXIST
+    # chmod and chown change the mount's copy
+    attr = EntryAttributes()
+    attr.st_mode, attr.st_uid, attr.st_gid = stat.S_IFIFO | 0o600, 1, 2
+    changed = await aio(
+        fs.setattr(fifo.st_ino, attr, fields(mode=True, uid=True, gid=True), None, None)
+    )
+    assert (stat.S_IMODE(changed.st_mode), changed.st_uid, stat.S_ISFIFO(changed.st_mode)) == (
+        0o600,
+        1,
+        True,
+    )
+    # a directory holding one is not empty, even if the server's side is
+    await aio(fs.unlink(sub.st_ino, b"deep", None))
+    assert await fuse_errno(fs.rmdir(vol.st_ino, b"sub", None)) == errno.ENOTEMPTY
+    # links share the node; rename moves it, over a server file too
+    linked = await aio(fs.link(fifo.st_ino, vol.st_ino, b"again", None))
+    assert linked.st_nlink == 2
+    await aio(fs.rename(sub.st_ino, b"fifo", vol.st_ino, b"hello", 0, None))
+    assert b"/exp/app/data/hello" not in world.client.tree, "replaced"
+    assert stat.S_ISFIFO((await aio(fs.lookup(vol.st_ino, b"hello", None))).st_mode)
+    # renaming the directory carries them along
+    await aio(fs.mknod(sub.st_ino, b"sock", stat.S_IFSOCK | 0o755, 0, None))
+    await aio(fs.rename(vol.st_ino, b"sub", vol.st_ino, b"moved", 0, None))
+    moved = await world.lookup_path(b"data", b"moved")
+    assert await world.readdir(moved.st_ino) == [b"sock"]
+    # a server file renamed onto one replaces it
+    await aio(fs.rename(vol.st_ino, b"hello", vol.st_ino, b"dev", 0, None))
+    assert stat.S_ISFIFO((await aio(fs.lookup(vol.st_ino, b"dev", None))).st_mode)
+    for name in (b"dev", b"again"):
+        await aio(fs.unlink(vol.st_ino, name, None))
+    await aio(fs.unlink(moved.st_ino, b"sock", None))
+    await aio(fs.rmdir(vol.st_ino, b"moved", None))
+    assert not fs._specials
+    fs.remove_volume("data")

@@ -316,7 +316,15 @@ def test_e2e_refused_operations_fail_with_a_local_errno(mounted: Mounted) -> Non
         assert errno_of(os.rename, p("file"), os.path.join(other, "file")) == errno.EXDEV
         assert errno_of(os.open, p("link"), os.O_RDONLY | os.O_NOFOLLOW) == errno.ELOOP
         assert errno_of(os.open, p("file"), os.O_CREAT | os.O_EXCL | os.O_WRONLY) == errno.EEXIST
-        assert errno_of(os.mkfifo, p("fifo")) == errno.EPERM
+        # FIFOs are the mount's own (SFTP cannot make them): usable, never on the server
+        os.mkfifo(p("full", "fifo"))
+        assert stat.S_ISFIFO(os.lstat(p("full", "fifo")).st_mode)
+        assert not os.path.lexists(mounted.on_disk("data", "full", "fifo"))
+        os.unlink(p("full", "f"))
+        assert errno_of(os.rmdir, p("full")) == errno.ENOTEMPTY
+        os.unlink(p("full", "fifo"))
+        with open(p("full", "f"), "w") as f:
+            f.write("f\n")
         assert errno_of(os.link, p("full"), p("dirlink")) == errno.EPERM
         assert errno_of(os.link, p("file"), p("link")) == errno.EEXIST
         # hard links (hardlink@openssh.com) share the file

@@ -34,6 +34,7 @@ from telenet.fuse.nodes import (
 from telenet.fuse.owners import SERVER_OWNED, Ownership
 from telenet.fuse.prefetch import Ahead, Listing, PrefetchMixin
 from telenet.fuse.resume import wait
+from telenet.fuse.specials import SpecialNodes
 from telenet.sftp.client import SFTPClient
 from telenet.sftp.codec import FileAttrs
 from telenet.sftp.errors import SFTPNotConnected, SFTPStatusError
@@ -100,6 +101,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
+        self._specials = SpecialNodes()  # FIFOs, sockets and devices: the server has none
         self._root_mtime_ns = time.time_ns()
         # Small files fetched ahead of a reader walking a directory (see _walk).
         self._listings: collections.OrderedDict[tuple[int, bytes], Listing] = (
@@ -150,6 +152,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     def _detach(self, vol: MountedVolume, rel: bytes) -> None:
         """The remote path ``rel`` is gone (and anything under it)."""
         self._drop_ahead(vol.vid, rel, under=True)
+        if self._specials:
+            self._specials.drop(vol.vid, rel)
         node = self._by_key.pop((vol.vid, rel), None)
         if node is not None:
             node.detached = True
@@ -164,6 +168,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         """The remote path ``old`` is now ``new`` (and so is everything under it)."""
         self._detach(vol, new)
         self._drop_ahead(vol.vid, old, under=True)
+        if self._specials:
+            self._specials.move(vol.vid, old, new)
         node = self._by_key.pop((vol.vid, old), None)
         if node is not None:
             node.rel = new
@@ -237,6 +243,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
 
     def _drop_volume(self, vol: MountedVolume) -> None:
         vol.removed = True
+        self._specials.drop_volume(vol.vid)
         for key in [k for k in self._ahead if k[0] == vol.vid]:
             self._take_ahead(key).discard()  # type: ignore[union-attr]
         del self.volumes[vol.name]
@@ -261,6 +268,11 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
             mode &= ~0o222
         e.st_mode = mode
         e.st_nlink = 1
+        if self._specials:
+            special = self._specials.get(node.vol.vid, node.rel)
+            if special is not None:
+                e.st_rdev = special.rdev
+                e.st_nlink = self._specials.links(special)
         e.st_uid = uid
         e.st_gid = gid
         size = a.size or 0
@@ -317,6 +329,10 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
             return node.entry
         if node.detached and node.entry is not None:
             return node.entry
+        if self._specials:
+            special = self._specials.get(node.vol.vid, node.rel)
+            if special is not None:
+                return self._set_attrs(node, special.attrs)
         for h in list(node.handles):
             # Let write-behind land first, or the server reports a size that is too small.
             if h.writer is not None and h.writer.inFlight:

@@ -22,8 +22,9 @@ from twisted.internet.defer import Deferred
 from telenet.fuse.errors import fuse_op
 from telenet.fuse.inodes import InodeTable
 from telenet.fuse.nodes import ROOT_INODE, MountedVolume, Node
-from telenet.fuse.owners import check_name, owner_change, settle
+from telenet.fuse.owners import check_name, new_owner, owner_change, settle
 from telenet.fuse.resume import both, wait
+from telenet.fuse.specials import Special
 from telenet.sftp.client import SFTPClient
 from telenet.sftp.codec import FileAttrs
 from telenet.sftp.errors import SFTPStatusError
@@ -66,6 +67,12 @@ class NamesMixin(InodeTable):
         if node is not None and node.entry is not None and node.expires > self._now():
             node.lookups += 1
             return node.entry
+        special = self._specials.get(vol.vid, rel) if self._specials else None
+        if special is not None:
+            node = self._child(vol, rel)
+            entry = self._set_attrs(node, special.attrs)
+            node.lookups += 1
+            return entry
         try:
             attrs = await wait(self._client().lstat(vol.remote(rel)))
         except SFTPStatusError as e:
@@ -132,6 +139,10 @@ class NamesMixin(InodeTable):
                     atime = current.atime if current.atime is not None else now
                 if mtime is None:
                     mtime = current.mtime if current.mtime is not None else now
+        special = self._specials.get(node.vol.vid, node.rel) if self._specials else None
+        if special is not None:
+            special.attrs = _changed(special.attrs, uid, gid, perms, atime, mtime)
+            return self._set_attrs(node, special.attrs)
         client = self._client()
         path = node.remote
         link = node.attrs is not None and stat.S_ISLNK(node.attrs.permissions or 0)
@@ -186,9 +197,9 @@ class NamesMixin(InodeTable):
         parent = self._parent(parent_inode)
         check_name(name)
         if not stat.S_ISREG(mode):
-            # SFTP makes regular files, directories and symlinks only: mknod(2)'s EPERM for
-            # "the file system does not support the type of node requested".
-            raise FUSEError(errno.EPERM)
+            # SFTP makes regular files, directories and symlinks only: the mount keeps the
+            # others itself (telenet.fuse.specials).
+            return await self._make_special(parent, name, mode, rdev, ctx)
 
         def make(c: SFTPClient, p: bytes) -> Deferred[None]:
             flags = ft.FXF_WRITE | ft.FXF_CREAT | ft.FXF_EXCL
@@ -196,6 +207,34 @@ class NamesMixin(InodeTable):
             return opening.addCallback(lambda handle: c.close(handle))
 
         return await self._make(parent, name, make, ctx, mode)
+
+    async def _make_special(
+        self, parent: Node, name: bytes, mode: int, rdev: int, ctx: Any
+    ) -> EntryAttributes:
+        if stat.S_IFMT(mode) not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise FUSEError(errno.EINVAL)
+        vol = parent.vol
+        rel = self._join(parent, name)
+        if self._specials.get(vol.vid, rel) is not None:
+            raise FUSEError(errno.EEXIST)
+        try:
+            await wait(self._client().lstat(vol.remote(rel)))
+        except SFTPStatusError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        else:
+            raise FUSEError(errno.EEXIST)
+        p = parent.attrs or FileAttrs()
+        uid, gid = new_owner(ctx, p.gid or 0, p.permissions or 0) or (0, 0)
+        now = int(time.time())
+        attrs = FileAttrs(0, uid, gid, mode, now, now)
+        self._detach(vol, rel)
+        self._specials.add(vol.vid, rel, Special(attrs, rdev))
+        node = self._child(vol, rel)
+        entry = self._set_attrs(node, attrs)
+        node.lookups += 1
+        parent.expires = 0.0
+        return entry
 
     @fuse_op(errno.EEXIST)
     async def symlink(
@@ -214,6 +253,14 @@ class NamesMixin(InodeTable):
         check_name(new_name)
         if parent.vol is not node.vol:
             raise FUSEError(errno.EXDEV)
+        special = self._specials.get(node.vol.vid, node.rel) if self._specials else None
+        if special is not None:
+            rel = self._join(parent, new_name)
+            self._specials.add(parent.vol.vid, rel, special)
+            linked = self._child(parent.vol, rel)
+            linked.lookups += 1
+            node.expires = parent.expires = 0.0
+            return self._set_attrs(linked, special.attrs)
         old = node.remote
         entry = await self._make(parent, new_name, lambda c, p: c.hardlink(old, p))
         node.expires = 0.0
@@ -248,7 +295,8 @@ class NamesMixin(InodeTable):
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         parent = self._parent(parent_inode)
         rel = self._join(parent, name)
-        await wait(self._client().remove(parent.vol.remote(rel)))
+        if not self._specials or self._specials.get(parent.vol.vid, rel) is None:
+            await wait(self._client().remove(parent.vol.remote(rel)))
         self._detach(parent.vol, rel)
         parent.expires = 0.0
 
@@ -256,6 +304,8 @@ class NamesMixin(InodeTable):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         parent = self._parent(parent_inode)
         rel = self._join(parent, name)
+        if self._specials and self._specials.under(parent.vol.vid, rel):
+            raise FUSEError(errno.ENOTEMPTY)  # the server's side of it may be empty
         await wait(self._client().rmdir(parent.vol.remote(rel)))
         self._detach(parent.vol, rel)
         parent.expires = 0.0
@@ -284,6 +334,12 @@ class NamesMixin(InodeTable):
         old = self._join(old_parent, name_old)
         new = self._join(new_parent, name_new)
         overwrite = not flags & pyfuse3.RENAME_NOREPLACE
+        if self._specials:
+            await self._rename_specials(vol, old, new, overwrite)
+            if self._specials.get(vol.vid, old) is not None:
+                self._move(vol, old, new)  # only the mount knew it: done
+                old_parent.expires = new_parent.expires = 0.0
+                return
         try:
             await wait(client.rename(vol.remote(old), vol.remote(new), overwrite=overwrite))
         except SFTPStatusError as e:
@@ -305,3 +361,44 @@ class NamesMixin(InodeTable):
             and node.attrs is not None
             and stat.S_ISDIR(node.attrs.permissions or 0)
         )
+
+    async def _rename_specials(
+        self, vol: MountedVolume, old: bytes, new: bytes, overwrite: bool
+    ) -> None:
+        """What a rename needs first when special nodes are involved (see ``specials``)."""
+        target = self._specials.get(vol.vid, new)
+        if target is not None and not overwrite:
+            raise FUSEError(errno.EEXIST)
+        if self._is_dir(vol, new) and self._specials.under(vol.vid, new):
+            raise FUSEError(errno.ENOTEMPTY)
+        if self._specials.get(vol.vid, old) is not None and target is None:
+            # A special node replaces what the server has at the new name.
+            try:
+                if not overwrite:
+                    await wait(self._client().lstat(vol.remote(new)))
+                    raise FUSEError(errno.EEXIST)
+                await wait(self._client().remove(vol.remote(new)))
+            except SFTPStatusError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+
+
+def _changed(
+    a: FileAttrs,
+    uid: int | None,
+    gid: int | None,
+    perms: int | None,
+    atime: int | None,
+    mtime: int | None,
+) -> FileAttrs:
+    """``a`` with a SETSTAT's changes (the type bits of ``permissions`` kept)."""
+    if perms is not None:
+        a = a._replace(permissions=stat.S_IFMT(a.permissions or 0) | perms)
+    if uid is not None or gid is not None:
+        a = a._replace(uid=uid if uid is not None else a.uid, gid=gid if gid is not None else a.gid)
+    if atime is not None or mtime is not None:
+        a = a._replace(
+            atime=atime if atime is not None else a.atime,
+            mtime=mtime if mtime is not None else a.mtime,
+        )
+    return a
