@@ -188,6 +188,28 @@ async def test_new_names_get_their_creators_owner(world: World) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_server_that_may_not_chown_is_asked_once(world: World) -> None:
+    """A server not running as root refuses the chown: its ids stay, and it is not asked again."""
+    await aio(world.setup())
+    vol = await world.lookup_path(b"data")
+    real = world.client.setstat
+
+    def no_chown(path: bytes, attrs: FileAttrs, follow: bool = True) -> Deferred[None]:
+        if attrs.uid is not None:
+            world.client.calls.append(("setstat", path, attrs))
+            return defer.fail(SFTPStatusError(ft.FX_PERMISSION_DENIED, "Permission denied"))
+        return real(path, attrs, follow)
+
+    world.client.setstat = no_chown  # type: ignore[method-assign]
+    _, first = await aio(world.fs.create(vol.st_ino, b"a", 0o644, os.O_WRONLY, ctx(0, 0)))
+    assert first.st_uid == 1000
+    await aio(world.fs.create(vol.st_ino, b"b", 0o644, os.O_WRONLY, ctx(0, 0)))
+    await aio(world.fs.mkdir(vol.st_ino, b"c", stat.S_IFDIR | 0o755, ctx(0, 0)))
+    chowns = [c for c in world.client.calls if c[0] == "setstat" and c[2].uid is not None]
+    assert len(chowns) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_create_of_an_existing_file_keeps_its_owner(world: World) -> None:
     """A name made on the server meanwhile is opened, not taken over."""
     await aio(world.setup())

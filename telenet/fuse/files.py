@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from telenet.fuse.errors import fuse_error, fuse_op
 from telenet.fuse.inodes import InodeTable
 from telenet.fuse.nodes import FileHandle, Node
-from telenet.fuse.owners import check_name, settle
+from telenet.fuse.owners import check_name
 from telenet.fuse.prefetch import PAGE, PREFETCH_MAX, Ahead
 from telenet.fuse.resume import Resume, both, running_loop, wait
 from telenet.sftp.client import SFTPClient
@@ -256,11 +256,13 @@ class FilesMixin(InodeTable):
                 client.open(path, open_flags | ft.FXF_EXCL, perms), client.lstat(path)
             )
         except SFTPStatusError as e:
-            if flags & os.O_EXCL or e.code != ft.FX_FAILURE:
+            if flags & os.O_EXCL or (e.code != ft.FX_FAILURE and e.errno != errno.EEXIST):
                 raise
             handle, attrs = await both(client.open(path, open_flags, perms), client.lstat(path))
         else:
-            attrs = await settle(client, parent.vol.owner, parent.attrs, path, attrs, ctx, mode)
+            attrs = await self._settler.settle(
+                client, parent.vol.owner, parent.attrs, path, attrs, ctx, mode
+            )
         node = self._child(parent.vol, rel)
         entry = self._set_attrs(node, attrs)
         node.lookups += 1

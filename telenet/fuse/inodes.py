@@ -31,7 +31,7 @@ from telenet.fuse.nodes import (
     MountedVolume,
     Node,
 )
-from telenet.fuse.owners import SERVER_OWNED, Ownership
+from telenet.fuse.owners import SERVER_OWNED, Ownership, Settler
 from telenet.fuse.prefetch import Ahead, Listing, PrefetchMixin
 from telenet.fuse.resume import wait
 from telenet.fuse.specials import SpecialNodes
@@ -102,6 +102,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._specials = SpecialNodes()  # FIFOs, sockets and devices: the server has none
+        self._settler = Settler()  # new names get their creator's owner and modes
         self._root_mtime_ns = time.time_ns()
         # Small files fetched ahead of a reader walking a directory (see _walk).
         self._listings: collections.OrderedDict[tuple[int, bytes], Listing] = (

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from telenet.fuse.errors import fuse_op
 from telenet.fuse.inodes import InodeTable
 from telenet.fuse.nodes import ROOT_INODE, MountedVolume, Node
-from telenet.fuse.owners import check_name, new_owner, owner_change, settle
+from telenet.fuse.owners import check_name, new_owner, owner_change
 from telenet.fuse.resume import both, wait
 from telenet.fuse.specials import Special
 from telenet.sftp.client import SFTPClient
@@ -283,7 +283,9 @@ class NamesMixin(InodeTable):
         path = parent.vol.remote(rel)
         # Pipelined: the server answers in order, so the LSTAT sees what was just made.
         _, attrs = await both(create(client, path), client.lstat(path))
-        attrs = await settle(client, parent.vol.owner, parent.attrs, path, attrs, ctx, mode)
+        attrs = await self._settler.settle(
+            client, parent.vol.owner, parent.attrs, path, attrs, ctx, mode
+        )
         self._detach(parent.vol, rel)
         node = self._child(parent.vol, rel)
         entry = self._set_attrs(node, attrs)

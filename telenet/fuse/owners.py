@@ -16,19 +16,24 @@ from typing import Any
 
 import attrs
 from pyfuse3 import FUSEError
+from twisted.conch.ssh import filetransfer as ft
+from twisted.python.failure import Failure
 
 from telenet.fuse.resume import wait
 from telenet.sftp.client import SFTPClient
 from telenet.sftp.codec import FileAttrs
+from telenet.sftp.errors import SFTPStatusError
 
 __all__ = [
     "NAME_MAX",
     "SERVER_OWNED",
     "Ownership",
+    "Settler",
     "check_name",
     "new_owner",
     "new_perms",
     "owner_change",
+    "settle",
 ]
 
 #: The longest name a component may have (what the server's statvfs says of ext4 and most).
@@ -107,6 +112,35 @@ def owner_change(
     return uid, gid
 
 
+class Settler:
+    """
+    Gives names just made the owner and modes a local filesystem would (``settle``), and
+    remembers a server that may not chown (one not running as root), so that it is not
+    asked again at every create.
+    """
+
+    def __init__(self) -> None:
+        self.may_chown = True
+
+    def _refused(self, failure: Failure) -> None:
+        if failure.check(SFTPStatusError) and failure.value.code == ft.FX_PERMISSION_DENIED:
+            self.may_chown = False
+
+    async def settle(
+        self,
+        client: SFTPClient,
+        owner_opts: Ownership,
+        parent: FileAttrs | None,
+        path: bytes,
+        made: FileAttrs,
+        ctx: Any,
+        mode: int | None,
+    ) -> FileAttrs:
+        return await settle(
+            client, owner_opts, parent, path, made, ctx, mode, self if self.may_chown else None
+        )
+
+
 async def settle(
     client: SFTPClient,
     owner_opts: Ownership,
@@ -115,6 +149,7 @@ async def settle(
     made: FileAttrs,
     ctx: Any,
     mode: int | None,
+    settler: Settler | None = None,
 ) -> FileAttrs:
     """
     The attributes of the new name ``path`` once it has the owner and permissions a local
@@ -122,6 +157,7 @@ async def settle(
     it as its own user and with its own umask. Only what differs is sent (nothing, for a root
     container on a root server); a server that may not chown keeps its own ids, silently:
     the remote side writes as itself. The SETSTATs and the LSTAT after them go out together.
+    Without a ``settler`` (or once it saw a refusal) the owner is left to the server.
     """
     setstat = client.setstat
     if mode is None:
@@ -132,9 +168,13 @@ async def settle(
     p_gid, p_mode = p.gid or 0, p.permissions or 0
     changes = []
     # A fixed owner shows whatever the server has: no chown then.
-    owner = new_owner(ctx, p_gid, p_mode) if owner_opts == SERVER_OWNED else None
+    chown = settler is not None and owner_opts == SERVER_OWNED
+    owner = new_owner(ctx, p_gid, p_mode) if chown else None
     if owner is not None and owner != (made.uid, made.gid):
-        changes.append(setstat(path, FileAttrs(uid=owner[0], gid=owner[1])))
+        chowning = setstat(path, FileAttrs(uid=owner[0], gid=owner[1]))
+        assert settler is not None
+        chowning.addErrback(settler._refused)
+        changes.append(chowning)
     if mode is not None and made.permissions is not None:
         want = new_perms(mode, stat.S_ISDIR(mode), p_mode)
         # Again after a chown, which clears the set-id bits.
