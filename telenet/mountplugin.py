@@ -2,10 +2,12 @@
 """
 ``twistd telemount``: the Docker volume plug-in that mounts SFTP exports.
 
-``docker volume create -d telemount -o host=H -o port=P -o container=C [-o dir=D] [-o ro=true]``
-names the directory ``/tel_app_exports/C/D`` on the raw SFTP server at H:P. This module keeps the
-volumes (options, who uses them, persisted across restarts) and leaves the mounting to an
-``IMounter``: one FUSE helper process per SFTP server, shared by that server's volumes.
+``docker volume create -d telemount -o host=H -o port=P -o container=C [-o dir=D] [-o ro=true]
+[-o uid=U] [-o gid=G] [-o umask=M]`` names the directory ``/tel_app_exports/C/D`` on the raw
+SFTP server at H:P; ``uid``/``gid``/``umask`` are the owner and mode mask its files show. This
+module keeps the volumes (options, who uses them, persisted across restarts) and leaves the
+mounting to an ``IMounter``: one FUSE helper process per SFTP server, shared by that server's
+volumes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from telenet.core.gocompat import parse_bool, parse_duration
 from telenet.core.interfaces import IMounter, IStateStore, VolumeSpec
 from telenet.core.reactor import IReactor, global_reactor
 from telenet.core.threads import state_thread
+from telenet.core.volumeowner import parse_owner_options
 
 log = Logger()
 
@@ -40,7 +43,7 @@ EXPORTS_ROOT = "/tel_app_exports"
 DEFAULT_HOST = "localhost"
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
-_KNOWN_OPTIONS = ("container", "dir", "host", "port", "ro")
+_KNOWN_OPTIONS = ("container", "dir", "gid", "host", "port", "ro", "uid", "umask")
 
 Runner = Callable[..., "defer.Deferred[Any]"]
 
@@ -54,6 +57,10 @@ class VolumeOptions:
     container: str
     dir: str
     ro: bool
+    # The owner and mode mask every file shows (None: the server's own).
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
 
     @property
     def remote_dir(self) -> str:
@@ -67,7 +74,14 @@ class VolumeOptions:
     def spec(self, name: str) -> VolumeSpec:
         """Volume ``name`` with these options, as an ``IMounter`` takes it."""
         return VolumeSpec(
-            host=self.host, port=self.port, name=name, remote_dir=self.remote_dir, ro=self.ro
+            host=self.host,
+            port=self.port,
+            name=name,
+            remote_dir=self.remote_dir,
+            ro=self.ro,
+            uid=self.uid,
+            gid=self.gid,
+            umask=self.umask,
         )
 
 
@@ -99,6 +113,10 @@ def parse_options(opts: dict[str, str]) -> VolumeOptions:
         raise PluginError('missing required option "port"')
     host = opts.get("host") or DEFAULT_HOST
     _check_host(host)
+    try:
+        uid, gid, umask = parse_owner_options(opts)
+    except ValueError as e:
+        raise PluginError(str(e)) from None
     ro = False
     if "ro" in opts:
         try:
@@ -111,6 +129,9 @@ def parse_options(opts: dict[str, str]) -> VolumeOptions:
         container=container,
         dir=_confined_dir(container, opts.get("dir", "")),
         ro=ro,
+        uid=uid,
+        gid=gid,
+        umask=umask,
     )
 
 

@@ -160,6 +160,7 @@ class FakeSFTPClient:
         self.maxWrite = MAX_CHUNK
         self.alive = True
         self.canNoReplaceRename = True
+        self.canLsetstat = True
         self.hold_reads = False
         self.hold_writes = False
         self.read_cap: int | None = None
@@ -243,11 +244,14 @@ class FakeSFTPClient:
         self.calls.append(("lstat", path))
         return self._answer(lambda: self._get(path).attrs())
 
-    def setstat(self, path: bytes, attrs: FileAttrs) -> Deferred[None]:
-        self.calls.append(("setstat", path, attrs))
+    def lsetstat(self, path: bytes, attrs: FileAttrs) -> Deferred[None]:
+        return self.setstat(path, attrs, follow=False)
+
+    def setstat(self, path: bytes, attrs: FileAttrs, follow: bool = True) -> Deferred[None]:
+        self.calls.append(("setstat" if follow else "lsetstat", path, attrs))
 
         def apply() -> None:
-            e = self._follow(path)
+            e = self._follow(path) if follow else self._get(path)
             if attrs.size is not None:
                 del e.data[attrs.size :]
                 e.data.extend(b"\0" * (attrs.size - len(e.data)))

@@ -54,6 +54,7 @@ from twisted.test import iosim
 
 from telenet import agent
 from telenet.agent import Options, makeService
+from telenet.sftp.codec import FileAttrs, pack_attrs
 from telenet.sftp.runners import BlockingCallRunner, run_inline, threadpool_runner
 from telenet.sftp.server import MAX_INFLIGHT, AgentFactory, AgentProtocol
 
@@ -164,6 +165,7 @@ def test_version_announces_openssh_extensions(sftp: Harness) -> None:
         b"statvfs@openssh.com": b"2",
         b"hardlink@openssh.com": b"1",
         b"fsync@openssh.com": b"1",
+        b"lsetstat@openssh.com": b"1",
     }
 
 
@@ -472,6 +474,24 @@ def test_hardlink_and_fsync(sftp: Harness, tree: Path) -> None:
     assert (tree / "hello.txt").read_bytes() == b"Hello world\n"
     code = sftp.code(sftp.client.extendedRequest(b"fsync@openssh.com", NS(b"nope")))
     assert code == FX_FAILURE
+
+
+def test_lsetstat_changes_a_symlink_not_its_target(sftp: Harness, tree: Path) -> None:
+    """lsetstat@openssh.com sets a symlink's owner and times; its modes are EOPNOTSUPP."""
+    os.symlink("hello.txt", tree / "link")
+    before = os.stat(tree / "hello.txt")
+    attrs = FileAttrs(uid=1234, gid=5678, atime=1_000_000_000, mtime=1_100_000_000)
+    body = NS(b"link") + pack_attrs(attrs)
+    sftp.wait(sftp.client.extendedRequest(b"lsetstat@openssh.com", body))
+    link = os.lstat(tree / "link")
+    assert (link.st_uid, link.st_gid, int(link.st_mtime)) == (1234, 5678, 1_100_000_000)
+    after = os.stat(tree / "hello.txt")
+    assert (after.st_uid, after.st_mtime) == (before.st_uid, before.st_mtime)
+    body = NS(b"link") + pack_attrs(FileAttrs(permissions=0o600))
+    # Conch's client raises FX_OP_UNSUPPORTED as NotImplementedError.
+    err = sftp.error(sftp.client.extendedRequest(b"lsetstat@openssh.com", body))
+    assert isinstance(err, NotImplementedError), err
+    assert stat.S_IMODE(os.stat(tree / "hello.txt").st_mode) == stat.S_IMODE(before.st_mode)
 
 
 def test_unknown_extension_is_unsupported(sftp: Harness) -> None:

@@ -225,6 +225,45 @@ def test_engage_volume_options(world: World) -> None:
     assert labels == {LABEL_CONNECTION: "blue"}
 
 
+def test_engage_mount_options_go_to_every_volume(world: World) -> None:
+    """--mount-opt uid/gid/umask reach each telemount volume the engagement creates."""
+    cli = FakeDockerCLI(world)
+    seen: dict[str, dict[str, str]] = {}
+    original = world.docker.create_volume
+
+    def spy(name: str, driver: str, options: dict[str, str], labels: dict[str, str]) -> None:
+        seen[name] = options
+        original(name, driver, options, labels)
+
+    world.docker.create_volume = spy  # type: ignore[method-assign]
+    opts = ["uid=1000", "gid=1000", "umask=022"]
+    runner(world, cli).engage(
+        None, "10.96.0.20:8022", "echo", ["/a", "/b:ro"], ["local/busybox"], mount_opts=opts
+    )
+    assert sorted(seen) == ["echo-0", "echo-1"]
+    for options in seen.values():
+        assert (options["uid"], options["gid"], options["umask"]) == ("1000", "1000", "022")
+
+
+@pytest.mark.parametrize(
+    "opt, message",
+    [
+        ("uid", "--mount-opt 'uid': expected KEY=VALUE"),
+        ("host=x", "--mount-opt 'host=x': the key must be one of uid, gid, umask"),
+        ("uid=-5", "--mount-opt: uid must be an unsigned integer between 0 and 4294967294"),
+        ("umask=999", "--mount-opt: umask must be an octal number between 0 and 0777"),
+    ],
+)
+def test_engage_bad_mount_option(world: World, opt: str, message: str) -> None:
+    """A bad --mount-opt is refused before anything is created."""
+    with pytest.raises(CLIError) as e:
+        runner(world, FakeDockerCLI(world)).engage(
+            None, "h:1", "echo", ["/a"], ["img"], mount_opts=[opt]
+        )
+    assert str(e.value) == message
+    assert world.docker.volumes_by_name == {}
+
+
 def test_engage_cleans_up_on_failure(world: World) -> None:
     """A failure after the volumes exist still removes them and closes the bridge."""
     cli = FakeDockerCLI(world)

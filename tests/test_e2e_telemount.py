@@ -49,6 +49,7 @@ def create_volume(
     directory: str = "/var/run/secrets",
     ro: bool = False,
     check: bool = True,
+    options: tuple[str, ...] = (),
 ) -> tuple[str, subprocess.CompletedProcess[str]]:
     name = name or volume_name()
     args = [
@@ -68,6 +69,7 @@ def create_volume(
     ]
     if ro:
         args += ["-o", "ro=true"]
+    args += [f for option in options for f in ("-o", option)]
     return name, run(*args, name, check=check)
 
 
@@ -77,6 +79,7 @@ def busybox(
     check: bool = True,
     timeout: float = 60,
     driver: str | None = None,
+    user: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """
     ``docker run --rm`` of busybox with ``volumes``. With ``driver``, dockerd asks that volume
@@ -86,6 +89,8 @@ def busybox(
     flags = [f for v in volumes for f in ("-v", v)]
     if driver is not None:
         flags += ["--volume-driver", driver]
+    if user is not None:
+        flags += ["--user", user]
     return run(
         "docker",
         "run",
@@ -176,6 +181,36 @@ def test_read_only_volume_refuses_writes(telemount: Telemount, sftp_agent: Agent
     assert len(helper_pids(telemount)) == 1
 
 
+def test_non_root_container_on_a_uid_volume(telemount: Telemount, sftp_agent: Agent) -> None:
+    """
+    A container running as uid 1000 owns a uid=1000 volume: it creates, writes, renames and
+    removes files, which land on the agent's disk. Without the options the same user may not
+    write into the agent's root-owned 0755 directory.
+    """
+    exported = os.path.join(sftp_agent.root, "echo/var/run/secrets")
+    os.chmod(exported, 0o755)
+    plain, _ = create_volume(telemount, sftp_agent.port)
+    refused = busybox(
+        "sh", "-c", "echo x > /v/nope", volumes=(f"{plain}:/v",), user="1000:1000", check=False
+    )
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr, refused.stderr
+    owned, _ = create_volume(
+        telemount, sftp_agent.port, options=("uid=1000", "gid=1000", "umask=022")
+    )
+    script = (
+        "set -e; echo first > /v/a.txt; echo second >> /v/a.txt; mkdir /v/dir;"
+        " mv /v/a.txt /v/dir/b.txt; echo gone > /v/gone; rm /v/gone;"
+        " stat -c '%u:%g %a' /v /v/dir/b.txt"
+    )
+    out = busybox("sh", "-c", script, volumes=(f"{owned}:/v",), user="1000:1000").stdout
+    assert out.split("\n")[:2] == ["1000:1000 755", "1000:1000 644"], out
+    with open(os.path.join(exported, "dir", "b.txt")) as f:
+        assert f.read() == "first\nsecond\n"
+    assert not os.path.exists(os.path.join(exported, "a.txt"))
+    assert not os.path.exists(os.path.join(exported, "gone"))
+    assert not os.path.exists(os.path.join(exported, "nope"))
+
+
 def test_volume_in_use_cannot_be_removed(telemount: Telemount, sftp_agent: Agent) -> None:
     """docker volume rm of a volume a running container uses is refused with our message."""
     vol, _ = create_volume(telemount, sftp_agent.port)
@@ -197,6 +232,14 @@ def test_volume_in_use_cannot_be_removed(telemount: Telemount, sftp_agent: Agent
             "port must be an unsigned integer between 1 and 65535",
         ),
         (["-o", "container=c", "-o", "port=1", "-o", "ro=maybe"], "ro must be a boolean"),
+        (
+            ["-o", "container=c", "-o", "port=1", "-o", "uid=root"],
+            "uid must be an unsigned integer between 0 and 4294967294",
+        ),
+        (
+            ["-o", "container=c", "-o", "port=1", "-o", "umask=9"],
+            "umask must be an octal number between 0 and 0777",
+        ),
         (
             ["-o", "container=c", "-o", "port=1", "-o", "dir=../../etc"],
             'dir "../../etc" leaves the export of container "c"',

@@ -181,6 +181,25 @@ def test_requests_the_helper_accepts() -> None:
     assert decode_request({"op": "remove", "name": ""}) == RemoveVolume("")
 
 
+def test_add_with_an_owner() -> None:
+    """uid/gid/umask are sent only when set (an older helper reads the bytes it knew)."""
+    add = AddVolume("v", "/x", True, uid=1000, gid=0, umask=0o22)
+    assert add.to_json() == {
+        "op": "add",
+        "name": "v",
+        "path": "/x",
+        "ro": True,
+        "uid": 1000,
+        "gid": 0,
+        "umask": 0o22,
+    }
+    assert decode_request(add.to_json()) == add
+    assert "uid" not in AddVolume("v", "/x").to_json()
+    for bad in ({"uid": -1}, {"gid": "0"}, {"umask": 0o1000}, {"uid": True}, {"gid": 1.5}):
+        with pytest.raises(ProtocolError, match="must be an integer from 0 to"):
+            decode_request({"op": "add", "name": "v", "path": "/x", **bad})
+
+
 def test_malformed_lines() -> None:
     """A line that is not JSON is a ``ProtocolError`` starting as the helper's answer did."""
     with pytest.raises(ProtocolError) as caught:

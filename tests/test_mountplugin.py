@@ -11,7 +11,7 @@ from twisted.internet import defer, task
 
 from telenet.core.dockerplugin import PluginResource
 from telenet.core.gocompat import parse_duration, safe_name
-from telenet.mountplugin import Options, VolumeDriver, parse_options
+from telenet.mountplugin import Options, Volume, VolumeDriver, parse_options
 from telenet.testing import MemoryMounter, MemoryStateStore
 
 from .helpers import DOCKERD_CAPTURES, dockerd_calls, result_of
@@ -130,6 +130,15 @@ def test_list_is_sorted_and_capabilities_local() -> None:
         ({**OPTS, "container": ".."}, "is not a container name"),
         ({**OPTS, "container": "a/b"}, "is not a container name"),
         ({**OPTS, "host": "bad host!"}, "failed to parse host address bad host!"),
+        ({**OPTS, "uid": "-1"}, "uid must be an unsigned integer between 0 and 4294967294"),
+        ({**OPTS, "uid": "4294967295"}, "uid must be an unsigned integer between 0"),
+        ({**OPTS, "gid": "x"}, "gid must be an unsigned integer between 0 and 4294967294"),
+        ({**OPTS, "gid": ""}, "gid must be an unsigned integer"),
+        ({**OPTS, "uid": "١"}, "uid must be an unsigned integer"),  # an Arabic-Indic 1
+        ({**OPTS, "umask": "8"}, "umask must be an octal number between 0 and 0777"),
+        ({**OPTS, "umask": "01000"}, "umask must be an octal number between 0 and 0777"),
+        ({**OPTS, "umask": ""}, "umask must be an octal number"),
+        ({**OPTS, "umask": "0o"}, "umask must be an octal number"),
     ],
 )
 def test_bad_options_are_refused_with_our_message(opts: dict[str, str], message: str) -> None:
@@ -148,6 +157,30 @@ def test_option_defaults_and_forms() -> None:
     assert parse_options({"container": "c", "port": "1", "dir": "a/./b/../c/"}).remote_dir == (
         "/tel_app_exports/c/a/c"
     )
+
+
+def test_owner_options() -> None:
+    """uid, gid and umask reach the mounter's spec; absent, the server's own are shown."""
+    o = parse_options({"container": "c", "port": "1", "uid": "1000", "gid": "0", "umask": "022"})
+    assert (o.uid, o.gid, o.umask) == (1000, 0, 0o22)
+    spec = o.spec("v")
+    assert (spec.uid, spec.gid, spec.umask) == (1000, 0, 0o22)
+    assert parse_options({"container": "c", "port": "1", "umask": "0o77"}).umask == 0o77
+    plain = parse_options({"container": "c", "port": "1"})
+    assert (plain.uid, plain.gid, plain.umask) == (None, None, None)
+
+
+def test_owner_options_are_saved_and_sent_to_the_helper() -> None:
+    """They survive a restart (saved with the volume) and go to the mounter's attach."""
+    h = Harness()
+    h.ok("/VolumeDriver.Create", {"Name": "v", "Opts": {**OPTS, "uid": "1000", "umask": "7"}})
+    entry = h.store.load()["volumes"]["v"]
+    saved = entry["options"]
+    assert (saved["uid"], saved["gid"], saved["umask"]) == (1000, None, 7)
+    restored = Volume.from_json("v", entry)
+    assert restored.options.uid == 1000
+    old = {k: v for k, v in saved.items() if k not in ("uid", "gid", "umask")}
+    assert Volume.from_json("v", {"options": old, "created_at": 1}).options.uid is None
 
 
 def test_mount_is_refcounted_by_id_and_remove_refused_in_use() -> None:

@@ -275,6 +275,15 @@ def test_status_errno_table() -> None:
     assert status_errno(ft.FX_FAILURE, "mkdir /x: file exists") == errno.EEXIST
     assert status_errno(ft.FX_FAILURE, "Failure") == errno.EIO
     assert status_errno(ft.FX_FAILURE, "Failure", errno.ENOTEMPTY) == errno.ENOTEMPTY
+    # Statuses that fold several errnos: strerror() text (sftp-agent's) tells them apart,
+    # OpenSSH's fixed texts give the first.
+    assert status_errno(ft.FX_NO_SUCH_FILE, "No such file") == errno.ENOENT
+    assert status_errno(ft.FX_NO_SUCH_FILE, "Not a directory") == errno.ENOTDIR
+    assert status_errno(ft.FX_NO_SUCH_FILE, "Too many levels of symbolic links") == errno.ELOOP
+    assert status_errno(ft.FX_PERMISSION_DENIED, "Permission denied") == errno.EACCES
+    assert status_errno(ft.FX_PERMISSION_DENIED, "Operation not permitted") == errno.EPERM
+    assert status_errno(ft.FX_BAD_MESSAGE, "Bad message") == errno.EINVAL
+    assert status_errno(ft.FX_BAD_MESSAGE, "File name too long") == errno.ENAMETOOLONG
     assert error_to_errno(SFTPNotConnected("x")) == errno.ENOTCONN
     assert error_to_errno(ConnectionDead("x")) == errno.EIO
 

@@ -8,6 +8,7 @@ The ``telenet`` command line: Telepresence's ``--docker`` mode for telenet's plu
     telenet [--connection N] docker-run [docker run arguments]
     telenet [--connection N] curl [curl arguments] URL
     telenet engage [--name N] --agent HOST:PORT --container NAME [--remote-mount PATH[:ro] ...]
+                   [--mount-opt uid=N|gid=N|umask=OCTAL ...]
                    --docker-run -- [docker run arguments]
     telenet engage … --docker-build CONTEXT [--docker-build-opt KEY=VALUE ...] -- [docker run args]
     telenet engage … --docker-debug CONTEXT -- [docker run arguments]
@@ -171,8 +172,9 @@ def _parser() -> argparse.ArgumentParser:
         "engage",
         help="run a container with an agent's directories mounted",
         usage="telenet engage [--name N] --agent HOST:PORT --container NAME "
-        "[--remote-mount PATH[:ro] ...] (--docker-run | --docker-build CONTEXT "
-        "[--docker-build-opt KEY=VALUE ...] | --docker-debug CONTEXT) -- [docker run arguments]",
+        "[--remote-mount PATH[:ro] ...] [--mount-opt KEY=VALUE ...] "
+        "(--docker-run | --docker-build CONTEXT [--docker-build-opt KEY=VALUE ...] "
+        "| --docker-debug CONTEXT) -- [docker run arguments]",
     )
     engage.add_argument("--name")
     engage.add_argument("--use", metavar="REGEX", help="the one connection REGEX matches")
@@ -193,6 +195,14 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATH[:ro]",
         help="a directory of the container to mount at the same path (repeatable)",
+    )
+    engage.add_argument(
+        "--mount-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="uid=N, gid=N or umask=OCTAL for every remote mount: the owner and mode mask "
+        "its files show (repeatable)",
     )
     how = engage.add_mutually_exclusive_group(required=True)
     how.add_argument(
@@ -554,7 +564,13 @@ def _run(
         if args.command == "curl":
             return runner.curl(name, docker_args)
         return runner.engage(
-            name, args.agent, args.container, args.remote_mount, docker_args, build
+            name,
+            args.agent,
+            args.container,
+            args.remote_mount,
+            docker_args,
+            build,
+            mount_opts=args.mount_opt,
         )
 
     if not out.machine:

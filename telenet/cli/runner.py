@@ -49,6 +49,7 @@ from telenet.cli.workload import (
     check_agent,
     check_container,
     close_bridge,
+    mount_options,
     open_bridge,
     telemount_options,
     teleroute_network,
@@ -317,11 +318,14 @@ class WorkloadRunner:
         remote_mounts: Sequence[str],
         args: Sequence[str],
         build: Build | None = None,
+        mount_opts: Sequence[str] = (),
     ) -> int:
         """
         ``telenet engage … --docker-run|--docker-build C|--docker-debug C -- ARGS``: the
-        container's exit code. With ``build``, the image built from its context is the run's.
+        container's exit code. With ``build``, the image built from its context is the run's;
+        ``mount_opts`` (``KEY=VALUE``) go to every telemount volume it creates.
         """
+        owner = mount_options(mount_opts)
         try:
             if build is not None:
                 # Checked with a stand-in image before anything is built.
@@ -354,7 +358,9 @@ class WorkloadRunner:
                 bridge = open_bridge(control, agent, host, self.probe)
                 for i, mount in enumerate(kept):
                     volume = self._volume_name(f"{container}-{i}", bridge, driver, conn.name)
-                    options = telemount_options(host, bridge, container, mount.path, mount.readonly)
+                    options = telemount_options(
+                        host, bridge, container, mount.path, mount.readonly, owner
+                    )
                     try:
                         self.docker.create_volume(
                             volume, driver, options, {LABEL_CONNECTION: conn.name}

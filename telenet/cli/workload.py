@@ -19,7 +19,7 @@ resolve and mount alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
@@ -27,6 +27,7 @@ from telenet.cli.connection import CLIError, Connection
 from telenet.cli.daemoncontrol import DaemonControlError
 from telenet.cli.interfaces import IControl
 from telenet.cli.naming import LABEL_VOLUME_PLUGIN
+from telenet.core.volumeowner import OWNER_OPTIONS, parse_owner_options
 
 
 @attrs.frozen
@@ -75,15 +76,42 @@ def bridge_host(conn: Connection) -> str:
 
 
 def telemount_options(
-    host: str, port: int, container: str, path: str, readonly: bool
+    host: str,
+    port: int,
+    container: str,
+    path: str,
+    readonly: bool,
+    owner: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """
     A telemount volume's driver options for the directory ``path`` of the engaged ``container``,
-    served through the bridge ``host:port`` (docs/telemount.md); ``ro`` only when read-only.
+    served through the bridge ``host:port`` (docs/telemount.md); ``ro`` only when read-only;
+    ``owner``: the ``uid``/``gid``/``umask`` options (``mount_options``).
     """
     options = {"host": host, "port": str(port), "container": container, "dir": path}
     if readonly:
         options["ro"] = "true"
+    options.update(owner or {})
+    return options
+
+
+def mount_options(items: Sequence[str], what: str = "--mount-opt") -> dict[str, str]:
+    """
+    ``KEY=VALUE`` items (``uid``, ``gid``, ``umask``) for every telemount volume of an
+    engagement, checked as the volume plug-in checks them; CLIError says what is wrong.
+    """
+    options: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise CLIError(f"{what} {item!r}: expected KEY=VALUE")
+        if key not in OWNER_OPTIONS:
+            raise CLIError(f"{what} {item!r}: the key must be one of {', '.join(OWNER_OPTIONS)}")
+        options[key] = value
+    try:
+        parse_owner_options(options)
+    except ValueError as e:
+        raise CLIError(f"{what}: {e}") from None
     return options
 
 

@@ -39,6 +39,10 @@ class VolumeSpec:
     name: str
     remote_dir: str
     ro: bool = False
+    #: The owner and mode mask every file of the volume shows (None: the server's own).
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
 
 
 class IMounter(Interface):

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from telenet.fuse.nodes import ConnectionSource
 from telenet.fuse.operations import SFTPOperations
+from telenet.fuse.owners import Ownership
 from telenet.fuse.protocol import (
     AddVolume,
     Answer,
@@ -77,8 +78,9 @@ class MountControl:
         except ProtocolError as e:
             return Refused(str(e))
         match request:
-            case AddVolume(name=name, path=path, ro=ro):
-                failed = await self.fs.add_volume(name, _normalise(path), ro)
+            case AddVolume(name=name, path=path, ro=ro, uid=uid, gid=gid, umask=umask):
+                owner = Ownership(uid=uid, gid=gid, umask=umask or 0)
+                failed = await self.fs.add_volume(name, _normalise(path), ro, owner)
                 return Refused(failed) if failed else Done()
             case RemoveVolume(name=name):
                 self.fs.remove_volume(name)

@@ -87,6 +87,8 @@ class DirectoriesMixin(InodeTable):
             dh.done = True
             return
         dh.done = False
+        if self._specials:
+            entries.extend(self._specials.children(node.vol.vid, node.rel))
         streamed = []
 
         def batch(names: list[NameEntry]) -> None:

@@ -24,10 +24,12 @@ from twisted.logger import Logger
 from telenet.fuse.errors import fuse_error, fuse_op
 from telenet.fuse.inodes import InodeTable
 from telenet.fuse.nodes import FileHandle, Node
+from telenet.fuse.owners import check_name
 from telenet.fuse.prefetch import PAGE, PREFETCH_MAX, Ahead
 from telenet.fuse.resume import Resume, both, running_loop, wait
 from telenet.sftp.client import SFTPClient
 from telenet.sftp.codec import FileAttrs
+from telenet.sftp.errors import SFTPStatusError
 from telenet.sftp.transfer import PipelinedWriter, ReadAhead
 
 __all__ = ["SETTLED", "FilesMixin"]
@@ -236,20 +238,31 @@ class FilesMixin(InodeTable):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any = None
     ) -> tuple[FileInfo, EntryAttributes]:
         parent = self._parent(parent_inode)
+        check_name(name)
         sflags = self._sftp_flags(flags)
         open_flags = sflags | ft.FXF_CREAT
-        if flags & os.O_EXCL:
-            open_flags |= ft.FXF_EXCL
         if flags & os.O_TRUNC:
             open_flags |= ft.FXF_TRUNC
         client = self._client()
         rel = self._join(parent, name)
         self._drop_ahead(parent.vol.vid, rel)
         path = parent.vol.remote(rel)
-        handle, attrs = await both(
-            client.open(path, open_flags, FileAttrs(permissions=stat.S_IMODE(mode))),
-            client.lstat(path),
-        )
+        perms = FileAttrs(permissions=stat.S_IMODE(mode))
+        # Exclusive first, even without O_EXCL: only a file this call made gets the owner and
+        # modes of its creator. The kernel asks only for names it believes missing, so a
+        # second OPEN is rare (a file made on the server meanwhile).
+        try:
+            handle, attrs = await both(
+                client.open(path, open_flags | ft.FXF_EXCL, perms), client.lstat(path)
+            )
+        except SFTPStatusError as e:
+            if flags & os.O_EXCL or (e.code != ft.FX_FAILURE and e.errno != errno.EEXIST):
+                raise
+            handle, attrs = await both(client.open(path, open_flags, perms), client.lstat(path))
+        else:
+            attrs = await self._settler.settle(
+                client, parent.vol.owner, parent.attrs, path, attrs, ctx, mode
+            )
         node = self._child(parent.vol, rel)
         entry = self._set_attrs(node, attrs)
         node.lookups += 1

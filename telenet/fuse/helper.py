@@ -167,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"fsname=telemount:{label}",
                 "subtype=telemount",
                 "allow_other",
+                # The kernel checks permissions against the owner and modes we report.
+                "default_permissions",
+                # Device nodes made through the mount are listed, never opened.
+                "nodev",
                 "noatime",
             }
             pyfuse3.init(fs, mountpoint, options)

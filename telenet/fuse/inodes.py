@@ -31,8 +31,10 @@ from telenet.fuse.nodes import (
     MountedVolume,
     Node,
 )
+from telenet.fuse.owners import SERVER_OWNED, Ownership, Settler
 from telenet.fuse.prefetch import Ahead, Listing, PrefetchMixin
 from telenet.fuse.resume import wait
+from telenet.fuse.specials import SpecialNodes
 from telenet.sftp.client import SFTPClient
 from telenet.sftp.codec import FileAttrs
 from telenet.sftp.errors import SFTPNotConnected, SFTPStatusError
@@ -99,6 +101,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
+        self._specials = SpecialNodes()  # FIFOs, sockets and devices: the server has none
+        self._settler = Settler()  # new names get their creator's owner and modes
         self._root_mtime_ns = time.time_ns()
         # Small files fetched ahead of a reader walking a directory (see _walk).
         self._listings: collections.OrderedDict[tuple[int, bytes], Listing] = (
@@ -149,6 +153,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     def _detach(self, vol: MountedVolume, rel: bytes) -> None:
         """The remote path ``rel`` is gone (and anything under it)."""
         self._drop_ahead(vol.vid, rel, under=True)
+        if self._specials:
+            self._specials.drop(vol.vid, rel)
         node = self._by_key.pop((vol.vid, rel), None)
         if node is not None:
             node.detached = True
@@ -163,6 +169,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         """The remote path ``old`` is now ``new`` (and so is everything under it)."""
         self._detach(vol, new)
         self._drop_ahead(vol.vid, old, under=True)
+        if self._specials:
+            self._specials.move(vol.vid, old, new)
         node = self._by_key.pop((vol.vid, old), None)
         if node is not None:
             node.rel = new
@@ -177,14 +185,22 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
 
     # -- volumes ---------------------------------------------------------------------------------
 
-    async def add_volume(self, name: str, path: str, ro: bool) -> str | None:
+    async def add_volume(
+        self, name: str, path: str, ro: bool, owner: Ownership = SERVER_OWNED
+    ) -> str | None:
         """
         Show remote directory ``path`` as volume ``name``; None on success, else why not.
 
-        Re-adding a volume unchanged is fine; a different path or ro flag replaces it.
+        Re-adding a volume unchanged is fine; a different path, ro flag or ownership
+        replaces it.
         """
         existing = self.volumes.get(name)
-        if existing is not None and os.fsencode(path) == existing.path and existing.ro == ro:
+        if (
+            existing is not None
+            and os.fsencode(path) == existing.path
+            and existing.ro == ro
+            and existing.owner == owner
+        ):
             return None
         label = self._source.label
         try:
@@ -203,14 +219,20 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         current = self.volumes.get(name)  # it may have changed while we waited
         if current is not None:
             self._drop_volume(current)
-        vol = MountedVolume(name, path, ro, self._next_vid)
+        vol = MountedVolume(name, path, ro, self._next_vid, owner)
         self._next_vid += 1
         vol.root = self._child(vol, b"")
         self._set_attrs(vol.root, attrs)
         self.volumes[name] = vol
         self._by_bname[vol.bname] = vol
         self._root_mtime_ns = time.time_ns()
-        log.info("volume {name} shows {path} (ro={ro})", name=name, path=path, ro=ro)
+        log.info(
+            "volume {name} shows {path} (ro={ro}, owner={owner})",
+            name=name,
+            path=path,
+            ro=ro,
+            owner=owner,
+        )
         return None
 
     def remove_volume(self, name: str) -> None:
@@ -222,6 +244,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
 
     def _drop_volume(self, vol: MountedVolume) -> None:
         vol.removed = True
+        self._specials.drop_volume(vol.vid)
         for key in [k for k in self._ahead if k[0] == vol.vid]:
             self._take_ahead(key).discard()  # type: ignore[union-attr]
         del self.volumes[vol.name]
@@ -241,13 +264,18 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         e.st_ino = node.ino
         e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.attr_timeout
-        mode = a.permissions if a.permissions is not None else stat.S_IFREG | 0o644
+        uid, gid, mode = node.vol.owner.shown(a, stat.S_IFREG | 0o644)
         if node.vol.ro:
             mode &= ~0o222
         e.st_mode = mode
         e.st_nlink = 1
-        e.st_uid = a.uid or 0
-        e.st_gid = a.gid or 0
+        if self._specials:
+            special = self._specials.get(node.vol.vid, node.rel)
+            if special is not None:
+                e.st_rdev = special.rdev
+                e.st_nlink = self._specials.links(special)
+        e.st_uid = uid
+        e.st_gid = gid
         size = a.size or 0
         e.st_size = size
         e.st_blocks = (size + 511) // 512
@@ -302,6 +330,10 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
             return node.entry
         if node.detached and node.entry is not None:
             return node.entry
+        if self._specials:
+            special = self._specials.get(node.vol.vid, node.rel)
+            if special is not None:
+                return self._set_attrs(node, special.attrs)
         for h in list(node.handles):
             # Let write-behind land first, or the server reports a size that is too small.
             if h.writer is not None and h.writer.inFlight:

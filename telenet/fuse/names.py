@@ -21,8 +21,10 @@ from twisted.internet.defer import Deferred
 
 from telenet.fuse.errors import fuse_op
 from telenet.fuse.inodes import InodeTable
-from telenet.fuse.nodes import ROOT_INODE, Node
+from telenet.fuse.nodes import ROOT_INODE, MountedVolume, Node
+from telenet.fuse.owners import check_name, new_owner, owner_change
 from telenet.fuse.resume import both, wait
+from telenet.fuse.specials import Special
 from telenet.sftp.client import SFTPClient
 from telenet.sftp.codec import FileAttrs
 from telenet.sftp.errors import SFTPStatusError
@@ -59,11 +61,18 @@ class NamesMixin(InodeTable):
                 return self._root_entry()
             rel = parent.rel.rpartition(b"/")[0]
         else:
+            check_name(name)
             rel = self._join(parent, name)
         node = self._by_key.get((vol.vid, rel))
         if node is not None and node.entry is not None and node.expires > self._now():
             node.lookups += 1
             return node.entry
+        special = self._specials.get(vol.vid, rel) if self._specials else None
+        if special is not None:
+            node = self._child(vol, rel)
+            entry = self._set_attrs(node, special.attrs)
+            node.lookups += 1
+            return entry
         try:
             attrs = await wait(self._client().lstat(vol.remote(rel)))
         except SFTPStatusError as e:
@@ -109,14 +118,19 @@ class NamesMixin(InodeTable):
             size = attr.st_size
         if fields.update_mode:
             perms = stat.S_IMODE(attr.st_mode)
-        if fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime:
+        uid, gid = owner_change(
+            node.vol.owner,
+            attr.st_uid if fields.update_uid else None,
+            attr.st_gid if fields.update_gid else None,
+        )
+        if uid is not None or gid is not None or fields.update_atime or fields.update_mtime:
             # SFTP v3 sets uid with gid and atime with mtime: fill in the half not changing.
-            if not fields.update_uid or not fields.update_gid:
+            if uid is None or gid is None or not fields.update_atime or not fields.update_mtime:
                 await self._fresh(node)
             current = node.attrs or FileAttrs()
-            if fields.update_uid or fields.update_gid:
-                uid = attr.st_uid if fields.update_uid else current.uid
-                gid = attr.st_gid if fields.update_gid else current.gid
+            if uid is not None or gid is not None:
+                uid = uid if uid is not None else current.uid
+                gid = gid if gid is not None else current.gid
             if fields.update_atime or fields.update_mtime:
                 now = int(time.time())
                 atime = attr.st_atime_ns // 1_000_000_000 if fields.update_atime else None
@@ -125,17 +139,37 @@ class NamesMixin(InodeTable):
                     atime = current.atime if current.atime is not None else now
                 if mtime is None:
                     mtime = current.mtime if current.mtime is not None else now
+        special = self._specials.get(node.vol.vid, node.rel) if self._specials else None
+        if special is not None:
+            special.attrs = _changed(special.attrs, uid, gid, perms, atime, mtime)
+            return self._set_attrs(node, special.attrs)
         client = self._client()
         path = node.remote
-        done = client.setstat(path, FileAttrs(size, uid, gid, perms, atime, mtime))
+        link = node.attrs is not None and stat.S_ISLNK(node.attrs.permissions or 0)
+        setstat = client.lsetstat if link and client.canLsetstat else client.setstat
+        changes = []
+        if uid is not None and perms is not None:
+            # OpenSSH applies a SETSTAT's mode before its owner, and a chown clears the
+            # set-id bits: the owner goes first, on its own.
+            changes.append(setstat(path, FileAttrs(uid=uid, gid=gid)))
+            uid = gid = None
+        if any(v is not None for v in (size, uid, gid, perms, atime, mtime)):
+            changes.append(setstat(path, FileAttrs(size, uid, gid, perms, atime, mtime)))
         fresh = client.lstat(path) if node is not node.vol.root else client.stat(path)
         node.expires = 0.0
         if size is not None:
             for h in node.handles:
                 if h.reader is not None:
                     h.reader.reset()
-        _, attrs = await both(done, fresh)
-        return self._set_attrs(node, attrs)
+        try:
+            for change in changes:
+                await wait(change)
+        except SFTPStatusError as e:
+            fresh.addErrback(lambda f: None)
+            if e.errno == errno.EACCES and size is None:
+                raise FUSEError(errno.EPERM) from None  # chown, chmod, utimes: not the owner
+            raise
+        return self._set_attrs(node, await wait(fresh))
 
     @fuse_op()
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
@@ -147,16 +181,68 @@ class NamesMixin(InodeTable):
         self, parent_inode: int, name: bytes, mode: int, ctx: Any = None
     ) -> EntryAttributes:
         parent = self._parent(parent_inode)
+        check_name(name)
         return await self._make(
-            parent, name, lambda c, p: c.mkdir(p, FileAttrs(permissions=stat.S_IMODE(mode)))
+            parent,
+            name,
+            lambda c, p: c.mkdir(p, FileAttrs(permissions=stat.S_IMODE(mode))),
+            ctx,
+            stat.S_IFDIR | mode,
         )
+
+    @fuse_op(errno.EEXIST)
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any = None
+    ) -> EntryAttributes:
+        parent = self._parent(parent_inode)
+        check_name(name)
+        if not stat.S_ISREG(mode):
+            # SFTP makes regular files, directories and symlinks only: the mount keeps the
+            # others itself (telenet.fuse.specials).
+            return await self._make_special(parent, name, mode, rdev, ctx)
+
+        def make(c: SFTPClient, p: bytes) -> Deferred[None]:
+            flags = ft.FXF_WRITE | ft.FXF_CREAT | ft.FXF_EXCL
+            opening = c.open(p, flags, FileAttrs(permissions=stat.S_IMODE(mode)))
+            return opening.addCallback(lambda handle: c.close(handle))
+
+        return await self._make(parent, name, make, ctx, mode)
+
+    async def _make_special(
+        self, parent: Node, name: bytes, mode: int, rdev: int, ctx: Any
+    ) -> EntryAttributes:
+        if stat.S_IFMT(mode) not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise FUSEError(errno.EINVAL)
+        vol = parent.vol
+        rel = self._join(parent, name)
+        if self._specials.get(vol.vid, rel) is not None:
+            raise FUSEError(errno.EEXIST)
+        try:
+            await wait(self._client().lstat(vol.remote(rel)))
+        except SFTPStatusError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        else:
+            raise FUSEError(errno.EEXIST)
+        p = parent.attrs or FileAttrs()
+        uid, gid = new_owner(ctx, p.gid or 0, p.permissions or 0) or (0, 0)
+        now = int(time.time())
+        attrs = FileAttrs(0, uid, gid, mode, now, now)
+        self._detach(vol, rel)
+        self._specials.add(vol.vid, rel, Special(attrs, rdev))
+        node = self._child(vol, rel)
+        entry = self._set_attrs(node, attrs)
+        node.lookups += 1
+        parent.expires = 0.0
+        return entry
 
     @fuse_op(errno.EEXIST)
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: Any = None
     ) -> EntryAttributes:
         parent = self._parent(parent_inode)
-        return await self._make(parent, name, lambda c, p: c.symlink(p, target))
+        check_name(name)
+        return await self._make(parent, name, lambda c, p: c.symlink(p, target), ctx)
 
     @fuse_op(errno.EEXIST)
     async def link(
@@ -164,21 +250,42 @@ class NamesMixin(InodeTable):
     ) -> EntryAttributes:
         node = self._node(inode)
         parent = self._parent(new_parent_inode)
+        check_name(new_name)
         if parent.vol is not node.vol:
             raise FUSEError(errno.EXDEV)
+        special = self._specials.get(node.vol.vid, node.rel) if self._specials else None
+        if special is not None:
+            rel = self._join(parent, new_name)
+            self._specials.add(parent.vol.vid, rel, special)
+            linked = self._child(parent.vol, rel)
+            linked.lookups += 1
+            node.expires = parent.expires = 0.0
+            return self._set_attrs(linked, special.attrs)
         old = node.remote
         entry = await self._make(parent, new_name, lambda c, p: c.hardlink(old, p))
         node.expires = 0.0
         return entry
 
     async def _make(
-        self, parent: Node, name: bytes, create: Callable[[SFTPClient, bytes], Deferred[None]]
+        self,
+        parent: Node,
+        name: bytes,
+        create: Callable[[SFTPClient, bytes], Deferred[None]],
+        ctx: Any = None,
+        mode: int | None = None,
     ) -> EntryAttributes:
+        """
+        Make a new name with ``create``, then give it the owner and ``mode`` (None: a
+        symlink's) a local filesystem would (``settle``).
+        """
         client = self._client()
         rel = self._join(parent, name)
         path = parent.vol.remote(rel)
         # Pipelined: the server answers in order, so the LSTAT sees what was just made.
         _, attrs = await both(create(client, path), client.lstat(path))
+        attrs = await self._settler.settle(
+            client, parent.vol.owner, parent.attrs, path, attrs, ctx, mode
+        )
         self._detach(parent.vol, rel)
         node = self._child(parent.vol, rel)
         entry = self._set_attrs(node, attrs)
@@ -190,7 +297,8 @@ class NamesMixin(InodeTable):
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         parent = self._parent(parent_inode)
         rel = self._join(parent, name)
-        await wait(self._client().remove(parent.vol.remote(rel)))
+        if not self._specials or self._specials.get(parent.vol.vid, rel) is None:
+            await wait(self._client().remove(parent.vol.remote(rel)))
         self._detach(parent.vol, rel)
         parent.expires = 0.0
 
@@ -198,6 +306,8 @@ class NamesMixin(InodeTable):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         parent = self._parent(parent_inode)
         rel = self._join(parent, name)
+        if self._specials and self._specials.under(parent.vol.vid, rel):
+            raise FUSEError(errno.ENOTEMPTY)  # the server's side of it may be empty
         await wait(self._client().rmdir(parent.vol.remote(rel)))
         self._detach(parent.vol, rel)
         parent.expires = 0.0
@@ -221,15 +331,76 @@ class NamesMixin(InodeTable):
             raise FUSEError(errno.EINVAL)
         if flags & pyfuse3.RENAME_NOREPLACE and not client.canNoReplaceRename:
             raise FUSEError(errno.EINVAL)
+        check_name(name_new)
         vol = old_parent.vol
         old = self._join(old_parent, name_old)
         new = self._join(new_parent, name_new)
         overwrite = not flags & pyfuse3.RENAME_NOREPLACE
+        if self._specials:
+            await self._rename_specials(vol, old, new, overwrite)
+            if self._specials.get(vol.vid, old) is not None:
+                self._move(vol, old, new)  # only the mount knew it: done
+                old_parent.expires = new_parent.expires = 0.0
+                return
         try:
             await wait(client.rename(vol.remote(old), vol.remote(new), overwrite=overwrite))
         except SFTPStatusError as e:
-            raise FUSEError(
-                e.errno if e.code != ft.FX_FAILURE or overwrite else errno.EEXIST
-            ) from None
+            code = e.errno
+            if e.code == ft.FX_FAILURE and not overwrite:
+                code = errno.EEXIST
+            elif e.code == ft.FX_FAILURE and code == errno.EIO and self._is_dir(vol, new):
+                # OpenSSH says only "Failure": over a directory, it had entries.
+                code = errno.ENOTEMPTY
+            raise FUSEError(code) from None
         self._move(vol, old, new)
         old_parent.expires = new_parent.expires = 0.0
+
+    def _is_dir(self, vol: MountedVolume, rel: bytes) -> bool:
+        """Whether ``rel`` was last seen as a directory (the kernel looks a target up first)."""
+        node = self._by_key.get((vol.vid, rel))
+        return (
+            node is not None
+            and node.attrs is not None
+            and stat.S_ISDIR(node.attrs.permissions or 0)
+        )
+
+    async def _rename_specials(
+        self, vol: MountedVolume, old: bytes, new: bytes, overwrite: bool
+    ) -> None:
+        """What a rename needs first when special nodes are involved (see ``specials``)."""
+        target = self._specials.get(vol.vid, new)
+        if target is not None and not overwrite:
+            raise FUSEError(errno.EEXIST)
+        if self._is_dir(vol, new) and self._specials.under(vol.vid, new):
+            raise FUSEError(errno.ENOTEMPTY)
+        if self._specials.get(vol.vid, old) is not None and target is None:
+            # A special node replaces what the server has at the new name.
+            try:
+                if not overwrite:
+                    await wait(self._client().lstat(vol.remote(new)))
+                    raise FUSEError(errno.EEXIST)
+                await wait(self._client().remove(vol.remote(new)))
+            except SFTPStatusError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+
+
+def _changed(
+    a: FileAttrs,
+    uid: int | None,
+    gid: int | None,
+    perms: int | None,
+    atime: int | None,
+    mtime: int | None,
+) -> FileAttrs:
+    """``a`` with a SETSTAT's changes (the type bits of ``permissions`` kept)."""
+    if perms is not None:
+        a = a._replace(permissions=stat.S_IFMT(a.permissions or 0) | perms)
+    if uid is not None or gid is not None:
+        a = a._replace(uid=uid if uid is not None else a.uid, gid=gid if gid is not None else a.gid)
+    if atime is not None or mtime is not None:
+        a = a._replace(
+            atime=atime if atime is not None else a.atime,
+            mtime=mtime if mtime is not None else a.mtime,
+        )
+    return a

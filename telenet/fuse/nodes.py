@@ -15,6 +15,7 @@ from typing import Protocol
 import pyfuse3
 from pyfuse3 import EntryAttributes
 
+from telenet.fuse.owners import SERVER_OWNED, Ownership
 from telenet.fuse.resume import Resume
 from telenet.sftp.client import SFTPClient
 from telenet.sftp.codec import FileAttrs
@@ -40,9 +41,11 @@ class ConnectionSource(Protocol):
 class MountedVolume:
     """A remote directory shown as ``<mountpoint>/<name>``."""
 
-    __slots__ = ("name", "bname", "path", "prefix", "ro", "vid", "root", "removed")
+    __slots__ = ("name", "bname", "path", "prefix", "ro", "vid", "root", "removed", "owner")
 
-    def __init__(self, name: str, path: str, ro: bool, vid: int) -> None:
+    def __init__(
+        self, name: str, path: str, ro: bool, vid: int, owner: Ownership = SERVER_OWNED
+    ) -> None:
         self.name = name
         self.bname = os.fsencode(name)
         self.path = os.fsencode(path)
@@ -50,6 +53,7 @@ class MountedVolume:
         self.prefix = self.path.rstrip(b"/")
         self.ro = ro
         self.vid = vid
+        self.owner = owner
         self.removed = False
         self.root: Node  # set right after by the filesystem
 

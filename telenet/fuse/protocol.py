@@ -6,6 +6,7 @@ A helper (``telenet.fuse.helper``) serves a unix socket; the plug-in
 request, in order::
 
     {"op": "add", "name": N, "path": "/remote/dir", "ro": false}  → {"ok": true}
+        (optional "uid", "gid", "umask": integers; absent shows the server's own)
     {"op": "remove", "name": N}                                   → {"ok": true}
     {"op": "status"}   → {"ok": true, "pid", "host", "port", "mountpoint", "connected",
                           "volumes": {N: {"path", "ro"}}, "since"}
@@ -151,15 +152,26 @@ def _done(data: object) -> Done | Refused:
 
 @attrs.frozen
 class AddVolume:
-    """Show remote directory ``path`` as volume ``name`` (idempotent)."""
+    """
+    Show remote directory ``path`` as volume ``name`` (idempotent). ``uid``/``gid``/``umask``
+    (None: not set) are the owner and mode mask every file shows.
+    """
 
     op: ClassVar[str] = "add"
     name: str
     path: str
     ro: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
 
     def to_json(self) -> JSONObject:
-        return {"op": self.op, "name": self.name, "path": self.path, "ro": self.ro}
+        data: JSONObject = {"op": self.op, "name": self.name, "path": self.path, "ro": self.ro}
+        # Only when set: a helper of an earlier version reads the same bytes as before.
+        for key in ("uid", "gid", "umask"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AddVolume:
@@ -172,7 +184,15 @@ class AddVolume:
             raise ProtocolError('"path" must be an absolute path')
         if not isinstance(ro, bool):
             raise ProtocolError('"ro" must be a boolean')
-        return cls(name=name, path=path, ro=ro)
+        ids = {}
+        for key, top in (("uid", 0xFFFFFFFE), ("gid", 0xFFFFFFFE), ("umask", 0o777)):
+            value = data.get(key)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top
+            ):
+                raise ProtocolError(f'"{key}" must be an integer from 0 to {top}')
+            ids[key] = value
+        return cls(name=name, path=path, ro=ro, **ids)
 
     @staticmethod
     def answer_from_json(data: object) -> Done | Refused:

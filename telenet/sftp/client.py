@@ -248,6 +248,16 @@ class SFTPClient(SFTPChannel):
             return defer.fail(SFTPStatusError(ft.FX_OP_UNSUPPORTED, "no hardlink@openssh.com"))
         return self._extended(b"hardlink@openssh.com", ns(old) + ns(new))
 
+    @property
+    def canLsetstat(self) -> bool:
+        return b"lsetstat@openssh.com" in self.extensions
+
+    def lsetstat(self, path: bytes, attrs: FileAttrs) -> Deferred[None]:
+        """SETSTAT that does not follow a symlink (``lsetstat@openssh.com``)."""
+        if b"lsetstat@openssh.com" not in self.extensions:
+            return defer.fail(SFTPStatusError(ft.FX_OP_UNSUPPORTED, "no lsetstat@openssh.com"))
+        return self._extended(b"lsetstat@openssh.com", ns(path) + pack_attrs(attrs))
+
     def statvfs(self, path: bytes) -> Deferred[StatVFS]:
         """File system numbers for ``path`` (made up when the server cannot tell)."""
         if b"statvfs@openssh.com" not in self.extensions:

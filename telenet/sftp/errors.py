@@ -73,6 +73,15 @@ _MESSAGE_ERRNOS = [
 ] + [("file exists", errno.EEXIST), ("not empty", errno.ENOTEMPTY)]
 
 
+# SFTP v3 folds several errnos into one status. A server that puts strerror() text in the
+# message (sftp-agent) still tells them apart; OpenSSH's fixed texts fall back to the first.
+_FOLDED = {
+    ft.FX_NO_SUCH_FILE: (errno.ENOENT, errno.ENOTDIR, errno.ELOOP),
+    ft.FX_PERMISSION_DENIED: (errno.EACCES, errno.EPERM),
+    ft.FX_BAD_MESSAGE: (errno.EINVAL, errno.ENAMETOOLONG),
+}
+
+
 class SFTPStatusError(ft.SFTPError):
     """The server answered a request with an error status."""
 
@@ -108,6 +117,13 @@ class SFTPNotConnected(ConnectionError):
 
 def status_errno(code: int, message: str, default: int = errno.EIO) -> int:
     """Map an SFTP status code (and, for FX_FAILURE, its message) to an errno."""
+    folded = _FOLDED.get(code)
+    if folded is not None:
+        lowered = message.lower()
+        for candidate in folded[1:]:
+            if os.strerror(candidate).lower() in lowered:
+                return candidate
+        return folded[0]
     mapped = _STATUS_ERRNO.get(code)
     if mapped is not None:
         return mapped

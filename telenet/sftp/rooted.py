@@ -7,11 +7,11 @@ The directory is exported as the virtual path ``/tel_app_exports``. ``/`` lists 
 the virtual ``/``, and symlinks are followed by this module (never by the kernel) with their
 targets interpreted inside the virtual tree, as a chroot would.
 
-The extensions ``posix-rename@openssh.com``, ``statvfs@openssh.com`` and
-``hardlink@openssh.com`` are served by ``extendedRequest`` (``fsync@openssh.com`` by the
-protocol, on the handle's queue). Every method blocks: the protocol (``telenet.sftp.server``)
-decides where it runs. Separate from the protocol so that path confinement can be read (and
-tested) on its own.
+The extensions ``posix-rename@openssh.com``, ``statvfs@openssh.com``,
+``hardlink@openssh.com`` and ``lsetstat@openssh.com`` are served by ``extendedRequest``
+(``fsync@openssh.com`` by the protocol, on the handle's queue). Every method blocks: the
+protocol (``telenet.sftp.server``) decides where it runs. Separate from the protocol so that
+path confinement can be read (and tested) on its own.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from twisted.conch.ssh.filetransfer import (
 )
 from zope.interface import implementer
 
+from telenet.sftp.codec import FileAttrs, parse_attrs
 from telenet.sftp.requests import expect_end, get_string
 
 __all__ = [
@@ -57,6 +58,7 @@ EXTENSIONS: dict[bytes, bytes] = {
     b"statvfs@openssh.com": b"2",
     b"hardlink@openssh.com": b"1",
     b"fsync@openssh.com": b"1",
+    b"lsetstat@openssh.com": b"1",
 }
 """OpenSSH extensions announced in the VERSION packet, with OpenSSH's version strings."""
 
@@ -101,7 +103,24 @@ def longname(name: bytes, st: os.stat_result) -> bytes:
     return head.encode("ascii") + name
 
 
-def _set_path_attrs(real: bytes, attrs: Attrs) -> None:
+def _attrs_dict(a: FileAttrs) -> Attrs:
+    """Conch's dict of attributes for decoded ``FileAttrs`` (uid with gid, atime with mtime)."""
+    d: Attrs = {}
+    if a.size is not None:
+        d["size"] = a.size
+    if a.uid is not None and a.gid is not None:
+        d["uid"], d["gid"] = a.uid, a.gid
+    if a.permissions is not None:
+        d["permissions"] = a.permissions
+    if a.atime is not None and a.mtime is not None:
+        d["atime"], d["mtime"] = a.atime, a.mtime
+    return d
+
+
+def _set_path_attrs(real: bytes, attrs: Attrs, link: bool = False) -> None:
+    """Apply SETSTAT ``attrs`` to ``real``; ``link``: to a symlink itself (lsetstat)."""
+    if link and ("size" in attrs or "permissions" in attrs) and os.path.islink(real):
+        raise _oserror(errno.EOPNOTSUPP)  # a symlink has no size or modes to set
     if "size" in attrs:
         os.truncate(real, attrs["size"])
     if "uid" in attrs and "gid" in attrs:
@@ -399,6 +418,12 @@ class RootedFilesystem:
             new, pos = get_string(extData, pos)
             expect_end(extData, pos)
             two_paths[extName](old, new)
+            return b""
+        if extName == b"lsetstat@openssh.com":
+            path, pos = get_string(extData, 0)
+            attrs, pos = parse_attrs(extData, pos)
+            expect_end(extData, pos)
+            _set_path_attrs(self._path(path, follow=False), _attrs_dict(attrs), link=True)
             return b""
         if extName == b"statvfs@openssh.com":
             path, pos = get_string(extData, 0)

@@ -9,7 +9,8 @@ Wire details worth knowing:
   path), like OpenSSH's sftp-server, sshfs and Go's pkg/sftp. With Conch's client, that means
   ``client.makeLink(target, linkpath)``.
 - OpenSSH extensions: ``posix-rename@openssh.com``, ``statvfs@openssh.com``,
-  ``hardlink@openssh.com`` and ``fsync@openssh.com``, announced in the VERSION packet.
+  ``hardlink@openssh.com``, ``lsetstat@openssh.com`` and ``fsync@openssh.com``, announced in
+  the VERSION packet.
 - Reads and writes run in a thread pool owned by the service, and are ordered per handle
   (overlapping requests run in arrival order; disjoint reads run in parallel).
 
@@ -68,7 +69,11 @@ def _describe(addr: IAddress | None) -> str:
 
 
 # Extensions whose reply is a plain FX_OK status rather than SSH_FXP_EXTENDED_REPLY.
-_STATUS_EXTENSIONS = {b"posix-rename@openssh.com", b"hardlink@openssh.com"}
+_STATUS_EXTENSIONS = {
+    b"posix-rename@openssh.com",
+    b"hardlink@openssh.com",
+    b"lsetstat@openssh.com",
+}
 
 
 def _status_for(err: BaseException, default: bytes) -> tuple[int, bytes, bool]:

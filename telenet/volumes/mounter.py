@@ -249,7 +249,14 @@ class ProcessMounter:
 
     async def _attach(self, volume: VolumeSpec) -> str:
         server = self._server(volume.host, volume.port)
-        request = AddVolume(name=volume.name, path=volume.remote_dir, ro=volume.ro)
+        request = AddVolume(
+            name=volume.name,
+            path=volume.remote_dir,
+            ro=volume.ro,
+            uid=volume.uid,
+            gid=volume.gid,
+            umask=volume.umask,
+        )
         async with server.lock:
             try:
                 reply = await control_request(self._reactor, server.control, request)
