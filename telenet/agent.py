@@ -18,12 +18,13 @@ from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+from telenet.core.logoptions import LogOptionsMixin
 from telenet.core.threads import ThreadPoolService
 from telenet.sftp.runners import threadpool_runner
 from telenet.sftp.server import AgentFactory
 
 
-class Options(usage.Options):
+class Options(LogOptionsMixin, usage.Options):
     synopsis = "--root DIR [--listen ENDPOINT]"
     longdesc = (
         "Serve DIR over raw SFTP (no SSH) as /tel_app_exports, like a Telepresence traffic-agent."
@@ -35,6 +36,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        super().postOptions()
         root = self["root"]
         if not root:
             raise usage.UsageError("--root DIR is required")

@@ -31,6 +31,7 @@ from twisted.python import usage
 
 import telenet
 from telenet.core.interfaces import INetlink
+from telenet.core.logoptions import LogOptionsMixin
 from telenet.core.netip import Network
 from telenet.core.reactor import IReactor, global_reactor
 from telenet.network.dns import DEFAULT_CLUSTER_DOMAIN, in_domains, parse_server
@@ -41,7 +42,7 @@ DEFAULT_TELEROUTE_PORT = 4039
 DEFAULT_CONTROL = "tcp:4038:interface=127.0.0.1"
 
 
-class Options(usage.Options):
+class Options(LogOptionsMixin, usage.Options):
     synopsis = (
         "[--vif IFACE | --vif-subnet CIDR ...] [--subnet CIDR ...] "
         "[--cluster-domain D ...] [--cluster-dns ADDR]"
@@ -116,6 +117,7 @@ class Options(usage.Options):
         self["cluster-domain"].append(domain)
 
     def postOptions(self) -> None:
+        super().postOptions()
         if not self["cluster-domain"]:
             self["cluster-domain"] = [DEFAULT_CLUSTER_DOMAIN]
         for key in ("teleroute-port", "dns-port"):

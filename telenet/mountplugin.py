@@ -33,6 +33,7 @@ from telenet.core import dockerplugin
 from telenet.core.dockerplugin import BadRequest, JSONObject, PluginError, field, string_map
 from telenet.core.gocompat import parse_bool, parse_duration
 from telenet.core.interfaces import IMounter, IStateStore, VolumeSpec
+from telenet.core.logoptions import LogOptionsMixin
 from telenet.core.reactor import IReactor, global_reactor
 from telenet.core.threads import state_thread
 from telenet.core.volumeowner import parse_owner_options
@@ -404,7 +405,7 @@ def _volume_name(body: JSONObject) -> str:
 # -- the twistd tap
 
 
-class Options(usage.Options):
+class Options(LogOptionsMixin, usage.Options):
     optParameters = [
         [
             "listen",
@@ -442,6 +443,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        super().postOptions()
         for key in ("timeout", "linger", "ping-timeout"):
             try:
                 self[key] = parse_duration(self[key])

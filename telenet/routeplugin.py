@@ -36,6 +36,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from telenet.core import dockerplugin
+from telenet.core.logoptions import LogOptionsMixin
 from telenet.core.reactor import IReactor, global_reactor
 from telenet.core.threads import state_thread
 from telenet.netplugin.driver import NetworkDriver
@@ -47,7 +48,7 @@ log = Logger()
 # -- the twistd tap
 
 
-class Options(usage.Options):
+class Options(LogOptionsMixin, usage.Options):
     optParameters = [
         [
             "listen",

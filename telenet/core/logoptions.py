@@ -1,0 +1,117 @@
+# -*- test-case-name: tests.test_logoptions -*-
+"""
+``--log-level`` and ``--log-format`` for every twistd app.
+
+twistd builds its log observer before the app's ``makeService`` has run, and a tap cannot set
+an ``ILogObserver`` on the application. What twistd does offer is ``--logger``: the dotted
+name of a factory it calls, with no arguments, instead of building its own observer. So each
+app's options, once parsed, record the chosen level and format here and fill twistd's
+``logger`` slot with :func:`observer` (unless ``--logger`` was given on the command line).
+The observer honours twistd's ``--logfile`` and ``--nodaemon`` the way twistd's own does.
+
+``json`` writes one JSON object per line (twisted.logger's ``eventAsJSON``, so every
+structured field the code logs is kept); ``text`` is twistd's classic format.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+import attrs
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    InvalidLogLevelError,
+    LogLevel,
+    LogLevelFilterPredicate,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+from twisted.python import usage
+
+LEVELS = ("debug", "info", "warn", "error", "critical")
+FORMATS = ("text", "json")
+_FACTORY = f"{__name__}.observer"
+
+
+@attrs.define
+class LogSettings:
+    level: LogLevel = LogLevel.info
+    format: str = "text"
+    logfile: str = ""
+    nodaemon: bool = True
+    # The filter in use, so a later control call can change the level at run time.
+    predicate: LogLevelFilterPredicate = attrs.field(
+        factory=lambda: LogLevelFilterPredicate(LogLevel.info)
+    )
+
+
+# Set by the app's options at parse time and read by twistd's call to observer(): the two
+# are one process-wide logging set-up, as twistd's own observer is.
+settings = LogSettings()
+
+
+def parse_level(value: str) -> LogLevel:
+    try:
+        return LogLevel.levelWithName(value.strip().lower())
+    except InvalidLogLevelError:
+        raise usage.UsageError(f"--log-level {value!r} is not one of {', '.join(LEVELS)}") from None
+
+
+def parse_format(value: str) -> str:
+    fmt = value.strip().lower()
+    if fmt not in FORMATS:
+        raise usage.UsageError(f"--log-format {value!r} is not one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def make_observer(
+    out: IO[Any], level: LogLevel, fmt: str
+) -> tuple[ILogObserver, LogLevelFilterPredicate]:
+    """An observer writing ``fmt`` to ``out``, dropping events below ``level``."""
+    inner = (
+        jsonFileLogObserver(out, recordSeparator="") if fmt == "json" else textFileLogObserver(out)
+    )
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    return FilteringLogObserver(inner, [predicate]), predicate
+
+
+def _open_output(logfile: str, nodaemon: bool) -> IO[Any]:
+    # As twistd's own observer: stdout for "-" or a foreground run without --logfile.
+    if logfile == "-" or (not logfile and nodaemon):
+        return sys.stdout
+    from twisted.python import logfile as _logfile
+
+    return _logfile.LogFile.fromFullPath(logfile or "twistd.log")  # type: ignore[return-value]
+
+
+def observer() -> ILogObserver:
+    """twistd's ``--logger`` factory: the observer :data:`settings` describe."""
+    out = _open_output(settings.logfile, settings.nodaemon)
+    obs, settings.predicate = make_observer(out, settings.level, settings.format)
+    return obs
+
+
+class LogOptionsMixin:
+    """Mixed into an app's ``usage.Options``; its ``postOptions`` must call ``super()``."""
+
+    optParameters = [
+        ["log-level", None, "info", f"Lowest level logged: {'|'.join(LEVELS)}."],
+        ["log-format", None, "text", f"Log format: {'|'.join(FORMATS)} (json: one object a line)."],
+    ]
+
+    def postOptions(self) -> None:
+        opts: Any = self
+        parent = getattr(opts, "parent", None)
+        opts["log-level"] = settings.level = parse_level(str(opts["log-level"]))
+        opts["log-format"] = settings.format = parse_format(str(opts["log-format"]))
+        if parent is None:
+            return
+        settings.logfile = parent.get("logfile") or ""
+        settings.nodaemon = bool(parent.get("nodaemon"))
+        if parent.get("logger") is None:
+            parent["logger"] = _FACTORY
+
+
+__all__ = ["LEVELS", "FORMATS", "LogOptionsMixin", "LogSettings", "make_observer", "observer"]
