@@ -17,6 +17,8 @@ The ``telenet`` command line: Telepresence's ``--docker`` mode for telenet's plu
                     [--project-directory D] SUBCOMMAND [ARGS ...]
     telenet demo [--prefix P] [--keep]
     telenet demo-cluster up|down [--prefix P] [--output json]
+    telenet config view [--output text|json|yaml]
+    telenet version [--output text|json|yaml]
 
 Global options (before the command): ``--config FILE``, ``--connection N`` (an exact name),
 ``--use REGEX`` (the one connection whose name the expression matches, like Telepresence's
@@ -59,6 +61,8 @@ COMMANDS = (
     "compose",
     "demo",
     "demo-cluster",
+    "config",
+    "version",
 )
 FORMATS = ("text", "json", "yaml")
 
@@ -249,6 +253,15 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("action", choices=("up", "down"))
     cluster.add_argument("--prefix", default="telenet-demo")
     cluster.add_argument("--output", "-o", choices=("text", "json"))
+
+    config = commands.add_parser("config", help="the configuration")
+    views = config.add_subparsers(dest="action", metavar="ACTION", required=True)
+    view = views.add_parser("view", help="each setting, where it came from, files and logs")
+    version = commands.add_parser("version", help="the CLI's, daemons' and plug-ins' versions")
+    for sub in (view, version):
+        sub.add_argument(
+            "--output", "-o", choices=("text", "json", "yaml"), help="default: text, or --format"
+        )
     return parser
 
 
@@ -408,7 +421,16 @@ def _dispatch(
     from telenet.cli.naming import default_connection_name
     from telenet.cli.subnets import check_subnet
 
+    if args.command == "config":
+        from telenet.cli import info
+
+        view = info.config_view(config, args.config, args.connection)
+        return _show(view, args.output, out, info.format_config_view)
     connector = make_connector(config, out.say)
+    if args.command == "version":
+        from telenet.cli import info
+
+        return _show(info.versions(connector), args.output, out, info.format_versions)
     if args.command == "compose":
         return _compose(connector, args, docker_args, out)
     connection = args.connection or os.environ.get("TELENET_CONNECTION") or None
@@ -670,6 +692,17 @@ def _quietly(out: _Output, call: Callable[[], int]) -> int:
 
     with contextlib.redirect_stdout(sys.stderr):
         return call()
+
+
+def _show(
+    data: dict[str, Any], output: str | None, out: _Output, text: Callable[[dict[str, Any]], str]
+) -> int:
+    """A report command's data: --output's shape, else --format's object, else text."""
+    if output is None and out.machine:
+        out.emit(data)
+    else:
+        print(_render(data, output or "text", text))
+    return 0
 
 
 def _render(data: dict[str, Any], output: str, text: Callable[[dict[str, Any]], str]) -> str:
