@@ -272,3 +272,24 @@ def test_a_plugin_that_is_gone() -> None:
     found = info.plugin_version(MemoryDocker(), "telemount", "telenet/telemount:latest")
     assert found["version"] == "not installed"
     assert info.plugin_version(MemoryDocker(), "telemount", None)["version"] == "not running"
+
+
+def test_config_view_stays_import_light(home: Path) -> None:
+    """config view loads neither Twisted's application machinery, the apps, nor docker-py."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from telenet.cli.main import main\n"
+        "assert main(['config', 'view', '--output', 'json']) == 0\n"
+        "heavy = [m for m in sys.modules if m.startswith(('twisted', 'docker'))\n"
+        "         or m in ('telenet.daemon', 'telenet.routeplugin', 'telenet.mountplugin')]\n"
+        "assert not heavy, heavy\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["settings"]["grpc.daemonPort"]["value"] == 4038

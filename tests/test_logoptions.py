@@ -91,6 +91,12 @@ def test_leaves_an_explicit_logger_alone(tmp_path: Path) -> None:
     assert parent["logger"] == "my.own.observer"
 
 
+def test_leaves_syslog_to_twistd(tmp_path: Path) -> None:
+    parent = {"logger": None, "logfile": None, "nodaemon": True, "syslog": True}
+    _parse(telenet.mountplugin, tmp_path, [], parent)
+    assert parent["logger"] is None
+
+
 def test_json_observer_writes_one_object_a_line_with_the_fields() -> None:
     out = io.StringIO()
     obs, _ = logoptions.make_observer(out, LogLevel.info, "json")

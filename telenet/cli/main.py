@@ -422,15 +422,15 @@ def _dispatch(
     from telenet.cli.subnets import check_subnet
 
     if args.command == "config":
-        from telenet.cli import info
+        from telenet.cli import info as report
 
-        view = info.config_view(config, args.config, args.connection)
-        return _show(view, args.output, out, info.format_config_view)
+        view = report.config_view(config, args.config, args.connection)
+        return _show(view, args.output, out, report.format_config_view)
     connector = make_connector(config, out.say)
     if args.command == "version":
-        from telenet.cli import info
+        from telenet.cli import info as report
 
-        return _show(info.versions(connector), args.output, out, info.format_versions)
+        return _show(report.versions(connector), args.output, out, report.format_versions)
     if args.command == "compose":
         return _compose(connector, args, docker_args, out)
     connection = args.connection or os.environ.get("TELENET_CONNECTION") or None

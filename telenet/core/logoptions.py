@@ -83,7 +83,7 @@ def _open_output(logfile: str, nodaemon: bool) -> IO[Any]:
         return sys.stdout
     from twisted.python import logfile as _logfile
 
-    return _logfile.LogFile.fromFullPath(logfile or "twistd.log")  # type: ignore[return-value]
+    return _logfile.LogFile.fromFullPath(logfile or "twistd.log")
 
 
 def observer() -> ILogObserver:
@@ -96,7 +96,7 @@ def observer() -> ILogObserver:
 class LogOptionsMixin:
     """Mixed into an app's ``usage.Options``; its ``postOptions`` must call ``super()``."""
 
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["log-level", None, "info", f"Lowest level logged: {'|'.join(LEVELS)}."],
         ["log-format", None, "text", f"Log format: {'|'.join(FORMATS)} (json: one object a line)."],
     ]
@@ -110,7 +110,8 @@ class LogOptionsMixin:
             return
         settings.logfile = parent.get("logfile") or ""
         settings.nodaemon = bool(parent.get("nodaemon"))
-        if parent.get("logger") is None:
+        # --logger and --syslog are twistd's own choices of observer: left to it.
+        if parent.get("logger") is None and not parent.get("syslog"):
             parent["logger"] = _FACTORY
 
 
