@@ -266,6 +266,20 @@ def test_daemon_version_from_environment() -> None:
     assert info.daemon_version(container)["version"] == "0.3.0"
 
 
+def test_plugin_version_from_its_config_env() -> None:
+    from telenet.testing.docker import MemoryDocker
+
+    docker = MemoryDocker()
+    docker.plugins["p:latest"] = {
+        "Name": "p:latest",
+        "Enabled": False,
+        "Config": {"Env": [{"Name": info.VERSION_ENV, "Value": "0.4.0", "Settable": []}]},
+        "Settings": {"Env": ["PATH=/bin"]},
+    }
+    found = info.plugin_version(docker, "teleroute", "p:latest")
+    assert (found["version"], found["enabled"]) == ("0.4.0", False)
+
+
 def test_a_plugin_that_is_gone() -> None:
     from telenet.testing.docker import MemoryDocker
 

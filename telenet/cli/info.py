@@ -177,8 +177,11 @@ def _env_of(items: Any) -> dict[str, str]:
         if isinstance(item, str):
             key, _, value = item.partition("=")
             found[key] = value
-        elif isinstance(item, dict) and item.get("name"):
-            found[item["name"]] = str(item.get("value") or "")
+        elif isinstance(item, dict):
+            # A plug-in's Config.Env: {"Name", "Value", …} from the API, lower case in files.
+            name = item.get("Name") or item.get("name")
+            if name:
+                found[str(name)] = str(item.get("Value") or item.get("value") or "")
     return found
 
 
