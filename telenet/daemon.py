@@ -33,7 +33,8 @@ import telenet
 from telenet.core.interfaces import INetlink
 from telenet.core.netip import Network
 from telenet.core.reactor import IReactor, global_reactor
-from telenet.network.dns import DEFAULT_CLUSTER_DOMAIN, in_domains, parse_server
+from telenet.network.dns import DEFAULT_CLUSTER_DOMAIN, parse_server
+from telenet.network.dnsnames import in_domains
 
 log = Logger()
 
