@@ -30,11 +30,12 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 import telenet
+from telenet.core.gocompat import is_namespace
 from telenet.core.interfaces import INetlink
 from telenet.core.netip import Network
 from telenet.core.reactor import IReactor, global_reactor
 from telenet.network.dns import DEFAULT_CLUSTER_DOMAIN, parse_server
-from telenet.network.dnsnames import DEFAULT_NAMESPACE, in_domains, is_namespace
+from telenet.network.dnsnames import DEFAULT_NAMESPACE, in_domains
 
 log = Logger()
 

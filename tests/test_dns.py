@@ -172,9 +172,7 @@ CLUSTER = {
         dns.CNAME: [dns.Record_CNAME(b"echo.default.svc.cluster.local", 30)],
     },
     "mail.default.svc.cluster.local": {dns.MX: [dns.Record_MX(10, b"mx.default", 30)]},
-    "42.0.96.10.in-addr.arpa": {
-        dns.PTR: [dns.Record_PTR(b"echo.default.svc.cluster.local", 30)]
-    },
+    "42.0.96.10.in-addr.arpa": {dns.PTR: [dns.Record_PTR(b"echo.default.svc.cluster.local", 30)]},
     "example.default.svc.cluster.local": {dns.A: [dns.Record_A("10.96.0.60", 30)]},
 }
 PUBLIC = {
@@ -202,9 +200,7 @@ def _answer(split: SplitResolver, name: str, type: int = dns.A) -> list[dns.RRHe
 
 
 def _payloads(rrs: list[dns.RRHeader]) -> list[str]:
-    return [
-        str(rr.payload.dottedQuad()) if rr.type == dns.A else str(rr.payload) for rr in rrs
-    ]
+    return [str(rr.payload.dottedQuad()) if rr.type == dns.A else str(rr.payload) for rr in rrs]
 
 
 @pytest.mark.parametrize(
@@ -221,7 +217,7 @@ def _payloads(rrs: list[dns.RRHeader]) -> list[str]:
     ],
 )
 def test_short_names_complete_in_the_namespace(pod: Any, asked: str, cluster_name: str) -> None:
-    """A single label is the namespace's, ``name.ns`` any namespace's; answers name what was asked."""
+    """A single label is the namespace's, ``name.ns`` any namespace's; records named as asked."""
     cluster, fallback, split, _ = pod
     answers = _answer(split, asked)
     assert cluster.asked == [cluster_name] and fallback.asked == []

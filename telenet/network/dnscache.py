@@ -56,7 +56,9 @@ def positive_ttl(result: Result) -> int | None:
 def _aged(result: Result, elapsed: int) -> Result:
     def age(rrs: list[dns.RRHeader]) -> list[dns.RRHeader]:
         return [
-            dns.RRHeader(rr.name.name, rr.type, rr.cls, max(0, rr.ttl - elapsed), rr.payload, rr.auth)
+            dns.RRHeader(
+                rr.name.name, rr.type, rr.cls, max(0, rr.ttl - elapsed), rr.payload, rr.auth
+            )
             for rr in rrs
         ]
 

@@ -24,7 +24,6 @@ name that is both a cluster and a public name resolves as the cluster's.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable, Iterable, Sequence
 
 import attrs
@@ -33,12 +32,6 @@ from telenet.core.netip import Address, Network
 
 TEL2_SEARCH = "tel2-search"
 DEFAULT_NAMESPACE = "default"
-_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-
-
-def is_namespace(name: str) -> bool:
-    """Whether ``name`` can be a Kubernetes namespace (an RFC 1123 label)."""
-    return bool(_LABEL.fullmatch(name))
 
 
 def normal(name: bytes | str) -> str:
