@@ -130,7 +130,12 @@ def test_connect_makes_plugins_daemon_and_network(world: World) -> None:
         "172.18.0.2",
         "--cluster-domain",
         "cluster.local",
+        "--namespace",
+        "default",
     ]
+    labels = spec.labels
+    assert labels["telenet.namespace"] == "default"
+    assert labels["telenet.cluster-domain"] == "cluster.local"
     # The daemon finds its VIF by the VIF network's subnet (not by an interface name), once
     # connected before the start.
     assert calls.index(("connect", "cluster", "tp-blue", None)) < calls.index(
@@ -148,6 +153,35 @@ def test_connect_makes_plugins_daemon_and_network(world: World) -> None:
     assert conn.dns_ip() == "172.16.0.2"
     assert world.addresses[0][0] == "127.0.0.1"
     assert world.said[-1].startswith("Connected to blue: daemon tp-blue, network blue")
+
+
+def test_connect_namespaces_reach_the_daemon(world: World) -> None:
+    """--namespace and --mapped-namespaces become the daemon's options and its labels."""
+    conn = world.connect(
+        "blue",
+        namespace="team-a",
+        mapped_namespaces=("team-a", "team-b"),
+        cluster_domains=("corp",),
+    )
+    spec = world.docker.containers_by_id[conn.container_id]["spec"]
+    assert spec.command[-6:] == [
+        "--namespace",
+        "team-a",
+        "--mapped-namespace",
+        "team-a",
+        "--mapped-namespace",
+        "team-b",
+    ]
+    assert spec.labels["telenet.namespace"] == "team-a"
+    assert spec.labels["telenet.cluster-domain"] == "corp"
+
+
+def test_connect_namespaces_from_config() -> None:
+    """Without the flags, config.yml's cluster.namespace and cluster.mappedNamespaces apply."""
+    world = World(Config(namespace="team-c", mapped_namespaces=("x",)))
+    conn = world.connect("blue")
+    spec = world.docker.containers_by_id[conn.container_id]["spec"]
+    assert spec.command[-4:] == ["--namespace", "team-c", "--mapped-namespace", "x"]
 
 
 def test_subnet_avoids_routes_and_networks(world: World) -> None:
