@@ -449,6 +449,18 @@ def test_status(world: World) -> None:
     text = format_status(status)
     assert text.startswith("Connection blue: Connected\n  daemon:  tp-blue (")
     assert "DNS:     172.16.0.2:53" in text and "33000 -> 10.0.0.5:8022" in text
+    # An older daemon: the namespace from the container's label, no mapped namespaces.
+    assert status["daemon"]["namespace"] == "default"
+    assert "namespace: default (mapped namespaces: any)" in text
+    world.control.base_status["dns"] = {
+        "local_address": "172.16.0.2:53",
+        "namespace": "team-a",
+        "mapped_namespaces": ["team-a", "team-b"],
+    }
+    status = world.connector.status("blue")
+    assert status["daemon"]["namespace"] == "team-a"
+    assert status["daemon"]["mapped_namespaces"] == ["team-a", "team-b"]
+    assert "namespace: team-a (mapped namespaces: team-a, team-b)" in format_status(status)
 
 
 def test_status_has_telepresence_keys(world: World) -> None:
@@ -725,3 +737,19 @@ def test_exec_control_runs_its_request_in_the_daemon_container() -> None:
     docker.exec_handler = None
     with pytest.raises(DaemonControlError, match="MemoryDocker runs no processes"):
         ExecControl(docker, "tp-x", port).status()
+
+
+def test_workload_search_domains_follow_the_namespace() -> None:
+    """A workload's search domains are the connected namespace's in the first cluster domain."""
+    from telenet.cli.workload import workload_dns
+
+    world = World()
+    conn = world.connect("blue", namespace="team-a", cluster_domains=("corp.example", "x"))
+    dns = workload_dns(conn)
+    assert dns.servers == (conn.dns_ip(),)
+    assert dns.search == (
+        "team-a.svc.corp.example",
+        "svc.corp.example",
+        "corp.example",
+        "tel2-search",
+    )
