@@ -252,6 +252,13 @@ def _parser() -> argparse.ArgumentParser:
     cluster = commands.add_parser("demo-cluster", help="start or remove the demo cluster alone")
     cluster.add_argument("action", choices=("up", "down"))
     cluster.add_argument("--prefix", default="telenet-demo")
+    cluster.add_argument(
+        "--record",
+        action="append",
+        default=[],
+        metavar="NAME=IP",
+        help="one more record of the cluster's DNS (IP self: the cluster's address)",
+    )
     cluster.add_argument("--output", "-o", choices=("text", "json"))
     return parser
 
@@ -491,7 +498,9 @@ def _dispatch(
         if out.machine:
             out.emit({"ok": code == 0, "command": "demo", "prefix": args.prefix, "exit_code": code})
         return code
-    cluster = demo.DemoCluster(connector.docker, args.prefix, config.daemon_image)
+    cluster = demo.DemoCluster(
+        connector.docker, args.prefix, config.daemon_image, tuple(args.record)
+    )
     connector.check_docker()
     if args.action == "up":
         shape = args.output or out.format
