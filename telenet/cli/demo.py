@@ -5,9 +5,10 @@
 The cluster is a container of the telenet image on its own internal Docker network, running
 ``telenet.democluster`` (an HTTP echo service ``echo.default``, DNS for ``cluster.local`` names,
 an SFTP agent with sample files of a container ``echo``), and a second container on that network
-serving ``echo.other``, a service of a second namespace, with its own body. The demo then does what a user does, printing each
-command before running it: ``connect --docker`` with the cluster network as the daemon's VIF,
-``status``, a ``docker-run`` workload that resolves and fetches the service by name, an
+serving ``echo.other``, a service of a second namespace, with its own body. The demo then does
+what a user does, printing each command before running it: ``connect --docker`` with the
+cluster network as the daemon's VIF, ``status``, a ``docker-run`` workload that resolves and
+fetches the services by their short names (``echo``, ``echo.other``) as a pod would, an
 ``engage`` whose container lists the agent's files next to a directory of its own ``-v``, and
 ``quit``; then it removes the cluster (``--keep`` leaves everything running).
 
@@ -269,7 +270,7 @@ def run_demo(
             BUSYBOX,
             "sh",
             "-c",
-            f"nslookup -type=a {SERVICE}; {http_get(SERVICE)}",
+            f"nslookup -type=a echo; {http_get('echo')}; {http_get('echo.other')}",
         )
         step(
             "engage",

@@ -40,7 +40,7 @@ def _records(result: Result) -> list[dns.RRHeader]:
 def negative_ttl(authority: list[dns.RRHeader]) -> int | None:
     """How long an NXDOMAIN or empty answer may be kept: its SOA's minimum, if it has one."""
     for rr in authority:
-        if rr.type == dns.SOA:
+        if isinstance(rr.payload, dns.Record_SOA):
             return int(min(rr.ttl, rr.payload.minimum))
     return None
 
@@ -89,7 +89,9 @@ class CachingResolver(common.ResolverBase):
             return defer.succeed(_aged(entry.result, int(now - entry.stored)))
         self.entries.pop(key, None)
         d = self.resolver.query(dns.Query(name, type, cls), timeout)
-        d.addCallbacks(self._keep, self._keep_failure, (key, now), None, (key, now))
+        d.addCallbacks(
+            self._keep, self._keep_failure, callbackArgs=(key, now), errbackArgs=(key, now)
+        )
         return d
 
     def _keep(self, result: Result, key: tuple[str, int, int], asked: float) -> Result:
