@@ -400,6 +400,28 @@ def test_cache_flushed_when_routes_or_namespaces_change(pod: Any) -> None:
     assert cluster.asked[-1] == "echo.other.svc.cluster.local"
 
 
+def test_server_answers_short_names_as_asked(pod: Any) -> None:
+    """Through the DNS server: the question and the answer's records are the name asked."""
+    _, _, split, _ = pod
+    reply = _ask(make_factory(split), "echo.other")
+    assert [q.name.name for q in reply.queries] == [b"echo.other"]
+    assert [(rr.name.name, _quad(rr)) for rr in reply.answers] == [(b"echo.other", "10.96.0.50")]
+
+
+def test_silent_cluster_gives_way_to_the_fallback_in_seconds() -> None:
+    """A cluster that does not answer: short names reach the fallback after 3 s, not a minute."""
+    timeouts: list[Any] = []
+
+    class Silent(common.ResolverBase):
+        def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
+            timeouts.append(timeout)
+            return defer.fail(DNSQueryTimeoutError(name))
+
+    split = SplitResolver(["cluster.local"], Silent(), MemoryResolver(PUBLIC))
+    assert _payloads(_answer(split, "tn-daemon")) == ["172.17.0.2"]
+    assert timeouts == [(1, 2)]
+
+
 def test_search_domains() -> None:
     """Search domains that complete short names as a pod's resolv.conf does."""
     names = ClusterNames(["Cluster.Local."], "team-a")

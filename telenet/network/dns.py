@@ -43,6 +43,8 @@ log = Logger()
 
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 DNS_PORT = 53
+#: Retries of a query to the cluster's DNS (seconds each), when the server gives none.
+CLUSTER_TIMEOUT = (1, 2)
 _IP_FREEBIND = 15  # linux/in.h
 _IPV6_FREEBIND = 78  # linux/in6.h
 
@@ -122,7 +124,10 @@ class SplitResolver(common.ResolverBase):
                 return defer.fail(DomainError(name))
             return self.fallback.query(query, timeout)
         asked_as = route.cluster_name
-        d = self.cluster.query(dns.Query(asked_as.encode("ascii"), type, cls), timeout)
+        # Twisted's default retries for a minute; a stub resolver gives up after 5 s, and a
+        # short public name must reach the fallback before that when the cluster is silent.
+        cluster_timeout = timeout if timeout is not None else CLUSTER_TIMEOUT
+        d = self.cluster.query(dns.Query(asked_as.encode("ascii"), type, cls), cluster_timeout)
         d.addCallback(_rename, asked_as, name)
         if not route.final:
             # A short name the cluster does not know: the name itself, as a pod's search ends.
