@@ -753,3 +753,12 @@ def test_workload_search_domains_follow_the_namespace() -> None:
         "corp.example",
         "tel2-search",
     )
+
+
+def test_connect_refuses_bad_namespaces(world: World) -> None:
+    """A namespace that cannot be one (from compose, say) is a one-line error, nothing made."""
+    with pytest.raises(CLIError, match="--namespace 'a.b' is not a namespace name"):
+        world.connect("blue", namespace="a.b")
+    with pytest.raises(CLIError, match="--mapped-namespaces 'X_Y' is not a namespace name"):
+        world.connect("blue", mapped_namespaces=("ok", "X_Y"))
+    assert world.docker.container("tp-blue") is None
