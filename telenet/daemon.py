@@ -3,8 +3,8 @@
 ``twistd telepresence-daemon``: the daemon container's side of teleroute.
 
     twistd -n telepresence-daemon [--vif IFACE | --vif-subnet CIDR ...] [--subnet CIDR ...]
-        [--cluster-domain D ...] [--cluster-dns ADDR] [--teleroute-port 4039]
-        [--control ENDPOINT]
+        [--cluster-domain D ...] [--cluster-dns ADDR] [--namespace NS]
+        [--mapped-namespace NS ...] [--teleroute-port 4039] [--control ENDPOINT]
 
 One process, on Twisted's asyncio reactor (installed here, so no ``--reactor`` is needed):
 
@@ -30,11 +30,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 import telenet
+from telenet.core.gocompat import is_namespace
 from telenet.core.interfaces import INetlink
 from telenet.core.logoptions import LogOptionsMixin
 from telenet.core.netip import Network
 from telenet.core.reactor import IReactor, global_reactor
-from telenet.network.dns import DEFAULT_CLUSTER_DOMAIN, in_domains, parse_server
+from telenet.network.dns import DEFAULT_CLUSTER_DOMAIN, parse_server
+from telenet.network.dnsnames import DEFAULT_NAMESPACE, in_domains
 
 log = Logger()
 
@@ -45,7 +47,8 @@ DEFAULT_CONTROL = "tcp:4038:interface=127.0.0.1"
 class Options(LogOptionsMixin, usage.Options):
     synopsis = (
         "[--vif IFACE | --vif-subnet CIDR ...] [--subnet CIDR ...] "
-        "[--cluster-domain D ...] [--cluster-dns ADDR]"
+        "[--cluster-domain D ...] [--cluster-dns ADDR] [--namespace NS] "
+        "[--mapped-namespace NS ...]"
     )
     longdesc = (
         "The Telepresence daemon's teleroute side: veth pairs for the containers of a "
@@ -73,6 +76,12 @@ class Options(LogOptionsMixin, usage.Options):
             str(DEFAULT_TELEROUTE_PORT),
             "Port of the teleroute gRPC service.",
         ],
+        [
+            "namespace",
+            None,
+            DEFAULT_NAMESPACE,
+            "The connected namespace: single-label names resolve as its services.",
+        ],
         ["control", None, DEFAULT_CONTROL, "Endpoint of the control API."],
         ["dns-port", None, "53", "DNS port on the daemon's teleroute addresses."],
         [
@@ -89,6 +98,7 @@ class Options(LogOptionsMixin, usage.Options):
         self["subnet"] = []
         self["vif-subnet"] = []
         self["cluster-domain"] = []
+        self["mapped-namespace"] = []
 
     def opt_vif_subnet(self, value: str) -> None:
         """Instead of --vif: the VIF holds an address in this subnet (its network's). Repeatable."""
@@ -116,8 +126,17 @@ class Options(LogOptionsMixin, usage.Options):
             raise usage.UsageError(f"--cluster-domain {value!r} is not a domain")
         self["cluster-domain"].append(domain)
 
+    def opt_mapped_namespace(self, value: str) -> None:
+        """
+        A namespace whose services resolve as ``name.NS`` (default: any). Repeatable; a
+        comma-separated list is several.
+        """
+        for item in value.split(","):
+            self["mapped-namespace"].append(check_namespace(item, "--mapped-namespace"))
+
     def postOptions(self) -> None:
         super().postOptions()
+        self["namespace"] = check_namespace(self["namespace"], "--namespace")
         if not self["cluster-domain"]:
             self["cluster-domain"] = [DEFAULT_CLUSTER_DOMAIN]
         for key in ("teleroute-port", "dns-port"):
@@ -140,6 +159,16 @@ class Options(LogOptionsMixin, usage.Options):
             raise usage.UsageError(f"--vif {vif!r} is not an interface name")
         if vif is not None and self["vif-subnet"]:
             raise usage.UsageError("give --vif or --vif-subnet, not both")
+
+
+def check_namespace(value: str, option: str) -> str:
+    """A Kubernetes namespace name (a DNS label), lower case; UsageError otherwise."""
+    name = value.strip().lower()
+    if not is_namespace(name):
+        raise usage.UsageError(
+            f"{option} {value!r} is not a namespace name (lower-case letters, digits and -)"
+        )
+    return name
 
 
 class _StopInReverse(service.MultiService):
@@ -257,7 +286,12 @@ def makeService(
         options["cluster-dns"],
         reactor,
         resolv_conf=options["resolv-conf"],
+        namespace=options["namespace"],
+        mapped=options["mapped-namespace"],
+        routes=table.current,
     )
+    # Reverse names follow the routed subnets; what was kept may no longer be the cluster's.
+    table.subscribe(lambda _routes: resolver.flush())
     dns_service = DNSService(reactor, make_factory(resolver), port=options["dns-port"])
     core.on_daemon_address(lambda v4, v6: dns_service.listen([v4, v6]))
     add("dns", dns_service)
@@ -281,6 +315,9 @@ def makeService(
                 "local_addresses": local,
                 "cluster_domains": options["cluster-domain"],
                 "cluster_dns": options["cluster-dns"],
+                "namespace": resolver.names.namespace,
+                "mapped_namespaces": list(resolver.names.mapped),
+                "search": resolver.names.search(),
             },
             "teleroute": {"port": grpc_service.port or port, **core.status()},
             "routes": [str(n) for n in table.current()],
@@ -299,12 +336,14 @@ def makeService(
     )
     log.info(
         "telepresence-daemon {version}: vif {vif}, subnets {subnets}, cluster domains "
-        "{domains} via {dns}",
+        "{domains} via {dns}, namespace {namespace}, mapped namespaces {mapped}",
         version=telenet.__version__,
         vif=vif_text,
         subnets=[str(s) for s in options["subnet"]],
         domains=options["cluster-domain"],
         dns=options["cluster-dns"] or "the daemon's own resolver",
+        namespace=options["namespace"],
+        mapped=options["mapped-namespace"] or "all",
     )
     return top
 

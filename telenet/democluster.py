@@ -3,8 +3,11 @@
 The embedded demo "cluster": one process in a container of the telenet image serving
 
 - HTTP on port 80: every GET answers the ``--body`` text (the ``echo`` service);
-- DNS on port 53 (UDP and TCP): A records for the ``--record NAME=IP`` names (``self`` is this
-  container's address), NXDOMAIN for anything else;
+- DNS on port 53 (UDP and TCP) for the ``--record NAME=IP`` names (``self`` is this
+  container's address), as a cluster's DNS has them (``ClusterRecords``): A or AAAA, a TXT
+  record, the SRV record ``_http._tcp.NAME`` (port 80) of a service name (``*.svc.*``), PTR
+  records for the addresses; NXDOMAIN for anything else;
+- with ``--http-only``, the HTTP service alone (a second service, at another address);
 - raw SFTP on port 8022 (``telenet.agent``, the traffic-agent's part): ``--exports`` as
   ``/tel_app_exports``, with sample files of the ``--sample`` container.
 
@@ -17,10 +20,17 @@ It prints ``ready`` once everything listens.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
 import sys
 from typing import Any, cast
+
+from twisted.internet import defer
+from twisted.names import dns, error
+from twisted.names.common import ResolverBase
+
+TTL = 5
 
 SAMPLE_FILES = {
     "var/run/secrets/kubernetes.io/serviceaccount/token": "demo-token-123\n",
@@ -37,12 +47,47 @@ def write_samples(exports: str, container: str) -> None:
             f.write(text)
 
 
+class ClusterRecords(ResolverBase):
+    """The records of a cluster's DNS for ``records`` (name → address); see the docstring."""
+
+    def __init__(self, records: dict[str, str]) -> None:
+        super().__init__()
+        self.records: dict[str, dict[int, list[Any]]] = {}
+        for name, address in records.items():
+            name = name.lower().rstrip(".")
+            ip = ipaddress.ip_address(address)
+            record: Any = (
+                dns.Record_A(address, TTL) if ip.version == 4 else dns.Record_AAAA(address, TTL)
+            )
+            self._add(name, record)
+            self._add(name, dns.Record_TXT(f"demo service {name}".encode(), ttl=TTL))
+            if ".svc." in name:
+                self._add(f"_http._tcp.{name}", dns.Record_SRV(0, 100, 80, name.encode(), TTL))
+            reverse = ip.reverse_pointer
+            if reverse not in self.records:
+                self._add(reverse, dns.Record_PTR(name.encode(), TTL))
+
+    def _add(self, name: str, record: Any) -> None:
+        self.records.setdefault(name, {}).setdefault(record.TYPE, []).append(record)
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
+        key = name.decode("ascii", "replace").lower().rstrip(".")
+        types = self.records.get(key)
+        if types is None:
+            return defer.fail(error.DomainError(name))
+        answers = [
+            dns.RRHeader(name=name, type=kind, cls=dns.IN, ttl=TTL, auth=True, payload=record)
+            for kind, records in types.items()
+            if type in (kind, dns.ALL_RECORDS)
+            for record in records
+        ]
+        return defer.succeed((answers, [], []))
+
+
 def main(argv: list[str] | None = None) -> None:
-    from twisted.internet import defer
     from twisted.internet.protocol import ServerFactory
     from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.names import dns, error, server
-    from twisted.names.common import ResolverBase
+    from twisted.names import server
     from twisted.web import resource
     from twisted.web import server as web
 
@@ -55,30 +100,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exports", default="/exports")
     parser.add_argument("--sample", default="echo", metavar="CONTAINER")
     parser.add_argument("--agent-port", type=int, default=8022)
+    parser.add_argument("--http-only", action="store_true", help="the HTTP service alone")
     args = parser.parse_args(argv)
     me = socket.gethostbyname(socket.gethostname())
     records = {}
     for item in args.record:
         name, _, ip = item.partition("=")
         records[name.lower().rstrip(".")] = me if ip == "self" else ip
-
-    class Records(ResolverBase):
-        def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Any:
-            key = name.decode("ascii", "replace").lower().rstrip(".")
-            address = records.get(key)
-            if address is None:
-                return defer.fail(error.DomainError(name))
-            if type not in (dns.A, dns.ALL_RECORDS):
-                return defer.succeed(([], [], []))
-            answer = dns.RRHeader(
-                name=name,
-                type=dns.A,
-                cls=dns.IN,
-                ttl=5,
-                auth=True,
-                payload=dns.Record_A(address, ttl=5),
-            )
-            return defer.succeed(([answer], [], []))
 
     class Body(resource.Resource):
         isLeaf = True
@@ -88,15 +116,16 @@ def main(argv: list[str] | None = None) -> None:
             return args.body.encode() + b"\n"
 
     reactor = global_reactor()
-    write_samples(args.exports, args.sample)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    factory = server.DNSServerFactory(authorities=[Records()])
-    reactor.listenUDP(53, dns.DNSDatagramProtocol(factory), "", 8192)
-    reactor.listenTCP(53, factory, 50, "")
     reactor.listenTCP(80, cast(ServerFactory, web.Site(Body())), 50, "")
-    options = agent.Options()
-    options.parseOptions(["--root", args.exports, "--listen", f"tcp:{args.agent_port}"])
-    agent.makeService(options, reactor).startService()
+    if not args.http_only:
+        write_samples(args.exports, args.sample)
+        factory = server.DNSServerFactory(authorities=[ClusterRecords(records)])
+        reactor.listenUDP(53, dns.DNSDatagramProtocol(factory), "", 8192)
+        reactor.listenTCP(53, factory, 50, "")
+        options = agent.Options()
+        options.parseOptions(["--root", args.exports, "--listen", f"tcp:{args.agent_port}"])
+        agent.makeService(options, reactor).startService()
     print("ready", flush=True)
     reactor.run()
 

@@ -59,8 +59,10 @@ docker:
   enableIPv4: true
   enableIPv6: false
 intercept: {mountCompletionDelay: 1s500ms, useFtp: false}
+cluster: {namespace: team-a, mappedNamespaces: [team-a, team-b]}
 """
     )
+    assert config.namespace == "team-a" and config.mapped_namespaces == ("team-a", "team-b")
     assert config.daemon_port == 5038 and config.teleroute_port == 5039
     assert config.daemon_image == "my/telenet:1"
     assert config.curl_image == "my/curl:2"
@@ -89,6 +91,12 @@ intercept: {mountCompletionDelay: 1s500ms, useFtp: false}
         ),
         ("intercept:\n  useFtp: true\n", "intercept.useFtp: FTP is not supported"),
         ("- a list\n", "the file: expected a mapping, got a list"),
+        ("cluster:\n  namespace: Team_A\n", "cluster.namespace: expected a namespace name"),
+        (
+            "cluster:\n  mappedNamespaces: a,b\n",
+            "cluster.mappedNamespaces: expected a list of namespaces",
+        ),
+        ("cluster:\n  mappedNamespaces: [a, 5]\n", "cluster.mappedNamespaces[1]: expected"),
         ("nonsense: 1\ngrpc:\n  daemonPort: x\n", "grpc.daemonPort: expected a port number"),
         ("timeouts: {agentInstall: 1m}\ndocker: 5\n", "docker: expected a mapping, got int"),
     ],

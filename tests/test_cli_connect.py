@@ -130,7 +130,12 @@ def test_connect_makes_plugins_daemon_and_network(world: World) -> None:
         "172.18.0.2",
         "--cluster-domain",
         "cluster.local",
+        "--namespace",
+        "default",
     ]
+    labels = spec.labels
+    assert labels["telenet.namespace"] == "default"
+    assert labels["telenet.cluster-domain"] == "cluster.local"
     # The daemon finds its VIF by the VIF network's subnet (not by an interface name), once
     # connected before the start.
     assert calls.index(("connect", "cluster", "tp-blue", None)) < calls.index(
@@ -148,6 +153,35 @@ def test_connect_makes_plugins_daemon_and_network(world: World) -> None:
     assert conn.dns_ip() == "172.16.0.2"
     assert world.addresses[0][0] == "127.0.0.1"
     assert world.said[-1].startswith("Connected to blue: daemon tp-blue, network blue")
+
+
+def test_connect_namespaces_reach_the_daemon(world: World) -> None:
+    """--namespace and --mapped-namespaces become the daemon's options and its labels."""
+    conn = world.connect(
+        "blue",
+        namespace="team-a",
+        mapped_namespaces=("team-a", "team-b"),
+        cluster_domains=("corp",),
+    )
+    spec = world.docker.containers_by_id[conn.container_id]["spec"]
+    assert spec.command[-6:] == [
+        "--namespace",
+        "team-a",
+        "--mapped-namespace",
+        "team-a",
+        "--mapped-namespace",
+        "team-b",
+    ]
+    assert spec.labels["telenet.namespace"] == "team-a"
+    assert spec.labels["telenet.cluster-domain"] == "corp"
+
+
+def test_connect_namespaces_from_config() -> None:
+    """Without the flags, config.yml's cluster.namespace and cluster.mappedNamespaces apply."""
+    world = World(Config(namespace="team-c", mapped_namespaces=("x",)))
+    conn = world.connect("blue")
+    spec = world.docker.containers_by_id[conn.container_id]["spec"]
+    assert spec.command[-4:] == ["--namespace", "team-c", "--mapped-namespace", "x"]
 
 
 def test_subnet_avoids_routes_and_networks(world: World) -> None:
@@ -415,6 +449,18 @@ def test_status(world: World) -> None:
     text = format_status(status)
     assert text.startswith("Connection blue: Connected\n  daemon:  tp-blue (")
     assert "DNS:     172.16.0.2:53" in text and "33000 -> 10.0.0.5:8022" in text
+    # An older daemon: the namespace from the container's label, no mapped namespaces.
+    assert status["daemon"]["namespace"] == "default"
+    assert "namespace: default (mapped namespaces: any)" in text
+    world.control.base_status["dns"] = {
+        "local_address": "172.16.0.2:53",
+        "namespace": "team-a",
+        "mapped_namespaces": ["team-a", "team-b"],
+    }
+    status = world.connector.status("blue")
+    assert status["daemon"]["namespace"] == "team-a"
+    assert status["daemon"]["mapped_namespaces"] == ["team-a", "team-b"]
+    assert "namespace: team-a (mapped namespaces: team-a, team-b)" in format_status(status)
 
 
 def test_status_has_telepresence_keys(world: World) -> None:
@@ -691,3 +737,28 @@ def test_exec_control_runs_its_request_in_the_daemon_container() -> None:
     docker.exec_handler = None
     with pytest.raises(DaemonControlError, match="MemoryDocker runs no processes"):
         ExecControl(docker, "tp-x", port).status()
+
+
+def test_workload_search_domains_follow_the_namespace() -> None:
+    """A workload's search domains are the connected namespace's in the first cluster domain."""
+    from telenet.cli.workload import workload_dns
+
+    world = World()
+    conn = world.connect("blue", namespace="team-a", cluster_domains=("corp.example", "x"))
+    dns = workload_dns(conn)
+    assert dns.servers == (conn.dns_ip(),)
+    assert dns.search == (
+        "team-a.svc.corp.example",
+        "svc.corp.example",
+        "corp.example",
+        "tel2-search",
+    )
+
+
+def test_connect_refuses_bad_namespaces(world: World) -> None:
+    """A namespace that cannot be one (from compose, say) is a one-line error, nothing made."""
+    with pytest.raises(CLIError, match="--namespace 'a.b' is not a namespace name"):
+        world.connect("blue", namespace="a.b")
+    with pytest.raises(CLIError, match="--mapped-namespaces 'X_Y' is not a namespace name"):
+        world.connect("blue", mapped_namespaces=("ok", "X_Y"))
+    assert world.docker.container("tp-blue") is None

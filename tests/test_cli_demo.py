@@ -16,15 +16,26 @@ from telenet.testing import MemoryDocker
 def test_up_info_and_down() -> None:
     """up makes a labelled network and container and reports the addresses; down removes them."""
     docker = MemoryDocker()
-    docker.logs["p-cluster"] = "starting\nready\n"
-    info = DemoCluster(docker, "p", "telenet").up(say=lambda _: None)
+    docker.logs["p-cluster"] = docker.logs["p-echo-other"] = "starting\nready\n"
+    info = DemoCluster(docker, "p", "telenet", ("x.example=self",)).up(say=lambda _: None)
     assert info["network"] == info["container"] == "p-cluster"
     assert info["agent"] == f"{info['ip']}:8022" and info["cluster_dns"] == info["ip"]
+    assert info["other_container"] == "p-echo-other" and info["other_ip"] != info["ip"]
     container = docker.container("p-cluster")
     assert container is not None
     assert container["Config"]["Labels"] == {LABEL_DEMO: "p"}
-    assert container["Config"]["Cmd"][:3] == ["python3", "-m", "telenet.democluster"]
-    assert "agent    " in format_cluster(info)
+    command = container["Config"]["Cmd"]
+    assert command[:3] == ["python3", "-m", "telenet.democluster"]
+    # The second namespace's service is another container, named in the cluster's DNS.
+    records = [command[i + 1] for i, arg in enumerate(command) if arg == "--record"]
+    assert records == [
+        "echo.default.svc.cluster.local=self",
+        f"echo.other.svc.cluster.local={info['other_ip']}",
+        "x.example=self",
+    ]
+    other = docker.container("p-echo-other")
+    assert other is not None and "--http-only" in other["Config"]["Cmd"]
+    assert "agent    " in format_cluster(info) and "echo.other" in format_cluster(info)
     # A second up finds it running and makes nothing new.
     calls = len(docker.calls)
     assert DemoCluster(docker, "p", "telenet").up(say=lambda _: None) == info
@@ -44,7 +55,7 @@ def test_down_leaves_what_is_not_the_demos() -> None:
 def test_cluster_that_does_not_start() -> None:
     """A cluster that exits: its last log line; an image without the module: rebuild it."""
     docker = MemoryDocker()
-    docker.logs["p-cluster"] = "/opt/telenet/bin/python3: No module named telenet.democluster"
+    docker.logs["p-echo-other"] = "/opt/telenet/bin/python3: No module named telenet.democluster"
     original = docker.start_container
 
     def start_then_exit(container: str) -> None:
@@ -63,3 +74,33 @@ def test_sample_export(tmp_path: Any) -> None:
     for relative, text in SAMPLE_FILES.items():
         with open(os.path.join(str(tmp_path), "echo", relative)) as f:
             assert f.read() == text
+
+
+def test_cluster_records_serve_what_a_cluster_dns_does() -> None:
+    """A, AAAA, TXT, SRV of a service and PTR of its address; NXDOMAIN for the rest."""
+    from twisted.names import dns
+    from twisted.names.error import DomainError
+
+    from telenet.democluster import ClusterRecords
+    from tests.helpers import failure_of, result_of
+
+    records = ClusterRecords(
+        {"echo.default.svc.cluster.local": "10.96.0.42", "v6.default.svc.cluster.local": "fd00::7"}
+    )
+
+    def ask(name: str, type: int) -> list[str]:
+        answers, _, _ = result_of(records.query(dns.Query(name, type, dns.IN)))
+        return [str(rr.payload) for rr in answers]
+
+    assert ask("echo.default.svc.cluster.local", dns.A) == ["<A address=10.96.0.42 ttl=5>"]
+    assert ask("v6.default.svc.cluster.local", dns.AAAA) == ["<AAAA address=fd00::7 ttl=5>"]
+    assert ask("echo.default.svc.cluster.local", dns.AAAA) == []
+    assert "echo.default.svc.cluster.local" in ask("echo.default.svc.cluster.local", dns.TXT)[0]
+    srv = ask("_http._tcp.echo.default.svc.cluster.local", dns.SRV)
+    assert srv == [
+        "<SRV priority=0 weight=100 target=echo.default.svc.cluster.local port=80 ttl=5>"
+    ]
+    assert ask("42.0.96.10.in-addr.arpa", dns.PTR) == [
+        "<PTR name=echo.default.svc.cluster.local ttl=5>"
+    ]
+    failure_of(records.lookupAddress("nope.default.svc.cluster.local")).trap(DomainError)

@@ -224,6 +224,40 @@ def test_format_json_connect_and_quit(world: World, capsys: pytest.CaptureFixtur
     assert (code, err) == (0, "") and out.splitlines()[-1].startswith("Connected to blue")
 
 
+def test_connect_namespace_flags(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """--namespace and --mapped-namespaces (comma-separated) reach the daemon; bad ones are
+    one-line errors."""
+    code, out, err = run(
+        capsys,
+        "connect",
+        "--docker",
+        "--name",
+        "blue",
+        "--namespace",
+        "Team-A",
+        "--mapped-namespaces",
+        "team-a, team-b",
+    )
+    assert code == 0
+    daemon = world.docker.container("tp-blue")
+    assert daemon is not None
+    command = world.docker.containers_by_id[daemon["Id"]]["spec"].command
+    assert command[-6:] == [
+        "--namespace",
+        "team-a",
+        "--mapped-namespace",
+        "team-a",
+        "--mapped-namespace",
+        "team-b",
+    ]
+    code, out, err = run(capsys, "connect", "--docker", "--name", "x", "--namespace", "a.b")
+    assert code == 1
+    assert err == (
+        "telenet connect: --namespace 'a.b' is not a namespace name (lower-case letters, "
+        "digits and -)\n"
+    )
+
+
 def test_format_json_docker_run_and_engage(
     world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

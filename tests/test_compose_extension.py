@@ -124,7 +124,7 @@ def test_the_extension_as_values(tmp_path: Path) -> None:
         (
             "x-telenet:\n  connections:\n    - name: blue\n      vifnetwork: kind\n",
             "compose.yaml:4: x-telenet.connections[0].vifnetwork: unknown key (known: name, vif, "
-            "vifNetwork, subnets, clusterDNS, clusterDomains)",
+            "vifNetwork, subnets, clusterDNS, clusterDomains, namespace, mappedNamespaces)",
         ),
         (
             "x-telenet:\n  connections:\n    - name: blue\n      subnets: 10.96.0.0/12\n",
@@ -270,6 +270,13 @@ def test_x_tele_connections_and_connect(tmp_path: Path, monkeypatch: pytest.Monk
     _, ext, warnings = load(tmp_path, TELE)
     (conn,) = ext.connections
     assert (conn.name, conn.subnets) == ("kind-emojivoto-cn", ("10.0.0.0/16",))
+    # The namespace is also the connection's, as Telepresence's connect has it.
+    assert conn.namespace == "emojivoto" and conn.request().namespace == "emojivoto"
+    text = TELE.replace(
+        "      manager", "      mapped-namespaces: [emojivoto, shared]\n      manager"
+    )
+    (conn,) = load(tmp_path, text)[1].connections
+    assert conn.mapped_namespaces == ("emojivoto", "shared")
     assert ext.key == "x-tele"
     assert ext.services["web"].connections == ("kind-emojivoto-cn",)
     assert warnings == [

@@ -73,6 +73,16 @@ def test_repeatable_options() -> None:
     assert options["vif"] == "eth1" and options["teleroute-port"] == 5000
 
 
+def test_namespace_options() -> None:
+    """--namespace defaults to default; --mapped-namespace repeats and splits on commas."""
+    assert _options()["namespace"] == "default" and _options()["mapped-namespace"] == []
+    options = _options(
+        "--namespace", "Team-A", "--mapped-namespace", "a,b", "--mapped-namespace", "c"
+    )
+    assert options["namespace"] == "team-a"
+    assert options["mapped-namespace"] == ["a", "b", "c"]
+
+
 @pytest.mark.parametrize(
     "args,match",
     [
@@ -85,6 +95,9 @@ def test_repeatable_options() -> None:
         (["--vif", "eth1", "--vif-subnet", "10.0.0.0/8"], "not both"),
         (["--vif-subnet", "nonsense"], "not a CIDR"),
         (["--cluster-domain", " "], "not a domain"),
+        (["--namespace", "Not_A_Namespace"], "not a namespace"),
+        (["--namespace", ""], "not a namespace"),
+        (["--mapped-namespace", "a,b.c"], "not a namespace"),
     ],
 )
 def test_bad_options(args: list[str], match: str) -> None:
@@ -213,6 +226,20 @@ def test_status_and_dns_follow_the_daemon_endpoint() -> None:
     assert after["teleroute"]["daemon_ipv4"] == "192.0.2.77"
     assert after["bridges"] == [] and after["version"]
     assert len(c.reactor.adoptedPorts) == 2  # UDP and TCP on the new address
+
+
+def test_namespaces_in_status_and_cache_flushed_by_routes() -> None:
+    """The DNS status shows the namespaces and search domains; a route change flushes the cache."""
+    c = Composed("--vif", "eth1", "--namespace", "team-a", "--mapped-namespace", "team-b")
+    dns_status = c.status()["dns"]
+    assert dns_status["namespace"] == "team-a"
+    assert dns_status["mapped_namespaces"] == ["team-b"]
+    assert dns_status["search"][0] == "team-a.svc.cluster.local"
+    resolver = c.child("dns").factory.resolver.resolvers[-1]
+    flushed: list[bool] = []
+    resolver.flush = lambda: flushed.append(True)
+    c.child("vif-routes").table.update(frozenset({N("10.96.0.0/12")}))
+    assert flushed == [True]
 
 
 def test_vif_routes_reach_join() -> None:

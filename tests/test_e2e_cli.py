@@ -142,7 +142,12 @@ def env() -> Iterator[Env]:
     os.makedirs(workdir)
     e = Env(workdir)
     try:
-        out = e.telenet("demo-cluster", "up", "--prefix", e.prefix, "--output", "json")
+        # One name both the cluster's and the daemon's own resolver's (the second service's
+        # container name, which Docker's DNS answers on the cluster network): tests/test_e2e_dns.py.
+        both = f"{e.prefix}-echo-other.default.svc.cluster.local=self"
+        out = e.telenet(
+            "demo-cluster", "up", "--prefix", e.prefix, "--record", both, "--output", "json"
+        )
         e.cluster = json.loads(out.stdout)
         yield e
     finally:

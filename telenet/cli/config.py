@@ -12,8 +12,8 @@ Files, lowest priority first; per key, a later file's value wins over an earlier
    ``~/.config/telepresence/config.yml`` (same XDG rule) instead, for the keys telenet knows:
    that file is Telepresence's, so its other keys are ignored without a word.
 
-Keys are Telepresence's (docs/cli.md lists those telenet reads), plus ``docker.daemonImage``
-and ``docker.curlImage``
+Keys are Telepresence's (docs/cli.md lists those telenet reads), plus ``docker.daemonImage``,
+``cluster.namespace`` (the namespace of ``connect``) and ``docker.curlImage``
 (the image of ``telenet curl``; unset, ``telenet/curl`` then ``curlimages/curl`` are tried).
 A key telenet knows with a value of the wrong type is an error naming the file and the key's path
 (``docker.teleroute.tag``). Any other key is ignored: silently when Telepresence knows it
@@ -39,7 +39,7 @@ from typing import Any
 import attrs
 import yaml
 
-from telenet.core.gocompat import parse_duration
+from telenet.core.gocompat import is_namespace, parse_duration
 
 DEFAULT_SOURCE = "default"
 SYSTEM_CONFIG = "/etc/telenet/config.yml"
@@ -52,7 +52,8 @@ class ConfigError(Exception):
 
 
 # The schema of the keys telenet uses: nested dicts of key -> type name ("str", "name" (a
-# non-empty string), "bool", "duration", "port").
+# non-empty string), "bool", "duration", "port", "namespace" (a Kubernetes namespace name),
+# "namespaces" (a list of them)).
 _PLUGIN_KEYS = {
     "registryAPI": "str",
     "registry": "str",
@@ -61,6 +62,7 @@ _PLUGIN_KEYS = {
     "tag": "name",
 }
 SCHEMA: dict[str, Any] = {
+    "cluster": {"namespace": "namespace", "mappedNamespaces": "namespaces"},
     "grpc": {"daemonPort": "port", "teleroutePort": "port"},
     "docker": {
         "daemonImage": "str",
@@ -95,7 +97,7 @@ TELEPRESENCE_KEYS: frozenset[str] = frozenset(
     """
     cloud.refreshMessages cloud.skipLogin cloud.systemaHost cloud.systemaPort
     cluster.agentPortForward cluster.connectFromRootDaemon cluster.defaultManagerNamespace
-    cluster.forceSPDY cluster.mappedNamespaces cluster.virtualIPSubnet
+    cluster.forceSPDY cluster.virtualIPSubnet
     connectionTTL
     daemons.userDaemonBinary
     dns.error dns.excludeSuffixes dns.excludes dns.includeSuffixes dns.localAddress
@@ -176,6 +178,8 @@ class Config:
     enable_ipv4: bool = True
     enable_ipv6: bool = True
     mount_completion_delay: float = 0.3
+    namespace: str = ""
+    mapped_namespaces: tuple[str, ...] = ()
     path: str | None = None
     sources: Mapping[str, str] = attrs.field(factory=_all_default, hash=False)
     files: tuple[str, ...] = ()
@@ -223,6 +227,14 @@ def _check(value: Any, kind: str, path: str) -> Any:
         if kind == "name" and not value:
             raise ConfigError(f"{path} must not be empty")
         return value
+    if kind == "namespace":
+        if not isinstance(value, str) or not is_namespace(value):
+            raise ConfigError(f"{path}: expected a namespace name, got {_describe(value)}")
+        return value
+    if kind == "namespaces":
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list of namespaces, got {_describe(value)}")
+        return tuple(_check(item, "namespace", f"{path}[{i}]") for i, item in enumerate(value))
     if kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: expected true or false, got {_describe(value)}")
@@ -350,6 +362,8 @@ def _merge(layers: list[tuple[str, dict[str, Any]]], path: str | None) -> Config
         mount_completion_delay=values.get(
             "intercept.mountCompletionDelay", default.mount_completion_delay
         ),
+        namespace=values.get("cluster.namespace", default.namespace),
+        mapped_namespaces=values.get("cluster.mappedNamespaces", default.mapped_namespaces),
         path=path,
         sources=sources,
         files=tuple(file for file, _ in layers),

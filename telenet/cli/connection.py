@@ -26,6 +26,8 @@ from typing import Any
 
 import attrs
 
+from telenet.core.gocompat import is_namespace
+
 
 class CLIError(Exception):
     """A failure the user can act on; the message is one line."""
@@ -33,6 +35,16 @@ class CLIError(Exception):
 
 class NotConnected(CLIError):
     pass
+
+
+def check_namespace(value: str, option: str) -> str:
+    """A Kubernetes namespace name, lower-cased; CLIError naming ``option`` otherwise."""
+    name = value.strip().lower()
+    if not is_namespace(name):
+        raise CLIError(
+            f"{option} {value!r} is not a namespace name (lower-case letters, digits and -)"
+        )
+    return name
 
 
 @attrs.frozen
@@ -43,6 +55,10 @@ class ConnectRequest:
     subnets: tuple[str, ...] = ()
     cluster_dns: str | None = None
     cluster_domains: tuple[str, ...] = ()
+    #: The connected namespace (None: config.yml's ``cluster.namespace``, else ``default``).
+    namespace: str | None = None
+    #: Namespaces whose services resolve as ``name.ns`` (empty: config.yml's, else any).
+    mapped_namespaces: tuple[str, ...] = ()
 
 
 @attrs.define

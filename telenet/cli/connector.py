@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from telenet.cli.config import Config
-from telenet.cli.connection import CLIError, Connection, ConnectRequest
+from telenet.cli.connection import CLIError, Connection, ConnectRequest, check_namespace
 from telenet.cli.daemoncontainer import DaemonContainer
 from telenet.cli.daemoncontrol import ExecControl, HTTPControl
 from telenet.cli.dockerapi import subnets_of
@@ -128,6 +128,10 @@ class Connector:
             )
         if req.vif and req.vif_network:
             raise CLIError("give --vif or --vif-network, not both")
+        if req.namespace is not None:
+            check_namespace(req.namespace, "--namespace")
+        for namespace in req.mapped_namespaces:
+            check_namespace(namespace, "--mapped-namespaces")
         self.networks.check_network_name(name)
         existing = self.docker.container(container_name(name))
         if existing is not None:

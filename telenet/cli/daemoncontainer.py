@@ -22,7 +22,11 @@ from telenet.cli.dockerapi import DockerError, subnets_of
 from telenet.cli.interfaces import ContainerSpec, IDocker
 from telenet.cli.lookup import ConnectionLookup
 from telenet.cli.naming import (
+    DEFAULT_CLUSTER_DOMAIN,
+    DEFAULT_NAMESPACE,
+    LABEL_CLUSTER_DOMAIN,
     LABEL_CONNECTION,
+    LABEL_NAMESPACE,
     LABEL_NETWORK_PLUGIN,
     LABEL_ROLE,
     LABEL_VOLUME_PLUGIN,
@@ -74,7 +78,18 @@ class DaemonContainer:
             command += ["--cluster-dns", req.cluster_dns]
         for domain in req.cluster_domains:
             command += ["--cluster-domain", domain]
+        command += ["--namespace", self.namespace(req)]
+        for namespace in self.mapped_namespaces(req):
+            command += ["--mapped-namespace", namespace]
         return command
+
+    def namespace(self, req: ConnectRequest) -> str:
+        """``--namespace``, else config.yml's ``cluster.namespace``, else ``default``."""
+        return req.namespace or self.config.namespace or DEFAULT_NAMESPACE
+
+    def mapped_namespaces(self, req: ConnectRequest) -> tuple[str, ...]:
+        """``--mapped-namespaces``, else config.yml's ``cluster.mappedNamespaces``."""
+        return req.mapped_namespaces or self.config.mapped_namespaces
 
     def start_daemon(self, req: ConnectRequest, drivers: dict[str, str]) -> str:
         sysctls = {"net.ipv4.ip_forward": "1"}
@@ -91,6 +106,8 @@ class DaemonContainer:
                 LABEL_ROLE: "daemon",
                 LABEL_NETWORK_PLUGIN: drivers["teleroute"],
                 LABEL_VOLUME_PLUGIN: drivers["telemount"],
+                LABEL_NAMESPACE: self.namespace(req),
+                LABEL_CLUSTER_DOMAIN: (req.cluster_domains or (DEFAULT_CLUSTER_DOMAIN,))[0],
             },
             pid_host=True,
             cap_add=["NET_ADMIN"],

@@ -3,10 +3,12 @@
 ``telenet demo``: the whole story on this machine, against an embedded demo "cluster".
 
 The cluster is a container of the telenet image on its own internal Docker network, running
-``telenet.democluster`` (an HTTP echo service, DNS for ``cluster.local`` names, an SFTP agent
-with sample files of a container ``echo``). The demo then does what a user does, printing each
-command before running it: ``connect --docker`` with the cluster network as the daemon's VIF,
-``status``, a ``docker-run`` workload that resolves and fetches the service by name, an
+``telenet.democluster`` (an HTTP echo service ``echo.default``, DNS for ``cluster.local`` names,
+an SFTP agent with sample files of a container ``echo``), and a second container on that network
+serving ``echo.other``, a service of a second namespace, with its own body. The demo then does
+what a user does, printing each command before running it: ``connect --docker`` with the
+cluster network as the daemon's VIF, ``status``, a ``docker-run`` workload that resolves and
+fetches the services by their short names (``echo``, ``echo.other``) as a pod would, an
 ``engage`` whose container lists the agent's files next to a directory of its own ``-v``, and
 ``quit``; then it removes the cluster (``--keep`` leaves everything running).
 
@@ -32,6 +34,8 @@ BUSYBOX = "local/busybox"
 LABEL_DEMO = "telenet.cli.demo"
 SERVICE = "echo.default.svc.cluster.local"
 BODY = "hello from echo.default"
+OTHER_SERVICE = "echo.other.svc.cluster.local"
+OTHER_BODY = "hello from echo.other"
 SAMPLE_CONTAINER = "echo"
 AGENT_PORT = 8022
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,11 +44,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class DemoCluster:
     """The demo cluster's network and container, named ``<prefix>-cluster``."""
 
-    def __init__(self, docker: IDocker, prefix: str, image: str) -> None:
+    def __init__(
+        self, docker: IDocker, prefix: str, image: str, records: tuple[str, ...] = ()
+    ) -> None:
         self.docker = docker
         self.prefix = prefix
         self.image = image
         self.name = f"{prefix}-cluster"
+        #: The container of the second namespace's service (``echo.other``).
+        self.other = f"{prefix}-echo-other"
+        #: More ``NAME=IP`` records for the cluster's DNS (``self``: the cluster's address).
+        self.records = records
 
     def up(self, say: Callable[[str], None] = print, timeout: float = 30) -> dict[str, Any]:
         """Start it (or find it running); its addresses."""
@@ -58,35 +68,57 @@ class DemoCluster:
                 self.docker.create_network(
                     self.name, "bridge", {}, {LABEL_DEMO: self.prefix}, None, False
                 )
-                container = self.docker.create_container(
-                    ContainerSpec(
-                        image=self.image,
-                        command=[
-                            "python3",
-                            "-m",
-                            "telenet.democluster",
-                            "--body",
-                            BODY,
-                            "--record",
-                            f"{SERVICE}=self",
-                            "--exports",
-                            "/exports",
-                            "--sample",
-                            SAMPLE_CONTAINER,
-                            "--agent-port",
-                            str(AGENT_PORT),
-                        ],
-                        name=self.name,
-                        labels={LABEL_DEMO: self.prefix},
-                        network=self.name,
-                    )
+                other = self._start(
+                    self.other,
+                    ["python3", "-m", "telenet.democluster", "--http-only", "--body", OTHER_BODY],
+                    timeout,
                 )
-                self.docker.start_container(container)
-                self._wait_ready(container, timeout)
+                other_ip = self._address(other)
+                records = [f"{SERVICE}=self", f"{OTHER_SERVICE}={other_ip}", *self.records]
+                self._start(
+                    self.name,
+                    [
+                        "python3",
+                        "-m",
+                        "telenet.democluster",
+                        "--body",
+                        BODY,
+                        *(arg for record in records for arg in ("--record", record)),
+                        "--exports",
+                        "/exports",
+                        "--sample",
+                        SAMPLE_CONTAINER,
+                        "--agent-port",
+                        str(AGENT_PORT),
+                    ],
+                    timeout,
+                )
             except BaseException:
                 self.down()
                 raise
         return self.info()
+
+    def _start(self, name: str, command: list[str], timeout: float) -> str:
+        container = self.docker.create_container(
+            ContainerSpec(
+                image=self.image,
+                command=command,
+                name=name,
+                labels={LABEL_DEMO: self.prefix},
+                network=self.name,
+            )
+        )
+        self.docker.start_container(container)
+        self._wait_ready(container, timeout)
+        return container
+
+    def _address(self, container: str) -> str:
+        found = self.docker.container(container) or {}
+        networks = (found.get("NetworkSettings") or {}).get("Networks") or {}
+        address = (networks.get(self.name) or {}).get("IPAddress")
+        if not address:
+            raise CLIError(f"the demo container {container} has no address on {self.name}")
+        return str(address)
 
     def _wait_ready(self, container: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -113,24 +145,32 @@ class DemoCluster:
             raise CLIError(f"the demo cluster {self.name} is not running")
         networks = container["NetworkSettings"]["Networks"]
         ip = networks[self.name]["IPAddress"]
+        other = self.docker.container(self.other)
+        other_ip = (
+            ((other or {}).get("NetworkSettings") or {}).get("Networks", {}).get(self.name) or {}
+        ).get("IPAddress")
         return {
             "network": self.name,
             "container": self.name,
             "ip": ip,
             "service": SERVICE,
+            "other_service": OTHER_SERVICE,
+            "other_container": self.other,
+            "other_ip": other_ip,
             "cluster_dns": ip,
             "agent": f"{ip}:{AGENT_PORT}",
             "sample_container": SAMPLE_CONTAINER,
         }
 
     def down(self) -> None:
-        """Remove the container and the network (only ours: labelled with this prefix)."""
-        container = self.docker.container(self.name)
-        if (
-            container is not None
-            and (container["Config"].get("Labels") or {}).get(LABEL_DEMO) == self.prefix
-        ):
-            self.docker.remove_container(container["Id"])
+        """Remove the containers and the network (only ours: labelled with this prefix)."""
+        for name in (self.name, self.other):
+            container = self.docker.container(name)
+            if (
+                container is not None
+                and (container["Config"].get("Labels") or {}).get(LABEL_DEMO) == self.prefix
+            ):
+                self.docker.remove_container(container["Id"])
         network = self.docker.network(self.name)
         if network is not None and (network.get("Labels") or {}).get(LABEL_DEMO) == self.prefix:
             for attached in network.get("Containers") or {}:
@@ -145,6 +185,7 @@ def format_cluster(info: dict[str, Any]) -> str:
     return (
         f"Demo cluster {info['container']} on network {info['network']}:\n"
         f"  service  http://{info['service']}/ ({info['ip']}:80)\n"
+        f"  service  http://{info['other_service']}/ ({info['other_ip']}:80, namespace other)\n"
         f"  DNS      {info['cluster_dns']} (for cluster.local)\n"
         f"  agent    {info['agent']} (exports of container {info['sample_container']})"
     )
@@ -229,7 +270,7 @@ def run_demo(
             BUSYBOX,
             "sh",
             "-c",
-            f"nslookup -type=a {SERVICE}; {http_get(SERVICE)}",
+            f"nslookup -type=a echo; {http_get('echo')}; {http_get('echo.other')}",
         )
         step(
             "engage",

@@ -3,7 +3,8 @@
 The ``telenet`` command line: Telepresence's ``--docker`` mode for telenet's plug-ins.
 
     telenet connect --docker [--name N] [--vif-network NET | --vif IFACE] [--subnet CIDR ...]
-                    [--cluster-dns ADDR] [--cluster-domain D ...]
+                    [--cluster-dns ADDR] [--cluster-domain D ...] [--namespace NS]
+                    [--mapped-namespaces A,B,...]
     telenet status [--name N | --use REGEX] [--multi-daemon] [--output text|json|yaml]
     telenet [--connection N] docker-run [docker run arguments]
     telenet [--connection N] curl [curl arguments] URL
@@ -151,6 +152,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="D",
         help="a domain resolved by --cluster-dns (repeatable; default cluster.local)",
     )
+    connect.add_argument(
+        "--namespace",
+        "-n",
+        metavar="NS",
+        help="the connected namespace: single-label names resolve as its services "
+        "(default: config.yml's cluster.namespace, else the kubeconfig's, else default)",
+    )
+    connect.add_argument(
+        "--mapped-namespaces",
+        metavar="A,B,...",
+        help="namespaces whose services resolve as name.namespace (default: "
+        "config.yml's cluster.mappedNamespaces, else any)",
+    )
 
     status = commands.add_parser("status", help="describe the connection(s)")
     status.add_argument("--name", help="the connection of that exact name")
@@ -252,6 +266,13 @@ def _parser() -> argparse.ArgumentParser:
     cluster = commands.add_parser("demo-cluster", help="start or remove the demo cluster alone")
     cluster.add_argument("action", choices=("up", "down"))
     cluster.add_argument("--prefix", default="telenet-demo")
+    cluster.add_argument(
+        "--record",
+        action="append",
+        default=[],
+        metavar="NAME=IP",
+        help="one more record of the cluster's DNS (IP self: the cluster's address)",
+    )
     cluster.add_argument("--output", "-o", choices=("text", "json"))
 
     config = commands.add_parser("config", help="the configuration")
@@ -417,8 +438,8 @@ def make_compose(connector: Connector, say: Callable[[str], None]) -> ComposeCom
 def _dispatch(
     args: argparse.Namespace, docker_args: list[str], config: Config, out: _Output
 ) -> int:
-    from telenet.cli.connection import CLIError, ConnectRequest
-    from telenet.cli.naming import default_connection_name
+    from telenet.cli.connection import CLIError, ConnectRequest, check_namespace
+    from telenet.cli.naming import default_connection_name, kube_context
     from telenet.cli.subnets import check_subnet
 
     if args.command == "config":
@@ -438,14 +459,24 @@ def _dispatch(
     if args.command == "connect":
         if use is not None:
             raise CLIError("--use picks an existing connection; connect takes --name")
+        namespace = check_namespace(
+            args.namespace or config.namespace or kube_context()[1], "--namespace"
+        )
+        mapped = tuple(
+            check_namespace(n, "--mapped-namespaces")
+            for n in (args.mapped_namespaces or "").split(",")
+            if n.strip()
+        )
         conn = connector.connect(
             ConnectRequest(
-                name=args.name or default_connection_name(),
+                name=args.name or default_connection_name(namespace=namespace),
                 vif=args.vif,
                 vif_network=args.vif_network,
                 subnets=tuple(check_subnet(s) for s in args.subnet),
                 cluster_dns=args.cluster_dns,
                 cluster_domains=tuple(args.cluster_domain),
+                namespace=namespace,
+                mapped_namespaces=mapped,
             )
         )
         if out.machine:
@@ -499,7 +530,9 @@ def _dispatch(
         if out.machine:
             out.emit({"ok": code == 0, "command": "demo", "prefix": args.prefix, "exit_code": code})
         return code
-    cluster = demo.DemoCluster(connector.docker, args.prefix, config.daemon_image)
+    cluster = demo.DemoCluster(
+        connector.docker, args.prefix, config.daemon_image, tuple(args.record)
+    )
     connector.check_docker()
     if args.action == "up":
         shape = args.output or out.format

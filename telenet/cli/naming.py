@@ -22,6 +22,12 @@ LABEL_CONNECTION = "telenet.cli.connection"
 LABEL_ROLE = "telenet.role"
 LABEL_NETWORK_PLUGIN = "telenet.network-plugin"
 LABEL_VOLUME_PLUGIN = "telenet.volume-plugin"
+LABEL_NAMESPACE = "telenet.namespace"
+"""On the daemon container: the connected namespace (its workloads' search domains)."""
+LABEL_CLUSTER_DOMAIN = "telenet.cluster-domain"
+"""On the daemon container: the cluster domain short names are completed with."""
+DEFAULT_NAMESPACE = "default"
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 
 CONTAINER_PREFIX = "tp-"
 

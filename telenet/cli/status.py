@@ -18,7 +18,12 @@ from telenet.cli.daemoncontrol import DaemonControlError
 from telenet.cli.dockerapi import subnets_of
 from telenet.cli.interfaces import IDocker
 from telenet.cli.lookup import ConnectionLookup
-from telenet.cli.naming import LABEL_NETWORK_PLUGIN, LABEL_VOLUME_PLUGIN, container_name
+from telenet.cli.naming import (
+    LABEL_NAMESPACE,
+    LABEL_NETWORK_PLUGIN,
+    LABEL_VOLUME_PLUGIN,
+    container_name,
+)
 from telenet.cli.plugins import Plugins
 
 
@@ -85,6 +90,8 @@ class StatusReporter:
             "subnets": [],
             "routes": [],
             "vif": None,
+            "namespace": conn.label(LABEL_NAMESPACE),
+            "mapped_namespaces": [],
         }
         bridges: list[Any] = []
         if conn.running:
@@ -94,9 +101,12 @@ class StatusReporter:
                 daemon["error"] = str(e)
             else:
                 routes = [str(r) for r in status.get("routes") or []]
+                dns = _dns_status(status.get("dns"))
                 daemon.update(
+                    namespace=dns.get("namespace") or daemon["namespace"],
+                    mapped_namespaces=list(dns.get("mapped_namespaces") or []),
                     version=status.get("version"),
-                    dns=_dns_status(status.get("dns")),
+                    dns=dns,
                     subnets=routes,
                     routes=routes,
                     vif=status.get("vif"),
@@ -162,6 +172,9 @@ def format_status(status: dict[str, Any]) -> str:
     dns = (daemon.get("dns") or {}).get("local_addresses") or []
     if dns:
         lines.append(f"  DNS:     {', '.join(dns)}")
+    if daemon.get("namespace"):
+        mapped = ", ".join(daemon.get("mapped_namespaces") or []) or "any"
+        lines.append(f"  namespace: {daemon['namespace']} (mapped namespaces: {mapped})")
     if daemon.get("routes"):
         lines.append(f"  routes:  {', '.join(daemon['routes'])}")
     network = status.get("network")

@@ -4,7 +4,8 @@ What a workload of a connection gets, whoever makes it: ``telenet docker-run``, 
 ``engage`` (``telenet.cli.runner``) and ``telenet compose`` (``telenet.cli.compose.render``).
 
 - the connection's teleroute network (``teleroute_network``), which the workload joins;
-- the daemon as DNS server, and the search domains (``workload_dns``): ``docker create --dns``
+- the daemon as DNS server, and the search domains of the connected namespace
+  (``workload_dns``): ``docker create --dns``
   and a compose service's ``dns`` / ``dns_search`` come from the same value;
 - for an engagement, one telemount volume per remote mount, of the connection's plug-in
   (``volume_driver``), with the options ``telemount_options`` spells (``host``, the daemon's
@@ -26,8 +27,17 @@ import attrs
 from telenet.cli.connection import CLIError, Connection
 from telenet.cli.daemoncontrol import DaemonControlError
 from telenet.cli.interfaces import IControl
-from telenet.cli.naming import LABEL_VOLUME_PLUGIN
+from telenet.cli.naming import (
+    DEFAULT_CLUSTER_DOMAIN,
+    DEFAULT_NAMESPACE,
+    LABEL_CLUSTER_DOMAIN,
+    LABEL_NAMESPACE,
+    LABEL_VOLUME_PLUGIN,
+)
 from telenet.core.volumeowner import OWNER_OPTIONS, parse_owner_options
+
+#: Telepresence's search domain: ``<name>.tel2-search`` is ``<name>`` in the connected namespace.
+TEL2_SEARCH = "tel2-search"
 
 
 @attrs.frozen
@@ -49,12 +59,19 @@ class WorkloadDNS:
 
 def workload_dns(conn: Connection) -> WorkloadDNS:
     """
-    The daemon's address on its teleroute network, and no search domain of telenet's own:
-    the workload keeps the search list Docker gives it (the host's), for docker-run and compose
-    alike.
+    The daemon's address on its teleroute network, and the search domains of a pod of the
+    connected namespace (``NS.svc.D``, ``svc.D``, ``D``, then Telepresence's ``tel2-search``),
+    for docker-run and compose alike: a stub resolver then asks ``echo`` as
+    ``echo.NS.svc.D`` first, which Docker's embedded DNS forwards to the daemon (it answers a
+    single label itself on Docker 26, so the label alone would never reach the daemon).
     """
     address = conn.dns_ip()
-    return WorkloadDNS(servers=(address,) if address else ())
+    if not address:
+        return WorkloadDNS(servers=())
+    namespace = conn.label(LABEL_NAMESPACE) or DEFAULT_NAMESPACE
+    domain = conn.label(LABEL_CLUSTER_DOMAIN) or DEFAULT_CLUSTER_DOMAIN
+    search = (f"{namespace}.svc.{domain}", f"svc.{domain}", domain, TEL2_SEARCH)
+    return WorkloadDNS(servers=(address,), search=search)
 
 
 def teleroute_network(conn: Connection) -> str:

@@ -63,3 +63,11 @@ def safe_name(name: str) -> str:
 def host_port(host: str, port: int) -> str:
     """``host:port``, with an IPv6 literal in brackets (Go's ``net.JoinHostPort``)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def is_namespace(name: str) -> bool:
+    """Whether ``name`` can be a Kubernetes namespace (an RFC 1123 label, as its API checks)."""
+    return bool(_DNS_LABEL.fullmatch(name))

@@ -2,10 +2,15 @@
 """
 The daemon's DNS server: containers on the teleroute network use it as ``--dns``.
 
-Names under a cluster domain (``--cluster-domain``, default ``cluster.local``) are asked of
-the cluster's DNS server (``--cluster-dns``); every other name goes to the daemon's own
-resolver from ``/etc/resolv.conf`` (Docker's embedded DNS inside a container), so public and
-Docker names keep resolving (the problem Telepresence fixed with a fallback in PR #3924).
+Names under a cluster domain (``--cluster-domain``, default ``cluster.local``), short names of
+the connected and mapped namespaces (``echo``, ``echo.other``, ``echo.tel2-search``: the rules
+of ``telenet.network.dnsnames``) and reverse names of routed addresses are asked of the
+cluster's DNS server (``--cluster-dns``), through a cache that keeps the cluster's TTLs
+(``telenet.network.dnscache``); the records of a completed name are renamed back to the name
+the client asked. Every other name, and a short name the cluster does not know, goes to the
+daemon's own resolver from ``/etc/resolv.conf`` (Docker's embedded DNS inside a container), so
+public and Docker names keep resolving (the problem Telepresence fixed with a fallback in PR
+#3924).
 
 The server listens on the daemon's own teleroute address, port 53, UDP and TCP. That address
 is only learned when the daemon's endpoint is created and only configured on ``tpd-0``
@@ -18,65 +23,116 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort, IResolver
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IResolver
 from twisted.logger import Logger
 from twisted.names import client, common, dns, server
+from twisted.names.error import DomainError
 from zope.interface import implementer
 
-from telenet.core.netip import Address
+from telenet.core.netip import Address, Network
 from telenet.core.reactor import IReactor
+from telenet.network.dnscache import CachingResolver
+from telenet.network.dnsnames import DEFAULT_NAMESPACE, ClusterNames, normal
 
 log = Logger()
 
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 DNS_PORT = 53
+#: Retries of a query to the cluster's DNS (seconds each), when the server gives none.
+CLUSTER_TIMEOUT = (1, 2)
 _IP_FREEBIND = 15  # linux/in.h
 _IPV6_FREEBIND = 78  # linux/in6.h
 
 
-def _normal(name: bytes | str) -> str:
-    text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-    return text.rstrip(".").lower()
+def _rename(result: Any, asked_as: str, asked: bytes) -> Any:
+    """The cluster's answer with the records of the name it was asked as named as the client
+    asked: a stub resolver drops records whose name is not the one it asked for."""
+    if asked_as == normal(asked):
+        return result
 
+    def rename(rrs: list[dns.RRHeader]) -> list[dns.RRHeader]:
+        return [
+            dns.RRHeader(asked, rr.type, rr.cls, rr.ttl, rr.payload, rr.auth)
+            if normal(rr.name.name) == asked_as
+            else rr
+            for rr in rrs
+        ]
 
-def in_domains(name: bytes | str, domains: Iterable[str]) -> bool:
-    """Whether ``name`` is one of ``domains`` or below one (case-insensitive, dots ignored)."""
-    text = _normal(name)
-    for domain in domains:
-        d = _normal(domain)
-        if d and (text == d or text.endswith("." + d)):
-            return True
-    return False
+    answers, authority, additional = result
+    return rename(answers), authority, rename(additional)
 
 
 @implementer(IResolver)
 class SplitResolver(common.ResolverBase):
     """
-    I send names under the cluster domains to ``cluster`` and all others to ``fallback``.
+    I answer each name by the rules of ``names`` (L{ClusterNames}): from ``cluster`` (kept in
+    a L{CachingResolver}) or from ``fallback``, the daemon's own resolver.
 
-    Without a cluster resolver, every name goes to the fallback.
+    Without a cluster resolver, every name goes to the fallback, as the client spelt it.
     """
 
     def __init__(
-        self, domains: Sequence[str], cluster: IResolver | None, fallback: IResolver
+        self,
+        domains: Sequence[str],
+        cluster: IResolver | None,
+        fallback: IResolver,
+        *,
+        names: ClusterNames | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__()
-        self.domains = [_normal(d) for d in domains]
+        self.names = names if names is not None else ClusterNames(domains)
+        self.cache: CachingResolver | None = None
+        if cluster is not None and clock is not None:
+            self.cache = CachingResolver(cluster, clock)
+            cluster = self.cache
         self.cluster = cluster
         self.fallback = fallback
 
+    @property
+    def domains(self) -> list[str]:
+        return list(self.names.domains)
+
+    def flush(self) -> None:
+        """Forget every cached answer (the routes or namespaces changed)."""
+        if self.cache is not None:
+            self.cache.flush()
+
+    def set_namespaces(self, namespace: str, mapped: Sequence[str]) -> None:
+        """Complete short names in ``namespace``, ``name.ns`` in ``mapped``; flushes the cache."""
+        self.names = ClusterNames(self.names.domains, namespace, mapped, self.names.routes)
+        self.flush()
+
     def backend(self, name: bytes | str) -> IResolver:
-        if self.cluster is not None and in_domains(name, self.domains):
+        """Who is asked first for ``name``."""
+        if self.cluster is not None and self.names.route(name).cluster_name is not None:
             return self.cluster
         return self.fallback
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
-        return self.backend(name).query(dns.Query(name, type, cls), timeout)
+        query = dns.Query(name, type, cls)
+        if self.cluster is None:
+            return self.fallback.query(query, timeout)
+        route = self.names.route(name)
+        if route.cluster_name is None:
+            if route.final:
+                return defer.fail(DomainError(name))
+            return self.fallback.query(query, timeout)
+        asked_as = route.cluster_name
+        # Twisted's default retries for a minute; a stub resolver gives up after 5 s, and a
+        # short public name must reach the fallback before that when the cluster is silent.
+        cluster_timeout = timeout if timeout is not None else CLUSTER_TIMEOUT
+        d = self.cluster.query(dns.Query(asked_as.encode("ascii"), type, cls), cluster_timeout)
+        d.addCallback(_rename, asked_as, name)
+        if not route.final:
+            # A short name the cluster does not know: the name itself, as a pod's search ends.
+            d.addErrback(lambda _: self.fallback.query(query, timeout))
+        return d
 
 
 class _ResolvConfResolver(client.Resolver):
@@ -108,13 +164,20 @@ def make_resolver(
     cluster_dns: str | None,
     reactor: IReactor,
     resolv_conf: str = "/etc/resolv.conf",
+    namespace: str = DEFAULT_NAMESPACE,
+    mapped: Sequence[str] = (),
+    routes: Callable[[], Sequence[Network]] = list,
 ) -> SplitResolver:
-    """The daemon's resolver: ``cluster_dns`` for the cluster domains, resolv.conf otherwise."""
+    """
+    The daemon's resolver: ``cluster_dns`` (cached) for the cluster's names by the rules of
+    L{ClusterNames}, resolv.conf for the others.
+    """
     cluster = None
     if cluster_dns:
         cluster = client.Resolver(servers=[parse_server(cluster_dns)], reactor=reactor)
     fallback = _ResolvConfResolver(resolv=resolv_conf, reactor=reactor)
-    return SplitResolver(domains, cluster, fallback)
+    names = ClusterNames(domains, namespace, mapped, routes)
+    return SplitResolver(domains, cluster, fallback, names=names, clock=reactor)
 
 
 def make_factory(resolver: IResolver) -> server.DNSServerFactory:

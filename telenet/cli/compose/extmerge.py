@@ -219,6 +219,8 @@ def _connections(located: Located | None, key: str) -> list[ConnectionSpec]:
                 subnets=tuple(s for s, _ in _list(block, "subnets")),
                 cluster_dns=_scalar(block, "clusterDNS"),
                 cluster_domains=tuple(d for d, _ in _list(block, "clusterDomains")),
+                namespace=_scalar(block, "namespace"),
+                mapped_namespaces=tuple(n for n, _ in _list(block, "mappedNamespaces")),
                 where=item.where,
             )
         )

@@ -55,12 +55,16 @@ CONNECTION_FIELDS = {
     "subnets": "cidrs",
     "clusterDNS": "str",
     "clusterDomains": "strs",
+    "namespace": "str",
+    "mappedNamespaces": "strs",
 }
-TELE_CONNECTION_FIELDS = {"name": "name", "namespace": "namespace", "also-proxy": "subnets"}
-TELE_IGNORED = {
-    "manager-namespace": "telenet has no traffic manager",
-    "mapped-namespaces": "the daemon resolves every name under its cluster domains",
+TELE_CONNECTION_FIELDS = {
+    "name": "name",
+    "namespace": "namespace",
+    "also-proxy": "subnets",
+    "mapped-namespaces": "mappedNamespaces",
 }
+TELE_IGNORED = {"manager-namespace": "telenet has no traffic manager"}
 MOUNT_FIELDS = {"volume": "str", "volumePattern": "pattern", "policy": "policy"}
 SERVICE_FIELDS = {
     "type": "type",
