@@ -181,9 +181,9 @@ def test_engage_mounts_remote_dirs_and_cleans_up(world: World) -> None:
     assert create[create.index("--rm") :] == [
         "--rm",
         "-v",
-        "echo-0:/var/run/secrets/kubernetes.io:ro",
+        "echo-0:/var/run/secrets/kubernetes.io:ro,nocopy",
         "-v",
-        "echo-1:/etc/app",
+        "echo-1:/etc/app:nocopy",
         "-v",
         "/tmp/d:/data",
         "local/busybox",
@@ -395,7 +395,7 @@ def test_engage_docker_build_runs_the_built_image(world: World) -> None:
     assert cli.commands[0][-3:] == ["--file", "D", "ctx"]
     create = cli.commands[1]
     assert create[1] == "create" and create[-2:] == ["sha256:built", "ls"]
-    assert "echo-0:/data" in create and "SYS_PTRACE" not in create
+    assert "echo-0:/data:nocopy" in create and "SYS_PTRACE" not in create
     assert cli.mounted_while_running == ["echo-0"]
     assert world.docker.volumes_by_name == {}
 
@@ -470,3 +470,40 @@ def test_curl_image_is_configurable_and_missing_one_says_how() -> None:
     default.connect("blue")
     with pytest.raises(CLIError, match="tried telenet/curl, curlimages/curl"):
         runner(default, FakeDockerCLI(default)).curl(None, ["http://echo/"])
+
+
+def test_engage_mounts_telemount_volumes_without_copy_up(world: World) -> None:
+    """
+    The engagement's volumes and the user's mounts of telemount volumes say nocopy, whatever
+    their syntax; a local volume keeps Docker's copy-up.
+    """
+    world.docker.create_volume("mine", "telenet/telemount:latest", {}, {})
+    world.docker.create_volume("other", "telenet/telemount:latest", {}, {})
+    world.docker.create_volume("cache", "local", {}, {})
+    cli = FakeDockerCLI(world)
+    runner(world, cli).engage(
+        None,
+        "10.96.0.20:8022",
+        "echo",
+        ["/etc"],
+        [
+            "-v",
+            "mine:/mine:ro",
+            "--mount=type=volume,src=other,dst=/other",
+            "-v",
+            "cache:/cache",
+            "local/busybox",
+        ],
+    )
+    create = cli.commands[0]
+    assert create[create.index("--rm") :] == [
+        "--rm",
+        "-v",
+        "echo-0:/etc:nocopy",
+        "-v",
+        "mine:/mine:ro,nocopy",
+        "--mount=type=volume,src=other,dst=/other,volume-nocopy",
+        "-v",
+        "cache:/cache",
+        "local/busybox",
+    ]

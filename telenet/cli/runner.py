@@ -42,6 +42,8 @@ from telenet.cli.runflags import (
     RunFlagsError,
     merge_remote_mounts,
     parse_run_args,
+    volume_spec,
+    with_nocopy,
 )
 from telenet.cli.workload import (
     WorkloadDNS,
@@ -338,6 +340,7 @@ class WorkloadRunner:
         if build is not None:
             image = self.build_image(build)
             run = parse_run_args(with_built_image(args, image, build.debug))
+        run = self._nocopy(conn, run)
         kept, skipped = merge_remote_mounts(mounts, user_mounts)
         for mount in skipped:
             self.say(f"Skipping auto-mounting of {mount.path}: the docker run flags mount it")
@@ -362,7 +365,7 @@ class WorkloadRunner:
                     except DockerError as e:
                         raise CLIError(f"could not create volume {volume}: {e}") from None
                     volumes.append(volume)
-                    extra.append(f"{volume}:{mount.path}" + (":ro" if mount.readonly else ""))
+                    extra.append(volume_spec(volume, mount.path, mount.readonly))
                 self.sleep(self.connector.config.mount_completion_delay)
             plan = plan_create(run, workload_dns(conn), extra, force_rm=True)
             return self._run(conn, plan)
@@ -374,6 +377,18 @@ class WorkloadRunner:
                     self.connector.teardown.remove_volume(volume)
             if bridge is not None:
                 close_bridge(control, bridge, self.say)
+
+    def _nocopy(self, conn: Connection, run: RunArgs) -> RunArgs:
+        """``run`` with the user's mounts of telemount volumes made ``nocopy``."""
+        named = {m.source for m in run.mounts() if m.kind == "volume" and m.source}
+        if not named:
+            return run
+        driver = volume_driver(conn, lambda: self.connector.config.telemount.name)
+        try:
+            telemount = {v["Name"] for v in self.docker.volumes(driver)}
+        except DockerError as e:
+            raise CLIError(f"could not list the volumes of {driver}: {e}") from None
+        return with_nocopy(run, named & telemount)
 
     def build_image(self, build: Build) -> str:
         """``docker build`` with its output on ours; the image id, or CLIError if it failed."""

@@ -217,6 +217,8 @@ def _mount(service: dict[str, Any], change: EntryChange) -> None:
         if isinstance(old, dict) and isinstance(old.get("volume"), dict):
             entry["volume"] = old["volume"]
     entry = {"type": "volume", "source": change.volume, "target": change.target, **entry}
+    # Docker would copy the image's files into the remote directory at the first mount.
+    entry["volume"] = {**entry.get("volume", {}), "nocopy": True}
     if change.readonly:
         entry["read_only"] = True
     if change.index is None:
