@@ -2,8 +2,10 @@
 """
 ``twistd telemount``: the Docker volume plug-in that mounts SFTP exports.
 
-``docker volume create -d telemount -o host=H -o port=P -o container=C [-o dir=D] [-o ro=true]``
-names the directory ``/tel_app_exports/C/D`` on the raw SFTP server at H:P. This module keeps the
+``docker volume create -d telemount -o host=H -o port=P -o container=C [-o dir=D] [-o ro=true]
+[-o timeout=DURATION]`` names the directory ``/tel_app_exports/C/D`` on the raw SFTP server at
+H:P; ``timeout`` is how long the first connection is retried while the server does not answer
+yet (an agent whose pod is starting; default: one try). This module keeps the
 volumes (options, who uses them, persisted across restarts) and leaves the mounting to an
 ``IMounter``: one FUSE helper process per SFTP server, shared by that server's volumes.
 """
@@ -40,7 +42,7 @@ EXPORTS_ROOT = "/tel_app_exports"
 DEFAULT_HOST = "localhost"
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
-_KNOWN_OPTIONS = ("container", "dir", "host", "port", "ro")
+_KNOWN_OPTIONS = ("container", "dir", "host", "port", "ro", "timeout")
 
 Runner = Callable[..., "defer.Deferred[Any]"]
 
@@ -54,6 +56,8 @@ class VolumeOptions:
     container: str
     dir: str
     ro: bool
+    #: Seconds the first connection is retried; not part of what makes two volumes the same.
+    wait: float = attrs.field(default=0.0, eq=False)
 
     @property
     def remote_dir(self) -> str:
@@ -67,7 +71,12 @@ class VolumeOptions:
     def spec(self, name: str) -> VolumeSpec:
         """Volume ``name`` with these options, as an ``IMounter`` takes it."""
         return VolumeSpec(
-            host=self.host, port=self.port, name=name, remote_dir=self.remote_dir, ro=self.ro
+            host=self.host,
+            port=self.port,
+            name=name,
+            remote_dir=self.remote_dir,
+            ro=self.ro,
+            wait=self.wait,
         )
 
 
@@ -111,7 +120,25 @@ def parse_options(opts: dict[str, str]) -> VolumeOptions:
         container=container,
         dir=_confined_dir(container, opts.get("dir", "")),
         ro=ro,
+        wait=_wait(opts.get("timeout", "")),
     )
+
+
+#: The longest first-connection wait a volume may ask for: Docker waits for the plug-in.
+MAX_WAIT = 300.0
+
+
+def _wait(text: str) -> float:
+    """The ``timeout`` option: a Go duration (``5s``, ``1m``) or seconds; 0 when absent."""
+    if not text:
+        return 0.0
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        raise PluginError(f'timeout "{text}" is not a duration such as 10s or 1m30s') from None
+    if not 0 <= seconds <= MAX_WAIT:
+        raise PluginError(f"timeout must be between 0s and {MAX_WAIT:g}s")
+    return seconds
 
 
 def _check_host(host: str) -> None:

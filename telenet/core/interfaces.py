@@ -39,6 +39,8 @@ class VolumeSpec:
     name: str
     remote_dir: str
     ro: bool = False
+    #: Seconds the first connection to the server is retried (a server still starting).
+    wait: float = 0.0
 
 
 class IMounter(Interface):
