@@ -10,6 +10,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from telenet.cli.compose.command import dump
@@ -409,3 +410,13 @@ def test_remote_entries_are_never_copied_into(tmp_path: Path) -> None:
     ]
     assert len(telemount) == 4
     assert all(entry["volume"]["nocopy"] is True for entry in telemount)
+
+
+def test_telemount_volumes_wait_for_their_agent(tmp_path: Path) -> None:
+    """The connection's intercept.mountTimeout becomes each telemount volume's timeout."""
+    blue = attrs.evolve(BLUE, mount_timeout=7.5)
+    facts = Facts("shop", {"blue": blue}, {"api": API_BRIDGE}, DOCKER_NETWORKS)
+    volumes = rendered(tmp_path, facts=facts).document["volumes"]
+    telemount = [v for k, v in volumes.items() if k.startswith("telenet-")]
+    assert len(telemount) == 3
+    assert all(v["driver_opts"]["timeout"] == "7.5s" for v in telemount)

@@ -70,7 +70,7 @@ SCHEMA: dict[str, Any] = {
         "enableIPv4": "bool",
         "enableIPv6": "bool",
     },
-    "intercept": {"mountCompletionDelay": "duration", "useFtp": "bool"},
+    "intercept": {"mountCompletionDelay": "duration", "mountTimeout": "duration", "useFtp": "bool"},
 }
 
 
@@ -176,6 +176,8 @@ class Config:
     enable_ipv4: bool = True
     enable_ipv6: bool = True
     mount_completion_delay: float = 0.3
+    #: How long an engagement waits for its agent to answer (probe and first mount).
+    mount_timeout: float = 10.0
     path: str | None = None
     sources: Mapping[str, str] = attrs.field(factory=_all_default, hash=False)
     files: tuple[str, ...] = ()
@@ -350,6 +352,7 @@ def _merge(layers: list[tuple[str, dict[str, Any]]], path: str | None) -> Config
         mount_completion_delay=values.get(
             "intercept.mountCompletionDelay", default.mount_completion_delay
         ),
+        mount_timeout=values.get("intercept.mountTimeout", default.mount_timeout),
         path=path,
         sources=sources,
         files=tuple(file for file, _ in layers),

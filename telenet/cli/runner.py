@@ -52,6 +52,7 @@ from telenet.cli.workload import (
     check_container,
     close_bridge,
     open_bridge,
+    patient,
     telemount_options,
     teleroute_network,
     volume_driver,
@@ -194,6 +195,7 @@ class WorkloadRunner:
     say: Callable[[str], None] = print
     stop_timeout: float = 10.0
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
     run_process: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run
     popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen
     probe: Callable[[str, int, str], None] = attrs.field(default=attrs.Factory(lambda: probe_agent))
@@ -354,16 +356,22 @@ class WorkloadRunner:
                     conn, lambda: self.connector.ensure_plugins(("telemount",))["telemount"]
                 )
                 host = bridge_host(conn)
-                bridge = open_bridge(control, agent, host, self.probe)
+                wait = self.connector.config.mount_timeout
+                probe = patient(self.probe, wait, self.sleep, self.clock)
+                bridge = open_bridge(control, agent, host, probe)
                 for i, mount in enumerate(kept):
                     volume = self._volume_name(f"{container}-{i}", bridge, driver, conn.name)
-                    options = telemount_options(host, bridge, container, mount.path, mount.readonly)
+                    options = telemount_options(
+                        host, bridge, container, mount.path, mount.readonly, wait
+                    )
                     try:
                         self.docker.create_volume(
                             volume, driver, options, {LABEL_CONNECTION: conn.name}
                         )
                     except DockerError as e:
-                        raise CLIError(f"could not create volume {volume}: {e}") from None
+                        raise CLIError(
+                            f"could not create volume {volume} of agent {agent}: {e}"
+                        ) from None
                     volumes.append(volume)
                     extra.append(volume_spec(volume, mount.path, mount.readonly))
                 self.sleep(self.connector.config.mount_completion_delay)

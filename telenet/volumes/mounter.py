@@ -230,9 +230,9 @@ class ProcessMounter:
         self.state_dir = state_dir
         self.timeout = timeout
         self.ping_timeout = ping_timeout
-        if retry_policy is None:
-            from telenet.sftp.connection import defaultRetryPolicy as retry_policy
-        self.retry_policy = retry_policy
+        from telenet.sftp.connection import defaultRetryPolicy
+
+        self.retry_policy: RetryPolicy = retry_policy or defaultRetryPolicy
         self._helper = helper or [sys.executable, "-m", "telenet.fuse.helper"]
         self._servers: dict[tuple[str, int], _Server] = {}
 

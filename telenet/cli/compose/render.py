@@ -46,6 +46,8 @@ class ConnectionFacts:
     dns: WorkloadDNS
     routes: tuple[str, ...] = ()
     volume_driver: str = "telenet/telemount:latest"
+    #: How long a telemount volume's first connection waits for its agent (``timeout``).
+    mount_timeout: float = 0.0
 
 
 @attrs.frozen
@@ -198,7 +200,12 @@ def _volumes(
         declared[volume.key] = {
             "driver": connection.volume_driver,
             "driver_opts": telemount_options(
-                bridge.host, bridge.port, volume.container, volume.path, volume.readonly
+                bridge.host,
+                bridge.port,
+                volume.container,
+                volume.path,
+                volume.readonly,
+                connection.mount_timeout,
             ),
             "labels": {LABEL_CONNECTION: connection.name},
         }
