@@ -69,6 +69,7 @@ SCHEMA: dict[str, Any] = {
         "telemount": _PLUGIN_KEYS,
         "enableIPv4": "bool",
         "enableIPv6": "bool",
+        "subnet": "str",
     },
     "intercept": {"mountCompletionDelay": "duration", "mountTimeout": "duration", "useFtp": "bool"},
 }
@@ -175,6 +176,8 @@ class Config:
     telemount: PluginConfig = PluginConfig("", "telenet", "telemount", "latest")
     enable_ipv4: bool = True
     enable_ipv6: bool = True
+    #: The teleroute network's subnet (``--docker-subnet``'s default); empty: chosen freely.
+    docker_subnet: str = ""
     mount_completion_delay: float = 0.3
     #: How long an engagement waits for its agent to answer (probe and first mount).
     mount_timeout: float = 10.0
@@ -349,6 +352,7 @@ def _merge(layers: list[tuple[str, dict[str, Any]]], path: str | None) -> Config
         telemount=plugin("telemount", default.telemount),
         enable_ipv4=values.get("docker.enableIPv4", default.enable_ipv4),
         enable_ipv6=values.get("docker.enableIPv6", default.enable_ipv6),
+        docker_subnet=values.get("docker.subnet", default.docker_subnet),
         mount_completion_delay=values.get(
             "intercept.mountCompletionDelay", default.mount_completion_delay
         ),
