@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from .conftest import BUSYBOX, require, run
-from .test_e2e_cli import BODY, SECRETS, SERVICE, Env, uid
+from .test_e2e_cli import BODY, SECRETS, SERVICE, TELENET, Env, uid
 from .test_e2e_cli import env as cli_env
 
 pytestmark = pytest.mark.e2e
@@ -154,3 +155,115 @@ def test_compose_project_on_the_connection(env: Env, project: dict[str, Any]) ->
     assert (
         run("docker", "volume", "inspect", f"{project['name']}_dbdata", check=False).returncode == 0
     )
+
+
+def running(project: str) -> list[str]:
+    """The names of the project's running services."""
+    label = f"label=com.docker.compose.project={project}"
+    out = run(
+        "docker", "ps", "--filter", label, "--format", '{{.Label "com.docker.compose.service"}}'
+    )
+    return sorted(out.stdout.split())
+
+
+@pytest.fixture
+def layered(env: Env) -> Iterator[dict[str, Any]]:
+    """
+    A project in two files: ``app`` on the connection in the first, and in the second ``probe``,
+    engaged with a read-only remote mount, in the ``debug`` profile only.
+    """
+    require(compose_v2(), "Compose v2 is not installed (run: scripts/dev setup)")
+    name = f"{env.prefix}lay{uid()[:4]}"
+    directory = os.path.join(env.workdir, name)
+    os.makedirs(directory)
+    connection = f"{env.prefix}-lay"
+    loop = "trap 'exit 0' TERM INT; while sleep 0.1; do :; done"
+    files = [os.path.join(directory, "compose.yaml"), os.path.join(directory, "debug.yaml")]
+    with open(files[0], "w") as f:
+        f.write(
+            f"""\
+x-telenet:
+  connections:
+    - name: {connection}
+      vifNetwork: {env.cluster["network"]}
+      clusterDNS: {env.cluster["cluster_dns"]}
+services:
+  app:
+    image: {BUSYBOX}
+    command: ["sh", "-c", "{loop}"]
+    x-telenet:
+      type: connect
+"""
+        )
+    with open(files[1], "w") as f:
+        f.write(
+            f"""\
+services:
+  probe:
+    image: {BUSYBOX}
+    profiles: [debug]
+    command: ["sh", "-c", "{loop}"]
+    x-telenet:
+      type: engage
+      connection: {connection}
+      agent: {env.cluster["agent"]}
+      container: {env.cluster["sample_container"]}
+      remoteMounts: ["{SECRETS}:ro"]
+"""
+        )
+    env.connections.add(connection)
+    argv = ["compose", "--project-directory", directory, "-p", name, "--profile", "debug"]
+    for path in files:
+        argv += ["-f", path]
+    facts = {"name": name, "connection": connection, "argv": argv}
+    try:
+        yield facts
+    finally:
+        env.telenet(*argv, "down", "--timeout", "1", check=False)
+        env.telenet("quit", "--name", connection, check=False)
+
+
+def test_interrupted_up_then_quit_takes_the_project_down(env: Env, layered: dict[str, Any]) -> None:
+    """
+    An attached ``up`` of two files with a profile, interrupted as a terminal's ^C does (SIGINT
+    to the whole process group): Compose stops the services, telenet closes the bridge and stays
+    connected. ``telenet quit`` then runs ``down`` for the project, with its profile.
+    """
+    argv, name = layered["argv"], layered["name"]
+    log = open(os.path.join(env.workdir, f"{name}-up.log"), "w+")
+    up = subprocess.Popen(
+        [TELENET, *argv, "up"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TELENET_CONFIG": env.config},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while running(name) != ["app", "probe"]:
+            assert up.poll() is None, open(log.name).read()
+            assert time.monotonic() < deadline, open(log.name).read()
+            time.sleep(0.5)
+        # The second file's engaged service, active by the profile, reads the remote token.
+        token = env.telenet(
+            *argv, "exec", "-T", "probe", "cat", f"{SECRETS}/serviceaccount/token"
+        ).stdout
+        assert token.strip() == "demo-token-123"
+        assert len(env.status(layered["connection"])["bridges"]) == 1
+
+        os.killpg(up.pid, signal.SIGINT)
+        up.wait(timeout=120)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+        log.close()
+    assert running(name) == [], open(log.name).read()
+    status = env.status(layered["connection"])
+    assert status["daemon"]["status"] == "Connected", status
+    assert status["bridges"] == [], status
+    assert name in str(status.get("compose_projects")), status
+
+    out = env.telenet("quit", "--name", layered["connection"]).stdout
+    assert f"Taking down compose project {name}, which uses {layered['connection']}" in out, out
+    assert project_leftovers(layered, env) == {"containers": [], "networks": [], "telemount": []}
