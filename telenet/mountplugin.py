@@ -3,11 +3,12 @@
 ``twistd telemount``: the Docker volume plug-in that mounts SFTP exports.
 
 ``docker volume create -d telemount -o host=H -o port=P -o container=C [-o dir=D] [-o ro=true]
-[-o uid=U] [-o gid=G] [-o umask=M]`` names the directory ``/tel_app_exports/C/D`` on the raw
-SFTP server at H:P; ``uid``/``gid``/``umask`` are the owner and mode mask its files show. This
-module keeps the volumes (options, who uses them, persisted across restarts) and leaves the
-mounting to an ``IMounter``: one FUSE helper process per SFTP server, shared by that server's
-volumes.
+[-o uid=U] [-o gid=G] [-o umask=M] [-o timeout=DURATION]`` names the directory
+``/tel_app_exports/C/D`` on the raw SFTP server at H:P; ``uid``/``gid``/``umask`` are the owner
+and mode mask its files show; ``timeout`` is how long the first connection is retried while
+the server does not answer yet (an agent whose pod is starting; default: one try). This module
+keeps the volumes (options, who uses them, persisted across restarts) and leaves the mounting
+to an ``IMounter``: one FUSE helper process per SFTP server, shared by that server's volumes.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ EXPORTS_ROOT = "/tel_app_exports"
 DEFAULT_HOST = "localhost"
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
-_KNOWN_OPTIONS = ("container", "dir", "gid", "host", "port", "ro", "uid", "umask")
+_KNOWN_OPTIONS = ("container", "dir", "gid", "host", "port", "ro", "timeout", "uid", "umask")
 
 Runner = Callable[..., "defer.Deferred[Any]"]
 
@@ -62,6 +63,8 @@ class VolumeOptions:
     uid: int | None = None
     gid: int | None = None
     umask: int | None = None
+    #: Seconds the first connection is retried; not part of what makes two volumes the same.
+    wait: float = attrs.field(default=0.0, eq=False)
 
     @property
     def remote_dir(self) -> str:
@@ -83,6 +86,7 @@ class VolumeOptions:
             uid=self.uid,
             gid=self.gid,
             umask=self.umask,
+            wait=self.wait,
         )
 
 
@@ -133,7 +137,25 @@ def parse_options(opts: dict[str, str]) -> VolumeOptions:
         uid=uid,
         gid=gid,
         umask=umask,
+        wait=_wait(opts.get("timeout", "")),
     )
+
+
+#: The longest first-connection wait a volume may ask for: Docker waits for the plug-in.
+MAX_WAIT = 300.0
+
+
+def _wait(text: str) -> float:
+    """The ``timeout`` option: a Go duration (``5s``, ``1m``) or seconds; 0 when absent."""
+    if not text:
+        return 0.0
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        raise PluginError(f'timeout "{text}" is not a duration such as 10s or 1m30s') from None
+    if not 0 <= seconds <= MAX_WAIT:
+        raise PluginError(f"timeout must be between 0s and {MAX_WAIT:g}s")
+    return seconds
 
 
 def _check_host(host: str) -> None:

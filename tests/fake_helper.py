@@ -39,7 +39,15 @@ from telenet.fuse.protocol import (  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    for flag in ("--host", "--port", "--mountpoint", "--control", "--log-file", "--timeout"):
+    for flag in (
+        "--host",
+        "--port",
+        "--mountpoint",
+        "--control",
+        "--log-file",
+        "--timeout",
+        "--wait",
+    ):
         parser.add_argument(flag)
     args = parser.parse_args()
     os.setsid()

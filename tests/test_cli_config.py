@@ -42,6 +42,7 @@ def test_empty_file_gives_the_defaults() -> None:
     assert config.teleroute.name == "telenet/teleroute:latest"
     assert config.telemount.name == "telenet/telemount:latest"
     assert config.mount_completion_delay == 0.3
+    assert config.mount_timeout == 10
     assert (config.daemon_port, config.teleroute_port) == (4038, 4039)
 
 
@@ -58,7 +59,7 @@ docker:
   telemount: {namespace: me, repository: mount, tag: dev}
   enableIPv4: true
   enableIPv6: false
-intercept: {mountCompletionDelay: 1s500ms, useFtp: false}
+intercept: {mountCompletionDelay: 1s500ms, mountTimeout: 20s, useFtp: false}
 cluster: {namespace: team-a, mappedNamespaces: [team-a, team-b]}
 """
     )
@@ -74,6 +75,7 @@ cluster: {namespace: team-a, mappedNamespaces: [team-a, team-b]}
     assert config.telemount.legacy_socket == "/run/docker/plugins/mount.sock"
     assert config.enable_ipv6 is False
     assert config.mount_completion_delay == 1.5
+    assert config.mount_timeout == 20
 
 
 @pytest.mark.parametrize(
@@ -88,6 +90,10 @@ cluster: {namespace: team-a, mappedNamespaces: [team-a, team-b]}
         (
             "intercept:\n  mountCompletionDelay: soon\n",
             "intercept.mountCompletionDelay: expected a duration like 300ms",
+        ),
+        (
+            "intercept:\n  mountTimeout: [1]\n",
+            "intercept.mountTimeout: expected a duration like 300ms",
         ),
         ("intercept:\n  useFtp: true\n", "intercept.useFtp: FTP is not supported"),
         ("- a list\n", "the file: expected a mapping, got a list"),

@@ -23,7 +23,7 @@ from telenet.cli.dockerapi import PLUGIN_CONFIGS, DockerError, SDKDocker, plugin
 from telenet.cli.interfaces import ContainerSpec, IDocker
 from telenet.cli.naming import LABEL_CONNECTION, LABEL_DAEMON, default_connection_name
 from telenet.cli.status import format_status, format_statuses
-from telenet.cli.subnets import check_subnet
+from telenet.cli.subnets import Taken, check_subnet
 from telenet.core.gocompat import safe_name
 from telenet.testing import MemoryControl, MemoryDocker
 
@@ -56,6 +56,8 @@ class World:
         self.said: list[str] = []
         self.clock = Clock()
         self.addresses: list[tuple[str, int]] = []
+        #: The routes of "this machine" (``subnets.host_routes``).
+        self.host_routes: list[Taken] = []
         self.connector = Connector(
             self.docker,
             config or Config(),
@@ -64,6 +66,7 @@ class World:
             exec_control_factory=self._exec_control,
             sleep=self.clock.sleep,
             clock=self.clock,
+            host_routes=lambda: list(self.host_routes),
         )
 
     def _control(self, host: str, port: int) -> MemoryControl:

@@ -342,3 +342,15 @@ def test_format_json_docker_run_and_engage(
     )
     assert json.loads(out)["ok"] and builds == [{"stdout": 2}]
     assert err.startswith("Building the image from ")
+
+
+def test_connect_docker_subnet_flag(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """--docker-subnet reaches the network (in connect's object); a bad one is one line, exit 1."""
+    code, out, err = run(capsys, "connect", "--docker", "--name", "blue", "--docker-subnet", "x")
+    assert (code, out) == (1, "")
+    assert err == "telenet connect: --docker-subnet 'x' is not a CIDR like 10.96.0.0/12\n"
+    code, out, err = run(
+        capsys, "--format", "json", "connect", "--docker", "--name", "blue",
+        "--docker-subnet", "192.168.77.9/24",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["subnet"] == "192.168.77.0/24"

@@ -12,6 +12,8 @@ from telenet.cli.runflags import (
     parse_mount,
     parse_run_args,
     parse_volume,
+    volume_spec,
+    with_nocopy,
 )
 
 
@@ -178,3 +180,87 @@ def test_user_targets_win_over_remote_mounts() -> None:
     kept, skipped = merge_remote_mounts(remote, user)
     assert kept == [RemoteMount("/var/run/secrets", True)]
     assert [m.path for m in skipped] == ["/data", "/etc/conf"]
+
+
+# -- nocopy: Docker never copies an image's files into a telemount volume
+
+
+def test_volume_spec_says_nocopy() -> None:
+    """An engagement's own -v: nocopy always, ro first when read-only; Docker parses both back."""
+    assert volume_spec("echo-0", "/etc", False) == "echo-0:/etc:nocopy"
+    assert volume_spec("echo-0", "/etc", True) == "echo-0:/etc:ro,nocopy"
+    ro = parse_volume(volume_spec("echo-0", "/etc", True))
+    assert ro.readonly and ro.nocopy and ro.source == "echo-0"
+
+
+def test_nocopy_is_read_from_either_syntax() -> None:
+    """-v …:nocopy and --mount …,volume-nocopy[=BOOL] are seen as nocopy."""
+    assert parse_volume("v:/a:ro,nocopy").nocopy
+    assert not parse_volume("v:/a:copy").nocopy
+    assert parse_mount("type=volume,src=v,dst=/a,volume-nocopy").nocopy
+    assert parse_mount("type=volume,src=v,dst=/a,volume-nocopy=true").nocopy
+    assert not parse_mount("type=volume,src=v,dst=/a,volume-nocopy=false").nocopy
+    with pytest.raises(RunFlagsError, match="'maybe' is not a boolean"):
+        parse_mount("type=volume,src=v,dst=/a,volume-nocopy=maybe")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-v", "tm:/a", "img"], ["-v", "tm:/a:nocopy"]),
+        (["-v", "tm:/a:ro", "img"], ["-v", "tm:/a:ro,nocopy"]),
+        (["-v", "tm:/a:ro,z", "img"], ["-v", "tm:/a:ro,z,nocopy"]),
+        (["-v", "tm:/a:copy", "img"], ["-v", "tm:/a:nocopy"]),
+        (["-v", "tm:/a:nocopy", "img"], ["-v", "tm:/a:nocopy"]),
+        (["--volume", "tm:/a", "img"], ["--volume", "tm:/a:nocopy"]),
+        (["--volume=tm:/a:ro", "img"], ["--volume=tm:/a:ro,nocopy"]),
+        (["-vtm:/a", "img"], ["-vtm:/a:nocopy"]),
+        (["-v=tm:/a", "img"], ["-v=tm:/a:nocopy"]),
+        (["-itv", "tm:/a", "img"], ["-i", "-t", "-v", "tm:/a:nocopy"]),
+        (
+            ["--mount", "type=volume,source=tm,target=/a", "img"],
+            ["--mount", "type=volume,source=tm,target=/a,volume-nocopy"],
+        ),
+        (
+            ["--mount=type=volume,src=tm,dst=/a,readonly", "img"],
+            ["--mount=type=volume,src=tm,dst=/a,readonly,volume-nocopy"],
+        ),
+        (
+            ["--mount", "src=tm,dst=/a,volume-nocopy=false", "img"],
+            ["--mount", "src=tm,dst=/a,volume-nocopy=false,volume-nocopy"],
+        ),
+        (
+            ["--mount", "type=volume,src=tm,dst=/a,volume-nocopy", "img"],
+            ["--mount", "type=volume,src=tm,dst=/a,volume-nocopy"],
+        ),
+    ],
+)
+def test_with_nocopy_in_every_syntax(args: list[str], expected: list[str]) -> None:
+    """A mount of a named volume gets nocopy in the syntax it was written in."""
+    run = with_nocopy(parse_run_args(args), {"tm"})
+    assert run.option_tokens() == expected
+    assert run.image == "img"
+    assert [m.nocopy for m in run.mounts()] == [True]
+
+
+def test_with_nocopy_leaves_other_mounts_alone() -> None:
+    """Binds, anonymous volumes, tmpfs and volumes not named keep their copy-up."""
+    args = [
+        "-v",
+        "/host:/h",
+        "-v",
+        "/anon",
+        "-v",
+        "local:/l",
+        "--mount",
+        "type=tmpfs,dst=/t",
+        "--mount",
+        "type=bind,src=/tm,dst=/b",
+        "-v",
+        "tm:/a",
+        "img",
+        "cmd",
+    ]
+    run = with_nocopy(parse_run_args(args), {"tm"})
+    assert run.option_tokens() == [*args[:-4], "-v", "tm:/a:nocopy"]
+    assert run.command == ("cmd",)

@@ -94,6 +94,7 @@ def runner(world: World, cli: FakeDockerCLI, probe: Any = None) -> WorkloadRunne
         sleep=world.clock.sleep,
         run_process=cli.run,
         popen=cli.popen,
+        clock=world.clock,
         probe=probe or (lambda host, port, agent: None),
     )
 
@@ -189,9 +190,9 @@ def test_engage_mounts_remote_dirs_and_cleans_up(world: World) -> None:
     assert create[create.index("--rm") :] == [
         "--rm",
         "-v",
-        "echo-0:/var/run/secrets/kubernetes.io:ro",
+        "echo-0:/var/run/secrets/kubernetes.io:ro,nocopy",
         "-v",
-        "echo-1:/etc/app",
+        "echo-1:/etc/app:nocopy",
         "-v",
         "/tmp/d:/data",
         "local/busybox",
@@ -210,7 +211,10 @@ def test_engage_mounts_remote_dirs_and_cleans_up(world: World) -> None:
 
 
 def test_engage_volume_options(world: World) -> None:
-    """Volume options: host (daemon's bridge address), bridge port, container, dir, ro."""
+    """
+    Volume options: host (daemon's bridge address), bridge port, container, dir, ro, and the
+    first connection's timeout (intercept.mountTimeout).
+    """
     cli = FakeDockerCLI(world)
     seen: dict[str, Any] = {}
     original = world.docker.create_volume
@@ -229,6 +233,7 @@ def test_engage_volume_options(world: World) -> None:
         "container": "echo",
         "dir": "/secrets",
         "ro": "true",
+        "timeout": "10s",
     }
     assert labels == {LABEL_CONNECTION: "blue"}
 
@@ -442,7 +447,7 @@ def test_engage_docker_build_runs_the_built_image(world: World) -> None:
     assert cli.commands[0][-3:] == ["--file", "D", "ctx"]
     create = cli.commands[1]
     assert create[1] == "create" and create[-2:] == ["sha256:built", "ls"]
-    assert "echo-0:/data" in create and "SYS_PTRACE" not in create
+    assert "echo-0:/data:nocopy" in create and "SYS_PTRACE" not in create
     assert cli.mounted_while_running == ["echo-0"]
     assert world.docker.volumes_by_name == {}
 
@@ -525,3 +530,85 @@ def test_curl_image_is_configurable_and_missing_one_says_how() -> None:
     default.connect("blue")
     with pytest.raises(CLIError, match="tried telenet/curl, curlimages/curl"):
         runner(default, FakeDockerCLI(default)).curl(None, ["http://echo/"])
+
+
+def test_engage_mounts_telemount_volumes_without_copy_up(world: World) -> None:
+    """
+    The engagement's volumes and the user's mounts of telemount volumes say nocopy, whatever
+    their syntax; a local volume keeps Docker's copy-up.
+    """
+    world.docker.create_volume("mine", "telenet/telemount:latest", {}, {})
+    world.docker.create_volume("other", "telenet/telemount:latest", {}, {})
+    world.docker.create_volume("cache", "local", {}, {})
+    cli = FakeDockerCLI(world)
+    runner(world, cli).engage(
+        None,
+        "10.96.0.20:8022",
+        "echo",
+        ["/etc"],
+        [
+            "-v",
+            "mine:/mine:ro",
+            "--mount=type=volume,src=other,dst=/other",
+            "-v",
+            "cache:/cache",
+            "local/busybox",
+        ],
+    )
+    create = cli.commands[0]
+    assert create[create.index("--rm") :] == [
+        "--rm",
+        "-v",
+        "echo-0:/etc:nocopy",
+        "-v",
+        "mine:/mine:ro,nocopy",
+        "--mount=type=volume,src=other,dst=/other,volume-nocopy",
+        "-v",
+        "cache:/cache",
+        "local/busybox",
+    ]
+
+
+def test_engage_waits_for_an_agent_that_starts_late(world: World) -> None:
+    """
+    The probe is tried again, with growing delays, while the agent does not answer, within
+    intercept.mountTimeout: an agent that answers after 2 s is engaged.
+    """
+    tries: list[float] = []
+
+    def probe(host: str, port: int, agent: str) -> None:
+        tries.append(world.clock.now)
+        if world.clock.now < 2.0:
+            raise CLIError(
+                f"agent {agent} is unreachable from the daemon (it closed the connection)"
+            )
+
+    code = runner(world, FakeDockerCLI(world), probe).engage(
+        None, "10.96.0.20:8022", "echo", ["/a"], ["local/busybox"]
+    )
+    assert code == 0
+    gaps = [round(b - a, 3) for a, b in zip(tries, tries[1:], strict=False)]
+    assert gaps == [0.4, 0.64, 1.024] and tries[-1] >= 2.0
+    assert world.docker.volumes_by_name == {} and world.control.bridges == {}
+
+
+def test_engage_gives_up_on_an_agent_after_the_mount_timeout() -> None:
+    """An agent that never answers: one line with its address and the wait, nothing left."""
+    world = World(Config(mount_timeout=3.0))
+    world.connect("blue")
+    tries: list[float] = []
+
+    def probe(host: str, port: int, agent: str) -> None:
+        tries.append(world.clock.now)
+        raise CLIError(f"agent {agent} is unreachable from the daemon (it closed the connection)")
+
+    with pytest.raises(CLIError) as raised:
+        runner(world, FakeDockerCLI(world), probe).engage(
+            None, "10.9.9.9:8022", "echo", ["/a"], ["local/busybox"]
+        )
+    assert str(raised.value) == (
+        "agent 10.9.9.9:8022 is unreachable from the daemon (it closed the connection), "
+        "tried for 3 s"
+    )
+    assert len(tries) > 2 and tries[-1] <= 3.0
+    assert world.docker.volumes_by_name == {} and world.control.bridges == {}

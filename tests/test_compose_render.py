@@ -10,6 +10,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from telenet.cli.compose.command import dump
@@ -192,14 +193,25 @@ def test_telemount_volumes_of_an_engaged_service(tmp_path: Path) -> None:
     assert volumes["uploads"] is None and volumes["pgdata"] is None
     api = doc["services"]["api"]
     assert api["volumes"] == [
-        {"type": "volume", "source": "telenet-uploads", "target": "/srv/uploads"},
+        {
+            "type": "volume",
+            "source": "telenet-uploads",
+            "target": "/srv/uploads",
+            "volume": {"nocopy": True},
+        },
         "./config:/etc/shop:ro",
-        {"type": "volume", "source": "telenet-api-2", "target": "/var/cache/shop"},
+        {
+            "type": "volume",
+            "source": "telenet-api-2",
+            "target": "/var/cache/shop",
+            "volume": {"nocopy": True},
+        },
         {
             "type": "volume",
             "source": "telenet-api-3",
             "target": "/var/run/secrets/kubernetes.io",
             "read_only": True,
+            "volume": {"nocopy": True},
         },
     ]
     assert doc["services"]["worker"]["volumes"] == [
@@ -208,6 +220,7 @@ def test_telemount_volumes_of_an_engaged_service(tmp_path: Path) -> None:
             "source": "telenet-uploads",
             "target": "/data/uploads",
             "read_only": True,
+            "volume": {"nocopy": True},
         }
     ]
     assert result.volumes == ("telenet-api-2", "telenet-api-3", "telenet-uploads")
@@ -373,3 +386,37 @@ def test_rendered_file_reads_back_the_same(tmp_path: Path) -> None:
     assert "- 8000:80" in text or "- '8000:80'" in text
     api: Any = again.data["services"]["api"]
     assert api["ports"] == ["8000:80"] and api["environment"]["FEATURE_FLAGS"] == "yes"
+
+
+def test_remote_entries_are_never_copied_into(tmp_path: Path) -> None:
+    """
+    Every entry that mounts a telemount volume says volume.nocopy (Docker would otherwise
+    copy the image's files into the remote directory), over the user's own nocopy: false and
+    keeping the entry's other volume options.
+    """
+    text = SHOP.replace(
+        "      - /var/cache/shop\n    x-telenet:",
+        "      - {type: volume, target: /var/cache/shop, volume: {nocopy: false, subpath: s}}\n"
+        "    x-telenet:",
+    )
+    doc = rendered(tmp_path, text).document
+    api = doc["services"]["api"]["volumes"]
+    assert api[2]["volume"] == {"nocopy": True, "subpath": "s"}
+    telemount = [
+        entry
+        for service in doc["services"].values()
+        for entry in service.get("volumes") or []
+        if isinstance(entry, dict) and str(entry.get("source", "")).startswith("telenet-")
+    ]
+    assert len(telemount) == 4
+    assert all(entry["volume"]["nocopy"] is True for entry in telemount)
+
+
+def test_telemount_volumes_wait_for_their_agent(tmp_path: Path) -> None:
+    """The connection's intercept.mountTimeout becomes each telemount volume's timeout."""
+    blue = attrs.evolve(BLUE, mount_timeout=7.5)
+    facts = Facts("shop", {"blue": blue}, {"api": API_BRIDGE}, DOCKER_NETWORKS)
+    volumes = rendered(tmp_path, facts=facts).document["volumes"]
+    telemount = [v for k, v in volumes.items() if k.startswith("telenet-")]
+    assert len(telemount) == 3
+    assert all(v["driver_opts"]["timeout"] == "7.5s" for v in telemount)

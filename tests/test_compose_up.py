@@ -135,14 +135,18 @@ def test_down_leaves_a_connection_it_did_not_start(
 def test_unreachable_agent_fails_up_before_anything(
     setup: Setup, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The agent's address, nothing started, the bridge closed, the connection quit."""
+    """
+    The agent's address, after intercept.mountTimeout of probes; nothing started, the bridge
+    closed, the connection quit.
+    """
     setup.unreachable.add(AGENT)
     code, _, err = run(capsys, "compose", "up", "-d")
     assert code == 1
     assert err == (
         f"telenet compose: service api: agent {AGENT} is unreachable from the daemon "
-        "(no answer within 6 s); nothing was started\n"
+        "(no answer within 6 s), tried for 10 s; nothing was started\n"
     )
+    assert len(setup.probed) > 2
     assert setup.compose_commands() == []
     assert setup.world.control.bridges == {}
     assert "tp-blue" not in setup.world.docker.container_names()

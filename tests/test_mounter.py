@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -214,3 +215,52 @@ async def test_absent_server_is_reported_by_the_ping(tmp_path: Path) -> None:
     assert await m.reachable("127.0.0.1", port, 1) is False
     with pytest.raises(PluginError, match=f"cannot reach SFTP server at 127.0.0.1:{port}: "):
         await m.attach(VolumeSpec("127.0.0.1", port, "a", "/tel_app_exports/c", False))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_starts_late_is_waited_for(tmp_path: Path) -> None:
+    """
+    A volume's wait: a server that starts listening after the attach began is mounted; one
+    that never does fails after the wait, naming the server and how long it was tried.
+    """
+    from twisted.internet import protocol, reactor, task
+
+    listener = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+    port = listener.getHost().port
+    await listener.stopListening()
+    m = ProcessMounter(
+        reactor,
+        str(tmp_path / "mnt"),
+        str(tmp_path / "state"),
+        timeout=2,
+        helper=HELPER,
+        ping_timeout=0.5,
+        retry_policy=lambda failures: 0.1,
+    )
+    late: list[Any] = []
+
+    def start_listening() -> None:
+        late.append(
+            reactor.listenTCP(
+                port, protocol.Factory.forProtocol(protocol.Protocol), interface="127.0.0.1"
+            )
+        )
+
+    reactor.callLater(0.6, start_listening)
+    started = reactor.seconds()
+    try:
+        spec = VolumeSpec("127.0.0.1", port, "a", "/tel_app_exports/c", False, wait=5)
+        await m.attach(spec)
+        assert reactor.seconds() - started >= 0.6
+        assert (await m.status("127.0.0.1", port))["mounted"] is True
+        await m.detach("127.0.0.1", port, "a")
+    finally:
+        for listening in late:
+            await listening.stopListening()
+    await task.deferLater(reactor, 0, lambda: None)
+    started = reactor.seconds()
+    with pytest.raises(PluginError) as raised:
+        await m.attach(VolumeSpec("127.0.0.1", port, "b", "/tel_app_exports/c", False, wait=0.5))
+    assert str(raised.value).startswith(f"cannot reach SFTP server at 127.0.0.1:{port}: ")
+    assert str(raised.value).endswith("(tried for 0.5s)")
+    assert 0.4 <= reactor.seconds() - started < 3

@@ -139,6 +139,9 @@ def test_list_is_sorted_and_capabilities_local() -> None:
         ({**OPTS, "umask": "01000"}, "umask must be an octal number between 0 and 0777"),
         ({**OPTS, "umask": ""}, "umask must be an octal number"),
         ({**OPTS, "umask": "0o"}, "umask must be an octal number"),
+        ({**OPTS, "timeout": "soon"}, 'timeout "soon" is not a duration such as 10s or 1m30s'),
+        ({**OPTS, "timeout": "-1"}, "timeout must be between 0s and 300s"),
+        ({**OPTS, "timeout": "1h"}, "timeout must be between 0s and 300s"),
     ],
 )
 def test_bad_options_are_refused_with_our_message(opts: dict[str, str], message: str) -> None:
@@ -329,3 +332,22 @@ def test_options_take_durations_and_refuse_nonsense() -> None:
     assert (options["linger"], options["ping-timeout"], options["timeout"]) == (10, 0.25, 3)
     with pytest.raises(usage.UsageError, match="--linger must be a duration"):
         Options().parseOptions(["--linger", "soon"])
+
+
+def test_timeout_is_the_first_connections_wait() -> None:
+    """
+    -o timeout=DURATION reaches the mounter as the volume's wait, at Create and at Mount, and
+    survives a restart; absent, one try. It does not make a volume another: creating it again
+    with another timeout is the same volume.
+    """
+    assert parse_options({"container": "c", "port": "1"}).wait == 0
+    assert parse_options({"container": "c", "port": "1", "timeout": "1m30s"}).wait == 90
+    assert parse_options({"container": "c", "port": "1", "timeout": "2.5"}).wait == 2.5
+    h = Harness()
+    h.ok("/VolumeDriver.Create", {"Name": "v", "Opts": {**OPTS, "timeout": "5s"}})
+    assert h.mounter.attached[-1].wait == 5
+    h.ok("/VolumeDriver.Create", {"Name": "v", "Opts": {**OPTS, "timeout": "1s"}})
+    h.ok("/VolumeDriver.Create", {"Name": "v", "Opts": OPTS})
+    again = Harness(store=h.store)
+    again.ok("/VolumeDriver.Mount", {"Name": "v", "ID": "c1"})
+    assert again.mounter.attached[-1].wait == 5

@@ -249,3 +249,38 @@ def test_a_waiter_that_tries_again_leaves_no_retry() -> None:
     r.wait(fail_after=1).addErrback(lambda f: r.now())
     server.refuse()
     assert len(server.attempts) == 2 and clock.getDelayedCalls() == []
+
+
+def test_a_wait_until_a_time_gives_up_when_the_next_retry_is_later() -> None:
+    """
+    wait(until=T) lasts through failed attempts while the retry comes by T, then fails with
+    the last attempt's failure; the trying goes on for other waiters.
+    """
+    clock, server, r, seen = make()
+    r.start()
+    bounded = r.wait(until=1.0)
+    patient = r.wait()
+    server.refuse()  # retry at 0.2
+    clock.advance(0.2)
+    server.refuse()  # retry at 0.6
+    clock.advance(0.4)
+    assert not bounded.called
+    server.refuse()  # retry at 1.4: past 1.0
+    gave_up = failure_of(bounded)
+    assert gave_up.check(GaveUp) and "refused" in gave_up.getErrorMessage()
+    assert not patient.called
+    clock.advance(0.8)
+    name = server.answer()
+    assert result_of(patient) == name
+
+
+def test_a_wait_until_a_time_takes_a_connection_made_in_time() -> None:
+    """An agent that answers within the bound: the bounded wait gets the connection."""
+    clock, server, r, _ = make()
+    r.start()
+    bounded = r.wait(until=2.0)
+    for gap in (0.2, 0.4, 0.8):
+        server.refuse()
+        clock.advance(gap)
+    name = server.answer()
+    assert result_of(bounded) == name and clock.seconds() == pytest.approx(1.4)

@@ -843,3 +843,40 @@ def test_a_listed_size_past_off_t_is_malformed() -> None:
     body = struct.pack("!LL", rid, 1) + _ns(b"a") + _ns(b"long a") + attrs
     client.dataReceived(_packet(ft.FXP_NAME, body))
     assert failure_of(listing).check(ConnectionDead)
+
+
+def test_manager_first_connection_waits_for_a_late_server(tree: Path) -> None:
+    """
+    whenFirstConnected(wait): a server that starts within ``wait`` is connected to (the
+    retries follow the backoff); without ``wait`` the first refusal is the answer.
+    """
+    manager, endpoint, clock = _manager(tree)
+    endpoint.refuse = True
+    d = manager.whenFirstConnected(10.0)
+    manager.start()
+    clock.advance(2.0)  # retryPolicy(1): refused again
+    assert endpoint.attempts == 2 and not d.called
+    endpoint.refuse = False
+    clock.advance(4.0)  # retryPolicy(2)
+    assert result_of(d) is manager.current()
+
+    manager, endpoint, clock = _manager(tree)
+    endpoint.refuse = True
+    once = manager.whenFirstConnected(0)
+    manager.start()
+    err = failure_of(once).value
+    assert isinstance(err, SFTPNotConnected) and endpoint.attempts == 1
+
+
+def test_manager_first_connection_gives_up_after_its_wait(tree: Path) -> None:
+    """A server that never answers: SFTPNotConnected naming it, the reason and the wait."""
+    manager, endpoint, clock = _manager(tree)
+    endpoint.refuse = True
+    d = manager.whenFirstConnected(5.0)
+    manager.start()
+    clock.advance(2.0)  # attempt 2 at 2 s; the next would be at 6 s, past the wait
+    err = failure_of(d).value
+    assert isinstance(err, SFTPNotConnected)
+    assert str(err).startswith("cannot reach srv:22: ") and str(err).endswith("(tried for 5s)")
+    assert endpoint.attempts == 2
+    manager.stop()

@@ -71,8 +71,9 @@ SCHEMA: dict[str, Any] = {
         "telemount": _PLUGIN_KEYS,
         "enableIPv4": "bool",
         "enableIPv6": "bool",
+        "subnet": "str",
     },
-    "intercept": {"mountCompletionDelay": "duration", "useFtp": "bool"},
+    "intercept": {"mountCompletionDelay": "duration", "mountTimeout": "duration", "useFtp": "bool"},
 }
 
 
@@ -177,9 +178,13 @@ class Config:
     telemount: PluginConfig = PluginConfig("", "telenet", "telemount", "latest")
     enable_ipv4: bool = True
     enable_ipv6: bool = True
+    #: The teleroute network's subnet (``--docker-subnet``'s default); empty: chosen freely.
+    docker_subnet: str = ""
     mount_completion_delay: float = 0.3
     namespace: str = ""
     mapped_namespaces: tuple[str, ...] = ()
+    #: How long an engagement waits for its agent to answer (probe and first mount).
+    mount_timeout: float = 10.0
     path: str | None = None
     sources: Mapping[str, str] = attrs.field(factory=_all_default, hash=False)
     files: tuple[str, ...] = ()
@@ -359,11 +364,13 @@ def _merge(layers: list[tuple[str, dict[str, Any]]], path: str | None) -> Config
         telemount=plugin("telemount", default.telemount),
         enable_ipv4=values.get("docker.enableIPv4", default.enable_ipv4),
         enable_ipv6=values.get("docker.enableIPv6", default.enable_ipv6),
+        docker_subnet=values.get("docker.subnet", default.docker_subnet),
         mount_completion_delay=values.get(
             "intercept.mountCompletionDelay", default.mount_completion_delay
         ),
         namespace=values.get("cluster.namespace", default.namespace),
         mapped_namespaces=values.get("cluster.mappedNamespaces", default.mapped_namespaces),
+        mount_timeout=values.get("intercept.mountTimeout", default.mount_timeout),
         path=path,
         sources=sources,
         files=tuple(file for file, _ in layers),

@@ -9,8 +9,9 @@ A connection named N is:
   published on a free port of 127.0.0.1, attached to the VIF network when one is given;
 - the teleroute network N: internal, options ``host`` (the daemon's bridge address) and
   ``port``, labelled ``telepresence.io/teleroute/daemon=<daemon container id>``, with a subnet
-  that overlaps neither the routed subnets nor an existing Docker network; the daemon joins it
-  first, with ``daemon=true``.
+  that overlaps neither the routed subnets nor an existing Docker network (the user's
+  ``--docker-subnet``, which must not overlap those or the host's routes either, or one chosen
+  automatically); the daemon joins it first, with ``daemon=true``.
 
 Everything is found again through labels, so no state file is kept. Connecting twice reports
 the running connection; a daemon container that died is replaced, and so is a labelled
@@ -59,6 +60,9 @@ class ConnectRequest:
     namespace: str | None = None
     #: Namespaces whose services resolve as ``name.ns`` (empty: config.yml's, else any).
     mapped_namespaces: tuple[str, ...] = ()
+    #: The teleroute network's subnet the user chose (``--docker-subnet``), checked; None:
+    #: chosen automatically.
+    docker_subnet: str | None = None
 
 
 @attrs.define

@@ -33,6 +33,7 @@ from telenet.cli.naming import (
 from telenet.cli.networks import TelerouteNetworks
 from telenet.cli.plugins import PLUGIN_KINDS, Plugins
 from telenet.cli.status import StatusReporter
+from telenet.cli.subnets import Taken, check_docker_subnet, host_routes
 from telenet.cli.teardown import Teardown
 from telenet.core.gocompat import safe_name
 
@@ -56,6 +57,7 @@ class Connector:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     ready_timeout: float = 30.0
+    host_routes: Callable[[], list[Taken]] = host_routes
     lookup: ConnectionLookup = attrs.field(init=False, repr=False)
     plugins: Plugins = attrs.field(init=False, repr=False)
     daemon: DaemonContainer = attrs.field(init=False, repr=False)
@@ -78,7 +80,13 @@ class Connector:
             self.ready_timeout,
         )
         self.networks = TelerouteNetworks(
-            self.docker, self.config, self.say, self.sleep, self.clock, self.ready_timeout
+            self.docker,
+            self.config,
+            self.say,
+            self.sleep,
+            self.clock,
+            self.ready_timeout,
+            self.host_routes,
         )
         self.reporter = StatusReporter(self.docker, self.config, self.lookup, self.plugins)
         self.teardown = Teardown(
@@ -121,6 +129,10 @@ class Connector:
 
     def connect(self, req: ConnectRequest) -> Connection:
         self.check_docker()
+        if req.docker_subnet is None and self.config.docker_subnet:
+            where = self.config.sources.get("docker.subnet", "config.yml")
+            chosen = check_docker_subnet(self.config.docker_subnet, f"{where}: docker.subnet")
+            req = attrs.evolve(req, docker_subnet=str(chosen))
         name = req.name
         if safe_name(name) != name:
             raise CLIError(
@@ -142,7 +154,7 @@ class Connector:
                 )
             conn = Connection(name, existing, self.docker.network(name))
             if conn.running:
-                return self._reuse(conn)
+                return self._reuse(conn, req)
             code = existing["State"].get("ExitCode")
             self.say(
                 f"Removing the daemon container {container_name(name)}, which stopped "
@@ -151,6 +163,8 @@ class Connector:
             self.docker.remove_container(existing["Id"])
         if req.vif_network is not None and self.docker.network(req.vif_network) is None:
             raise CLIError(f"--vif-network {req.vif_network}: no such Docker network")
+        # What can be checked before anything is made; the daemon's routes once it answers.
+        self.networks.check_chosen_subnet(req, {}, replacing=name)
         drivers = self.ensure_plugins()
         self.plugins.require_image(self.config.daemon_image)
         started = self.clock()
@@ -171,8 +185,14 @@ class Connector:
         )
         return conn
 
-    def _reuse(self, conn: Connection) -> Connection:
+    def _reuse(self, conn: Connection, asked: ConnectRequest) -> Connection:
         self.say(f"Already connected to {conn.name} (daemon {container_name(conn.name)})")
+        have = subnets_of(conn.network) if conn.network is not None else []
+        if asked.docker_subnet is not None and have and asked.docker_subnet not in have:
+            raise CLIError(
+                f"{conn.name} is connected with network subnet {', '.join(have)}, not "
+                f"{asked.docker_subnet}: telenet quit --name {conn.name} first to change it"
+            )
         status = self.daemon.wait_ready(conn)
         driver = conn.label(LABEL_NETWORK_PLUGIN)
         network = conn.network
@@ -189,7 +209,7 @@ class Connector:
                     f"{conn.name}, then connect again"
                 )
             self.ensure_plugins()
-            req = ConnectRequest(conn.name)
+            req = ConnectRequest(conn.name, docker_subnet=asked.docker_subnet)
             network = self.networks.ensure_network(conn, driver, req, status)
         return Connection(conn.name, self.docker.container(conn.container_id or ""), network)
 

@@ -3,8 +3,8 @@
 The ``telenet`` command line: Telepresence's ``--docker`` mode for telenet's plug-ins.
 
     telenet connect --docker [--name N] [--vif-network NET | --vif IFACE] [--subnet CIDR ...]
-                    [--cluster-dns ADDR] [--cluster-domain D ...] [--namespace NS]
-                    [--mapped-namespaces A,B,...]
+                    [--docker-subnet CIDR] [--cluster-dns ADDR] [--cluster-domain D ...]
+                    [--namespace NS] [--mapped-namespaces A,B,...]
     telenet status [--name N | --use REGEX] [--multi-daemon] [--output text|json|yaml]
     telenet [--connection N] docker-run [docker run arguments]
     telenet [--connection N] curl [curl arguments] URL
@@ -141,6 +141,11 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="CIDR",
         help="a subnet to route besides those through the VIF (repeatable)",
+    )
+    connect.add_argument(
+        "--docker-subnet",
+        metavar="CIDR",
+        help="the teleroute network's own subnet (default: docker.subnet, else a free one)",
     )
     connect.add_argument(
         "--cluster-dns", metavar="ADDR", help="DNS server for names under the cluster domains"
@@ -435,6 +440,13 @@ def make_compose(connector: Connector, say: Callable[[str], None]) -> ComposeCom
     return ComposeCommand(connector.docker, connector.lookup, say=say, connector=connector)
 
 
+def _docker_subnet(flag: str | None) -> str | None:
+    """``--docker-subnet``, checked (without it, the connector reads ``docker.subnet``)."""
+    from telenet.cli.subnets import check_docker_subnet
+
+    return str(check_docker_subnet(flag)) if flag is not None else None
+
+
 def _dispatch(
     args: argparse.Namespace, docker_args: list[str], config: Config, out: _Output
 ) -> int:
@@ -477,6 +489,7 @@ def _dispatch(
                 cluster_domains=tuple(args.cluster_domain),
                 namespace=namespace,
                 mapped_namespaces=mapped,
+                docker_subnet=_docker_subnet(args.docker_subnet),
             )
         )
         if out.machine:

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_cli_connect -*-
 """
 The teleroute network N: its making (options ``host`` and ``port``, the daemon's label, a
-free subnet, the daemon joining first), the replacing of one whose daemon is gone, and the
-garbage collection of every such network.
+free subnet or the user's, checked, the daemon joining first), the replacing of one whose
+daemon is gone, and the garbage collection of every such network.
 
 Separate from the daemon container: a network outlives its daemon, and quit and the GC need it.
 """
@@ -21,7 +21,7 @@ from telenet.cli.connection import CLIError, Connection, ConnectRequest
 from telenet.cli.dockerapi import DockerError, subnets_of
 from telenet.cli.interfaces import IDocker
 from telenet.cli.naming import LABEL_CONNECTION, LABEL_DAEMON, container_name, labels_of
-from telenet.cli.subnets import choose_subnet
+from telenet.cli.subnets import Taken, choose_subnet, collision, host_routes
 
 
 def use_ipv6(docker: IDocker, config: Config) -> bool:
@@ -40,6 +40,8 @@ class TelerouteNetworks:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     ready_timeout: float = 30.0
+    #: This machine's routes (``subnets.host_routes``), checked when the engine runs here.
+    host_routes: Callable[[], list[Taken]] = host_routes
 
     def check_network_name(self, name: str) -> None:
         network = self.docker.network(name)
@@ -48,6 +50,31 @@ class TelerouteNetworks:
                 f"a Docker network named {name} exists and is not a teleroute "
                 "network of telenet: choose another --name"
             )
+
+    def check_chosen_subnet(
+        self, req: ConnectRequest, status: dict[str, Any], replacing: str | None = None
+    ) -> None:
+        """
+        CLIError when the user's subnet overlaps a routed subnet, another Docker network
+        (``replacing``, the network about to be made again, aside) or a route of the host,
+        naming both; the daemon's routes are known once it answers (``status``).
+        """
+        if req.docker_subnet is None:
+            return
+        subnet = ipaddress.ip_network(req.docker_subnet)
+        taken = [Taken(r, f"the routed subnet {r}") for r in req.subnets]
+        routes = [r for r in status.get("routes") or [] if isinstance(r, str)]
+        taken += [Taken(r, f"the routed subnet {r} (a route of the daemon)") for r in routes]
+        for net in self.docker.networks():
+            if replacing is not None and net.get("Name") == replacing:
+                continue
+            for other in subnets_of(net):
+                taken.append(Taken(other, f"Docker network {net.get('Name')} ({other})"))
+        if self.docker.engine_is_here():
+            taken += self.host_routes()
+        hit = collision(subnet, taken)
+        if hit is not None:
+            raise CLIError(f"--docker-subnet {subnet} overlaps {hit.what}")
 
     def _blocked_subnets(self, req: ConnectRequest, status: dict[str, Any]) -> list[str]:
         blocked: list[str] = []
@@ -84,9 +111,13 @@ class TelerouteNetworks:
                 reconnect = self._remove_stale_network(existing, daemon_id)
         except DockerError as e:
             raise CLIError(f"Unable to create network {name}: {e}") from None
-        subnet = choose_subnet(self._blocked_subnets(req, status))
-        if subnet is None:
-            self.say("Warning: no free subnet among the candidates; Docker's IPAM chooses one")
+        if req.docker_subnet is not None:
+            self.check_chosen_subnet(req, status)
+            subnet: Any = req.docker_subnet
+        else:
+            subnet = choose_subnet(self._blocked_subnets(req, status))
+            if subnet is None:
+                self.say("Warning: no free subnet among the candidates; Docker's IPAM chooses one")
         options = {"host": host, "port": str(self.config.teleroute_port)}
         labels = {LABEL_DAEMON: daemon_id, LABEL_CONNECTION: name}
         subnet_text = str(subnet) if subnet is not None else None

@@ -10,6 +10,11 @@ non-boolean flag; ``--`` or the first non-flag argument is the image.
 
 The merge rule of engagements (docs/cli.md, "docker-run and engage"): a mount target the
 user gave with ``-v``, ``--volume`` or ``--mount`` wins over a remote mount at the same path.
+
+Docker copies an image's files into an empty named volume the first time it is mounted unless
+the mount says ``nocopy``: into a telemount volume that means writing them into the remote
+container's directory. ``with_nocopy`` rewrites the user's mounts of such volumes, whichever
+syntax they use, and ``volume_spec`` spells an engagement's own.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class Mount:
     kind: str
     readonly: bool
     flag: str
+    nocopy: bool = False
 
 
 @attrs.frozen
@@ -115,6 +121,18 @@ class RunArgs:
     def tail(self) -> list[str]:
         """The image and the command (empty when the image is missing)."""
         return [self.image, *self.command] if self.image is not None else []
+
+    def replace(self, flag: Flag, value: str) -> RunArgs:
+        """These arguments with ``flag``'s value replaced, in the syntax it was given in."""
+        assert flag.value is not None
+        if len(flag.tokens) == 2:
+            tokens: tuple[str, ...] = (flag.tokens[0], value)
+        else:
+            # --volume=SPEC, -vSPEC, -v=SPEC: the value ends the one token.
+            token = flag.tokens[0]
+            tokens = (token[: len(token) - len(flag.value)] + value,)
+        new = Flag(flag.name, value, tokens)
+        return attrs.evolve(self, flags=tuple(new if f is flag else f for f in self.flags))
 
     def mounts(self) -> list[Mount]:
         """Every ``-v``/``--volume`` and ``--mount`` of these arguments, in order."""
@@ -238,8 +256,18 @@ def parse_volume(spec: str) -> Mount:
             raise RunFlagsError(f"invalid volume specification: {spec!r}: unknown mode {mode!r}")
     kind = "volume" if source is None or not source.startswith("/") else "bind"
     return Mount(
-        target=_clean(target), source=source, kind=kind, readonly="ro" in modes, flag="volume"
+        target=_clean(target),
+        source=source,
+        kind=kind,
+        readonly="ro" in modes,
+        flag="volume",
+        nocopy="nocopy" in modes,
     )
+
+
+def volume_spec(source: str, target: str, readonly: bool) -> str:
+    """``-v`` of a telemount volume: never copied into (``nocopy``), ``ro`` when read-only."""
+    return f"{source}:{target}:{'ro,' if readonly else ''}nocopy"
 
 
 def parse_mount(spec: str) -> Mount:
@@ -248,12 +276,15 @@ def parse_mount(spec: str) -> Mount:
         (fields,) = list(csv.reader([spec]))
     except (csv.Error, ValueError):
         raise RunFlagsError(f"invalid --mount {spec!r}: not comma-separated fields") from None
-    kind, source, target, readonly = "volume", None, None, False
+    kind, source, target, readonly, nocopy = "volume", None, None, False, False
     for field in fields:
         key, eq, value = field.partition("=")
         key = key.strip().lower()
         if key in ("readonly", "ro"):
             readonly = True if not eq else _mount_bool(value, spec)
+            continue
+        if key == "volume-nocopy":
+            nocopy = True if not eq else _mount_bool(value, spec)
             continue
         if not eq:
             raise RunFlagsError(f"invalid --mount {spec!r}: field {field!r} must be key=value")
@@ -268,7 +299,12 @@ def parse_mount(spec: str) -> Mount:
     if not target.startswith("/"):
         raise RunFlagsError(f"invalid --mount {spec!r}: target {target!r} is not absolute")
     return Mount(
-        target=_clean(target), source=source or None, kind=kind, readonly=readonly, flag="mount"
+        target=_clean(target),
+        source=source or None,
+        kind=kind,
+        readonly=readonly,
+        flag="mount",
+        nocopy=nocopy,
     )
 
 
@@ -277,7 +313,29 @@ def _mount_bool(value: str, spec: str) -> bool:
         return True
     if value.lower() in ("0", "false"):
         return False
-    raise RunFlagsError(f"invalid --mount {spec!r}: readonly={value!r} is not a boolean")
+    raise RunFlagsError(f"invalid --mount {spec!r}: {value!r} is not a boolean")
+
+
+def with_nocopy(run: RunArgs, volumes: Iterable[str]) -> RunArgs:
+    """
+    ``run`` with every ``-v``/``--volume``/``--mount`` of one of the named ``volumes`` made
+    ``nocopy``, in the syntax the user wrote it in; other mounts are left as they are.
+    """
+    names = set(volumes)
+    for flag in run.flags:
+        if flag.value is None or flag.name not in ("volume", "mount"):
+            continue
+        mount = parse_volume(flag.value) if flag.name == "volume" else parse_mount(flag.value)
+        if mount.kind != "volume" or mount.source not in names or mount.nocopy:
+            continue
+        if flag.name == "mount":
+            # Docker reads the fields in order: a last volume-nocopy wins over an earlier one.
+            run = run.replace(flag, f"{flag.value},volume-nocopy")
+            continue
+        source, target, *options = flag.value.split(":")
+        modes = [m for m in ",".join(options).split(",") if m and m != "copy"]
+        run = run.replace(flag, f"{source}:{target}:{','.join([*modes, 'nocopy'])}")
+    return run
 
 
 def _clean(path: str) -> str:

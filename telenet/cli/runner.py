@@ -42,6 +42,8 @@ from telenet.cli.runflags import (
     RunFlagsError,
     merge_remote_mounts,
     parse_run_args,
+    volume_spec,
+    with_nocopy,
 )
 from telenet.cli.workload import (
     WorkloadDNS,
@@ -51,6 +53,7 @@ from telenet.cli.workload import (
     close_bridge,
     mount_options,
     open_bridge,
+    patient,
     telemount_options,
     teleroute_network,
     volume_driver,
@@ -193,6 +196,7 @@ class WorkloadRunner:
     say: Callable[[str], None] = print
     stop_timeout: float = 10.0
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
     run_process: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run
     popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen
     probe: Callable[[str, int, str], None] = attrs.field(default=attrs.Factory(lambda: probe_agent))
@@ -342,6 +346,7 @@ class WorkloadRunner:
         if build is not None:
             image = self.build_image(build)
             run = parse_run_args(with_built_image(args, image, build.debug))
+        run = self._nocopy(conn, run)
         kept, skipped = merge_remote_mounts(mounts, user_mounts)
         for mount in skipped:
             self.say(f"Skipping auto-mounting of {mount.path}: the docker run flags mount it")
@@ -355,20 +360,24 @@ class WorkloadRunner:
                     conn, lambda: self.connector.ensure_plugins(("telemount",))["telemount"]
                 )
                 host = bridge_host(conn)
-                bridge = open_bridge(control, agent, host, self.probe)
+                wait = self.connector.config.mount_timeout
+                probe = patient(self.probe, wait, self.sleep, self.clock)
+                bridge = open_bridge(control, agent, host, probe)
                 for i, mount in enumerate(kept):
                     volume = self._volume_name(f"{container}-{i}", bridge, driver, conn.name)
                     options = telemount_options(
-                        host, bridge, container, mount.path, mount.readonly, owner
+                        host, bridge, container, mount.path, mount.readonly, owner, wait
                     )
                     try:
                         self.docker.create_volume(
                             volume, driver, options, {LABEL_CONNECTION: conn.name}
                         )
                     except DockerError as e:
-                        raise CLIError(f"could not create volume {volume}: {e}") from None
+                        raise CLIError(
+                            f"could not create volume {volume} of agent {agent}: {e}"
+                        ) from None
                     volumes.append(volume)
-                    extra.append(f"{volume}:{mount.path}" + (":ro" if mount.readonly else ""))
+                    extra.append(volume_spec(volume, mount.path, mount.readonly))
                 self.sleep(self.connector.config.mount_completion_delay)
             plan = plan_create(run, workload_dns(conn), extra, force_rm=True)
             return self._run(conn, plan)
@@ -380,6 +389,18 @@ class WorkloadRunner:
                     self.connector.teardown.remove_volume(volume)
             if bridge is not None:
                 close_bridge(control, bridge, self.say)
+
+    def _nocopy(self, conn: Connection, run: RunArgs) -> RunArgs:
+        """``run`` with the user's mounts of telemount volumes made ``nocopy``."""
+        named = {m.source for m in run.mounts() if m.kind == "volume" and m.source}
+        if not named:
+            return run
+        driver = volume_driver(conn, lambda: self.connector.config.telemount.name)
+        try:
+            telemount = {v["Name"] for v in self.docker.volumes(driver)}
+        except DockerError as e:
+            raise CLIError(f"could not list the volumes of {driver}: {e}") from None
+        return with_nocopy(run, named & telemount)
 
     def build_image(self, build: Build) -> str:
         """``docker build`` with its output on ours; the image id, or CLIError if it failed."""

@@ -6,7 +6,9 @@ existing Docker network (the rule of Telepresence's PR #4083).
 Candidates, first fit wins: ``172.16.0.0/16`` … ``172.31.0.0/16``; ``10.0.0.0/8`` in ``/20``s;
 the same in ``/24``s; ``192.168.0.0/16`` in ``/24``s. None fits: None (Docker's IPAM decides).
 
-Also the check of the user's ``--subnet`` values (``check_subnet``).
+Also the check of the user's ``--subnet`` values (``check_subnet``), and of a subnet the user
+chose for the network (``--docker-subnet``, ``docker.subnet``: ``check_docker_subnet``, and
+``collision`` with what is already routed or used).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import bisect
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator
+
+import attrs
 
 from telenet.cli.connection import CLIError
 
@@ -68,3 +72,66 @@ def check_subnet(text: str, what: str = "--subnet") -> str:
     if network.prefixlen == 0:
         raise CLIError(f"{what} must not be a default route")
     return str(network)
+
+
+def check_docker_subnet(text: str, what: str = "--docker-subnet") -> ipaddress.IPv4Network:
+    """
+    The teleroute network's subnet the user chose; CLIError (naming ``what``) unless it is an
+    IPv4 CIDR with room for the daemon and workloads (the network's IPv6 subnet, if any, is
+    Docker's choice).
+    """
+    network = ipaddress.ip_network(check_subnet(text, what))
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise CLIError(f"{what} {text!r}: the network's subnet is IPv4 (like 172.30.0.0/16)")
+    if network.prefixlen > 29:
+        raise CLIError(f"{what} {text!r}: too small for a network; use /29 or wider")
+    if network.is_loopback or network.is_multicast or network.is_unspecified:
+        raise CLIError(f"{what} {text!r}: not a subnet a network can use")
+    return network
+
+
+@attrs.frozen
+class Taken:
+    """Address space already in use, and what uses it, as the user should read it."""
+
+    subnet: str
+    what: str
+
+
+def collision(subnet: Network, taken: Iterable[Taken]) -> Taken | None:
+    """The first of ``taken`` that ``subnet`` overlaps (same address family), or None."""
+    for item in taken:
+        try:
+            other = ipaddress.ip_network(item.subnet, strict=False)
+        except ValueError:
+            continue
+        if other.version == subnet.version and other.prefixlen > 0 and subnet.overlaps(other):
+            return item
+    return None
+
+
+def host_routes(path: str = "/proc/net/route") -> list[Taken]:
+    """
+    The IPv4 routes of this machine's main table, default route aside (``/proc/net/route``:
+    hexadecimal, little-endian addresses); none when it cannot be read.
+    """
+    try:
+        with open(path, encoding="ascii") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return []
+    routes = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        try:
+            destination = ipaddress.IPv4Address(int(fields[1], 16).to_bytes(4, "little"))
+            mask = ipaddress.IPv4Address(int(fields[7], 16).to_bytes(4, "little"))
+            net = ipaddress.IPv4Network(f"{destination}/{mask}", strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen == 0:
+            continue
+        routes.append(Taken(str(net), f"the host's route {net} dev {fields[0]}"))
+    return routes

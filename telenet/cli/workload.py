@@ -9,9 +9,10 @@ What a workload of a connection gets, whoever makes it: ``telenet docker-run``, 
   and a compose service's ``dns`` / ``dns_search`` come from the same value;
 - for an engagement, one telemount volume per remote mount, of the connection's plug-in
   (``volume_driver``), with the options ``telemount_options`` spells (``host``, the daemon's
-  ``bridge_host``; ``port``, ``container``, ``dir``, ``ro``);
+  ``bridge_host``; ``port``, ``container``, ``dir``, ``ro``, ``timeout``);
 - an SFTP bridge opened to an agent, checked to answer, and closed (``open_bridge``,
-  ``close_bridge``);
+  ``close_bridge``); an agent that does not answer yet (its pod is starting) is probed again
+  for ``intercept.mountTimeout`` (``patient``), and so is the volume's first connection;
 - the checks of an agent's address and an engaged container's name.
 
 One module, so that a container of ``docker-run`` and a compose service of the same connection
@@ -23,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import attrs
+from twisted.application.internet import backoffPolicy
 
 from telenet.cli.connection import CLIError, Connection
 from telenet.cli.daemoncontrol import DaemonControlError
@@ -99,16 +101,20 @@ def telemount_options(
     path: str,
     readonly: bool,
     owner: Mapping[str, str] | None = None,
+    wait: float = 0.0,
 ) -> dict[str, str]:
     """
     A telemount volume's driver options for the directory ``path`` of the engaged ``container``,
     served through the bridge ``host:port`` (docs/telemount.md); ``ro`` only when read-only;
-    ``owner``: the ``uid``/``gid``/``umask`` options (``mount_options``).
+    ``owner``: the ``uid``/``gid``/``umask`` options (``mount_options``); ``timeout``, how long
+    the first connection waits for the agent, when ``wait`` is set.
     """
     options = {"host": host, "port": str(port), "container": container, "dir": path}
     if readonly:
         options["ro"] = "true"
     options.update(owner or {})
+    if wait > 0:
+        options["timeout"] = f"{wait:g}s"
     return options
 
 
@@ -148,6 +154,41 @@ def check_container(container: str, what: str = "--container") -> None:
 #: Sends an SFTP INIT through the bridge ``host:port`` to ``agent``; CLIError when no agent
 #: answers (``telenet.cli.runner.probe_agent``).
 Probe = Callable[[str, int, str], None]
+
+
+#: The delays between probes of an agent that does not answer yet: Twisted's backoff, without
+#: jitter (one caller).
+PROBE_BACKOFF = backoffPolicy(initialDelay=0.25, maxDelay=2.0, factor=1.6, jitter=lambda: 0)
+
+
+def patient(
+    probe: Probe,
+    wait: float,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+    policy: Callable[[int], float] = PROBE_BACKOFF,
+) -> Probe:
+    """
+    ``probe`` tried again while it fails, for ``wait`` seconds (the delays from ``policy``):
+    an agent whose pod is still starting is waited for. Then its last error, saying how long.
+    """
+
+    def probing(host: str, port: int, agent: str) -> None:
+        deadline = clock() + wait
+        failures = 0
+        while True:
+            try:
+                return probe(host, port, agent)
+            except CLIError as e:
+                failures += 1
+                delay = policy(failures)
+                if wait <= 0:
+                    raise
+                if clock() + delay > deadline:
+                    raise CLIError(f"{e}, tried for {wait:g} s") from None
+            sleep(delay)
+
+    return probing
 
 
 def open_bridge(control: IControl, agent: str, host: str, probe: Probe) -> int:

@@ -43,6 +43,8 @@ class VolumeSpec:
     uid: int | None = None
     gid: int | None = None
     umask: int | None = None
+    #: Seconds the first connection to the server is retried (a server still starting).
+    wait: float = 0.0
 
 
 class IMounter(Interface):

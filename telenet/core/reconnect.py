@@ -33,6 +33,10 @@ T = TypeVar("T")
 RetryPolicy = Callable[[int], float | None]
 
 
+#: A waiter: its Deferred, the failed attempts it still accepts, the time it gives up at.
+_Waiter = tuple[defer.Deferred[T], int | None, float | None]
+
+
 class GaveUp(Exception):
     """A wait for the connection ended without one: stopped, or too many failed attempts."""
 
@@ -76,8 +80,8 @@ class Reconnector(Generic[T]):
         self._stopped = False
         self._trying: defer.Deferred[T] | None = None
         self._retry: IDelayedCall | None = None
-        # (waiter, failed attempts it still accepts, None: any number)
-        self._waiters: list[tuple[defer.Deferred[T], int | None]] = []
+        # (waiter, failed attempts it still accepts (None: any number), time it gives up at)
+        self._waiters: list[_Waiter[T]] = []
 
     @property
     def running(self) -> bool:
@@ -115,7 +119,7 @@ class Reconnector(Generic[T]):
         if self._trying is not None:
             self._trying.cancel()
         connection, self.current = self.current, None
-        for waiter, _ in self._take_waiters():
+        for waiter, _, _ in self._take_waiters():
             waiter.errback(GaveUp("stopped"))
         return connection
 
@@ -131,11 +135,13 @@ class Reconnector(Generic[T]):
         self._trying = d
         d.addCallbacks(self._succeeded, self._failed)
 
-    def wait(self, fail_after: int | None = None) -> defer.Deferred[T]:
+    def wait(self, fail_after: int | None = None, until: float | None = None) -> defer.Deferred[T]:
         """
         The connection, now or once made (a wait before ``start`` waits for it); with
-        ``fail_after``, fails with ``GaveUp`` after that many more failed attempts. Cancelling
-        the wait leaves the trying alone.
+        ``fail_after``, fails with ``GaveUp`` after that many more failed attempts; with
+        ``until`` (the clock's seconds), at the first failed attempt whose retry would come
+        later than that (an attempt under way at ``until`` is waited for). Cancelling the wait
+        leaves the trying alone.
         """
         if self.current is not None:
             return defer.succeed(self.current)
@@ -146,7 +152,7 @@ class Reconnector(Generic[T]):
             self._waiters = [w for w in self._waiters if w[0] is not d]
 
         waiter: defer.Deferred[T] = defer.Deferred(forget)
-        self._waiters.append((waiter, fail_after))
+        self._waiters.append((waiter, fail_after, until))
         return waiter
 
     def lost(self, connection: T) -> None:
@@ -174,7 +180,7 @@ class Reconnector(Generic[T]):
             ended = self._ended(connection)
             ended.addBoth(lambda _: self.lost(connection))
         self._tell(connection)
-        for waiter, _ in self._take_waiters():
+        for waiter, _, _ in self._take_waiters():
             waiter.callback(connection)
 
     def _failed(self, failure: Failure) -> None:
@@ -189,12 +195,14 @@ class Reconnector(Generic[T]):
                 listener(failure, delay)
             except Exception:
                 log.failure("A reconnect failure listener failed")
-        still = []
-        for waiter, allowed in self._take_waiters():
-            if allowed is not None and allowed <= 1:
+        still: list[_Waiter[T]] = []
+        retry_at = None if delay is None else self._clock.seconds() + delay
+        for waiter, allowed, until in self._take_waiters():
+            late = until is not None and (retry_at is None or retry_at > until)
+            if late or (allowed is not None and allowed <= 1):
                 waiter.errback(GaveUp(failure.getErrorMessage(), failure))
             else:
-                still.append((waiter, None if allowed is None else allowed - 1))
+                still.append((waiter, None if allowed is None else allowed - 1, until))
         self._waiters = still + self._waiters
         # A listener may have stopped me (giving up).
         if self._running and delay is not None:
@@ -215,7 +223,7 @@ class Reconnector(Generic[T]):
             self._retry.cancel()
         self._retry = None
 
-    def _take_waiters(self) -> list[tuple[defer.Deferred[T], int | None]]:
+    def _take_waiters(self) -> list[_Waiter[T]]:
         waiters, self._waiters = self._waiters, []
         return waiters
 

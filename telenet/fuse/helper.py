@@ -5,14 +5,15 @@ The telemount FUSE filesystem, and the mount helper process that serves it.
 pyfuse3 serves one mount per process, so the volume plug-in runs one helper per SFTP server::
 
     python -m telenet.fuse.helper --host H --port P --mountpoint MP --control SOCK
-                             [--log-file F] [--timeout SECONDS]
+                             [--log-file F] [--timeout SECONDS] [--wait SECONDS]
 
 The mount root lists one directory per volume; volume ``NAME`` is ``MP/NAME`` and shows a
 remote directory, read-only or writable. The plug-in adds and removes volumes over the control
 socket ``SOCK`` (newline-delimited JSON, one answer line per request line: add, remove, status,
 shutdown; the schema is ``telenet.fuse.protocol``). The helper prints one JSON line on stdout
 when it is ready (``{"ready": true, "pid": PID}``) or cannot start (``{"error": "..."}``,
-exit 1), then logs only to the log file.
+exit 1), then logs only to the log file. ``--wait`` retries the first connection for that many
+seconds (a server that is still starting), so that a mount never comes up empty.
 
 pyfuse3 runs in asyncio mode on Twisted's asyncio reactor: FUSE handlers, the SFTP client and
 the control socket share one loop and one thread, so nothing here may block.
@@ -69,6 +70,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--control", required=True)
     p.add_argument("--log-file")
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--wait", type=float, default=0.0)
     return p.parse_args(argv)
 
 
@@ -151,11 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     async def start() -> None:
         manager.start()
         try:
-            await as_future(manager.whenConnected(failAfterFailures=1).addTimeout(timeout, reactor))
+            await as_future(manager.whenFirstConnected(args.wait))
         except Exception as e:
             reason = manager.lastError if isinstance(e, defer.TimeoutError) else str(e)
             if isinstance(e, SFTPNotConnected):
                 reason = manager.lastError
+            if args.wait > 0:
+                reason += f" (tried for {args.wait:g}s)"
             _say({"error": f"cannot reach SFTP server at {label}: {reason}"})
             outcome["code"] = 1
             stop()

@@ -120,16 +120,29 @@ class SFTPConnectionManager:
         Fires with the client once connected (add your own timeout); with
         ``failAfterFailures``, fails with ``SFTPNotConnected`` after that many failed attempts.
         """
+        return self._link.wait(failAfterFailures).addErrback(self._gaveUp, "")
 
-        def gaveUp(failure: Failure) -> Failure:
-            error = failure.value
-            if not isinstance(error, GaveUp):
-                return failure  # cancelled by the caller
-            if error.failure is None:
-                return Failure(SFTPNotConnected(f"{self.label}: stopped"))
-            return Failure(SFTPNotConnected(f"cannot reach {self.label}: {self.lastError}"))
+    def whenFirstConnected(self, wait: float = 0.0) -> Deferred[SFTPClient]:
+        """
+        The first connection of a mount, which must not come up empty: failed attempts are
+        retried (with my backoff) for ``wait`` seconds, so a server that is still starting is
+        waited for; then ``SFTPNotConnected`` naming the server and why. Without ``wait``, one
+        attempt. Either way bounded: ``wait`` plus my timeout.
+        """
+        if wait <= 0:
+            d = self.whenConnected(failAfterFailures=1)
+        else:
+            until = self._clock.seconds() + wait
+            d = self._link.wait(until=until).addErrback(self._gaveUp, f" (tried for {wait:g}s)")
+        return d.addTimeout(max(wait, 0) + self.timeout, self._clock)
 
-        return self._link.wait(failAfterFailures).addErrback(gaveUp)
+    def _gaveUp(self, failure: Failure, tried: str) -> Failure:
+        error = failure.value
+        if not isinstance(error, GaveUp):
+            return failure  # cancelled by the caller
+        if error.failure is None:
+            return Failure(SFTPNotConnected(f"{self.label}: stopped"))
+        return Failure(SFTPNotConnected(f"cannot reach {self.label}: {self.lastError}{tried}"))
 
     # -- what the Reconnector calls
 

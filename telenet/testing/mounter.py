@@ -28,6 +28,8 @@ class MemoryMounter:
         self.remote_dirs: set[str] | None = None
         self.unreachable: set[tuple[str, int]] = set()
         self.calls: list[tuple[str, ...]] = []
+        #: Every volume attach was asked for, as given.
+        self.attached: list[VolumeSpec] = []
         self.since: dict[tuple[str, int], float] = {}
 
     def mountpoint(self, host: str, port: int, name: str) -> str:
@@ -36,6 +38,7 @@ class MemoryMounter:
     def attach(self, volume: VolumeSpec) -> defer.Deferred[str]:
         host, port, name, remote_dir = volume.host, volume.port, volume.name, volume.remote_dir
         self.calls.append(("attach", host, str(port), name))
+        self.attached.append(volume)
         if (host, port) in self.unreachable:
             return defer.fail(PluginError(f"cannot reach SFTP server at {host}:{port}"))
         if self.remote_dirs is not None and remote_dir not in self.remote_dirs:

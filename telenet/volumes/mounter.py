@@ -7,6 +7,11 @@ that mounts it under ``<mount-root>/<host>/<port>`` and shows each volume as a d
 The plug-in talks to a helper over its control socket (newline-delimited JSON, the schema in
 ``telenet.fuse.protocol``). Helpers run in their own session and outlive a crashed plug-in, so the
 containers using their volumes keep working; the next plug-in adopts them through their sockets.
+
+A volume's ``wait`` (its ``timeout`` option) is how long the first connection to a server that
+does not answer yet is retried, both the plug-in's TCP ping and the helper's SFTP connection,
+with ``telenet.core.reconnect.Reconnector`` and the SFTP client's backoff: an agent whose pod
+is still starting is waited for, and a volume never mounts empty.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from zope.interface import implementer
 from telenet.core.dockerplugin import PluginError
 from telenet.core.interfaces import IMounter, VolumeSpec
 from telenet.core.reactor import IReactor
+from telenet.core.reconnect import GaveUp, Reconnector, RetryPolicy
 from telenet.fuse.protocol import (
     AddVolume,
     ProtocolError,
@@ -217,12 +223,16 @@ class ProcessMounter:
         timeout: float = 10.0,
         helper: list[str] | None = None,
         ping_timeout: float = 1.0,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         self._reactor = reactor
         self.mount_root = mount_root
         self.state_dir = state_dir
         self.timeout = timeout
         self.ping_timeout = ping_timeout
+        from telenet.sftp.connection import defaultRetryPolicy
+
+        self.retry_policy: RetryPolicy = retry_policy or defaultRetryPolicy
         self._helper = helper or [sys.executable, "-m", "telenet.fuse.helper"]
         self._servers: dict[tuple[str, int], _Server] = {}
 
@@ -261,19 +271,20 @@ class ProcessMounter:
             try:
                 reply = await control_request(self._reactor, server.control, request)
             except ControlUnavailable:
-                await self._start(server)
+                await self._start(server, volume.wait)
                 reply = await control_request(self._reactor, server.control, request)
         if isinstance(reply, Refused):
             raise PluginError(reply.error or f"mounting {volume.name} failed")
         return self.mountpoint(volume.host, volume.port, volume.name)
 
-    async def _start(self, server: _Server) -> None:
-        """Start a helper for ``server``, clearing what a dead one left behind."""
+    async def _start(self, server: _Server, wait: float = 0.0) -> None:
+        """
+        Start a helper for ``server``, clearing what a dead one left behind; the first
+        connection is retried for ``wait`` seconds, the ping's and the helper's together.
+        """
         # A quick ping first, as the Go plug-in does: an absent server is reported in
         # ping_timeout rather than after the helper's whole connect timeout.
-        problem = await _tcp_problem(self._reactor, server.host, server.port, self.ping_timeout)
-        if problem is not None:
-            raise PluginError(f"cannot reach SFTP server at {server.label}: {problem}")
+        wait = await self._ping(server, wait)
         await self._clear_leftovers(server)
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         os.makedirs(server.mountpoint, exist_ok=True)
@@ -293,21 +304,50 @@ class ProcessMounter:
             "--timeout",
             f"{self.timeout:g}",
         ]
+        if wait > 0:
+            args += ["--wait", f"{wait:g}"]
         log.info("starting mount helper for {label}", label=server.label)
         transport = self._reactor.spawnProcess(helper, args[0], args, env=dict(os.environ))
         server.process = helper
         helper.ended.addCallback(lambda _: _forget(server, helper))
         try:
-            report = await helper.ready.addTimeout(self.timeout + START_GRACE, self._reactor)
+            limit = wait + self.timeout + START_GRACE
+            report = await helper.ready.addTimeout(limit, self._reactor)
         except defer.TimeoutError:
             _signal(transport, signal.SIGKILL)
             raise PluginError(
-                f"timed out mounting the SFTP server at {server.label} "
-                f"({self.timeout + START_GRACE:g}s)"
+                f"timed out mounting the SFTP server at {server.label} ({limit:g}s)"
             ) from None
         if not report.get("ready"):
             raise PluginError(str(report.get("error") or f"cannot mount {server.label}"))
         transport.closeStdout()
+
+    async def _ping(self, server: _Server, wait: float) -> float:
+        """
+        Wait for ``server`` to accept a TCP connection, retrying for ``wait`` seconds (one try
+        without); the seconds of ``wait`` left. PluginError naming the server when it does not.
+        """
+        started = self._reactor.seconds()
+
+        async def once() -> bool:
+            problem = await _tcp_problem(self._reactor, server.host, server.port, self.ping_timeout)
+            if problem is not None:
+                raise ConnectionError(problem)
+            return True
+
+        link: Reconnector[bool] = Reconnector(
+            lambda: defer.ensureDeferred(once()), self._reactor, self.retry_policy
+        )
+        waiting = link.wait(fail_after=1) if wait <= 0 else link.wait(until=started + wait)
+        link.start()
+        try:
+            await waiting
+        except GaveUp as e:
+            tried = f" (tried for {wait:g}s)" if wait > 0 else ""
+            raise PluginError(f"cannot reach SFTP server at {server.label}: {e}{tried}") from None
+        finally:
+            link.stop()
+        return max(0.0, started + wait - self._reactor.seconds())
 
     async def _clear_leftovers(self, server: _Server) -> None:
         if is_mounted(server.mountpoint):

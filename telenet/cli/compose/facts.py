@@ -67,6 +67,7 @@ class FactsReader:
             dns=dns,
             routes=tuple(str(r) for r in status.get("routes") or []),
             volume_driver=volume_driver(conn, lambda: self.config.telemount.name),
+            mount_timeout=self.config.mount_timeout,
         )
         bridges = tuple(
             (int(b["port"]), str(b.get("agent")))

@@ -46,6 +46,8 @@ class ConnectionFacts:
     dns: WorkloadDNS
     routes: tuple[str, ...] = ()
     volume_driver: str = "telenet/telemount:latest"
+    #: How long a telemount volume's first connection waits for its agent (``timeout``).
+    mount_timeout: float = 0.0
 
 
 @attrs.frozen
@@ -198,7 +200,12 @@ def _volumes(
         declared[volume.key] = {
             "driver": connection.volume_driver,
             "driver_opts": telemount_options(
-                bridge.host, bridge.port, volume.container, volume.path, volume.readonly
+                bridge.host,
+                bridge.port,
+                volume.container,
+                volume.path,
+                volume.readonly,
+                connection.mount_timeout,
             ),
             "labels": {LABEL_CONNECTION: connection.name},
         }
@@ -217,6 +224,8 @@ def _mount(service: dict[str, Any], change: EntryChange) -> None:
         if isinstance(old, dict) and isinstance(old.get("volume"), dict):
             entry["volume"] = old["volume"]
     entry = {"type": "volume", "source": change.volume, "target": change.target, **entry}
+    # Docker would copy the image's files into the remote directory at the first mount.
+    entry["volume"] = {**entry.get("volume", {}), "nocopy": True}
     if change.readonly:
         entry["read_only"] = True
     if change.index is None:

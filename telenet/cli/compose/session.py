@@ -12,6 +12,7 @@ record. An error before Compose starts undoes what this run made: nothing is lef
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,7 +27,14 @@ from telenet.cli.dockerapi import DockerError
 from telenet.cli.interfaces import IDocker
 from telenet.cli.lookup import ConnectionLookup
 from telenet.cli.naming import LABEL_CONNECTION
-from telenet.cli.workload import Probe, bridge_host, close_bridge, open_bridge, volume_driver
+from telenet.cli.workload import (
+    Probe,
+    bridge_host,
+    close_bridge,
+    open_bridge,
+    patient,
+    volume_driver,
+)
 
 #: Compose's label on what it makes for a project.
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
@@ -164,11 +172,14 @@ class Session:
         return opened[-1]
 
     def _probe(self) -> Probe:
-        if self.probe is not None:
-            return self.probe
+        """The probe, waiting ``intercept.mountTimeout`` for an agent that is starting."""
         from telenet.cli.runner import probe_agent
 
-        return probe_agent
+        probe = self.probe if self.probe is not None else probe_agent
+        sleep, clock = time.sleep, time.monotonic
+        if self.connector is not None:
+            sleep, clock = self.connector.sleep, self.connector.clock
+        return patient(probe, self.lookup.config.mount_timeout, sleep, clock)
 
     def undo(self, state: ProjectState) -> None:
         """What the last ``prepare`` made, undone: its bridges closed, its connections quit."""
