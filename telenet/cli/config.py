@@ -77,6 +77,22 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+#: The keys whose value is one field of L{Config} (the plug-ins' keys fill a PluginConfig).
+FIELDS: dict[str, str] = {
+    "cluster.namespace": "namespace",
+    "cluster.mappedNamespaces": "mapped_namespaces",
+    "grpc.daemonPort": "daemon_port",
+    "grpc.teleroutePort": "teleroute_port",
+    "docker.daemonImage": "daemon_image",
+    "docker.curlImage": "curl_image",
+    "docker.enableIPv4": "enable_ipv4",
+    "docker.enableIPv6": "enable_ipv6",
+    "docker.subnet": "docker_subnet",
+    "intercept.mountCompletionDelay": "mount_completion_delay",
+    "intercept.mountTimeout": "mount_timeout",
+}
+
+
 def _leaf_paths(schema: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
     for key, kind in schema.items():
         path = f"{prefix}{key}"
@@ -355,22 +371,11 @@ def _merge(layers: list[tuple[str, dict[str, Any]]], path: str | None) -> Config
             registry_api=values.get(prefix + "registryAPI", base.registry_api),
         )
 
+    simple = {field: values[key] for key, field in FIELDS.items() if key in values}
     return Config(
-        daemon_port=values.get("grpc.daemonPort", default.daemon_port),
-        teleroute_port=values.get("grpc.teleroutePort", default.teleroute_port),
-        daemon_image=values.get("docker.daemonImage", default.daemon_image),
-        curl_image=values.get("docker.curlImage", default.curl_image),
+        **simple,
         teleroute=plugin("teleroute", default.teleroute),
         telemount=plugin("telemount", default.telemount),
-        enable_ipv4=values.get("docker.enableIPv4", default.enable_ipv4),
-        enable_ipv6=values.get("docker.enableIPv6", default.enable_ipv6),
-        docker_subnet=values.get("docker.subnet", default.docker_subnet),
-        mount_completion_delay=values.get(
-            "intercept.mountCompletionDelay", default.mount_completion_delay
-        ),
-        namespace=values.get("cluster.namespace", default.namespace),
-        mapped_namespaces=values.get("cluster.mappedNamespaces", default.mapped_namespaces),
-        mount_timeout=values.get("intercept.mountTimeout", default.mount_timeout),
         path=path,
         sources=sources,
         files=tuple(file for file, _ in layers),

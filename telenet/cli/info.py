@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import telenet
 from telenet.cli.config import (
     DEFAULT_SOURCE,
+    FIELDS,
     KEYS,
     Config,
     default_path,
@@ -56,18 +57,10 @@ TELEMOUNT_STATE_DIR = "/var/lib/telenet/telemount"
 
 def config_value(config: Config, key: str) -> Any:
     """The value of a key path (``docker.teleroute.tag``) in ``config``."""
-    simple = {
-        "grpc.daemonPort": config.daemon_port,
-        "grpc.teleroutePort": config.teleroute_port,
-        "docker.daemonImage": config.daemon_image,
-        "docker.curlImage": config.curl_image,
-        "docker.enableIPv4": config.enable_ipv4,
-        "docker.enableIPv6": config.enable_ipv6,
-        "intercept.mountCompletionDelay": config.mount_completion_delay,
-        "intercept.useFtp": False,
-    }
-    if key in simple:
-        return simple[key]
+    if key in FIELDS:
+        return getattr(config, FIELDS[key])
+    if key == "intercept.useFtp":
+        return False
     _, kind, field = key.split(".")
     plugin = config.teleroute if kind == "teleroute" else config.telemount
     return getattr(plugin, "registry_api" if field == "registryAPI" else field)

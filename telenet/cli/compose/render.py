@@ -205,7 +205,7 @@ def _volumes(
                 volume.container,
                 volume.path,
                 volume.readonly,
-                connection.mount_timeout,
+                wait=connection.mount_timeout,
             ),
             "labels": {LABEL_CONNECTION: connection.name},
         }
