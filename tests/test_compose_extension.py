@@ -190,7 +190,7 @@ def test_the_extension_as_values(tmp_path: Path) -> None:
             "services:\n  api:\n    image: x\n    x-telenet:\n      type: engage\n"
             "      agent: a:1\n      ports: [80]\n",
             "compose.yaml:7: services.api.x-telenet.ports: unknown key (known: type, connection, "
-            "agent, container, remoteMounts)",
+            "agent, container, remoteMounts, mountOptions)",
         ),
         (
             "services:\n  api:\n    image: x\n    x-telenet:\n      type: enage\n",
@@ -444,3 +444,36 @@ def test_profiles_leave_inactive_services_out_of_the_sharing_check(tmp_path: Pat
     assert "worker" not in project.active_services()
     with pytest.raises(ComposeError, match="give each service its own volume"):
         load(tmp_path, text, profiles=("batch",))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            "[uid=x]",
+            "compose.yaml:8: services.api.x-telenet.mountOptions[0]: "
+            "uid must be an unsigned integer between 0 and 4294967294",
+        ),
+        (
+            "[ro=true]",
+            "compose.yaml:8: services.api.x-telenet.mountOptions[0] 'ro=true': the key must be "
+            "one of uid, gid, umask",
+        ),
+        ("uid=1", "compose.yaml:8: services.api.x-telenet.mountOptions: expected a list of"),
+    ],
+)
+def test_bad_mount_options(tmp_path: Path, options: str, message: str) -> None:
+    text = (
+        "services:\n  api:\n    image: x\n    x-telenet:\n      type: engage\n"
+        f"      agent: 10.0.0.1:8022\n      remoteMounts: [/data]\n      mountOptions: {options}\n"
+    )
+    assert error(tmp_path, text).startswith(message)
+
+
+def test_mount_options_only_for_engage(tmp_path: Path) -> None:
+    text = (
+        "services:\n  api:\n    image: x\n    x-telenet: {type: connect, mountOptions: [uid=1]}\n"
+    )
+    assert error(tmp_path, text).startswith(
+        "compose.yaml:4: services.api.x-telenet.mountOptions: only type engage takes it"
+    )

@@ -420,3 +420,18 @@ def test_telemount_volumes_wait_for_their_agent(tmp_path: Path) -> None:
     telemount = [v for k, v in volumes.items() if k.startswith("telenet-")]
     assert len(telemount) == 3
     assert all(v["driver_opts"]["timeout"] == "7.5s" for v in telemount)
+
+
+def test_mount_options_give_the_telemount_volumes_an_owner(tmp_path: Path) -> None:
+    """mountOptions (as engage's --mount-opt) reach every telemount volume of the service."""
+    text = SHOP.replace(
+        "      container: api\n",
+        "      container: api\n      mountOptions: [uid=1000, gid=1000, umask=027]\n",
+    )
+    volumes = rendered(tmp_path, text).document["volumes"]
+    telemount = [v for k, v in volumes.items() if k.startswith("telenet-")]
+    assert len(telemount) == 3
+    for volume in telemount:
+        options = volume["driver_opts"]
+        assert (options["uid"], options["gid"], options["umask"]) == ("1000", "1000", "027")
+    assert "uid" not in rendered(tmp_path).document["volumes"]["telenet-uploads"]["driver_opts"]

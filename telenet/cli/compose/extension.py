@@ -80,6 +80,8 @@ class ServiceSpec:
     agent: str | None = None
     container: str = ""
     remote_mounts: tuple[RemoteMount, ...] = ()
+    #: ``KEY=VALUE`` options (``uid``, ``gid``, ``umask``) of its telemount volumes, checked.
+    mount_options: tuple[str, ...] = ()
     where: Where | None = attrs.field(default=None, eq=False)
     connection_where: Where | None = attrs.field(default=None, eq=False)
     mount_wheres: tuple[Where | None, ...] = attrs.field(default=(), eq=False)

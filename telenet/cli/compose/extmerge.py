@@ -287,7 +287,7 @@ def _service(
     if len(set(names)) != len(names):
         raise error_at(connection_where, f"{path}.connection", "a connection is named twice")
     if kind == CONNECT:
-        for extra in ("agent", "container", "remoteMounts"):
+        for extra in ("agent", "container", "remoteMounts", "mountOptions"):
             if extra in block:
                 raise error_at(block[extra].where, f"{path}.{extra}", "only type engage takes it")
     agent = _scalar(block, "agent")
@@ -306,6 +306,7 @@ def _service(
         agent=agent,
         container=_scalar(block, "container") or service,
         remote_mounts=tuple(m for m, _ in mounts),
+        mount_options=tuple(text for text, _ in _list(block, "mountOptions")),
         where=where,
         connection_where=connection_where,
         mount_wheres=tuple(w for _, w in mounts),

@@ -39,7 +39,7 @@ from telenet.cli.compose.source import (
 from telenet.cli.connection import CLIError
 from telenet.cli.runflags import RemoteMount, RunFlagsError
 from telenet.cli.subnets import check_subnet
-from telenet.cli.workload import check_agent, check_container
+from telenet.cli.workload import check_agent, check_container, mount_options
 
 Warn = Callable[[str], None]
 
@@ -72,6 +72,7 @@ SERVICE_FIELDS = {
     "agent": "str",
     "container": "str",
     "remoteMounts": "strs",
+    "mountOptions": "mountopts",
 }
 TELE_SERVICE_FIELDS = {"type": "type", "connection": "connection"}
 
@@ -163,6 +164,11 @@ class Reader:
             return Located(items, self.where(node), tag)
         if kind == "strs":
             return Located(self.strings(node, path), self.where(node), tag)
+        if kind == "mountopts":
+            items = self.strings(node, path)
+            for i, (text, where) in enumerate(items):
+                self._checked(_mount_option, text, f"{path}[{i}]", where)
+            return Located(items, self.where(node), tag)
         if kind == "connection":
             if isinstance(node, SequenceNode) and self.flavor == TELENET_KEY:
                 names = self.strings(node, path)
@@ -320,6 +326,11 @@ class Reader:
 
 def _agent(text: str, what: str) -> str:
     check_agent(text, what)
+    return text
+
+
+def _mount_option(text: str, what: str) -> str:
+    mount_options([text], what)
     return text
 
 

@@ -241,3 +241,11 @@ def _share(
             f"{spec.agent} here, and {earlier.path} of container {owner.container} at "
             f"{owner.agent} in service {owner.service}: give each service its own volume",
         )
+    if sorted(owner.mount_options) != sorted(spec.mount_options):
+        raise error_at(
+            spec.where,
+            f"services.{spec.service}",
+            f"volume {volume} is mounted with mountOptions "
+            f"[{', '.join(spec.mount_options)}] here and [{', '.join(owner.mount_options)}] in "
+            f"service {owner.service}: one volume shows one owner",
+        )

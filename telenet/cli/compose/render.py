@@ -34,7 +34,7 @@ from telenet.cli.compose.mounts import EntryChange, MountPlan, free_key, plan_mo
 from telenet.cli.compose.source import ComposeError
 from telenet.cli.naming import LABEL_CONNECTION
 from telenet.cli.subnets import Network, choose_subnet
-from telenet.cli.workload import WorkloadDNS, telemount_options
+from telenet.cli.workload import WorkloadDNS, mount_options, telemount_options
 
 
 @attrs.frozen
@@ -205,6 +205,7 @@ def _volumes(
                 volume.container,
                 volume.path,
                 volume.readonly,
+                mount_options(spec.mount_options),
                 wait=connection.mount_timeout,
             ),
             "labels": {LABEL_CONNECTION: connection.name},
