@@ -238,6 +238,28 @@ def test_engage_volume_options(world: World) -> None:
     assert labels == {LABEL_CONNECTION: "blue"}
 
 
+def test_engage_gives_no_timeout_to_telepresences_go_plugin(world: World) -> None:
+    """
+    A managed telemount plug-in that is not telenet's (Telepresence's refuses options it does
+    not know) gets no timeout option; the agent probe still waits intercept.mountTimeout.
+    """
+    cli = FakeDockerCLI(world)
+    seen: dict[str, dict[str, str]] = {}
+    original = world.docker.create_volume
+
+    def spy(name: str, driver: str, options: dict[str, str], labels: dict[str, str]) -> None:
+        seen[name] = options
+        original(name, driver, options, labels)
+
+    world.docker.create_volume = spy  # type: ignore[method-assign]
+    world.docker.plugins["telenet/telemount:latest"]["Config"] = {
+        "Description": "Docker volume plugin for Telepresence"
+    }
+    runner(world, cli).engage(None, "10.96.0.20:8022", "echo", ["/secrets:ro"], ["local/busybox"])
+    assert "timeout" not in seen["echo-0"]
+    assert seen["echo-0"]["dir"] == "/secrets"
+
+
 def test_engage_mount_options_go_to_every_volume(world: World) -> None:
     """--mount-opt uid/gid/umask reach each telemount volume the engagement creates."""
     cli = FakeDockerCLI(world)

@@ -57,6 +57,7 @@ from telenet.cli.workload import (
     telemount_options,
     teleroute_network,
     volume_driver,
+    volume_wait,
     workload_dns,
 )
 
@@ -363,6 +364,7 @@ class WorkloadRunner:
                 wait = self.connector.config.mount_timeout
                 probe = patient(self.probe, wait, self.sleep, self.clock)
                 bridge = open_bridge(control, agent, host, probe)
+                wait = volume_wait(self.docker, driver, wait)
                 for i, mount in enumerate(kept):
                     volume = self._volume_name(f"{container}-{i}", bridge, driver, conn.name)
                     options = telemount_options(

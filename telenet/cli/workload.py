@@ -28,7 +28,7 @@ from twisted.application.internet import backoffPolicy
 
 from telenet.cli.connection import CLIError, Connection
 from telenet.cli.daemoncontrol import DaemonControlError
-from telenet.cli.interfaces import IControl
+from telenet.cli.interfaces import IControl, IDocker
 from telenet.cli.naming import (
     DEFAULT_CLUSTER_DOMAIN,
     DEFAULT_NAMESPACE,
@@ -84,6 +84,20 @@ def teleroute_network(conn: Connection) -> str:
 def volume_driver(conn: Connection, otherwise: Callable[[], str]) -> str:
     """The telemount plug-in the connection was made with (its label), else ``otherwise()``."""
     return conn.label(LABEL_VOLUME_PLUGIN) or otherwise()
+
+
+def volume_wait(docker: IDocker, driver: str, mount_timeout: float) -> float:
+    """
+    The ``timeout`` to give ``driver``'s volumes: ``mount_timeout``, or 0 (no such option) for
+    a managed plug-in that is not telenet's, such as Telepresence's Go telemount, which refuses
+    options it does not know (``illegal option "timeout"``). Legacy plug-ins are telenet's.
+    """
+    found = docker.plugin(driver)
+    config = (found or {}).get("Config") or {}
+    description = config.get("Description")
+    if description is not None and not str(description).startswith("telenet "):
+        return 0.0
+    return mount_timeout
 
 
 def bridge_host(conn: Connection) -> str:

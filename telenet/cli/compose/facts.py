@@ -24,7 +24,13 @@ from telenet.cli.daemoncontrol import DaemonControlError
 from telenet.cli.dockerapi import subnets_of
 from telenet.cli.interfaces import IDocker
 from telenet.cli.lookup import ConnectionLookup
-from telenet.cli.workload import bridge_host, teleroute_network, volume_driver, workload_dns
+from telenet.cli.workload import (
+    bridge_host,
+    teleroute_network,
+    volume_driver,
+    volume_wait,
+    workload_dns,
+)
 
 
 @attrs.frozen
@@ -61,13 +67,14 @@ class FactsReader:
             status = self.lookup.control(conn).status()
         except (CLIError, DaemonControlError) as e:
             raise ComposeError(f"the daemon of {name} does not answer: {e}") from None
+        driver = volume_driver(conn, lambda: self.config.telemount.name)
         facts = ConnectionFacts(
             name=name,
             network=teleroute_network(conn),
             dns=dns,
             routes=tuple(str(r) for r in status.get("routes") or []),
-            volume_driver=volume_driver(conn, lambda: self.config.telemount.name),
-            mount_timeout=self.config.mount_timeout,
+            volume_driver=driver,
+            mount_timeout=volume_wait(self.docker, driver, self.config.mount_timeout),
         )
         bridges = tuple(
             (int(b["port"]), str(b.get("agent")))
