@@ -253,8 +253,9 @@ def test_a_waiter_that_tries_again_leaves_no_retry() -> None:
 
 def test_a_wait_until_a_time_gives_up_when_the_next_retry_is_later() -> None:
     """
-    wait(until=T) lasts through failed attempts while the retry comes by T, then fails with
-    the last attempt's failure; the trying goes on for other waiters.
+    wait(until=T) lasts through failed attempts; a retry the back-off would make after T is
+    made at T, and when that one fails too the wait fails with its failure; the trying goes
+    on for other waiters.
     """
     clock, server, r, seen = make()
     r.start()
@@ -264,12 +265,14 @@ def test_a_wait_until_a_time_gives_up_when_the_next_retry_is_later() -> None:
     clock.advance(0.2)
     server.refuse()  # retry at 0.6
     clock.advance(0.4)
+    server.refuse()  # the back-off says 1.4, past 1.0: the last try is at 1.0
     assert not bounded.called
-    server.refuse()  # retry at 1.4: past 1.0
+    clock.advance(0.4)
+    server.refuse()
     gave_up = failure_of(bounded)
     assert gave_up.check(GaveUp) and "refused" in gave_up.getErrorMessage()
     assert not patient.called
-    clock.advance(0.8)
+    clock.advance(5.0)
     name = server.answer()
     assert result_of(patient) == name
 

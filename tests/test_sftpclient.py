@@ -874,9 +874,11 @@ def test_manager_first_connection_gives_up_after_its_wait(tree: Path) -> None:
     endpoint.refuse = True
     d = manager.whenFirstConnected(5.0)
     manager.start()
-    clock.advance(2.0)  # attempt 2 at 2 s; the next would be at 6 s, past the wait
+    clock.advance(2.0)  # attempt 2 at 2 s; the back-off's next, at 6 s, is made at 5 s
+    assert not d.called
+    clock.advance(3.0)
     err = failure_of(d).value
     assert isinstance(err, SFTPNotConnected)
     assert str(err).startswith("cannot reach srv:22: ") and str(err).endswith("(tried for 5s)")
-    assert endpoint.attempts == 2
+    assert endpoint.attempts == 3
     manager.stop()

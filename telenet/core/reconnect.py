@@ -139,8 +139,9 @@ class Reconnector(Generic[T]):
         """
         The connection, now or once made (a wait before ``start`` waits for it); with
         ``fail_after``, fails with ``GaveUp`` after that many more failed attempts; with
-        ``until`` (the clock's seconds), at the first failed attempt whose retry would come
-        later than that (an attempt under way at ``until`` is waited for). Cancelling the wait
+        ``until`` (the clock's seconds), at the first attempt that fails at or after that time (a
+        retry the back-off would make later is made at ``until``; an attempt under way then is
+        waited for). Cancelling the wait
         leaves the trying alone.
         """
         if self.current is not None:
@@ -196,13 +197,17 @@ class Reconnector(Generic[T]):
             except Exception:
                 log.failure("A reconnect failure listener failed")
         still: list[_Waiter[T]] = []
-        retry_at = None if delay is None else self._clock.seconds() + delay
+        now = self._clock.seconds()
         for waiter, allowed, until in self._take_waiters():
-            late = until is not None and (retry_at is None or retry_at > until)
-            if late or (allowed is not None and allowed <= 1):
+            out_of_time = until is not None and (delay is None or now >= until)
+            if out_of_time or (allowed is not None and allowed <= 1):
                 waiter.errback(GaveUp(failure.getErrorMessage(), failure))
-            else:
-                still.append((waiter, None if allowed is None else allowed - 1, until))
+                continue
+            still.append((waiter, None if allowed is None else allowed - 1, until))
+            if until is not None and delay is not None and now + delay > until:
+                # The back-off would pass the deadline: the last try is at the deadline, so a
+                # waiter gets the whole time it asked for.
+                delay = until - now
         self._waiters = still + self._waiters
         # A listener may have stopped me (giving up).
         if self._running and delay is not None:
