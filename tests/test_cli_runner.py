@@ -210,20 +210,26 @@ def test_engage_mounts_remote_dirs_and_cleans_up(world: World) -> None:
     assert world.clock.now >= 0.3
 
 
+def record_volumes(world: World) -> dict[str, tuple[str, dict[str, str], dict[str, str]]]:
+    """The volumes ``world``'s Docker is asked to create from now on: (driver, options, labels)."""
+    created: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {}
+    original = world.docker.create_volume
+
+    def record(name: str, driver: str, options: dict[str, str], labels: dict[str, str]) -> None:
+        created[name] = (driver, options, labels)
+        original(name, driver, options, labels)
+
+    world.docker.create_volume = record  # type: ignore[method-assign]
+    return created
+
+
 def test_engage_volume_options(world: World) -> None:
     """
     Volume options: host (daemon's bridge address), bridge port, container, dir, ro, and the
     first connection's timeout (intercept.mountTimeout).
     """
     cli = FakeDockerCLI(world)
-    seen: dict[str, Any] = {}
-    original = world.docker.create_volume
-
-    def spy(name: str, driver: str, options: dict[str, str], labels: dict[str, str]) -> None:
-        seen[name] = (driver, options, labels)
-        original(name, driver, options, labels)
-
-    world.docker.create_volume = spy  # type: ignore[method-assign]
+    seen = record_volumes(world)
     runner(world, cli).engage(None, "10.96.0.20:8022", "echo", ["/secrets:ro"], ["local/busybox"])
     driver, options, labels = seen["echo-0"]
     assert driver == "telenet/telemount:latest"
@@ -244,39 +250,26 @@ def test_engage_gives_no_timeout_to_telepresences_go_plugin(world: World) -> Non
     not know) gets no timeout option; the agent probe still waits intercept.mountTimeout.
     """
     cli = FakeDockerCLI(world)
-    seen: dict[str, dict[str, str]] = {}
-    original = world.docker.create_volume
-
-    def spy(name: str, driver: str, options: dict[str, str], labels: dict[str, str]) -> None:
-        seen[name] = options
-        original(name, driver, options, labels)
-
-    world.docker.create_volume = spy  # type: ignore[method-assign]
+    created = record_volumes(world)
     world.docker.plugins["telenet/telemount:latest"]["Config"] = {
         "Description": "Docker volume plugin for Telepresence"
     }
     runner(world, cli).engage(None, "10.96.0.20:8022", "echo", ["/secrets:ro"], ["local/busybox"])
-    assert "timeout" not in seen["echo-0"]
-    assert seen["echo-0"]["dir"] == "/secrets"
+    options = created["echo-0"][1]
+    assert "timeout" not in options
+    assert options["dir"] == "/secrets"
 
 
 def test_engage_mount_options_go_to_every_volume(world: World) -> None:
     """--mount-opt uid/gid/umask reach each telemount volume the engagement creates."""
     cli = FakeDockerCLI(world)
-    seen: dict[str, dict[str, str]] = {}
-    original = world.docker.create_volume
-
-    def spy(name: str, driver: str, options: dict[str, str], labels: dict[str, str]) -> None:
-        seen[name] = options
-        original(name, driver, options, labels)
-
-    world.docker.create_volume = spy  # type: ignore[method-assign]
+    created = record_volumes(world)
     opts = ["uid=1000", "gid=1000", "umask=022"]
     runner(world, cli).engage(
         None, "10.96.0.20:8022", "echo", ["/a", "/b:ro"], ["local/busybox"], mount_opts=opts
     )
-    assert sorted(seen) == ["echo-0", "echo-1"]
-    for options in seen.values():
+    assert sorted(created) == ["echo-0", "echo-1"]
+    for _, options, _ in created.values():
         assert (options["uid"], options["gid"], options["umask"]) == ("1000", "1000", "022")
 
 
