@@ -37,6 +37,7 @@ from twisted.internet.testing import StringTransport
 
 from telenet.core.aio import as_deferred
 from telenet.fuse.control import ControlProtocol, MountControl
+from telenet.fuse.dircache import MOST_TRUST
 from telenet.fuse.operations import SFTPOperations
 from telenet.fuse.prefetch import AHEAD_FILES
 from telenet.fuse.tuning import KERNEL_READAHEAD_KB, FuseFdWaiter, mount_dev
@@ -994,7 +995,7 @@ async def test_kernel_cache_is_kept_only_for_unchanged_files(world: World) -> No
     again = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
     assert (first.keep_cache, again.keep_cache) == (False, True)
     world.client.put(b"/exp/app/data/hello", b"changed on the server")
-    world.now += 5
+    world.now += MOST_TRUST + 1  # an hour-old file is trusted this long (dircache)
     await world.lookup_path(b"data", b"hello")
     changed = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
     assert changed.keep_cache is False

@@ -69,7 +69,11 @@ class DirectoriesMixin(InodeTable):
                 if vol.removed:
                     raise FUSEError(errno.ESTALE)
                 node = self._child(vol, self._join(dh.node, name))
-                entry = self._set_attrs(node, what)
+                if node.entry is not None and node.expires > self._now():
+                    # known since the listing was made, or changed here
+                    entry = self._cached(node.entry, node.expires)
+                else:
+                    entry = self._set_attrs(node, what, dh.taken)
             if not self._readdir_reply(token, name, entry, i + 1):
                 self._maybe_drop(node)
                 break
@@ -89,6 +93,14 @@ class DirectoriesMixin(InodeTable):
         dh.done = False
         if self._specials:
             entries.extend(self._specials.children(node.vol.vid, node.rel))
+        key = (node.vol.vid, node.rel)
+        kept = self._dircache.get(key, self._now())
+        if kept is not None:
+            dh.taken = kept.taken
+            entries.extend(kept.entries())
+            dh.done = True
+            return
+        dh.taken = taken = self._now()
         streamed = []
 
         def batch(names: list[NameEntry]) -> None:
@@ -105,6 +117,7 @@ class DirectoriesMixin(InodeTable):
                     entries.extend((e.filename, e.attrs) for e in names)
                 dh.done = True
                 self._remember_listing(node, entries)  # type: ignore[arg-type]
+                self._keep_listing(node, entries, taken)
                 dh.wake()
 
         def failed(failure: Failure) -> None:
@@ -118,6 +131,24 @@ class DirectoriesMixin(InodeTable):
         else:
             listing = client.listdir(node.remote)
         listing.addCallbacks(done, failed)
+
+    def _keep_listing(
+        self, node: Node, entries: list[tuple[bytes, Node | FileAttrs]], taken: float
+    ) -> None:
+        """Keep a complete listing as long as its directory's age says it may be trusted."""
+        if self._specials.children(node.vol.vid, node.rel):
+            return  # names only this mount has
+        listed = [(n, a) for n, a in entries if isinstance(a, FileAttrs)]
+        # Its age: from the listing's own "." if the server gives one, else from what we
+        # knew of the directory when the listing was asked for.
+        own = next((a for n, a in listed if n == b"."), None)
+        if own is None or own.mtime is None:
+            if node.attrs is None or node.expires < taken:
+                return
+            own = node.attrs
+        until = taken + self._trust(own)
+        if until > self._now():
+            self._dircache.put((node.vol.vid, node.rel), listed, taken, until)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)

@@ -93,7 +93,7 @@ class FilesMixin(InodeTable):
                 ahead.discard()
             # The kernel leaves O_TRUNC to us (atomic_o_trunc): truncate while opening.
             handle = await wait(client.open(node.remote, sflags | ft.FXF_TRUNC))
-            node.expires = 0.0
+            self._stale(node)
             for other in node.handles:
                 if other.reader is not None:
                     other.reader.reset()
@@ -266,7 +266,7 @@ class FilesMixin(InodeTable):
         node = self._child(parent.vol, rel)
         entry = self._set_attrs(node, attrs)
         node.lookups += 1
-        parent.expires = 0.0
+        self._stale(parent)
         h = self._register(node, sflags, client, handle)
         h.wrote = True
         return FileInfo(fh=h.fh), entry
@@ -334,7 +334,7 @@ class FilesMixin(InodeTable):
             if writer is None:
                 raise FUSEError(errno.EBADF)
             node = h.node
-            node.expires = 0.0
+            self._stale(node)
             if self._ahead:
                 self._drop_ahead(node.vol.vid, node.rel)
             h.wrote = True
@@ -362,7 +362,7 @@ class FilesMixin(InodeTable):
         if h.writer is not None:
             await wait(h.writer.flush())
             if h.wrote:
-                h.node.expires = 0.0
+                self._stale(h.node)
 
     @fuse_op()
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -390,6 +390,6 @@ class FilesMixin(InodeTable):
                     )
                 )
             if h.wrote:
-                node.expires = 0.0
+                self._stale(node)
             if node.lookups <= 0:
                 self._maybe_drop(node)

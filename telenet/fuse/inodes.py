@@ -23,6 +23,7 @@ from pyfuse3 import EntryAttributes, FUSEError
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 
+from telenet.fuse.dircache import MOST_TRUST, DirCache, Snapshot, trust_for
 from telenet.fuse.nodes import (
     ROOT_INODE,
     ConnectionSource,
@@ -72,24 +73,30 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         source: ConnectionSource,
         *,
         now: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         invalidate: Callable[[int, bytes], None] = _invalidate_entry,
         store: Callable[[int, int, Any], None] | None = None,
         readdir_reply: Callable[[Any, bytes, EntryAttributes, int], bool] = pyfuse3.readdir_reply,
         entry_timeout: float = ENTRY_TIMEOUT,
         attr_timeout: float = ATTR_TIMEOUT,
         negative_timeout: float = NEGATIVE_TIMEOUT,
+        most_trust: float = MOST_TRUST,
         readahead: int = READAHEAD_WINDOW,
         write_behind: int = WRITE_BEHIND,
     ) -> None:
         super().__init__()
         self._source = source
         self._now = now
+        self._wall = wall
         self._invalidate = invalidate
         self._store = store
         self._readdir_reply = readdir_reply
         self.entry_timeout = entry_timeout
         self.attr_timeout = attr_timeout
         self.negative_timeout = negative_timeout
+        self.most_trust = most_trust
+        # Complete listings, trusted as long as their directory's age allows (dircache).
+        self._dircache = DirCache()
         self._readahead = readahead
         self._write_behind = write_behind
         self.volumes: dict[str, MountedVolume] = {}
@@ -153,6 +160,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     def _detach(self, vol: MountedVolume, rel: bytes) -> None:
         """The remote path ``rel`` is gone (and anything under it)."""
         self._drop_ahead(vol.vid, rel, under=True)
+        self._dircache.drop(vol.vid, _dir_of(rel))
+        self._dircache.drop(vol.vid, rel, under=True)
         if self._specials:
             self._specials.drop(vol.vid, rel)
         node = self._by_key.pop((vol.vid, rel), None)
@@ -169,6 +178,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         """The remote path ``old`` is now ``new`` (and so is everything under it)."""
         self._detach(vol, new)
         self._drop_ahead(vol.vid, old, under=True)
+        self._dircache.drop(vol.vid, _dir_of(old))
+        self._dircache.drop(vol.vid, old, under=True)
         if self._specials:
             self._specials.move(vol.vid, old, new)
         node = self._by_key.pop((vol.vid, old), None)
@@ -245,6 +256,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     def _drop_volume(self, vol: MountedVolume) -> None:
         vol.removed = True
         self._specials.drop_volume(vol.vid)
+        self._dircache.drop_volume(vol.vid)
         for key in [k for k in self._ahead if k[0] == vol.vid]:
             self._take_ahead(key).discard()  # type: ignore[union-attr]
         del self.volumes[vol.name]
@@ -259,11 +271,25 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
 
     # -- attributes ----------------------------------------------------------------------------
 
-    def _set_attrs(self, node: Node, a: FileAttrs) -> EntryAttributes:
+    def _trust(self, a: FileAttrs) -> float:
+        """Seconds to trust ``a`` from when the server said it (see telenet.fuse.dircache)."""
+        return trust_for(a.mtime, self._wall(), self.attr_timeout, self.most_trust)
+
+    def _set_attrs(self, node: Node, a: FileAttrs, taken: float | None = None) -> EntryAttributes:
+        """
+        Record ``a`` as ``node``'s attributes, as the server gave them at ``taken`` (now, by
+        default; earlier for a listing kept a while), and the entry the kernel is told.
+        """
+        now = self._now()
+        trust = self._trust(a)
+        expires = (now if taken is None else taken) + trust
         e = EntryAttributes()
         e.st_ino = node.ino
-        e.entry_timeout = self.entry_timeout
-        e.attr_timeout = self.attr_timeout
+        if taken is None and trust <= self.attr_timeout:
+            e.entry_timeout = self.entry_timeout
+            e.attr_timeout = self.attr_timeout
+        else:  # the kernel keeps it as long as we do
+            e.entry_timeout = e.attr_timeout = max(0.0, expires - now)
         uid, gid, mode = node.vol.owner.shown(a, stat.S_IFREG | 0o644)
         if node.vol.ro:
             mode &= ~0o222
@@ -292,10 +318,43 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
                     h.reader.reset(a.size)
         node.entry = e
         node.attrs = a
-        node.expires = self._now() + self.attr_timeout
+        node.expires = expires
         return e
 
-    def _negative(self) -> EntryAttributes:
+    def _cached(self, e: EntryAttributes, expires: float) -> EntryAttributes:
+        """A kept entry, the kernel told only the time it has left (not its whole time again)."""
+        left = max(0.0, expires - self._now())
+        if e.attr_timeout > left:
+            e.attr_timeout = e.entry_timeout = left
+        return e
+
+    def _stale(self, *nodes: Node) -> None:
+        """This mount changed ``nodes``: what is known of them is to be asked for again."""
+        for node in nodes:
+            node.expires = 0.0
+            self._dircache.drop(node.vol.vid, node.rel)
+            self._dircache.drop(node.vol.vid, _dir_of(node.rel))
+
+    def _listed(self, vid: int, rel: bytes) -> tuple[FileAttrs | None, Snapshot] | None:
+        """
+        What the listing of ``rel``'s directory says of it, if that listing is trusted: its
+        attributes (None: no such name) and the listing. None if the server is to be asked
+        (no listing, or attributes too old for this name's own age).
+        """
+        if not rel:
+            return None
+        now = self._now()
+        snapshot = self._dircache.get((vid, _dir_of(rel)), now)
+        if snapshot is None:
+            return None
+        attrs = snapshot.attrs.get(rel.rpartition(b"/")[2])
+        if attrs is None:
+            return None, snapshot
+        if snapshot.taken + self._trust(attrs) <= now:
+            return None
+        return attrs, snapshot
+
+    def _negative(self, until: float | None = None) -> EntryAttributes:
         """
         "No such name", for the kernel to keep a moment (inode 0 makes a negative dentry):
         tools that probe many paths ask once. Creating the name through this mount replaces
@@ -304,6 +363,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         e = EntryAttributes()
         e.st_ino = 0
         e.entry_timeout = self.negative_timeout
+        if until is not None:  # from a listing trusted until then
+            e.entry_timeout = max(self.negative_timeout, until - self._now())
         return e
 
     def _root_entry(self) -> EntryAttributes:
@@ -327,13 +388,16 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
 
     async def _fresh(self, node: Node) -> EntryAttributes:
         if node.expires > self._now() and node.entry is not None:
-            return node.entry
+            return self._cached(node.entry, node.expires)
         if node.detached and node.entry is not None:
             return node.entry
         if self._specials:
             special = self._specials.get(node.vol.vid, node.rel)
             if special is not None:
                 return self._set_attrs(node, special.attrs)
+        listed = None if node.handles else self._listed(node.vol.vid, node.rel)
+        if listed is not None and listed[0] is not None:
+            return self._set_attrs(node, listed[0], listed[1].taken)
         for h in list(node.handles):
             # Let write-behind land first, or the server reports a size that is too small.
             if h.writer is not None and h.writer.inFlight:
@@ -362,3 +426,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     @staticmethod
     def _join(parent: Node, name: bytes) -> bytes:
         return parent.rel + b"/" + name if parent.rel else name
+
+
+def _dir_of(rel: bytes) -> bytes:
+    """The directory holding ``rel`` (``b""``: the volume's root)."""
+    return rel.rpartition(b"/")[0]

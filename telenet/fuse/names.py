@@ -66,11 +66,22 @@ class NamesMixin(InodeTable):
         node = self._by_key.get((vol.vid, rel))
         if node is not None and node.entry is not None and node.expires > self._now():
             node.lookups += 1
-            return node.entry
+            return self._cached(node.entry, node.expires)
         special = self._specials.get(vol.vid, rel) if self._specials else None
         if special is not None:
             node = self._child(vol, rel)
             entry = self._set_attrs(node, special.attrs)
+            node.lookups += 1
+            return entry
+        listed = self._listed(vol.vid, rel)
+        if listed is not None and (node is None or not node.handles):
+            attrs, snapshot = listed
+            if attrs is None:
+                if self.negative_timeout <= 0:
+                    raise FUSEError(errno.ENOENT)
+                return self._negative(snapshot.until)
+            node = self._child(vol, rel)
+            entry = self._set_attrs(node, attrs, snapshot.taken)
             node.lookups += 1
             return entry
         try:
@@ -110,6 +121,7 @@ class NamesMixin(InodeTable):
         node = self._node(inode)
         self._writable(node)
         self._drop_ahead(node.vol.vid, node.rel)
+        self._stale(node)
         for h in list(node.handles):
             if h.writer is not None:  # earlier writes go first, e.g. before a truncate
                 await wait(h.writer.flush())
@@ -156,7 +168,7 @@ class NamesMixin(InodeTable):
         if any(v is not None for v in (size, uid, gid, perms, atime, mtime)):
             changes.append(setstat(path, FileAttrs(size, uid, gid, perms, atime, mtime)))
         fresh = client.lstat(path) if node is not node.vol.root else client.stat(path)
-        node.expires = 0.0
+        self._stale(node)
         if size is not None:
             for h in node.handles:
                 if h.reader is not None:
@@ -233,7 +245,7 @@ class NamesMixin(InodeTable):
         node = self._child(vol, rel)
         entry = self._set_attrs(node, attrs)
         node.lookups += 1
-        parent.expires = 0.0
+        self._stale(parent)
         return entry
 
     @fuse_op(errno.EEXIST)
@@ -259,11 +271,11 @@ class NamesMixin(InodeTable):
             self._specials.add(parent.vol.vid, rel, special)
             linked = self._child(parent.vol, rel)
             linked.lookups += 1
-            node.expires = parent.expires = 0.0
+            self._stale(node, parent)
             return self._set_attrs(linked, special.attrs)
         old = node.remote
         entry = await self._make(parent, new_name, lambda c, p: c.hardlink(old, p))
-        node.expires = 0.0
+        self._stale(node)
         return entry
 
     async def _make(
@@ -290,7 +302,7 @@ class NamesMixin(InodeTable):
         node = self._child(parent.vol, rel)
         entry = self._set_attrs(node, attrs)
         node.lookups += 1
-        parent.expires = 0.0
+        self._stale(parent)
         return entry
 
     @fuse_op()
@@ -300,7 +312,7 @@ class NamesMixin(InodeTable):
         if not self._specials or self._specials.get(parent.vol.vid, rel) is None:
             await wait(self._client().remove(parent.vol.remote(rel)))
         self._detach(parent.vol, rel)
-        parent.expires = 0.0
+        self._stale(parent)
 
     @fuse_op(errno.ENOTEMPTY)
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
@@ -310,7 +322,7 @@ class NamesMixin(InodeTable):
             raise FUSEError(errno.ENOTEMPTY)  # the server's side of it may be empty
         await wait(self._client().rmdir(parent.vol.remote(rel)))
         self._detach(parent.vol, rel)
-        parent.expires = 0.0
+        self._stale(parent)
 
     @fuse_op()
     async def rename(
@@ -340,7 +352,7 @@ class NamesMixin(InodeTable):
             await self._rename_specials(vol, old, new, overwrite)
             if self._specials.get(vol.vid, old) is not None:
                 self._move(vol, old, new)  # only the mount knew it: done
-                old_parent.expires = new_parent.expires = 0.0
+                self._stale(old_parent, new_parent)
                 return
         try:
             await wait(client.rename(vol.remote(old), vol.remote(new), overwrite=overwrite))
@@ -353,7 +365,7 @@ class NamesMixin(InodeTable):
                 code = errno.ENOTEMPTY
             raise FUSEError(code) from None
         self._move(vol, old, new)
-        old_parent.expires = new_parent.expires = 0.0
+        self._stale(old_parent, new_parent)
 
     def _is_dir(self, vol: MountedVolume, rel: bytes) -> bool:
         """Whether ``rel`` was last seen as a directory (the kernel looks a target up first)."""

@@ -124,10 +124,11 @@ class FileHandle:
 
 
 class DirHandle:
-    __slots__ = ("node", "entries", "done", "error", "waiter")
+    __slots__ = ("node", "entries", "done", "error", "waiter", "taken")
 
     def __init__(self, node: Node | None) -> None:
         self.node = node  # None for the mount root
+        self.taken = 0.0  # when the listing was asked of the server (monotonic)
         # The listing so far: it grows as the server's batches arrive, until ``done``.
         self.entries: list[tuple[bytes, Node | FileAttrs]] | None = None
         self.done = False
