@@ -202,7 +202,10 @@ async def test_paths_map_into_the_volume_only(world: World) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_inodes_are_stable_and_forgotten(world: World) -> None:
-    """The same path keeps its inode while looked up; forget empties the table."""
+    """
+    The same path keeps its inode number, also once forgotten (git's index keys on it) and
+    in another helper; forget empties the table. Two names never share a live number.
+    """
     await aio(world.setup())
     start = world.fs.node_count
     a = await world.lookup_path(b"data", b"hello")
@@ -215,7 +218,15 @@ async def test_inodes_are_stable_and_forgotten(world: World) -> None:
     await aio(world.fs.forget([(a.st_ino, 1)]))
     assert world.fs.node_count == start
     c = await world.lookup_path(b"data", b"hello")
-    assert c.st_ino != a.st_ino  # a new inode once forgotten
+    assert c.st_ino == a.st_ino
+    other = World()
+    await aio(other.setup())
+    assert (await other.lookup_path(b"data", b"hello")).st_ino == a.st_ino
+    assert (await other.lookup_path(b"data", b"sub")).st_ino != a.st_ino
+    # A clash with a live inode (forced here) takes the next free number.
+    vol = world.fs.volumes["data"]
+    clash = world.fs._free_ino(vol, b"hello")
+    assert clash == a.st_ino + 1 and 1 < clash < 1 << 48
 
 
 @pytest_twisted.ensureDeferred

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import hashlib
 import os
 import stat
 import time
@@ -103,7 +104,6 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self._by_bname: dict[bytes, MountedVolume] = {}
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[int, bytes], Node] = {}
-        self._next_ino = ROOT_INODE + 1
         self._next_vid = 1
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
@@ -142,11 +142,25 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     def _child(self, vol: MountedVolume, rel: bytes) -> Node:
         node = self._by_key.get((vol.vid, rel))
         if node is None:
-            node = Node(self._next_ino, vol, rel)
-            self._next_ino += 1
+            node = Node(self._free_ino(vol, rel), vol, rel)
             self._nodes[node.ino] = node
             self._by_key[(vol.vid, rel)] = node
         return node
+
+    def _free_ino(self, vol: MountedVolume, rel: bytes) -> int:
+        """
+        The inode number of ``rel`` in ``vol``: the same whenever the kernel asks again
+        (after it forgot the name, after a remount), as a disk's are, so that what keys on
+        them stays valid (git's index holds each file's inode and re-reads every file whose
+        number changed). Derived from the volume's name and the path; on the rare clash
+        with a live inode, the next free number.
+        """
+        digest = hashlib.blake2b(vol.bname + b"\0" + rel, digest_size=8).digest()
+        # 48 bits: exact in programs that hold numbers as doubles (JavaScript's stat).
+        ino = int.from_bytes(digest, "big") >> 16
+        while ino in self._nodes or ino <= ROOT_INODE:
+            ino = ino + 1 if ino < (1 << 48) - 1 else ROOT_INODE + 1
+        return ino
 
     def _maybe_drop(self, node: Node) -> None:
         if node.lookups > 0 or node.handles:
