@@ -9,14 +9,20 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 import pytest_twisted
 from pyfuse3 import ROOT_INODE
 
 from telenet.fuse.dircache import MOST_TRUST, DirCache, trust_for
 from telenet.sftp.codec import FileAttrs
-from tests.test_sftpfs import World, aio, world  # noqa: F401 (the fixture)
+from tests.test_sftpfs import World, aio
 
 HOUR_AGO = int(time.time()) - 3600
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
 
 
 def test_trust_is_a_tenth_of_the_age_between_the_bounds() -> None:
@@ -158,3 +164,29 @@ async def test_the_mount_root_and_volume_removal(world: World) -> None:
     world.fs.remove_volume("data")
     assert len(world.fs._dircache) == 0
     assert sorted(await world.readdir(ROOT_INODE)) == [b"secrets"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_whose_pages_the_kernel_keeps_is_opened_only_when_read(world: World) -> None:
+    """
+    Re-opening an unchanged old file asks the server nothing (the kernel serves its pages,
+    as grep's second pass over a tree wants); a READ, if the kernel lost the pages, opens it
+    then; closing a handle never opened sends no CLOSE.
+    """
+    world.fs._store = None
+    await aio(world.setup())
+    age(world, b"/exp/app/data/hello")
+    entry = await world.lookup_path(b"data", b"hello")
+    first = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    await aio(world.fs.release(first.fh))
+    world.client.calls.clear()
+    again = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert again.keep_cache is True
+    await aio(world.fs.flush(again.fh))
+    await aio(world.fs.fsync(again.fh, False))
+    await aio(world.fs.release(again.fh))
+    assert world.client.calls == []
+    third = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert bytes(await aio(world.fs.read(third.fh, 0, 5))) == b"hello"
+    await aio(world.fs.release(third.fh))
+    assert [c[0] for c in world.client.calls if c[0] in ("open", "close")] == ["open", "close"]

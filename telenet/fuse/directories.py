@@ -99,6 +99,7 @@ class DirectoriesMixin(InodeTable):
             dh.taken = kept.taken
             entries.extend(kept.entries())
             dh.done = True
+            self._remember_listing(node, entries)  # type: ignore[arg-type]
             return
         dh.taken = taken = self._now()
         streamed = []

@@ -101,6 +101,12 @@ class FilesMixin(InodeTable):
             h.wrote = True
             return FileInfo(fh=h.fh)
         keep = self._keep_cache(node)
+        if keep and sflags == ft.FXF_READ and ahead is None:
+            # The kernel has its pages: no OPEN until it asks for one (if memory took them).
+            if node.attrs is not None and (node.attrs.size or 0) <= PREFETCH_MAX:
+                self._walk(node, client)
+            h = self._register(node, sflags, client, b"")
+            return FileInfo(fh=h.fh, keep_cache=True)
         size = node.attrs.size if node.attrs is not None else None
         # Small files are walked (fetched ahead) even when the kernel may keep its pages:
         # those may be gone (memory pressure, drop_caches), and a fetched file costs no wait.
@@ -272,8 +278,11 @@ class FilesMixin(InodeTable):
         return FileInfo(fh=h.fh), entry
 
     async def _ready(self, h: FileHandle) -> None:
-        """Make sure ``h`` is open on the live connection (reopening after a reconnect)."""
-        while h.client is not self._source.current() or not h.client.alive:
+        """
+        Make sure ``h`` is open on the live connection (reopening after a reconnect, or
+        opening at last a handle whose pages the kernel was to have).
+        """
+        while not h.handle or h.client is not self._source.current() or not h.client.alive:
             if h.reopening is None:
                 h.reopening = asyncio.ensure_future(self._reopen(h))
             try:
@@ -288,7 +297,8 @@ class FilesMixin(InodeTable):
             # Writes the old connection never confirmed are lost: say so from now on.
             h.error = errno.EIO
         handle = await wait(client.open(h.node.remote, h.flags))
-        log.info("reopened {path} after a reconnect", path=h.node.remote)
+        if h.handle:
+            log.info("reopened {path} after a reconnect", path=h.node.remote)
         h.client = client
         h.handle = handle
         h.reader = None  # made again at the next READ, on the new handle
@@ -306,7 +316,7 @@ class FilesMixin(InodeTable):
         h = self._file(fh)
         try:
             client = h.client
-            if not client.alive or client is not self._source.current():
+            if not h.handle or not client.alive or client is not self._source.current():
                 await self._ready(h)
             reader = h.reader
             if reader is None:
@@ -382,7 +392,7 @@ class FilesMixin(InodeTable):
         try:
             await self._drain(h)
         finally:
-            if h.client.alive:
+            if h.client.alive and h.handle:
                 # A reader's CLOSE can wait to go out with the next request (or a moment).
                 h.client.close(h.handle, soon=h.writer is None).addErrback(
                     lambda f: log.warn(

@@ -182,6 +182,12 @@ class PrefetchMixin:
             other = self._by_key.get(key)
             if key in self._ahead or (other is not None and other.handles):
                 continue
+            if (
+                other is not None
+                and other.opened == (attrs.mtime, size)
+                and other.expires > self._now()
+            ):
+                continue  # its open keeps the kernel's pages of it (files._keep_cache)
             while self._ahead and (
                 len(self._ahead) >= AHEAD_TOTAL or self._ahead_bytes + size > AHEAD_BYTES
             ):
