@@ -6,15 +6,20 @@ that long, so that a stat storm over an old tree asks the server nothing twice.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from typing import Any
 
 import pytest
 import pytest_twisted
 from pyfuse3 import ROOT_INODE
+from twisted.conch.ssh import filetransfer as ft
+from twisted.internet import defer
 
 from telenet.fuse.dircache import MOST_TRUST, DirCache, trust_for
 from telenet.sftp.codec import FileAttrs
+from telenet.sftp.errors import SFTPStatusError
 from tests.test_sftpfs import World, aio
 
 HOUR_AGO = int(time.time()) - 3600
@@ -190,3 +195,88 @@ async def test_a_file_whose_pages_the_kernel_keeps_is_opened_only_when_read(worl
     assert bytes(await aio(world.fs.read(third.fh, 0, 5))) == b"hello"
     await aio(world.fs.release(third.fh))
     assert [c[0] for c in world.client.calls if c[0] in ("open", "close")] == ["open", "close"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_looked_up_one_after_another_list_their_directory(world: World) -> None:
+    """
+    The second name missed in a directory within a second lists it: the lookups still to
+    come there (and the misses) are answered from the listing, as a stat storm wants.
+    """
+    await aio(world.setup())
+    for i in range(6):
+        world.client.put(f"/exp/app/data/sub/f{i}".encode(), b"x")
+    vol = await world.lookup_path(b"data")
+    sub = await aio(world.fs.lookup(vol.st_ino, b"sub", None))
+    world.client.calls.clear()
+    for i in range(6):
+        assert (await aio(world.fs.lookup(sub.st_ino, f"f{i}".encode(), None))).st_ino > 1
+    assert (await aio(world.fs.lookup(sub.st_ino, b"missing", None))).st_ino == 0
+    asked = [c[0] for c in world.client.calls]
+    assert asked == ["lstat", "listdir"], asked
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_directory_too_big_to_keep_is_not_listed_for_lookups_again(world: World) -> None:
+    await aio(world.setup())
+    world.fs._dircache.max_entries = 8  # keeps listings of 2 names at most
+    for i in range(6):
+        world.client.put(f"/exp/app/data/sub/f{i}".encode(), b"x")
+    vol = await world.lookup_path(b"data")
+    sub = await aio(world.fs.lookup(vol.st_ino, b"sub", None))
+    world.client.calls.clear()
+    for i in range(6):
+        await aio(world.fs.lookup(sub.st_ino, f"f{i}".encode(), None))
+    asked = [c[0] for c in world.client.calls]
+    assert asked.count("listdir") == 1 and asked.count("lstat") == 6, asked
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listing_that_fails_leaves_the_lookup_to_the_server(world: World) -> None:
+    await aio(world.setup())
+    vol = await world.lookup_path(b"data")
+    sub = await aio(world.fs.lookup(vol.st_ino, b"sub", None))
+    refused = SFTPStatusError(ft.FX_PERMISSION_DENIED, "execute-only directory")
+    world.client.listdir = lambda path, onBatch=None: defer.fail(refused)  # type: ignore[method-assign]
+    world.client.calls.clear()
+    await aio(world.fs.lookup(sub.st_ino, b"deep", None))
+    world.now += 5
+    deep = await aio(world.fs.lookup(sub.st_ino, b"deep", None))
+    assert deep.st_ino > 1
+    assert [c[0] for c in world.client.calls] == ["lstat", "lstat"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookups_wait_for_a_listing_on_its_way(world: World) -> None:
+    """Lookups arriving while their directory is being listed wait for it, then use it."""
+    await aio(world.setup())
+    for i in range(4):
+        world.client.put(f"/exp/app/data/sub/f{i}".encode(), b"x")
+    vol = await world.lookup_path(b"data")
+    sub = await aio(world.fs.lookup(vol.st_ino, b"sub", None))
+    answer = world.client.listdir
+    held: list[tuple[defer.Deferred[Any], bytes]] = []
+
+    def later(path: bytes, onBatch: Any = None) -> defer.Deferred[Any]:
+        held.append((defer.Deferred(), path))
+        return held[-1][0]
+
+    world.client.listdir = later  # type: ignore[method-assign]
+    await aio(world.fs.lookup(sub.st_ino, b"f0", None))
+    world.client.calls.clear()
+
+    async def scenario() -> list[Any]:  # on the handlers' loop, as pyfuse3 runs them
+        lookups = [
+            asyncio.ensure_future(world.fs.lookup(sub.st_ino, f"f{i}".encode(), None))
+            for i in (1, 2, 3)
+        ]
+        for _ in range(5):
+            await asyncio.sleep(0)  # the listing's task starts
+        assert len(held) == 1 and not any(t.done() for t in lookups)
+        d, path = held[0]
+        answer(path).addCallback(d.callback)
+        return list(await asyncio.gather(*lookups))
+
+    entries = await aio(scenario())
+    assert all(e.st_ino > 1 for e in entries)
+    assert world.client.calls == [("listdir", b"/exp/app/data/sub")]

@@ -42,9 +42,12 @@ def trust_for(mtime: int | None, wall_now: float, least: float, most: float) -> 
 class Snapshot:
     """A directory as one complete listing showed it, trusted until ``until`` (monotonic)."""
 
-    __slots__ = ("names", "attrs", "taken", "until")
+    __slots__ = ("key", "names", "attrs", "taken", "until")
 
-    def __init__(self, entries: list[tuple[bytes, FileAttrs]], taken: float, until: float):
+    def __init__(
+        self, key: Key, entries: list[tuple[bytes, FileAttrs]], taken: float, until: float
+    ) -> None:
+        self.key = key
         self.names = [name for name, _ in entries]
         self.attrs = dict(entries)
         self.taken = taken  # when the listing was asked for: what it says is at least this old
@@ -82,7 +85,7 @@ class DirCache:
         self._pop(key)
         if len(entries) > self.max_entries // 4:
             return  # a huge directory would push out everything else: listed each time
-        self._held[key] = Snapshot(entries, taken, until)
+        self._held[key] = Snapshot(key, entries, taken, until)
         self._count += len(entries)
         while self._count > self.max_entries:
             self._pop(next(iter(self._held)))

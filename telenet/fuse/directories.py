@@ -15,7 +15,7 @@ from pyfuse3 import FUSEError
 from twisted.python.failure import Failure
 
 from telenet.fuse.errors import fuse_op
-from telenet.fuse.inodes import InodeTable
+from telenet.fuse.listings import ListingsMixin
 from telenet.fuse.nodes import ROOT_INODE, DirHandle, Node
 from telenet.fuse.resume import Resume, running_loop
 from telenet.sftp.codec import FileAttrs, NameEntry
@@ -26,7 +26,7 @@ __all__ = ["READDIR_REPLY", "DirectoriesMixin"]
 READDIR_REPLY = 384
 
 
-class DirectoriesMixin(InodeTable):
+class DirectoriesMixin(ListingsMixin):
     """
     Directory operations. Relies on ``InodeTable`` (``_dirs``, ``_next_fh``, ``volumes``,
     the table, ``_set_attrs``, ``_readdir_reply``) and ``PrefetchMixin._remember_listing``.
@@ -132,24 +132,6 @@ class DirectoriesMixin(InodeTable):
         else:
             listing = client.listdir(node.remote)
         listing.addCallbacks(done, failed)
-
-    def _keep_listing(
-        self, node: Node, entries: list[tuple[bytes, Node | FileAttrs]], taken: float
-    ) -> None:
-        """Keep a complete listing as long as its directory's age says it may be trusted."""
-        if self._specials.children(node.vol.vid, node.rel):
-            return  # names only this mount has
-        listed = [(n, a) for n, a in entries if isinstance(a, FileAttrs)]
-        # Its age: from the listing's own "." if the server gives one, else from what we
-        # knew of the directory when the listing was asked for.
-        own = next((a for n, a in listed if n == b"."), None)
-        if own is None or own.mtime is None:
-            if node.attrs is None or node.expires < taken:
-                return
-            own = node.attrs
-        until = taken + self._trust(own)
-        if until > self._now():
-            self._dircache.put((node.vol.vid, node.rel), listed, taken, until)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)

@@ -96,8 +96,11 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self.negative_timeout = negative_timeout
         self.most_trust = most_trust
-        # Complete listings, trusted as long as their directory's age allows (dircache).
+        # Complete listings, trusted as long as their directory's age allows (dircache),
+        # and what lists a directory whose names are being looked up (listings).
         self._dircache = DirCache()
+        self._lookup_listings: dict[tuple[int, bytes], asyncio.Future[None]] = {}
+        self._misses: dict[tuple[int, bytes], float] = {}
         self._readahead = readahead
         self._write_behind = write_behind
         self.volumes: dict[str, MountedVolume] = {}

@@ -20,7 +20,7 @@ from twisted.conch.ssh import filetransfer as ft
 from twisted.internet.defer import Deferred
 
 from telenet.fuse.errors import fuse_op
-from telenet.fuse.inodes import InodeTable
+from telenet.fuse.listings import ListingsMixin
 from telenet.fuse.nodes import ROOT_INODE, MountedVolume, Node
 from telenet.fuse.owners import check_name, new_owner, owner_change
 from telenet.fuse.resume import both, wait
@@ -32,7 +32,7 @@ from telenet.sftp.errors import SFTPStatusError
 __all__ = ["NamesMixin"]
 
 
-class NamesMixin(InodeTable):
+class NamesMixin(ListingsMixin):
     """
     Name operations: lookup, forget, getattr, setattr, readlink, and the calls that make,
     remove or move names. Relies on ``InodeTable`` (the table, ``_fresh``, ``_set_attrs``,
@@ -74,6 +74,9 @@ class NamesMixin(InodeTable):
             node.lookups += 1
             return entry
         listed = self._listed(vol.vid, rel)
+        if listed is None and name not in (b".", b".."):
+            if await self._listing_for_lookup(parent) is not None:
+                listed = self._listed(vol.vid, rel)
         if listed is not None and (node is None or not node.handles):
             attrs, snapshot = listed
             if attrs is None:
