@@ -280,3 +280,25 @@ async def test_lookups_wait_for_a_listing_on_its_way(world: World) -> None:
     entries = await aio(scenario())
     assert all(e.st_ino > 1 for e in entries)
     assert world.client.calls == [("listdir", b"/exp/app/data/sub")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_through_one_volume_shows_at_once_in_another_of_the_same_place(
+    world: World,
+) -> None:
+    """A read-only and a writable volume of one directory: what one does, the other sees."""
+    await aio(world.setup())
+    assert await world.fs.add_volume("view", "/exp/app/data", True) is None
+    age(world, b"/exp/app/data", b"/exp/app/data/hello", b"/exp/app/data/sub")
+    rw = await world.lookup_path(b"data")
+    ro = await world.lookup_path(b"view")
+    world.now += MOST_TRUST + 1
+    for vol in (rw, ro):
+        await aio(world.fs.getattr(vol.st_ino, None))
+        await world.readdir(vol.st_ino)
+    assert (await aio(world.fs.lookup(ro.st_ino, b"yes", None))).st_ino == 0  # kept: absent
+    made = await aio(world.fs.create(rw.st_ino, b"yes", 0o644, os.O_WRONLY, None))
+    await aio(world.fs.release(made[0].fh))
+    assert (ro.st_ino, b"yes") in world.invalidated  # the kernel forgets "no such name"
+    assert (await aio(world.fs.lookup(ro.st_ino, b"yes", None))).st_ino > 1
+    assert b"yes" in await world.readdir(ro.st_ino)

@@ -179,6 +179,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self._drop_ahead(vol.vid, rel, under=True)
         self._dircache.drop(vol.vid, _dir_of(rel))
         self._dircache.drop(vol.vid, rel, under=True)
+        self._changed_elsewhere(vol, rel, under=True)
         if self._specials:
             self._specials.drop(vol.vid, rel)
         node = self._by_key.pop((vol.vid, rel), None)
@@ -197,6 +198,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self._drop_ahead(vol.vid, old, under=True)
         self._dircache.drop(vol.vid, _dir_of(old))
         self._dircache.drop(vol.vid, old, under=True)
+        self._changed_elsewhere(vol, old, under=True)
         if self._specials:
             self._specials.move(vol.vid, old, new)
         node = self._by_key.pop((vol.vid, old), None)
@@ -351,6 +353,37 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
             node.expires = 0.0
             self._dircache.drop(node.vol.vid, node.rel)
             self._dircache.drop(node.vol.vid, _dir_of(node.rel))
+            self._changed_elsewhere(node.vol, node.rel)
+
+    def _changed_elsewhere(self, vol: MountedVolume, rel: bytes, under: bool = False) -> None:
+        """
+        This mount changed ``rel`` of ``vol``: other volumes showing the same remote path
+        (a read-only and a writable view of one directory) forget what they knew of it, and
+        the kernel its name there, so that they show the change at once too.
+        """
+        if len(self.volumes) < 2:
+            return
+        remote = vol.remote(rel)
+        for other in self.volumes.values():
+            if other is vol:
+                continue
+            if remote == other.path:
+                alias = b""
+            elif remote.startswith(other.prefix + b"/"):
+                alias = remote[len(other.prefix) + 1 :]
+            else:
+                continue
+            self._dircache.drop(other.vid, _dir_of(alias))
+            self._dircache.drop(other.vid, alias, under=under)
+            node = self._by_key.get((other.vid, alias))
+            if node is not None:
+                node.expires = 0.0
+            parent = self._by_key.get((other.vid, _dir_of(alias))) if alias else None
+            if parent is not None:
+                try:
+                    self._invalidate(parent.ino, alias.rpartition(b"/")[2])
+                except Exception:
+                    log.failure("invalidating {path} failed", path=remote)
 
     def _listed(self, vid: int, rel: bytes) -> tuple[FileAttrs | None, Snapshot] | None:
         """
