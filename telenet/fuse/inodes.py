@@ -101,6 +101,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self._dircache = DirCache()
         self._lookup_listings: dict[tuple[int, bytes], asyncio.Future[None]] = {}
         self._misses: dict[tuple[int, bytes], float] = {}
+        self._written: dict[tuple[int, bytes], float] = {}  # when this mount last changed each
         self._readahead = readahead
         self._write_behind = write_behind
         self.volumes: dict[str, MountedVolume] = {}
@@ -353,6 +354,9 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
             node.expires = 0.0
             self._dircache.drop(node.vol.vid, node.rel)
             self._dircache.drop(node.vol.vid, _dir_of(node.rel))
+            self._written[(node.vol.vid, _dir_of(node.rel))] = self._now()
+            if len(self._written) > 1024:
+                self._written.pop(next(iter(self._written)))
             self._changed_elsewhere(node.vol, node.rel)
 
     def _changed_elsewhere(self, vol: MountedVolume, rel: bytes, under: bool = False) -> None:

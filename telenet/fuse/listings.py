@@ -56,6 +56,8 @@ class ListingsMixin(InodeTable):
         now = self._now()
         listing = self._lookup_listings.get(key)
         if listing is None:
+            if now - self._written.get(key, -LOOKUP_LISTING_AFTER) < LOOKUP_LISTING_AFTER:
+                return None  # this mount is filling it (an untar): each change drops a listing
             last = self._misses.pop(key, None)
             self._misses[key] = UNKEPT if last == UNKEPT else now
             if len(self._misses) > MISSES_KEPT:

@@ -124,7 +124,6 @@ class NamesMixin(ListingsMixin):
         node = self._node(inode)
         self._writable(node)
         self._drop_ahead(node.vol.vid, node.rel)
-        self._stale(node)
         for h in list(node.handles):
             if h.writer is not None:  # earlier writes go first, e.g. before a truncate
                 await wait(h.writer.flush())
