@@ -99,6 +99,7 @@ class FilesMixin(InodeTable):
                     other.reader.reset()
             h = self._register(node, sflags, client, handle)
             h.wrote = True
+            h.wrote_at = self._now()
             return FileInfo(fh=h.fh)
         keep = self._keep_cache(node)
         if keep and sflags == ft.FXF_READ and ahead is None:
@@ -265,16 +266,22 @@ class FilesMixin(InodeTable):
             if flags & os.O_EXCL or (e.code != ft.FX_FAILURE and e.errno != errno.EEXIST):
                 raise
             handle, attrs = await both(client.open(path, open_flags, perms), client.lstat(path))
+            made = False  # it was there: the directory did not change
         else:
             attrs = await self._settler.settle(
                 client, parent.vol.owner, parent.attrs, path, attrs, ctx, mode
             )
+            made = True
         node = self._child(parent.vol, rel)
         entry = self._set_attrs(node, attrs)
         node.lookups += 1
-        self._stale(parent)
+        if made:
+            self._grew(parent, attrs)
+        else:
+            self._stale(parent)
         h = self._register(node, sflags, client, handle)
         h.wrote = True
+        h.wrote_at = self._now()
         return FileInfo(fh=h.fh), entry
 
     async def _ready(self, h: FileHandle) -> None:
@@ -348,6 +355,7 @@ class FilesMixin(InodeTable):
             if self._ahead:
                 self._drop_ahead(node.vol.vid, node.rel)
             h.wrote = True
+            h.wrote_at = self._now()
             if len(node.handles) > 1:
                 for other in node.handles:
                     if other.reader is not None:
@@ -371,7 +379,7 @@ class FilesMixin(InodeTable):
             raise FUSEError(h.error)
         if h.writer is not None:
             await wait(h.writer.flush())
-            if h.wrote:
+            if h.wrote and h.node.fetched <= h.wrote_at:
                 self._stale(h.node)
 
     @fuse_op()
@@ -399,7 +407,7 @@ class FilesMixin(InodeTable):
                         "closing {path}: {error}", path=node.remote, error=f.getErrorMessage()
                     )
                 )
-            if h.wrote:
+            if h.wrote and node.fetched <= h.wrote_at:  # else fetched since the last write
                 self._stale(node)
             if node.lookups <= 0:
                 self._maybe_drop(node)

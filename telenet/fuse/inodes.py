@@ -339,6 +339,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         node.entry = e
         node.attrs = a
         node.expires = expires
+        node.fetched = now if taken is None else taken
         return e
 
     def _cached(self, e: EntryAttributes, expires: float) -> EntryAttributes:
@@ -358,6 +359,18 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
             if len(self._written) > 1024:
                 self._written.pop(next(iter(self._written)))
             self._changed_elsewhere(node.vol, node.rel)
+
+    def _grew(self, parent: Node, made: FileAttrs) -> None:
+        """
+        A name was made in ``parent`` through this mount: the server set the directory's
+        mtime then, to the new name's own (``made``, read back right after); the rest of
+        what we knew of it stands. The kernel, which checks the directory's permissions at
+        every create (``default_permissions``), then asks no round trip per file of an untar.
+        """
+        known = parent.attrs if parent.expires > self._now() else None
+        self._stale(parent)
+        if known is not None and made.mtime is not None:
+            self._set_attrs(parent, known._replace(mtime=made.mtime))
 
     def _changed_elsewhere(self, vol: MountedVolume, rel: bytes, under: bool = False) -> None:
         """

@@ -75,6 +75,7 @@ class Node:
         "handles",
         "opened",
         "detached",
+        "fetched",
     )
 
     def __init__(self, ino: int, vol: MountedVolume, rel: bytes) -> None:
@@ -88,6 +89,7 @@ class Node:
         self.handles: set[FileHandle] = set()
         self.opened: tuple[int | None, int | None] | None = None  # (mtime, size) at last open
         self.detached = False  # unlinked or renamed over: its path means something else now
+        self.fetched = 0.0  # when the server said ``attrs`` (monotonic)
 
     @property
     def remote(self) -> bytes:
@@ -108,6 +110,7 @@ class FileHandle:
         "error",
         "reopening",
         "wrote",
+        "wrote_at",
     )
 
     def __init__(self, fh: int, node: Node, flags: int, client: SFTPClient, handle: bytes):
@@ -121,6 +124,7 @@ class FileHandle:
         self.error: int | None = None  # sticky errno: writes were lost
         self.reopening: asyncio.Future[None] | None = None
         self.wrote = False
+        self.wrote_at = 0.0  # when it last changed the file (monotonic)
 
 
 class DirHandle:
