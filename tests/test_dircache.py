@@ -302,3 +302,36 @@ async def test_a_change_through_one_volume_shows_at_once_in_another_of_the_same_
     assert (ro.st_ino, b"yes") in world.invalidated  # the kernel forgets "no such name"
     assert (await aio(world.fs.lookup(ro.st_ino, b"yes", None))).st_ino > 1
     assert b"yes" in await world.readdir(ro.st_ino)
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_made_here_keep_the_listing_and_a_new_directory_is_known_empty(
+    world: World,
+) -> None:
+    """
+    An untar into a new directory: the directory made here is known empty, each file made
+    in it is added to its listing, so the lookups of the names still to come ask nothing;
+    a file changed here is asked again, the rest of the listing stays; a rename anywhere
+    shows at once.
+    """
+    await aio(world.setup())
+    vol = await world.lookup_path(b"data")
+    made = await aio(world.fs.mkdir(vol.st_ino, b"new", 0o755, None))
+    world.client.calls.clear()
+    assert (await aio(world.fs.lookup(made.st_ino, b"a", None))).st_ino == 0
+    fi, a = await aio(world.fs.create(made.st_ino, b"a", 0o644, os.O_WRONLY, None))
+    assert (await aio(world.fs.lookup(made.st_ino, b"b", None))).st_ino == 0
+    asked = [c for c in world.client.calls if c[0] in ("lstat", "listdir")]
+    assert asked == [("lstat", b"/exp/app/data/new/a")], asked  # the create's own read-back
+    await aio(world.fs.write(fi.fh, 0, b"changed"))
+    await aio(world.fs.release(fi.fh))
+    world.client.calls.clear()
+    assert (await aio(world.fs.lookup(made.st_ino, b"c", None))).st_ino == 0
+    assert world.client.calls == []
+    # readdir needs every name's attributes: "a" changed here, so the directory is listed.
+    assert await world.readdir(made.st_ino) == [b"a"]
+    assert ("listdir", b"/exp/app/data/new") in world.client.calls
+    await aio(world.fs.rename(made.st_ino, b"a", vol.st_ino, b"moved", 0, None))
+    assert (await aio(world.fs.lookup(made.st_ino, b"a", None))).st_ino == 0
+    assert (await aio(world.fs.lookup(vol.st_ino, b"moved", None))).st_ino > 1
+    assert await world.readdir(made.st_ino) == []

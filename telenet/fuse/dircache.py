@@ -49,12 +49,17 @@ class Snapshot:
     ) -> None:
         self.key = key
         self.names = [name for name, _ in entries]
-        self.attrs = dict(entries)
+        # None: the name is there, its attributes changed through this mount since.
+        self.attrs: dict[bytes, FileAttrs | None] = dict(entries)
         self.taken = taken  # when the listing was asked for: what it says is at least this old
         self.until = until
 
-    def entries(self) -> list[tuple[bytes, FileAttrs]]:
-        return [(name, self.attrs[name]) for name in self.names]
+    def entries(self) -> list[tuple[bytes, FileAttrs]] | None:
+        """The listing, in order; None if some name's attributes are no longer known."""
+        listed = [(name, self.attrs[name]) for name in self.names]
+        if any(attrs is None for _, attrs in listed):
+            return None
+        return listed  # type: ignore[return-value]
 
 
 class DirCache:
@@ -89,6 +94,29 @@ class DirCache:
         self._count += len(entries)
         while self._count > self.max_entries:
             self._pop(next(iter(self._held)))
+
+    def add(self, key: Key, name: bytes, attrs: FileAttrs) -> None:
+        """This mount made ``name`` in ``key``: a kept listing shows it."""
+        snapshot = self._held.get(key)
+        if snapshot is not None:
+            if name not in snapshot.attrs:
+                snapshot.names.append(name)
+                self._count += 1
+            snapshot.attrs[name] = attrs
+
+    def remove(self, key: Key, name: bytes) -> None:
+        """``name`` of ``key`` is gone through this mount: a kept listing no longer shows it."""
+        snapshot = self._held.get(key)
+        if snapshot is not None and name in snapshot.attrs:
+            del snapshot.attrs[name]
+            snapshot.names.remove(name)
+            self._count -= 1
+
+    def unknown(self, key: Key, name: bytes) -> None:
+        """This mount changed ``name`` of ``key``: its attributes are to be asked again."""
+        snapshot = self._held.get(key)
+        if snapshot is not None and name in snapshot.attrs:
+            snapshot.attrs[name] = None
 
     def drop(self, vid: int, rel: bytes, under: bool = False) -> None:
         """``rel`` changed through this mount (``under``: so did everything below it)."""

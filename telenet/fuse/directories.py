@@ -95,9 +95,10 @@ class DirectoriesMixin(ListingsMixin):
             entries.extend(self._specials.children(node.vol.vid, node.rel))
         key = (node.vol.vid, node.rel)
         kept = self._dircache.get(key, self._now())
-        if kept is not None:
+        listed = None if kept is None else kept.entries()
+        if kept is not None and listed is not None:
             dh.taken = kept.taken
-            entries.extend(kept.entries())
+            entries.extend(listed)
             dh.done = True
             self._remember_listing(node, entries)  # type: ignore[arg-type]
             return

@@ -276,7 +276,7 @@ class FilesMixin(InodeTable):
         entry = self._set_attrs(node, attrs)
         node.lookups += 1
         if made:
-            self._grew(parent, attrs)
+            self._grew(parent, name, attrs)
         else:
             self._stale(parent)
         h = self._register(node, sflags, client, handle)

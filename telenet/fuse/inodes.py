@@ -178,7 +178,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     def _detach(self, vol: MountedVolume, rel: bytes) -> None:
         """The remote path ``rel`` is gone (and anything under it)."""
         self._drop_ahead(vol.vid, rel, under=True)
-        self._dircache.drop(vol.vid, _dir_of(rel))
+        if rel:
+            self._dircache.remove((vol.vid, _dir_of(rel)), rel.rpartition(b"/")[2])
         self._dircache.drop(vol.vid, rel, under=True)
         self._changed_elsewhere(vol, rel, under=True)
         if self._specials:
@@ -198,8 +199,10 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self._detach(vol, new)
         self._drop_ahead(vol.vid, old, under=True)
         self._dircache.drop(vol.vid, _dir_of(old))
+        self._dircache.drop(vol.vid, _dir_of(new))  # it shows ``new`` now
         self._dircache.drop(vol.vid, old, under=True)
         self._changed_elsewhere(vol, old, under=True)
+        self._changed_elsewhere(vol, new, under=True)
         if self._specials:
             self._specials.move(vol.vid, old, new)
         node = self._by_key.pop((vol.vid, old), None)
@@ -354,13 +357,19 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         for node in nodes:
             node.expires = 0.0
             self._dircache.drop(node.vol.vid, node.rel)
-            self._dircache.drop(node.vol.vid, _dir_of(node.rel))
-            self._written[(node.vol.vid, _dir_of(node.rel))] = self._now()
-            if len(self._written) > 1024:
-                self._written.pop(next(iter(self._written)))
-            self._changed_elsewhere(node.vol, node.rel)
+            self._changed_in(node)
 
-    def _grew(self, parent: Node, made: FileAttrs) -> None:
+    def _changed_in(self, node: Node) -> None:
+        """``node`` changed through this mount: its directory's listing and its aliases."""
+        vid, parent, name = node.vol.vid, *node.rel.rpartition(b"/")[::2]
+        if node.rel:
+            self._dircache.unknown((vid, parent), name)
+        self._written[(vid, parent)] = self._now()
+        if len(self._written) > 1024:
+            self._written.pop(next(iter(self._written)))
+        self._changed_elsewhere(node.vol, node.rel)
+
+    def _grew(self, parent: Node, name: bytes, made: FileAttrs) -> None:
         """
         A name was made in ``parent`` through this mount: the server set the directory's
         mtime then, to the new name's own (``made``, read back right after); the rest of
@@ -368,9 +377,16 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         every create (``default_permissions``), then asks no round trip per file of an untar.
         """
         known = parent.attrs if parent.expires > self._now() else None
-        self._stale(parent)
+        parent.expires = 0.0
+        self._changed_in(parent)
+        self._dircache.add((parent.vol.vid, parent.rel), name, made)
         if known is not None and made.mtime is not None:
             self._set_attrs(parent, known._replace(mtime=made.mtime))
+        if stat.S_ISDIR(made.permissions or 0):  # empty, as made: until someone else adds
+            now = self._now()
+            self._dircache.put(
+                (parent.vol.vid, self._join(parent, name)), [], now, now + self._trust(made)
+            )
 
     def _changed_elsewhere(self, vol: MountedVolume, rel: bytes, under: bool = False) -> None:
         """
@@ -414,9 +430,10 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         snapshot = self._dircache.get((vid, _dir_of(rel)), now)
         if snapshot is None:
             return None
-        attrs = snapshot.attrs.get(rel.rpartition(b"/")[2])
+        name = rel.rpartition(b"/")[2]
+        attrs = snapshot.attrs.get(name)
         if attrs is None:
-            return None, snapshot
+            return None if name in snapshot.attrs else (None, snapshot)
         if snapshot.taken + self._trust(attrs) <= now:
             return None
         return attrs, snapshot

@@ -320,7 +320,7 @@ class NamesMixin(ListingsMixin):
         node = self._child(parent.vol, rel)
         entry = self._set_attrs(node, attrs)
         node.lookups += 1
-        self._grew(parent, attrs)
+        self._grew(parent, name, attrs)
         return entry
 
     @fuse_op()

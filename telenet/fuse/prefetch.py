@@ -154,7 +154,8 @@ class PrefetchMixin:
         if listing is None:
             # A listing kept (dircache) since: what a stat storm listed guides the reads after.
             kept = self._dircache.get((node.vol.vid, parent), self._now())
-            listing = None if kept is None else self._remember(kept.key, kept.entries())
+            listed = None if kept is None else kept.entries()
+            listing = None if listed is None else self._remember((node.vol.vid, parent), listed)
             if listing is None:
                 return
         last, listing.last = listing.last, name
