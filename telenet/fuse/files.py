@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from telenet.fuse.errors import fuse_error, fuse_op
-from telenet.fuse.inodes import InodeTable
+from telenet.fuse.listings import ListingsMixin
 from telenet.fuse.nodes import FileHandle, Node
 from telenet.fuse.owners import check_name
 from telenet.fuse.prefetch import PAGE, PREFETCH_MAX, Ahead
@@ -41,7 +41,7 @@ log = Logger(namespace="telenet.fuse.helper")
 SETTLED = 60.0
 
 
-class FilesMixin(InodeTable):
+class FilesMixin(ListingsMixin):
     """
     File operations. Relies on ``InodeTable`` (``_files``, ``_next_fh``, ``_store``,
     ``_source``, ``_readahead``, ``_write_behind``, the table and attributes) and on
@@ -260,7 +260,7 @@ class FilesMixin(InodeTable):
         # second OPEN is rare (a file made on the server meanwhile).
         try:
             handle, attrs = await both(
-                client.open(path, open_flags | ft.FXF_EXCL, perms), client.lstat(path)
+                client.open(path, open_flags | ft.FXF_EXCL, perms, lazy=True), client.lstat(path)
             )
         except SFTPStatusError as e:
             if flags & os.O_EXCL or (e.code != ft.FX_FAILURE and e.errno != errno.EEXIST):

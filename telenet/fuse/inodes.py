@@ -24,7 +24,7 @@ from pyfuse3 import EntryAttributes, FUSEError
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 
-from telenet.fuse.dircache import MOST_TRUST, DirCache, Snapshot, trust_for
+from telenet.fuse.dircache import MOST_TRUST, DirCache, trust_for
 from telenet.fuse.nodes import (
     ROOT_INODE,
     ConnectionSource,
@@ -35,13 +35,12 @@ from telenet.fuse.nodes import (
 )
 from telenet.fuse.owners import SERVER_OWNED, Ownership, Settler
 from telenet.fuse.prefetch import Ahead, Listing, PrefetchMixin
-from telenet.fuse.resume import wait
 from telenet.fuse.specials import SpecialNodes
 from telenet.sftp.client import SFTPClient
 from telenet.sftp.codec import FileAttrs
 from telenet.sftp.errors import SFTPNotConnected, SFTPStatusError
 
-__all__ = ["ATTR_TIMEOUT", "ENTRY_TIMEOUT", "NEGATIVE_TIMEOUT", "InodeTable"]
+__all__ = ["ATTR_TIMEOUT", "ENTRY_TIMEOUT", "NEGATIVE_TIMEOUT", "InodeTable", "dir_of"]
 
 #: The helper process's one log namespace (its events read the same from every module).
 log = Logger(namespace="telenet.fuse.helper")
@@ -179,7 +178,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         """The remote path ``rel`` is gone (and anything under it)."""
         self._drop_ahead(vol.vid, rel, under=True)
         if rel:
-            self._dircache.remove((vol.vid, _dir_of(rel)), rel.rpartition(b"/")[2])
+            self._dircache.remove((vol.vid, dir_of(rel)), rel.rpartition(b"/")[2])
         self._dircache.drop(vol.vid, rel, under=True)
         self._changed_elsewhere(vol, rel, under=True)
         if self._specials:
@@ -198,8 +197,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         """The remote path ``old`` is now ``new`` (and so is everything under it)."""
         self._detach(vol, new)
         self._drop_ahead(vol.vid, old, under=True)
-        self._dircache.drop(vol.vid, _dir_of(old))
-        self._dircache.drop(vol.vid, _dir_of(new))  # it shows ``new`` now
+        self._dircache.drop(vol.vid, dir_of(old))
+        self._dircache.drop(vol.vid, dir_of(new))  # it shows ``new`` now
         self._dircache.drop(vol.vid, old, under=True)
         self._changed_elsewhere(vol, old, under=True)
         self._changed_elsewhere(vol, new, under=True)
@@ -345,49 +344,6 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         node.fetched = now if taken is None else taken
         return e
 
-    def _cached(self, e: EntryAttributes, expires: float) -> EntryAttributes:
-        """A kept entry, the kernel told only the time it has left (not its whole time again)."""
-        left = max(0.0, expires - self._now())
-        if e.attr_timeout > left:
-            e.attr_timeout = e.entry_timeout = left
-        return e
-
-    def _stale(self, *nodes: Node) -> None:
-        """This mount changed ``nodes``: what is known of them is to be asked for again."""
-        for node in nodes:
-            node.expires = 0.0
-            self._dircache.drop(node.vol.vid, node.rel)
-            self._changed_in(node)
-
-    def _changed_in(self, node: Node) -> None:
-        """``node`` changed through this mount: its directory's listing and its aliases."""
-        vid, parent, name = node.vol.vid, *node.rel.rpartition(b"/")[::2]
-        if node.rel:
-            self._dircache.unknown((vid, parent), name)
-        self._written[(vid, parent)] = self._now()
-        if len(self._written) > 1024:
-            self._written.pop(next(iter(self._written)))
-        self._changed_elsewhere(node.vol, node.rel)
-
-    def _grew(self, parent: Node, name: bytes, made: FileAttrs) -> None:
-        """
-        A name was made in ``parent`` through this mount: the server set the directory's
-        mtime then, to the new name's own (``made``, read back right after); the rest of
-        what we knew of it stands. The kernel, which checks the directory's permissions at
-        every create (``default_permissions``), then asks no round trip per file of an untar.
-        """
-        known = parent.attrs if parent.expires > self._now() else None
-        parent.expires = 0.0
-        self._changed_in(parent)
-        self._dircache.add((parent.vol.vid, parent.rel), name, made)
-        if known is not None and made.mtime is not None:
-            self._set_attrs(parent, known._replace(mtime=made.mtime))
-        if stat.S_ISDIR(made.permissions or 0):  # empty, as made: until someone else adds
-            now = self._now()
-            self._dircache.put(
-                (parent.vol.vid, self._join(parent, name)), [], now, now + self._trust(made)
-            )
-
     def _changed_elsewhere(self, vol: MountedVolume, rel: bytes, under: bool = False) -> None:
         """
         This mount changed ``rel`` of ``vol``: other volumes showing the same remote path
@@ -398,45 +354,20 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
             return
         remote = vol.remote(rel)
         for other in self.volumes.values():
-            if other is vol:
+            alias = None if other is vol else other.shows(remote)
+            if alias is None:
                 continue
-            if remote == other.path:
-                alias = b""
-            elif remote.startswith(other.prefix + b"/"):
-                alias = remote[len(other.prefix) + 1 :]
-            else:
-                continue
-            self._dircache.drop(other.vid, _dir_of(alias))
+            self._dircache.drop(other.vid, dir_of(alias))
             self._dircache.drop(other.vid, alias, under=under)
             node = self._by_key.get((other.vid, alias))
             if node is not None:
                 node.expires = 0.0
-            parent = self._by_key.get((other.vid, _dir_of(alias))) if alias else None
+            parent = self._by_key.get((other.vid, dir_of(alias))) if alias else None
             if parent is not None:
                 try:
                     self._invalidate(parent.ino, alias.rpartition(b"/")[2])
                 except Exception:
                     log.failure("invalidating {path} failed", path=remote)
-
-    def _listed(self, vid: int, rel: bytes) -> tuple[FileAttrs | None, Snapshot] | None:
-        """
-        What the listing of ``rel``'s directory says of it, if that listing is trusted: its
-        attributes (None: no such name) and the listing. None if the server is to be asked
-        (no listing, or attributes too old for this name's own age).
-        """
-        if not rel:
-            return None
-        now = self._now()
-        snapshot = self._dircache.get((vid, _dir_of(rel)), now)
-        if snapshot is None:
-            return None
-        name = rel.rpartition(b"/")[2]
-        attrs = snapshot.attrs.get(name)
-        if attrs is None:
-            return None if name in snapshot.attrs else (None, snapshot)
-        if snapshot.taken + self._trust(attrs) <= now:
-            return None
-        return attrs, snapshot
 
     def _negative(self, until: float | None = None) -> EntryAttributes:
         """
@@ -470,32 +401,6 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         except SFTPNotConnected:
             raise FUSEError(errno.ENOTCONN) from None
 
-    async def _fresh(self, node: Node) -> EntryAttributes:
-        if node.expires > self._now() and node.entry is not None:
-            return self._cached(node.entry, node.expires)
-        if node.detached and node.entry is not None:
-            return node.entry
-        if self._specials:
-            special = self._specials.get(node.vol.vid, node.rel)
-            if special is not None:
-                return self._set_attrs(node, special.attrs)
-        listed = None if node.handles else self._listed(node.vol.vid, node.rel)
-        if listed is not None and listed[0] is not None:
-            return self._set_attrs(node, listed[0], listed[1].taken)
-        for h in list(node.handles):
-            # Let write-behind land first, or the server reports a size that is too small.
-            if h.writer is not None and h.writer.inFlight:
-                try:
-                    await wait(h.writer.flush())
-                except Exception:
-                    pass
-        client = self._client()
-        if node is node.vol.root:
-            attrs = await wait(client.stat(node.remote))
-        else:
-            attrs = await wait(client.lstat(node.remote))
-        return self._set_attrs(node, attrs)
-
     def _writable(self, node: Node) -> None:
         if node.vol.ro:
             raise FUSEError(errno.EROFS)
@@ -512,6 +417,6 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         return parent.rel + b"/" + name if parent.rel else name
 
 
-def _dir_of(rel: bytes) -> bytes:
+def dir_of(rel: bytes) -> bytes:
     """The directory holding ``rel`` (``b""``: the volume's root)."""
     return rel.rpartition(b"/")[0]

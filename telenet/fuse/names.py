@@ -181,10 +181,11 @@ class NamesMixin(ListingsMixin):
         if uid is not None and perms is not None:
             # OpenSSH applies a SETSTAT's mode before its owner, and a chown clears the
             # set-id bits: the owner goes first, on its own.
-            changes.append(setstat(path, FileAttrs(uid=uid, gid=gid)))
+            changes.append(setstat(path, FileAttrs(uid=uid, gid=gid), lazy=True))
             uid = gid = None
         if any(v is not None for v in (size, uid, gid, perms, atime, mtime)):
-            changes.append(setstat(path, FileAttrs(size, uid, gid, perms, atime, mtime)))
+            attrs = FileAttrs(size, uid, gid, perms, atime, mtime)
+            changes.append(setstat(path, attrs, lazy=True))  # with the LSTAT after them
         fresh = client.lstat(path) if node is not node.vol.root else client.stat(path)
         self._stale(node)
         if size is not None:

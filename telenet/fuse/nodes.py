@@ -60,6 +60,14 @@ class MountedVolume:
     def remote(self, rel: bytes) -> bytes:
         return self.prefix + b"/" + rel if rel else self.path
 
+    def shows(self, remote: bytes) -> bytes | None:
+        """The relative path of the remote path ``remote`` in this volume; None if outside."""
+        if remote == self.path:
+            return b""
+        if remote.startswith(self.prefix + b"/"):
+            return remote[len(self.prefix) + 1 :]
+        return None
+
 
 class Node:
     """An inode: one (volume, relative path) the kernel knows about."""

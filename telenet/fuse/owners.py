@@ -155,7 +155,7 @@ class Settler:
         chown = self.may_chown and owner_opts == SERVER_OWNED
         owner = new_owner(ctx, p_gid, p_mode) if chown else None
         if owner is not None and owner != (made.uid, made.gid):
-            chowning = setstat(path, FileAttrs(uid=owner[0], gid=owner[1]))
+            chowning = setstat(path, FileAttrs(uid=owner[0], gid=owner[1]), lazy=True)
             chowning.addErrback(self._refused)
             changes.append(chowning)
         if mode is not None and made.permissions is not None:
@@ -163,7 +163,7 @@ class Settler:
             # Again after a chown, which clears the set-id bits.
             setid = changes and want & (stat.S_ISUID | stat.S_ISGID)
             if want != stat.S_IMODE(made.permissions) or setid:
-                changes.append(setstat(path, FileAttrs(permissions=want)))
+                changes.append(setstat(path, FileAttrs(permissions=want), lazy=True))
         if not changes:
             return made
         for change in changes:
