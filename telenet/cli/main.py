@@ -20,6 +20,7 @@ The ``telenet`` command line: Telepresence's ``--docker`` mode for telenet's plu
     telenet demo-cluster up|down [--prefix P] [--output json]
     telenet config view [--output text|json|yaml]
     telenet version [--output text|json|yaml]
+    telenet doctor [--name N] [--output text|json|yaml]
 
 Global options (before the command): ``--config FILE``, ``--connection N`` (an exact name),
 ``--use REGEX`` (the one connection whose name the expression matches, like Telepresence's
@@ -50,6 +51,7 @@ from telenet.cli.config import Config, ConfigError, load_config
 if TYPE_CHECKING:
     from telenet.cli.compose.command import ComposeCommand
     from telenet.cli.connector import Connector
+    from telenet.cli.doctor import Doctor
     from telenet.cli.runner import WorkloadRunner
 
 COMMANDS = (
@@ -64,6 +66,7 @@ COMMANDS = (
     "demo-cluster",
     "config",
     "version",
+    "doctor",
 )
 FORMATS = ("text", "json", "yaml")
 
@@ -284,7 +287,11 @@ def _parser() -> argparse.ArgumentParser:
     views = config.add_subparsers(dest="action", metavar="ACTION", required=True)
     view = views.add_parser("view", help="each setting, where it came from, files and logs")
     version = commands.add_parser("version", help="the CLI's, daemons' and plug-ins' versions")
-    for sub in (view, version):
+    doctor = commands.add_parser(
+        "doctor", help="check each common cause of failure, and say what fixes it"
+    )
+    doctor.add_argument("--name", help="only the connection of that exact name")
+    for sub in (view, version, doctor):
         sub.add_argument(
             "--output", "-o", choices=("text", "json", "yaml"), help="default: text, or --format"
         )
@@ -440,6 +447,13 @@ def make_compose(connector: Connector, say: Callable[[str], None]) -> ComposeCom
     return ComposeCommand(connector.docker, connector.lookup, say=say, connector=connector)
 
 
+def make_doctor(connector: Connector) -> Doctor:
+    """The CLI's Doctor (tests replace this to drive its probes with fakes)."""
+    from telenet.cli.doctor import Doctor
+
+    return Doctor(connector.docker, connector.config, connector.lookup, connector.host_routes)
+
+
 def _docker_subnet(flag: str | None) -> str | None:
     """``--docker-subnet``, checked (without it, the connector reads ``docker.subnet``)."""
     from telenet.cli.subnets import check_docker_subnet
@@ -464,6 +478,13 @@ def _dispatch(
         from telenet.cli import info as report
 
         return _show(report.versions(connector), args.output, out, report.format_versions)
+    if args.command == "doctor":
+        from telenet.cli import doctor
+
+        name = args.name or args.connection or os.environ.get("TELENET_CONNECTION") or None
+        findings = make_doctor(connector).run(name)
+        _show(doctor.as_data(findings), args.output, out, doctor.format_findings)
+        return doctor.exit_code(findings)
     if args.command == "compose":
         return _compose(connector, args, docker_args, out)
     connection = args.connection or os.environ.get("TELENET_CONNECTION") or None
