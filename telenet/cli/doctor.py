@@ -402,10 +402,10 @@ class Doctor:
             taken += [t for t in self.host_routes() if t.subnet not in docker_subnets]
         for subnet, what in ours:
             try:
-                net = ipaddress.ip_network(subnet, strict=False)
+                mine = ipaddress.ip_network(subnet, strict=False)
             except ValueError:
                 continue
-            hit = collision(net, taken)
+            hit = collision(mine, taken)
             if hit is not None:
                 return Finding(
                     check, FAIL, f"{what} overlaps {hit.what}", _collision_fix(hit, conn.name)

@@ -127,7 +127,7 @@ def dns_problem(answer: Any) -> str | None:
     rcode = answer.get("rcode")
     if rcode in (0, 3):
         return None
-    return f"answered {RCODES.get(rcode, rcode)}"
+    return f"answered {RCODES.get(rcode, rcode) if isinstance(rcode, int) else rcode}"
 
 
 def telemount_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
