@@ -28,6 +28,8 @@ from .test_cli_connect import World
 
 SOCKETS = {"teleroute": "teleroute.sock", "telemount": "telemount.sock"}
 CLUSTER = "kubernetes.default.svc.cluster.local"
+DNS = "172.16.0.2:53"
+CLUSTER_DNS = "10.0.0.10:53"
 
 
 class Doc:
@@ -43,7 +45,11 @@ class Doc:
         self.seen: dict[str, Any] = {
             "grpc": None,
             "bridge": True,
-            "dns": {CLUSTER: {"rcode": 3, "answers": 0}, "example.com": {"rcode": 0, "answers": 1}},
+            "dns": {
+                f"{DNS} {CLUSTER}": {"rcode": 3, "answers": 0},
+                f"{DNS} example.com": {"rcode": 0, "answers": 1},
+                f"{CLUSTER_DNS} {CLUSTER}": {"rcode": 3, "answers": 0},
+            },
             "agents": {},
         }
         self.probed: list[ProbeRequest] = []
@@ -115,7 +121,7 @@ def test_healthy_connection_every_check_ok_in_order(doc: Doc) -> None:
     assert "managed, enabled, version latest, answering" in found["plug-in teleroute"].message
     # The probe asked for the gRPC port, the daemon's DNS and a cluster and a public name.
     assert doc.probed == [
-        ProbeRequest(4039, "172.16.0.2:53", (CLUSTER, "example.com"), ()),
+        ProbeRequest(4039, ((DNS, CLUSTER), (DNS, "example.com"), (CLUSTER_DNS, CLUSTER)), ()),
     ]
 
 
@@ -253,27 +259,33 @@ def test_probe_that_cannot_run(doc: Doc) -> None:
     assert found["blue: inside"].message == "could not look inside tp-blue: python3: not found"
 
 
-def test_dns_not_answering_at_all(doc: Doc) -> None:
-    doc.seen["dns"] = {CLUSTER: {"error": "timed out"}, "example.com": {"error": "timed out"}}
+def test_dns_of_the_daemon_not_answering(doc: Doc) -> None:
+    doc.seen["dns"][f"{DNS} {CLUSTER}"] = {"error": "timed out"}
     found = problems(doc.run())
     assert found["blue: DNS"].message == (
-        "the daemon's DNS at 172.16.0.2:53 does not answer: no answer (timed out)"
+        f"the daemon's DNS at {DNS} does not answer {CLUSTER}: no answer (timed out)"
     )
     assert found["blue: DNS"].fix == "docker restart tp-blue"
 
 
 def test_dns_cluster_server_down(doc: Doc) -> None:
-    doc.seen["dns"][CLUSTER] = {"rcode": 2, "answers": 0}
+    doc.seen["dns"][f"{CLUSTER_DNS} {CLUSTER}"] = {"error": "timed out"}
+    doc.seen["dns"][f"{DNS} {CLUSTER}"] = {"rcode": 2, "answers": 0}
     found = problems(doc.run())
     assert found["blue: DNS"].message == (
-        f"{CLUSTER}: answered SERVFAIL at 172.16.0.2:53; the cluster's DNS server "
-        "10.0.0.10 does not answer the daemon"
+        "the cluster's DNS server 10.0.0.10:53 does not answer the daemon: no answer (timed out)"
     )
-    assert (found["blue: DNS"].fix or "").startswith("start the cluster's DNS server 10.0.0.10")
+    assert (found["blue: DNS"].fix or "").startswith("start the cluster's DNS server 10.0.0.10:53")
+
+
+def test_dns_cluster_server_answering_an_error_code(doc: Doc) -> None:
+    doc.seen["dns"][f"{CLUSTER_DNS} {CLUSTER}"] = {"rcode": 5, "answers": 0}
+    found = problems(doc.run())
+    assert found["blue: DNS"].message.endswith("does not answer the daemon: answered REFUSED")
 
 
 def test_dns_public_name_is_only_a_warning(doc: Doc) -> None:
-    doc.seen["dns"]["example.com"] = {"rcode": 2, "answers": 0}
+    doc.seen["dns"][f"{DNS} example.com"] = {"rcode": 2, "answers": 0}
     found = problems(doc.run())
     assert found["blue: DNS"].state == WARN
     assert exit_code(doc.findings) == 0
@@ -353,6 +365,18 @@ def test_stale_mounts(doc: Doc) -> None:
         "/mnt/volumes/b/2222: transport endpoint is not connected (its FUSE helper is gone)"
     )
     assert found["telemount mounts"].fix == "umount -l /mnt/volumes/b/2222"
+
+
+def test_stale_mounts_of_one_connection(doc: Doc) -> None:
+    """With --name and a managed telemount, only the mounts under its propagated mount."""
+    plugin = doc.docker.plugins["telenet/telemount:latest"]["Id"]
+    mine = f"/var/lib/docker/plugins/{plugin}/propagated-mount/h/2222"
+    doc.mounts = ["/var/lib/docker/plugins/other/propagated-mount/h/2222", mine]
+    doc.stale = set(doc.mounts)
+    found = problems(doc.run("blue"))
+    assert found["telemount mounts"].fix == f"umount -l {mine}"
+    assert len([f for f in doc.findings if f.check == "telemount mounts"]) == 1
+    assert len([f for f in doc.doctor.run() if f.check == "telemount mounts"]) == 2
 
 
 def test_name_limits_the_connection_checks(doc: Doc) -> None:
@@ -470,8 +494,7 @@ def test_probe_program(dns_server: tuple[str, list[bytes]], tmp_path: Path) -> N
     request = {
         "grpc": listening.getsockname()[1],
         "bridge": "no-such-bridge-here",
-        "dns": address,
-        "names": ["a.cluster.local", "bad.test"],
+        "queries": [[address, "a.cluster.local"], [address, "bad.test"]],
         "agents": [f"127.0.0.1:{dead_port}"],
         "timeout": 3,
     }
@@ -486,11 +509,14 @@ def test_probe_program(dns_server: tuple[str, list[bytes]], tmp_path: Path) -> N
     assert answer["grpc"] is None
     assert answer["bridge"] is False
     assert answer["dns"] == {
-        "a.cluster.local": {"rcode": 3, "answers": 0},
-        "bad.test": {"rcode": 2, "answers": 0},
+        f"{address} a.cluster.local": {"rcode": 3, "answers": 0},
+        f"{address} bad.test": {"rcode": 2, "answers": 0},
     }
-    assert doctorprobe.dns_problem(answer["dns"]["a.cluster.local"]) is None
-    assert doctorprobe.dns_problem(answer["dns"]["bad.test"]) == "answered SERVFAIL"
+    assert doctorprobe.dns_problem(answer["dns"][f"{address} a.cluster.local"]) is None
+    assert doctorprobe.dns_problem(answer["dns"][f"{address} bad.test"]) == "answered SERVFAIL"
+    assert doctorprobe.server_address("10.0.0.1") == "10.0.0.1:53"
+    assert doctorprobe.server_address("fd00::1") == "[fd00::1]:53"
+    assert doctorprobe.server_address("10.0.0.1:5353") == "10.0.0.1:5353"
     assert "refused" in answer["agents"][f"127.0.0.1:{dead_port}"].lower()
     assert len(queries) == 2
 
@@ -504,7 +530,7 @@ def test_daemon_probe_through_exec(doc: Doc) -> None:
         return 0, b'{"grpc": null, "bridge": true, "dns": {}, "agents": {}}\n', b""
 
     doc.docker.exec_handler = handler
-    req = ProbeRequest(4039, None)
+    req = ProbeRequest(4039)
     assert doctorprobe.daemon_probe(doc.docker, "tp-blue", req)["bridge"] is True
     assert calls[0][:3] == ["python3", "-c", doctorprobe.PROBE]
     assert json.loads(calls[0][3])["grpc"] == 4039

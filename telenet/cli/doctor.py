@@ -31,6 +31,7 @@ from telenet.cli.doctorprobe import (
     ProbeRequest,
     daemon_probe,
     dns_problem,
+    server_address,
     stale,
     telemount_mounts,
 )
@@ -92,15 +93,24 @@ class Doctor:
 
     def run(self, name: str | None = None) -> list[Finding]:
         findings = [self.check_docker()]
+        under = None
         if findings[0].state == FAIL:
             findings.append(Finding("connections", SKIP, "dockerd does not answer"))
         else:
             try:
                 findings += self._connected(name)
+                under = self._mounts_of(name) if name is not None else None
             except DockerError as e:
                 findings.append(Finding("dockerd", FAIL, f"dockerd failed a call: {e}"))
-        findings += self.check_mounts()
+        findings += self.check_mounts(under)
         return findings
+
+    def _mounts_of(self, name: str) -> str | None:
+        """Where a connection's managed telemount mounts (its propagated mount), if managed."""
+        daemon = self.docker.container(container_name(name))
+        driver = labels_of(daemon).get(LABEL_VOLUME_PLUGIN)
+        info = self.docker.plugin(driver) if driver else None
+        return f"/var/lib/docker/plugins/{info.get('Id')}/" if info else None
 
     def _connected(self, name: str | None) -> list[Finding]:
         findings: list[Finding] = []
@@ -257,10 +267,12 @@ class Doctor:
         domain = conn.label(LABEL_CLUSTER_DOMAIN) or DEFAULT_CLUSTER_DOMAIN
         cluster_name = f"kubernetes.default.svc.{domain}"
         bridges = [b for b in status.get("bridges") or [] if isinstance(b, dict)]
+        queries = [(dns, cluster_name), (dns, self.public_name)] if dns else []
+        if cluster_dns:
+            queries.append((server_address(str(cluster_dns)), cluster_name))
         req = ProbeRequest(
             grpc_port=self.config.teleroute_port,
-            dns=dns,
-            names=(cluster_name, self.public_name) if dns else (),
+            queries=tuple(queries),
             agents=tuple(str(b.get("agent")) for b in bridges),
         )
         try:
@@ -318,28 +330,26 @@ class Doctor:
                 "the daemon's DNS listens nowhere (no teleroute address)",
                 f"telenet connect --docker --name {conn.name}",
             )
-        cluster = dns_problem(seen.get(name))
-        public = dns_problem(seen.get(self.public_name))
-        if cluster and public:
+        if cluster_dns:
+            server = server_address(str(cluster_dns))
+            direct = dns_problem(seen.get(f"{server} {name}"))
+            if direct:
+                return Finding(
+                    check,
+                    FAIL,
+                    f"the cluster's DNS server {server} does not answer the daemon: {direct}",
+                    f"start the cluster's DNS server {server} (or telenet quit --name "
+                    f"{conn.name} and connect with the right --cluster-dns)",
+                )
+        cluster = dns_problem(seen.get(f"{dns} {name}"))
+        if cluster:
             return Finding(
                 check,
                 FAIL,
-                f"the daemon's DNS at {dns} does not answer: {cluster}",
+                f"the daemon's DNS at {dns} does not answer {name}: {cluster}",
                 f"docker restart {tp}",
             )
-        if cluster:
-            upstream = (
-                f"the cluster's DNS server {cluster_dns}"
-                if cluster_dns
-                else "the cluster's DNS server"
-            )
-            return Finding(
-                check,
-                FAIL,
-                f"{name}: {cluster} at {dns}; {upstream} does not answer the daemon",
-                f"start {upstream} (or telenet quit --name {conn.name} and connect "
-                "with the right --cluster-dns)",
-            )
+        public = dns_problem(seen.get(f"{dns} {self.public_name}"))
         if public:
             return Finding(
                 check, WARN, f"{self.public_name}: {public} at {dns} (no upstream DNS from {tp}?)"
@@ -434,8 +444,9 @@ class Doctor:
             )
         return findings or [Finding("leftovers", OK, "no network without its daemon")]
 
-    def check_mounts(self) -> list[Finding]:
-        mounts = self.mounts()
+    def check_mounts(self, under: str | None = None) -> list[Finding]:
+        """Stale telemount mounts: all of this machine's, or those under ``under``."""
+        mounts = [m for m in self.mounts() if under is None or m.startswith(under)]
         bad = [m for m in mounts if self.is_stale(m)]
         if not bad:
             return [Finding("telemount mounts", OK, f"{len(mounts)} here, none stale")]

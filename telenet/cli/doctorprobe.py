@@ -5,8 +5,8 @@ What ``telenet doctor`` asks from inside the daemon container and of this machin
 ``daemon_probe`` runs one small Python program in the daemon container through ``docker
 exec`` (so it works for an engine in a VM or elsewhere, like ``ExecControl``): whether the
 teleroute gRPC port accepts connections on the daemon's loopback, whether ``br-daemon`` is
-there, whether the daemon's DNS answers each name, and whether each SFTP bridge's agent
-accepts connections, as the daemon reaches it. The answer is one JSON object.
+there, whether a DNS server (the daemon's, the cluster's) answers each name, and whether each
+SFTP bridge's agent accepts connections, as the daemon reaches it. The answer is one JSON object.
 
 ``telemount_mounts`` and ``stale`` read this machine's mount table: a telemount FUSE mount
 whose helper is gone answers every call with ENOTCONN ("Transport endpoint is not
@@ -19,6 +19,7 @@ answers the probe, and the mount table is a function.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
 from typing import Any
@@ -65,7 +66,7 @@ def query(server, name):
         return {"error": str(e) or type(e).__name__}
     finally:
         s.close()
-out["dns"] = {n: query(req["dns"], n) for n in req.get("names", [])} if req.get("dns") else {}
+out["dns"] = {s + " " + n: query(s, n) for s, n in req.get("queries", [])}
 agents = {}
 for agent in req.get("agents", []):
     host, _, port = agent.rpartition(":")
@@ -81,8 +82,8 @@ RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
 @attrs.frozen
 class ProbeRequest:
     grpc_port: int | None
-    dns: str | None
-    names: tuple[str, ...] = ()
+    #: (server ``ip:port``, name): each answered as ``dns["SERVER NAME"]``.
+    queries: tuple[tuple[str, str], ...] = ()
     agents: tuple[str, ...] = ()
     bridge: str = "br-daemon"
     timeout: float = 3.0
@@ -96,8 +97,7 @@ def daemon_probe(docker: IDocker, container: str, req: ProbeRequest) -> dict[str
     """The probe's answer from the daemon container; ProbeError when it cannot run."""
     request = {
         "grpc": req.grpc_port,
-        "dns": req.dns,
-        "names": list(req.names),
+        "queries": [list(q) for q in req.queries],
         "agents": list(req.agents),
         "bridge": req.bridge,
         "timeout": req.timeout,
@@ -116,6 +116,15 @@ def daemon_probe(docker: IDocker, container: str, req: ProbeRequest) -> dict[str
     if not isinstance(answer, dict):
         raise ProbeError("the probe's answer is not an object")
     return answer
+
+
+def server_address(text: str) -> str:
+    """A DNS server as ``ip:port``/``[ip]:port``, port 53 when ``text`` gives none."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    return f"{ip}:53" if ip.version == 4 else f"[{ip}]:53"
 
 
 def dns_problem(answer: Any) -> str | None:
