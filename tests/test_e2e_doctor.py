@@ -1,0 +1,198 @@
+"""
+End to end: ``telenet doctor`` on real dockerd. One connection is shared by every test; each
+breaks one thing, sees doctor's line and exit code, runs the fix doctor printed, and sees
+doctor pass again.
+
+The connection, the plug-ins and the demo cluster come from tests/test_e2e_cli.py's ``env``
+fixture (its own prefix here); everything is removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from telenet.cli.config import load_config
+from telenet.cli.doctor import Doctor
+from telenet.cli.main import make_connector
+from telenet.cli.subnets import host_routes
+
+from .conftest import BUSYBOX, run
+from .test_e2e_cli import Env, env, uid  # noqa: F401  (env: the module's fixture)
+
+pytestmark = pytest.mark.e2e
+
+
+class Connected:
+    def __init__(self, e: Env, name: str) -> None:
+        self.env = e
+        self.name = name
+        self.tp = f"tp-{name}"
+
+    def doctor(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """doctor --name's exit code and its checks by name."""
+        done = self.env.telenet("doctor", "--name", self.name, "--output", "json", check=False)
+        assert done.returncode in (0, 1), done.stderr
+        data = json.loads(done.stdout)
+        assert data["ok"] is (done.returncode == 0)
+        return done.returncode, {c["check"]: c for c in data["checks"]}
+
+    def failing(self) -> dict[str, dict[str, Any]]:
+        code, checks = self.doctor()
+        return {k: c for k, c in checks.items() if c["state"] == "fail"}
+
+    def wait_healthy(self, timeout: float = 60) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            code, checks = self.doctor()
+            if code == 0:
+                return checks
+            if time.monotonic() > deadline:
+                pytest.fail(f"doctor still fails: {json.dumps(checks, indent=1)}")
+            time.sleep(0.5)
+
+
+def apply(fix: str | None, prefix: str = "") -> None:
+    """Run the command doctor printed (the part before a parenthesized alternative)."""
+    assert fix
+    command = fix.split(" (or ")[0]
+    subprocess.run(prefix + command, shell=True, check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def conn(env: Env) -> Iterator[Connected]:  # noqa: F811
+    name = f"{env.prefix}-doc"
+    env.connect(name)
+    yield Connected(env, name)
+
+
+def test_healthy_connection_passes(conn: Connected) -> None:
+    checks = conn.wait_healthy(timeout=10)
+    assert checks["plug-in teleroute"]["message"].endswith("answering")
+    assert checks[f"{conn.name}: br-daemon"]["state"] == "ok"
+    assert checks[f"{conn.name}: DNS"]["state"] in ("ok", "warn")
+    text = conn.env.telenet("doctor", "--name", conn.name)
+    assert len(text.stdout.splitlines()) == len(checks)
+
+
+def test_disabled_plugin(conn: Connected) -> None:
+    plugin = conn.env.plugins[1]
+    run("docker", "plugin", "disable", "-f", plugin)
+    found = conn.failing()
+    check = found.pop("plug-in telemount")
+    assert check["message"].endswith("disabled")
+    assert check["fix"] == f"docker plugin enable {plugin}"
+    apply(check["fix"])
+    conn.wait_healthy(timeout=10)
+
+
+def test_br_daemon_removed(conn: Connected) -> None:
+    run("docker", "exec", conn.tp, "ip", "link", "del", "br-daemon")
+    found = conn.failing()
+    check = found[f"{conn.name}: br-daemon"]
+    assert check["message"] == (
+        f"br-daemon is missing in {conn.tp}: workloads cannot reach the daemon"
+    )
+    assert check["fix"] == f"docker restart {conn.tp}"
+    apply(check["fix"])
+    conn.wait_healthy()
+
+
+def test_agent_of_a_bridge_stopped(conn: Connected) -> None:
+    """A bridge to an agent (a listener on the cluster's network) that stops answering."""
+    agent = f"{conn.env.prefix}-agent"
+    network = conn.env.cluster["network"]
+    run("docker", "run", "-d", "--name", agent, "--network", network, BUSYBOX, "sleep", "600")
+    control = None
+    port = None
+    try:
+        run("docker", "exec", "-d", agent, "nc", "-lk", "-p", "2222")
+        address = json.loads(
+            run("docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", agent).stdout
+        )[network]["IPAddress"]
+        connector = make_connector(load_config(conn.env.config), print)
+        control = connector.control(connector.find(conn.name))
+        port = control.open_bridge(f"{address}:2222")
+        conn.wait_healthy(timeout=10)
+        run("docker", "exec", agent, "pkill", "nc")
+        check = conn.failing()[f"{conn.name}: SFTP bridges"]
+        assert f"its agent {address}:2222 does not answer" in check["message"]
+        assert check["fix"].startswith(f"start the agent at {address}:2222 again")
+        run("docker", "exec", "-d", agent, "nc", "-lk", "-p", "2222")
+        conn.wait_healthy(timeout=10)
+    finally:
+        if control is not None and port is not None:
+            control.close_bridge(port)
+        run("docker", "rm", "-f", agent, check=False)
+
+
+def test_route_colliding_in_a_scratch_netns(conn: Connected, tmp_path: Any) -> None:
+    """The host's routes read in a scratch netns, where a route overlaps the routed subnet."""
+    status = conn.env.status(conn.name)
+    routed = status["daemon"]["routes"][0]
+    netns = f"tn{uid()}"
+    table = tmp_path / "route"
+    run("ip", "netns", "add", netns)
+    try:
+        run("ip", "-n", netns, "link", "add", "d0", "type", "dummy")
+        run("ip", "-n", netns, "link", "set", "d0", "up")
+        run("ip", "-n", netns, "route", "add", routed, "dev", "d0")
+
+        def routes() -> list[Any]:
+            table.write_text(run("ip", "netns", "exec", netns, "cat", "/proc/net/route").stdout)
+            return host_routes(str(table))
+
+        config = load_config(conn.env.config)
+        connector = make_connector(config, print)
+        doctor = Doctor(connector.docker, config, connector.lookup, host_routes=routes)
+        found = {f.check: f for f in doctor.run(conn.name)}
+        check = found[f"{conn.name}: subnets"]
+        assert check.state == "fail"
+        assert check.message.endswith(f"overlaps the host's route {routed} dev d0")
+        apply(check.fix, prefix=f"ip -n {shlex.quote(netns)} ")
+        found = {f.check: f for f in doctor.run(conn.name)}
+        assert found[f"{conn.name}: subnets"].state == "ok"
+    finally:
+        run("ip", "netns", "del", netns, check=False)
+
+
+def test_cluster_dns_stopped(conn: Connected) -> None:
+    cluster = conn.env.cluster["container"]
+    run("docker", "stop", "-t", "1", cluster)
+    try:
+        check = conn.failing()[f"{conn.name}: DNS"]
+        server = f"{conn.env.cluster['cluster_dns']}:53"
+        assert check["message"].startswith(
+            f"the cluster's DNS server {server} does not answer the daemon"
+        )
+        assert check["fix"].startswith(f"start the cluster's DNS server {server}")
+    finally:
+        run("docker", "start", cluster)
+    conn.wait_healthy(timeout=30)
+
+
+def test_leftover_network_of_a_removed_daemon(conn: Connected) -> None:
+    """Last: it ends the connection."""
+    run("docker", "rm", "-f", conn.tp)
+    code, checks = conn.doctor()
+    assert code == 1
+    check = checks["leftovers"]
+    assert check["message"] == (
+        f"network {conn.name} is left from a connection whose daemon is gone"
+    )
+    assert check["fix"] == f"telenet quit --name {conn.name}"
+    command = shlex.split(check["fix"])
+    assert command[0] == "telenet"
+    conn.env.telenet(*command[1:])
+    conn.env.connections.discard(conn.name)
+    code, checks = conn.doctor()
+    assert checks["leftovers"]["state"] == "ok"
+    assert [c for c in checks.values() if c["state"] == "fail"] == [
+        checks[f"connection {conn.name}"]
+    ]
