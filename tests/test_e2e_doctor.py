@@ -105,14 +105,14 @@ def test_br_daemon_removed(conn: Connected) -> None:
 
 
 def test_agent_of_a_bridge_stopped(conn: Connected) -> None:
-    """A bridge to an agent (a listener on the cluster's network) that stops answering."""
+    """A bridge to an agent (busybox httpd on the cluster's network) that stops answering."""
     agent = f"{conn.env.prefix}-agent"
     network = conn.env.cluster["network"]
     run("docker", "run", "-d", "--name", agent, "--network", network, BUSYBOX, "sleep", "600")
     control = None
     port = None
     try:
-        run("docker", "exec", "-d", agent, "nc", "-lk", "-p", "2222")
+        run("docker", "exec", "-d", agent, "httpd", "-f", "-p", "2222")
         address = json.loads(
             run("docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", agent).stdout
         )[network]["IPAddress"]
@@ -120,11 +120,11 @@ def test_agent_of_a_bridge_stopped(conn: Connected) -> None:
         control = connector.control(connector.find(conn.name))
         port = control.open_bridge(f"{address}:2222")
         conn.wait_healthy(timeout=10)
-        run("docker", "exec", agent, "pkill", "nc")
+        run("docker", "exec", agent, "pkill", "httpd")
         check = conn.failing()[f"{conn.name}: SFTP bridges"]
         assert f"its agent {address}:2222 does not answer" in check["message"]
         assert check["fix"].startswith(f"start the agent at {address}:2222 again")
-        run("docker", "exec", "-d", agent, "nc", "-lk", "-p", "2222")
+        run("docker", "exec", "-d", agent, "httpd", "-f", "-p", "2222")
         conn.wait_healthy(timeout=10)
     finally:
         if control is not None and port is not None:
