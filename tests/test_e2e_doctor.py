@@ -104,6 +104,12 @@ def test_br_daemon_removed(conn: Connected) -> None:
     conn.wait_healthy()
 
 
+def serve(container: str) -> None:
+    """busybox httpd on port 2222 (this busybox has no pkill: its pid is kept)."""
+    script = "echo $$ > /tmp/httpd.pid; exec httpd -f -p 2222"
+    run("docker", "exec", "-d", container, "sh", "-c", script)
+
+
 def test_agent_of_a_bridge_stopped(conn: Connected) -> None:
     """A bridge to an agent (busybox httpd on the cluster's network) that stops answering."""
     agent = f"{conn.env.prefix}-agent"
@@ -112,7 +118,7 @@ def test_agent_of_a_bridge_stopped(conn: Connected) -> None:
     control = None
     port = None
     try:
-        run("docker", "exec", "-d", agent, "httpd", "-f", "-p", "2222")
+        serve(agent)
         address = json.loads(
             run("docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", agent).stdout
         )[network]["IPAddress"]
@@ -120,11 +126,11 @@ def test_agent_of_a_bridge_stopped(conn: Connected) -> None:
         control = connector.control(connector.find(conn.name))
         port = control.open_bridge(f"{address}:2222")
         conn.wait_healthy(timeout=10)
-        run("docker", "exec", agent, "pkill", "httpd")
+        run("docker", "exec", agent, "sh", "-c", "kill $(cat /tmp/httpd.pid)")
         check = conn.failing()[f"{conn.name}: SFTP bridges"]
         assert f"its agent {address}:2222 does not answer" in check["message"]
         assert check["fix"].startswith(f"start the agent at {address}:2222 again")
-        run("docker", "exec", "-d", agent, "httpd", "-f", "-p", "2222")
+        serve(agent)
         conn.wait_healthy(timeout=10)
     finally:
         if control is not None and port is not None:
