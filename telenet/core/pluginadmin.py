@@ -69,8 +69,8 @@ class LevelControl:
             self.until = self.clock.seconds() + duration
             self._revert = self.clock.callLater(duration, self.restore)
         log.info(
-            "Log level now {level} ({how})",
-            level=wanted.name,
+            "Log level now {new_level} ({how})",
+            new_level=wanted.name,
             how=f"for {duration:g} s" if duration > 0 else "until changed",
         )
         return self.describe()
@@ -80,7 +80,7 @@ class LevelControl:
         self._revert = None
         self.until = None
         self._apply(self.settings.level)
-        log.info("Log level back to {level}", level=self.settings.level.name)
+        log.info("Log level back to {new_level}", new_level=self.settings.level.name)
 
     def _apply(self, level: LogLevel) -> None:
         self.settings.predicate.setLogLevelForNamespace("", level)
