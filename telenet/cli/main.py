@@ -21,6 +21,8 @@ The ``telenet`` command line: Telepresence's ``--docker`` mode for telenet's plu
     telenet config view [--output text|json|yaml]
     telenet version [--output text|json|yaml]
     telenet doctor [--name N] [--output text|json|yaml]
+    telenet gather-logs [-o FILE.zip] [--since DURATION] [--anonymize]
+    telenet loglevel LEVEL [--duration D] [--name N] [--output text|json|yaml]
 
 Global options (before the command): ``--config FILE``, ``--connection N`` (an exact name),
 ``--use REGEX`` (the one connection whose name the expression matches, like Telepresence's
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
     from telenet.cli.compose.command import ComposeCommand
     from telenet.cli.connector import Connector
     from telenet.cli.doctor import Doctor
+    from telenet.cli.gatherlogs import LogGatherer
+    from telenet.cli.loglevel import LevelSetter
     from telenet.cli.runner import WorkloadRunner
 
 COMMANDS = (
@@ -67,6 +71,8 @@ COMMANDS = (
     "config",
     "version",
     "doctor",
+    "gather-logs",
+    "loglevel",
 )
 FORMATS = ("text", "json", "yaml")
 
@@ -291,7 +297,30 @@ def _parser() -> argparse.ArgumentParser:
         "doctor", help="check each common cause of failure, and say what fixes it"
     )
     doctor.add_argument("--name", help="only the connection of that exact name")
-    for sub in (view, version, doctor):
+    gather = commands.add_parser(
+        "gather-logs", help="one zip of the daemons', plug-ins' and helpers' logs, and more"
+    )
+    gather.add_argument(
+        "-o", "--output-file", metavar="FILE.zip", help="default: ./telenet-logs-TIME.zip"
+    )
+    gather.add_argument(
+        "--since", metavar="DURATION", help="only what was logged that long ago or later (30m, 2h)"
+    )
+    gather.add_argument(
+        "--anonymize", action="store_true", help="replace addresses and names by placeholders"
+    )
+    loglevel = commands.add_parser(
+        "loglevel", help="change the daemons' and plug-ins' log level now, for a while"
+    )
+    loglevel.add_argument("level", metavar="LEVEL", help="debug, info, warn, error or critical")
+    loglevel.add_argument(
+        "--duration",
+        "-d",
+        metavar="D",
+        help="then back to the configured level (30s, 5m; default: until changed)",
+    )
+    loglevel.add_argument("--name", help="only the connection of that exact name")
+    for sub in (view, version, doctor, loglevel):
         sub.add_argument(
             "--output", "-o", choices=("text", "json", "yaml"), help="default: text, or --format"
         )
@@ -454,6 +483,56 @@ def make_doctor(connector: Connector) -> Doctor:
     return Doctor(connector.docker, connector.config, connector.lookup, connector.host_routes)
 
 
+def make_level_setter(connector: Connector) -> LevelSetter:
+    """The CLI's LevelSetter (tests replace this to answer for the plug-ins)."""
+    from telenet.cli.loglevel import LevelSetter
+
+    return LevelSetter(connector.docker, connector.config, connector.lookup)
+
+
+def make_gatherer(connector: Connector) -> LogGatherer:
+    """The CLI's LogGatherer (tests replace this to answer for the plug-ins and files)."""
+    from telenet.cli.gatherlogs import LogGatherer
+
+    return LogGatherer(
+        connector.docker, connector.config, connector.reporter, make_doctor(connector)
+    )
+
+
+def _gather_logs(connector: Connector, args: argparse.Namespace, out: _Output) -> int:
+    import time
+
+    from telenet.cli import gatherlogs
+    from telenet.cli.connection import CLIError
+    from telenet.cli.dockerapi import DockerError
+    from telenet.core.gocompat import parse_duration
+
+    since = None
+    if args.since:
+        try:
+            since = time.time() - parse_duration(args.since)
+        except ValueError:
+            raise CLIError(f"--since {args.since!r} is not a duration like 30m or 2h") from None
+    path = args.output_file or gatherlogs.default_zip_name()
+    parts = make_gatherer(connector).gather(since)
+    clean = None
+    if args.anonymize:
+        try:
+            names = connector.connection_names()
+        except (CLIError, DockerError):
+            names = []
+        clean = gatherlogs.Anonymizer(gatherlogs.names_to_hide(connector.docker, names))
+    try:
+        gatherlogs.write_zip(path, parts, clean)
+    except OSError as e:
+        raise CLIError(f"cannot write {path}: {e.strerror or e}") from None
+    if out.machine:
+        out.emit({"ok": True, "command": "gather-logs", "file": path, "parts": sorted(parts)})
+    else:
+        print(f"Wrote {path} ({len(parts)} parts)")
+    return 0
+
+
 def _docker_subnet(flag: str | None) -> str | None:
     """``--docker-subnet``, checked (without it, the connector reads ``docker.subnet``)."""
     from telenet.cli.subnets import check_docker_subnet
@@ -485,6 +564,21 @@ def _dispatch(
         findings = make_doctor(connector).run(name)
         _show(doctor.as_data(findings), args.output, out, doctor.format_findings)
         return doctor.exit_code(findings)
+    if args.command == "gather-logs":
+        return _gather_logs(connector, args, out)
+    if args.command == "loglevel":
+        from telenet.cli import loglevel as levels
+        from telenet.core.gocompat import parse_duration
+
+        try:
+            duration = parse_duration(args.duration) if args.duration else 0.0
+        except ValueError:
+            raise CLIError(
+                f"--duration {args.duration!r} is not a duration like 30s or 5m"
+            ) from None
+        data = make_level_setter(connector).set(levels.check_level(args.level), duration, args.name)
+        _show(data, args.output, out, levels.format_levels)
+        return 0 if data["ok"] else 1
     if args.command == "compose":
         return _compose(connector, args, docker_args, out)
     connection = args.connection or os.environ.get("TELENET_CONNECTION") or None
