@@ -159,9 +159,8 @@ def _safe(name: str) -> str:
 # -- anonymizing
 
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
-_IPV6 = re.compile(
-    r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{0,4}(?![\w:])|(?<![\w:])::[0-9a-fA-F:]+"
-)
+#: Candidates only (hex digits and two colons or more): ``ipaddress`` decides.
+_IPV6 = re.compile(r"(?<![\w:.])[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}(?![\w:])")
 
 
 class Anonymizer:
