@@ -17,7 +17,7 @@ import attrs
 import pytest
 
 import telenet.cli.main as cli
-from telenet.cli import doctorprobe
+from telenet.cli import diagnose, doctorprobe
 from telenet.cli.doctor import FAIL, OK, SKIP, WARN, Doctor, Finding, exit_code
 from telenet.cli.doctorprobe import ProbeRequest
 from telenet.cli.main import main
@@ -402,7 +402,7 @@ def in_main(doc: Doc, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Doc:
         "make_connector",
         lambda config, say: attrs.evolve(doc.world.connector, config=config, say=say),
     )
-    monkeypatch.setattr(cli, "make_doctor", lambda connector: doc.doctor)
+    monkeypatch.setattr(diagnose, "make_doctor", lambda connector: doc.doctor)
     return doc
 
 
@@ -441,7 +441,7 @@ def test_main_json(in_main: Doc, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_main_builds_a_real_doctor(monkeypatch: pytest.MonkeyPatch) -> None:
     w = World()
-    doctor = cli.make_doctor(w.connector)
+    doctor = diagnose.make_doctor(w.connector)
     assert doctor.docker is w.docker and doctor.lookup is w.connector.lookup
 
 
@@ -557,3 +557,39 @@ def test_mount_table(tmp_path: Path) -> None:
     assert doctorprobe.telemount_mounts(str(tmp_path / "missing")) == []
     assert doctorprobe.stale(str(tmp_path)) is False
     assert doctorprobe.stale(os.path.join(str(tmp_path), "missing")) is False
+
+
+# -- plug-in health in status
+
+
+def test_status_shows_the_plugins_counters(doc: Doc, capsys: pytest.CaptureFixture[str]) -> None:
+    from telenet.cli.status import format_status
+
+    route = doc.docker.plugins["telenet/teleroute:latest"]["Id"]
+    mount = doc.docker.plugins["telenet/telemount:latest"]["Id"]
+    doc.world.health[f"/run/docker/plugins/{route}/teleroute.sock"] = {
+        "Uptime": 12.4,
+        "Networks": [{"Network": "abc", "Connected": True, "Reconnects": 2}],
+        "Endpoints": 3,
+    }
+    doc.world.health[f"/run/docker/plugins/{mount}/telemount.sock"] = {
+        "Volumes": 2,
+        "Mounts": [{"Server": "10.0.0.5:22", "Connected": False}],
+    }
+    status = doc.world.connector.status("blue")
+    assert status["plugins"][0]["health"]["Endpoints"] == 3
+    text = format_status(status)
+    assert (
+        "network plug-in: telenet/teleroute:latest (managed, enabled); "
+        "1 networks (1 linked, 2 reconnects), 3 endpoints, up 12 s"
+    ) in text
+    assert "(managed, enabled); 2 volumes, 1 mounts (0 connected)" in text
+    doc.docker.plugins["telenet/telemount:latest"]["Enabled"] = False
+    status = doc.world.connector.status("blue")
+    assert status["plugins"][1]["health"] is None
+    doc.docker.here = False
+    status = doc.world.connector.status("blue")
+    assert status["plugins"][0]["health"] == {
+        "error": "the engine runs elsewhere: the plug-in's socket is not here"
+    }
+    assert "health: the engine runs elsewhere" in format_status(status)

@@ -19,7 +19,7 @@ import attrs
 import pytest
 
 import telenet.cli.main as cli
-from telenet.cli import gatherlogs, pluginsocket
+from telenet.cli import diagnose, gatherlogs, pluginsocket
 from telenet.cli.doctor import Doctor
 from telenet.cli.gatherlogs import LogGatherer
 from telenet.cli.loglevel import LevelSetter
@@ -228,8 +228,8 @@ def in_main(setup: Setup, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Se
         "make_connector",
         lambda config, say: attrs.evolve(setup.world.connector, config=config, say=say),
     )
-    monkeypatch.setattr(cli, "make_gatherer", lambda connector: setup.gatherer)
-    monkeypatch.setattr(cli, "make_level_setter", lambda connector: setup.setter)
+    monkeypatch.setattr(diagnose, "make_gatherer", lambda connector: setup.gatherer)
+    monkeypatch.setattr(diagnose, "make_level_setter", lambda connector: setup.setter)
     return setup
 
 

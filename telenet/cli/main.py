@@ -49,13 +49,11 @@ import yaml
 
 from telenet.cli.compose.arguments import add_compose_parser, split_compose
 from telenet.cli.config import Config, ConfigError, load_config
+from telenet.cli.diagnoseargs import DIAGNOSE_COMMANDS, add_diagnose_parsers
 
 if TYPE_CHECKING:
     from telenet.cli.compose.command import ComposeCommand
     from telenet.cli.connector import Connector
-    from telenet.cli.doctor import Doctor
-    from telenet.cli.gatherlogs import LogGatherer
-    from telenet.cli.loglevel import LevelSetter
     from telenet.cli.runner import WorkloadRunner
 
 COMMANDS = (
@@ -293,34 +291,8 @@ def _parser() -> argparse.ArgumentParser:
     views = config.add_subparsers(dest="action", metavar="ACTION", required=True)
     view = views.add_parser("view", help="each setting, where it came from, files and logs")
     version = commands.add_parser("version", help="the CLI's, daemons' and plug-ins' versions")
-    doctor = commands.add_parser(
-        "doctor", help="check each common cause of failure, and say what fixes it"
-    )
-    doctor.add_argument("--name", help="only the connection of that exact name")
-    gather = commands.add_parser(
-        "gather-logs", help="one zip of the daemons', plug-ins' and helpers' logs, and more"
-    )
-    gather.add_argument(
-        "-o", "--output-file", metavar="FILE.zip", help="default: ./telenet-logs-TIME.zip"
-    )
-    gather.add_argument(
-        "--since", metavar="DURATION", help="only what was logged that long ago or later (30m, 2h)"
-    )
-    gather.add_argument(
-        "--anonymize", action="store_true", help="replace addresses and names by placeholders"
-    )
-    loglevel = commands.add_parser(
-        "loglevel", help="change the daemons' and plug-ins' log level now, for a while"
-    )
-    loglevel.add_argument("level", metavar="LEVEL", help="debug, info, warn, error or critical")
-    loglevel.add_argument(
-        "--duration",
-        "-d",
-        metavar="D",
-        help="then back to the configured level (30s, 5m; default: until changed)",
-    )
-    loglevel.add_argument("--name", help="only the connection of that exact name")
-    for sub in (view, version, doctor, loglevel):
+    add_diagnose_parsers(commands)
+    for sub in (view, version):
         sub.add_argument(
             "--output", "-o", choices=("text", "json", "yaml"), help="default: text, or --format"
         )
@@ -476,63 +448,6 @@ def make_compose(connector: Connector, say: Callable[[str], None]) -> ComposeCom
     return ComposeCommand(connector.docker, connector.lookup, say=say, connector=connector)
 
 
-def make_doctor(connector: Connector) -> Doctor:
-    """The CLI's Doctor (tests replace this to drive its probes with fakes)."""
-    from telenet.cli.doctor import Doctor
-
-    return Doctor(connector.docker, connector.config, connector.lookup, connector.host_routes)
-
-
-def make_level_setter(connector: Connector) -> LevelSetter:
-    """The CLI's LevelSetter (tests replace this to answer for the plug-ins)."""
-    from telenet.cli.loglevel import LevelSetter
-
-    return LevelSetter(connector.docker, connector.config, connector.lookup)
-
-
-def make_gatherer(connector: Connector) -> LogGatherer:
-    """The CLI's LogGatherer (tests replace this to answer for the plug-ins and files)."""
-    from telenet.cli.gatherlogs import LogGatherer
-
-    return LogGatherer(
-        connector.docker, connector.config, connector.reporter, make_doctor(connector)
-    )
-
-
-def _gather_logs(connector: Connector, args: argparse.Namespace, out: _Output) -> int:
-    import time
-
-    from telenet.cli import gatherlogs
-    from telenet.cli.connection import CLIError
-    from telenet.cli.dockerapi import DockerError
-    from telenet.core.gocompat import parse_duration
-
-    since = None
-    if args.since:
-        try:
-            since = time.time() - parse_duration(args.since)
-        except ValueError:
-            raise CLIError(f"--since {args.since!r} is not a duration like 30m or 2h") from None
-    path = args.output_file or gatherlogs.default_zip_name()
-    parts = make_gatherer(connector).gather(since)
-    clean = None
-    if args.anonymize:
-        try:
-            names = connector.connection_names()
-        except (CLIError, DockerError):
-            names = []
-        clean = gatherlogs.Anonymizer(gatherlogs.names_to_hide(connector.docker, names))
-    try:
-        gatherlogs.write_zip(path, parts, clean)
-    except OSError as e:
-        raise CLIError(f"cannot write {path}: {e.strerror or e}") from None
-    if out.machine:
-        out.emit({"ok": True, "command": "gather-logs", "file": path, "parts": sorted(parts)})
-    else:
-        print(f"Wrote {path} ({len(parts)} parts)")
-    return 0
-
-
 def _docker_subnet(flag: str | None) -> str | None:
     """``--docker-subnet``, checked (without it, the connector reads ``docker.subnet``)."""
     from telenet.cli.subnets import check_docker_subnet
@@ -557,28 +472,10 @@ def _dispatch(
         from telenet.cli import info as report
 
         return _show(report.versions(connector), args.output, out, report.format_versions)
-    if args.command == "doctor":
-        from telenet.cli import doctor
+    if args.command in DIAGNOSE_COMMANDS:
+        from telenet.cli import diagnose
 
-        name = args.name or args.connection or os.environ.get("TELENET_CONNECTION") or None
-        findings = make_doctor(connector).run(name)
-        _show(doctor.as_data(findings), args.output, out, doctor.format_findings)
-        return doctor.exit_code(findings)
-    if args.command == "gather-logs":
-        return _gather_logs(connector, args, out)
-    if args.command == "loglevel":
-        from telenet.cli import loglevel as levels
-        from telenet.core.gocompat import parse_duration
-
-        try:
-            duration = parse_duration(args.duration) if args.duration else 0.0
-        except ValueError:
-            raise CLIError(
-                f"--duration {args.duration!r} is not a duration like 30s or 5m"
-            ) from None
-        data = make_level_setter(connector).set(levels.check_level(args.level), duration, args.name)
-        _show(data, args.output, out, levels.format_levels)
-        return 0 if data["ok"] else 1
+        return diagnose.run(connector, args, out, _show)
     if args.command == "compose":
         return _compose(connector, args, docker_args, out)
     connection = args.connection or os.environ.get("TELENET_CONNECTION") or None

@@ -52,7 +52,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 def call_plugin(
-    path: str, endpoint: str, body: dict[str, Any], timeout: float = 10.0
+    path: str, endpoint: str, body: dict[str, Any], timeout: float = 5.0
 ) -> dict[str, Any]:
     """POST ``body`` to ``endpoint`` on the plug-in's socket ``path``; its JSON answer."""
     conn = _UnixConnection(path, timeout)
