@@ -14,6 +14,7 @@ import json
 import shlex
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 from telenet.cli.config import load_config
 from telenet.cli.doctor import Doctor
 from telenet.cli.main import make_connector
+from telenet.cli.pluginsocket import call_plugin, socket_of
 from telenet.cli.subnets import host_routes
 
 from .conftest import BUSYBOX, run
@@ -183,6 +185,82 @@ def test_cluster_dns_stopped(conn: Connected) -> None:
     finally:
         run("docker", "start", cluster)
     conn.wait_healthy(timeout=30)
+
+
+def plugin_logs(conn: Connected, since: float) -> str:
+    """The telemount plug-in's lines since ``since``, asked on its socket."""
+    config = load_config(conn.env.config)
+    docker = make_connector(config, print).docker
+    path = socket_of(docker, conn.env.plugins[1])
+    assert path is not None
+    return "\n".join(call_plugin(path, "/Telenet.Logs", {"Since": since})["Lines"])
+
+
+def list_volumes(conn: Connected) -> None:
+    """dockerd asks the telemount plug-in for its volumes (/VolumeDriver.List)."""
+    run("docker", "volume", "ls", "-q", "--filter", f"driver={conn.env.plugins[1]}")
+
+
+def test_loglevel_for_a_while_on_a_running_plugin(conn: Connected) -> None:
+    started = time.time()
+    list_volumes(conn)
+    assert "Plug-in call /VolumeDriver.List" not in plugin_logs(conn, started)
+    done = conn.env.telenet("loglevel", "debug", "--duration", "3s", "--name", conn.name)
+    assert f"daemon {conn.name}: ok" in done.stdout
+    assert f"telemount plug-in {conn.env.plugins[1]}: ok" in done.stdout
+    list_volumes(conn)
+    assert "Plug-in call /VolumeDriver.List" in plugin_logs(conn, started)
+    deadline = time.monotonic() + 10
+    while "Log level back to info" not in plugin_logs(conn, started):
+        assert time.monotonic() < deadline, plugin_logs(conn, started)
+        time.sleep(0.2)
+    after = time.time()
+    list_volumes(conn)
+    assert "Plug-in call" not in plugin_logs(conn, after)
+
+
+def test_gather_logs_holds_every_part(conn: Connected, tmp_path: Any) -> None:
+    # A line the managed plug-in writes now: its level set, for good, to what it was.
+    conn.env.telenet("loglevel", "info", "--name", conn.name)
+    target = tmp_path / "logs.zip"
+    conn.env.telenet("gather-logs", "-o", str(target), "--since", "5m")
+    with zipfile.ZipFile(target) as z:
+        parts = {name: z.read(name).decode() for name in z.namelist()}
+    route = f"plugins/teleroute-{conn.env.plugins[0].replace('/', '_').replace(':', '_')}"
+    mount = f"plugins/telemount-{conn.env.plugins[1].replace('/', '_').replace(':', '_')}"
+    for part in (
+        "cli/README.txt",
+        "config.json",
+        "doctor.txt",
+        "status.json",
+        "docker/version.json",
+        "docker/plugins.json",
+        f"daemon/{conn.tp}.log",
+        f"{route}.log",
+        f"{route}.health.json",
+        f"{mount}.log",
+        f"{mount}.health.json",
+    ):
+        assert part in parts, sorted(parts)
+    assert "Log level now info" in parts[f"{mount}.log"]
+    assert json.loads(parts[f"{route}.health.json"])["Networks"]
+    assert conn.env.plugins[1] in parts["docker/plugins.json"]
+    assert conn.name in parts["status.json"]
+    anonymized = tmp_path / "anon.zip"
+    conn.env.telenet("gather-logs", "-o", str(anonymized), "--anonymize")
+    with zipfile.ZipFile(anonymized) as z:
+        status = z.read("status.json").decode()
+    assert conn.name not in status and conn.env.cluster["ip"] not in status
+
+
+def test_status_carries_the_plugins_health(conn: Connected) -> None:
+    status = conn.env.status(conn.name)
+    network, volume = status["plugins"]
+    assert network["health"]["Networks"][0]["Connected"] is True
+    assert network["health"]["Endpoints"] >= 1
+    assert volume["health"]["Volumes"] == 0 and volume["health"]["Mounts"] == []
+    text = conn.env.telenet("status", "--name", conn.name).stdout
+    assert "1 linked" in text and "0 volumes, 0 mounts" in text
 
 
 def test_leftover_network_of_a_removed_daemon(conn: Connected) -> None:
