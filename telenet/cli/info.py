@@ -120,7 +120,8 @@ def config_view(
             "directory_exists": os.path.isdir(logs),
             "cli": "stderr only: the CLI writes no log file",
             "daemon": "docker logs " + container_name("NAME"),
-            "plugins": "managed: dockerd's log (journalctl -u docker); legacy: their twistd output",
+            "plugins": "managed: dockerd's log (journalctl -u docker); legacy: their twistd "
+            "output; both: their recent lines through telenet gather-logs",
             "telemount_helpers": f"{TELEMOUNT_STATE_DIR}/VOLUME.log in the telemount plug-in",
         },
     }
