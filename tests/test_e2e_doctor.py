@@ -165,7 +165,7 @@ def test_route_colliding_in_a_scratch_netns(conn: Connected, tmp_path: Any) -> N
         check = found[f"{conn.name}: subnets"]
         assert check.state == "fail"
         assert f"overlaps the host's route {routed} dev lo" in check.message
-        apply(check.fix, prefix=f"ip -n {shlex.quote(netns)} ")
+        apply(check.fix, prefix=f"ip netns exec {shlex.quote(netns)} ")
         found = {f.check: f for f in doctor.run(conn.name)}
         assert found[f"{conn.name}: subnets"].state == "ok"
     finally:
