@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shlex
+import signal
 import subprocess
 import time
 import zipfile
@@ -199,6 +201,51 @@ def plugin_logs(conn: Connected, since: float) -> str:
 def list_volumes(conn: Connected) -> None:
     """dockerd asks the telemount plug-in for its volumes (/VolumeDriver.List)."""
     run("docker", "volume", "ls", "-q", "--filter", f"driver={conn.env.plugins[1]}")
+
+
+def helper_pids(port: int) -> list[int]:
+    """Host pids of the FUSE helpers serving the SFTP server on ``port`` (their command line)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--mountpoint" in argv and b"--port" in argv and str(port).encode() in argv:
+            found.append(int(pid))
+    return found
+
+
+def test_stale_mount_of_a_killed_helper(conn: Connected) -> None:
+    """A volume mounted through a bridge; its helper killed leaves a stale FUSE mount."""
+    connector = make_connector(load_config(conn.env.config), print)
+    control = connector.control(connector.find(conn.name))
+    port = control.open_bridge(conn.env.cluster["agent"])
+    volume = f"{conn.env.prefix}-stale"
+    host = json.loads(
+        run("docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", conn.tp).stdout
+    )["bridge"]["IPAddress"]
+    try:
+        run(
+            "docker", "volume", "create", "-d", conn.env.plugins[1], "-o", f"host={host}",
+            "-o", f"port={port}", "-o", f"container={conn.env.cluster['sample_container']}",
+            volume,
+        )  # fmt: skip
+        pids = helper_pids(port)
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+        check = conn.failing()["telemount mounts"]
+        assert check["message"].endswith(
+            "transport endpoint is not connected (its FUSE helper is gone)"
+        )
+        assert check["fix"].startswith("umount -l /var/lib/docker/plugins/")
+        apply(check["fix"])
+        assert conn.doctor()[1]["telemount mounts"]["state"] == "ok"
+    finally:
+        run("docker", "volume", "rm", "-f", volume, check=False)
+        control.close_bridge(port)
+    conn.wait_healthy(timeout=10)
 
 
 def test_loglevel_for_a_while_on_a_running_plugin(conn: Connected) -> None:
