@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
-from telenet.cli.config import load_config
+from telenet.cli.config import Config, load_config
 from telenet.cli.doctor import Doctor
 from telenet.cli.main import make_connector
 from telenet.cli.pluginsocket import call_plugin, socket_of
 from telenet.cli.subnets import host_routes
 
-from .conftest import BUSYBOX, run
+from .conftest import BUSYBOX, Telemount, run
 from .test_e2e_cli import Env, env, uid  # noqa: F401  (env: the module's fixture)
 
 pytestmark = pytest.mark.e2e
@@ -246,6 +246,28 @@ def test_stale_mount_of_a_killed_helper(conn: Connected) -> None:
         run("docker", "volume", "rm", "-f", volume, check=False)
         control.close_bridge(port)
     conn.wait_healthy(timeout=10)
+
+
+def test_legacy_plugin_whose_process_is_gone(telemount: Telemount) -> None:
+    """A legacy telemount killed: its socket is left and answers no more; started again, ok."""
+    connector = make_connector(Config(), print)
+    doctor = Doctor(connector.docker, connector.config, connector.lookup)
+    users = ["a-connection"]
+    found = doctor.check_plugin("telemount", telemount.name, users)
+    assert (found.state, found.message) == (
+        "ok",
+        f"{telemount.name}: legacy, answering on {telemount.socket}",
+    )
+    telemount.daemon.kill(signal.SIGKILL)
+    assert os.path.exists(telemount.socket)
+    found = doctor.check_plugin("telemount", telemount.name, users)
+    assert found.state == "fail"
+    assert found.message == (
+        f"{telemount.name}: legacy, and nothing answers on {telemount.socket} (its process is gone)"
+    )
+    assert found.fix == "start the plug-in again: twistd telemount (docs/telemount.md)"
+    telemount.start()  # the fix: twistd telemount as it was started
+    assert doctor.check_plugin("telemount", telemount.name, users).state == "ok"
 
 
 def test_loglevel_for_a_while_on_a_running_plugin(conn: Connected) -> None:
