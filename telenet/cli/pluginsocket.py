@@ -75,5 +75,7 @@ def call_plugin(
         raise PluginCallError(f"{endpoint}: not JSON (HTTP {status})") from None
     if status >= 400 or not isinstance(answer, dict):
         message = answer.get("Err") if isinstance(answer, dict) else None
+        if status == 404 and endpoint.startswith("/Telenet."):
+            message = f"{message}: a plug-in older than this telenet (make it again)"
         raise PluginCallError(message or f"{endpoint}: HTTP {status}")
     return answer
