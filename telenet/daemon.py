@@ -329,7 +329,7 @@ def makeService(
         "control",
         strports.service(
             options["control"],
-            control_site(status, bridges, reactor, LevelControl(reactor)),
+            control_site(status, bridges, reactor, levels=LevelControl(reactor)),
             reactor=reactor,
         ),
     )

@@ -70,7 +70,7 @@ class Daemon:
         self.bridges = Bridges(self._open)
         # Its own log settings: a level set here changes nothing of the test run's logging.
         levels = LevelControl(reactor, logoptions.LogSettings())
-        site = control_site(self._status, self.bridges, reactor, levels)
+        site = control_site(self._status, self.bridges, reactor, levels=levels)
         self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.agent = reactor.listenTCP(0, protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
 

@@ -151,7 +151,7 @@ def test_health_may_answer_plainly_or_with_a_deferred(logged: Logged) -> None:
 
 def test_daemon_control_loglevel(logged: Logged) -> None:
     stub = StubTreq(
-        ControlResource(lambda: {}, Bridges(lambda h, p: defer.Deferred()), logged.control)
+        ControlResource(lambda: {}, Bridges(lambda h, p: defer.Deferred()), levels=logged.control)
     )
 
     def call(method: str, body: Any = None) -> tuple[int, Any]:

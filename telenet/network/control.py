@@ -148,7 +148,7 @@ class ControlResource(resource.Resource):
     isLeaf = True
 
     def __init__(
-        self, status: StatusSource, bridges: Bridges, levels: LevelControl | None = None
+        self, status: StatusSource, bridges: Bridges, *, levels: LevelControl | None = None
     ) -> None:
         super().__init__()
         self.status = status
@@ -238,9 +238,10 @@ def control_site(
     status: StatusSource,
     bridges: Bridges,
     reactor: IReactor | None = None,
+    *,
     levels: LevelControl | None = None,
 ) -> server.Site:
     """The control API's site: requests in flight at SIGTERM are answered first."""
-    site = PluginSite(ControlResource(status, bridges, levels), reactor=reactor)
+    site = PluginSite(ControlResource(status, bridges, levels=levels), reactor=reactor)
     site.noisy = False
     return site
