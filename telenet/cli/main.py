@@ -49,7 +49,6 @@ import yaml
 
 from telenet.cli.compose.arguments import add_compose_parser, split_compose
 from telenet.cli.config import Config, ConfigError, load_config
-from telenet.cli.diagnoseargs import DIAGNOSE_COMMANDS, add_diagnose_parsers
 
 if TYPE_CHECKING:
     from telenet.cli.compose.command import ComposeCommand
@@ -291,6 +290,8 @@ def _parser() -> argparse.ArgumentParser:
     views = config.add_subparsers(dest="action", metavar="ACTION", required=True)
     view = views.add_parser("view", help="each setting, where it came from, files and logs")
     version = commands.add_parser("version", help="the CLI's, daemons' and plug-ins' versions")
+    from telenet.cli.diagnoseargs import add_diagnose_parsers
+
     add_diagnose_parsers(commands)
     for sub in (view, version):
         sub.add_argument(
@@ -472,6 +473,8 @@ def _dispatch(
         from telenet.cli import info as report
 
         return _show(report.versions(connector), args.output, out, report.format_versions)
+    from telenet.cli.diagnoseargs import DIAGNOSE_COMMANDS
+
     if args.command in DIAGNOSE_COMMANDS:
         from telenet.cli import diagnose
 
