@@ -122,7 +122,8 @@ def config_view(
             "daemon": "docker logs " + container_name("NAME"),
             "plugins": "managed: dockerd's log (journalctl -u docker); legacy: their twistd "
             "output; both: their recent lines through telenet gather-logs",
-            "telemount_helpers": f"{TELEMOUNT_STATE_DIR}/VOLUME.log in the telemount plug-in",
+            "telemount_helpers": f"{TELEMOUNT_STATE_DIR}/mounts/HOST-PORT.log in the telemount "
+            "plug-in (one helper per SFTP server)",
         },
     }
 
