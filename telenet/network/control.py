@@ -8,6 +8,9 @@ The daemon's control API (docs/daemon.md, "Control API"), HTTP + JSON for the te
 - ``POST /bridges`` with ``{"agent": "host:port"}``: opens an SFTP bridge (a TCP proxy from a
   local port to the agent's raw SFTP server), answers ``{"port": N, "agent": "host:port"}``.
 - ``DELETE /bridges/<port>``: closes it, answers ``{"port": N, "closed": true}``.
+- ``GET /loglevel``: ``{"level", "configured", "until"}``; ``POST /loglevel`` with
+  ``{"level": "debug", "duration": SECONDS}``: that level now, the configured one back after
+  the duration (``telenet loglevel``; 0 or absent: until changed again).
 
 Errors are JSON too: ``{"error": "<message>"}`` with 400 (bad request), 404 (unknown path or
 bridge), 405 (wrong method), 413 (body too big) or 500.
@@ -30,6 +33,7 @@ from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from telenet.core.dockerplugin import PluginSite
+from telenet.core.pluginadmin import LevelControl
 from telenet.core.reactor import IReactor
 
 log = Logger()
@@ -143,10 +147,13 @@ class ControlResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, status: StatusSource, bridges: Bridges) -> None:
+    def __init__(
+        self, status: StatusSource, bridges: Bridges, *, levels: LevelControl | None = None
+    ) -> None:
         super().__init__()
         self.status = status
         self.bridges = bridges
+        self.levels = levels
 
     def render(self, request: IRequest) -> int:
         site = getattr(request, "site", None)
@@ -173,6 +180,17 @@ class ControlResource(resource.Resource):
             if not isinstance(body, dict) or set(body) - {"agent"}:
                 raise ControlError(400, 'expected {"agent": "host:port"}')
             return await self.bridges.add(body.get("agent"))
+        if path == ["loglevel"] and self.levels is not None:
+            if method == "GET":
+                return self.levels.describe()
+            self._allow(method, "POST")
+            body = self._json(request)
+            if not isinstance(body, dict) or set(body) - {"level", "duration"}:
+                raise ControlError(400, 'expected {"level": "debug", "duration": SECONDS}')
+            try:
+                return self.levels.set(body.get("level"), body.get("duration") or 0)
+            except ValueError as e:
+                raise ControlError(400, str(e)) from None
         if len(path) == 2 and path[0] == "bridges":
             self._allow(method, "DELETE")
             if not path[1].isdigit():
@@ -217,9 +235,13 @@ class ControlResource(resource.Resource):
 
 
 def control_site(
-    status: StatusSource, bridges: Bridges, reactor: IReactor | None = None
+    status: StatusSource,
+    bridges: Bridges,
+    reactor: IReactor | None = None,
+    *,
+    levels: LevelControl | None = None,
 ) -> server.Site:
     """The control API's site: requests in flight at SIGTERM are answered first."""
-    site = PluginSite(ControlResource(status, bridges), reactor=reactor)
+    site = PluginSite(ControlResource(status, bridges, levels=levels), reactor=reactor)
     site.noisy = False
     return site
