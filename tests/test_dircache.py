@@ -335,3 +335,28 @@ async def test_names_made_here_keep_the_listing_and_a_new_directory_is_known_emp
     assert (await aio(world.fs.lookup(made.st_ino, b"a", None))).st_ino == 0
     assert (await aio(world.fs.lookup(vol.st_ino, b"moved", None))).st_ino > 1
     assert await world.readdir(made.st_ino) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_file_read_again_within_its_trust_keeps_its_pages(world: World) -> None:
+    """
+    A file changed a moment ago, read again while the attributes its first open saw are
+    still the ones trusted: the kernel keeps its pages and no OPEN goes out; once they are
+    asked again (the trust ran out), a same-second change could hide: the pages go.
+    """
+    world.fs._store = None
+    await aio(world.setup())
+    entry = await world.lookup_path(b"data", b"hello")
+    world.now += 0.1
+    first = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    await aio(world.fs.release(first.fh))
+    world.now += 0.5
+    world.client.calls.clear()
+    again = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    await aio(world.fs.release(again.fh))
+    assert again.keep_cache and world.client.calls == []
+    world.now += 1
+    await world.lookup_path(b"data", b"hello")
+    world.now += 0.1
+    later = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
+    assert not later.keep_cache

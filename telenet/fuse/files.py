@@ -228,16 +228,24 @@ class FilesMixin(ListingsMixin):
 
         Only when the file is unchanged since that open: fresh attributes with the same mtime
         and size, and at that open the mtime was already "settled" (well in the past), so a
-        later change could not hide in the same one-second mtime. The margin is wide to
-        survive clock skew between this machine and the server.
+        later change could not hide in the same one-second mtime (the margin is wide to
+        survive clock skew between this machine and the server); or, for a file changed
+        lately, while the attributes that open saw are still the ones trusted (not asked
+        again since): its pages are as current as those attributes, as the cache promises.
         """
         a = node.attrs
-        if a is None or a.mtime is None or node.expires <= self._now():
-            node.opened = None
+        now = self._now()
+        if a is None or a.mtime is None or node.expires <= now:
+            node.opened = node.opened_young = None
             return False
         version = (a.mtime, a.size)
-        keep = node.opened == version
-        node.opened = version if a.mtime < time.time() - SETTLED else None
+        young = node.opened_young
+        keep = node.opened == version or (
+            young is not None and young[:2] == version and node.fetched < young[2]
+        )
+        settled = a.mtime < time.time() - SETTLED
+        node.opened = version if settled else None
+        node.opened_young = None if settled else (*version, now)
         return keep
 
     @fuse_op(errno.EEXIST)

@@ -84,6 +84,7 @@ class Node:
         "opened",
         "detached",
         "fetched",
+        "opened_young",
     )
 
     def __init__(self, ino: int, vol: MountedVolume, rel: bytes) -> None:
@@ -98,6 +99,8 @@ class Node:
         self.opened: tuple[int | None, int | None] | None = None  # (mtime, size) at last open
         self.detached = False  # unlinked or renamed over: its path means something else now
         self.fetched = 0.0  # when the server said ``attrs`` (monotonic)
+        # (mtime, size, when) at the last open of a file changed too lately to be "settled"
+        self.opened_young: tuple[int | None, int | None, float] | None = None
 
     @property
     def remote(self) -> bytes:
