@@ -45,6 +45,7 @@ from .test_e2e_teleroute import (
     SERVICE,
     LegacyPlugin,
     Setup,
+    assert_nothing_left,
     docker,
     http_get_command,
     images,
@@ -269,6 +270,7 @@ def family_setup(
         yield s
     finally:
         s.stop()
+    assert_nothing_left(s)
 
 
 def sections(out: str, count: int) -> list[str]:
@@ -334,6 +336,7 @@ def test_volume_through_a_bridge_to_an_ipv6_agent(
             run("docker", "volume", "rm", "-f", name, check=False)
     finally:
         s.stop()
+    assert_nothing_left(s)
 
 
 #: POST /bridges to the daemon's control API for the agent in argv[1]; prints the answer.
