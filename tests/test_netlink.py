@@ -280,8 +280,8 @@ async def test_replace_connected_route_and_arp(ns: Namespace) -> None:
 async def test_ipv6_address_copy_and_prefix_route_move(ns: Namespace) -> None:
     """
     The IPv6 gateway move: a copy of an IPv6 address on a second link is taken (added without
-    DAD, which would fail it on the same L2: the e2e dual-stack test), and replace_route moves the kernel's IPv6 prefix
-    route (metric 256) instead of adding a second one beside it.
+    DAD, which would fail it on the same L2: the e2e dual-stack test), and replace_route moves
+    the kernel's IPv6 prefix route (metric 256) instead of adding a second one beside it.
     """
     await _veth_up(ns)
     await ns.nl.add_address("tnt-v0", I("fd00:77::1/64"))
