@@ -14,6 +14,7 @@ import pytest
 from telenet.cli.config import Config
 from telenet.cli.connection import CLIError
 from telenet.cli.dockerapi import SDKDocker
+from telenet.cli.status import format_status
 from telenet.cli.subnets import IPV6_TRIES, choose_subnet6
 
 from .test_cli_connect import World
@@ -78,6 +79,9 @@ def test_dual_stack_when_the_default_bridge_has_ipv6() -> None:
     subnets = [c["Subnet"] for c in network["IPAM"]["Config"]]
     assert subnets[1] == "fd00:0:0:2::/64", subnets
     assert created(world)[-1] == ("create_network_ipv6", "blue", "fd00:0:0:2::/64", True)
+    status = world.connector.status("blue")
+    assert status["network"]["subnets"] == subnets
+    assert f"network: blue ({', '.join(subnets)}, driver" in format_status(status)
     sysctls = world.docker.containers_by_id[conn.container_id]["spec"].sysctls
     assert sysctls["net.ipv6.conf.all.disable_ipv6"] == "0"
     assert sysctls["net.ipv6.conf.all.forwarding"] == "1"
