@@ -116,8 +116,7 @@ def parse_options(opts: dict[str, str]) -> VolumeOptions:
     port = int(port_text)
     if port == 0:
         raise PluginError('missing required option "port"')
-    host = opts.get("host") or DEFAULT_HOST
-    _check_host(host)
+    host = _check_host(opts.get("host") or DEFAULT_HOST)
     try:
         uid, gid, umask = parse_owner_options(opts)
     except ValueError as e:
@@ -158,16 +157,24 @@ def _wait(text: str) -> float:
     return seconds
 
 
-def _check_host(host: str) -> None:
+def _check_host(host: str) -> str:
+    """
+    ``host`` as the helper connects to it: an address literal in its canonical text, an IPv6
+    one with or without brackets (``fd00::2``, ``[fd00::2]``: one server, one mount), else a
+    host name.
+    """
+    bracketed = host.startswith("[") and host.endswith("]")
     try:
-        ipaddress.ip_address(host.strip("[]") if host.startswith("[") else host)
-        return
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
     except ValueError:
-        pass
-    if not _HOSTNAME.fullmatch(host):
+        address = None
+    if address is not None and (address.version == 6 or not bracketed):
+        return str(address)
+    if bracketed or not _HOSTNAME.fullmatch(host):
         raise PluginError(
             f"failed to parse host address {host}: not an IPv4 or IPv6 address or a host name"
         )
+    return host
 
 
 def _confined_dir(container: str, directory: str) -> str:

@@ -104,3 +104,33 @@ def test_cluster_records_serve_what_a_cluster_dns_does() -> None:
         "<PTR name=echo.default.svc.cluster.local ttl=5>"
     ]
     failure_of(records.lookupAddress("nope.default.svc.cluster.local")).trap(DomainError)
+
+
+def test_demo_cluster_dual_stack_service_and_own_ipv6(tmp_path: Any) -> None:
+    """A name given once per family answers A and AAAA (TXT and SRV once); ``self6`` is the
+    container's global IPv6 address from /proc/net/if_inet6, none without one."""
+    from twisted.names import dns
+
+    from telenet.democluster import ClusterRecords, own_ipv6
+    from tests.helpers import result_of
+
+    name = "echo.default.svc.cluster.local"
+    records = ClusterRecords([(name, "10.96.0.42"), (name, "fd00:96::42")])
+
+    def ask(type: int) -> list[str]:
+        answers, _, _ = result_of(records.query(dns.Query(name, type, dns.IN)))
+        return [str(rr.payload) for rr in answers]
+
+    assert ask(dns.A) == ["<A address=10.96.0.42 ttl=5>"]
+    assert ask(dns.AAAA) == ["<AAAA address=fd00:96::42 ttl=5>"]
+    assert len(ask(dns.TXT)) == 1
+    inet6 = tmp_path / "if_inet6"
+    inet6.write_text(
+        "00000000000000000000000000000001 01 80 10 80       lo\n"
+        "fe800000000000000042acfffe120002 2a 40 20 80     eth0\n"
+        "fd000096000000000000000000000042 2a 40 00 80     eth0\n"
+    )
+    assert own_ipv6(str(inet6)) == "fd00:96::42"
+    inet6.write_text("00000000000000000000000000000001 01 80 10 80       lo\n")
+    assert own_ipv6(str(inet6)) is None
+    assert own_ipv6(str(tmp_path / "missing")) is None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from telenet.cli.connection import CLIError
 from telenet.cli.runflags import (
     Mount,
     RemoteMount,
@@ -15,6 +18,7 @@ from telenet.cli.runflags import (
     volume_spec,
     with_nocopy,
 )
+from telenet.cli.workload import check_agent
 
 
 def test_volume_short_form_is_a_named_volume_or_bind() -> None:
@@ -264,3 +268,25 @@ def test_with_nocopy_leaves_other_mounts_alone() -> None:
     run = with_nocopy(parse_run_args(args), {"tm"})
     assert run.option_tokens() == [*args[:-4], "-v", "tm:/a:nocopy"]
     assert run.command == ("cmd",)
+
+
+@pytest.mark.parametrize(
+    "agent,message",
+    [
+        ("[fd00:96::5]:8022", None),
+        ("[::ffff:10.96.0.5]:8022", None),
+        ("10.96.0.5:8022", None),
+        ("agent.svc:8022", None),
+        ("fd00:96::5:8022", "write an IPv6 agent as [ADDRESS]:PORT"),
+        ("[fd00:96::zz]:8022", "'fd00:96::zz' is not an IPv6 address"),
+        ("[10.96.0.5]:8022", "'10.96.0.5' is not an IPv6 address"),
+        ("[fd00:96::5]", "expected HOST:PORT"),
+    ],
+)
+def test_agent_given_by_an_ipv6_address(agent: str, message: str | None) -> None:
+    """An IPv6 agent is bracketed, as the daemon's bridges take it; bare IPv6 is refused early."""
+    if message is None:
+        check_agent(agent)
+    else:
+        with pytest.raises(CLIError, match=re.escape(message)):
+            check_agent(agent)

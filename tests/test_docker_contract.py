@@ -99,6 +99,31 @@ def test_provides_interface(setup: Setup) -> None:
     assert not setup.docker.image_exists("local/tntest-missing")
 
 
+def test_dual_stack_network(setup: Setup) -> None:
+    """
+    create_network with an IPv6 subnet: both pools, IPv6 enabled, and no daemon-level IPv6
+    needed for it (CI's engines run without ``--ipv6``); asked for no IPv4, an engine before
+    API 1.47 keeps IPv4 and says so in the warning.
+    """
+    d = setup.docker
+    subnet, subnet6 = a_subnet(), f"fd00:7e1e:{random.randrange(65536):x}::/64"
+    name = setup.name("dual")
+    setup.made_networks.append(name)
+    _, warning = d.create_network(name, "bridge", {}, {}, subnet, True, subnet6=subnet6)
+    found = d.network(name)
+    assert found is not None and found["EnableIPv6"] is True and warning == ""
+    assert sorted(subnets_of(found)) == sorted([subnet, subnet6])
+    name = setup.name("v6only")
+    setup.made_networks.append(name)
+    subnet6 = f"fd00:7e1e:{random.randrange(65536):x}::/64"
+    _, warning = d.create_network(name, "bridge", {}, {}, a_subnet(), True, subnet6, ipv4=False)
+    found = d.network(name)
+    assert found is not None and subnet6 in subnets_of(found)
+    if tuple(int(p) for p in d.api_version().split(".")) < (1, 47):
+        assert "cannot make a network without IPv4" in warning, warning
+        assert any(":" not in s for s in subnets_of(found))
+
+
 def test_network_lifecycle(setup: Setup) -> None:
     """create_network makes an internal network found by name and id; rm removes it."""
     d = setup.docker

@@ -132,3 +132,36 @@ def test_stop_cancels_the_next_look_and_start_resumes() -> None:
     gateway.startService()
     clock.advance(0)
     assert gateway.moved_from == "tpd-0"
+
+
+DAEMON6 = ipaddress.ip_address("fd00:30::2")
+SUBNET6 = ipaddress.ip_network("fd00:30::/64")
+
+
+def test_dual_stack_moves_ipv6_too_before_arp_goes() -> None:
+    """
+    On a dual-stack network the bridge also gets the daemon's IPv6 address (/128) and the IPv6
+    subnet's route, before tpd-0 loses ARP (which takes neighbour discovery with it); a second
+    switch (a restarted daemon process) finds the address there and carries on.
+    """
+    netlink, clock, gateway = world()
+    gateway.daemon_address(DAEMON, DAEMON6)
+    docker_sets_up(netlink)
+    result_of(netlink.add_address("tpd-0", ipaddress.ip_interface("fd00:30::2/64")))
+    clock.advance(gateway.interval)
+    assert gateway.moved_from == "tpd-0"
+    host_route = ipaddress.ip_network("fd00:30::2/128")  # the kernel's, of the copy
+    assert result_of(netlink.routes("br-daemon")) == frozenset({SUBNET, SUBNET6, host_route})
+    assert ipaddress.ip_interface("fd00:30::2/128") in result_of(netlink.addresses("br-daemon"))
+    switch = [c for c in netlink.calls if c[0] in ("set_arp", "replace_route", "add_address")]
+    assert switch[-3:] == [
+        ("add_address", "br-daemon", ipaddress.ip_interface("fd00:30::2/128")),
+        ("replace_route", SUBNET6, "br-daemon", DAEMON6),
+        ("set_arp", "tpd-0", False),
+    ]
+    again = BridgeGateway(netlink, clock)
+    again.startService()
+    again.daemon_address(DAEMON, DAEMON6)
+    clock.advance(again.interval)
+    assert again.moved_from == "tpd-0"
+    assert result_of(netlink.routes("br-daemon")) == frozenset({SUBNET, SUBNET6, host_route})

@@ -130,6 +130,8 @@ def test_list_is_sorted_and_capabilities_local() -> None:
         ({**OPTS, "container": ".."}, "is not a container name"),
         ({**OPTS, "container": "a/b"}, "is not a container name"),
         ({**OPTS, "host": "bad host!"}, "failed to parse host address bad host!"),
+        ({**OPTS, "host": "[10.0.0.1]"}, "failed to parse host address [10.0.0.1]"),
+        ({**OPTS, "host": "[fd00::2"}, "failed to parse host address [fd00::2"),
         ({**OPTS, "uid": "-1"}, "uid must be an unsigned integer between 0 and 4294967294"),
         ({**OPTS, "uid": "4294967295"}, "uid must be an unsigned integer between 0"),
         ({**OPTS, "gid": "x"}, "gid must be an unsigned integer between 0 and 4294967294"),
@@ -160,6 +162,13 @@ def test_option_defaults_and_forms() -> None:
     assert parse_options({"container": "c", "port": "1", "dir": "a/./b/../c/"}).remote_dir == (
         "/tel_app_exports/c/a/c"
     )
+
+
+@pytest.mark.parametrize("given", ["fd00:30::2", "[fd00:30::2]", "FD00:30:0::2", "[fd00:30::0002]"])
+def test_ipv6_agent_host_in_any_spelling_is_one_server(given: str) -> None:
+    """An agent given by an IPv6 address, bracketed or not: the canonical literal, no brackets
+    (what the helper's HostnameEndpoint connects to; one helper and mount for all spellings)."""
+    assert parse_options({"container": "c", "port": "8022", "host": given}).host == "fd00:30::2"
 
 
 def test_owner_options() -> None:

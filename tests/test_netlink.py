@@ -277,6 +277,22 @@ async def test_replace_connected_route_and_arp(ns: Namespace) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_ipv6_address_copy_and_prefix_route_move(ns: Namespace) -> None:
+    """
+    The IPv6 gateway move: a copy of an IPv6 address on a second link is taken (added without
+    DAD, which would fail it on the same L2: the e2e dual-stack test), and replace_route moves
+    the kernel's IPv6 prefix route (metric 256) instead of adding a second one beside it.
+    """
+    await _veth_up(ns)
+    await ns.nl.add_address("tnt-v0", I("fd00:77::1/64"))
+    await ns.nl.add_address("tnt-v1", I("fd00:77::1/128"))
+    assert I("fd00:77::1/128") in await ns.nl.addresses("tnt-v1")
+    await ns.nl.replace_route(N("fd00:77::/64"), "tnt-v1", ipaddress.ip_address("fd00:77::1"))
+    assert N("fd00:77::/64") in await ns.nl.routes("tnt-v1")
+    assert N("fd00:77::/64") not in await ns.nl.routes("tnt-v0")
+
+
+@pytest_twisted.ensureDeferred
 async def test_route_needs_reachable_gateway(ns: Namespace) -> None:
     """A gateway outside every connected subnet of the link is refused."""
     await _veth_up(ns)

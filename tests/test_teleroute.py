@@ -405,6 +405,31 @@ def test_join_missing_family(h: Harness, route: str, family: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "v4,v6,kept",
+    [
+        (str(DAEMON_V4), None, ["10.96.0.0/12"]),
+        (None, str(DAEMON_V6), ["fd00:96::/108"]),
+    ],
+)
+def test_join_single_family_network_of_a_dual_stack_cluster(
+    h: Harness, v4: str | None, v6: str | None, kept: list[str]
+) -> None:
+    """
+    A network with one family (``docker.enableIPv6: false``, or IPv6 only) gets that family's
+    routes with its next hop; the other family's are left out instead of failing the Join.
+    """
+    h.connect()
+    h.routes = {N("10.96.0.0/12"), N("fd00:96::/108")}
+    result_of(h.create("d", v4=v4, v6=v6, daemon=True))
+    result_of(h.create("w", v4="172.30.0.5" if v4 else None, v6="fd00:30::5" if v6 else None))
+    response = result_of(h.join("w"))
+    assert [str(decode_network(r)) for r in response.routes] == kept
+    assert decode_addr(response.via_ip_v4) == (DAEMON_V4 if v4 else None)
+    assert decode_addr(response.via_ip_v6) == (DAEMON_V6 if v6 else None)
+    assert decode_addr(response.via) == (DAEMON_V6 if v6 else DAEMON_V4)
+
+
 def test_join_no_routes_no_via(h: Harness) -> None:
     """Without routed subnets a workload joins with no routes and no next hop."""
     h.connect("172.30.0.1/16")

@@ -136,6 +136,17 @@ class DockerUnavailable(DockerError):
         self.reason = reason
 
 
+#: The first engine API that makes a network without IPv4 (``EnableIPv4: false``; Docker 28).
+NO_IPV4_API_VERSION = (1, 47)
+
+
+def _api_at_least(version: str, wanted: tuple[int, ...]) -> bool:
+    try:
+        return tuple(int(p) for p in version.split(".")) >= wanted
+    except ValueError:
+        return False
+
+
 def api_version_ok(version: str) -> bool:
     try:
         parts = tuple(int(p) for p in version.split("."))
@@ -478,26 +489,68 @@ class SDKDocker:
         labels: dict[str, str],
         subnet: str | None,
         ipv6: bool,
+        subnet6: str | None = None,
+        ipv4: bool = True,
     ) -> tuple[str, str]:
         import docker.types
 
-        ipam = None
-        if subnet is not None:
-            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
-        created = self._call(
-            self.api.create_network,
-            name,
-            driver=driver,
-            options=options,
-            ipam=ipam,
-            internal=True,
-            labels=labels,
-            enable_ipv6=ipv6,
-            scope="local",
-            # Docker before API 1.44 makes a second network of the same name without it.
-            check_duplicate=True,
-        )
-        return str(created["Id"]), str(created.get("Warning") or "")
+        warning = ""
+        if not ipv4:
+            version = self.api_version()
+            if _api_at_least(version, NO_IPV4_API_VERSION):
+                subnet = None
+            else:
+                ipv4 = True
+                warning = (
+                    f"Docker API {version} cannot make a network without IPv4 (API "
+                    f"{'.'.join(map(str, NO_IPV4_API_VERSION))}, Docker 28, can): {name} has "
+                    "IPv4 too"
+                )
+        pools = [docker.types.IPAMPool(subnet=s) for s in (subnet, subnet6 if ipv6 else None) if s]
+        ipam = docker.types.IPAMConfig(pool_configs=pools) if pools else None
+        if not ipv4:
+            created = self._call(
+                self._create_network_without_ipv4, name, driver, options, labels, ipam
+            )
+        else:
+            created = self._call(
+                self.api.create_network,
+                name,
+                driver=driver,
+                options=options,
+                ipam=ipam,
+                internal=True,
+                labels=labels,
+                enable_ipv6=ipv6,
+                scope="local",
+                # Docker before API 1.44 makes a second network of the same name without it.
+                check_duplicate=True,
+            )
+        engine_warning = str(created.get("Warning") or "")
+        return str(created["Id"]), "; ".join(w for w in (warning, engine_warning) if w)
+
+    def _create_network_without_ipv4(
+        self,
+        name: str,
+        driver: str,
+        options: dict[str, str],
+        labels: dict[str, str],
+        ipam: dict[str, Any] | None,
+    ) -> Any:
+        """``EnableIPv4: false`` (API 1.47), which docker-py's ``create_network`` cannot send."""
+        body = {
+            "Name": name,
+            "Driver": driver,
+            "Options": options,
+            "IPAM": ipam,
+            "Internal": True,
+            "Labels": labels,
+            "EnableIPv4": False,
+            "EnableIPv6": True,
+            "Scope": "local",
+        }
+        response = self.api._post_json(self.api._url("/networks/create"), data=body)
+        return self.api._result(response, json=True)
 
     def remove_network(self, network: str) -> None:
         self._call(self.api.remove_network, network)

@@ -110,8 +110,15 @@ class IDocker(Interface):
         labels: dict[str, str],
         subnet: str | None,
         ipv6: bool,
+        subnet6: str | None = None,
+        ipv4: bool = True,
     ) -> tuple[str, str]:
-        """An internal network; (id, warning). Conflict when the name is taken."""
+        """
+        An internal network; (id, warning). Conflict when the name is taken. ``subnet`` and
+        ``subnet6`` are its pools of each family (None: the engine's choice); ``ipv4`` False
+        asks for a network without IPv4, which engines before API 1.47 (Docker 28) cannot make:
+        they make it with IPv4, and the warning says so.
+        """
 
     def remove_network(network: str) -> None:
         """``docker network rm``."""

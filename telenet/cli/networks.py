@@ -10,6 +10,7 @@ Separate from the daemon container: a network outlives its daemon, and quit and 
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ from telenet.cli.connection import CLIError, Connection, ConnectRequest
 from telenet.cli.dockerapi import DockerError, subnets_of
 from telenet.cli.interfaces import IDocker
 from telenet.cli.naming import LABEL_CONNECTION, LABEL_DAEMON, container_name, labels_of
-from telenet.cli.subnets import Taken, choose_subnet, collision, host_routes
+from telenet.cli.subnets import Taken, choose_subnet, choose_subnet6, collision, host_routes
 
 
 def use_ipv6(docker: IDocker, config: Config) -> bool:
@@ -42,6 +43,8 @@ class TelerouteNetworks:
     ready_timeout: float = 30.0
     #: This machine's routes (``subnets.host_routes``), checked when the engine runs here.
     host_routes: Callable[[], list[Taken]] = host_routes
+    #: Randomness for the IPv6 subnet's global ID (``subnets.choose_subnet6``).
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes
 
     def check_network_name(self, name: str) -> None:
         network = self.docker.network(name)
@@ -118,6 +121,11 @@ class TelerouteNetworks:
             subnet = choose_subnet(self._blocked_subnets(req, status))
             if subnet is None:
                 self.say("Warning: no free subnet among the candidates; Docker's IPAM chooses one")
+        subnet6 = None
+        if ipv6:
+            subnet6 = choose_subnet6(self._blocked_subnets(req, status), self.random_bytes)
+            if subnet6 is None:
+                self.say("Warning: no free IPv6 subnet found; Docker's IPAM chooses one")
         options = {"host": host, "port": str(self.config.teleroute_port)}
         labels = {LABEL_DAEMON: daemon_id, LABEL_CONNECTION: name}
         subnet_text = str(subnet) if subnet is not None else None
@@ -125,7 +133,14 @@ class TelerouteNetworks:
         while True:
             try:
                 network_id, warning = self.docker.create_network(
-                    name, driver, options, labels, subnet_text, ipv6
+                    name,
+                    driver,
+                    options,
+                    labels,
+                    subnet_text,
+                    ipv6,
+                    subnet6=str(subnet6) if subnet6 is not None else None,
+                    ipv4=self.config.enable_ipv4,
                 )
                 break
             except DockerError as e:

@@ -125,6 +125,8 @@ class StatusReporter:
                 "name": conn.network["Name"],
                 "id": conn.network["Id"],
                 "subnet": next(iter(subnets_of(conn.network)), None),
+                # Every family's (a dual-stack network has an IPv4 and an IPv6 one).
+                "subnets": subnets_of(conn.network),
                 "driver": conn.network.get("Driver"),
             }
         volumes = self.lookup.volumes(conn)
@@ -179,7 +181,9 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  routes:  {', '.join(daemon['routes'])}")
     network = status.get("network")
     lines.append(
-        f"  network: {network['name']} ({network['subnet']}, driver {network['driver']})"
+        f"  network: {network['name']} "
+        f"({', '.join(network.get('subnets') or [str(network['subnet'])])}, "
+        f"driver {network['driver']})"
         if network
         else "  network: none"
     )

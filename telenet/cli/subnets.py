@@ -5,6 +5,8 @@ existing Docker network (the rule of Telepresence's PR #4083).
 
 Candidates, first fit wins: ``172.16.0.0/16`` … ``172.31.0.0/16``; ``10.0.0.0/8`` in ``/20``s;
 the same in ``/24``s; ``192.168.0.0/16`` in ``/24``s. None fits: None (Docker's IPAM decides).
+A dual-stack network also gets an IPv6 subnet: a random unique local ``/64`` that overlaps
+nothing (``choose_subnet6``).
 
 Also the check of the user's ``--subnet`` values (``check_subnet``), and of a subnet the user
 chose for the network (``--docker-subnet``, ``docker.subnet``: ``check_docker_subnet``, and
@@ -16,7 +18,8 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+import secrets
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 
@@ -54,6 +57,33 @@ def choose_subnet(blocked: Iterable[Network | str]) -> ipaddress.IPv4Network | N
         first, last = int(candidate.network_address), int(candidate.broadcast_address)
         i = bisect.bisect_left(ends, first)
         if i == len(merged) or merged[i][0] > last:
+            return candidate
+    return None
+
+
+#: How many random IPv6 subnets are tried before the choice is left to Docker.
+IPV6_TRIES = 16
+
+
+def choose_subnet6(
+    blocked: Iterable[Network | str], random_bytes: Callable[[int], bytes] = secrets.token_bytes
+) -> ipaddress.IPv6Network | None:
+    """
+    An IPv6 subnet for a dual-stack teleroute network: a random ``/64`` of a unique local
+    address block (``fd00::/8`` with a random 40-bit global ID and subnet ID, RFC 4193)
+    overlapping no blocked subnet (IPv4 ones are ignored); None after ``IPV6_TRIES`` misses.
+    Docker's IPAM has no IPv6 pool to choose from unless its daemon was given one, so telenet
+    chooses, as Telepresence does for its own network.
+    """
+    taken = []
+    for item in blocked:
+        net = ipaddress.ip_network(item, strict=False) if isinstance(item, str) else item
+        if isinstance(net, ipaddress.IPv6Network):
+            taken.append(net)
+    for _ in range(IPV6_TRIES):
+        prefix = int.from_bytes(b"\xfd" + random_bytes(7), "big")
+        candidate = ipaddress.IPv6Network((prefix << 64, 64))
+        if not any(candidate.overlaps(t) for t in taken):
             return candidate
     return None
 

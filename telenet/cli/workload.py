@@ -21,6 +21,7 @@ resolve and mount alike.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 
 import attrs
@@ -153,10 +154,22 @@ def mount_options(items: Sequence[str], what: str = "--mount-opt") -> dict[str, 
 
 
 def check_agent(agent: str, what: str = "--agent") -> None:
-    """``HOST:PORT`` with a port in 1-65535; CLIError naming ``what`` otherwise."""
+    """
+    ``HOST:PORT`` with a port in 1-65535, an IPv6 host in brackets (``[fd00::5]:8022``, as the
+    daemon's control API takes it); CLIError naming ``what`` otherwise.
+    """
     host, sep, port = agent.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise CLIError(f"{what} {agent!r}: expected HOST:PORT, e.g. 10.96.0.20:8022")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise CLIError(f"{what} {agent!r}: {host[1:-1]!r} is not an IPv6 address") from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise CLIError(
+            f"{what} {agent!r}: write an IPv6 agent as [ADDRESS]:PORT, e.g. [fd00::5]:8022"
+        )
 
 
 def check_container(container: str, what: str = "--container") -> None:

@@ -47,6 +47,8 @@ _IFF_NOARP = 0x80
 _RT_TABLE_MAIN = 254
 _RTN_UNICAST = 1
 _EEXIST = 17
+_IFA_F_NODAD = 0x02  # linux/if_addr.h
+_IP6_RT_PRIO_ADDRCONF = 256  # the metric of the kernel's IPv6 prefix routes
 _ENODEV = 19
 
 
@@ -241,11 +243,15 @@ class PyrouteNetlink:
     def add_address(self, name: str, address: IPInterface) -> defer.Deferred[None]:
         async def go() -> None:
             ipr = await self._conn()
+            # IPv6 without duplicate address detection, as Docker adds its own: the addresses
+            # come from Docker's IPAM, and the gateway's copy on the bridge (same L2 as the
+            # daemon's tpd-N) would otherwise fail DAD against the original.
             await ipr.addr(
                 "add",
                 index=await self._index(name),
                 address=str(address.ip),
                 prefixlen=address.network.prefixlen,
+                **({"flags": _IFA_F_NODAD} if address.version == 6 else {}),
             )
 
         return self._run(f"add {address} to {name}", go())
@@ -285,8 +291,10 @@ class PyrouteNetlink:
     def replace_route(self, dst: Network, name: str, source: Address) -> defer.Deferred[None]:
         async def go() -> None:
             ipr = await self._conn()
+            # IPv6 routes are keyed by metric too: the kernel's prefix route has 256.
+            metric = {"priority": _IP6_RT_PRIO_ADDRCONF} if dst.version == 6 else {}
             await ipr.route(
-                "replace", dst=str(dst), oif=await self._index(name), prefsrc=str(source)
+                "replace", dst=str(dst), oif=await self._index(name), prefsrc=str(source), **metric
             )
 
         return self._run(f"replace route {dst} dev {name} src {source}", go())

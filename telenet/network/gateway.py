@@ -9,8 +9,11 @@ routed, and every reply crosses it back: one veth hop more each way than a workl
 Docker bridge has. Once ``tpd-N`` holds the daemon's IPv4 address, ``BridgeGateway`` routes
 the teleroute subnet through ``br-daemon`` (source: the daemon's address) and turns ARP off on
 ``tpd-N``. ``br-daemon`` then answers ARP for the daemon's address (Linux answers for any local
-address), and packets are routed straight off the bridge. IPv6 stays on ``tpd-N``: neighbour
-discovery answers only on the link that holds an address.
+address), and packets are routed straight off the bridge. On a dual-stack network IPv6 moves
+too: neighbour discovery answers only on the link that holds the address, and not at all on a
+link without ARP, so the bridge gets a copy of the daemon's IPv6 address (``/128``, no DAD)
+and the subnet's IPv6 route (the kernel's prefix route, metric 256, replaced) before ``tpd-N``
+loses ARP; without that, workloads find no neighbour for their IPv6 next hop.
 
 The switch survives a restart of the daemon process (the links keep their settings) and is
 made again when the daemon's endpoint is made anew (a restarted daemon container).
@@ -18,6 +21,7 @@ made again when the daemon's endpoint is made anew (a restarted daemon container
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.application import service
@@ -25,7 +29,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from telenet.core.interfaces import INetlink
+from telenet.core.interfaces import AlreadyExists, INetlink
 from telenet.core.netip import Address
 from telenet.core.reconnect import Reconnector
 
@@ -64,6 +68,7 @@ class BridgeGateway(service.Service):
         self.patience = patience
         self.retry_after = retry_after
         self.address: Address | None = None
+        self.address6: Address | None = None
         #: The link whose gateway role went to the bridge, once it has.
         self.moved_from: str | None = None
         self._deadline = 0.0
@@ -74,6 +79,7 @@ class BridgeGateway(service.Service):
             self._switching.stop()
             self._switching = None
         self.address = ipv4
+        self.address6 = ipv6
         self.moved_from = None
         self._deadline = self.clock.seconds() + self.patience
         if ipv4 is None:
@@ -144,6 +150,7 @@ class BridgeGateway(service.Service):
                 # Bridge first: until tpd-N stops answering ARP, both reach the daemon.
                 await self.netlink.set_arp(self.bridge, True)
                 await self.netlink.replace_route(interface.network, self.bridge, address)
+                await self._move_ipv6(link.name)
                 await self.netlink.set_arp(link.name, False)
                 log.info(
                     "Gateway {address} moved from {link} to {bridge}: {subnet} is routed "
@@ -155,3 +162,23 @@ class BridgeGateway(service.Service):
                 )
                 return link.name
         raise _NotYet()
+
+    async def _move_ipv6(self, link: str) -> None:
+        """The daemon's IPv6 address and its subnet's route on the bridge too, if it has one."""
+        if self.address6 is None:
+            return
+        for interface in await self.netlink.addresses(link):
+            if interface.ip != self.address6:
+                continue
+            try:
+                await self.netlink.add_address(self.bridge, ipaddress.ip_interface(interface.ip))
+            except AlreadyExists:
+                pass  # a restarted daemon process: the bridge kept it
+            await self.netlink.replace_route(interface.network, self.bridge, interface.ip)
+            log.info(
+                "Gateway {address} moved from {link} to {bridge} as well",
+                address=str(interface.ip),
+                link=link,
+                bridge=self.bridge,
+            )
+            return

@@ -375,6 +375,31 @@ class TelerouteCore:
             raise CoreRefusal(grpc.StatusCode.NOT_FOUND, f"endpoint {endpoint_id} not found")
         return endpoint
 
+    def _routes_for_families(self, endpoint_id: str) -> list[Network]:
+        """
+        The routes a workload gets: those of the families the daemon has an address in on the
+        teleroute network. A dual-stack cluster behind a single-family network (``docker.enableIPv6:
+        false``) leaves the other family out, logged; only when no route is left is the Join
+        refused, with Go's message.
+        """
+        routes = sorted(self.routes(), key=lambda n: (n.version, n))
+        vias = {4: self.daemon_ipv4, 6: self.daemon_ipv6}
+        usable = [r for r in routes if vias[r.version] is not None]
+        if routes and not usable:
+            family = f"IPv{routes[0].version}"
+            raise CoreRefusal(
+                grpc.StatusCode.INTERNAL, f"{family} is not enabled for the teleroute network"
+            )
+        if len(usable) < len(routes):
+            log.warn(
+                "Join {endpoint}: the teleroute network has no {family} address for the "
+                "daemon; left out {left}",
+                endpoint=endpoint_id[:12],
+                family="IPv6" if self.daemon_ipv6 is None else "IPv4",
+                left=[str(r) for r in routes if r not in usable],
+            )
+        return usable
+
     def join(
         self, request: teleroute_pb2.EndpointIdentifier
     ) -> defer.Deferred[teleroute_pb2.JoinResponse]:
@@ -389,18 +414,12 @@ class TelerouteCore:
             interface_in_daemon_netns=endpoint.pair.local,
         )
         if not endpoint.daemon:
-            routes = sorted(self.routes(), key=lambda n: (n.version, n))
+            routes = self._routes_for_families(endpoint_id)
             if any(r.version == 4 for r in routes):
-                if self.daemon_ipv4 is None:
-                    raise CoreRefusal(
-                        grpc.StatusCode.INTERNAL, "IPv4 is not enabled for the teleroute network"
-                    )
+                assert self.daemon_ipv4 is not None
                 response.via_ip_v4 = encode_addr(self.daemon_ipv4)
             if any(r.version == 6 for r in routes):
-                if self.daemon_ipv6 is None:
-                    raise CoreRefusal(
-                        grpc.StatusCode.INTERNAL, "IPv6 is not enabled for the teleroute network"
-                    )
+                assert self.daemon_ipv6 is not None
                 response.via_ip_v6 = encode_addr(self.daemon_ipv6)
             response.routes.extend(encode_prefix(r) for r in routes)
             response.via = response.via_ip_v6 or response.via_ip_v4

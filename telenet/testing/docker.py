@@ -290,6 +290,8 @@ class MemoryDocker:
         labels: dict[str, str],
         subnet: str | None,
         ipv6: bool,
+        subnet6: str | None = None,
+        ipv4: bool = True,
     ) -> tuple[str, str]:
         self._check("create_network")
         if self._find_network(name) is not None:
@@ -324,8 +326,17 @@ class MemoryDocker:
         network = self._add_network(name, driver, subnet, labels, internal=True)
         network["Options"] = dict(options)
         network["EnableIPv6"] = ipv6
+        if ipv6 and subnet6 is not None:
+            if any(ipaddress.ip_network(subnet6).overlaps(u) for u in used):
+                raise DockerError("Pool overlaps with other one on this address space")
+            network["IPAM"]["Config"].append({"Subnet": subnet6})
+        # An engine of API 1.41..1.45, as the fake is: IPv4 whatever was asked.
+        network["EnableIPv4"] = True
         self.calls.append(("create_network", name, subnet))
-        return network["Id"], ""
+        if ipv6:
+            self.calls.append(("create_network_ipv6", name, subnet6, ipv4))
+        warning = "" if ipv4 else f"Docker API 1.41 cannot make a network without IPv4: {name}"
+        return network["Id"], warning
 
     def remove_network(self, network: str) -> None:
         self._check("remove_network")
