@@ -1,0 +1,153 @@
+# -*- test-case-name: tests.test_cli_dockerhttp -*-
+"""
+The Docker API calls of the CLI's quick paths (``status``, ``docker-run``, ``quit``), spoken
+directly over the engine's unix socket with ``http.client``.
+
+Importing docker-py (requests, urllib3) costs a ``telenet`` run about 60 ms before its first
+call; these few calls need none of it. ``QuickAPI`` answers them with docker-py's method names
+and JSON results; any other method is docker-py's (``fallback``, made on first use). Errors:
+``StatusError`` (the engine's answer, with its message) and ``Unreachable`` (the socket).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+
+class StatusError(Exception):
+    """The engine answered ``status``; ``explanation`` is its message (docker-py's name)."""
+
+    def __init__(self, status: int, explanation: str) -> None:
+        super().__init__(f"{status}: {explanation}")
+        self.status_code = status
+        self.explanation = explanation
+
+
+class Unreachable(Exception):
+    """The engine's socket did not answer (the ``OSError`` is the cause)."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _path(arg: str) -> str:
+    """A name or id in a URL path, quoted as docker-py quotes it."""
+    return quote(arg, safe="/:")
+
+
+def _filters(filters: Mapping[str, Any] | None) -> dict[str, str]:
+    """docker-py's ``filters`` argument as the query's JSON (each value a list)."""
+    if not filters:
+        return {}
+    shaped = {k: v if isinstance(v, list) else [v] for k, v in filters.items()}
+    return {"filters": json.dumps(shaped)}
+
+
+class QuickAPI:
+    """docker-py's ``APIClient`` for a few calls, on the unix socket ``path``."""
+
+    def __init__(
+        self, path: str, fallback: Callable[[], Any], timeout: float = 120.0
+    ) -> None:
+        self._path = path
+        self._fallback = fallback
+        self._timeout = timeout
+        self._conn: _UnixConnection | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (creating, exec, streams, plug-in installs) is docker-py's.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._fallback(), name)
+
+    def _request(
+        self, method: str, path: str, query: Mapping[str, str] | None = None, body: Any = None
+    ) -> Any:
+        url = path + ("?" + urlencode(query) if query else "")
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = _UnixConnection(self._path, self._timeout)
+            try:
+                self._conn.request(method, url, body=payload, headers=headers)
+                response = self._conn.getresponse()
+                data = response.read()
+                break
+            except (OSError, http.client.HTTPException) as e:
+                self._conn.close()
+                self._conn = None
+                # A kept-alive connection the engine closed meanwhile: once more, afresh.
+                if attempt == 2 or isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
+                    raise Unreachable(str(e)) from e
+        if response.status >= 400:
+            try:
+                message = json.loads(data).get("message", "")
+            except ValueError:
+                message = data.decode("utf-8", "replace")
+            raise StatusError(response.status, message or response.reason)
+        return json.loads(data) if data else None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def version(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/version"))
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/info"))
+
+    def inspect_container(self, container: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/containers/{_path(container)}/json"))
+
+    def containers(
+        self, all: bool = False, filters: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"all": "1" if all else "0", **_filters(filters)}
+        return list(self._request("GET", "/containers/json", query))
+
+    def remove_container(self, container: str, v: bool = False, force: bool = False) -> None:
+        query = {"v": "1" if v else "0", "force": "1" if force else "0"}
+        self._request("DELETE", f"/containers/{_path(container)}", query)
+
+    def inspect_image(self, image: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/images/{_path(image)}/json"))
+
+    def networks(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/networks"))
+
+    def inspect_network(self, net_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/networks/{_path(net_id)}"))
+
+    def connect_container_to_network(
+        self, container: str, net_id: str, driver_opt: Mapping[str, str] | None = None
+    ) -> None:
+        endpoint: dict[str, Any] = {"DriverOpts": dict(driver_opt)} if driver_opt else {}
+        body = {"Container": container, "EndpointConfig": endpoint}
+        self._request("POST", f"/networks/{_path(net_id)}/connect", body=body)
+
+    def inspect_plugin(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/plugins/{_path(name)}/json"))
+
+    def volumes(self, filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return dict(self._request("GET", "/volumes", _filters(filters)))
