@@ -64,9 +64,7 @@ def _filters(filters: Mapping[str, Any] | None) -> dict[str, str]:
 class QuickAPI:
     """docker-py's ``APIClient`` for a few calls, on the unix socket ``path``."""
 
-    def __init__(
-        self, path: str, fallback: Callable[[], Any], timeout: float = 120.0
-    ) -> None:
+    def __init__(self, path: str, fallback: Callable[[], Any], timeout: float = 120.0) -> None:
         self._path = path
         self._fallback = fallback
         self._timeout = timeout

@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from telenet.cli.compose.arguments import add_compose_parser, split_compose
 
 if TYPE_CHECKING:
-    from telenet.cli.config import Config
     from telenet.cli.compose.command import ComposeCommand
+    from telenet.cli.config import Config
     from telenet.cli.connector import Connector
     from telenet.cli.runner import WorkloadRunner
 
