@@ -28,6 +28,7 @@ class Engine:
     def __init__(self) -> None:
         self.asked: list[tuple[str, str, dict[str, list[str]], Any]] = []
         self.answers: dict[tuple[str, str], tuple[int, Any]] = {}
+        self.chunked = False
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -49,6 +50,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = json.dumps(answer).encode() if answer is not None else b""
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if engine.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(data), 7):
+                piece = data[i : i + 7]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -101,7 +110,6 @@ def test_calls_as_docker_py_makes_them(engine: tuple[Engine, str]) -> None:
     api.remove_container("c1", force=True, v=True)
     assert api.inspect_plugin("ns/telemount:latest") == {"Enabled": True}
     assert api.volumes(filters={"driver": "d"}) == {"Volumes": None}
-    api.close()
     assert fake.asked == [
         (
             "GET",
@@ -121,6 +129,14 @@ def test_calls_as_docker_py_makes_them(engine: tuple[Engine, str]) -> None:
         ("GET", "/plugins/ns/telemount:latest/json", {}, None),
         ("GET", "/volumes", {"filters": ['{"driver": ["d"]}']}, None),
     ]
+
+
+def test_a_chunked_answer(engine: tuple[Engine, str]) -> None:
+    fake, path = engine
+    fake.chunked = True
+    networks = [{"Name": f"net{i}", "Id": "x" * 64} for i in range(20)]
+    fake.answers = {("GET", "/networks"): (200, networks)}
+    assert QuickAPI(path, _never, timeout=5).networks() == networks
 
 
 def test_engine_errors_carry_its_message(engine: tuple[Engine, str]) -> None:

@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
-import yaml
 
 from telenet.core.gocompat import is_namespace, parse_duration
 
@@ -324,6 +323,8 @@ def _parse_values(text: str, path: str, warn: Warn | None) -> dict[str, Any]:
 
     Unknown keys go to ``warn``, or nowhere when it is None (a file that is not telenet's).
     """
+    import yaml  # only when there is a file: without one, a run spares the import
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

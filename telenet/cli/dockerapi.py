@@ -19,8 +19,6 @@ import json
 import os
 import re
 import socket
-import tarfile
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -194,6 +192,8 @@ def plugin_contexts(
     refuses a second plug-in with the very same one, so the marker must differ between any two
     plug-ins made from one image, whatever their kind.
     """
+    import tarfile  # plug-in creation only
+
     paths = {name: os.path.join(directory, f"{i}.tar") for i, (name, _) in enumerate(plugins)}
     kinds = dict(plugins)
     outs = {name: tarfile.open(path, "w") for name, path in paths.items()}
@@ -382,6 +382,8 @@ class SDKDocker:
         # whose it is.
         rootfs_name = "rootfs-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", plugins[0][0])
         self._maybe(self.api.remove_container, rootfs_name, force=True)
+        import tempfile
+
         created = self._call(self.api.create_container, image, ["true"], name=rootfs_name)
         try:
             with tempfile.TemporaryDirectory(prefix="telenet-plugin-") as tmp:

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_cli_dockerhttp -*-
 """
 The Docker API calls of the CLI's quick paths (``status``, ``docker-run``, ``quit``), spoken
-directly over the engine's unix socket with ``http.client``.
+directly over the engine's unix socket (HTTP/1.1, one connection a call).
 
 Importing docker-py (requests, urllib3) costs a ``telenet`` run about 60 ms before its first
 call; these few calls need none of it. ``QuickAPI`` answers them with docker-py's method names
@@ -11,7 +11,6 @@ and JSON results; any other method is docker-py's (``fallback``, made on first u
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from collections.abc import Callable, Mapping
@@ -32,20 +31,35 @@ class Unreachable(Exception):
     """The engine's socket did not answer (the ``OSError`` is the cause)."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+def _exchange(path: str, timeout: float, request: bytes) -> tuple[int, str, bytes]:
+    """One request on a fresh connection (``Connection: close``): status, reason, body."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise OSError(f"not an HTTP answer: {lines[0][:60]!r}")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = _unchunked(body)
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", body
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+
+def _unchunked(data: bytes) -> bytes:
+    out = []
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[:size])
+        data = data[size + 2 :]
 
 
 def _path(arg: str) -> str:
@@ -68,7 +82,6 @@ class QuickAPI:
         self._path = path
         self._fallback = fallback
         self._timeout = timeout
-        self._conn: _UnixConnection | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (creating, exec, streams, plug-in installs) is docker-py's.
@@ -80,34 +93,25 @@ class QuickAPI:
         self, method: str, path: str, query: Mapping[str, str] | None = None, body: Any = None
     ) -> Any:
         url = path + ("?" + urlencode(query) if query else "")
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
-        for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = _UnixConnection(self._path, self._timeout)
-            try:
-                self._conn.request(method, url, body=payload, headers=headers)
-                response = self._conn.getresponse()
-                data = response.read()
-                break
-            except (OSError, http.client.HTTPException) as e:
-                self._conn.close()
-                self._conn = None
-                # A kept-alive connection the engine closed meanwhile: once more, afresh.
-                if attempt == 2 or isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
-                    raise Unreachable(str(e)) from e
-        if response.status >= 400:
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = f"{method} {url} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n"
+        if body is not None:
+            head += "Content-Type: application/json\r\n"
+        if body is not None or method in ("POST", "PUT"):
+            head += f"Content-Length: {len(payload)}\r\n"
+        try:
+            status, reason, data = _exchange(
+                self._path, self._timeout, head.encode() + b"\r\n" + payload
+            )
+        except OSError as e:
+            raise Unreachable(str(e)) from e
+        if status >= 400:
             try:
                 message = json.loads(data).get("message", "")
-            except ValueError:
+            except (ValueError, AttributeError):
                 message = data.decode("utf-8", "replace")
-            raise StatusError(response.status, message or response.reason)
+            raise StatusError(status, " ".join(message.split()) or reason)
         return json.loads(data) if data else None
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def version(self) -> dict[str, Any]:
         return dict(self._request("GET", "/version"))
