@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-
 from telenet.core.gocompat import safe_name
 
 LABEL_DAEMON = "telepresence.io/teleroute/daemon"
