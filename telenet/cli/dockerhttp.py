@@ -52,7 +52,7 @@ def _exchange(path: str, timeout: float, request: bytes) -> tuple[int, str, byte
 
 
 def _unchunked(data: bytes) -> bytes:
-    out = []
+    out: list[bytes] = []
     while True:
         size_line, _, data = data.partition(b"\r\n")
         size = int(size_line.split(b";")[0] or b"0", 16)
