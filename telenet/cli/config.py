@@ -31,7 +31,6 @@ locally from the telenet image (``telenet/teleroute:latest`` by default).
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -207,6 +206,8 @@ class Config:
 
 def go_arch() -> str:
     """GOARCH of this machine, as Telepresence's plug-in tags spell it."""
+    import platform  # a plug-in's tag only: docker-run and status never ask
+
     machine = platform.machine().lower()
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
         machine, machine
