@@ -1,7 +1,9 @@
 """
-telenet's benchmark suite: one command, one table of ratios against the targets of issue 5.
+telenet's benchmark suite: one command, one table of ratios against the targets of issues 5
+and 19.
 
-    python bench/run.py [--runs 5] [--only mounts,proxy,teleroute] [--smoke]
+    python bench/run.py [--runs 5] [--only mounts,proxy,teleroute,devloads,curves] [--smoke]
+                        [--plots DIR]
 
 Parts (each also runs alone; see its docstring for the method):
 
@@ -9,7 +11,13 @@ Parts (each also runs alone; see its docstring for the method):
   read, seq write, metadata, tar, peak RSS), and the agent against sftp-server (telemount's
   seq read on each);
 * ``proxy.py``: the SFTP bridge vs socat (throughput, added latency);
-* ``teleroute.py``: the teleroute data path vs a plain bridge, join latency, concurrent joins.
+* ``teleroute.py``: the teleroute data path vs a plain bridge, join latency, concurrent joins,
+  and the joins cost curve (1, 10, 50 at once, against a plain bridge);
+* ``devloads.py``: developer workloads (git status, grep -r, find -newer, untar, re-read, four
+  readers) on a project-shaped tree, telemount vs sshfs on OpenSSH's sftp-server;
+* ``curves.py``: cost curves (directory listing size, volumes per helper, parallel readers).
+
+``--plots DIR`` writes the curves as PNG plots (``plots.py``, matplotlib).
 
 Details go to stderr as each part finishes; the table goes to stdout. These machines are
 noisy: each part alternates what it compares run by run, and only ratios from one run mean
@@ -23,8 +31,11 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import curves  # noqa: E402
+import devloads  # noqa: E402
 import proxy  # noqa: E402
 import sftp_mounts  # noqa: E402
 import teleroute  # noqa: E402
@@ -64,9 +75,28 @@ def proxy_rows(result: proxy.ProxyResult) -> list[Row]:
     ]
 
 
+def devloads_rows(result: devloads.DevResult) -> list[Row]:
+    rows = [
+        ratio_row(f"telemount/sshfs {case} (openssh)", result.ratio(case), target)
+        for case, target in devloads.TARGETS.items()
+    ]
+    peak = max(result.rss_kib["telemount"]) / 1024
+    rows.append(("telemount peak RSS, four readers", f"{peak:.1f} MiB", "<= 64 MiB", peak <= 64))
+    return rows
+
+
+def curves_rows(result: curves.Curves) -> list[Row]:
+    spread = result.listing_spread()
+    return [ratio_row("listing time per entry, largest/smallest", spread, 2.0, False)]
+
+
 def teleroute_rows(result: teleroute.TelerouteResult) -> list[Row]:
     added = result.join_added_ms()
-    return [
+    rows: list[Row] = []
+    if result.join_curve:
+        worst = result.join_curve_ratio()
+        rows.append(ratio_row("concurrent joins teleroute/bridge, worst", worst, 1.2, False))
+    return rows + [
         ratio_row("teleroute/bridge throughput", result.throughput_ratio(), 0.9),
         ("teleroute join p50 - bridge p50", f"{added:+.0f} ms", "<= +50 ms", added <= 50),
         (
@@ -81,9 +111,11 @@ def teleroute_rows(result: teleroute.TelerouteResult) -> list[Row]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--only", default="mounts,proxy,teleroute")
+    parser.add_argument("--only", default="mounts,proxy,teleroute,devloads,curves")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run, no verdicts")
+    parser.add_argument("--plots", metavar="DIR", help="write the cost curves as PNG plots")
     sftp_mounts.add_arguments(parser)
+    devloads.add_arguments(parser)
     args = parser.parse_args(argv)
     parts = args.only.split(",")
     runs = 1 if args.smoke else args.runs
@@ -93,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     jobs: dict[str, Callable[[], list[Row]]] = {}
+    measured: dict[str, Any] = {}
     if "mounts" in parts:
 
         def mounts() -> list[Row]:
@@ -117,12 +150,33 @@ def main(argv: list[str] | None = None) -> int:
 
         def route() -> list[Row]:
             mib, joins, parallel = (8, 2, 3) if args.smoke else (2048, 20, 50)
+            curve = (1, 2) if args.smoke else (1, 10, 50)
             transfers = runs if args.smoke else max(runs, teleroute.TRANSFERS)
-            result = teleroute.run(transfers, mib, joins, parallel)
+            result = teleroute.run(transfers, mib, joins, parallel, join_curve=curve)
             log(teleroute.report(result, mib))
+            measured["joins"] = result.join_curve
             return teleroute_rows(result)
 
         jobs["teleroute"] = route
+    if "devloads" in parts:
+
+        def developer() -> list[Row]:
+            sizes = devloads.sizes_of(args, args.smoke)
+            result = devloads.run(runs, sizes)
+            log(devloads.report(result, sizes))
+            return devloads_rows(result)
+
+        jobs["devloads"] = developer
+    if "curves" in parts:
+
+        def cost() -> list[Row]:
+            points = curves.Points.smoke() if args.smoke else curves.Points()
+            result = curves.run(1 if args.smoke else min(runs, 3), points)
+            log(curves.report(result))
+            measured["curves"] = result
+            return curves_rows(result)
+
+        jobs["curves"] = cost
     rows: list[Row] = []
     failed = []
     for name, job in jobs.items():
@@ -131,6 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:
             failed.append(name)
             print(f"bench: {name} could not run: {e}", file=sys.stderr)
+    if args.plots:
+        try:
+            import plots
+
+            for path in plots.write(args.plots, measured.get("curves"), measured.get("joins")):
+                print(f"bench: plot {path}", file=sys.stderr)
+        except Exception as e:
+            failed.append("plots")
+            print(f"bench: plots could not be written: {e}", file=sys.stderr)
     print(
         f"telenet bench: median of {runs} runs each{' (smoke: no verdicts)' if args.smoke else ''}"
     )

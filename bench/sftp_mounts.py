@@ -80,8 +80,8 @@ def control_request(path: str, request: dict[str, object]) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def telemount(port: int, remote: str, work: str) -> Iterator[tuple[str, int]]:
-    """Mount with the plug-in's helper; yields the volume path and the helper's pid."""
+def telemount_helper(port: int, work: str) -> Iterator[tuple[str, str, int]]:
+    """The plug-in's helper with no volume yet: its mount point, control socket and pid."""
     mountpoint = os.path.join(work, "tm")
     control = os.path.join(work, "tm.sock")
     args = [sys.executable, "-m", "telenet.fuse.helper", "--host", "127.0.0.1", "--port", str(port)]
@@ -93,15 +93,22 @@ def telemount(port: int, remote: str, work: str) -> Iterator[tuple[str, int]]:
     if not report.get("ready"):
         raise RuntimeError(f"telemount helper: {report}")
     try:
-        request = {"op": "add", "name": "vol", "path": remote, "ro": False}
-        answer = control_request(control, request)
-        if not answer.get("ok"):
-            raise RuntimeError(f"telemount add: {answer}")
-        yield os.path.join(mountpoint, "vol"), int(report["pid"])
+        yield mountpoint, control, int(report["pid"])
     finally:
         with contextlib.suppress(OSError):
             control_request(control, {"op": "shutdown"})
         proc.wait(15)
+
+
+@contextlib.contextmanager
+def telemount(port: int, remote: str, work: str) -> Iterator[tuple[str, int]]:
+    """Mount with the plug-in's helper; yields the volume path and the helper's pid."""
+    with telemount_helper(port, work) as (mountpoint, control, pid):
+        request = {"op": "add", "name": "vol", "path": remote, "ro": False}
+        answer = control_request(control, request)
+        if not answer.get("ok"):
+            raise RuntimeError(f"telemount add: {answer}")
+        yield os.path.join(mountpoint, "vol"), pid
 
 
 @contextlib.contextmanager

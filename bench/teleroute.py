@@ -121,6 +121,13 @@ class TelerouteResult:
     concurrent_ok: int = 0
     concurrent_seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    #: The joins cost curve: network -> N -> seconds until N concurrent containers all ran.
+    join_curve: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def join_curve_ratio(self) -> float:
+        """The worst teleroute/bridge ratio of the curve's points (target <= 1.2)."""
+        t, b = self.join_curve["teleroute"], self.join_curve["bridge"]
+        return max(t[n] / b[n] for n in t)
 
     def throughput_ratio(self) -> float:
         """Teleroute throughput / bridge throughput (medians)."""
@@ -219,7 +226,28 @@ def join_once(network: str) -> float:
     return time.perf_counter() - started
 
 
-def run(runs: int, size_mib: int, joins: int, parallel: int, pin: bool = True) -> TelerouteResult:
+def concurrent_joins(network: str, count: int) -> tuple[float, list[str]]:
+    """Seconds until ``count`` containers started at once on ``network`` all ran; failures."""
+    failures = []
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(join_once, network) for _ in range(count)]
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                future.result()
+            except Exception as e:  # reported, not raised: the count is the result
+                failures.append(str(e))
+    return time.perf_counter() - started, failures
+
+
+def run(
+    runs: int,
+    size_mib: int,
+    joins: int,
+    parallel: int,
+    pin: bool = True,
+    join_curve: tuple[int, ...] = (),
+) -> TelerouteResult:
     require()
     result = TelerouteResult()
     work = tempfile.mkdtemp(prefix="tntest-bench-teleroute-")
@@ -239,16 +267,14 @@ def run(runs: int, size_mib: int, joins: int, parallel: int, pin: bool = True) -
                 for name in order if i % 2 == 0 else order[::-1]:
                     result.join.setdefault(name, []).append(join_once(paths[name][0]))
             result.concurrent = parallel
-            started = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-                futures = [pool.submit(join_once, paths["teleroute"][0]) for _ in range(parallel)]
-                for future in concurrent.futures.as_completed(futures):
-                    try:
-                        future.result()
-                        result.concurrent_ok += 1
-                    except Exception as e:  # reported, not raised: the count is the result
-                        result.failures.append(str(e))
-            result.concurrent_seconds = time.perf_counter() - started
+            result.concurrent_seconds, failures = concurrent_joins(paths["teleroute"][0], parallel)
+            result.concurrent_ok = parallel - len(failures)
+            result.failures += failures
+            for i, count in enumerate(join_curve):
+                for name in order if i % 2 == 0 else order[::-1]:
+                    seconds, failures = concurrent_joins(paths[name][0], count)
+                    result.failures += failures
+                    result.join_curve.setdefault(name, {})[count] = seconds
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -268,6 +294,9 @@ def report(result: TelerouteResult, size_mib: int) -> list[str]:
         f"concurrent joins: {result.concurrent_ok}/{result.concurrent} in "
         f"{result.concurrent_seconds:.1f}s",
     ]
+    for name, points in result.join_curve.items():
+        shown = ", ".join(f"{n}: {s:.1f}s" for n, s in points.items())
+        lines.append(f"join curve {name:9} {shown}")
     lines += [f"  failed: {f}" for f in result.failures[:3]]
     return lines
 

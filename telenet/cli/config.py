@@ -31,13 +31,11 @@ locally from the telenet image (``telenet/teleroute:latest`` by default).
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
-import yaml
 
 from telenet.core.gocompat import is_namespace, parse_duration
 
@@ -208,6 +206,8 @@ class Config:
 
 def go_arch() -> str:
     """GOARCH of this machine, as Telepresence's plug-in tags spell it."""
+    import platform  # a plug-in's tag only: docker-run and status never ask
+
     machine = platform.machine().lower()
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
         machine, machine
@@ -324,6 +324,8 @@ def _parse_values(text: str, path: str, warn: Warn | None) -> dict[str, Any]:
 
     Unknown keys go to ``warn``, or nowhere when it is None (a file that is not telenet's).
     """
+    import yaml  # only when there is a file: without one, a run spares the import
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -10,7 +10,6 @@ Separate from the connections: it is a client of one wire protocol, used by the 
 
 from __future__ import annotations
 
-import http.client
 import json
 from typing import Any
 
@@ -66,6 +65,8 @@ class HTTPControl(_JSONControl):
     timeout: float = 10.0
 
     def _exchange(self, method: str, path: str, payload: bytes | None) -> tuple[int, bytes]:
+        import http.client  # not on status's or docker-run's path (they ask Docker only)
+
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
             headers = {"Content-Type": "application/json"} if payload is not None else {}

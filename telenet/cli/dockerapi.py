@@ -19,8 +19,6 @@ import json
 import os
 import re
 import socket
-import tarfile
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -205,6 +203,8 @@ def plugin_contexts(
     refuses a second plug-in with the very same one, so the marker must differ between any two
     plug-ins made from one image, whatever their kind.
     """
+    import tarfile  # plug-in creation only
+
     paths = {name: os.path.join(directory, f"{i}.tar") for i, (name, _) in enumerate(plugins)}
     kinds = dict(plugins)
     outs = {name: tarfile.open(path, "w") for name, path in paths.items()}
@@ -254,6 +254,7 @@ class SDKDocker:
         self._endpoint = endpoint
         self._client_factory = client_factory
         self._here: bool | None = None
+        self._quick: Any = None
 
     @property
     def endpoint(self) -> DockerEndpoint:
@@ -319,24 +320,52 @@ class SDKDocker:
 
     @property
     def api(self) -> Any:
+        """docker-py's APIClient; on a local socket, its quick calls made without docker-py."""
+        if self._client is None and self._client_factory is None:
+            if self._quick is None:
+                try:
+                    endpoint = self.endpoint
+                except DockerContextError as e:
+                    raise DockerUnavailable(str(e), reason=str(e)) from None
+                if endpoint.host.startswith("unix://") and endpoint.tls is None:
+                    from telenet.cli.dockerhttp import QuickAPI
+
+                    self._quick = QuickAPI(
+                        endpoint.host[len("unix://") :], lambda: self.client.api, timeout=120
+                    )
+            if self._quick is not None:
+                return self._quick
         return self.client.api
 
     def _call(self, method: Any, *args: Any, **kw: Any) -> Any:
-        import docker.errors
-        import requests
+        from telenet.cli import dockerhttp
 
         try:
             return method(*args, **kw)
-        except docker.errors.NotFound as e:
-            raise NotFound(_explain(e)) from None
-        except docker.errors.APIError as e:
-            if e.status_code == 409:
-                raise Conflict(_explain(e)) from None
-            raise DockerError(_explain(e)) from None
-        except requests.exceptions.ConnectionError as e:
+        except dockerhttp.StatusError as e:
+            raise _status_error(e.status_code, _explain(e)) from None
+        except dockerhttp.Unreachable as e:
             raise self._unreachable(e) from None
-        except docker.errors.DockerException as e:
-            raise DockerError(_explain(e)) from None
+        except Exception as e:
+            ours = self._sdk_error(e)
+            if ours is e:
+                raise
+            raise ours from None
+
+    def _sdk_error(self, e: Exception) -> Exception:
+        """docker-py's error as ours (imported only once docker-py has raised)."""
+        import docker.errors
+        import requests
+
+        if isinstance(e, docker.errors.NotFound):
+            return NotFound(_explain(e))
+        if isinstance(e, docker.errors.APIError):
+            return _status_error(e.status_code or 500, _explain(e))
+        if isinstance(e, requests.exceptions.ConnectionError):
+            return self._unreachable(e)
+        if isinstance(e, docker.errors.DockerException):
+            return DockerError(_explain(e))
+        return e
 
     def _maybe(self, method: Any, *args: Any, **kw: Any) -> Any:
         try:
@@ -364,6 +393,8 @@ class SDKDocker:
         # whose it is.
         rootfs_name = "rootfs-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", plugins[0][0])
         self._maybe(self.api.remove_container, rootfs_name, force=True)
+        import tempfile
+
         created = self._call(self.api.create_container, image, ["true"], name=rootfs_name)
         try:
             with tempfile.TemporaryDirectory(prefix="telenet-plugin-") as tmp:
@@ -587,6 +618,14 @@ class SDKDocker:
 
     def remove_volume(self, name: str) -> None:
         self._call(self.api.remove_volume, name)
+
+
+def _status_error(status: int, explanation: str) -> DockerError:
+    if status == 404:
+        return NotFound(explanation)
+    if status == 409:
+        return Conflict(explanation)
+    return DockerError(explanation)
 
 
 def _unreachable_reason(e: Exception) -> str:

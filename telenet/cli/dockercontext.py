@@ -24,7 +24,6 @@ This module is imported by every CLI command: standard library and attrs only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -96,6 +95,8 @@ def config_dir_of(environ: Mapping[str, str]) -> str:
 
 def context_dir_name(name: str) -> str:
     """The directory of a context in the store: the hex SHA-256 of its name."""
+    import hashlib  # only with a context set: most runs use DOCKER_HOST or the default
+
     return hashlib.sha256(name.encode("utf-8")).hexdigest()
 
 

@@ -45,13 +45,13 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import yaml
-
+# Light on purpose: ``telenet --help`` imports only this, argparse and compose's argument table
+# (tests/test_cli_imports.py holds the set). A command's modules are imported when it runs.
 from telenet.cli.compose.arguments import add_compose_parser, split_compose
-from telenet.cli.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
     from telenet.cli.compose.command import ComposeCommand
+    from telenet.cli.config import Config
     from telenet.cli.connector import Connector
     from telenet.cli.runner import WorkloadRunner
 
@@ -380,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"telenet {args.command}: {message}", file=sys.stderr, flush=True)
         return 1
 
+    from telenet.cli.config import ConfigError, load_config
+
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -418,6 +420,8 @@ class _Output:
 
 def _emit(data: dict[str, Any], fmt: str) -> None:
     if fmt == "yaml":
+        import yaml
+
         print(yaml.safe_dump(data, sort_keys=False).rstrip(), flush=True)
     else:
         print(json.dumps(data), flush=True)
@@ -770,6 +774,8 @@ def _render(data: dict[str, Any], output: str, text: Callable[[dict[str, Any]], 
     if output == "json":
         return json.dumps(data, indent=2)
     if output == "yaml":
+        import yaml
+
         return yaml.safe_dump(data, sort_keys=False).rstrip()
     return text(data)
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import yaml
-
 from telenet.core.gocompat import safe_name
 
 LABEL_DAEMON = "telepresence.io/teleroute/daemon"
@@ -39,6 +37,8 @@ def kube_context(environ: dict[str, str] | None = None) -> tuple[str, str]:
     if not paths:
         paths = [os.path.join(env.get("HOME") or os.path.expanduser("~"), ".kube", "config")]
     context, namespace = "", "default"
+    import yaml  # only here: the quick commands never read a kubeconfig
+
     for path in paths:
         try:
             with open(path, encoding="utf-8") as f:

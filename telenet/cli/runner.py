@@ -23,7 +23,6 @@ import signal
 import socket
 import struct
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -407,6 +406,8 @@ class WorkloadRunner:
     def build_image(self, build: Build) -> str:
         """``docker build`` with its output on ours; the image id, or CLIError if it failed."""
         # docker build removes an existing --iidfile first: name one in a fresh directory.
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="telenet-build-") as tmp:
             iidfile = os.path.join(tmp, "iid")
             self.say(f"Building the image from {build.context}")
