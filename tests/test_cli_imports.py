@@ -48,8 +48,8 @@ def modules_after(code: str) -> list[str]:
 
 
 def test_help_imports_only_the_entry_point() -> None:
-    """``telenet --help``: of telenet, the entry point and compose's argument table; no YAML,
-    no attrs, no Twisted, no gRPC, no docker-py."""
+    """``telenet --help``: of telenet, the entry point and the argument tables of compose and
+    of doctor/gather-logs/loglevel; no YAML, no attrs, no Twisted, no gRPC, no docker-py."""
     modules = modules_after("from telenet.cli.main import main\nmain(['--help'])\n")
     assert "argparse" in modules
     ours = [m for m in modules if m == "telenet" or m.startswith("telenet.")]
@@ -58,6 +58,7 @@ def test_help_imports_only_the_entry_point() -> None:
         "telenet.cli",
         "telenet.cli.compose",
         "telenet.cli.compose.arguments",
+        "telenet.cli.diagnoseargs",
         "telenet.cli.main",
     ]
     others = ("yaml", "attr", "attrs", "zope", "http", "ssl") + HEAVY
