@@ -110,6 +110,16 @@ def make_project(root: str, sizes: Sizes) -> None:
     env.update(GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.com")
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "tree"]):
         subprocess.run([*GIT, "-C", root, *args], check=True, env=env, capture_output=True)
+    # A checkout of yesterday: its files were last changed a day ago (the mounts trust what
+    # has not changed lately for longer, as NFS does), then a few are edited today.
+    yesterday = time.time() - 86400
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.utime(os.path.join(directory, name), (yesterday, yesterday), follow_symlinks=False)
+    for client in CLIENTS:  # each mount's own index: git keeps the inode numbers it saw
+        shutil.copy(
+            os.path.join(root, ".git", "index"), os.path.join(root, ".git", f"index-{client}")
+        )
     # The reference for find -newer, older than the files touched after it.
     reference = os.path.join(root, ".reference")
     with open(reference, "w"):
@@ -164,12 +174,16 @@ def parallel_reads(paths: list[str]) -> Callable[[], object]:
     return run
 
 
-def workloads(path: str, tarball: str, sizes: Sizes, tag: str) -> dict[str, Callable[[], object]]:
-    """Each workload on the mount at ``path`` (``tag``: a fresh untar target's name)."""
+def workloads(
+    path: str, tarball: str, sizes: Sizes, tag: str, client: str
+) -> dict[str, Callable[[], object]]:
+    """Each workload on ``client``'s mount at ``path`` (``tag``: a fresh untar target's name)."""
     page = os.path.join(path, "assets", "page.html")
+    # A developer works through one mount: its index holds that mount's inode numbers.
+    index = {**os.environ, "GIT_INDEX_FILE": os.path.join(path, ".git", f"index-{client}")}
 
     def git_status() -> None:
-        run_checked([*GIT, "-C", path, "status", "--porcelain"])
+        run_checked([*GIT, "-C", path, "status", "--porcelain"], env=index)
 
     def grep() -> None:
         # 0: found; grep -r over the sources, as an editor's search does.
@@ -241,7 +255,7 @@ def run(runs: int, sizes: Sizes) -> DevResult:
                 for i in range(runs):
                     for client in CLIENTS if i % 2 == 0 else CLIENTS[::-1]:
                         path, pid = mounts[client]
-                        action = workloads(path, tarball, sizes, f"{client}{i}")[case]
+                        action = workloads(path, tarball, sizes, f"{client}{i}", client)[case]
                         _prepare(case, action)
                         if case == "four readers":
                             reset_peak_rss(pid)

@@ -164,9 +164,9 @@ def reset_peak_rss(pid: int) -> None:
         f.write("5")
 
 
-def run_checked(args: list[str]) -> None:
+def run_checked(args: list[str], env: dict[str, str] | None = None) -> None:
     """Run a benchmark command; a failure says what the command said."""
-    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    result = subprocess.run(args, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:4])}... exited {result.returncode}: {result.stderr}")
 
