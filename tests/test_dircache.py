@@ -360,3 +360,36 @@ async def test_a_new_file_read_again_within_its_trust_keeps_its_pages(world: Wor
     world.now += 0.1
     later = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
     assert not later.keep_cache
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_walk_down_the_tree_lists_the_next_directories_ahead(world: World) -> None:
+    """
+    A directory read right after its parent (find, grep -r): its subdirectories are listed
+    ahead and kept, so their readdirs ask nothing; a lone readdir lists nothing ahead.
+    """
+    await aio(world.setup())
+    for d in (b"a", b"b", b"c"):
+        world.client.put(b"/exp/app/data/sub/" + d + b"/file", b"x")
+    age(world, *[p for p in world.client.tree if p.startswith(b"/exp/app/data")])
+    vol = await world.lookup_path(b"data")
+    world.now += MOST_TRUST + 1
+    await aio(world.fs.getattr(vol.st_ino, None))
+    await world.readdir(vol.st_ino)
+    assert not [c for c in world.client.calls if c[0] == "listdir" and b"/sub/" in c[1]]
+    sub = await aio(world.fs.lookup(vol.st_ino, b"sub", None))
+
+    async def walk() -> None:  # on the handlers' loop, as pyfuse3 runs them
+        fh = await world.fs.opendir(sub.st_ino, None)
+        await world.fs.readdir(fh, 0, None)
+        await world.fs.releasedir(fh)
+        for _ in range(5):
+            await asyncio.sleep(0)  # the listings ahead run
+
+    await aio(walk())
+    ahead = sorted(c[1] for c in world.client.calls if c[0] == "listdir" and b"/sub/" in c[1])
+    assert ahead == [b"/exp/app/data/sub/a", b"/exp/app/data/sub/b", b"/exp/app/data/sub/c"]
+    world.client.calls.clear()
+    a = await aio(world.fs.lookup(sub.st_ino, b"a", None))
+    assert await world.readdir(a.st_ino) == [b"file"]
+    assert world.client.calls == []

@@ -8,6 +8,7 @@ the prefetch the order a reader may walk the files in.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from typing import Any
 
@@ -46,6 +47,10 @@ class DirectoriesMixin(ListingsMixin):
         if dh is None:
             raise FUSEError(errno.EBADF)
         if dh.entries is None or start_id == 0:
+            node = dh.node
+            pending = None if node is None else self._lookup_listings.get((node.vol.vid, node.rel))
+            if pending is not None:  # listed already, ahead of this walk: use that
+                await asyncio.wait([pending])
             self._start_listing(dh)
         # Answered once a reply's worth has arrived (or all of it): the kernel and the
         # program read the first entries while the server is still listing the rest.
@@ -101,6 +106,7 @@ class DirectoriesMixin(ListingsMixin):
             entries.extend(listed)
             dh.done = True
             self._remember_listing(node, entries)  # type: ignore[arg-type]
+            self._read_dir(node, listed)
             return
         dh.taken = taken = self._now()
         streamed = []
@@ -120,6 +126,7 @@ class DirectoriesMixin(ListingsMixin):
                 dh.done = True
                 self._remember_listing(node, entries)  # type: ignore[arg-type]
                 self._keep_listing(node, entries, taken)
+                self._read_dir(node, [(n, a) for n, a in entries if isinstance(a, FileAttrs)])
                 dh.wake()
 
         def failed(failure: Failure) -> None:

@@ -101,6 +101,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self._lookup_listings: dict[tuple[int, bytes], asyncio.Future[None]] = {}
         self._misses: dict[tuple[int, bytes], float] = {}
         self._written: dict[tuple[int, bytes], float] = {}  # when this mount last changed each
+        self._read_at: dict[tuple[int, bytes], float] = {}  # when a program last read each
         self._readahead = readahead
         self._write_behind = write_behind
         self.volumes: dict[str, MountedVolume] = {}

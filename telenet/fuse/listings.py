@@ -15,6 +15,7 @@ opens a walk of its files makes (the listing tells ``PrefetchMixin`` what comes 
 from __future__ import annotations
 
 import asyncio
+import functools
 import stat
 
 from pyfuse3 import EntryAttributes
@@ -22,7 +23,7 @@ from twisted.internet.defer import Deferred
 
 from telenet.fuse.dircache import Snapshot
 from telenet.fuse.inodes import InodeTable, dir_of
-from telenet.fuse.nodes import Node
+from telenet.fuse.nodes import MountedVolume, Node
 from telenet.fuse.resume import wait
 from telenet.sftp.codec import FileAttrs, NameEntry
 
@@ -30,6 +31,11 @@ __all__ = ["LOOKUP_LISTING_AFTER", "ListingsMixin"]
 
 #: A miss in a directory this soon after another one there lists the directory.
 LOOKUP_LISTING_AFTER = 1.0
+#: Subdirectories listed ahead of a program walking down a tree, at most, per directory read.
+AHEAD_DIRS = 16
+#: A directory read this soon after its parent's was: the program is walking down the tree.
+DESCENT_WITHIN = 1.0
+
 #: The last miss of a directory whose listing could not be kept: look its names up alone.
 UNKEPT = -1.0
 #: Directories whose last miss is remembered (a plain bound; forgetting one costs a lstat).
@@ -173,6 +179,50 @@ class ListingsMixin(InodeTable):
         if kept is None and key in self._misses:
             self._misses[key] = UNKEPT  # too big to keep (or slower than its trust): not again
         return kept
+
+    def _read_dir(self, node: Node, entries: list[tuple[bytes, FileAttrs]]) -> None:
+        """
+        A program read ``node``'s directory (``entries``). If it read the parent's a moment
+        ago, it is walking down the tree (find, grep -r, git's untracked scan, du): the
+        subdirectories it will read next are listed now, in the background, and kept.
+        """
+        vid, now = node.vol.vid, self._now()
+        self._read_at[(vid, node.rel)] = now
+        if len(self._read_at) > MISSES_KEPT:
+            self._read_at.pop(next(iter(self._read_at)))
+        if not node.rel or now - self._read_at.get((vid, dir_of(node.rel)), -1e9) > DESCENT_WITHIN:
+            return
+        started = 0
+        for name, attrs in entries:
+            if started >= AHEAD_DIRS:
+                break
+            if name in (b".", b"..") or not stat.S_ISDIR(attrs.permissions or 0):
+                continue
+            rel = self._join(node, name)
+            key = (vid, rel)
+            if key in self._lookup_listings or self._dircache.get(key, now) is not None:
+                continue
+            task = asyncio.ensure_future(self._list_ahead(node.vol, rel, attrs))
+            self._lookup_listings[key] = task
+            task.add_done_callback(functools.partial(self._listed_ahead, key))
+            started += 1
+
+    def _listed_ahead(self, key: tuple[int, bytes], _: object) -> None:
+        self._lookup_listings.pop(key, None)
+
+    async def _list_ahead(self, vol: MountedVolume, rel: bytes, attrs: FileAttrs) -> None:
+        """List and keep the directory ``rel`` (``attrs``: its own, from its parent's listing)."""
+        try:
+            client = self._client()
+            taken = self._now()
+            names = await wait(client.listdir(vol.remote(rel)))
+        except Exception:
+            return  # the program meets the error itself if it gets there
+        until = taken + self._trust(attrs)
+        if vol.removed or until <= self._now() or self._specials.children(vol.vid, rel):
+            return
+        listed = [(e.filename, e.attrs) for e in names]
+        self._dircache.put((vol.vid, rel), listed, taken, until)
 
     async def _list(self, node: Node) -> None:
         """List ``node``'s directory, with its attributes if they are old, and keep it."""
