@@ -63,6 +63,7 @@ class NetworkRoutes:
     #: Every next hop the daemon gave: a container's routes via one of them are the daemon's.
     vias: set[str] = attrs.field(factory=set)
     watch: ConnectSession | None = None
+    rewatch: IDelayedCall | None = None
     #: The daemon said it has no live routes (logged once).
     unsupported: bool = False
     calls: dict[str, IDelayedCall] = attrs.field(factory=dict)
@@ -93,8 +94,11 @@ class LiveRoutesMixin(EndpointCallsMixin):
             for call in state.calls.values():
                 if call.active():
                     call.cancel()
-            if state.watch is not None:
-                state.watch.cancel()
+            if state.rewatch is not None and state.rewatch.active():
+                state.rewatch.cancel()
+            watch, state.watch = state.watch, None
+            if watch is not None:
+                watch.cancel()
 
     # -- the stream
 
@@ -122,10 +126,18 @@ class LiveRoutesMixin(EndpointCallsMixin):
             state.unsupported = False
             session.ended.addCallback(ended, session)
 
+        def again() -> None:
+            if self._live.get(network.id) is state and link.connected and link.client is client:
+                state.rewatch = self._clock.callLater(WATCH_RETRY, self._rewatch, network, client)
+
         def ended(reason: str, session: ConnectSession) -> None:
             if state.watch is not session:
                 return
             state.watch = None
+            if self.networks.get(network.id) is not network:
+                if self._live.get(network.id) is state:
+                    del self._live[network.id]  # the network was deleted
+                return
             if link.connected and link.client is client:
                 log.info(
                     "live routes of network {network}: {reason}; watching again in {delay:g}s",
@@ -133,7 +145,7 @@ class LiveRoutesMixin(EndpointCallsMixin):
                     reason=reason,
                     delay=WATCH_RETRY,
                 )
-                self._clock.callLater(WATCH_RETRY, self._rewatch, network, client)
+                again()
 
         def failed(failure: Failure) -> None:
             error = failure.value
@@ -154,13 +166,14 @@ class LiveRoutesMixin(EndpointCallsMixin):
                 target=link.target,
                 error=error,
             )
-            if link.connected and link.client is client:
-                self._clock.callLater(WATCH_RETRY, self._rewatch, network, client)
+            again()
 
         d.addCallbacks(opened, failed)
 
     def _rewatch(self, network: PluginNetwork, client: object) -> None:
         state = self._live.get(network.id)
+        if state is not None:
+            state.rewatch = None
         link = network.link
         if (
             state is not None

@@ -55,8 +55,8 @@ def find_namespace(sandbox_key: str, addresses: list[str], proc: str = "/proc") 
 
 def parse_routes(text: bytes, version: int = 4) -> list[ContainerRoute]:
     """
-    ``ip -j -4|-6 route show``'s unicast routes. A connected one is the kernel's and has no
-    gateway (an IPv6 one has no ``scope`` field).
+    ``ip -j -4|-6 route show``'s unicast routes, link-local and multicast ones left out. A
+    connected one is the kernel's and has no gateway (an IPv6 one has no ``scope`` field).
     """
     found = []
     for entry in json.loads(text.decode("utf-8", "replace") or "[]"):
@@ -71,6 +71,8 @@ def parse_routes(text: bytes, version: int = 4) -> list[ContainerRoute]:
             destination = ipaddress.ip_network(dst)
         except ValueError:
             continue
+        if destination.is_link_local or destination.is_multicast:
+            continue  # IPv6's fe80::/64 on every link: nothing a routed subnet can be
         gateway = str(entry.get("gateway", ""))
         found.append(
             ContainerRoute(
