@@ -1,0 +1,289 @@
+"""
+End to end: live routes (docs/teleroute.md, "Live routes") on real dockerd.
+
+A workload runs a loop of HTTP requests to an address in a subnet the daemon does not route
+yet, and holds a TCP connection open to the cluster (a subnet that stays routed). A route to
+the new subnet is added on the VIF side (in the daemon container): the workload reaches the
+address within 2 s, with no restart; the route is removed: the workload loses it within 2 s;
+the long-lived connection stays open throughout. With the legacy and the managed plug-in; and
+with Telepresence's Go plug-in against the same (extended) daemon: no live routes, nothing
+broken (the running workload keeps its routes, a new one gets the new subnet at Join).
+
+The cluster network here is not ``--internal``: Docker drops bridged traffic to addresses
+outside an internal network's subnet, and the new subnet must lie outside every subnet the
+daemon already routes (the cluster network's own is one).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .conftest import require, wait_for
+from .test_e2e_peers import PEERS, TELEROUTE, _create, _manifest
+from .test_e2e_teleroute import (  # noqa: F401 (fixtures)
+    BODY,
+    IMAGE,
+    SERVICE,
+    Cluster,
+    RoutePlugin,
+    Setup,
+    assert_nothing_left,
+    docker,
+    http_get_command,
+    images,
+    ip_on,
+    managed_plugin,
+    plugin,
+    subnet_of,
+    uid,
+    workdir,
+)
+
+pytestmark = pytest.mark.e2e
+
+ECHO_PORT = 7777
+#: A TCP echo server for the long-lived connection; it counts the connections it accepted.
+ECHO_SERVER = f"""
+import socket, threading
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", {ECHO_PORT}))
+server.listen()
+count = 0
+def serve(conn):
+    with conn:
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                break
+            conn.sendall(data)
+while True:
+    conn, _ = server.accept()
+    count += 1
+    with open("/tmp/connections", "w") as f:
+        f.write(str(count))
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+class OpenCluster(Cluster):
+    """The cluster container on a network that is not internal, with an echo server too."""
+
+    def start(self) -> OpenCluster:
+        docker("network", "create", self.network)
+        docker(
+            "run",
+            "-d",
+            "--name",
+            self.container,
+            "--network",
+            self.network,
+            "--cap-add",
+            "NET_ADMIN",
+            "-v",
+            f"{os.path.join(os.path.dirname(__file__), 'e2e_cluster.py')}:/cluster.py:ro",
+            IMAGE,
+            "python3",
+            "/cluster.py",
+            "--body",
+            BODY,
+            "--record",
+            f"{SERVICE}=self",
+        )
+        docker("exec", "-d", self.container, "python3", "-c", ECHO_SERVER)
+        self.ip = ip_on(self.container, self.network)
+        self.subnet = subnet_of(self.network)
+        return self
+
+    def connections(self) -> int:
+        out = docker("exec", self.container, "cat", "/tmp/connections", check=False).stdout
+        return int(out.strip() or 0)
+
+
+@pytest.fixture(scope="module")
+def open_cluster(images: None) -> Iterator[OpenCluster]:  # noqa: F811
+    c = OpenCluster().start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def go_plugin(images: None) -> Iterator[RoutePlugin]:  # noqa: F811
+    """Telepresence's Go teleroute plug-in (``$TELENET_PEERS``), managed."""
+    require(os.path.isdir(PEERS), f"Telepresence's Go plug-ins are missing ({PEERS})")
+    import shutil
+    import tempfile
+
+    class GoPlugin(RoutePlugin):
+        driver = f"tntest{uid()}/goteleroute:0.5.0"
+        state_file = ""
+
+    go = GoPlugin()
+    directory = tempfile.mkdtemp(prefix="tntest-goroute-")
+    try:
+        _create(
+            go.driver,
+            _manifest("teleroute.config.json"),
+            None,
+            os.path.join(PEERS, TELEROUTE),
+            directory,
+        )
+        yield go
+    finally:
+        docker("plugin", "rm", "-f", go.driver, check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class Workload:
+    """A workload with a request loop to ``address`` and a long-lived echo connection."""
+
+    def __init__(self, s: Setup, address: str) -> None:
+        self.s = s
+        self.name = f"tntest-live-{uid()}"
+        # Short timeouts: a request to a subnet that is not routed must fail fast.
+        get = s.get(address).replace("-T 5", "-T 1").replace("-w 5", "-w 1")
+        script = (
+            f"(i=0; while :; do i=$((i+1)); echo tick$i; sleep 0.2; done) "
+            f"| nc {s.cluster.ip} {ECHO_PORT} > /tmp/echo & "
+            f"while :; do if [ \"$({get} 2>/dev/null)\" = '{BODY}' ]; then echo ok; "
+            "else echo no; fi; sleep 0.2; done"
+        )
+        s.run(script, name=self.name, detach=True)
+
+    def last(self) -> str:
+        out = docker("logs", "--tail", "1", self.name, check=False).stdout.strip()
+        return out.rsplit("\n", 1)[-1] if out else ""
+
+    def routes(self) -> str:
+        return docker("exec", self.name, "ip", "route", check=False).stdout
+
+    def ticks(self) -> int:
+        """The last tick the echo connection brought back."""
+        out = docker("exec", self.name, "tail", "-n", "1", "/tmp/echo", check=False).stdout
+        text = out.strip().removeprefix("tick")
+        return int(text) if text.isdigit() else 0
+
+
+def _within(seconds: float, condition: Callable[[], bool], what: str) -> float:
+    """Seconds until ``condition`` held (polled), failing past ``seconds``."""
+    start = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - start
+        if time.monotonic() - start > seconds:
+            raise AssertionError(f"{what}: not within {seconds:g}s")
+        time.sleep(0.05)
+
+
+def _extra_subnet() -> tuple[ipaddress.IPv4Network, str]:
+    """A /28 of the benchmarking range, outside every routed subnet; its first address."""
+    subnet = ipaddress.ip_network(f"198.19.{random.randrange(1, 255)}.16/28")
+    return subnet, str(next(subnet.hosts()))
+
+
+def _start(driver: RoutePlugin, cluster: OpenCluster, http_get: str) -> Setup:
+    s = Setup(driver, cluster, http_get)
+    try:
+        s.start()
+    except BaseException:
+        s.stop()
+        raise
+    return s
+
+
+def _add_route(s: Setup, extra: ipaddress.IPv4Network, address: str) -> None:
+    docker("exec", s.cluster.container, "ip", "addr", "add", f"{address}/32", "dev", "eth0")
+    docker("exec", s.daemon, "ip", "route", "add", str(extra), "via", s.cluster.ip, "dev", s.vif())
+
+
+def _remove_route(s: Setup, extra: ipaddress.IPv4Network) -> None:
+    docker("exec", s.daemon, "ip", "route", "del", str(extra))
+
+
+@pytest.fixture
+def extra_route(open_cluster: OpenCluster) -> Iterator[tuple[ipaddress.IPv4Network, str]]:
+    extra, address = _extra_subnet()
+    yield extra, address
+    docker(
+        "exec",
+        open_cluster.container,
+        "ip",
+        "addr",
+        "del",
+        f"{address}/32",
+        "dev",
+        "eth0",
+        check=False,
+    )
+
+
+def test_live_routes_reach_a_running_workload(
+    plugin: RoutePlugin,  # noqa: F811
+    open_cluster: OpenCluster,
+    http_get_command: str,  # noqa: F811
+    extra_route: tuple[ipaddress.IPv4Network, str],
+) -> None:
+    """Added on the VIF: reached within 2 s; removed: lost within 2 s; the echo stays open."""
+    extra, address = extra_route
+    s = _start(plugin, open_cluster, http_get_command)
+    try:
+        before = open_cluster.connections()
+        w = Workload(s, address)
+        wait_for(lambda: w.ticks() > 0, 20, "the echo connection", interval=0.2)
+        wait_for(lambda: w.last() == "no", 20, "the request loop", interval=0.2)
+        ticks = w.ticks()
+
+        _add_route(s, extra, address)
+        took = _within(2.0, lambda: w.last() == "ok", f"{address} reached by the running workload")
+        assert f"{extra} via {s.address} dev tpd-0" in w.routes(), w.routes()
+
+        _remove_route(s, extra)
+        gone = _within(
+            2.0, lambda: str(extra) not in w.routes(), f"{extra} gone from the workload's routes"
+        )
+        _within(2.0, lambda: w.last() == "no", f"{address} lost by the running workload")
+
+        # One connection all along, still carrying data.
+        later = w.ticks()
+        assert later > ticks, (ticks, later)
+        wait_for(lambda: w.ticks() > later, 5, "the echo connection to go on", interval=0.2)
+        assert open_cluster.connections() == before + 1
+        assert "no live routes" not in plugin.log()
+        print(f"reached after {took:.2f}s, route gone after {gone:.2f}s")
+    finally:
+        s.stop()
+    assert_nothing_left(s)
+
+
+def test_go_plugin_against_the_extended_daemon_is_unchanged(
+    go_plugin: RoutePlugin,
+    open_cluster: OpenCluster,
+    http_get_command: str,  # noqa: F811
+    extra_route: tuple[ipaddress.IPv4Network, str],
+) -> None:
+    """
+    Go's plug-in never asks for live routes: the running workload keeps the routes it joined
+    with (and its connection), a new workload gets the new subnet at Join and reaches it.
+    """
+    extra, address = extra_route
+    s = _start(go_plugin, open_cluster, http_get_command)
+    try:
+        w = Workload(s, address)
+        wait_for(lambda: w.ticks() > 0, 20, "the echo connection", interval=0.2)
+        ticks = w.ticks()
+        _add_route(s, extra, address)
+        fresh = f"{extra} via {s.address} dev tpd-0"
+        wait_for(lambda: fresh in s.run("ip route").stdout, 10, "a new workload's route")
+        assert str(extra) not in w.routes()
+        assert w.last() == "no"
+        assert s.run(s.get(address), check=False).stdout.strip() == BODY
+        assert w.ticks() > ticks
+        _remove_route(s, extra)
+    finally:
+        s.stop()
