@@ -276,6 +276,7 @@ def test_go_plugin_against_the_extended_daemon_is_unchanged(
     try:
         w = Workload(s, address)
         wait_for(lambda: w.ticks() > 0, 20, "the echo connection", interval=0.2)
+        wait_for(lambda: w.last() == "no", 20, "the request loop", interval=0.2)
         ticks = w.ticks()
         _add_route(s, extra, address)
         fresh = f"{extra} via {s.address} dev tpd-0"
