@@ -329,7 +329,7 @@ def makeService(
     add(
         "control",
         strports.service(
-            options["control"], control_site(status, bridges, reactor), reactor=reactor
+            options["control"], control_site(status, bridges, reactor, table), reactor=reactor
         ),
     )
     _warn_overlaps(options["subnet"], options["cluster-domain"])

@@ -8,6 +8,9 @@ The daemon's control API (docs/daemon.md, "Control API"), HTTP + JSON for the te
 - ``POST /bridges`` with ``{"agent": "host:port"}``: opens an SFTP bridge (a TCP proxy from a
   local port to the agent's raw SFTP server), answers ``{"port": N, "agent": "host:port"}``.
 - ``DELETE /bridges/<port>``: closes it, answers ``{"port": N, "closed": true}``.
+- ``GET /subnets``: ``{"subnets": [...], "routes": [...]}``, the ``--subnet`` ones and every
+  routed subnet (those plus the VIF's); ``PUT /subnets`` with ``{"subnets": ["CIDR", ...]}``
+  replaces the ``--subnet`` ones (running workloads follow: live routes) and answers the same.
 
 Errors are JSON too: ``{"error": "<message>"}`` with 400 (bad request), 404 (unknown path or
 bridge), 405 (wrong method), 413 (body too big) or 500.
@@ -47,6 +50,17 @@ class BridgeLike(Protocol):
     def close(self) -> defer.Deferred[None]: ...
 
 
+class SubnetsLike(Protocol):
+    """What the control API needs of the routed subnets (``telenet.network.vif.RouteTable``)."""
+
+    @property
+    def static(self) -> frozenset[ipaddress.IPv4Network | ipaddress.IPv6Network]: ...
+
+    def current(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]: ...
+
+    def set_static(self, static: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None: ...
+
+
 BridgeOpener = Callable[[str, int], "defer.Deferred[BridgeLike]"]
 StatusSource = Callable[[], dict[str, Any]]
 
@@ -84,6 +98,32 @@ def parse_agent(text: Any) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ControlError(400, f"bad port in agent {text!r}: 1-65535")
     return host, int(port_text)
+
+
+def _order(n: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, str]:
+    return n.version, str(n)
+
+
+def parse_subnets(body: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``{"subnets": ["CIDR", ...]}``; ControlError 400 when malformed."""
+    if (
+        not isinstance(body, dict)
+        or set(body) != {"subnets"}
+        or not isinstance(body["subnets"], list)
+    ):
+        raise ControlError(400, 'expected {"subnets": ["CIDR", ...]}')
+    subnets = []
+    for text in body["subnets"]:
+        if not isinstance(text, str):
+            raise ControlError(400, f"bad subnet {text!r}: expected a CIDR string")
+        try:
+            subnet = ipaddress.ip_network(text)
+        except ValueError as e:
+            raise ControlError(400, f"bad subnet {text!r}: {e}") from None
+        if subnet.prefixlen == 0:
+            raise ControlError(400, f"bad subnet {text!r}: a default route is not routed")
+        subnets.append(subnet)
+    return subnets
 
 
 @attrs.define
@@ -143,10 +183,13 @@ class ControlResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, status: StatusSource, bridges: Bridges) -> None:
+    def __init__(
+        self, status: StatusSource, bridges: Bridges, subnets: SubnetsLike | None = None
+    ) -> None:
         super().__init__()
         self.status = status
         self.bridges = bridges
+        self.subnets = subnets
 
     def render(self, request: IRequest) -> int:
         site = getattr(request, "site", None)
@@ -173,6 +216,15 @@ class ControlResource(resource.Resource):
             if not isinstance(body, dict) or set(body) - {"agent"}:
                 raise ControlError(400, 'expected {"agent": "host:port"}')
             return await self.bridges.add(body.get("agent"))
+        if path == ["subnets"] and self.subnets is not None:
+            if method == "PUT":
+                self.subnets.set_static(parse_subnets(self._json(request)))
+            else:
+                self._allow(method, "GET")
+            return {
+                "subnets": [str(n) for n in sorted(self.subnets.static, key=_order)],
+                "routes": [str(n) for n in self.subnets.current()],
+            }
         if len(path) == 2 and path[0] == "bridges":
             self._allow(method, "DELETE")
             if not path[1].isdigit():
@@ -217,9 +269,12 @@ class ControlResource(resource.Resource):
 
 
 def control_site(
-    status: StatusSource, bridges: Bridges, reactor: IReactor | None = None
+    status: StatusSource,
+    bridges: Bridges,
+    reactor: IReactor | None = None,
+    subnets: SubnetsLike | None = None,
 ) -> server.Site:
     """The control API's site: requests in flight at SIGTERM are answered first."""
-    site = PluginSite(ControlResource(status, bridges), reactor=reactor)
+    site = PluginSite(ControlResource(status, bridges, subnets), reactor=reactor)
     site.noisy = False
     return site
