@@ -5,7 +5,8 @@ A workload runs a loop of HTTP requests to an address in a subnet the daemon doe
 yet, and holds a TCP connection open to the cluster (a subnet that stays routed). A route to
 the new subnet is added on the VIF side (in the daemon container): the workload reaches the
 address within 2 s, with no restart; the route is removed: the workload loses it within 2 s;
-the long-lived connection stays open throughout. With the legacy and the managed plug-in; and
+the long-lived connection stays open throughout; a subnet given through the daemon's control
+API (``PUT /subnets``) comes and goes likewise. With the legacy and the managed plug-in; and
 with Telepresence's Go plug-in against the same (extended) daemon: no live routes, nothing
 broken (the running workload keeps its routes, a new one gets the new subnet at Join).
 
@@ -17,6 +18,7 @@ daemon already routes (the cluster network's own is one).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import random
 import time
@@ -244,6 +246,18 @@ def _remove_route(s: Setup, extra: ipaddress.IPv4Network) -> float:
     return since
 
 
+def _put_subnets(s: Setup, subnets: list[str]) -> None:
+    """``PUT /subnets`` on the daemon's control API (on its loopback, port 4038)."""
+    script = (
+        "import json, sys, urllib.request; "
+        "request = urllib.request.Request('http://127.0.0.1:4038/subnets', "
+        "data=sys.argv[1].encode(), method='PUT'); "
+        "print(urllib.request.urlopen(request, timeout=10).read().decode())"
+    )
+    out = docker("exec", s.daemon, "python3", "-c", script, json.dumps({"subnets": subnets}))
+    assert json.loads(out.stdout)["subnets"] == subnets, out
+
+
 @pytest.fixture
 def extra_route(open_cluster: OpenCluster) -> Iterator[tuple[ipaddress.IPv4Network, str]]:
     extra, address = _extra_subnet()
@@ -293,6 +307,16 @@ def test_live_routes_reach_a_running_workload(
             w.results()[-10:]
         )
         assert str(extra) not in w.routes(), w.routes()
+
+        # Subnets changed through the daemon's control API reach the running workload too.
+        put = ipaddress.ip_network(f"{extra.network_address + 16}/28")
+        via_api = f"{put} via {s.address} dev tpd-0"
+        start = time.monotonic()
+        _put_subnets(s, [str(put)])
+        wait_for(lambda: via_api in w.routes(), 2, f"{put} (PUT /subnets) in the workload's routes")
+        _put_subnets(s, [])
+        wait_for(lambda: str(put) not in w.routes(), 2, f"{put} gone from the workload's routes")
+        assert time.monotonic() - start < 6
 
         # One connection all along, still carrying data.
         later = w.ticks()
