@@ -282,3 +282,48 @@ def test_a_deleted_network_stops_following() -> None:
     assert h.daemon.core.feed.subscribers == 0
 
     assert NET not in h.driver._live
+
+
+def test_each_family_via_its_own_next_hop() -> None:
+    """IPv6 subnets go via the daemon's IPv6 address; a family without a next hop is skipped."""
+    h = LiveHarness()
+    h.network(v6="fd00:21::1/64")
+    h.daemon_joins(ipv6="fd00:21::2/64")
+    space = h.routes.add_namespace(
+        f"{SANDBOX}v6", 6000, f"{WORK_ADDRESS}/16", "fd00:21::3/64", visible=True
+    )
+    h.ok(
+        "/NetworkDriver.CreateEndpoint",
+        endpoint_body(WORK_EP, f"{WORK_ADDRESS}/16", "fd00:21::3/64"),
+    )
+    h.ok(
+        "/NetworkDriver.Join",
+        {"NetworkID": NET, "EndpointID": WORK_EP, "SandboxKey": f"{SANDBOX}v6"},
+    )
+    h.settle()
+    h.daemon.set_routes([ROUTED, "fd00:96::/108"])
+    h.clock.advance(0)
+    assert table(space)["fd00:96::/108"] == "fd00:21::2"
+    assert table(space)[ROUTED] == DAEMON_ADDRESS
+
+
+def test_a_family_without_a_next_hop_is_not_routed() -> None:
+    h = ready()
+    space = h.workload()
+    h.settle()
+    h.daemon.set_routes([ROUTED, "fd00:96::/108"])
+    h.clock.advance(0)
+    assert "fd00:96::/108" not in table(space)
+
+
+def test_a_reconnection_brings_containers_back_to_the_set() -> None:
+    """A new stream's first update is applied even when the set is the same (a route lost)."""
+    h = ready()
+    space = h.workload()
+    h.settle()
+    space.routes = [r for r in space.routes if str(r.destination) != ROUTED]
+    (watch,) = h.daemon.route_watches
+    watch.end("broke")
+    h.clock.advance(WATCH_RETRY)
+    h.clock.advance(0)
+    assert table(space)[ROUTED] == DAEMON_ADDRESS

@@ -64,6 +64,8 @@ class NetworkRoutes:
     vias: set[str] = attrs.field(factory=set)
     watch: ConnectSession | None = None
     rewatch: IDelayedCall | None = None
+    #: A new stream: its first update is applied to every container even if it is the same.
+    resync: bool = False
     #: The daemon said it has no live routes (logged once).
     unsupported: bool = False
     calls: dict[str, IDelayedCall] = attrs.field(factory=dict)
@@ -111,6 +113,8 @@ class LiveRoutesMixin(EndpointCallsMixin):
         if state.watch is not None:
             state.watch.cancel()
             state.watch = None
+        # The daemon may have restarted: its containers may need the routes again.
+        state.resync = True
         d = client.watch_routes(
             teleroute_pb2.WatchRoutesRequest(pid=self._pid),
             lambda update: self._routes_update(network.id, update),
@@ -198,8 +202,9 @@ class LiveRoutesMixin(EndpointCallsMixin):
         except ValueError as e:
             log.warn("a malformed routes update for network {id}: {error}", id=network_id, error=e)
             return
-        if state.routes == routes and state.via == via:
+        if state.routes == routes and state.via == via and not state.resync:
             return
+        state.resync = False
         state.routes, state.via = routes, via
         state.vias.update(v for v in via.values() if v)
         log.info(
@@ -208,6 +213,13 @@ class LiveRoutesMixin(EndpointCallsMixin):
             routes=[str(n) for n in routes],
             via=" ".join(v for v in via.values() if v) or "-",
         )
+        self._resync_routes(network_id)
+
+    def _resync_routes(self, network_id: str) -> None:
+        """Bring every container of the network to the daemon's routes (soon)."""
+        state = self._live.get(network_id)
+        if state is None or state.routes is None:
+            return
         for endpoint in list(self.endpoints.values()):
             if endpoint.network == network_id and not endpoint.daemon:
                 self._sync_later(state, endpoint.id, 0)
