@@ -80,16 +80,24 @@ def count() -> None:
             counts[f"gc{generation} ms"] += round(ms)
 
     gc.callbacks.append(gc_timer)
-    handle = MountControl.handle
+    answer = MountControl.answer
 
-    async def counted_handle(self: Any, request: object) -> dict[str, Any]:
+    class Counts:
+        def __init__(self, counted: dict[str, int]) -> None:
+            self.counted = counted
+
+        def to_json(self) -> dict[str, Any]:
+            return {"ok": True, **self.counted}
+
+    async def counted_answer(self: Any, request: object) -> Any:
+        # The control protocol's own answers pass through; this op is the bench's alone.
         if isinstance(request, dict) and request.get("op") == "bench-counts":
             result = dict(sorted(counts.items()))
             counts.clear()
-            return {"ok": True, **result}
-        return await handle(self, request)
+            return Counts(result)
+        return await answer(self, request)
 
-    MountControl.handle = counted_handle  # type: ignore[method-assign]
+    MountControl.answer = counted_answer  # type: ignore[method-assign]
 
 
 def main() -> int:

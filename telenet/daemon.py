@@ -220,6 +220,7 @@ def makeService(
 
         install_asyncio_reactor()
         reactor = global_reactor()
+    from telenet.core.pluginadmin import LevelControl
     from telenet.core.processes import spawner
     from telenet.network.control import Bridges, control_site
     from telenet.network.dns import DNSService, make_factory, make_resolver
@@ -329,7 +330,9 @@ def makeService(
     add(
         "control",
         strports.service(
-            options["control"], control_site(status, bridges, reactor, table), reactor=reactor
+            options["control"],
+            control_site(status, bridges, reactor, levels=LevelControl(reactor), subnets=table),
+            reactor=reactor,
         ),
     )
     _warn_overlaps(options["subnet"], options["cluster-domain"])

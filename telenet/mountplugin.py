@@ -535,7 +535,10 @@ def makeService(options: Options, reactor: IReactor | None = None) -> service.Mu
         mounter, JSONFileStore(os.path.join(state_dir, "volumes.json")), reactor, run_blocking
     )
     driver.restore()
-    resource = dockerplugin.PluginResource(["VolumeDriver"], driver.handlers())
+    from telenet.core.pluginadmin import LevelControl, admin_handlers
+
+    admin = admin_handlers(reactor, lambda: health(driver, mounter), LevelControl(reactor))
+    resource = dockerplugin.PluginResource(["VolumeDriver"], {**driver.handlers(), **admin})
     site = dockerplugin.plugin_site(resource)
     assert isinstance(site, dockerplugin.PluginSite)
     # Stopped together with the listener: it drains the site before unmounting anything.
@@ -551,3 +554,28 @@ def _reap(driver: VolumeDriver, options: Options) -> defer.Deferred[None]:
     d = defer.ensureDeferred(driver.reap_disconnected(options["linger"], options["ping-timeout"]))
     # A failed round is logged; the timer keeps running.
     return d.addErrback(lambda f: log.failure("checking disconnected mounts failed", f))
+
+
+async def health(driver: VolumeDriver, mounter: IMounter) -> dict[str, Any]:
+    """``/Telenet.Health``'s counters: the volumes, and each SFTP server's mount and helper."""
+    servers: dict[tuple[str, int], list[str]] = {}
+    for name, volume in sorted(driver.volumes.items()):
+        servers.setdefault((volume.options.host, volume.options.port), []).append(name)
+    mounts = []
+    for (host, port), names in sorted(servers.items()):
+        try:
+            status = await mounter.status(host, port)
+        except Exception as e:  # one helper's trouble is its entry's, not the whole answer's
+            status = {"mounted": False, "error": str(e) or type(e).__name__}
+        mounts.append(
+            {
+                "Server": f"{host}:{port}",
+                "Volumes": names,
+                "Mounted": bool(status.get("mounted")),
+                "Connected": bool(status.get("connected")),
+                "Since": status.get("since"),
+                "HelperPid": status.get("pid"),
+                **({"Error": status["error"]} if "error" in status else {}),
+            }
+        )
+    return {"Volumes": len(driver.volumes), "Mounts": mounts}

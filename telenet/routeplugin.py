@@ -135,10 +135,32 @@ def makeService(
     )
     driver.restore()
     log.info("teleroute plug-in, host pid {pid}", pid=driver._pid)
-    resource = dockerplugin.PluginResource(["NetworkDriver"], driver.handlers())
+    from telenet.core.pluginadmin import LevelControl, admin_handlers
+
+    admin = admin_handlers(reactor, lambda: health(driver), LevelControl(reactor))
+    resource = dockerplugin.PluginResource(["NetworkDriver"], {**driver.handlers(), **admin})
     site = dockerplugin.plugin_site(resource)
     assert isinstance(site, dockerplugin.PluginSite)
     # Stopped together with the listener: it drains the site before closing anything.
     _DriverService(driver, reactor, site, pool).setServiceParent(top)
     strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
     return top
+
+
+def health(driver: NetworkDriver) -> dict[str, Any]:
+    """``/Telenet.Health``'s counters: each network's daemon link, and the endpoints."""
+    networks = []
+    for network_id, network in sorted(driver.networks.items()):
+        link = network.link
+        networks.append(
+            {
+                "Network": network_id[:12],
+                "Daemon": f"{network.address.host}:{network.address.port}",
+                "Connected": bool(link is not None and link.connected),
+                # Connections made to the daemon; every one after the first is a reconnect.
+                "Reconnects": max(0, link.connections - 1) if link is not None else 0,
+                "Failures": link.failures if link is not None else 0,
+                "LastError": link.last_error if link is not None else "not linked",
+            }
+        )
+    return {"Networks": networks, "Endpoints": len(driver.endpoints)}

@@ -244,10 +244,12 @@ class FakeSFTPClient:
         self.calls.append(("lstat", path))
         return self._answer(lambda: self._get(path).attrs())
 
-    def lsetstat(self, path: bytes, attrs: FileAttrs) -> Deferred[None]:
+    def lsetstat(self, path: bytes, attrs: FileAttrs, lazy: bool = False) -> Deferred[None]:
         return self.setstat(path, attrs, follow=False)
 
-    def setstat(self, path: bytes, attrs: FileAttrs, follow: bool = True) -> Deferred[None]:
+    def setstat(
+        self, path: bytes, attrs: FileAttrs, follow: bool = True, lazy: bool = False
+    ) -> Deferred[None]:
         self.calls.append(("setstat" if follow else "lsetstat", path, attrs))
 
         def apply() -> None:
@@ -264,7 +266,9 @@ class FakeSFTPClient:
 
         return self._answer(apply)
 
-    def open(self, path: bytes, flags: int, attrs: FileAttrs | None = None) -> Deferred[bytes]:
+    def open(
+        self, path: bytes, flags: int, attrs: FileAttrs | None = None, lazy: bool = False
+    ) -> Deferred[bytes]:
         self.calls.append(("open", path, flags))
 
         def do() -> bytes:

@@ -22,6 +22,7 @@ from telenet.cli.daemoncontrol import DaemonControlError, ExecControl, HTTPContr
 from telenet.cli.dockerapi import PLUGIN_CONFIGS, DockerError, SDKDocker, plugin_contexts
 from telenet.cli.interfaces import ContainerSpec, IDocker
 from telenet.cli.naming import LABEL_CONNECTION, LABEL_DAEMON, default_connection_name
+from telenet.cli.pluginsocket import PluginCallError
 from telenet.cli.status import format_status, format_statuses
 from telenet.cli.subnets import Taken, check_subnet
 from telenet.core.gocompat import safe_name
@@ -58,6 +59,8 @@ class World:
         self.addresses: list[tuple[str, int]] = []
         #: The routes of "this machine" (``subnets.host_routes``).
         self.host_routes: list[Taken] = []
+        #: What each plug-in's ``/Telenet.Health`` answers, by socket path (default: none).
+        self.health: dict[str, dict[str, Any]] = {}
         self.connector = Connector(
             self.docker,
             config or Config(),
@@ -67,7 +70,13 @@ class World:
             sleep=self.clock.sleep,
             clock=self.clock,
             host_routes=lambda: list(self.host_routes),
+            plugin_call=self._plugin_call,
         )
+
+    def _plugin_call(self, path: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        if path not in self.health:
+            raise PluginCallError(f"{path}: [Errno 2] No such file or directory")
+        return self.health[path]
 
     def _control(self, host: str, port: int) -> MemoryControl:
         self.addresses.append((host, port))
@@ -440,9 +449,25 @@ def test_status(world: World) -> None:
     assert status["daemon"]["routes"] == ["10.96.0.0/16"]
     assert status["daemon"]["control"].startswith("127.0.0.1:")
     assert status["network"]["name"] == "blue" and status["network"]["subnet"]
+    network_plugin = world.docker.plugins["telenet/teleroute:latest"]["Id"]
     assert status["plugins"] == [
-        {"kind": "network", "name": "telenet/teleroute:latest", "mode": "managed", "enabled": True},
-        {"kind": "volume", "name": "telenet/telemount:latest", "mode": "managed", "enabled": True},
+        {
+            "kind": "network",
+            "name": "telenet/teleroute:latest",
+            "mode": "managed",
+            "enabled": True,
+            "health": {
+                "error": f"/run/docker/plugins/{network_plugin}/: "
+                "[Errno 2] No such file or directory"
+            },
+        },
+        {
+            "kind": "volume",
+            "name": "telenet/telemount:latest",
+            "mode": "managed",
+            "enabled": True,
+            "health": {"error": status["plugins"][1]["health"]["error"]},
+        },
     ]
     assert status["bridges"] == [
         {"port": 33000, "agent": "10.0.0.5:8022", "connections": 0, "bytes_in": 0, "bytes_out": 0}

@@ -25,6 +25,8 @@ from zope.interface.verify import verifyObject
 from telenet import sftpproxy
 from telenet.cli.daemoncontrol import DaemonControlError, ExecControl, HTTPControl
 from telenet.cli.interfaces import ContainerSpec, IControl
+from telenet.core import logoptions
+from telenet.core.pluginadmin import LevelControl
 from telenet.network.control import Bridges, control_site
 from telenet.testing import MemoryControl, MemoryDocker
 
@@ -66,7 +68,9 @@ class Daemon:
         self.reactor = reactor
         self.listen = "tcp:0:interface=127.0.0.1"
         self.bridges = Bridges(self._open)
-        site = control_site(self._status, self.bridges, reactor)
+        # Its own log settings: a level set here changes nothing of the test run's logging.
+        levels = LevelControl(reactor, logoptions.LogSettings())
+        site = control_site(self._status, self.bridges, reactor, levels=levels)
         self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.agent = reactor.listenTCP(0, protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
 
@@ -248,3 +252,23 @@ async def test_daemon_not_answering(setup: Setup) -> None:
     await fails(r"GET /status: .*Connection refused", s.status)
     await fails(r"POST /bridges: .*Connection refused", s.open_bridge, setup.agent)
     await fails(r"DELETE /bridges/4000: .*Connection refused", s.close_bridge, 4000)
+    await fails(r"POST /loglevel: .*Connection refused", s.set_log_level, "debug", 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_log_level(setup: Setup) -> None:
+    """The level is set (until changed, for duration 0); a bad one is refused by name."""
+    answer = await call(setup.control.set_log_level, "debug", 0)
+    assert answer == {"level": "debug", "configured": "info", "until": None}
+    await fails(
+        re.escape("level 'shout' is not one of debug, info, warn, error, critical"),
+        setup.control.set_log_level,
+        "shout",
+        0,
+    )
+    await fails(
+        re.escape('"duration" must be a number of seconds, 0 or more'),
+        setup.control.set_log_level,
+        "debug",
+        -1,
+    )

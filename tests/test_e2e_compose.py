@@ -42,22 +42,33 @@ def compose_v2() -> bool:
     return found.returncode == 0 and found.stdout.decode().lstrip("v").startswith("2.")
 
 
-@pytest.fixture
-def project(env: Env) -> Iterator[dict[str, Any]]:
+def new_project(env: Env, kind: str, tag: str) -> tuple[str, str, str]:
+    """A fresh project's name, its directory (made) and the name of its connection."""
     require(compose_v2(), "Compose v2 is not installed (run: scripts/dev setup)")
-    name = f"{env.prefix}shop{uid()[:4]}"
+    name = f"{env.prefix}{kind}{uid()[:4]}"
     directory = os.path.join(env.workdir, name)
     os.makedirs(directory)
-    connection = f"{env.prefix}-cmp"
-    with open(os.path.join(directory, "compose.yaml"), "w") as f:
-        f.write(
-            f"""\
+    return name, directory, f"{env.prefix}-{tag}"
+
+
+def connections(env: Env, connection: str) -> str:
+    """The top-level ``x-telenet`` block naming the test cluster's connection."""
+    return f"""\
 x-telenet:
   connections:
     - name: {connection}
       vifNetwork: {env.cluster["network"]}
       clusterDNS: {env.cluster["cluster_dns"]}
-services:
+"""
+
+
+@pytest.fixture
+def project(env: Env) -> Iterator[dict[str, Any]]:
+    name, directory, connection = new_project(env, "shop", "cmp")
+    with open(os.path.join(directory, "compose.yaml"), "w") as f:
+        f.write(
+            f"""\
+{connections(env, connection)}services:
   web:
     image: {BUSYBOX}
     command: ["sh", "-c", "mkdir -p /www && cp {SECRETS}/serviceaccount/token /www/token
@@ -172,22 +183,13 @@ def layered(env: Env) -> Iterator[dict[str, Any]]:
     A project in two files: ``app`` on the connection in the first, and in the second ``probe``,
     engaged with a read-only remote mount, in the ``debug`` profile only.
     """
-    require(compose_v2(), "Compose v2 is not installed (run: scripts/dev setup)")
-    name = f"{env.prefix}lay{uid()[:4]}"
-    directory = os.path.join(env.workdir, name)
-    os.makedirs(directory)
-    connection = f"{env.prefix}-lay"
+    name, directory, connection = new_project(env, "lay", "lay")
     loop = "trap 'exit 0' TERM INT; while sleep 0.1; do :; done"
     files = [os.path.join(directory, "compose.yaml"), os.path.join(directory, "debug.yaml")]
     with open(files[0], "w") as f:
         f.write(
             f"""\
-x-telenet:
-  connections:
-    - name: {connection}
-      vifNetwork: {env.cluster["network"]}
-      clusterDNS: {env.cluster["cluster_dns"]}
-services:
+{connections(env, connection)}services:
   app:
     image: {BUSYBOX}
     command: ["sh", "-c", "{loop}"]

@@ -258,20 +258,17 @@ def test_a_volume_waits_for_its_agent_for_its_timeout(env: Env) -> None:
     in_container(cluster, f"mkdir -p {root}/echo/data && echo waited > {root}/echo/data/file")
     volume = f"{env.prefix}-waiting"
     options = ["-o", f"host={ip}", "-o", "port=8025", "-o", "container=echo", "-o", "dir=/data"]
+
+    def create(timeout: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(
+            "docker", "volume", "create", "-d", env.plugins[1], *options,
+            "-o", f"timeout={timeout}", volume, check=check,
+        )  # fmt: skip
+
     agent = start_agent_later(env, root, 8025, 2)
     try:
         started = time.monotonic()
-        run(
-            "docker",
-            "volume",
-            "create",
-            "-d",
-            env.plugins[1],
-            *options,
-            "-o",
-            "timeout=20s",
-            volume,
-        )
+        create("20s")
         assert time.monotonic() - started >= 1.5
         read = run("docker", "run", "--rm", "-v", f"{volume}:/v:nocopy", BUSYBOX, "cat", "/v/file")
         assert read.stdout == "waited\n"
@@ -280,18 +277,7 @@ def test_a_volume_waits_for_its_agent_for_its_timeout(env: Env) -> None:
         stop_agent(env, root, agent)
 
     started = time.monotonic()
-    result = run(
-        "docker",
-        "volume",
-        "create",
-        "-d",
-        env.plugins[1],
-        *options,
-        "-o",
-        "timeout=2s",
-        volume,
-        check=False,
-    )
+    result = create("2s", check=False)
     assert result.returncode != 0
     assert f"cannot reach SFTP server at {ip}:8025" in result.stderr, result.stderr
     assert "(tried for 2s)" in result.stderr, result.stderr

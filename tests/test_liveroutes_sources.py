@@ -62,7 +62,7 @@ def test_subnets_api() -> None:
     table.update(frozenset({N("172.19.0.0/16")}))
     told: list[list[str]] = []
     table.subscribe(lambda routes: told.append([str(n) for n in routes]))
-    resource = ControlResource(dict, Bridges(lambda h, p: None), table)  # type: ignore[arg-type,return-value]
+    resource = ControlResource(dict, Bridges(lambda h, p: None), subnets=table)  # type: ignore[arg-type,return-value]
     assert call(resource, "GET", "/subnets") == (
         200,
         {"subnets": ["10.96.0.0/12"], "routes": ["10.96.0.0/12", "172.19.0.0/16"]},

@@ -37,6 +37,7 @@ from twisted.internet.testing import StringTransport
 
 from telenet.core.aio import as_deferred
 from telenet.fuse.control import ControlProtocol, MountControl
+from telenet.fuse.dircache import MOST_TRUST
 from telenet.fuse.operations import SFTPOperations
 from telenet.fuse.prefetch import AHEAD_FILES
 from telenet.fuse.tuning import KERNEL_READAHEAD_KB, FuseFdWaiter, mount_dev
@@ -201,7 +202,10 @@ async def test_paths_map_into_the_volume_only(world: World) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_inodes_are_stable_and_forgotten(world: World) -> None:
-    """The same path keeps its inode while looked up; forget empties the table."""
+    """
+    The same path keeps its inode number, also once forgotten (git's index keys on it) and
+    in another helper; forget empties the table. Two names never share a live number.
+    """
     await aio(world.setup())
     start = world.fs.node_count
     a = await world.lookup_path(b"data", b"hello")
@@ -214,7 +218,15 @@ async def test_inodes_are_stable_and_forgotten(world: World) -> None:
     await aio(world.fs.forget([(a.st_ino, 1)]))
     assert world.fs.node_count == start
     c = await world.lookup_path(b"data", b"hello")
-    assert c.st_ino != a.st_ino  # a new inode once forgotten
+    assert c.st_ino == a.st_ino
+    other = World()
+    await aio(other.setup())
+    assert (await other.lookup_path(b"data", b"hello")).st_ino == a.st_ino
+    assert (await other.lookup_path(b"data", b"sub")).st_ino != a.st_ino
+    # A clash with a live inode (forced here) takes the next free number.
+    vol = world.fs.volumes["data"]
+    clash = world.fs._free_ino(vol, b"hello")
+    assert clash == a.st_ino + 1 and 1 < clash < 1 << 48
 
 
 @pytest_twisted.ensureDeferred
@@ -994,7 +1006,7 @@ async def test_kernel_cache_is_kept_only_for_unchanged_files(world: World) -> No
     again = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
     assert (first.keep_cache, again.keep_cache) == (False, True)
     world.client.put(b"/exp/app/data/hello", b"changed on the server")
-    world.now += 5
+    world.now += MOST_TRUST + 1  # an hour-old file is trusted this long (dircache)
     await world.lookup_path(b"data", b"hello")
     changed = await aio(world.fs.open(entry.st_ino, os.O_RDONLY, None))
     assert changed.keep_cache is False

@@ -146,7 +146,9 @@ async def test_refused_setattr_is_eperm(world: World) -> None:
     await aio(world.setup())
     hello = await world.lookup_path(b"data", b"hello")
 
-    def refuse(path: bytes, attrs: FileAttrs, follow: bool = True) -> Deferred[None]:
+    def refuse(
+        path: bytes, attrs: FileAttrs, follow: bool = True, lazy: bool = False
+    ) -> Deferred[None]:
         return defer.fail(SFTPStatusError(ft.FX_PERMISSION_DENIED, "Permission denied"))
 
     world.client.setstat = refuse  # type: ignore[method-assign]
@@ -194,7 +196,9 @@ async def test_a_server_that_may_not_chown_is_asked_once(world: World) -> None:
     vol = await world.lookup_path(b"data")
     real = world.client.setstat
 
-    def no_chown(path: bytes, attrs: FileAttrs, follow: bool = True) -> Deferred[None]:
+    def no_chown(
+        path: bytes, attrs: FileAttrs, follow: bool = True, lazy: bool = False
+    ) -> Deferred[None]:
         if attrs.uid is not None:
             world.client.calls.append(("setstat", path, attrs))
             return defer.fail(SFTPStatusError(ft.FX_PERMISSION_DENIED, "Permission denied"))

@@ -32,6 +32,7 @@ from telenet.cli.naming import (
 )
 from telenet.cli.networks import TelerouteNetworks
 from telenet.cli.plugins import PLUGIN_KINDS, Plugins
+from telenet.cli.pluginsocket import PluginCall, call_plugin
 from telenet.cli.status import StatusReporter
 from telenet.cli.subnets import Taken, check_docker_subnet, host_routes
 from telenet.cli.teardown import Teardown
@@ -58,6 +59,7 @@ class Connector:
     clock: Callable[[], float] = time.monotonic
     ready_timeout: float = 30.0
     host_routes: Callable[[], list[Taken]] = host_routes
+    plugin_call: PluginCall = call_plugin
     lookup: ConnectionLookup = attrs.field(init=False, repr=False)
     plugins: Plugins = attrs.field(init=False, repr=False)
     daemon: DaemonContainer = attrs.field(init=False, repr=False)
@@ -69,7 +71,7 @@ class Connector:
         self.lookup = ConnectionLookup(
             self.docker, self.config, self.control_factory, self.exec_control_factory
         )
-        self.plugins = Plugins(self.docker, self.config, self.say)
+        self.plugins = Plugins(self.docker, self.config, self.say, self.plugin_call)
         self.daemon = DaemonContainer(
             self.docker,
             self.config,

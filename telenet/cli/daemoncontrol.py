@@ -52,6 +52,9 @@ class _JSONControl:
     def close_bridge(self, port: int) -> None:
         self._request("DELETE", f"/bridges/{port}")
 
+    def set_log_level(self, level: str, duration: float) -> dict[str, Any]:
+        return dict(self._request("POST", "/loglevel", {"level": level, "duration": duration}))
+
 
 @implementer(IControl)
 @attrs.define

@@ -448,9 +448,16 @@ class SDKDocker:
             if "already in progress" not in str(e):
                 raise
 
-    def container_logs(self, container: str, tail: int) -> str:
-        logs = self._maybe(self.api.logs, container, tail=tail)
+    def container_logs(self, container: str, tail: int, since: float | None = None) -> str:
+        extra = {"since": int(since)} if since is not None else {}
+        logs = self._maybe(self.api.logs, container, tail=tail, **extra)
         return logs.decode("utf-8", "replace") if logs else ""
+
+    def engine_info(self) -> dict[str, Any]:
+        return dict(self._call(self.api.version))
+
+    def plugin_list(self) -> list[dict[str, Any]]:
+        return list(self._call(self.api.plugins))
 
     def networks(self) -> list[dict[str, Any]]:
         found = self._call(self.api.networks)

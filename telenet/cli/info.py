@@ -120,8 +120,10 @@ def config_view(
             "directory_exists": os.path.isdir(logs),
             "cli": "stderr only: the CLI writes no log file",
             "daemon": "docker logs " + container_name("NAME"),
-            "plugins": "managed: dockerd's log (journalctl -u docker); legacy: their twistd output",
-            "telemount_helpers": f"{TELEMOUNT_STATE_DIR}/VOLUME.log in the telemount plug-in",
+            "plugins": "managed: dockerd's log (journalctl -u docker); legacy: their twistd "
+            "output; both: their recent lines through telenet gather-logs",
+            "telemount_helpers": f"{TELEMOUNT_STATE_DIR}/mounts/HOST-PORT.log in the telemount "
+            "plug-in (one helper per SFTP server)",
         },
     }
 

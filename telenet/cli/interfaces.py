@@ -79,8 +79,14 @@ class IDocker(Interface):
     def remove_container(container: str) -> None:
         """Remove it, running or not, with its anonymous volumes; a missing one is fine."""
 
-    def container_logs(container: str, tail: int) -> str:
-        """The last lines of its output."""
+    def container_logs(container: str, tail: int, since: float | None = None) -> str:
+        """The last lines of its output (those since the Unix time ``since``, if given)."""
+
+    def engine_info() -> dict[str, Any]:
+        """``docker version``'s engine part (``Version``, ``ApiVersion``, ``Os``, …)."""
+
+    def plugin_list() -> list[dict[str, Any]]:
+        """``docker plugin ls``: every managed plug-in's inspection."""
 
     def exec_in(container: str, argv: list[str]) -> tuple[int, bytes, bytes]:
         """``docker exec CONTAINER ARGV...``: its exit code, stdout and stderr."""
@@ -142,3 +148,6 @@ class IControl(Interface):
 
     def close_bridge(port: int) -> None:
         """``DELETE /bridges/<port>``."""
+
+    def set_log_level(level: str, duration: float) -> dict[str, Any]:
+        """``POST /loglevel``: ``level`` now, the configured one back after ``duration`` s."""

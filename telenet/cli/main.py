@@ -20,6 +20,9 @@ The ``telenet`` command line: Telepresence's ``--docker`` mode for telenet's plu
     telenet demo-cluster up|down [--prefix P] [--output json]
     telenet config view [--output text|json|yaml]
     telenet version [--output text|json|yaml]
+    telenet doctor [--name N] [--output text|json|yaml]
+    telenet gather-logs [-o FILE.zip] [--since DURATION] [--anonymize]
+    telenet loglevel LEVEL [--duration D] [--name N] [--output text|json|yaml]
 
 Global options (before the command): ``--config FILE``, ``--connection N`` (an exact name),
 ``--use REGEX`` (the one connection whose name the expression matches, like Telepresence's
@@ -64,6 +67,9 @@ COMMANDS = (
     "demo-cluster",
     "config",
     "version",
+    "doctor",
+    "gather-logs",
+    "loglevel",
 )
 FORMATS = ("text", "json", "yaml")
 
@@ -284,6 +290,9 @@ def _parser() -> argparse.ArgumentParser:
     views = config.add_subparsers(dest="action", metavar="ACTION", required=True)
     view = views.add_parser("view", help="each setting, where it came from, files and logs")
     version = commands.add_parser("version", help="the CLI's, daemons' and plug-ins' versions")
+    from telenet.cli.diagnoseargs import add_diagnose_parsers
+
+    add_diagnose_parsers(commands)
     for sub in (view, version):
         sub.add_argument(
             "--output", "-o", choices=("text", "json", "yaml"), help="default: text, or --format"
@@ -464,6 +473,12 @@ def _dispatch(
         from telenet.cli import info as report
 
         return _show(report.versions(connector), args.output, out, report.format_versions)
+    from telenet.cli.diagnoseargs import DIAGNOSE_COMMANDS
+
+    if args.command in DIAGNOSE_COMMANDS:
+        from telenet.cli import diagnose
+
+        return diagnose.run(connector, args, out, _show)
     if args.command == "compose":
         return _compose(connector, args, docker_args, out)
     connection = args.connection or os.environ.get("TELENET_CONNECTION") or None

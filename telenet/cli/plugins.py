@@ -18,6 +18,7 @@ from telenet.cli.config import Config, PluginConfig
 from telenet.cli.connection import CLIError
 from telenet.cli.dockerapi import DockerError
 from telenet.cli.interfaces import IDocker
+from telenet.cli.pluginsocket import PluginCall, PluginCallError, call_plugin, socket_of
 
 #: The plug-in kinds a connection needs, in the order they are made.
 PLUGIN_KINDS = ("teleroute", "telemount")
@@ -30,6 +31,8 @@ class Plugins:
     docker: IDocker
     config: Config
     say: Callable[[str], None] = print
+    #: How ``/Telenet.Health`` is asked on a plug-in's socket (``pluginsocket.call_plugin``).
+    plugin_call: PluginCall = call_plugin
 
     def ensure_plugins(self, kinds: tuple[str, ...] = PLUGIN_KINDS) -> dict[str, str]:
         """The driver name of each plug-in kind, installed or made when missing."""
@@ -91,11 +94,25 @@ class Plugins:
             return {"kind": kind, "name": None, "mode": None, "enabled": False}
         info = self.docker.plugin(driver)
         if info is not None:
-            return {
-                "kind": kind,
-                "name": driver,
-                "mode": "managed",
-                "enabled": bool(info.get("Enabled")),
-            }
-        answers = self.docker.socket_answers(f"/run/docker/plugins/{driver}.sock")
-        return {"kind": kind, "name": driver, "mode": "legacy", "enabled": answers}
+            enabled = bool(info.get("Enabled"))
+            mode = "managed"
+        else:
+            enabled = self.docker.socket_answers(f"/run/docker/plugins/{driver}.sock")
+            mode = "legacy"
+        return {
+            "kind": kind,
+            "name": driver,
+            "mode": mode,
+            "enabled": enabled,
+            "health": self.health(driver) if enabled else None,
+        }
+
+    def health(self, driver: str) -> dict[str, Any]:
+        """The plug-in's ``/Telenet.Health`` counters, or ``{"error": why not}``."""
+        path = socket_of(self.docker, driver)
+        if path is None:
+            return {"error": "the engine runs elsewhere: the plug-in's socket is not here"}
+        try:
+            return self.plugin_call(path, "/Telenet.Health", {})
+        except PluginCallError as e:
+            return {"error": str(e)}

@@ -185,7 +185,11 @@ def format_status(status: dict[str, Any]) -> str:
     )
     for plugin in status["plugins"]:
         enabled = "enabled" if plugin["enabled"] else "disabled"
-        lines.append(f"  {plugin['kind']} plug-in: {plugin['name']} ({plugin['mode']}, {enabled})")
+        health = format_health(plugin.get("health"))
+        lines.append(
+            f"  {plugin['kind']} plug-in: {plugin['name']} ({plugin['mode']}, {enabled})"
+            + (f"; {health}" if health else "")
+        )
     bridges = status.get("bridges") or []
     lines.append(
         "  bridges: " + (", ".join(f"{b['port']} -> {b['agent']}" for b in bridges) or "none")
@@ -195,6 +199,29 @@ def format_status(status: dict[str, Any]) -> str:
         projects = ", ".join(status["compose_projects"]) or "none"
         lines.append(f"  compose projects: {projects}")
     return "\n".join(lines)
+
+
+def format_health(health: Any) -> str:
+    """A plug-in's ``/Telenet.Health`` counters on one line ("" when there are none)."""
+    if not isinstance(health, dict):
+        return ""
+    if "error" in health:
+        return f"health: {health['error']}"
+    parts = []
+    networks = health.get("Networks")
+    if isinstance(networks, list):
+        up = sum(1 for n in networks if n.get("Connected"))
+        again = sum(int(n.get("Reconnects") or 0) for n in networks)
+        parts.append(f"{len(networks)} networks ({up} linked, {again} reconnects)")
+        parts.append(f"{health.get('Endpoints', 0)} endpoints")
+    mounts = health.get("Mounts")
+    if isinstance(mounts, list):
+        up = sum(1 for m in mounts if m.get("Connected"))
+        parts.append(f"{health.get('Volumes', 0)} volumes")
+        parts.append(f"{len(mounts)} mounts ({up} connected)")
+    if "Uptime" in health:
+        parts.append(f"up {float(health['Uptime']):.0f} s")
+    return ", ".join(parts)
 
 
 def format_statuses(statuses: list[dict[str, Any]]) -> str:

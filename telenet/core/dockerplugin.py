@@ -190,6 +190,8 @@ class PluginResource(resource.Resource):
 
     def _call(self, request: IRequest, path: str) -> Any:
         handler = self._handlers.get(path)
+        # Every call Docker makes, when asked for (telenet loglevel debug).
+        log.debug("Plug-in call {path}", path=path)
         if handler is None:
             raise _NotFound(f"unknown plug-in endpoint {path!r}")
         if getattr(request, "body_too_large", False):

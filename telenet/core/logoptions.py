@@ -11,11 +11,16 @@ The observer honours twistd's ``--logfile`` and ``--nodaemon`` the way twistd's 
 
 ``json`` writes one JSON object per line (twisted.logger's ``eventAsJSON``, so every
 structured field the code logs is kept); ``text`` is twistd's classic format.
+
+The events logged are also kept, as text, in a bounded ``RecentLog`` (``settings.recent``):
+what a plug-in hands ``telenet gather-logs`` through its socket, wherever its output goes
+(dockerd's log for a managed plug-in).
 """
 
 from __future__ import annotations
 
 import sys
+from collections import deque
 from typing import IO, Any
 
 import attrs
@@ -25,14 +30,31 @@ from twisted.logger import (
     InvalidLogLevelError,
     LogLevel,
     LogLevelFilterPredicate,
+    formatEventAsClassicLogText,
     jsonFileLogObserver,
     textFileLogObserver,
 )
 from twisted.python import usage
+from zope.interface import provider
 
 LEVELS = ("debug", "info", "warn", "error", "critical")
 FORMATS = ("text", "json")
 _FACTORY = f"{__name__}.observer"
+
+
+class RecentLog:
+    """The last ``size`` events logged, as (Unix time, classic text line)."""
+
+    def __init__(self, size: int = 5000) -> None:
+        self.lines: deque[tuple[float, str]] = deque(maxlen=size)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        text = formatEventAsClassicLogText(event)
+        if text:
+            self.lines.append((float(event.get("log_time") or 0.0), text.rstrip("\n")))
+
+    def since(self, when: float = 0.0) -> list[str]:
+        return [text for at, text in self.lines if at >= when]
 
 
 @attrs.define
@@ -45,6 +67,7 @@ class LogSettings:
     predicate: LogLevelFilterPredicate = attrs.field(
         factory=lambda: LogLevelFilterPredicate(LogLevel.info)
     )
+    recent: RecentLog = attrs.field(factory=RecentLog)
 
 
 # Set by the app's options at parse time and read by twistd's call to observer(): the two
@@ -67,14 +90,24 @@ def parse_format(value: str) -> str:
 
 
 def make_observer(
-    out: IO[Any], level: LogLevel, fmt: str
+    out: IO[Any], level: LogLevel, fmt: str, recent: RecentLog | None = None
 ) -> tuple[ILogObserver, LogLevelFilterPredicate]:
-    """An observer writing ``fmt`` to ``out``, dropping events below ``level``."""
-    inner = (
+    """
+    An observer writing ``fmt`` to ``out`` (and keeping the events in ``recent``), dropping
+    events below ``level``.
+    """
+    writer = (
         jsonFileLogObserver(out, recordSeparator="") if fmt == "json" else textFileLogObserver(out)
     )
+
+    @provider(ILogObserver)
+    def both(event: dict[str, Any]) -> None:
+        writer(event)
+        if recent is not None:
+            recent(event)
+
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    return FilteringLogObserver(inner, [predicate]), predicate
+    return FilteringLogObserver(both, [predicate]), predicate
 
 
 def _open_output(logfile: str, nodaemon: bool) -> IO[Any]:
@@ -89,7 +122,7 @@ def _open_output(logfile: str, nodaemon: bool) -> IO[Any]:
 def observer() -> ILogObserver:
     """twistd's ``--logger`` factory: the observer :data:`settings` describe."""
     out = _open_output(settings.logfile, settings.nodaemon)
-    obs, settings.predicate = make_observer(out, settings.level, settings.format)
+    obs, settings.predicate = make_observer(out, settings.level, settings.format, settings.recent)
     return obs
 
 
@@ -115,4 +148,12 @@ class LogOptionsMixin:
             parent["logger"] = _FACTORY
 
 
-__all__ = ["LEVELS", "FORMATS", "LogOptionsMixin", "LogSettings", "make_observer", "observer"]
+__all__ = [
+    "LEVELS",
+    "FORMATS",
+    "LogOptionsMixin",
+    "LogSettings",
+    "RecentLog",
+    "make_observer",
+    "observer",
+]

@@ -15,7 +15,7 @@ from pyfuse3 import FUSEError
 from twisted.python.failure import Failure
 
 from telenet.fuse.errors import fuse_op
-from telenet.fuse.inodes import InodeTable
+from telenet.fuse.listings import ListingsMixin
 from telenet.fuse.nodes import ROOT_INODE, DirHandle, Node
 from telenet.fuse.resume import Resume, running_loop
 from telenet.sftp.codec import FileAttrs, NameEntry
@@ -26,7 +26,7 @@ __all__ = ["READDIR_REPLY", "DirectoriesMixin"]
 READDIR_REPLY = 384
 
 
-class DirectoriesMixin(InodeTable):
+class DirectoriesMixin(ListingsMixin):
     """
     Directory operations. Relies on ``InodeTable`` (``_dirs``, ``_next_fh``, ``volumes``,
     the table, ``_set_attrs``, ``_readdir_reply``) and ``PrefetchMixin._remember_listing``.
@@ -69,7 +69,11 @@ class DirectoriesMixin(InodeTable):
                 if vol.removed:
                     raise FUSEError(errno.ESTALE)
                 node = self._child(vol, self._join(dh.node, name))
-                entry = self._set_attrs(node, what)
+                if node.entry is not None and node.expires > self._now():
+                    # known since the listing was made, or changed here
+                    entry = self._cached(node.entry, node.expires)
+                else:
+                    entry = self._set_attrs(node, what, dh.taken)
             if not self._readdir_reply(token, name, entry, i + 1):
                 self._maybe_drop(node)
                 break
@@ -89,6 +93,16 @@ class DirectoriesMixin(InodeTable):
         dh.done = False
         if self._specials:
             entries.extend(self._specials.children(node.vol.vid, node.rel))
+        key = (node.vol.vid, node.rel)
+        kept = self._dircache.get(key, self._now())
+        listed = None if kept is None else kept.entries()
+        if kept is not None and listed is not None:
+            dh.taken = kept.taken
+            entries.extend(listed)
+            dh.done = True
+            self._remember_listing(node, entries)  # type: ignore[arg-type]
+            return
+        dh.taken = taken = self._now()
         streamed = []
 
         def batch(names: list[NameEntry]) -> None:
@@ -105,6 +119,7 @@ class DirectoriesMixin(InodeTable):
                     entries.extend((e.filename, e.attrs) for e in names)
                 dh.done = True
                 self._remember_listing(node, entries)  # type: ignore[arg-type]
+                self._keep_listing(node, entries, taken)
                 dh.wake()
 
         def failed(failure: Failure) -> None:

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from telenet.fuse.errors import fuse_error, fuse_op
-from telenet.fuse.inodes import InodeTable
+from telenet.fuse.listings import ListingsMixin
 from telenet.fuse.nodes import FileHandle, Node
 from telenet.fuse.owners import check_name
 from telenet.fuse.prefetch import PAGE, PREFETCH_MAX, Ahead
@@ -41,7 +41,7 @@ log = Logger(namespace="telenet.fuse.helper")
 SETTLED = 60.0
 
 
-class FilesMixin(InodeTable):
+class FilesMixin(ListingsMixin):
     """
     File operations. Relies on ``InodeTable`` (``_files``, ``_next_fh``, ``_store``,
     ``_source``, ``_readahead``, ``_write_behind``, the table and attributes) and on
@@ -93,14 +93,21 @@ class FilesMixin(InodeTable):
                 ahead.discard()
             # The kernel leaves O_TRUNC to us (atomic_o_trunc): truncate while opening.
             handle = await wait(client.open(node.remote, sflags | ft.FXF_TRUNC))
-            node.expires = 0.0
+            self._stale(node)
             for other in node.handles:
                 if other.reader is not None:
                     other.reader.reset()
             h = self._register(node, sflags, client, handle)
             h.wrote = True
+            h.wrote_at = self._now()
             return FileInfo(fh=h.fh)
         keep = self._keep_cache(node)
+        if keep and sflags == ft.FXF_READ and ahead is None:
+            # The kernel has its pages: no OPEN until it asks for one (if memory took them).
+            if node.attrs is not None and (node.attrs.size or 0) <= PREFETCH_MAX:
+                self._walk(node, client)
+            h = self._register(node, sflags, client, b"")
+            return FileInfo(fh=h.fh, keep_cache=True)
         size = node.attrs.size if node.attrs is not None else None
         # Small files are walked (fetched ahead) even when the kernel may keep its pages:
         # those may be gone (memory pressure, drop_caches), and a fetched file costs no wait.
@@ -253,27 +260,36 @@ class FilesMixin(InodeTable):
         # second OPEN is rare (a file made on the server meanwhile).
         try:
             handle, attrs = await both(
-                client.open(path, open_flags | ft.FXF_EXCL, perms), client.lstat(path)
+                client.open(path, open_flags | ft.FXF_EXCL, perms, lazy=True), client.lstat(path)
             )
         except SFTPStatusError as e:
             if flags & os.O_EXCL or (e.code != ft.FX_FAILURE and e.errno != errno.EEXIST):
                 raise
             handle, attrs = await both(client.open(path, open_flags, perms), client.lstat(path))
+            made = False  # it was there: the directory did not change
         else:
             attrs = await self._settler.settle(
                 client, parent.vol.owner, parent.attrs, path, attrs, ctx, mode
             )
+            made = True
         node = self._child(parent.vol, rel)
         entry = self._set_attrs(node, attrs)
         node.lookups += 1
-        parent.expires = 0.0
+        if made:
+            self._grew(parent, name, attrs)
+        else:
+            self._stale(parent)
         h = self._register(node, sflags, client, handle)
         h.wrote = True
+        h.wrote_at = self._now()
         return FileInfo(fh=h.fh), entry
 
     async def _ready(self, h: FileHandle) -> None:
-        """Make sure ``h`` is open on the live connection (reopening after a reconnect)."""
-        while h.client is not self._source.current() or not h.client.alive:
+        """
+        Make sure ``h`` is open on the live connection (reopening after a reconnect, or
+        opening at last a handle whose pages the kernel was to have).
+        """
+        while not h.handle or h.client is not self._source.current() or not h.client.alive:
             if h.reopening is None:
                 h.reopening = asyncio.ensure_future(self._reopen(h))
             try:
@@ -288,7 +304,8 @@ class FilesMixin(InodeTable):
             # Writes the old connection never confirmed are lost: say so from now on.
             h.error = errno.EIO
         handle = await wait(client.open(h.node.remote, h.flags))
-        log.info("reopened {path} after a reconnect", path=h.node.remote)
+        if h.handle:
+            log.info("reopened {path} after a reconnect", path=h.node.remote)
         h.client = client
         h.handle = handle
         h.reader = None  # made again at the next READ, on the new handle
@@ -306,7 +323,7 @@ class FilesMixin(InodeTable):
         h = self._file(fh)
         try:
             client = h.client
-            if not client.alive or client is not self._source.current():
+            if not h.handle or not client.alive or client is not self._source.current():
                 await self._ready(h)
             reader = h.reader
             if reader is None:
@@ -334,10 +351,11 @@ class FilesMixin(InodeTable):
             if writer is None:
                 raise FUSEError(errno.EBADF)
             node = h.node
-            node.expires = 0.0
+            self._stale(node)
             if self._ahead:
                 self._drop_ahead(node.vol.vid, node.rel)
             h.wrote = True
+            h.wrote_at = self._now()
             if len(node.handles) > 1:
                 for other in node.handles:
                     if other.reader is not None:
@@ -361,8 +379,8 @@ class FilesMixin(InodeTable):
             raise FUSEError(h.error)
         if h.writer is not None:
             await wait(h.writer.flush())
-            if h.wrote:
-                h.node.expires = 0.0
+            if h.wrote and h.node.fetched <= h.wrote_at:
+                self._stale(h.node)
 
     @fuse_op()
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -382,14 +400,14 @@ class FilesMixin(InodeTable):
         try:
             await self._drain(h)
         finally:
-            if h.client.alive:
+            if h.client.alive and h.handle:
                 # A reader's CLOSE can wait to go out with the next request (or a moment).
                 h.client.close(h.handle, soon=h.writer is None).addErrback(
                     lambda f: log.warn(
                         "closing {path}: {error}", path=node.remote, error=f.getErrorMessage()
                     )
                 )
-            if h.wrote:
-                node.expires = 0.0
+            if h.wrote and node.fetched <= h.wrote_at:  # else fetched since the last write
+                self._stale(node)
             if node.lookups <= 0:
                 self._maybe_drop(node)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import hashlib
 import os
 import stat
 import time
@@ -23,6 +24,7 @@ from pyfuse3 import EntryAttributes, FUSEError
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 
+from telenet.fuse.dircache import MOST_TRUST, DirCache, trust_for
 from telenet.fuse.nodes import (
     ROOT_INODE,
     ConnectionSource,
@@ -33,13 +35,12 @@ from telenet.fuse.nodes import (
 )
 from telenet.fuse.owners import SERVER_OWNED, Ownership, Settler
 from telenet.fuse.prefetch import Ahead, Listing, PrefetchMixin
-from telenet.fuse.resume import wait
 from telenet.fuse.specials import SpecialNodes
 from telenet.sftp.client import SFTPClient
 from telenet.sftp.codec import FileAttrs
 from telenet.sftp.errors import SFTPNotConnected, SFTPStatusError
 
-__all__ = ["ATTR_TIMEOUT", "ENTRY_TIMEOUT", "NEGATIVE_TIMEOUT", "InodeTable"]
+__all__ = ["ATTR_TIMEOUT", "ENTRY_TIMEOUT", "NEGATIVE_TIMEOUT", "InodeTable", "dir_of"]
 
 #: The helper process's one log namespace (its events read the same from every module).
 log = Logger(namespace="telenet.fuse.helper")
@@ -72,31 +73,40 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         source: ConnectionSource,
         *,
         now: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         invalidate: Callable[[int, bytes], None] = _invalidate_entry,
         store: Callable[[int, int, Any], None] | None = None,
         readdir_reply: Callable[[Any, bytes, EntryAttributes, int], bool] = pyfuse3.readdir_reply,
         entry_timeout: float = ENTRY_TIMEOUT,
         attr_timeout: float = ATTR_TIMEOUT,
         negative_timeout: float = NEGATIVE_TIMEOUT,
+        most_trust: float = MOST_TRUST,
         readahead: int = READAHEAD_WINDOW,
         write_behind: int = WRITE_BEHIND,
     ) -> None:
         super().__init__()
         self._source = source
         self._now = now
+        self._wall = wall
         self._invalidate = invalidate
         self._store = store
         self._readdir_reply = readdir_reply
         self.entry_timeout = entry_timeout
         self.attr_timeout = attr_timeout
         self.negative_timeout = negative_timeout
+        self.most_trust = most_trust
+        # Complete listings, trusted as long as their directory's age allows (dircache),
+        # and what lists a directory whose names are being looked up (listings).
+        self._dircache = DirCache()
+        self._lookup_listings: dict[tuple[int, bytes], asyncio.Future[None]] = {}
+        self._misses: dict[tuple[int, bytes], float] = {}
+        self._written: dict[tuple[int, bytes], float] = {}  # when this mount last changed each
         self._readahead = readahead
         self._write_behind = write_behind
         self.volumes: dict[str, MountedVolume] = {}
         self._by_bname: dict[bytes, MountedVolume] = {}
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[int, bytes], Node] = {}
-        self._next_ino = ROOT_INODE + 1
         self._next_vid = 1
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
@@ -135,11 +145,25 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     def _child(self, vol: MountedVolume, rel: bytes) -> Node:
         node = self._by_key.get((vol.vid, rel))
         if node is None:
-            node = Node(self._next_ino, vol, rel)
-            self._next_ino += 1
+            node = Node(self._free_ino(vol, rel), vol, rel)
             self._nodes[node.ino] = node
             self._by_key[(vol.vid, rel)] = node
         return node
+
+    def _free_ino(self, vol: MountedVolume, rel: bytes) -> int:
+        """
+        The inode number of ``rel`` in ``vol``: the same whenever the kernel asks again
+        (after it forgot the name, after a remount), as a disk's are, so that what keys on
+        them stays valid (git's index holds each file's inode and re-reads every file whose
+        number changed). Derived from the volume's name and the path; on the rare clash
+        with a live inode, the next free number.
+        """
+        digest = hashlib.blake2b(vol.bname + b"\0" + rel, digest_size=8).digest()
+        # 48 bits: exact in programs that hold numbers as doubles (JavaScript's stat).
+        ino = int.from_bytes(digest, "big") >> 16
+        while ino in self._nodes or ino <= ROOT_INODE:
+            ino = ino + 1 if ino < (1 << 48) - 1 else ROOT_INODE + 1
+        return ino
 
     def _maybe_drop(self, node: Node) -> None:
         if node.lookups > 0 or node.handles:
@@ -153,6 +177,10 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     def _detach(self, vol: MountedVolume, rel: bytes) -> None:
         """The remote path ``rel`` is gone (and anything under it)."""
         self._drop_ahead(vol.vid, rel, under=True)
+        if rel:
+            self._dircache.remove((vol.vid, dir_of(rel)), rel.rpartition(b"/")[2])
+        self._dircache.drop(vol.vid, rel, under=True)
+        self._changed_elsewhere(vol, rel, under=True)
         if self._specials:
             self._specials.drop(vol.vid, rel)
         node = self._by_key.pop((vol.vid, rel), None)
@@ -169,6 +197,11 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         """The remote path ``old`` is now ``new`` (and so is everything under it)."""
         self._detach(vol, new)
         self._drop_ahead(vol.vid, old, under=True)
+        self._dircache.drop(vol.vid, dir_of(old))
+        self._dircache.drop(vol.vid, dir_of(new))  # it shows ``new`` now
+        self._dircache.drop(vol.vid, old, under=True)
+        self._changed_elsewhere(vol, old, under=True)
+        self._changed_elsewhere(vol, new, under=True)
         if self._specials:
             self._specials.move(vol.vid, old, new)
         node = self._by_key.pop((vol.vid, old), None)
@@ -245,6 +278,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     def _drop_volume(self, vol: MountedVolume) -> None:
         vol.removed = True
         self._specials.drop_volume(vol.vid)
+        self._dircache.drop_volume(vol.vid)
         for key in [k for k in self._ahead if k[0] == vol.vid]:
             self._take_ahead(key).discard()  # type: ignore[union-attr]
         del self.volumes[vol.name]
@@ -259,11 +293,25 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
 
     # -- attributes ----------------------------------------------------------------------------
 
-    def _set_attrs(self, node: Node, a: FileAttrs) -> EntryAttributes:
+    def _trust(self, a: FileAttrs) -> float:
+        """Seconds to trust ``a`` from when the server said it (see telenet.fuse.dircache)."""
+        return trust_for(a.mtime, self._wall(), self.attr_timeout, self.most_trust)
+
+    def _set_attrs(self, node: Node, a: FileAttrs, taken: float | None = None) -> EntryAttributes:
+        """
+        Record ``a`` as ``node``'s attributes, as the server gave them at ``taken`` (now, by
+        default; earlier for a listing kept a while), and the entry the kernel is told.
+        """
+        now = self._now()
+        trust = self._trust(a)
+        expires = (now if taken is None else taken) + trust
         e = EntryAttributes()
         e.st_ino = node.ino
-        e.entry_timeout = self.entry_timeout
-        e.attr_timeout = self.attr_timeout
+        if taken is None and trust <= self.attr_timeout:
+            e.entry_timeout = self.entry_timeout
+            e.attr_timeout = self.attr_timeout
+        else:  # the kernel keeps it as long as we do
+            e.entry_timeout = e.attr_timeout = max(0.0, expires - now)
         uid, gid, mode = node.vol.owner.shown(a, stat.S_IFREG | 0o644)
         if node.vol.ro:
             mode &= ~0o222
@@ -292,10 +340,36 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
                     h.reader.reset(a.size)
         node.entry = e
         node.attrs = a
-        node.expires = self._now() + self.attr_timeout
+        node.expires = expires
+        node.fetched = now if taken is None else taken
         return e
 
-    def _negative(self) -> EntryAttributes:
+    def _changed_elsewhere(self, vol: MountedVolume, rel: bytes, under: bool = False) -> None:
+        """
+        This mount changed ``rel`` of ``vol``: other volumes showing the same remote path
+        (a read-only and a writable view of one directory) forget what they knew of it, and
+        the kernel its name there, so that they show the change at once too.
+        """
+        if len(self.volumes) < 2:
+            return
+        remote = vol.remote(rel)
+        for other in self.volumes.values():
+            alias = None if other is vol else other.shows(remote)
+            if alias is None:
+                continue
+            self._dircache.drop(other.vid, dir_of(alias))
+            self._dircache.drop(other.vid, alias, under=under)
+            node = self._by_key.get((other.vid, alias))
+            if node is not None:
+                node.expires = 0.0
+            parent = self._by_key.get((other.vid, dir_of(alias))) if alias else None
+            if parent is not None:
+                try:
+                    self._invalidate(parent.ino, alias.rpartition(b"/")[2])
+                except Exception:
+                    log.failure("invalidating {path} failed", path=remote)
+
+    def _negative(self, until: float | None = None) -> EntryAttributes:
         """
         "No such name", for the kernel to keep a moment (inode 0 makes a negative dentry):
         tools that probe many paths ask once. Creating the name through this mount replaces
@@ -304,6 +378,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         e = EntryAttributes()
         e.st_ino = 0
         e.entry_timeout = self.negative_timeout
+        if until is not None:  # from a listing trusted until then
+            e.entry_timeout = max(self.negative_timeout, until - self._now())
         return e
 
     def _root_entry(self) -> EntryAttributes:
@@ -325,29 +401,6 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         except SFTPNotConnected:
             raise FUSEError(errno.ENOTCONN) from None
 
-    async def _fresh(self, node: Node) -> EntryAttributes:
-        if node.expires > self._now() and node.entry is not None:
-            return node.entry
-        if node.detached and node.entry is not None:
-            return node.entry
-        if self._specials:
-            special = self._specials.get(node.vol.vid, node.rel)
-            if special is not None:
-                return self._set_attrs(node, special.attrs)
-        for h in list(node.handles):
-            # Let write-behind land first, or the server reports a size that is too small.
-            if h.writer is not None and h.writer.inFlight:
-                try:
-                    await wait(h.writer.flush())
-                except Exception:
-                    pass
-        client = self._client()
-        if node is node.vol.root:
-            attrs = await wait(client.stat(node.remote))
-        else:
-            attrs = await wait(client.lstat(node.remote))
-        return self._set_attrs(node, attrs)
-
     def _writable(self, node: Node) -> None:
         if node.vol.ro:
             raise FUSEError(errno.EROFS)
@@ -362,3 +415,8 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
     @staticmethod
     def _join(parent: Node, name: bytes) -> bytes:
         return parent.rel + b"/" + name if parent.rel else name
+
+
+def dir_of(rel: bytes) -> bytes:
+    """The directory holding ``rel`` (``b""``: the volume's root)."""
+    return rel.rpartition(b"/")[0]

@@ -20,7 +20,7 @@ from twisted.conch.ssh import filetransfer as ft
 from twisted.internet.defer import Deferred
 
 from telenet.fuse.errors import fuse_op
-from telenet.fuse.inodes import InodeTable
+from telenet.fuse.listings import ListingsMixin
 from telenet.fuse.nodes import ROOT_INODE, MountedVolume, Node
 from telenet.fuse.owners import check_name, new_owner, owner_change
 from telenet.fuse.resume import both, wait
@@ -32,7 +32,7 @@ from telenet.sftp.errors import SFTPStatusError
 __all__ = ["NamesMixin"]
 
 
-class NamesMixin(InodeTable):
+class NamesMixin(ListingsMixin):
     """
     Name operations: lookup, forget, getattr, setattr, readlink, and the calls that make,
     remove or move names. Relies on ``InodeTable`` (the table, ``_fresh``, ``_set_attrs``,
@@ -66,11 +66,25 @@ class NamesMixin(InodeTable):
         node = self._by_key.get((vol.vid, rel))
         if node is not None and node.entry is not None and node.expires > self._now():
             node.lookups += 1
-            return node.entry
+            return self._cached(node.entry, node.expires)
         special = self._specials.get(vol.vid, rel) if self._specials else None
         if special is not None:
             node = self._child(vol, rel)
             entry = self._set_attrs(node, special.attrs)
+            node.lookups += 1
+            return entry
+        listed = self._listed(vol.vid, rel)
+        if listed is None and name not in (b".", b".."):
+            if await self._listing_for_lookup(parent) is not None:
+                listed = self._listed(vol.vid, rel)
+        if listed is not None and (node is None or not node.handles):
+            attrs, snapshot = listed
+            if attrs is None:
+                if self.negative_timeout <= 0:
+                    raise FUSEError(errno.ENOENT)
+                return self._negative(snapshot.until)
+            node = self._child(vol, rel)
+            entry = self._set_attrs(node, attrs, snapshot.taken)
             node.lookups += 1
             return entry
         try:
@@ -125,7 +139,11 @@ class NamesMixin(InodeTable):
         )
         if uid is not None or gid is not None or fields.update_atime or fields.update_mtime:
             # SFTP v3 sets uid with gid and atime with mtime: fill in the half not changing.
-            if uid is None or gid is None or not fields.update_atime or not fields.update_mtime:
+            # The owner half from the server; the time half may come from what we knew (an
+            # atime kept with a new mtime, as after a write, is worth no round trip).
+            owner_half = (uid is None) != (gid is None)
+            time_half = fields.update_atime != fields.update_mtime
+            if owner_half or (time_half and node.attrs is None):
                 await self._fresh(node)
             current = node.attrs or FileAttrs()
             if uid is not None or gid is not None:
@@ -143,6 +161,18 @@ class NamesMixin(InodeTable):
         if special is not None:
             special.attrs = _changed(special.attrs, uid, gid, perms, atime, mtime)
             return self._set_attrs(node, special.attrs)
+        known = node.attrs if node.expires > self._now() else None
+        if known is not None and not (known.permissions or 0) & (stat.S_ISUID | stat.S_ISGID):
+            # What would change nothing asks nothing: tar gives each file it makes the owner
+            # and mode it already has. (A set-id file goes to the server: a chown clears bits.)
+            if (uid, gid) == (known.uid, known.gid):
+                uid = gid = None
+            if perms is not None and perms == stat.S_IMODE(known.permissions or 0):
+                perms = None
+            if size is not None and size == known.size:
+                size = None
+            if node.entry is not None and (size, uid, gid, perms, atime, mtime) == (None,) * 6:
+                return self._cached(node.entry, node.expires)
         client = self._client()
         path = node.remote
         link = node.attrs is not None and stat.S_ISLNK(node.attrs.permissions or 0)
@@ -151,12 +181,13 @@ class NamesMixin(InodeTable):
         if uid is not None and perms is not None:
             # OpenSSH applies a SETSTAT's mode before its owner, and a chown clears the
             # set-id bits: the owner goes first, on its own.
-            changes.append(setstat(path, FileAttrs(uid=uid, gid=gid)))
+            changes.append(setstat(path, FileAttrs(uid=uid, gid=gid), lazy=True))
             uid = gid = None
         if any(v is not None for v in (size, uid, gid, perms, atime, mtime)):
-            changes.append(setstat(path, FileAttrs(size, uid, gid, perms, atime, mtime)))
+            attrs = FileAttrs(size, uid, gid, perms, atime, mtime)
+            changes.append(setstat(path, attrs, lazy=True))  # with the LSTAT after them
         fresh = client.lstat(path) if node is not node.vol.root else client.stat(path)
-        node.expires = 0.0
+        self._stale(node)
         if size is not None:
             for h in node.handles:
                 if h.reader is not None:
@@ -233,7 +264,7 @@ class NamesMixin(InodeTable):
         node = self._child(vol, rel)
         entry = self._set_attrs(node, attrs)
         node.lookups += 1
-        parent.expires = 0.0
+        self._stale(parent)
         return entry
 
     @fuse_op(errno.EEXIST)
@@ -259,11 +290,11 @@ class NamesMixin(InodeTable):
             self._specials.add(parent.vol.vid, rel, special)
             linked = self._child(parent.vol, rel)
             linked.lookups += 1
-            node.expires = parent.expires = 0.0
+            self._stale(node, parent)
             return self._set_attrs(linked, special.attrs)
         old = node.remote
         entry = await self._make(parent, new_name, lambda c, p: c.hardlink(old, p))
-        node.expires = 0.0
+        self._stale(node)
         return entry
 
     async def _make(
@@ -290,7 +321,7 @@ class NamesMixin(InodeTable):
         node = self._child(parent.vol, rel)
         entry = self._set_attrs(node, attrs)
         node.lookups += 1
-        parent.expires = 0.0
+        self._grew(parent, name, attrs)
         return entry
 
     @fuse_op()
@@ -300,7 +331,7 @@ class NamesMixin(InodeTable):
         if not self._specials or self._specials.get(parent.vol.vid, rel) is None:
             await wait(self._client().remove(parent.vol.remote(rel)))
         self._detach(parent.vol, rel)
-        parent.expires = 0.0
+        self._stale(parent)
 
     @fuse_op(errno.ENOTEMPTY)
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
@@ -310,7 +341,7 @@ class NamesMixin(InodeTable):
             raise FUSEError(errno.ENOTEMPTY)  # the server's side of it may be empty
         await wait(self._client().rmdir(parent.vol.remote(rel)))
         self._detach(parent.vol, rel)
-        parent.expires = 0.0
+        self._stale(parent)
 
     @fuse_op()
     async def rename(
@@ -340,7 +371,7 @@ class NamesMixin(InodeTable):
             await self._rename_specials(vol, old, new, overwrite)
             if self._specials.get(vol.vid, old) is not None:
                 self._move(vol, old, new)  # only the mount knew it: done
-                old_parent.expires = new_parent.expires = 0.0
+                self._stale(old_parent, new_parent)
                 return
         try:
             await wait(client.rename(vol.remote(old), vol.remote(new), overwrite=overwrite))
@@ -353,7 +384,7 @@ class NamesMixin(InodeTable):
                 code = errno.ENOTEMPTY
             raise FUSEError(code) from None
         self._move(vol, old, new)
-        old_parent.expires = new_parent.expires = 0.0
+        self._stale(old_parent, new_parent)
 
     def _is_dir(self, vol: MountedVolume, rel: bytes) -> bool:
         """Whether ``rel`` was last seen as a directory (the kernel looks a target up first)."""

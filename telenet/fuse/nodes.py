@@ -60,6 +60,14 @@ class MountedVolume:
     def remote(self, rel: bytes) -> bytes:
         return self.prefix + b"/" + rel if rel else self.path
 
+    def shows(self, remote: bytes) -> bytes | None:
+        """The relative path of the remote path ``remote`` in this volume; None if outside."""
+        if remote == self.path:
+            return b""
+        if remote.startswith(self.prefix + b"/"):
+            return remote[len(self.prefix) + 1 :]
+        return None
+
 
 class Node:
     """An inode: one (volume, relative path) the kernel knows about."""
@@ -75,6 +83,7 @@ class Node:
         "handles",
         "opened",
         "detached",
+        "fetched",
     )
 
     def __init__(self, ino: int, vol: MountedVolume, rel: bytes) -> None:
@@ -88,6 +97,7 @@ class Node:
         self.handles: set[FileHandle] = set()
         self.opened: tuple[int | None, int | None] | None = None  # (mtime, size) at last open
         self.detached = False  # unlinked or renamed over: its path means something else now
+        self.fetched = 0.0  # when the server said ``attrs`` (monotonic)
 
     @property
     def remote(self) -> bytes:
@@ -108,6 +118,7 @@ class FileHandle:
         "error",
         "reopening",
         "wrote",
+        "wrote_at",
     )
 
     def __init__(self, fh: int, node: Node, flags: int, client: SFTPClient, handle: bytes):
@@ -121,13 +132,15 @@ class FileHandle:
         self.error: int | None = None  # sticky errno: writes were lost
         self.reopening: asyncio.Future[None] | None = None
         self.wrote = False
+        self.wrote_at = 0.0  # when it last changed the file (monotonic)
 
 
 class DirHandle:
-    __slots__ = ("node", "entries", "done", "error", "waiter")
+    __slots__ = ("node", "entries", "done", "error", "waiter", "taken")
 
     def __init__(self, node: Node | None) -> None:
         self.node = node  # None for the mount root
+        self.taken = 0.0  # when the listing was asked of the server (monotonic)
         # The listing so far: it grows as the server's batches arrive, until ``done``.
         self.entries: list[tuple[bytes, Node | FileAttrs]] | None = None
         self.done = False

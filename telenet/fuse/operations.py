@@ -64,7 +64,7 @@ class SFTPOperations(NamesMixin, FilesMixin, DirectoriesMixin):
     def release_all(self) -> None:
         """Close every remote handle (at unmount)."""
         for h in self._files.values():
-            if h.client.alive:
+            if h.client.alive and h.handle:  # b"": never opened (the kernel had its pages)
                 # A reader's CLOSE can wait to go out with the next request (or a moment).
                 h.client.close(h.handle, soon=h.writer is None).addErrback(lambda f: None)
         self._files.clear()

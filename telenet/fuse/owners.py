@@ -4,8 +4,8 @@ Who owns what a volume shows, and what a local filesystem would decide about it.
 The kernel checks permissions itself (the mount has ``default_permissions``) against the owner
 and modes the filesystem reports, so those must be the truth the user chose: the server's ids
 and modes, or, for a volume with ``uid``/``gid``/``umask`` options, that owner and the modes
-less the umask. This module holds those rules, apart from the handlers; ``settle`` gives a
-name just made the owner and modes a local filesystem would.
+less the umask. This module holds those rules, apart from the handlers; ``Settler.settle``
+gives a name just made the owner and modes a local filesystem would.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ __all__ = [
     "new_owner",
     "new_perms",
     "owner_change",
-    "settle",
 ]
 
 #: The longest name a component may have (what the server's statvfs says of ext4 and most).
@@ -136,53 +135,37 @@ class Settler:
         ctx: Any,
         mode: int | None,
     ) -> FileAttrs:
-        return await settle(
-            client, owner_opts, parent, path, made, ctx, mode, self if self.may_chown else None
-        )
-
-
-async def settle(
-    client: SFTPClient,
-    owner_opts: Ownership,
-    parent: FileAttrs | None,
-    path: bytes,
-    made: FileAttrs,
-    ctx: Any,
-    mode: int | None,
-    settler: Settler | None = None,
-) -> FileAttrs:
-    """
-    The attributes of the new name ``path`` once it has the owner and permissions a local
-    filesystem would give it (``mode`` None: a symlink, which has no modes). The server made
-    it as its own user and with its own umask. Only what differs is sent (nothing, for a root
-    container on a root server); a server that may not chown keeps its own ids, silently:
-    the remote side writes as itself. The SETSTATs and the LSTAT after them go out together.
-    Without a ``settler`` (or once it saw a refusal) the owner is left to the server.
-    """
-    setstat = client.setstat
-    if mode is None:
-        if not client.canLsetstat:
+        """
+        The attributes of the new name ``path`` once it has the owner and permissions a local
+        filesystem would give it (``mode`` None: a symlink, which has no modes). The server made
+        it as its own user and with its own umask. Only what differs is sent (nothing, for a root
+        container on a root server); a server that may not chown keeps its own ids, silently:
+        the remote side writes as itself. The SETSTATs and the LSTAT after them go out together.
+        Once the server refused a chown, the owner is left to it.
+        """
+        setstat = client.setstat
+        if mode is None:
+            if not client.canLsetstat:
+                return made
+            setstat = client.lsetstat
+        p = parent or FileAttrs()
+        p_gid, p_mode = p.gid or 0, p.permissions or 0
+        changes = []
+        # A fixed owner shows whatever the server has: no chown then.
+        chown = self.may_chown and owner_opts == SERVER_OWNED
+        owner = new_owner(ctx, p_gid, p_mode) if chown else None
+        if owner is not None and owner != (made.uid, made.gid):
+            chowning = setstat(path, FileAttrs(uid=owner[0], gid=owner[1]), lazy=True)
+            chowning.addErrback(self._refused)
+            changes.append(chowning)
+        if mode is not None and made.permissions is not None:
+            want = new_perms(mode, stat.S_ISDIR(mode), p_mode)
+            # Again after a chown, which clears the set-id bits.
+            setid = changes and want & (stat.S_ISUID | stat.S_ISGID)
+            if want != stat.S_IMODE(made.permissions) or setid:
+                changes.append(setstat(path, FileAttrs(permissions=want), lazy=True))
+        if not changes:
             return made
-        setstat = client.lsetstat
-    p = parent or FileAttrs()
-    p_gid, p_mode = p.gid or 0, p.permissions or 0
-    changes = []
-    # A fixed owner shows whatever the server has: no chown then.
-    chown = settler is not None and owner_opts == SERVER_OWNED
-    owner = new_owner(ctx, p_gid, p_mode) if chown else None
-    if owner is not None and owner != (made.uid, made.gid):
-        chowning = setstat(path, FileAttrs(uid=owner[0], gid=owner[1]))
-        assert settler is not None
-        chowning.addErrback(settler._refused)
-        changes.append(chowning)
-    if mode is not None and made.permissions is not None:
-        want = new_perms(mode, stat.S_ISDIR(mode), p_mode)
-        # Again after a chown, which clears the set-id bits.
-        setid = changes and want & (stat.S_ISUID | stat.S_ISGID)
-        if want != stat.S_IMODE(made.permissions) or setid:
-            changes.append(setstat(path, FileAttrs(permissions=want)))
-    if not changes:
-        return made
-    for change in changes:
-        change.addErrback(lambda f: None)  # the server may not: it keeps its own
-    return await wait(client.lstat(path))
+        for change in changes:
+            change.addErrback(lambda f: None)  # the server may not: it keeps its own
+        return await wait(client.lstat(path))

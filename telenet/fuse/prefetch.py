@@ -19,6 +19,7 @@ from typing import Any
 from twisted.conch.ssh import filetransfer as ft
 from twisted.python.failure import Failure
 
+from telenet.fuse.dircache import DirCache
 from telenet.fuse.nodes import Node
 from telenet.fuse.resume import Resume, running_loop
 from telenet.sftp.client import SFTPClient
@@ -112,7 +113,8 @@ class PrefetchMixin:
 
     Relies on the attributes ``InodeTable.__init__`` sets: its own ``_listings``, ``_ahead``,
     ``_claiming``, ``_ahead_bytes``, ``_purging`` and ``_corked``, and the filesystem's
-    ``_by_key`` (the inode table), ``_now`` and ``attr_timeout``.
+    ``_by_key`` (the inode table), ``_dircache`` (kept listings), ``_now`` and
+    ``attr_timeout``.
     """
 
     _listings: collections.OrderedDict[tuple[int, bytes], Listing]
@@ -123,16 +125,22 @@ class PrefetchMixin:
     _corked: Any
     _by_key: dict[tuple[int, bytes], Node]
     _now: Callable[[], float]
+    _dircache: DirCache
     attr_timeout: float
 
     def _remember_listing(self, node: Node, entries: list[tuple[bytes, FileAttrs]]) -> None:
-        key = (node.vol.vid, node.rel)
+        self._remember((node.vol.vid, node.rel), entries)
+
+    def _remember(
+        self, key: tuple[int, bytes], entries: list[tuple[bytes, FileAttrs]]
+    ) -> Listing | None:
         self._listings.pop(key, None)
         if len(entries) > LISTING_MAX:
-            return  # bounded memory; a huge directory is walked without help
-        self._listings[key] = Listing(entries)
+            return None  # bounded memory; a huge directory is walked without help
+        listing = self._listings[key] = Listing(entries)
         while len(self._listings) > LISTINGS:
             self._listings.popitem(last=False)
+        return listing
 
     def _walk(self, node: Node, client: SFTPClient) -> None:
         """
@@ -144,7 +152,12 @@ class PrefetchMixin:
         parent, _, name = node.rel.rpartition(b"/")
         listing = self._listings.get((node.vol.vid, parent))
         if listing is None:
-            return
+            # A listing kept (dircache) since: what a stat storm listed guides the reads after.
+            kept = self._dircache.get((node.vol.vid, parent), self._now())
+            listed = None if kept is None else kept.entries()
+            listing = None if listed is None else self._remember((node.vol.vid, parent), listed)
+            if listing is None:
+                return
         last, listing.last = listing.last, name
         at = listing.pos.get(name)
         if at is None or last is None:
@@ -182,6 +195,12 @@ class PrefetchMixin:
             other = self._by_key.get(key)
             if key in self._ahead or (other is not None and other.handles):
                 continue
+            if (
+                other is not None
+                and other.opened == (attrs.mtime, size)
+                and other.expires > self._now()
+            ):
+                continue  # its open keeps the kernel's pages of it (files._keep_cache)
             while self._ahead and (
                 len(self._ahead) >= AHEAD_TOTAL or self._ahead_bytes + size > AHEAD_BYTES
             ):

@@ -11,6 +11,9 @@ The daemon's control API (docs/daemon.md, "Control API"), HTTP + JSON for the te
 - ``GET /subnets``: ``{"subnets": [...], "routes": [...]}``, the ``--subnet`` ones and every
   routed subnet (those plus the VIF's); ``PUT /subnets`` with ``{"subnets": ["CIDR", ...]}``
   replaces the ``--subnet`` ones (running workloads follow: live routes) and answers the same.
+- ``GET /loglevel``: ``{"level", "configured", "until"}``; ``POST /loglevel`` with
+  ``{"level": "debug", "duration": SECONDS}``: that level now, the configured one back after
+  the duration (``telenet loglevel``; 0 or absent: until changed again).
 
 Errors are JSON too: ``{"error": "<message>"}`` with 400 (bad request), 404 (unknown path or
 bridge), 405 (wrong method), 413 (body too big) or 500.
@@ -33,6 +36,7 @@ from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from telenet.core.dockerplugin import PluginSite
+from telenet.core.pluginadmin import LevelControl
 from telenet.core.reactor import IReactor
 
 log = Logger()
@@ -184,12 +188,18 @@ class ControlResource(resource.Resource):
     isLeaf = True
 
     def __init__(
-        self, status: StatusSource, bridges: Bridges, subnets: SubnetsLike | None = None
+        self,
+        status: StatusSource,
+        bridges: Bridges,
+        *,
+        levels: LevelControl | None = None,
+        subnets: SubnetsLike | None = None,
     ) -> None:
         super().__init__()
         self.status = status
         self.bridges = bridges
         self.subnets = subnets
+        self.levels = levels
 
     def render(self, request: IRequest) -> int:
         site = getattr(request, "site", None)
@@ -225,6 +235,17 @@ class ControlResource(resource.Resource):
                 "subnets": [str(n) for n in sorted(self.subnets.static, key=_order)],
                 "routes": [str(n) for n in self.subnets.current()],
             }
+        if path == ["loglevel"] and self.levels is not None:
+            if method == "GET":
+                return self.levels.describe()
+            self._allow(method, "POST")
+            body = self._json(request)
+            if not isinstance(body, dict) or set(body) - {"level", "duration"}:
+                raise ControlError(400, 'expected {"level": "debug", "duration": SECONDS}')
+            try:
+                return self.levels.set(body.get("level"), body.get("duration") or 0)
+            except ValueError as e:
+                raise ControlError(400, str(e)) from None
         if len(path) == 2 and path[0] == "bridges":
             self._allow(method, "DELETE")
             if not path[1].isdigit():
@@ -272,9 +293,13 @@ def control_site(
     status: StatusSource,
     bridges: Bridges,
     reactor: IReactor | None = None,
+    *,
+    levels: LevelControl | None = None,
     subnets: SubnetsLike | None = None,
 ) -> server.Site:
     """The control API's site: requests in flight at SIGTERM are answered first."""
-    site = PluginSite(ControlResource(status, bridges, subnets), reactor=reactor)
+    site = PluginSite(
+        ControlResource(status, bridges, levels=levels, subnets=subnets), reactor=reactor
+    )
     site.noisy = False
     return site

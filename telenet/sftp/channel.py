@@ -277,5 +277,5 @@ class SFTPChannel(PacketReader, ft.FileTransferClient):
     def hasExtension(self, name: bytes) -> bool:
         return name in self.extensions
 
-    def _extended(self, name: bytes, payload: bytes) -> Deferred[Any]:
-        return self._request(ft.FXP_EXTENDED, ns(name) + payload)
+    def _extended(self, name: bytes, payload: bytes, lazy: bool = False) -> Deferred[Any]:
+        return self._request(ft.FXP_EXTENDED, ns(name) + payload, lazy=lazy)

@@ -71,16 +71,23 @@ class SFTPClient(SFTPChannel):
     def fstat(self, handle: bytes) -> Deferred[FileAttrs]:
         return self._request(ft.FXP_FSTAT, ns(handle))
 
-    def setstat(self, path: bytes, attrs: FileAttrs) -> Deferred[None]:
-        return self._request(ft.FXP_SETSTAT, ns(path) + pack_attrs(attrs))
+    def setstat(self, path: bytes, attrs: FileAttrs, lazy: bool = False) -> Deferred[None]:
+        """Change attributes; ``lazy``: sent with the next request (pipelined with it)."""
+        return self._request(ft.FXP_SETSTAT, ns(path) + pack_attrs(attrs), lazy=lazy)
 
     def fsetstat(self, handle: bytes, attrs: FileAttrs) -> Deferred[None]:
         # Conch's ClientFile.setAttrs sends FSTAT here by mistake; this is the real FSETSTAT.
         return self._request(ft.FXP_FSETSTAT, ns(handle) + pack_attrs(attrs))
 
-    def open(self, path: bytes, flags: int, attrs: FileAttrs | None = None) -> Deferred[bytes]:
-        """Open a file (``flags`` are ``FXF_*``); the result is the server's handle."""
-        return self._request(ft.FXP_OPEN, ns(path) + U32.pack(flags) + pack_attrs(attrs))
+    def open(
+        self, path: bytes, flags: int, attrs: FileAttrs | None = None, lazy: bool = False
+    ) -> Deferred[bytes]:
+        """
+        Open a file (``flags`` are ``FXF_*``); the result is the server's handle. ``lazy``:
+        sent with the next request, in one write (an OPEN and the LSTAT after it).
+        """
+        packet = ns(path) + U32.pack(flags) + pack_attrs(attrs)
+        return self._request(ft.FXP_OPEN, packet, lazy=lazy)
 
     def close(self, handle: bytes, soon: bool = False) -> Deferred[None]:
         """
@@ -252,11 +259,12 @@ class SFTPClient(SFTPChannel):
     def canLsetstat(self) -> bool:
         return b"lsetstat@openssh.com" in self.extensions
 
-    def lsetstat(self, path: bytes, attrs: FileAttrs) -> Deferred[None]:
+    def lsetstat(self, path: bytes, attrs: FileAttrs, lazy: bool = False) -> Deferred[None]:
         """SETSTAT that does not follow a symlink (``lsetstat@openssh.com``)."""
         if b"lsetstat@openssh.com" not in self.extensions:
             return defer.fail(SFTPStatusError(ft.FX_OP_UNSUPPORTED, "no lsetstat@openssh.com"))
-        return self._extended(b"lsetstat@openssh.com", ns(path) + pack_attrs(attrs))
+        payload = ns(path) + pack_attrs(attrs)
+        return self._extended(b"lsetstat@openssh.com", payload, lazy=lazy)
 
     def statvfs(self, path: bytes) -> Deferred[StatVFS]:
         """File system numbers for ``path`` (made up when the server cannot tell)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import time
 from typing import Any
 
 from zope.interface import implementer
@@ -33,6 +34,7 @@ class MemoryControl:
         self.bridges: dict[int, str] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.refuse_agent: str | None = None
+        self.level = "info"
         self._ports = itertools.count(33000)
 
     def _check(self, method: str, path: str) -> None:
@@ -70,3 +72,16 @@ class MemoryControl:
         if self.bridges.pop(port, None) is None:
             raise DaemonControlError(f"no bridge on port {port}")
         self.calls.append(("close_bridge", port))
+
+    def set_log_level(self, level: str, duration: float) -> dict[str, Any]:
+        self._check("POST", "/loglevel")
+        if level not in ("debug", "info", "warn", "error", "critical"):
+            raise DaemonControlError(
+                f"level {level!r} is not one of debug, info, warn, error, critical"
+            )
+        if duration < 0:
+            raise DaemonControlError('"duration" must be a number of seconds, 0 or more')
+        self.calls.append(("set_log_level", level, duration))
+        self.level = level
+        until = time.time() + duration if duration else None
+        return {"level": level, "configured": "info", "until": until}

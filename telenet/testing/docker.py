@@ -44,6 +44,7 @@ class MemoryDocker:
         self.volumes_by_name: dict[str, dict[str, Any]] = {}
         self.volumes_in_use: set[str] = set()
         self.logs: dict[str, str] = {}
+        self.logs_since: float | None = None
         self.calls: list[tuple[Any, ...]] = []
         self.fail: dict[str, DockerError] = {}
         #: Whether the engine runs on this machine (``engine_is_here``).
@@ -257,10 +258,20 @@ class MemoryDocker:
             del self.containers_by_id[found["Id"]]
             self.calls.append(("remove_container", found["Name"].lstrip("/")))
 
-    def container_logs(self, container: str, tail: int) -> str:
+    def container_logs(self, container: str, tail: int, since: float | None = None) -> str:
+        # ``since`` is kept for the tests, not applied: these logs carry no times.
+        self.logs_since = since
         found = self._find_container(container)
         text = self.logs.get(found["Name"].lstrip("/"), "") if found else ""
         return "\n".join(text.splitlines()[-tail:])
+
+    def engine_info(self) -> dict[str, Any]:
+        self._check("engine_info")
+        return {"Version": "20.10.0-memory", "ApiVersion": self.version, "Os": "linux"}
+
+    def plugin_list(self) -> list[dict[str, Any]]:
+        self._check("plugin_list")
+        return [copy.deepcopy(p) for p in self.plugins.values()]
 
     def networks(self) -> list[dict[str, Any]]:
         self._check("networks")
