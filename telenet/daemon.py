@@ -262,6 +262,8 @@ def makeService(
         return selector.vif if selector is not None else options["vif"]
 
     core = TelerouteCore(netlink, table.current, name=options["name"])
+    # Live routes: running workloads hear of every change (telenet/teleroute/routesfeed.py).
+    table.subscribe(lambda _routes: core.routes_changed())
     port = options["teleroute-port"]
 
     def fatal() -> None:
@@ -329,7 +331,7 @@ def makeService(
         "control",
         strports.service(
             options["control"],
-            control_site(status, bridges, reactor, levels=LevelControl(reactor)),
+            control_site(status, bridges, reactor, levels=LevelControl(reactor), subnets=table),
             reactor=reactor,
         ),
     )

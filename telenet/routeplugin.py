@@ -114,9 +114,15 @@ def makeService(
     top = service.MultiService()
     pool, run_blocking = state_thread(reactor, "teleroute-state")
 
+    from twisted.internet import threads
+
     from telenet.core.netlink import PyrouteNetlink
     from telenet.core.processes import spawner
+    from telenet.netplugin.nsroutes import NetnsRoutes
     from telenet.netplugin.plumbing import NetnsPlumbing
+
+    def off_reactor(f: Any, *args: Any) -> defer.Deferred[Any]:
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
     driver = NetworkDriver(
         client_factory,
@@ -125,6 +131,7 @@ def makeService(
         run_blocking,
         plumbing=NetnsPlumbing(spawner(reactor)),
         netlink=PyrouteNetlink(),
+        routes=NetnsRoutes(spawner(reactor), off_reactor),
     )
     driver.restore()
     log.info("teleroute plug-in, host pid {pid}", pid=driver._pid)

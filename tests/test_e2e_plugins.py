@@ -68,7 +68,7 @@ def test_install_both_then_remove(plugins: Plugins, sftp_agent: Agent) -> None:
     assert route["Enabled"] is True
     assert isinstance(config, dict)
     assert config["PidHost"] is True and config["Network"] == {"Type": "host"}
-    assert config["Linux"]["Capabilities"] == ["CAP_NET_ADMIN"]
+    assert config["Linux"]["Capabilities"] == ["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]
     assert config["Interface"]["Socket"] == "teleroute.sock"
 
     mount = plugins.inspect(plugins.telemount)

@@ -24,7 +24,7 @@ from telenet.netplugin.sweep import JOIN_WITHIN, SETTLE
 from telenet.routeplugin import Options, makeService
 from telenet.teleroute.client import grpc_target
 from telenet.teleroute.interfaces import TelerouteError
-from telenet.teleroute.proto import teleroute_pb2
+from telenet.teleroute.proto import teleroute_pb2, teleroute_pb2_grpc
 from telenet.testing import MemoryNetlink, MemoryStateStore
 from telenet.testing.teleroute import MemoryPlumbing, MemoryTeleroute
 
@@ -1083,8 +1083,11 @@ def test_tap_installs_the_asyncio_reactor(tmp_path: Any) -> None:
 # -- the real gRPC client against an in-process grpc.aio server
 
 
-class _Servicer:
-    """A small teleroute service: one endpoint ``e1`` exists; ``stop`` ends the stream."""
+class _Servicer(teleroute_pb2_grpc.TelerouteServicer):
+    """
+    A small teleroute service: one endpoint ``e1`` exists; ``stop`` ends the stream. It knows
+    only the original RPCs (WatchRoutes answers UNIMPLEMENTED, as Go's daemon does).
+    """
 
     def __init__(self) -> None:
         import asyncio

@@ -59,7 +59,7 @@ PLUGIN_CONFIGS: dict[str, dict[str, Any]] = {
         "interface": {"socket": "teleroute.sock", "types": ["docker.networkdriver/1.0"]},
         "network": {"type": "host"},
         "pidhost": True,
-        "linux": {"capabilities": ["CAP_NET_ADMIN"]},
+        "linux": {"capabilities": ["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]},
     },
     "telemount": {
         "description": "telenet telemount: Docker volume driver mounting SFTP exports of "

@@ -5,7 +5,8 @@
 The driver is assembled from parts, each in its own module, so that no part grows past what
 one reads at once: ``DriverBase`` (state, persistence, daemon calls), ``ReconcileMixin``
 (endpoints Docker let go), ``DaemonEndpointMixin`` (the daemon's own pending endpoint) and
-``EndpointCallsMixin`` (the endpoint calls). This module adds the API's routes, the network
+``EndpointCallsMixin`` (the endpoint calls) and ``LiveRoutesMixin`` (running containers'
+routes kept to the daemon's). This module adds the API's routes, the network
 calls, and starting and stopping.
 """
 
@@ -18,7 +19,7 @@ from twisted.logger import Logger
 
 from telenet.core import dockerplugin
 from telenet.core.dockerplugin import JSONObject, PluginError, field
-from telenet.netplugin.endpoints import EndpointCallsMixin
+from telenet.netplugin.liveroutes import LiveRoutesMixin
 from telenet.netplugin.options import parse_gateways, parse_network_options
 from telenet.netplugin.records import PluginNetwork
 from telenet.teleroute.interfaces import TelerouteError
@@ -26,7 +27,7 @@ from telenet.teleroute.interfaces import TelerouteError
 log = Logger()
 
 
-class NetworkDriver(EndpointCallsMixin):
+class NetworkDriver(LiveRoutesMixin):
     """
     Docker's NetworkDriver calls for teleroute networks, over an ``ITelerouteClient`` factory.
 
@@ -50,6 +51,7 @@ class NetworkDriver(EndpointCallsMixin):
         if self._sweep_call is not None and self._sweep_call.active():
             self._sweep_call.cancel()
         self._sweep_call = None
+        self._stop_live_routes()
         closing = []
         for network in self.networks.values():
             if network.link is not None:

@@ -8,6 +8,9 @@ The daemon's control API (docs/daemon.md, "Control API"), HTTP + JSON for the te
 - ``POST /bridges`` with ``{"agent": "host:port"}``: opens an SFTP bridge (a TCP proxy from a
   local port to the agent's raw SFTP server), answers ``{"port": N, "agent": "host:port"}``.
 - ``DELETE /bridges/<port>``: closes it, answers ``{"port": N, "closed": true}``.
+- ``GET /subnets``: ``{"subnets": [...], "routes": [...]}``, the ``--subnet`` ones and every
+  routed subnet (those plus the VIF's); ``PUT /subnets`` with ``{"subnets": ["CIDR", ...]}``
+  replaces the ``--subnet`` ones (running workloads follow: live routes) and answers the same.
 - ``GET /loglevel``: ``{"level", "configured", "until"}``; ``POST /loglevel`` with
   ``{"level": "debug", "duration": SECONDS}``: that level now, the configured one back after
   the duration (``telenet loglevel``; 0 or absent: until changed again).
@@ -51,6 +54,17 @@ class BridgeLike(Protocol):
     def close(self) -> defer.Deferred[None]: ...
 
 
+class SubnetsLike(Protocol):
+    """What the control API needs of the routed subnets (``telenet.network.vif.RouteTable``)."""
+
+    @property
+    def static(self) -> frozenset[ipaddress.IPv4Network | ipaddress.IPv6Network]: ...
+
+    def current(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]: ...
+
+    def set_static(self, static: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None: ...
+
+
 BridgeOpener = Callable[[str, int], "defer.Deferred[BridgeLike]"]
 StatusSource = Callable[[], dict[str, Any]]
 
@@ -88,6 +102,32 @@ def parse_agent(text: Any) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ControlError(400, f"bad port in agent {text!r}: 1-65535")
     return host, int(port_text)
+
+
+def _order(n: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, str]:
+    return n.version, str(n)
+
+
+def parse_subnets(body: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``{"subnets": ["CIDR", ...]}``; ControlError 400 when malformed."""
+    if (
+        not isinstance(body, dict)
+        or set(body) != {"subnets"}
+        or not isinstance(body["subnets"], list)
+    ):
+        raise ControlError(400, 'expected {"subnets": ["CIDR", ...]}')
+    subnets = []
+    for text in body["subnets"]:
+        if not isinstance(text, str):
+            raise ControlError(400, f"bad subnet {text!r}: expected a CIDR string")
+        try:
+            subnet = ipaddress.ip_network(text)
+        except ValueError as e:
+            raise ControlError(400, f"bad subnet {text!r}: {e}") from None
+        if subnet.prefixlen == 0:
+            raise ControlError(400, f"bad subnet {text!r}: a default route is not routed")
+        subnets.append(subnet)
+    return subnets
 
 
 @attrs.define
@@ -148,11 +188,17 @@ class ControlResource(resource.Resource):
     isLeaf = True
 
     def __init__(
-        self, status: StatusSource, bridges: Bridges, *, levels: LevelControl | None = None
+        self,
+        status: StatusSource,
+        bridges: Bridges,
+        *,
+        levels: LevelControl | None = None,
+        subnets: SubnetsLike | None = None,
     ) -> None:
         super().__init__()
         self.status = status
         self.bridges = bridges
+        self.subnets = subnets
         self.levels = levels
 
     def render(self, request: IRequest) -> int:
@@ -180,6 +226,15 @@ class ControlResource(resource.Resource):
             if not isinstance(body, dict) or set(body) - {"agent"}:
                 raise ControlError(400, 'expected {"agent": "host:port"}')
             return await self.bridges.add(body.get("agent"))
+        if path == ["subnets"] and self.subnets is not None:
+            if method == "PUT":
+                self.subnets.set_static(parse_subnets(self._json(request)))
+            else:
+                self._allow(method, "GET")
+            return {
+                "subnets": [str(n) for n in sorted(self.subnets.static, key=_order)],
+                "routes": [str(n) for n in self.subnets.current()],
+            }
         if path == ["loglevel"] and self.levels is not None:
             if method == "GET":
                 return self.levels.describe()
@@ -240,8 +295,11 @@ def control_site(
     reactor: IReactor | None = None,
     *,
     levels: LevelControl | None = None,
+    subnets: SubnetsLike | None = None,
 ) -> server.Site:
     """The control API's site: requests in flight at SIGTERM are answered first."""
-    site = PluginSite(ControlResource(status, bridges, levels=levels), reactor=reactor)
+    site = PluginSite(
+        ControlResource(status, bridges, levels=levels, subnets=subnets), reactor=reactor
+    )
     site.noisy = False
     return site

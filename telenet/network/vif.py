@@ -60,6 +60,24 @@ class RouteTable:
             removed=[str(n) for n in sorted(gone, key=str)],
             routes=[str(n) for n in self.current()],
         )
+        self._tell()
+
+    def set_static(self, static: Iterable[Network]) -> None:
+        """Replace the ``--subnet`` ones (the control API's ``PUT /subnets``)."""
+        fresh = frozenset(static)
+        if fresh == self.static:
+            return
+        added, gone = fresh - self.static, self.static - fresh
+        self.static = fresh
+        log.info(
+            "Subnets changed: added {added}, removed {removed}; now {routes}",
+            added=[str(n) for n in sorted(added, key=str)],
+            removed=[str(n) for n in sorted(gone, key=str)],
+            routes=[str(n) for n in self.current()],
+        )
+        self._tell()
+
+    def _tell(self) -> None:
         for listener in self._listeners:
             listener(self.current())
 

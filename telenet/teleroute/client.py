@@ -12,6 +12,7 @@ Deferreds in, ``TelerouteError`` out), so it runs in unit tests against
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -108,6 +109,63 @@ class GrpcTelerouteClient:
             reason = f"the Connect stream broke: {e.code().name}: {e.details()}"
         except asyncio.CancelledError:
             reason = "the Connect stream was cancelled"
+        session.end(reason)
+
+    def watch_routes(
+        self,
+        request: teleroute_pb2.WatchRoutesRequest,
+        on_update: Callable[[teleroute_pb2.RoutesUpdate], None],
+        timeout: float,
+    ) -> defer.Deferred[ConnectSession]:
+        return as_deferred(self._watch_routes(request, on_update, timeout))
+
+    async def _watch_routes(
+        self,
+        request: teleroute_pb2.WatchRoutesRequest,
+        on_update: Callable[[teleroute_pb2.RoutesUpdate], None],
+        timeout: float,
+    ) -> ConnectSession:
+        call = self._get_stub().WatchRoutes(request)
+        try:
+            first = await asyncio.wait_for(call.read(), timeout)
+        except TimeoutError:
+            call.cancel()
+            raise TelerouteError(
+                StatusCode.DEADLINE_EXCEEDED, f"no routes from {self.target} within {timeout:g}s"
+            ) from None
+        except grpc.aio.AioRpcError as e:
+            raise _error(e) from None
+        if first is grpc.aio.EOF:
+            raise TelerouteError(
+                StatusCode.UNAVAILABLE, f"{self.target} ended the WatchRoutes stream at once"
+            )
+        session = ConnectSession({}, call.cancel)
+        on_update(first)
+        self._streams.add(call)
+        task = asyncio.ensure_future(self._follow_routes(call, session, on_update))
+        task.add_done_callback(lambda _: self._streams.discard(call))
+        return session
+
+    async def _follow_routes(
+        self,
+        call: Any,
+        session: ConnectSession,
+        on_update: Callable[[teleroute_pb2.RoutesUpdate], None],
+    ) -> None:
+        reason = "the daemon ended the WatchRoutes stream"
+        try:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    break
+                try:
+                    on_update(message)
+                except Exception:
+                    log.failure("handling a routes update from {target} failed", target=self.target)
+        except grpc.aio.AioRpcError as e:
+            reason = f"the WatchRoutes stream broke: {e.code().name}: {e.details()}"
+        except asyncio.CancelledError:
+            reason = "the WatchRoutes stream was cancelled"
         session.end(reason)
 
     def create_endpoint(

@@ -29,7 +29,8 @@ class TelerouteError(Exception):
 
 class ConnectSession:
     """
-    An open ``Connect`` stream: the daemon's ``Info`` and a way to hear when the stream ends.
+    An open ``Connect`` stream: the daemon's ``Info`` and a way to hear when the stream ends
+    (also an open ``WatchRoutes`` stream, with no ``Info``).
 
     ``ended`` fires (never fails) with a reason text once, when the daemon ends the stream, the
     connection breaks, or ``cancel`` is called.
@@ -88,6 +89,17 @@ class ITelerouteClient(Interface):
 
     def leave(request: teleroute_pb2.EndpointIdentifier, timeout: float) -> defer.Deferred[None]:
         """Tell the daemon a container left the endpoint."""
+
+    def watch_routes(
+        request: teleroute_pb2.WatchRoutesRequest,
+        on_update: Callable[[teleroute_pb2.RoutesUpdate], None],
+        timeout: float,
+    ) -> defer.Deferred[ConnectSession]:
+        """
+        Open the ``WatchRoutes`` stream (a telenet extension): ``on_update`` gets each
+        ``RoutesUpdate``; fires with the stream (its ``info`` empty) once the first one was
+        handed over. A daemon without the extension fails it with ``UNIMPLEMENTED``.
+        """
 
     def close() -> defer.Deferred[None]:
         """Close the connection and any open stream."""

@@ -18,6 +18,7 @@ a Go plug-in works with this daemon. Two layers:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from collections.abc import Callable, Iterable
@@ -44,6 +45,7 @@ from telenet.core.netip import (
     encode_prefix,
 )
 from telenet.teleroute.proto import teleroute_pb2, teleroute_pb2_grpc
+from telenet.teleroute.routesfeed import RoutesFeed, RoutesListener, routes_update
 
 log = Logger()
 
@@ -125,7 +127,8 @@ class TelerouteCore:
     endpoints, and the veth pairs, cached by container address and reused (Docker hands the
     container end back to the host when a container leaves, and reuses addresses).
 
-    ``routes`` gives the currently routed subnets; each Join takes a snapshot of them.
+    ``routes`` gives the currently routed subnets; each Join takes a snapshot of them, and
+    ``feed`` tells live-route subscribers (``WatchRoutes``) when ``routes_changed`` is called.
     """
 
     def __init__(
@@ -153,6 +156,7 @@ class TelerouteCore:
         self._lock = defer.DeferredLock()
         self._waiters: set[defer.Deferred[None]] = set()
         self._address_listeners: list[AddressListener] = []
+        self.feed = RoutesFeed(self.routes_update)
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -242,6 +246,8 @@ class TelerouteCore:
                     listener(ipv4, ipv6)
                 except Exception:
                     log.failure("Daemon address listener failed")
+            # The next hops of live routes are the daemon's addresses.
+            self.feed.changed()
         key = ipv4 or ipv6
         if key is None:
             raise CoreRefusal(
@@ -436,6 +442,23 @@ class TelerouteCore:
         )
         return response
 
+    def routes_update(self) -> teleroute_pb2.RoutesUpdate:
+        """The live routes now: every routed subnet and the daemon's addresses as next hops."""
+        return routes_update(self.routes(), self.daemon_ipv4, self.daemon_ipv6)
+
+    def routes_changed(self) -> None:
+        """The routed subnets changed (the VIF's routes, say): tell the subscribers."""
+        self.feed.changed()
+
+    def watch_routes(
+        self, request: teleroute_pb2.WatchRoutesRequest, listener: RoutesListener
+    ) -> Callable[[], None]:
+        """``listener`` gets the live routes now and after each change; the unsubscriber."""
+        if self.stopping:
+            raise CoreRefusal(grpc.StatusCode.UNAVAILABLE, "the daemon is stopping")
+        log.info("Plug-in {pid} watches the routes", pid=request.pid)
+        return self.feed.subscribe(listener)
+
     def leave(self, request: teleroute_pb2.EndpointIdentifier) -> None:
         self._endpoint(request.id)
 
@@ -452,6 +475,7 @@ class TelerouteCore:
             "daemon_ipv6": str(self.daemon_ipv6) if self.daemon_ipv6 else None,
             "endpoints": len(self.endpoints),
             "veth_pairs": len(self.pairs),
+            "route_watchers": self.feed.subscribers,
         }
 
 
@@ -487,6 +511,29 @@ class TelerouteServicer(teleroute_pb2_grpc.TelerouteServicer):
         yield info
         # Held open until the daemon stops; the end of the stream tells the plug-in.
         await as_future(self.core.when_stopping())
+
+    async def WatchRoutes(
+        self,
+        request: teleroute_pb2.WatchRoutesRequest,  # noqa: N802
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> Any:
+        """The telenet extension: the live routes, now and at every change, until we stop."""
+        updates: asyncio.Queue[teleroute_pb2.RoutesUpdate | None] = asyncio.Queue()
+        try:
+            unsubscribe = self.core.watch_routes(request, updates.put_nowait)
+        except Exception as e:
+            await _abort(context, e)
+            return
+        stopping = self.core.when_stopping()
+        stopping.addCallbacks(
+            lambda _: updates.put_nowait(None), lambda f: f.trap(defer.CancelledError)
+        )
+        try:
+            while (update := await updates.get()) is not None:
+                yield update
+        finally:
+            unsubscribe()
+            stopping.cancel()
 
     async def CreateEndpoint(
         self,

@@ -96,6 +96,26 @@ class MemoryTelerouteClient:
         self._sessions.append(session)
         return session
 
+    def watch_routes(
+        self,
+        request: teleroute_pb2.WatchRoutesRequest,
+        on_update: Callable[[teleroute_pb2.RoutesUpdate], None],
+        timeout: float,
+    ) -> defer.Deferred[ConnectSession]:
+        refusal = self._refusal("WatchRoutes")
+        if refusal is not None:
+            return refusal
+        if not self.daemon.live_routes:
+            # What a Go daemon's gRPC server answers for a method it does not know.
+            return defer.fail(
+                TelerouteError(
+                    StatusCode.UNIMPLEMENTED,
+                    "unknown method WatchRoutes for service telepresence.teleroute.Teleroute",
+                )
+            )
+        d = defer.maybeDeferred(self.daemon.open_route_watch, self.daemon.core, request, on_update)
+        return d.addErrback(_refused).addCallback(self._opened)
+
     def create_endpoint(
         self, request: teleroute_pb2.CreateEndpointRequest, timeout: float
     ) -> defer.Deferred[None]:
@@ -137,21 +157,31 @@ class MemoryTeleroute:
     pairs go) and leaves it unreachable; ``start()`` boots a new daemon, a fresh core in a
     fresh namespace, as a daemon container restart does. Without ``own_interface`` the daemon
     ignores the telenet extension ``in_daemon_netns`` (and its ``interface_addresses``), as
-    Go's daemon does, whose protocol lacks those fields.
+    Go's daemon does, whose protocol lacks those fields; without ``live_routes`` it answers
+    ``WatchRoutes`` UNIMPLEMENTED, as Go's daemon does. ``set_routes`` changes the routed
+    subnets and tells the watchers, as the VIF's route watch does.
 
     Records: ``calls`` (method, target) of every call, ``connects`` (pid, gateways) of every
-    accepted Connect, ``sessions`` every Connect stream opened.
+    accepted Connect, ``sessions`` every Connect stream opened, ``route_watches`` every
+    WatchRoutes stream.
     """
 
-    def __init__(self, routes: list[str] | None = None, own_interface: bool = False) -> None:
+    def __init__(
+        self,
+        routes: list[str] | None = None,
+        own_interface: bool = False,
+        live_routes: bool = True,
+    ) -> None:
         self.routes = list(routes or [])
         self.own_interface = own_interface
+        self.live_routes = live_routes
         self.up = True
         self.hang: set[str] = set()
         self.errors: dict[str, TelerouteError] = {}
         self.calls: list[tuple[str, str]] = []
         self.connects: list[tuple[int, list[str]]] = []
         self.sessions: list[ConnectSession] = []
+        self.route_watches: list[ConnectSession] = []
         self._boot()
 
     def _boot(self) -> None:
@@ -167,6 +197,11 @@ class MemoryTeleroute:
 
     def _routed(self) -> list[Network]:
         return [ipaddress.ip_network(r) for r in self.routes]
+
+    def set_routes(self, routes: list[str]) -> None:
+        """The routed subnets change (a route appeared on or left the VIF)."""
+        self.routes = list(routes)
+        self.core.routes_changed()
 
     def client(self, host: str, port: int) -> MemoryTelerouteClient:
         """The ``ClientFactory`` to give the driver."""
@@ -217,6 +252,29 @@ class MemoryTeleroute:
             lambda f: f.trap(defer.CancelledError),
         )
         self.sessions.append(session)
+        return session
+
+    def open_route_watch(
+        self,
+        core: TelerouteCore,
+        request: teleroute_pb2.WatchRoutesRequest,
+        on_update: Callable[[teleroute_pb2.RoutesUpdate], None],
+    ) -> ConnectSession:
+        """WatchRoutes, as the servicer serves it: updates until the daemon stops."""
+        unsubscribe = core.watch_routes(request, on_update)
+        stopping = core.when_stopping()
+
+        def cancel() -> None:
+            unsubscribe()
+            stopping.cancel()
+
+        session = ConnectSession({}, cancel)
+        stopping.addCallbacks(
+            lambda _: session.end("the daemon ended the WatchRoutes stream"),
+            lambda f: f.trap(defer.CancelledError),
+        )
+        stopping.addBoth(lambda _: unsubscribe())
+        self.route_watches.append(session)
         return session
 
 

@@ -73,3 +73,19 @@ class Info(_message.Message):
     INFO_FIELD_NUMBER: _ClassVar[int]
     info: _containers.ScalarMap[str, str]
     def __init__(self, info: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class WatchRoutesRequest(_message.Message):
+    __slots__ = ("pid",)
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class RoutesUpdate(_message.Message):
+    __slots__ = ("routes", "via_ip_v4", "via_ip_v6")
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    VIA_IP_V4_FIELD_NUMBER: _ClassVar[int]
+    VIA_IP_V6_FIELD_NUMBER: _ClassVar[int]
+    routes: _containers.RepeatedScalarFieldContainer[bytes]
+    via_ip_v4: bytes
+    via_ip_v6: bytes
+    def __init__(self, routes: _Optional[_Iterable[bytes]] = ..., via_ip_v4: _Optional[bytes] = ..., via_ip_v6: _Optional[bytes] = ...) -> None: ...

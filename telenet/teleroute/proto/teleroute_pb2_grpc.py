@@ -60,6 +60,11 @@ class TelerouteStub:
                 request_serializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.WatchRoutes = channel.unary_stream(
+                '/telepresence.teleroute.Teleroute/WatchRoutes',
+                request_serializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.WatchRoutesRequest.SerializeToString,
+                response_deserializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.RoutesUpdate.FromString,
+                _registered_method=True)
 
 
 class TelerouteServicer:
@@ -95,6 +100,13 @@ class TelerouteServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRoutes(self, request, context):
+        """telenet extension (see RoutesUpdate).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TelerouteServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +134,11 @@ def add_TelerouteServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'WatchRoutes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRoutes,
+                    request_deserializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.WatchRoutesRequest.FromString,
+                    response_serializer=telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.RoutesUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +276,33 @@ class Teleroute:
             '/telepresence.teleroute.Teleroute/Leave',
             telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.EndpointIdentifier.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/telepresence.teleroute.Teleroute/WatchRoutes',
+            telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.WatchRoutesRequest.SerializeToString,
+            telenet_dot_teleroute_dot_proto_dot_teleroute__pb2.RoutesUpdate.FromString,
             options,
             channel_credentials,
             insecure,
