@@ -20,7 +20,8 @@ Behaviour and messages follow the Go plug-in (``cmd/teleroute``). Beyond it:
 This module is the twistd application (``Options``, ``makeService``); the plug-in itself lives
 in ``telenet.netplugin``: ``driver`` (``NetworkDriver`` and its parts), ``link`` (the
 connection to a daemon), ``options`` (Docker's requests and answers), ``records`` (what is
-saved), ``sweep`` and ``plumbing``.
+saved), ``sweep``, ``plumbing``, and ``rejoin`` with ``workloadns`` (workloads given their
+interface back after a daemon restart).
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def makeService(
     from telenet.core.netlink import PyrouteNetlink
     from telenet.core.processes import spawner
     from telenet.netplugin.plumbing import NetnsPlumbing
+    from telenet.netplugin.workloadns import NetnsWorkloads
 
     driver = NetworkDriver(
         client_factory,
@@ -125,6 +127,8 @@ def makeService(
         run_blocking,
         plumbing=NetnsPlumbing(spawner(reactor)),
         netlink=PyrouteNetlink(),
+        # Its /proc scans are short: they share the state thread rather than the reactor.
+        workloads=NetnsWorkloads(spawner(reactor), run_blocking),
     )
     driver.restore()
     log.info("teleroute plug-in, host pid {pid}", pid=driver._pid)
