@@ -568,6 +568,8 @@ def test_daemon_restart_new_workloads_reach_the_cluster(setup: Setup) -> None:
     back, the plug-in asks it to set its own interface up in its own netns, then re-creates
     the running workload's endpoint on it and puts the new interface, tpd-0 with the same
     address and the new routes, into the workload's namespace (telenet.netplugin.rejoin).
+    A TCP connection the old workload held open through the old daemon stalls during the
+    outage and carries on after it (the daemon's cluster-side address being the same).
     """
     s = setup
     assert reaches_cluster(s).strip() == BODY
@@ -583,6 +585,20 @@ def test_daemon_restart_new_workloads_reach_the_cluster(setup: Setup) -> None:
 
     # The plug-in finds the workload's namespace a moment after it starts.
     wait_for(identified, 10, "the plug-in to identify the old workload's namespace", interval=0.2)
+    # A connection open through the daemon across the restart: lines echoed by the cluster.
+    docker("exec", "-d", s.cluster.container, "python3", "-c", ECHO_SERVER)
+    long_lived = (
+        f"while sleep 0.2; do echo ping; done | nc {s.cluster.ip} {ECHO_PORT} > /tmp/long.log 2>&1;"
+        " echo exit=$? >> /tmp/long.log"
+    )
+    wait_for(lambda: port_open_in(s, old), 10, "the echo server")
+    docker("exec", "-d", old, "sh", "-c", long_lived)
+
+    def echoed() -> list[str]:
+        return docker("exec", old, "cat", "/tmp/long.log", check=False).stdout.splitlines()
+
+    wait_for(lambda: len(echoed()) >= 2, 10, "the long-lived connection to echo", interval=0.2)
+    vif_address = ip_on(s.daemon, s.cluster.network)
     docker("restart", "-t", "5", s.daemon, timeout=60)
     if ip_on(s.daemon, "bridge") != s.host:
         # The network's host option names the old address: on a shared host another
@@ -621,6 +637,34 @@ def test_daemon_restart_new_workloads_reach_the_cluster(setup: Setup) -> None:
     # The daemon got its own interface on the network again.
     addresses = docker("exec", s.daemon, "ip", "-o", "addr", "show").stdout
     assert re.search(rf"tpd-\d+\s+inet {re.escape(s.address)}/", addresses), addresses
+
+    # The connection that was open through the old daemon carries on once TCP retransmits:
+    # the new daemon's conntrack picks it up mid-stream and masquerades it to the same VIF
+    # address and port, so the cluster side sees the same connection (docs/teleroute.md).
+    # With another VIF address the cluster would see a new peer: docs/teleroute.md says so.
+    if ip_on(s.daemon, s.cluster.network) == vif_address:
+        before = len(echoed())
+        wait_for(lambda: len(echoed()) > before + 2, 10, "the long-lived connection to resume")
+        assert not any(line.startswith("exit=") for line in echoed()), echoed()
+
+
+ECHO_PORT = 7007
+#: A line echo server for the cluster container (the project image has python3).
+ECHO_SERVER = f"""
+import socketserver
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("", {ECHO_PORT}), Echo).serve_forever()
+"""
+
+
+def port_open_in(s: Setup, container: str) -> bool:
+    """The echo port answers, seen from ``container``."""
+    probe = f"echo | nc -w 1 {s.cluster.ip} {ECHO_PORT}"
+    return docker("exec", container, "sh", "-c", probe, check=False).returncode == 0
 
 
 def test_plugin_killed_and_restarted(
