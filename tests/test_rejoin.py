@@ -310,6 +310,20 @@ def test_docker_taking_back_a_rejoined_interface_frees_the_daemons_pair() -> Non
     assert result_of(h.netlink.get_link(kept)) is not None
 
 
+def test_a_rejoined_endpoint_docker_let_go_unheard_frees_the_pair_too() -> None:
+    """Forgotten by the reconciliation (Docker gave its address away): the link goes too."""
+    h, workload = started()
+    old_name = h.driver.endpoints[WORK_EP].interface
+    h.daemon_restarts(workload)
+    h.back()
+    result_of(
+        h.netlink.create_veth(old_name, "02:00:00:00:00:01", old_name + "p", "02:00:00:00:00:02")
+    )
+    h.ok("/NetworkDriver.CreateEndpoint", endpoint_body("w9" * 32, "172.21.0.3/16"))
+    assert WORK_EP not in h.driver.endpoints
+    assert result_of(h.netlink.get_link(old_name)) is None
+
+
 def test_without_workload_plumbing_nothing_happens() -> None:
     """The driver built without it (older callers) behaves as before."""
     h = Harness()

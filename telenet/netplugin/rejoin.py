@@ -286,12 +286,22 @@ class RejoinMixin(ReconcileMixin):
 
     # -- Docker let go of a rejoined endpoint
 
+    def _drop(self, endpoint: PluginEndpoint, why: str) -> None:
+        super()._drop(endpoint, why)
+        if endpoint.rejoined:
+            d = defer.ensureDeferred(self._release_rejoined(endpoint))
+            d.addErrback(lambda f: log.failure("releasing a rejoined endpoint failed", f))
+
     async def _release_rejoined(self, endpoint: PluginEndpoint | None) -> None:
         """Delete the link Docker put back at Leave (see the module's docstring)."""
         if endpoint is None or not endpoint.rejoined or not endpoint.interface:
             return
-        if self._netlink is None:
-            return
+        if self._netlink is None or any(
+            other.interface == endpoint.interface
+            for other in self.endpoints.values()
+            if other is not endpoint
+        ):
+            return  # another endpoint's now: not ours to delete
         try:
             await self._netlink.delete_link(endpoint.interface)
         except LinkNotFound:
