@@ -638,13 +638,19 @@ def test_daemon_restart_new_workloads_reach_the_cluster(setup: Setup) -> None:
     addresses = docker("exec", s.daemon, "ip", "-o", "addr", "show").stdout
     assert re.search(rf"tpd-\d+\s+inet {re.escape(s.address)}/", addresses), addresses
 
-    # The connection that was open through the old daemon carries on once TCP retransmits:
-    # the new daemon's conntrack picks it up mid-stream and masquerades it to the same VIF
-    # address and port, so the cluster side sees the same connection (docs/teleroute.md).
+    # The connection that was open through the old daemon carries on at TCP's next
+    # retransmission (its timer backed off during the outage, hence the longer wait): the new
+    # daemon's conntrack picks it up mid-stream and masquerades it to the same VIF address
+    # and port, so the cluster side sees the same connection (docs/teleroute.md).
     # With another VIF address the cluster would see a new peer: docs/teleroute.md says so.
     if ip_on(s.daemon, s.cluster.network) == vif_address:
         before = len(echoed())
-        wait_for(lambda: len(echoed()) > before + 2, 10, "the long-lived connection to resume")
+        wait_for(
+            lambda: len(echoed()) > before + 2,
+            30,
+            "the long-lived connection to resume",
+            interval=0.5,
+        )
         assert not any(line.startswith("exit=") for line in echoed()), echoed()
 
 
