@@ -61,7 +61,9 @@ PLUGIN_CONFIGS: dict[str, dict[str, Any]] = {
         "interface": {"socket": "teleroute.sock", "types": ["docker.networkdriver/1.0"]},
         "network": {"type": "host"},
         "pidhost": True,
-        "linux": {"capabilities": ["CAP_NET_ADMIN"]},
+        # SYS_ADMIN and SYS_PTRACE: giving running workloads their interface back after a
+        # daemon restart (docs/teleroute.md).
+        "linux": {"capabilities": ["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]},
     },
     "telemount": {
         "description": "telenet telemount: Docker volume driver mounting SFTP exports of "
