@@ -118,6 +118,11 @@ class Harness:
         self.daemon.start()
         self.clock.advance(seconds)
 
+    def wait(self, seconds: float, step: float = 0.1) -> None:
+        """Time passes in small steps (each delayed call runs when it is due)."""
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
     def calls(self, method: str) -> int:
         return sum(1 for m, _ in self.daemon.calls if m == method)
 
@@ -281,6 +286,39 @@ def test_a_daemon_refusing_the_endpoint_is_tried_at_the_next_connection() -> Non
     h.daemon.restart()
     h.clock.advance(2)
     assert workload.links == {"tpd-0": ["172.21.0.3/16"]}
+
+
+def test_daemon_container_replaced_its_endpoint_after_the_daemon_started() -> None:
+    """
+    A new daemon container (an upgrade: removed, run, then connected to the network) is up
+    before its endpoint exists: the workload's Join is refused (no next hop yet), and tried
+    again, further apart, until the daemon's endpoint is there.
+    """
+    h, workload = started()
+    h.daemon.stop()
+    workload.lose_interfaces()
+    h.ok("/NetworkDriver.Leave", ids(DAEMON_EP))
+    h.ok("/NetworkDriver.DeleteEndpoint", ids(DAEMON_EP))
+    before = h.calls("Join")
+    h.daemon.start()
+    # The memory daemon names veths from a counter that starts again at each boot: move it on,
+    # so that the new daemon's names are not the old one's (random names never are).
+    for _ in range(16):
+        h.daemon.core.random_bytes(6)
+    h.wait(5)
+    assert workload.links == {} and WORK_EP in h.daemon.core.endpoints
+    assert h.calls("Join") - before == 3  # at once, then 1 s and 2 s later
+    h.ok(
+        "/NetworkDriver.CreateEndpoint",
+        endpoint_body(D2, "172.21.0.4/16", options={"daemon": "true"}),
+    )
+    h.ok("/NetworkDriver.Join", {**ids(D2), "SandboxKey": SANDBOX})
+    h.wait(8)
+    assert workload.links == {"tpd-0": ["172.21.0.3/16"]}
+    assert workload.routes == [(ROUTE, "172.21.0.4", "tpd-0")]
+    joins = h.calls("Join")
+    h.wait(120, step=1)
+    assert h.calls("Join") == joins  # nothing more once it worked
 
 
 def test_docker_taking_back_a_rejoined_interface_frees_the_daemons_pair() -> None:

@@ -42,6 +42,7 @@ import grpc
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from telenet.core.interfaces import LinkNotFound
 from telenet.netplugin.interfaces import GONE, PRESENT, IWorkloadPlumbing
@@ -59,6 +60,9 @@ StatusCode = grpc.StatusCode
 #: Seconds after Docker's Join (or a restore) at which the workload's namespace is looked
 #: for: the container's process starts and gets the interface a moment after the Join.
 IDENTIFY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: Seconds before going over a network's workloads again when the daemon refused one (its
+#: own endpoint may come later: a daemon container replaced rather than restarted).
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0)
 
 
 class RejoinMixin(ReconcileMixin):
@@ -69,8 +73,9 @@ class RejoinMixin(ReconcileMixin):
         self._workloads = workloads
         self._identifying: dict[str, IDelayedCall] = {}
         #: The rejoin pass under way per network, and networks to go over again after it.
-        self._rejoining: dict[str, defer.Deferred[None]] = {}
+        self._rejoining: dict[str, defer.Deferred[Any]] = {}
         self._rejoin_again: set[str] = set()
+        self._rejoin_retry: dict[str, tuple[int, IDelayedCall]] = {}
 
     # -- 1. where each workload runs
 
@@ -158,30 +163,50 @@ class RejoinMixin(ReconcileMixin):
         # The daemon's own endpoint first: the workloads' routes go through its address.
         settling.addBoth(after)
 
-    def _start_rejoin(self, network: PluginNetwork) -> None:
+    def _start_rejoin(self, network: PluginNetwork, attempt: int = 0) -> None:
+        retry = self._rejoin_retry.pop(network.id, None)
+        if retry is not None and retry[1].active():
+            retry[1].cancel()
         if network.id in self._rejoining:
             self._rejoin_again.add(network.id)
             return
         d = defer.Deferred.fromCoroutine(self._rejoin_all(network))
-        d.addErrback(lambda f: log.failure("giving workloads their interface back failed", f))
-        if d.called:
-            return
+
+        def failed(f: Failure) -> bool:
+            log.failure("giving workloads their interface back failed", f)
+            return False
+
+        d.addErrback(failed)
         self._rejoining[network.id] = d
 
-        def done(_: object) -> None:
+        def done(refused: bool) -> None:
             del self._rejoining[network.id]
+            current = self.networks.get(network.id) is network
             if network.id in self._rejoin_again:
                 self._rejoin_again.discard(network.id)
-                if self.networks.get(network.id) is network:
+                if current:
                     self._start_rejoin(network)
+            elif refused and current and attempt < len(RETRY_DELAYS):
+                call = self._clock.callLater(
+                    RETRY_DELAYS[attempt], self._retry_rejoin, network, attempt + 1
+                )
+                self._rejoin_retry[network.id] = (attempt + 1, call)
 
-        d.addBoth(done)
+        d.addCallback(done)
 
-    async def _rejoin_all(self, network: PluginNetwork) -> None:
+    def _retry_rejoin(self, network: PluginNetwork, attempt: int) -> None:
+        self._rejoin_retry.pop(network.id, None)
+        if network.link is not None and network.link.connected:
+            self._start_rejoin(network, attempt)
+
+    async def _rejoin_all(self, network: PluginNetwork) -> bool:
+        """One pass over the network's workloads; True if the daemon refused one."""
+        refused = False
         for endpoint in [e for e in self.endpoints.values() if e.network == network.id]:
             if self._workload(endpoint) and endpoint.id not in self._busy:
                 with self._call_on(endpoint.id):
-                    await self._rejoin(network, endpoint)
+                    refused = not await self._rejoin(network, endpoint) or refused
+        return refused
 
     def _still(self, network: PluginNetwork, endpoint: PluginEndpoint) -> bool:
         return (
@@ -191,7 +216,8 @@ class RejoinMixin(ReconcileMixin):
             and network.link.connected
         )
 
-    async def _rejoin(self, network: PluginNetwork, endpoint: PluginEndpoint) -> None:
+    async def _rejoin(self, network: PluginNetwork, endpoint: PluginEndpoint) -> bool:
+        """Give one workload its interface back if it lost it; False if the daemon refused."""
         assert self._workloads is not None
         addresses = sorted(endpoint.addresses())
         try:
@@ -202,9 +228,9 @@ class RejoinMixin(ReconcileMixin):
             log.error(
                 "cannot look at endpoint {id}'s workload: {error}", id=endpoint.id[:12], error=e
             )
-            return
+            return True
         if state == PRESENT or not self._still(network, endpoint):
-            return
+            return True
         if state == GONE:
             log.info(
                 "endpoint {id}: its workload's namespace ({netns}) is not visible (stopped, "
@@ -212,21 +238,20 @@ class RejoinMixin(ReconcileMixin):
                 id=endpoint.id[:12],
                 netns=endpoint.netns or "never identified",
             )
-            return
+            return True
         try:
             response = await self._recreate(network, endpoint)
         except TelerouteError as e:
             log.warn(
-                "cannot re-create endpoint {id} on the daemon: {error}; trying at the next "
-                "connection",
+                "cannot re-create endpoint {id} on the daemon: {error}; trying again",
                 id=endpoint.id[:12],
                 error=e,
             )
-            return
+            return False
         if self.endpoints.get(endpoint.id) is not endpoint:
             # Docker deleted it meanwhile; its DeleteEndpoint may have reached the daemon first.
             await self._forget_on_daemon(network, endpoint)
-            return
+            return True
         routes = [(r["Destination"], r["NextHop"]) for r in static_routes(response)]
         # Saved before the move: DeleteEndpoint must clean up after it even if we die now.
         endpoint.rejoined = True
@@ -247,7 +272,7 @@ class RejoinMixin(ReconcileMixin):
                 id=endpoint.id[:12],
                 error=e,
             )
-            return
+            return True
         endpoint.name = name
         await self._save()
         log.info(
@@ -257,6 +282,7 @@ class RejoinMixin(ReconcileMixin):
             addresses=" ".join(addresses),
             routes=[d for d, _ in routes],
         )
+        return True
 
     async def _recreate(
         self, network: PluginNetwork, endpoint: PluginEndpoint
