@@ -20,7 +20,8 @@ Behaviour and messages follow the Go plug-in (``cmd/teleroute``). Beyond it:
 This module is the twistd application (``Options``, ``makeService``); the plug-in itself lives
 in ``telenet.netplugin``: ``driver`` (``NetworkDriver`` and its parts), ``link`` (the
 connection to a daemon), ``options`` (Docker's requests and answers), ``records`` (what is
-saved), ``sweep`` and ``plumbing``.
+saved), ``sweep``, ``plumbing``, and ``rejoin`` with ``workloadns`` (workloads given their
+interface back after a daemon restart).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def makeService(
     from telenet.core.processes import spawner
     from telenet.netplugin.nsroutes import NetnsRoutes
     from telenet.netplugin.plumbing import NetnsPlumbing
+    from telenet.netplugin.workloadns import NetnsWorkloads
 
     def off_reactor(f: Any, *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
@@ -132,6 +134,8 @@ def makeService(
         plumbing=NetnsPlumbing(spawner(reactor)),
         netlink=PyrouteNetlink(),
         routes=NetnsRoutes(spawner(reactor), off_reactor),
+        # Its /proc scans are short: they share the state thread rather than the reactor.
+        workloads=NetnsWorkloads(spawner(reactor), run_blocking),
     )
     driver.restore()
     log.info("teleroute plug-in, host pid {pid}", pid=driver._pid)

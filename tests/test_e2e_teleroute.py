@@ -560,17 +560,45 @@ def test_route_added_on_the_vif_reaches_later_joiners(legacy_setup: Setup) -> No
 
 def test_daemon_restart_new_workloads_reach_the_cluster(setup: Setup) -> None:
     """
-    After ``docker restart`` of the daemon, a new workload reaches the cluster within 5 s,
-    with the legacy and the managed plug-in.
+    After ``docker restart`` of the daemon, a workload that ran through it and a new one both
+    reach the cluster by name within 5 s of the daemon being ready, with the legacy and the
+    managed plug-in, with no action on the old workload.
 
     Docker joins the restarted container's endpoint before the daemon runs; once the daemon is
-    back, the plug-in asks it to set its own interface up in its own netns (the managed
-    plug-in, with CAP_NET_ADMIN only, could not enter that namespace itself).
+    back, the plug-in asks it to set its own interface up in its own netns, then re-creates
+    the running workload's endpoint on it and puts the new interface, tpd-0 with the same
+    address and the new routes, into the workload's namespace (telenet.netplugin.rejoin).
+    A TCP connection the old workload held open through the old daemon is not promised to
+    survive; what became of it is printed.
     """
     s = setup
     assert reaches_cluster(s).strip() == BODY
     old = f"tntest-old-{uid()}"
     s.run("trap 'exit 0' TERM; while sleep 0.1; do :; done", name=old, detach=True)
+    old_address = ip_on(old, s.network)
+
+    def identified() -> bool:
+        endpoints = s.plugin.state().get("endpoints", {}).values()
+        return any(
+            e.get("netns") and e.get("ipv4", "").startswith(old_address + "/") for e in endpoints
+        )
+
+    # The plug-in finds the workload's namespace a moment after it starts.
+    wait_for(identified, 10, "the plug-in to identify the old workload's namespace", interval=0.2)
+    # A connection open through the daemon across the restart: lines echoed by the cluster.
+    docker("exec", "-d", s.cluster.container, "python3", "-c", ECHO_SERVER)
+    long_lived = (
+        f"while sleep 0.2; do echo ping; done | nc {s.cluster.ip} {ECHO_PORT} > /tmp/long.log 2>&1;"
+        " echo exit=$? >> /tmp/long.log"
+    )
+    wait_for(lambda: port_open_in(s, old), 10, "the echo server")
+    docker("exec", "-d", old, "sh", "-c", long_lived)
+
+    def echoed() -> list[str]:
+        return docker("exec", old, "cat", "/tmp/long.log", check=False).stdout.splitlines()
+
+    wait_for(lambda: len(echoed()) >= 2, 10, "the long-lived connection to echo", interval=0.2)
+    vif_address = ip_on(s.daemon, s.cluster.network)
     docker("restart", "-t", "5", s.daemon, timeout=60)
     if ip_on(s.daemon, "bridge") != s.host:
         # The network's host option names the old address: on a shared host another
@@ -579,6 +607,31 @@ def test_daemon_restart_new_workloads_reach_the_cluster(setup: Setup) -> None:
     s.wait_for_daemon()
     back = time.monotonic()
     s.address = ip_on(s.daemon, s.network)
+
+    # The old workload, untouched: a new connection by name works again within 5 s. (Its
+    # address is polled first: a probe started while the interface is away would spend its
+    # DNS timeout waiting.)
+    def given_back() -> bool:
+        shown = docker("exec", old, "ip", "-o", "-4", "addr", "show", "dev", "tpd-0", check=False)
+        return f"inet {old_address}/" in shown.stdout
+
+    wait_for(given_back, 5, "the old workload's interface to be back", interval=0.1)
+    interface_back = time.monotonic() - back
+    script = f"nslookup {SERVICE}; {s.get(SERVICE)}"
+    out, old_body = "", ""
+    while time.monotonic() - back < 5 and old_body != BODY:
+        out = docker("exec", old, "sh", "-c", script, check=False, timeout=30).stdout
+        old_body = out.strip().rsplit("\n", 1)[-1].strip()
+    elapsed = time.monotonic() - back
+    print(f"old workload: interface back {interface_back:.2f}s, cluster {elapsed:.2f}s after")
+    assert old_body == BODY, (out, s.plugin.log()[-3000:], s.daemon_logs())
+    assert elapsed <= 5, f"the old workload took {elapsed:.1f}s after the daemon was back"
+    routes = docker("exec", old, "ip", "route", check=False)
+    assert f"{s.cluster.subnet} via {s.address} dev tpd-0" in routes.stdout, routes
+    inside = docker("exec", old, "ip", "-o", "-4", "addr", "show", "dev", "tpd-0").stdout
+    assert f"inet {old_address}/" in inside, inside
+
+    # A new workload too.
     body = ""
     attempts = []
     while time.monotonic() - back < 5 and body.strip() != BODY:
@@ -592,15 +645,38 @@ def test_daemon_restart_new_workloads_reach_the_cluster(setup: Setup) -> None:
     addresses = docker("exec", s.daemon, "ip", "-o", "addr", "show").stdout
     assert re.search(rf"tpd-\d+\s+inet {re.escape(s.address)}/", addresses), addresses
 
-    # The documented limit (docs/teleroute.md): the restart took the daemon's netns, and with
-    # it the bridge end of the running workload's veth pair, so the workload lost tpd-0; a
-    # disconnect and connect makes Docker give it a new endpoint, which reaches the cluster.
-    assert "tpd-0" not in docker("exec", old, "ip", "-o", "link").stdout
-    docker("network", "disconnect", "-f", s.network, old)
-    docker("network", "connect", s.network, old)
-    script = f"ip route; {s.get(SERVICE)}"
-    out = docker("exec", old, "sh", "-c", script, check=False, timeout=30).stdout
-    assert "dev tpd-" in out and out.strip().endswith(BODY), out
+    # The connection that was open through the old daemon: telenet promises nothing for it
+    # (docs/teleroute.md). It often carries on at TCP's next, backed-off, retransmission (the
+    # new daemon's conntrack picks it up mid-stream and masquerades it to the same VIF
+    # address and port); what became of it is printed, as a measure, not asserted.
+    before, waited = len(echoed()), time.monotonic()
+    while len(echoed()) <= before + 2 and time.monotonic() - waited < 10:
+        time.sleep(0.5)
+    same_vif = ip_on(s.daemon, s.cluster.network) == vif_address
+    resumed = len(echoed()) > before + 2
+    print(
+        f"long-lived connection: {'resumed' if resumed else 'not resumed'} "
+        f"{time.monotonic() - back:.1f}s after the daemon was back (same VIF address: {same_vif})"
+    )
+
+
+ECHO_PORT = 7007
+#: A line echo server for the cluster container (the project image has python3).
+ECHO_SERVER = f"""
+import socketserver
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("", {ECHO_PORT}), Echo).serve_forever()
+"""
+
+
+def port_open_in(s: Setup, container: str) -> bool:
+    """The echo port answers, seen from ``container``."""
+    probe = f"echo | nc -w 1 {s.cluster.ip} {ECHO_PORT}"
+    return docker("exec", container, "sh", "-c", probe, check=False).returncode == 0
 
 
 def test_plugin_killed_and_restarted(

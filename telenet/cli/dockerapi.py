@@ -59,6 +59,8 @@ PLUGIN_CONFIGS: dict[str, dict[str, Any]] = {
         "interface": {"socket": "teleroute.sock", "types": ["docker.networkdriver/1.0"]},
         "network": {"type": "host"},
         "pidhost": True,
+        # SYS_ADMIN and SYS_PTRACE: entering workloads' namespaces, for live routes and to give
+        # them their interface back after a daemon restart (docs/teleroute.md).
         "linux": {"capabilities": ["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]},
     },
     "telemount": {

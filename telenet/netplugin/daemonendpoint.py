@@ -80,7 +80,7 @@ class DaemonEndpointMixin(DriverBase):
             if not endpoint.pending or endpoint.joining:
                 continue  # a Join took it meanwhile
             # A telenet daemon sets its interface up itself (it has CAP_NET_ADMIN in its own
-            # netns; a managed plug-in lacks the CAP_SYS_ADMIN to enter it); another daemon
+            # netns; no plug-in privilege needed); another daemon
             # ignores the request's extension and moves the peer to us, as for Docker.
             if not await self._realize(network, endpoint, in_daemon_netns=True):
                 continue

@@ -23,6 +23,7 @@ from telenet.netplugin.daemonendpoint import DaemonEndpointMixin
 from telenet.netplugin.options import _parse_cidr, join_answer
 from telenet.netplugin.reconcile import ReconcileMixin
 from telenet.netplugin.records import PluginEndpoint, PluginNetwork
+from telenet.netplugin.rejoin import RejoinMixin
 from telenet.teleroute.client import grpc_target
 from telenet.teleroute.interfaces import TelerouteError
 from telenet.teleroute.proto import teleroute_pb2
@@ -35,7 +36,7 @@ _SWALLOWED_ON_TEARDOWN = {StatusCode.CANCELLED, StatusCode.UNAVAILABLE}
 _DAEMON_AWAY = {StatusCode.CANCELLED, StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED}
 
 
-class EndpointCallsMixin(ReconcileMixin, DaemonEndpointMixin):
+class EndpointCallsMixin(RejoinMixin, ReconcileMixin, DaemonEndpointMixin):
     """Docker's CreateEndpoint, Join, Leave, DeleteEndpoint and EndpointOperInfo."""
 
     async def create_endpoint(self, body: JSONObject) -> JSONObject:
@@ -161,6 +162,7 @@ class EndpointCallsMixin(ReconcileMixin, DaemonEndpointMixin):
                 self._drop(other, f"the daemon gave its interface to endpoint {endpoint_id[:12]}")
         endpoint.sandbox = sandbox or endpoint.sandbox
         self._joined(endpoint, interface)
+        self._workload_joined(endpoint)
         await self._save()
         log.info(
             "endpoint {id} joins with {src} and routes {routes}",
@@ -194,6 +196,7 @@ class EndpointCallsMixin(ReconcileMixin, DaemonEndpointMixin):
             if endpoint is not None and endpoint.network == network_id:
                 del self.endpoints[endpoint_id]
                 await self._save()
+                await self._release_rejoined(endpoint)
             await self._teardown(body, "remove_endpoint", "DeleteEndpoint")
         return {}
 

@@ -15,8 +15,8 @@ The namespace is found by the Join's ``SandboxKey`` when this process can see it
 plug-in on the host), else by looking through ``/proc`` for the namespace that holds the
 daemon's address (a managed plug-in, which has ``pidhost`` but not Docker's netns files).
 Configuring the link inside that namespace takes CAP_SYS_ADMIN (``setns``): a legacy plug-in
-run as root has it, the managed plug-in is given it (with CAP_SYS_PTRACE, for live routes);
-without it, this reports that it cannot.
+run as root has it, and the managed plug-in's config lists it with CAP_SYS_PTRACE (live routes
+and rejoined workloads need both; a plug-in without it reports that it cannot).
 """
 
 from __future__ import annotations

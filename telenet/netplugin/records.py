@@ -68,6 +68,12 @@ class PluginEndpoint:
     joined: bool = False
     #: The veth end Join handed to Docker for the container ("" if none went through Docker).
     interface: str = ""
+    #: The workload's network namespace (``net:[inode]``) and its interface's name there, as
+    #: found while it ran (telenet.netplugin.rejoin gives it back after a daemon restart).
+    netns: str = ""
+    name: str = ""
+    #: The plug-in, not Docker, made its current interface (after a daemon restart).
+    rejoined: bool = False
     #: Set while Docker's Join of this endpoint is under way: the Join then sets the interface
     #: up through Docker, and a reconnection must not set it up a second time.
     joining: bool = attrs.field(default=False, eq=False)
@@ -84,6 +90,9 @@ class PluginEndpoint:
             "sandbox": self.sandbox,
             "joined": self.joined,
             "interface": self.interface,
+            "netns": self.netns,
+            "name": self.name,
+            "rejoined": self.rejoined,
         }
 
     @classmethod
@@ -99,6 +108,9 @@ class PluginEndpoint:
             # A state saved before "joined" was kept: take its endpoints as joined.
             joined=bool(data.get("joined", True)),
             interface=str(data.get("interface", "")),
+            netns=str(data.get("netns", "")),
+            name=str(data.get("name", "")),
+            rejoined=bool(data.get("rejoined", False)),
         )
 
     def seen(self) -> Seen:
