@@ -582,6 +582,9 @@ async def health(driver: VolumeDriver, mounter: IMounter) -> dict[str, Any]:
                 "Connected": bool(status.get("connected")),
                 "Since": status.get("since"),
                 "HelperPid": status.get("pid"),
+                "BytesRead": status.get("read_bytes", 0),
+                "BytesWritten": status.get("written_bytes", 0),
+                "IOErrors": status.get("io_errors", 0),
                 **({"Error": status["error"]} if "error" in status else {}),
             }
         )

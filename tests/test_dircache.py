@@ -7,6 +7,7 @@ that long, so that a stat storm over an old tree asks the server nothing twice.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from typing import Any
@@ -18,9 +19,10 @@ from twisted.conch.ssh import filetransfer as ft
 from twisted.internet import defer
 
 from telenet.fuse.dircache import MOST_TRUST, DirCache, trust_for
+from telenet.fuse.errors import IO_ERRNOS
 from telenet.sftp.codec import FileAttrs
 from telenet.sftp.errors import SFTPStatusError
-from tests.test_sftpfs import World, aio
+from tests.test_sftpfs import World, aio, fuse_errno
 
 HOUR_AGO = int(time.time()) - 3600
 
@@ -393,3 +395,21 @@ async def test_a_walk_down_the_tree_lists_the_next_directories_ahead(world: Worl
     a = await aio(world.fs.lookup(sub.st_ino, b"a", None))
     assert await world.readdir(a.st_ino) == [b"file"]
     assert world.client.calls == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_mount_counts_what_went_through_it(world: World) -> None:
+    """Bytes read and written through the mount, and I/O errors (health, in Status)."""
+    world.fs._store = None
+    await aio(world.setup())
+    entry = await world.lookup_path(b"data", b"hello")
+    fi = await aio(world.fs.open(entry.st_ino, os.O_RDWR, None))
+    assert bytes(await aio(world.fs.read(fi.fh, 0, 5))) == b"hello"
+    assert await aio(world.fs.write(fi.fh, 0, b"HEY")) == 3
+    world.client.kill()
+    assert await fuse_errno(world.fs.getattr(ROOT_INODE + 999, None)) == errno.ESTALE
+    world.now += MOST_TRUST + 1
+    assert await fuse_errno(world.fs.lookup(entry.st_ino, b"x", None)) in IO_ERRNOS
+    counters = world.fs.counters
+    assert (counters.read_bytes, counters.written_bytes) == (5, 3)
+    assert counters.io_errors == 1

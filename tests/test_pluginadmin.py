@@ -235,7 +235,17 @@ def test_telemount_health_per_server() -> None:
         def status(self, host: str, port: int) -> defer.Deferred[dict[str, Any]]:
             if host == "h":
                 return defer.fail(RuntimeError("helper gone"))
-            return defer.succeed({"mounted": True, "connected": True, "since": 5.0, "pid": 42})
+            return defer.succeed(
+                {
+                    "mounted": True,
+                    "connected": True,
+                    "since": 5.0,
+                    "pid": 42,
+                    "read_bytes": 4096,
+                    "written_bytes": 10,
+                    "io_errors": 1,
+                }
+            )
 
     mounter: Any = Mounter()
     answer = result_of(defer.ensureDeferred(health(driver, mounter)))
@@ -249,6 +259,9 @@ def test_telemount_health_per_server() -> None:
                 "Connected": True,
                 "Since": 5.0,
                 "HelperPid": 42,
+                "BytesRead": 4096,
+                "BytesWritten": 10,
+                "IOErrors": 1,
             },
             {
                 "Server": "h:2",
@@ -257,6 +270,9 @@ def test_telemount_health_per_server() -> None:
                 "Connected": False,
                 "Since": None,
                 "HelperPid": None,
+                "BytesRead": 0,
+                "BytesWritten": 0,
+                "IOErrors": 0,
                 "Error": "helper gone",
             },
         ],

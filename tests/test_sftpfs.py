@@ -548,6 +548,9 @@ async def test_control_requests(world: World) -> None:
         "connected": True,
         "volumes": {"data": {"path": "/exp/app/data", "ro": False}},
         "since": 1234.5,
+        "read_bytes": 0,
+        "written_bytes": 0,
+        "io_errors": 0,
     }
     assert await aio(control.handle({"op": "remove", "name": "data"})) == {"ok": True}
     assert await aio(control.handle({"op": "remove", "name": "data"})) == {"ok": True}

@@ -223,6 +223,10 @@ def format_health(health: Any) -> str:
         up = sum(1 for m in mounts if m.get("Connected"))
         parts.append(f"{health.get('Volumes', 0)} volumes")
         parts.append(f"{len(mounts)} mounts ({up} connected)")
+        read = sum(int(m.get("BytesRead") or 0) for m in mounts)
+        written = sum(int(m.get("BytesWritten") or 0) for m in mounts)
+        failed = sum(int(m.get("IOErrors") or 0) for m in mounts)
+        parts.append(f"{read} B read, {written} B written, {failed} I/O errors")
     if "Uptime" in health:
         parts.append(f"up {float(health['Uptime']):.0f} s")
     return ", ".join(parts)

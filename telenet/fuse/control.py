@@ -97,6 +97,9 @@ class MountControl:
                         for v in self.fs.volumes.values()
                     },
                     since=self.source.since,
+                    read_bytes=self.fs.counters.read_bytes,
+                    written_bytes=self.fs.counters.written_bytes,
+                    io_errors=self.fs.counters.io_errors,
                 )
             case Shutdown():
                 self._on_shutdown()

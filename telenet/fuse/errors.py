@@ -27,6 +27,9 @@ log = Logger(namespace="telenet.fuse.helper")
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: The errnos that say the server or the connection failed an operation (health counters).
+IO_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.ECONNRESET})
+
 # Errors that are the server's or the network's, not bugs.
 _EXPECTED = (SFTPStatusError, ConnectionError, ConnectionLost, defer.TimeoutError)
 
@@ -48,7 +51,11 @@ def fuse_op(
             try:
                 return await fn(*args, **kwargs)
             except Exception as e:
-                raise fuse_error(e, failure_errno) from None
+                error = fuse_error(e, failure_errno)
+                counters = getattr(args[0], "counters", None) if args else None
+                if counters is not None and error.errno in IO_ERRNOS:
+                    counters.io_errors += 1
+                raise error from None
 
         return handler
 

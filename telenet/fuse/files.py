@@ -21,7 +21,7 @@ from twisted.conch.ssh import filetransfer as ft
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from telenet.fuse.errors import fuse_error, fuse_op
+from telenet.fuse.errors import fuse_op
 from telenet.fuse.listings import ListingsMixin
 from telenet.fuse.nodes import FileHandle, Node
 from telenet.fuse.owners import check_name
@@ -340,10 +340,11 @@ class FilesMixin(ListingsMixin):
                 reader = h.reader = self._reader(h.node, h.client, h.handle)
             data = reader.read(off, size)
             if isinstance(data, Deferred):
-                return await wait(data)
+                data = await wait(data)
+            self.counters.read_bytes += len(data)
             return data
         except Exception as e:
-            raise fuse_error(e) from None
+            raise self._failed(e) from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._file(fh)
@@ -373,9 +374,10 @@ class FilesMixin(ListingsMixin):
             pending = writer.write(off, buf)
             if pending is not None:
                 await wait(pending)
+            self.counters.written_bytes += len(buf)
             return len(buf)
         except Exception as e:
-            raise fuse_error(e) from None
+            raise self._failed(e) from None
 
     @fuse_op()
     async def flush(self, fh: int) -> None:

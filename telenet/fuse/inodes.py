@@ -25,11 +25,13 @@ from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 
 from telenet.fuse.dircache import MOST_TRUST, DirCache, trust_for
+from telenet.fuse.errors import IO_ERRNOS, fuse_error
 from telenet.fuse.nodes import (
     ROOT_INODE,
     ConnectionSource,
     DirHandle,
     FileHandle,
+    IOCounters,
     MountedVolume,
     Node,
 )
@@ -115,6 +117,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self._specials = SpecialNodes()  # FIFOs, sockets and devices: the server has none
         self._settler = Settler()  # new names get their creator's owner and modes
         self._root_mtime_ns = time.time_ns()
+        self.counters = IOCounters()
         # Small files fetched ahead of a reader walking a directory (see _walk).
         self._listings: collections.OrderedDict[tuple[int, bytes], Listing] = (
             collections.OrderedDict()
@@ -395,6 +398,13 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         e.st_uid = os.getuid()
         e.st_gid = os.getgid()
         return e
+
+    def _failed(self, e: Exception) -> FUSEError:
+        """``e`` as a FUSE handler fails with it, counted if it is an I/O error."""
+        error = fuse_error(e)
+        if error.errno in IO_ERRNOS:
+            self.counters.io_errors += 1
+        return error
 
     def _client(self) -> SFTPClient:
         try:

@@ -69,6 +69,17 @@ class MountedVolume:
         return None
 
 
+class IOCounters:
+    """What went through a mount since the helper started (its health, in ``Status``)."""
+
+    __slots__ = ("read_bytes", "written_bytes", "io_errors")
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+        self.written_bytes = 0
+        self.io_errors = 0
+
+
 class Node:
     """An inode: one (volume, relative path) the kernel knows about."""
 

@@ -100,6 +100,12 @@ class StatusReport:
     connected: bool
     volumes: Mapping[str, VolumeState]
     since: float
+    #: Bytes the kernel read and wrote through the mount, and operations that failed with
+    #: an I/O error (the server's or the connection's), since the helper started; None from
+    #: a helper older than these counters.
+    read_bytes: int | None = None
+    written_bytes: int | None = None
+    io_errors: int | None = None
 
     def to_json(self) -> JSONObject:
         return {
@@ -111,6 +117,15 @@ class StatusReport:
             "connected": self.connected,
             "volumes": {name: v.to_json() for name, v in self.volumes.items()},
             "since": self.since,
+            **{
+                key: value
+                for key, value in (
+                    ("read_bytes", self.read_bytes),
+                    ("written_bytes", self.written_bytes),
+                    ("io_errors", self.io_errors),
+                )
+                if value is not None
+            },
         }
 
     @classmethod
@@ -125,6 +140,10 @@ class StatusReport:
             volumes={str(n): VolumeState.from_json(v) for n, v in volumes.items()},
             # An int stays an int, so that the bytes re-encoded are the bytes read.
             since=_get(data, "since", (int, float)),
+            # A helper from before the counters has none.
+            read_bytes=_get(data, "read_bytes", int) if "read_bytes" in data else None,
+            written_bytes=_get(data, "written_bytes", int) if "written_bytes" in data else None,
+            io_errors=_get(data, "io_errors", int) if "io_errors" in data else None,
         )
 
 
