@@ -41,6 +41,7 @@ from telenet.core.logoptions import LogOptionsMixin
 from telenet.core.reactor import IReactor, global_reactor
 from telenet.core.threads import state_thread
 from telenet.netplugin.driver import NetworkDriver
+from telenet.netplugin.link import DaemonLink
 from telenet.teleroute.interfaces import ClientFactory
 
 log = Logger()
@@ -151,6 +152,12 @@ def makeService(
     return top
 
 
+def _last_contact(driver: NetworkDriver, link: DaemonLink | None) -> float | None:
+    if link is None:
+        return None
+    return driver._clock.seconds() if link.connected else link.lost_at
+
+
 def health(driver: NetworkDriver) -> dict[str, Any]:
     """``/Telenet.Health``'s counters: each network's daemon link, and the endpoints."""
     networks = []
@@ -165,6 +172,10 @@ def health(driver: NetworkDriver) -> dict[str, Any]:
                 "Reconnects": max(0, link.connections - 1) if link is not None else 0,
                 "Failures": link.failures if link is not None else 0,
                 "LastError": link.last_error if link is not None else "not linked",
+                # The daemon's last contact: now while linked (since ConnectedSince), else
+                # when the link was lost (clock seconds, Unix time; None: never).
+                "ConnectedSince": link.connected_at if link is not None else None,
+                "LastContact": _last_contact(driver, link),
             }
         )
     return {"Networks": networks, "Endpoints": len(driver.endpoints)}

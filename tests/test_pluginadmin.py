@@ -185,16 +185,32 @@ def test_daemon_without_level_control_has_no_loglevel_path() -> None:
 def test_teleroute_health_counts_links_and_endpoints() -> None:
     from types import SimpleNamespace
 
+    from twisted.internet.task import Clock
+
     from telenet.routeplugin import health
 
+    clock = Clock()
+    clock.advance(1000)
     address = SimpleNamespace(host="172.17.0.2", port=4039)
-    up = SimpleNamespace(connected=True, connections=3, failures=0, last_error="")
+    up = SimpleNamespace(
+        connected=True, connections=3, failures=0, last_error="", connected_at=990.0, lost_at=980
+    )
+    down = SimpleNamespace(
+        connected=False,
+        connections=1,
+        failures=4,
+        last_error="connection refused",
+        connected_at=900.0,
+        lost_at=950.0,
+    )
     driver: Any = SimpleNamespace(
         networks={
             "b" * 64: SimpleNamespace(address=address, link=up),
             "a" * 64: SimpleNamespace(address=address, link=None),
+            "c" * 64: SimpleNamespace(address=address, link=down),
         },
         endpoints={"e1": object(), "e2": object()},
+        _clock=clock,
     )
     assert health(driver) == {
         "Networks": [
@@ -205,6 +221,8 @@ def test_teleroute_health_counts_links_and_endpoints() -> None:
                 "Reconnects": 0,
                 "Failures": 0,
                 "LastError": "not linked",
+                "ConnectedSince": None,
+                "LastContact": None,
             },
             {
                 "Network": "b" * 12,
@@ -213,6 +231,18 @@ def test_teleroute_health_counts_links_and_endpoints() -> None:
                 "Reconnects": 2,
                 "Failures": 0,
                 "LastError": "",
+                "ConnectedSince": 990.0,
+                "LastContact": 1000.0,  # linked: in contact now
+            },
+            {
+                "Network": "c" * 12,
+                "Daemon": "172.17.0.2:4039",
+                "Connected": False,
+                "Reconnects": 0,
+                "Failures": 4,
+                "LastError": "connection refused",
+                "ConnectedSince": 900.0,
+                "LastContact": 950.0,  # when the link was lost
             },
         ],
         "Endpoints": 2,

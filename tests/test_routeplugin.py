@@ -631,7 +631,12 @@ def test_reconnects_with_backoff_after_the_stream_ends() -> None:
     h.network()
     h.daemon_joins()
     h.clock.advance(SETTLE)  # the look for stale endpoints after the create: nothing to do
+    (network,) = h.driver.networks.values()
+    assert network.link is not None
+    linked_at, lost_at = network.link.connected_at, h.clock.seconds()
+    assert linked_at is not None and network.link.lost_at is None
     h.daemon.stop()
+    assert network.link.lost_at == lost_at  # the daemon's last contact (health)
     gaps = []
     for _ in range(8):
         (retry,) = h.clock.getDelayedCalls()
@@ -644,6 +649,7 @@ def test_reconnects_with_backoff_after_the_stream_ends() -> None:
     h.clock.advance(2.0)
     assert len(h.daemon.open_sessions) == 1
     assert h.daemon.connects[-1] == (PID, ["172.21.0.1/16"])
+    assert network.link.connected_at == h.clock.seconds() and network.link.connections == 2
 
 
 def test_new_joins_work_once_the_daemon_is_back() -> None:

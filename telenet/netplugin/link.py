@@ -100,6 +100,10 @@ class DaemonLink:
         self.client: ITelerouteClient | None = None
         self.last_error = "not connected yet"
         self.connections = 0
+        #: When the current Connect stream opened, and when the last one ended (clock
+        #: seconds; None: never). While connected, the daemon is in contact now.
+        self.connected_at: float | None = None
+        self.lost_at: float | None = None
         self._factory = factory
         self._request = request
         self._clock = clock
@@ -192,6 +196,7 @@ class DaemonLink:
         if session is None:
             return  # _ended said why
         self.connections += 1
+        self.connected_at = self._clock.seconds()
         self.last_error = ""
         log.info(
             "Connected to {name} version {version} at {target}",
@@ -223,6 +228,7 @@ class DaemonLink:
         ended: defer.Deferred[object] = defer.Deferred()
 
         def lost(reason: str) -> str:
+            self.lost_at = self._clock.seconds()
             if session is self._link.current:  # not when close() ended it
                 self.last_error = reason
                 log.warn(
