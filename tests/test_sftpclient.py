@@ -34,7 +34,7 @@ from telenet.sftp.errors import (
     error_to_errno,
     status_errno,
 )
-from telenet.sftp.transfer import PipelinedWriter, ReadAhead
+from telenet.sftp.transfer import PipelinedWriter, ReadAhead, ReadBudget
 from tests.helpers import failure_of, result_of
 from tests.sftpfakes import ConchRootedServer, SFTPPair
 
@@ -882,3 +882,43 @@ def test_manager_first_connection_gives_up_after_its_wait(tree: Path) -> None:
     assert str(err).startswith("cannot reach srv:22: ") and str(err).endswith("(tried for 5s)")
     assert endpoint.attempts == 3
     manager.stop()
+
+
+def test_readers_share_a_read_budget() -> None:
+    """One reader streams with its whole window; several at once share the total."""
+    now = [0.0]
+    budget = ReadBudget(8 << 20, least=1 << 20, idle=1.0, now=lambda: now[0])
+    a, b, c, d = object(), object(), object(), object()
+    assert budget.window(a, 8 << 20) == 8 << 20
+    assert budget.window(b, 8 << 20) == 4 << 20
+    budget.window(c, 8 << 20)
+    assert budget.window(d, 8 << 20) == 2 << 20
+    assert budget.window(a, 1 << 20) == 1 << 20  # never above the reader's own window
+    budget.release(b)
+    budget.release(c)
+    assert budget.window(a, 8 << 20) == 4 << 20
+    now[0] = 5.0  # d stopped reading: an idle reader's share goes back
+    assert budget.window(a, 8 << 20) == 8 << 20
+    many = ReadBudget(8 << 20, least=1 << 20)
+    readers = [object() for _ in range(20)]
+    assert [many.window(r, 8 << 20) for r in readers][-1] == 1 << 20  # at least ``least``
+
+
+def test_read_ahead_keeps_to_its_budget() -> None:
+    """A reader's window is what the budget gives it; a reset gives its share back."""
+    client, transport, _ = _ready_client()
+    budget = ReadBudget(4000, least=1000)
+    other = object()
+    budget.window(other, 4000)
+    reader = ReadAhead(client, b"H", chunk=1000, window=4000, initial=2000, budget=budget)
+
+    def asked_to() -> int:
+        reads = [body for kind, _, body in _requests(transport.value()) if kind == ft.FXP_READ]
+        return max(sum(struct.unpack("!QL", body[-12:])) for body in reads)
+
+    reader.read(0, 1000)
+    assert asked_to() == 1000 + 2000  # the initial window: within the half it may have
+    reader.read(1000, 1000)
+    assert asked_to() == 2000 + 2000  # not 4000 ahead: two readers share 4000
+    reader.reset()
+    assert budget.window(other, 4000) == 4000

@@ -68,7 +68,9 @@ class FilesMixin(ListingsMixin):
 
     def _reader(self, node: Node, client: SFTPClient, handle: bytes) -> ReadAhead:
         size = node.attrs.size if node.attrs is not None else None
-        return ReadAhead(client, handle, window=self._readahead, sizeHint=size)
+        return ReadAhead(
+            client, handle, window=self._readahead, sizeHint=size, budget=self._read_budget
+        )
 
     @staticmethod
     def _sftp_flags(flags: int) -> int:

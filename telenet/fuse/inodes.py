@@ -41,6 +41,7 @@ from telenet.fuse.specials import SpecialNodes
 from telenet.sftp.client import SFTPClient
 from telenet.sftp.codec import FileAttrs
 from telenet.sftp.errors import SFTPNotConnected, SFTPStatusError
+from telenet.sftp.transfer import ReadBudget
 
 __all__ = ["ATTR_TIMEOUT", "ENTRY_TIMEOUT", "NEGATIVE_TIMEOUT", "InodeTable", "dir_of"]
 
@@ -54,6 +55,8 @@ ATTR_TIMEOUT = 1.0
 NEGATIVE_TIMEOUT = 1.0
 #: Per open file: bytes of READs kept in flight ahead of a sequential reader.
 READAHEAD_WINDOW = 8 << 20
+#: All readers together (ReadBudget): one streams with its whole window, four share this.
+READAHEAD_TOTAL = 8 << 20
 #: Per open file: bytes of WRITEs sent but not yet answered before a writer has to wait.
 WRITE_BEHIND = 8 << 20
 _BLKSIZE = 131072
@@ -105,6 +108,7 @@ class InodeTable(PrefetchMixin, pyfuse3.Operations):
         self._written: dict[tuple[int, bytes], float] = {}  # when this mount last changed each
         self._read_at: dict[tuple[int, bytes], float] = {}  # when a program last read each
         self._readahead = readahead
+        self._read_budget = ReadBudget(max(readahead, READAHEAD_TOTAL), now=now)
         self._write_behind = write_behind
         self.volumes: dict[str, MountedVolume] = {}
         self._by_bname: dict[bytes, MountedVolume] = {}

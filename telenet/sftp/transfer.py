@@ -9,7 +9,9 @@ buffering and error rules, not part of the protocol.
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -61,6 +63,41 @@ class _Chunk:
                 d.callback(None)
 
 
+class ReadBudget:
+    """
+    The read-ahead a process's readers share: each of the ``streams`` read in the last
+    ``idle`` seconds may keep ``total / streams`` in flight, within ``least`` and its own
+    window. One reader streams with its whole window; four at once stay within ``total``
+    together (memory: what is in flight is held until the kernel takes it).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        least: int = 1 << 20,
+        idle: float = 1.0,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total = total
+        self.least = least
+        self.idle = idle
+        self._now = now
+        self._active: dict[int, float] = {}  # id of a reader -> when it last read
+
+    def window(self, reader: object, most: int) -> int:
+        """How far ahead ``reader``, reading now, may keep READs in flight."""
+        now = self._now()
+        self._active[id(reader)] = now
+        if len(self._active) > 1:
+            stale = [k for k, t in self._active.items() if now - t > self.idle]
+            for key in stale:
+                del self._active[key]
+        return max(self.least, min(most, self.total // len(self._active)))
+
+    def release(self, reader: object) -> None:
+        self._active.pop(id(reader), None)
+
+
 class ReadAhead:
     """
     I read one open remote file, keeping a window of READs in flight ahead of a
@@ -80,8 +117,10 @@ class ReadAhead:
         window: int = 8 << 20,
         initial: int = 1 << 20,
         sizeHint: int | None = None,
+        budget: ReadBudget | None = None,
     ) -> None:
         self._client = client
+        self._budget = budget
         self._handle = handle
         self._chunkSize = min(chunk or client.maxRead, client.maxRead)
         self._window = window
@@ -105,6 +144,8 @@ class ReadAhead:
         self._chunks.clear()
         self._eof = None
         self._ahead = 0
+        if self._budget is not None:
+            self._budget.release(self)
         if sizeHint is not None:
             self._sizeHint = sizeHint
 
@@ -135,7 +176,10 @@ class ReadAhead:
         else:
             self.reset()
         if sequential or offset == 0:
-            self._ahead = min(self._window, max(self._initial, self._ahead * 2))
+            window = self._window
+            if self._budget is not None:
+                window = self._budget.window(self, window)
+            self._ahead = min(window, max(self._initial, self._ahead * 2))
         else:
             self._ahead = 0
         end = offset + size
