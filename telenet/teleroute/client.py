@@ -78,38 +78,12 @@ class GrpcTelerouteClient:
         self, request: teleroute_pb2.ConnectRequest, timeout: float
     ) -> ConnectSession:
         call = self._get_stub().Connect(request)
-        try:
-            first = await asyncio.wait_for(call.read(), timeout)
-        except TimeoutError:
-            call.cancel()
-            raise TelerouteError(
-                StatusCode.DEADLINE_EXCEEDED, f"no Info from {self.target} within {timeout:g}s"
-            ) from None
-        except grpc.aio.AioRpcError as e:
-            raise _error(e) from None
-        if first is grpc.aio.EOF:
-            raise TelerouteError(
-                StatusCode.UNAVAILABLE, f"{self.target} ended the Connect stream before its Info"
-            )
-        session = ConnectSession(dict(first.info), call.cancel)
-        self._streams.add(call)
-        task = asyncio.ensure_future(self._watch(call, session))
-        task.add_done_callback(lambda _: self._streams.discard(call))
-        return session
+        first = await self._first(call, "Connect", "no Info", "before its Info", timeout)
 
-    async def _watch(self, call: Any, session: ConnectSession) -> None:
-        reason = "the daemon ended the Connect stream"
-        try:
-            while True:
-                message = await call.read()
-                if message is grpc.aio.EOF:
-                    break
-                log.debug("Info from {target}: {info}", target=self.target, info=dict(message.info))
-        except grpc.aio.AioRpcError as e:
-            reason = f"the Connect stream broke: {e.code().name}: {e.details()}"
-        except asyncio.CancelledError:
-            reason = "the Connect stream was cancelled"
-        session.end(reason)
+        def info(message: Any) -> None:
+            log.debug("Info from {target}: {info}", target=self.target, info=dict(message.info))
+
+        return self._follow(call, "Connect", ConnectSession(dict(first.info), call.cancel), info)
 
     def watch_routes(
         self,
@@ -126,46 +100,65 @@ class GrpcTelerouteClient:
         timeout: float,
     ) -> ConnectSession:
         call = self._get_stub().WatchRoutes(request)
+        first = await self._first(call, "WatchRoutes", "no routes", "at once", timeout)
+        on_update(first)
+        return self._follow(call, "WatchRoutes", ConnectSession({}, call.cancel), on_update)
+
+    async def _first(self, call: Any, stream: str, none: str, ended: str, timeout: float) -> Any:
+        """A server stream's first message, within ``timeout``; TelerouteError if it fails."""
         try:
             first = await asyncio.wait_for(call.read(), timeout)
         except TimeoutError:
             call.cancel()
             raise TelerouteError(
-                StatusCode.DEADLINE_EXCEEDED, f"no routes from {self.target} within {timeout:g}s"
+                StatusCode.DEADLINE_EXCEEDED, f"{none} from {self.target} within {timeout:g}s"
             ) from None
         except grpc.aio.AioRpcError as e:
             raise _error(e) from None
         if first is grpc.aio.EOF:
             raise TelerouteError(
-                StatusCode.UNAVAILABLE, f"{self.target} ended the WatchRoutes stream at once"
+                StatusCode.UNAVAILABLE, f"{self.target} ended the {stream} stream {ended}"
             )
-        session = ConnectSession({}, call.cancel)
-        on_update(first)
+        return first
+
+    def _follow(
+        self,
+        call: Any,
+        stream: str,
+        session: ConnectSession,
+        on_message: Callable[[Any], None],
+    ) -> ConnectSession:
+        """Read the rest of a server stream in the background; ``session`` ends with it."""
         self._streams.add(call)
-        task = asyncio.ensure_future(self._follow_routes(call, session, on_update))
+        task = asyncio.ensure_future(self._read_on(call, stream, session, on_message))
         task.add_done_callback(lambda _: self._streams.discard(call))
         return session
 
-    async def _follow_routes(
+    async def _read_on(
         self,
         call: Any,
+        stream: str,
         session: ConnectSession,
-        on_update: Callable[[teleroute_pb2.RoutesUpdate], None],
+        on_message: Callable[[Any], None],
     ) -> None:
-        reason = "the daemon ended the WatchRoutes stream"
+        reason = f"the daemon ended the {stream} stream"
         try:
             while True:
                 message = await call.read()
                 if message is grpc.aio.EOF:
                     break
                 try:
-                    on_update(message)
+                    on_message(message)
                 except Exception:
-                    log.failure("handling a routes update from {target} failed", target=self.target)
+                    log.failure(
+                        "handling a {stream} message from {target} failed",
+                        stream=stream,
+                        target=self.target,
+                    )
         except grpc.aio.AioRpcError as e:
-            reason = f"the WatchRoutes stream broke: {e.code().name}: {e.details()}"
+            reason = f"the {stream} stream broke: {e.code().name}: {e.details()}"
         except asyncio.CancelledError:
-            reason = "the WatchRoutes stream was cancelled"
+            reason = f"the {stream} stream was cancelled"
         session.end(reason)
 
     def create_endpoint(
