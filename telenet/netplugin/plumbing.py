@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+from collections.abc import Iterator
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -73,13 +74,11 @@ def _pids(proc: str) -> list[str]:
         return []
 
 
-def find_pid_holding(address: str, proc: str = "/proc") -> int | None:
+def other_namespaces(proc: str = "/proc") -> Iterator[tuple[str, str]]:
     """
-    A pid in a network namespace, other than ours, that holds ``address``.
-
-    Needs the host's pid namespace (``pidhost``) to see the containers' processes.
+    One pid of each network namespace other than ours, with the namespace's id
+    (``net:[inode]``). Needs the host's pid namespace (``pidhost``) to see the containers'.
     """
-    wanted = str(ipaddress.ip_address(address))
     try:
         own = os.readlink(os.path.join(proc, "self", "ns", "net"))
     except OSError:
@@ -90,9 +89,15 @@ def find_pid_holding(address: str, proc: str = "/proc") -> int | None:
             netns = os.readlink(os.path.join(proc, pid, "ns", "net"))
         except OSError:
             continue
-        if netns in seen:
-            continue
-        seen.add(netns)
+        if netns not in seen:
+            seen.add(netns)
+            yield pid, netns
+
+
+def find_pid_holding(address: str, proc: str = "/proc") -> int | None:
+    """A pid in a network namespace, other than ours, that holds ``address``."""
+    wanted = str(ipaddress.ip_address(address))
+    for pid, _ in other_namespaces(proc):
         if wanted in local_addresses(os.path.join(proc, pid, "net")):
             return int(pid)
     return None

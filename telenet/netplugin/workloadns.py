@@ -43,6 +43,7 @@ from telenet.netplugin.plumbing import (
     link_names,
     local_addresses,
     next_free_name,
+    other_namespaces,
 )
 
 log = Logger()
@@ -109,19 +110,7 @@ def interface_holding(proc_net: str, address: str) -> str:
 def identify(addresses: list[str], proc: str = "/proc") -> tuple[str, str] | None:
     """Blocking ``IWorkloadPlumbing.identify``."""
     wanted = {str(ipaddress.ip_address(a)) for a in addresses}
-    try:
-        own = os.readlink(os.path.join(proc, "self", "ns", "net"))
-    except OSError:
-        own = ""
-    seen = {own}
-    for pid in _pids(proc):
-        try:
-            netns = netns_of(pid, proc)
-        except OSError:
-            continue
-        if netns in seen:
-            continue
-        seen.add(netns)
+    for pid, netns in other_namespaces(proc):
         net = os.path.join(proc, pid, "net")
         held = sorted(wanted & local_addresses(net))
         if held:
