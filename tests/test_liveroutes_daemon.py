@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
-import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,10 +24,10 @@ from telenet.teleroute.client import GrpcTelerouteClient
 from telenet.teleroute.interfaces import TelerouteError
 from telenet.teleroute.proto import teleroute_pb2 as pb
 from telenet.teleroute.routesfeed import RoutesFeed, routes_update
-from telenet.teleroute.service import CoreRefusal, GrpcServerService
+from telenet.teleroute.service import CoreRefusal
 from tests.helpers import result_of
 from tests.test_routeplugin import grpc_loop_ready  # noqa: F401 (a fixture)
-from tests.test_teleroute import PID, Harness
+from tests.test_teleroute import PID, Harness, Served, serving
 
 A = ipaddress.ip_address
 N = ipaddress.ip_network
@@ -117,27 +115,12 @@ def test_core_refuses_watchers_once_stopping() -> None:
 # -- over gRPC
 
 
-class Served:
-    def __init__(self, harness: Harness, service: GrpcServerService, target: str) -> None:
-        self.h = harness
-        self.service = service
-        self.target = target
-
-
 @pytest_twisted.async_yield_fixture
 async def served() -> AsyncIterator[Served]:
     harness = Harness()
     harness.routes = {N("10.96.0.0/12")}
-    with tempfile.TemporaryDirectory(prefix="tntest-") as tmp:
-        target = f"unix:{os.path.join(tmp, 'teleroute.sock')}"
-        service = GrpcServerService(harness.core, [target], grace=0.5)
-        service.startService()
-        await service.whenListening()
-        try:
-            yield Served(harness, service, target)
-        finally:
-            if service.running:
-                await service.stopService()
+    async with serving(harness) as served:
+        yield served
 
 
 class FakeUnixClient(GrpcTelerouteClient):

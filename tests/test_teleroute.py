@@ -6,6 +6,7 @@ reference's field numbers, and the real grpc.aio server on a unix socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import itertools
 import os
@@ -600,9 +601,9 @@ class Served:
         return await self.call(go)
 
 
-@pytest_twisted.async_yield_fixture
-async def served() -> AsyncIterator[Served]:
-    harness = Harness()
+@contextlib.asynccontextmanager
+async def serving(harness: Harness) -> AsyncIterator[Served]:
+    """``harness``'s daemon core served by the real gRPC server on a temporary unix socket."""
     with tempfile.TemporaryDirectory(prefix="tntest-") as tmp:
         target = f"unix:{os.path.join(tmp, 'teleroute.sock')}"
         service = GrpcServerService(harness.core, [target], grace=0.5)
@@ -613,6 +614,12 @@ async def served() -> AsyncIterator[Served]:
         finally:
             if service.running:
                 await service.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def served() -> AsyncIterator[Served]:
+    async with serving(Harness()) as served:
+        yield served
 
 
 @pytest_twisted.ensureDeferred
