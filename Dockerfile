@@ -21,12 +21,15 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 # "build*" copies build/ (wheels, pip) when it exists, and nothing otherwise.
 COPY pyproject.toml README.md LICENSE build* /src/
+# pyfuse3 with telemount's patch, unless build/wheels brought it for this Python.
+COPY scripts/pyfuse3 /src/pyfuse3-patch/
 # The dependencies (and what builds telenet) first, in a layer of their own: it is rebuilt only
 # when pyproject changes.
 RUN set -eu; \
     python3 -m venv /opt/telenet; \
     if [ -f /src/pip/ca-certificates.crt ]; then export PIP_CERT=/src/pip/ca-certificates.crt; fi; \
     mkdir -p /src/wheels; \
+    bash /src/pyfuse3-patch/wheel /src/wheels /opt/telenet/bin/python; \
     python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb")); print("\n".join(p["project"]["dependencies"] + p["project"]["optional-dependencies"]["telemount"] + p["build-system"]["requires"]))' \
       > /src/requirements.txt; \
     pip="/opt/telenet/bin/pip install --no-cache-dir --disable-pip-version-check"; \
@@ -49,7 +52,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/telenet /opt/telenet
 RUN /opt/telenet/bin/twistd --help | grep -q teleroute \
- && /opt/telenet/bin/python -c "import pyfuse3, grpc, pyroute2"
+ && /opt/telenet/bin/python -c "import pyfuse3, grpc, pyroute2; assert pyfuse3.FileInfo.cache_readdir"
 
 ENV PATH=/opt/telenet/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CMD ["twistd", "--help"]

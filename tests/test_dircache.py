@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from pyfuse3 import ROOT_INODE
+from pyfuse3 import ROOT_INODE, FileInfo
 from twisted.conch.ssh import filetransfer as ft
 from twisted.internet import defer
 
 from telenet.fuse.dircache import MOST_TRUST, DirCache, trust_for
 from telenet.fuse.errors import IO_ERRNOS
+from telenet.fuse.nodes import OPEN_FLAGS, handle_of
 from telenet.sftp.codec import FileAttrs
 from telenet.sftp.errors import SFTPStatusError
 from tests.test_sftpfs import World, aio, fuse_errno
@@ -382,7 +383,7 @@ async def test_a_walk_down_the_tree_lists_the_next_directories_ahead(world: Worl
     sub = await aio(world.fs.lookup(vol.st_ino, b"sub", None))
 
     async def walk() -> None:  # on the handlers' loop, as pyfuse3 runs them
-        fh = await world.fs.opendir(sub.st_ino, None)
+        fh = handle_of(await world.fs.opendir(sub.st_ino, None))
         await world.fs.readdir(fh, 0, None)
         await world.fs.releasedir(fh)
         for _ in range(5):
@@ -413,3 +414,51 @@ async def test_the_mount_counts_what_went_through_it(world: World) -> None:
     counters = world.fs.counters
     assert (counters.read_bytes, counters.written_bytes) == (5, 3)
     assert counters.io_errors == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_kernel_keeps_a_listing_only_while_it_is_the_one_kept_here(
+    world: World,
+) -> None:
+    """
+    An opendir tells the kernel to keep the listing in its page cache (FOPEN_CACHE_DIR), and
+    to read its own copy again (FOPEN_KEEP_CACHE) only while the listing it was filled from is
+    the one trusted here: a changed or expired listing makes it read the directory anew.
+    A file opened for reading asks for no FLUSH at close (FOPEN_NOFLUSH); one written does.
+    """
+    assert OPEN_FLAGS, "pyfuse3 lacks telemount's patch: run scripts/dev setup"
+    await aio(world.setup())
+    age(world, b"/exp/app/data", b"/exp/app/data/hello", b"/exp/app/data/sub")
+    vol = await world.lookup_path(b"data")
+    world.now += MOST_TRUST + 1
+    await aio(world.fs.getattr(vol.st_ino, None))
+
+    async def opened() -> FileInfo:
+        answer = await aio(world.fs.opendir(vol.st_ino, None))
+        assert isinstance(answer, FileInfo) and answer.cache_readdir
+        return answer
+
+    first = await opened()
+    assert not first.keep_cache  # nothing kept yet
+    world.listing = []
+    await aio(world.fs.readdir(first.fh, 0, None))
+    await aio(world.fs.releasedir(first.fh))
+    second = await opened()
+    assert second.keep_cache  # the kernel's copy is the listing kept here
+    await aio(world.fs.releasedir(second.fh))
+    made = await aio(world.fs.create(vol.st_ino, b"made", 0o644, os.O_WRONLY, None))
+    assert not made[0].noflush
+    await aio(world.fs.release(made[0].fh))
+    node = world.fs._node(vol.st_ino)
+    world.fs._dircache.drop(node.vol.vid, node.rel)  # as a change through another volume does
+    third = await opened()
+    assert not third.keep_cache  # listed again here: the kernel reads it again too
+    await aio(world.fs.releasedir(third.fh))
+    world.now += MOST_TRUST + 1
+    assert not (await opened()).keep_cache  # expired
+    root = await aio(world.fs.opendir(ROOT_INODE, None))
+    assert isinstance(root, int)  # the volumes are never kept by the kernel
+    hello = await aio(world.fs.lookup(vol.st_ino, b"hello", None))
+    reading = await aio(world.fs.open(hello.st_ino, os.O_RDONLY, None))
+    assert reading.noflush
+    await aio(world.fs.release(reading.fh))

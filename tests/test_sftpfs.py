@@ -38,6 +38,7 @@ from twisted.internet.testing import StringTransport
 from telenet.core.aio import as_deferred
 from telenet.fuse.control import ControlProtocol, MountControl
 from telenet.fuse.dircache import MOST_TRUST
+from telenet.fuse.nodes import handle_of
 from telenet.fuse.operations import SFTPOperations
 from telenet.fuse.prefetch import AHEAD_FILES
 from telenet.fuse.tuning import KERNEL_READAHEAD_KB, FuseFdWaiter, mount_dev
@@ -108,7 +109,7 @@ class World:
         return entry
 
     async def readdir(self, inode: int, start: int = 0) -> list[bytes]:
-        fh = await aio(self.fs.opendir(inode, None))
+        fh = handle_of(await aio(self.fs.opendir(inode, None)))
         self.listing = []
         await aio(self.fs.readdir(fh, start, None))
         await aio(self.fs.releasedir(fh))
@@ -1376,7 +1377,7 @@ async def test_a_listing_is_answered_while_it_still_arrives() -> None:
         await world.setup()
         vol = await world.fs.lookup(ROOT_INODE, b"data", None)
         big = await world.fs.lookup(vol.st_ino, b"big", None)
-        fh = await world.fs.opendir(big.st_ino, None)
+        fh = handle_of(await world.fs.opendir(big.st_ino, None))
         world.listing = []
         first = asyncio.ensure_future(world.fs.readdir(fh, 0, None))
         await asyncio.sleep(0.01)

@@ -12,12 +12,12 @@ import asyncio
 import errno
 from typing import Any
 
-from pyfuse3 import FUSEError
+from pyfuse3 import FileInfo, FUSEError
 from twisted.python.failure import Failure
 
 from telenet.fuse.errors import fuse_op
 from telenet.fuse.listings import ListingsMixin
-from telenet.fuse.nodes import ROOT_INODE, DirHandle, Node
+from telenet.fuse.nodes import ROOT_INODE, DirHandle, Node, opened_dir
 from telenet.fuse.resume import Resume, running_loop
 from telenet.sftp.codec import FileAttrs, NameEntry
 
@@ -34,12 +34,17 @@ class DirectoriesMixin(ListingsMixin):
     """
 
     @fuse_op()
-    async def opendir(self, inode: int, ctx: Any = None) -> int:
+    async def opendir(self, inode: int, ctx: Any = None) -> int | FileInfo:  # type: ignore[override]
         node = None if inode == ROOT_INODE else self._node(inode)
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = DirHandle(node)
-        return fh
+        if node is None:
+            return fh  # the volumes: they come and go without a change of mtime
+        # The kernel may keep reading its own copy while the listing it was filled from is
+        # the one kept here: the same trust, no request per walk of an unchanged tree.
+        kept = self._dircache.get((node.vol.vid, node.rel), self._now())
+        return opened_dir(fh, kept is not None and kept is node.kernel_listing)
 
     @fuse_op()
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
@@ -103,6 +108,7 @@ class DirectoriesMixin(ListingsMixin):
         listed = None if kept is None else kept.entries()
         if kept is not None and listed is not None:
             dh.taken = kept.taken
+            dh.snapshot = kept
             entries.extend(listed)
             dh.done = True
             self._remember_listing(node, entries)  # type: ignore[arg-type]
@@ -126,6 +132,7 @@ class DirectoriesMixin(ListingsMixin):
                 dh.done = True
                 self._remember_listing(node, entries)  # type: ignore[arg-type]
                 self._keep_listing(node, entries, taken)
+                dh.snapshot = self._dircache.get(key, self._now())
                 self._read_dir(node, [(n, a) for n, a in entries if isinstance(a, FileAttrs)])
                 dh.wake()
 
@@ -142,4 +149,6 @@ class DirectoriesMixin(ListingsMixin):
         listing.addCallbacks(done, failed)
 
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        dh = self._dirs.pop(fh, None)
+        if dh is not None and dh.node is not None and dh.snapshot is not None:
+            dh.node.kernel_listing = dh.snapshot  # what this handle gave the kernel

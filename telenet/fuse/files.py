@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from telenet.fuse.errors import fuse_op
 from telenet.fuse.listings import ListingsMixin
-from telenet.fuse.nodes import FileHandle, Node
+from telenet.fuse.nodes import FileHandle, Node, opened_file
 from telenet.fuse.owners import check_name
 from telenet.fuse.prefetch import PAGE, PREFETCH_MAX, Ahead
 from telenet.fuse.resume import Resume, both, running_loop, wait
@@ -109,7 +109,7 @@ class FilesMixin(ListingsMixin):
             if node.attrs is not None and (node.attrs.size or 0) <= PREFETCH_MAX:
                 self._walk(node, client)
             h = self._register(node, sflags, client, b"")
-            return FileInfo(fh=h.fh, keep_cache=True)
+            return opened_file(h.fh, keep_cache=True, reading=True)
         size = node.attrs.size if node.attrs is not None else None
         # Small files are walked (fetched ahead) even when the kernel may keep its pages:
         # those may be gone (memory pressure, drop_caches), and a fetched file costs no wait.
@@ -143,7 +143,7 @@ class FilesMixin(ListingsMixin):
         h = self._register(node, sflags, client, handle, readers[0] if readers else None)
         if readers and size and self._store is not None and len(node.handles) == 1:
             keep = await self._preload(node, readers[0], size)
-        return FileInfo(fh=h.fh, keep_cache=keep)
+        return opened_file(h.fh, keep_cache=keep, reading=sflags == ft.FXF_READ)
 
     async def _preload(self, node: Node, reader: ReadAhead, size: int) -> bool:
         """
@@ -222,7 +222,7 @@ class FilesMixin(ListingsMixin):
                 keep = True
             except Exception:
                 pass  # the kernel's READ will ask (and meet any error itself)
-        return FileInfo(fh=h.fh, keep_cache=keep)
+        return opened_file(h.fh, keep_cache=keep, reading=True)
 
     def _keep_cache(self, node: Node) -> bool:
         """

@@ -15,6 +15,7 @@ from typing import Protocol
 import pyfuse3
 from pyfuse3 import EntryAttributes
 
+from telenet.fuse.dircache import Snapshot
 from telenet.fuse.owners import SERVER_OWNED, Ownership
 from telenet.fuse.resume import Resume
 from telenet.sftp.client import SFTPClient
@@ -80,6 +81,37 @@ class IOCounters:
         self.io_errors = 0
 
 
+#: A pyfuse3 built with scripts/pyfuse3/patch.py passes on FOPEN_CACHE_DIR and FOPEN_NOFLUSH.
+OPEN_FLAGS = hasattr(pyfuse3.FileInfo, "cache_readdir")
+
+
+def opened_file(fh: int, keep_cache: bool = True, reading: bool = False) -> pyfuse3.FileInfo:
+    """
+    The answer to an open. A file opened only for reading has nothing to flush at close: the
+    kernel is told not to ask (one request less per open and close of an unchanged file).
+    """
+    if reading and OPEN_FLAGS:
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, noflush=True)
+    return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+
+
+def opened_dir(fh: int, kept: bool) -> int | pyfuse3.FileInfo:
+    """
+    The answer to an opendir. With the open flags, the kernel keeps the listing it reads in its
+    page cache (FOPEN_CACHE_DIR) and reads it from there while it checks the directory's mtime
+    unchanged; ``kept``: the listing it holds is still the one to trust (otherwise it is dropped
+    at this open and read again).
+    """
+    if not OPEN_FLAGS:
+        return fh
+    return pyfuse3.FileInfo(fh=fh, keep_cache=kept, cache_readdir=True)
+
+
+def handle_of(opened: int | pyfuse3.FileInfo) -> int:
+    """The handle in an opendir's answer, as pyfuse3 reads it."""
+    return opened.fh if isinstance(opened, pyfuse3.FileInfo) else opened
+
+
 class Node:
     """An inode: one (volume, relative path) the kernel knows about."""
 
@@ -96,6 +128,7 @@ class Node:
         "detached",
         "fetched",
         "opened_young",
+        "kernel_listing",
     )
 
     def __init__(self, ino: int, vol: MountedVolume, rel: bytes) -> None:
@@ -112,6 +145,8 @@ class Node:
         self.fetched = 0.0  # when the server said ``attrs`` (monotonic)
         # (mtime, size, when) at the last open of a file changed too lately to be "settled"
         self.opened_young: tuple[int | None, int | None, float] | None = None
+        # The kept listing the kernel's own copy of this directory was filled from.
+        self.kernel_listing: Snapshot | None = None
 
     @property
     def remote(self) -> bytes:
@@ -150,7 +185,7 @@ class FileHandle:
 
 
 class DirHandle:
-    __slots__ = ("node", "entries", "done", "error", "waiter", "taken")
+    __slots__ = ("node", "entries", "done", "error", "waiter", "taken", "snapshot")
 
     def __init__(self, node: Node | None) -> None:
         self.node = node  # None for the mount root
@@ -160,6 +195,7 @@ class DirHandle:
         self.done = False
         self.error: BaseException | None = None
         self.waiter: Resume[None] | None = None
+        self.snapshot: Snapshot | None = None  # the kept listing ``entries`` is, once done
 
     def wake(self) -> None:
         waiter, self.waiter = self.waiter, None
