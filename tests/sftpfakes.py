@@ -165,6 +165,7 @@ class FakeSFTPClient:
         self.hold_writes = False
         self.read_cap: int | None = None
         self.fail_writes: int | None = None  # an FX_ code to answer every WRITE with
+        self.fail_setstat: int | None = None  # and every SETSTAT and FSETSTAT
         self.held: list[tuple[Deferred[Any], Callable[[], Any]]] = []
         self.calls: list[tuple[Any, ...]] = []
         self.handles: dict[bytes, tuple[bytes, int]] = {}
@@ -251,20 +252,19 @@ class FakeSFTPClient:
         self, path: bytes, attrs: FileAttrs, follow: bool = True, lazy: bool = False
     ) -> Deferred[None]:
         self.calls.append(("setstat" if follow else "lsetstat", path, attrs))
+        return self._answer(
+            lambda: self._set(self._follow(path) if follow else self._get(path), attrs)
+        )
 
-        def apply() -> None:
-            e = self._follow(path) if follow else self._get(path)
-            if attrs.size is not None:
-                del e.data[attrs.size :]
-                e.data.extend(b"\0" * (attrs.size - len(e.data)))
-            if attrs.permissions is not None:
-                e.mode = stat.S_IFMT(e.mode) | stat.S_IMODE(attrs.permissions)
-            if attrs.uid is not None:
-                e.uid, e.gid = attrs.uid, attrs.gid or 0
-            if attrs.mtime is not None:
-                e.atime, e.mtime = attrs.atime or 0, attrs.mtime
+    def fsetstat(self, handle: bytes, attrs: FileAttrs, lazy: bool = False) -> Deferred[None]:
+        path, _ = self.handles.get(handle, (b"", 0))
+        self.calls.append(("fsetstat", path, attrs))
+        return self._answer(lambda: self._set(self._get(path), attrs))
 
-        return self._answer(apply)
+    def _set(self, e: _Entry, attrs: FileAttrs) -> None:
+        if self.fail_setstat is not None:
+            raise SFTPStatusError(self.fail_setstat, "setstat refused")
+        _apply(e, attrs)
 
     def open(
         self, path: bytes, flags: int, attrs: FileAttrs | None = None, lazy: bool = False
@@ -432,3 +432,16 @@ class FakeSource:
         if self.client is None or not self.client.alive:
             raise SFTPNotConnected(f"{self.label} is not connected: test")
         return self.client
+
+
+def _apply(e: _Entry, attrs: FileAttrs) -> None:
+    """A SETSTAT's changes to ``e``."""
+    if attrs.size is not None:
+        del e.data[attrs.size :]
+        e.data.extend(b"\0" * (attrs.size - len(e.data)))
+    if attrs.permissions is not None:
+        e.mode = stat.S_IFMT(e.mode) | stat.S_IMODE(attrs.permissions)
+    if attrs.uid is not None:
+        e.uid, e.gid = attrs.uid, attrs.gid or 0
+    if attrs.mtime is not None:
+        e.atime, e.mtime = attrs.atime or 0, attrs.mtime

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import stat
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import pytest_twisted
-from pyfuse3 import ROOT_INODE, FileInfo
+from pyfuse3 import ROOT_INODE, EntryAttributes, FileInfo
 from twisted.conch.ssh import filetransfer as ft
 from twisted.internet import defer
 
@@ -462,3 +464,62 @@ async def test_the_kernel_keeps_a_listing_only_while_it_is_the_one_kept_here(
     reading = await aio(world.fs.open(hello.st_ino, os.O_RDONLY, None))
     assert reading.noflush
     await aio(world.fs.release(reading.fh))
+
+
+def _fields(**changed: bool) -> Any:
+    names = ("size", "mode", "uid", "gid", "atime", "mtime")
+    return SimpleNamespace(**{f"update_{n}": changed.get(n, False) for n in names})
+
+
+@pytest_twisted.ensureDeferred
+async def test_mode_and_times_set_while_a_made_file_is_written_go_out_with_its_flush(
+    world: World,
+) -> None:
+    """
+    tar makes each file, writes it, sets its times and mode, and closes it: the times and
+    mode are answered here and sent at the flush, after the writes, in one round trip with
+    the LSTAT that says what the file is then. A write after the times lets the write's time
+    stand; a refused change fails the close.
+    """
+    await aio(world.setup())
+    vol = await world.lookup_path(b"data")
+    path = b"/exp/app/data/made"
+    fi, _ = await aio(world.fs.create(vol.st_ino, b"made", 0o600, os.O_WRONLY, None))
+    made = await aio(world.fs.lookup(vol.st_ino, b"made", None))
+    await aio(world.fs.write(fi.fh, 0, b"four"))
+    world.client.calls.clear()
+    attr = EntryAttributes()
+    attr.st_mtime_ns = HOUR_AGO * 10**9
+    attr.st_mode = stat.S_IFREG | 0o644
+    timed = await aio(world.fs.setattr(made.st_ino, attr, _fields(mtime=True), None, None))
+    moded = await aio(world.fs.setattr(made.st_ino, attr, _fields(mode=True), None, None))
+    seen = await aio(world.fs.getattr(made.st_ino, None))
+    assert timed.st_mtime_ns == moded.st_mtime_ns == seen.st_mtime_ns == HOUR_AGO * 10**9
+    assert stat.S_IMODE(seen.st_mode) == 0o644 and seen.st_size == 4
+    assert [c[0] for c in world.client.calls if c[0] != "write"] == []  # nothing asked yet
+    await aio(world.fs.flush(fi.fh))
+    ((_, sent_to, sent),) = [c for c in world.client.calls if c[0] == "fsetstat"]
+    assert sent_to == path and sent.permissions == 0o644 and sent.mtime == HOUR_AGO
+    assert [c[0] for c in world.client.calls][-2:] == ["fsetstat", "lstat"]
+    await aio(world.fs.release(fi.fh))
+    entry = world.client.tree[path]
+    assert stat.S_IMODE(entry.mode) == 0o644 and entry.mtime == HOUR_AGO
+    assert world.client.data(path) == b"four"
+
+    # Times set, then more written: the write's time is the file's.
+    fi, _ = await aio(world.fs.create(vol.st_ino, b"later", 0o600, os.O_WRONLY, None))
+    later = await aio(world.fs.lookup(vol.st_ino, b"later", None))
+    await aio(world.fs.setattr(later.st_ino, attr, _fields(mtime=True, mode=True), None, None))
+    await aio(world.fs.write(fi.fh, 0, b"x"))
+    await aio(world.fs.flush(fi.fh))
+    await aio(world.fs.release(fi.fh))
+    entry = world.client.tree[b"/exp/app/data/later"]
+    assert stat.S_IMODE(entry.mode) == 0o644 and entry.mtime != HOUR_AGO
+
+    # A change the server refuses shows at the close.
+    fi, _ = await aio(world.fs.create(vol.st_ino, b"refused", 0o600, os.O_WRONLY, None))
+    refused = await aio(world.fs.lookup(vol.st_ino, b"refused", None))
+    await aio(world.fs.setattr(refused.st_ino, attr, _fields(mode=True), None, None))
+    world.client.fail_setstat = ft.FX_PERMISSION_DENIED
+    assert await fuse_errno(world.fs.flush(fi.fh)) == errno.EPERM
+    await aio(world.fs.release(fi.fh))

@@ -9,7 +9,6 @@ Separate because open files have their own state (``FileHandle``) and their own 
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import stat
@@ -22,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from telenet.fuse.errors import fuse_op
-from telenet.fuse.listings import ListingsMixin
+from telenet.fuse.handles import HandlesMixin
 from telenet.fuse.nodes import FileHandle, Node, opened_file
 from telenet.fuse.owners import check_name
 from telenet.fuse.prefetch import PAGE, PREFETCH_MAX, Ahead
@@ -41,7 +40,7 @@ log = Logger(namespace="telenet.fuse.helper")
 SETTLED = 60.0
 
 
-class FilesMixin(ListingsMixin):
+class FilesMixin(HandlesMixin):
     """
     File operations. Relies on ``InodeTable`` (``_files``, ``_next_fh``, ``_store``,
     ``_source``, ``_readahead``, ``_write_behind``, the table and attributes) and on
@@ -102,6 +101,7 @@ class FilesMixin(ListingsMixin):
             h = self._register(node, sflags, client, handle)
             h.wrote = True
             h.wrote_at = self._now()
+            h.size = 0
             return FileInfo(fh=h.fh)
         keep = self._keep_cache(node)
         if keep and sflags == ft.FXF_READ and ahead is None:
@@ -292,35 +292,8 @@ class FilesMixin(ListingsMixin):
         h = self._register(node, sflags, client, handle)
         h.wrote = True
         h.wrote_at = self._now()
+        h.size = attrs.size
         return FileInfo(fh=h.fh), entry
-
-    async def _ready(self, h: FileHandle) -> None:
-        """
-        Make sure ``h`` is open on the live connection (reopening after a reconnect, or
-        opening at last a handle whose pages the kernel was to have).
-        """
-        while not h.handle or h.client is not self._source.current() or not h.client.alive:
-            if h.reopening is None:
-                h.reopening = asyncio.ensure_future(self._reopen(h))
-            try:
-                await asyncio.shield(h.reopening)
-            finally:
-                if h.reopening is not None and h.reopening.done():
-                    h.reopening = None
-
-    async def _reopen(self, h: FileHandle) -> None:
-        client = self._source.current()
-        if h.writer is not None and (h.writer.error is not None or h.writer.inFlight):
-            # Writes the old connection never confirmed are lost: say so from now on.
-            h.error = errno.EIO
-        handle = await wait(client.open(h.node.remote, h.flags))
-        if h.handle:
-            log.info("reopened {path} after a reconnect", path=h.node.remote)
-        h.client = client
-        h.handle = handle
-        h.reader = None  # made again at the next READ, on the new handle
-        if h.writer is not None:
-            h.writer = PipelinedWriter(client, handle, self._write_behind)
 
     def _file(self, fh: int) -> FileHandle:
         h = self._files.get(fh)
@@ -367,6 +340,10 @@ class FilesMixin(ListingsMixin):
                 self._drop_ahead(node.vol.vid, node.rel)
             h.wrote = True
             h.wrote_at = self._now()
+            if h.size is not None:
+                h.size = max(h.size, off + len(buf))
+            if h.pending is not None and h.pending.mtime is not None:
+                h.pending = h.pending._replace(atime=None, mtime=None)  # the write's time wins
             if len(node.handles) > 1:
                 for other in node.handles:
                     if other.reader is not None:
@@ -385,14 +362,6 @@ class FilesMixin(ListingsMixin):
     async def flush(self, fh: int) -> None:
         h = self._file(fh)
         await self._drain(h)
-
-    async def _drain(self, h: FileHandle) -> None:
-        if h.error is not None:
-            raise FUSEError(h.error)
-        if h.writer is not None:
-            await wait(h.writer.flush())
-            if h.wrote and h.node.fetched <= h.wrote_at:
-                self._stale(h.node)
 
     @fuse_op()
     async def fsync(self, fh: int, datasync: bool) -> None:

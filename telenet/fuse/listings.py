@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import stat
+import time
 
 from pyfuse3 import EntryAttributes
 from twisted.internet.defer import Deferred
 
 from telenet.fuse.dircache import Snapshot
 from telenet.fuse.inodes import InodeTable, dir_of
-from telenet.fuse.nodes import MountedVolume, Node
+from telenet.fuse.nodes import MountedVolume, Node, as_written, writing
 from telenet.fuse.resume import wait
 from telenet.sftp.codec import FileAttrs, NameEntry
 
@@ -93,6 +94,13 @@ class ListingsMixin(InodeTable):
             return None
         return attrs, snapshot
 
+    def _guessed(self, node: Node, attrs: FileAttrs) -> EntryAttributes:
+        """Tell the kernel ``attrs``, worked out here (not said by the server)."""
+        fetched = node.fetched
+        entry = self._set_attrs(node, attrs)
+        node.fetched = fetched  # a flush still asks the server after the writes
+        return entry
+
     async def _fresh(self, node: Node) -> EntryAttributes:
         if node.expires > self._now() and node.entry is not None:
             return self._cached(node.entry, node.expires)
@@ -102,6 +110,10 @@ class ListingsMixin(InodeTable):
             special = self._specials.get(node.vol.vid, node.rel)
             if special is not None:
                 return self._set_attrs(node, special.attrs)
+        h = writing(node)
+        if h is not None and node.attrs is not None:
+            # Its size is what its writes made it: no need to wait for them to land and ask.
+            return self._guessed(node, as_written(node.attrs, h, int(time.time())))
         listed = None if node.handles else self._listed(node.vol.vid, node.rel)
         if listed is not None and listed[0] is not None:
             return self._set_attrs(node, listed[0], listed[1].taken)
@@ -139,14 +151,20 @@ class ListingsMixin(InodeTable):
         what we knew of it stands. The kernel, which checks the directory's permissions at
         every create (``default_permissions``), then asks no round trip per file of an untar.
         """
-        known = parent.attrs if parent.expires > self._now() else None
+        now = self._now()
+        known = parent.attrs if parent.expires > now else None
         parent.expires = 0.0
         self._changed_in(parent)
-        self._dircache.add((parent.vol.vid, parent.rel), name, made)
+        key = (parent.vol.vid, parent.rel)
+        kept = self._dircache.get(key, now)
+        if kept is not None:
+            # A directory being filled here (an untar, an install) stays listed while it is:
+            # its new names are ours, and another client's show once it rests for a moment.
+            kept.until = max(kept.until, now + self.attr_timeout)
+        self._dircache.add(key, name, made)
         if known is not None and made.mtime is not None:
             self._set_attrs(parent, known._replace(mtime=made.mtime))
         if stat.S_ISDIR(made.permissions or 0):  # empty, as made: until someone else adds
-            now = self._now()
             self._dircache.put(
                 (parent.vol.vid, self._join(parent, name)), [], now, now + self._trust(made)
             )

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 
 from telenet.fuse.errors import fuse_op
 from telenet.fuse.listings import ListingsMixin
-from telenet.fuse.nodes import ROOT_INODE, MountedVolume, Node
+from telenet.fuse.nodes import ROOT_INODE, MountedVolume, Node, as_written, writing
 from telenet.fuse.owners import check_name, new_owner, owner_change
 from telenet.fuse.resume import both, wait
 from telenet.fuse.specials import Special
@@ -124,9 +124,14 @@ class NamesMixin(ListingsMixin):
         node = self._node(inode)
         self._writable(node)
         self._drop_ahead(node.vol.vid, node.rel)
-        for h in list(node.handles):
-            if h.writer is not None:  # earlier writes go first, e.g. before a truncate
-                await wait(h.writer.flush())
+        # While the handle that made a file writes it, the file is known here, and a mode or
+        # times set meanwhile (fh: only ftruncate's) go out with its flush (see handles.py).
+        writer = writing(node)
+        local = None
+        if writer is not None and node.attrs is not None and fh in (None, writer.fh):
+            local = as_written(node.attrs, writer, int(time.time()))
+        else:
+            writer = None
         size = uid = gid = perms = atime = mtime = None
         if fields.update_size:
             size = attr.st_size
@@ -145,7 +150,7 @@ class NamesMixin(ListingsMixin):
             time_half = fields.update_atime != fields.update_mtime
             if owner_half or (time_half and node.attrs is None):
                 await self._fresh(node)
-            current = node.attrs or FileAttrs()
+            current = local or node.attrs or FileAttrs()
             if uid is not None or gid is not None:
                 uid = uid if uid is not None else current.uid
                 gid = gid if gid is not None else current.gid
@@ -161,7 +166,7 @@ class NamesMixin(ListingsMixin):
         if special is not None:
             special.attrs = _changed(special.attrs, uid, gid, perms, atime, mtime)
             return self._set_attrs(node, special.attrs)
-        known = node.attrs if node.expires > self._now() else None
+        known = local or (node.attrs if node.expires > self._now() else None)
         if known is not None and not (known.permissions or 0) & (stat.S_ISUID | stat.S_ISGID):
             # What would change nothing asks nothing: tar gives each file it makes the owner
             # and mode it already has. (A set-id file goes to the server: a chown clears bits.)
@@ -171,8 +176,18 @@ class NamesMixin(ListingsMixin):
                 perms = None
             if size is not None and size == known.size:
                 size = None
+            if writer is not None and (size, uid, gid) == (None,) * 3:
+                assert local is not None
+                if perms is not None or mtime is not None:
+                    writer.pending = _changed(
+                        writer.pending or FileAttrs(), None, None, perms, atime, mtime
+                    )
+                return self._guessed(node, _changed(local, None, None, perms, atime, mtime))
             if node.entry is not None and (size, uid, gid, perms, atime, mtime) == (None,) * 6:
                 return self._cached(node.entry, node.expires)
+        for h in list(node.handles):
+            if h.writer is not None:  # earlier writes go first, e.g. before a truncate
+                await wait(h.writer.flush())
         client = self._client()
         path = node.remote
         link = node.attrs is not None and stat.S_ISLNK(node.attrs.permissions or 0)
@@ -192,6 +207,8 @@ class NamesMixin(ListingsMixin):
             for h in node.handles:
                 if h.reader is not None:
                     h.reader.reset()
+                if h.size is not None:
+                    h.size = size
         try:
             for change in changes:
                 await wait(change)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from typing import Protocol
 
 import pyfuse3
@@ -107,6 +108,36 @@ def opened_dir(fh: int, kept: bool) -> int | pyfuse3.FileInfo:
     return pyfuse3.FileInfo(fh=fh, keep_cache=kept, cache_readdir=True)
 
 
+def writing(node: Node) -> FileHandle | None:
+    """The one handle writing ``node`` that knows its size from its own writes, if any."""
+    if node.attrs is None or (node.attrs.permissions or 0) & (stat.S_ISUID | stat.S_ISGID):
+        return None  # a write may clear set-id bits: the server is to say
+    found = None
+    for h in node.handles:
+        if h.writer is not None:
+            if found is not None or h.size is None or h.error is not None:
+                return None
+            found = h
+    return found
+
+
+def as_written(attrs: FileAttrs, h: FileHandle, wall_now: int) -> FileAttrs:
+    """
+    ``attrs`` (what the server said when ``h.node`` was last asked) as ``h``'s writes since,
+    and the mode and times set through it, leave the file.
+    """
+    assert h.size is not None
+    mtime = attrs.mtime if h.wrote_at <= h.node.fetched else wall_now
+    attrs = attrs._replace(size=h.size, mtime=mtime)
+    p = h.pending
+    if p is not None:
+        if p.permissions is not None:
+            attrs = attrs._replace(permissions=stat.S_IFMT(attrs.permissions or 0) | p.permissions)
+        if p.mtime is not None:
+            attrs = attrs._replace(atime=p.atime, mtime=p.mtime)
+    return attrs
+
+
 def handle_of(opened: int | pyfuse3.FileInfo) -> int:
     """The handle in an opendir's answer, as pyfuse3 reads it."""
     return opened.fh if isinstance(opened, pyfuse3.FileInfo) else opened
@@ -168,6 +199,8 @@ class FileHandle:
         "reopening",
         "wrote",
         "wrote_at",
+        "size",
+        "pending",
     )
 
     def __init__(self, fh: int, node: Node, flags: int, client: SFTPClient, handle: bytes):
@@ -182,6 +215,10 @@ class FileHandle:
         self.reopening: asyncio.Future[None] | None = None
         self.wrote = False
         self.wrote_at = 0.0  # when it last changed the file (monotonic)
+        # The file's size as this handle's writes leave it, when known (a file it made or
+        # truncated), and the mode and times set through it, sent at its flush.
+        self.size: int | None = None
+        self.pending: FileAttrs | None = None
 
 
 class DirHandle:

@@ -75,9 +75,9 @@ class SFTPClient(SFTPChannel):
         """Change attributes; ``lazy``: sent with the next request (pipelined with it)."""
         return self._request(ft.FXP_SETSTAT, ns(path) + pack_attrs(attrs), lazy=lazy)
 
-    def fsetstat(self, handle: bytes, attrs: FileAttrs) -> Deferred[None]:
+    def fsetstat(self, handle: bytes, attrs: FileAttrs, lazy: bool = False) -> Deferred[None]:
         # Conch's ClientFile.setAttrs sends FSTAT here by mistake; this is the real FSETSTAT.
-        return self._request(ft.FXP_FSETSTAT, ns(handle) + pack_attrs(attrs))
+        return self._request(ft.FXP_FSETSTAT, ns(handle) + pack_attrs(attrs), lazy=lazy)
 
     def open(
         self, path: bytes, flags: int, attrs: FileAttrs | None = None, lazy: bool = False
