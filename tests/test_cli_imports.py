@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from twisted.application.internet import backoffPolicy
 
 from telenet.cli.workload import PROBE_BACKOFF
