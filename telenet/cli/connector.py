@@ -158,7 +158,9 @@ class Connector:
 
     def ensure_plugins(self, kinds: tuple[str, ...] | None = None) -> dict[str, str]:
         """The driver name of each plug-in kind (default: all), installed or made when missing."""
-        return self.plugins.ensure_plugins(kinds) if kinds else self.plugins.ensure_plugins()
+        if kinds is None:
+            return self.plugins.ensure_plugins()
+        return self.plugins.ensure_plugins(kinds)
 
     def plugin_status(self, driver: str | None, kind: str) -> dict[str, Any]:
         return self.plugins.plugin_status(driver, kind)
