@@ -29,6 +29,8 @@ class Engine:
         self.asked: list[tuple[str, str, dict[str, list[str]], Any]] = []
         self.answers: dict[tuple[str, str], tuple[int, Any]] = {}
         self.chunked = False
+        #: Headers sent with every answer.
+        self.headers: dict[str, str] = {}
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -50,6 +52,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = json.dumps(answer).encode() if answer is not None else b""
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        for name, value in engine.headers.items():
+            self.send_header(name, value)
         if engine.chunked:
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
@@ -179,6 +183,26 @@ def test_sdkdocker_maps_the_quick_errors(engine: tuple[Engine, str]) -> None:
         docker.connect("tn", "c1", None)
     with pytest.raises(NotFound, match="network gone not found"):
         docker.connect("gone", "c1", None)
+    assert docker._client is None
+
+
+def test_api_version_from_the_ping(engine: tuple[Engine, str]) -> None:
+    """The API version is the ``Api-Version`` header of ``/_ping`` (``/version`` costs the
+    engine a call to containerd); an engine that sends none is asked ``/version``."""
+    fake, path = engine
+    fake.headers = {"Api-Version": "1.41"}
+    fake.answers = {
+        ("GET", "/_ping"): (200, "OK"),
+        ("GET", "/version"): (200, {"ApiVersion": "1.40"}),
+    }
+    docker = SDKDocker(
+        endpoint=DockerEndpoint("default", f"unix://{path}", None, "the default", True)
+    )
+    assert docker.api_version() == "1.41"
+    assert fake.asked == [("GET", "/_ping", {}, None)]
+    fake.headers = {}
+    assert docker.api_version() == "1.40"
+    assert [a[1] for a in fake.asked[1:]] == ["/_ping", "/version"]
     assert docker._client is None
 
 

@@ -324,15 +324,20 @@ def _parse_values(text: str, path: str, warn: Warn | None) -> dict[str, Any]:
 
     Unknown keys go to ``warn``, or nowhere when it is None (a file that is not telenet's).
     """
-    import yaml  # only when there is a file: without one, a run spares the import
+    from telenet.cli import plainyaml
 
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    data = plainyaml.load(text)
+    if data is plainyaml.DEFER:
+        # Only for what the plain reader leaves: a run spares PyYAML's import otherwise.
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            problem = getattr(e, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     values: dict[str, Any] = {}
     unknown: list[str] = []
     if data is not None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from telenet.cli.config import Config
 from telenet.cli.connection import CLIError, Connection, ConnectRequest, check_namespace
-from telenet.cli.daemoncontainer import DaemonContainer
 from telenet.cli.daemoncontrol import ExecControl, HTTPControl
 from telenet.cli.dockerapi import subnets_of
 from telenet.cli.interfaces import IControl, IDocker
@@ -30,13 +30,30 @@ from telenet.cli.naming import (
     container_name,
     labels_of,
 )
-from telenet.cli.networks import TelerouteNetworks
-from telenet.cli.plugins import PLUGIN_KINDS, Plugins
-from telenet.cli.pluginsocket import PluginCall, call_plugin
-from telenet.cli.status import StatusReporter
-from telenet.cli.subnets import Taken, check_docker_subnet, host_routes
-from telenet.cli.teardown import Teardown
 from telenet.core.gocompat import safe_name
+
+if TYPE_CHECKING:
+    from telenet.cli.daemoncontainer import DaemonContainer
+    from telenet.cli.networks import TelerouteNetworks
+    from telenet.cli.plugins import Plugins
+    from telenet.cli.pluginsocket import PluginCall
+    from telenet.cli.status import StatusReporter
+    from telenet.cli.subnets import Taken
+    from telenet.cli.teardown import Teardown
+
+
+def _host_routes() -> list[Taken]:
+    """The host's routes (``telenet.cli.subnets.host_routes``), imported when first asked."""
+    from telenet.cli.subnets import host_routes
+
+    return host_routes()
+
+
+def _call_plugin(path: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``telenet.cli.pluginsocket.call_plugin`` (HTTP over a socket), imported when called."""
+    from telenet.cli.pluginsocket import call_plugin
+
+    return call_plugin(path, endpoint, body)
 
 
 @attrs.define
@@ -44,10 +61,11 @@ class Connector:
     """
     I make, find, describe and end connections through an ``IDocker``.
 
-    My collaborators are made from my fields once, when I am: ``lookup`` finds connections and
-    reaches their control API, ``plugins`` the Docker plug-ins, ``daemon`` the daemon
-    container, ``networks`` the teleroute networks and their GC, ``reporter`` the status and
-    ``teardown`` quit.
+    My collaborators are made from my fields: ``lookup``, which finds connections, when I am;
+    the others when first used, so that docker-run and status, which need only ``lookup``
+    (and ``reporter``), import none of the rest: ``plugins`` the Docker plug-ins, ``daemon``
+    the daemon container, ``networks`` the teleroute networks and their GC, ``reporter`` the
+    status and ``teardown`` quit.
     """
 
     docker: IDocker
@@ -58,21 +76,26 @@ class Connector:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     ready_timeout: float = 30.0
-    host_routes: Callable[[], list[Taken]] = host_routes
-    plugin_call: PluginCall = call_plugin
+    host_routes: Callable[[], list[Taken]] = _host_routes
+    plugin_call: PluginCall = _call_plugin
     lookup: ConnectionLookup = attrs.field(init=False, repr=False)
-    plugins: Plugins = attrs.field(init=False, repr=False)
-    daemon: DaemonContainer = attrs.field(init=False, repr=False)
-    networks: TelerouteNetworks = attrs.field(init=False, repr=False)
-    reporter: StatusReporter = attrs.field(init=False, repr=False)
-    teardown: Teardown = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.lookup = ConnectionLookup(
             self.docker, self.config, self.control_factory, self.exec_control_factory
         )
-        self.plugins = Plugins(self.docker, self.config, self.say, self.plugin_call)
-        self.daemon = DaemonContainer(
+
+    @cached_property
+    def plugins(self) -> Plugins:
+        from telenet.cli.plugins import Plugins
+
+        return Plugins(self.docker, self.config, self.say, self.plugin_call)
+
+    @cached_property
+    def daemon(self) -> DaemonContainer:
+        from telenet.cli.daemoncontainer import DaemonContainer
+
+        return DaemonContainer(
             self.docker,
             self.config,
             self.lookup,
@@ -81,7 +104,12 @@ class Connector:
             self.clock,
             self.ready_timeout,
         )
-        self.networks = TelerouteNetworks(
+
+    @cached_property
+    def networks(self) -> TelerouteNetworks:
+        from telenet.cli.networks import TelerouteNetworks
+
+        return TelerouteNetworks(
             self.docker,
             self.config,
             self.say,
@@ -90,10 +118,18 @@ class Connector:
             self.ready_timeout,
             self.host_routes,
         )
-        self.reporter = StatusReporter(self.docker, self.config, self.lookup, self.plugins)
-        self.teardown = Teardown(
-            self.docker, self.lookup, self.networks, self.say, self.sleep, self.clock
-        )
+
+    @cached_property
+    def reporter(self) -> StatusReporter:
+        from telenet.cli.status import StatusReporter
+
+        return StatusReporter(self.docker, self.config, self.lookup, self.plugins)
+
+    @cached_property
+    def teardown(self) -> Teardown:
+        from telenet.cli.teardown import Teardown
+
+        return Teardown(self.docker, self.lookup, self.networks, self.say, self.sleep, self.clock)
 
     # -- lookups
 
@@ -120,8 +156,10 @@ class Connector:
 
     # -- plug-ins
 
-    def ensure_plugins(self, kinds: tuple[str, ...] = PLUGIN_KINDS) -> dict[str, str]:
-        """The driver name of each plug-in kind, installed or made when missing."""
+    def ensure_plugins(self, kinds: tuple[str, ...] | None = None) -> dict[str, str]:
+        """The driver name of each plug-in kind (default: all), installed or made when missing."""
+        if kinds is None:
+            return self.plugins.ensure_plugins()
         return self.plugins.ensure_plugins(kinds)
 
     def plugin_status(self, driver: str | None, kind: str) -> dict[str, Any]:
@@ -133,6 +171,8 @@ class Connector:
         self.check_docker()
         if req.docker_subnet is None and self.config.docker_subnet:
             where = self.config.sources.get("docker.subnet", "config.yml")
+            from telenet.cli.subnets import check_docker_subnet
+
             chosen = check_docker_subnet(self.config.docker_subnet, f"{where}: docker.subnet")
             req = attrs.evolve(req, docker_subnet=str(chosen))
         name = req.name

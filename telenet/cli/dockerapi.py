@@ -376,7 +376,12 @@ class SDKDocker:
             return None
 
     def api_version(self) -> str:
-        return str(self._call(self.api.version)["ApiVersion"])
+        from telenet.cli.dockerhttp import QuickAPI
+
+        api = self.api
+        if isinstance(api, QuickAPI):
+            return self._call(api.ping_api_version)
+        return str(self._call(api.version)["ApiVersion"])
 
     def plugin(self, name: str) -> dict[str, Any] | None:
         return self._maybe(self.api.inspect_plugin, name)

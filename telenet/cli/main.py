@@ -88,7 +88,8 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(self, message)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser, or the global options' and command ``only``'s (docker-run, curl)."""
     parser = _Parser(
         prog="telenet",
         description="Reach a remote network from Docker containers through a daemon container, "
@@ -119,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
         '{"error": ...}) on stdout, progress lines on stderr',
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    if only is not None:
+        commands.add_parser(only, add_help=False)
+        return parser
 
     connect = commands.add_parser("connect", help="start the daemon container and the network")
     connect.add_argument(
@@ -343,7 +347,6 @@ def _wanted_format(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     head, docker_args = _split(argv)
-    parser = _parser()
     if head[-1:] in (["docker-run"], ["curl"]) and docker_args == []:
         fmt = _wanted_format(head)
         if fmt != "text":
@@ -364,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0 if docker_args else 2
     try:
-        args = parser.parse_args(head)
+        args = _parse(head, docker_args)
     except _UsageError as e:
         fmt = _wanted_format(head)
         if fmt == "text":
@@ -401,6 +404,17 @@ def main(argv: list[str] | None = None) -> int:
 
         traceback.print_exc()
         return fail(" ".join(str(e).split()) or type(e).__name__)
+
+
+def _parse(head: list[str], docker_args: list[str] | None) -> argparse.Namespace:
+    """docker-run and curl, which have no options, parse without the other commands' parsers
+    (whose making costs a run ms); the full parser reports errors, with its usage."""
+    if docker_args is not None and head[-1:] in (["docker-run"], ["curl"]):
+        try:
+            return _parser(head[-1]).parse_args(head)
+        except _UsageError:
+            pass
+    return _parser().parse_args(head)
 
 
 class _Output:
@@ -465,7 +479,6 @@ def _dispatch(
 ) -> int:
     from telenet.cli.connection import CLIError, ConnectRequest, check_namespace
     from telenet.cli.naming import default_connection_name, kube_context
-    from telenet.cli.subnets import check_subnet
 
     if args.command == "config":
         from telenet.cli import info as report
@@ -490,6 +503,8 @@ def _dispatch(
     if args.command == "connect":
         if use is not None:
             raise CLIError("--use picks an existing connection; connect takes --name")
+        from telenet.cli.subnets import check_subnet
+
         namespace = check_namespace(
             args.namespace or config.namespace or kube_context()[1], "--namespace"
         )
