@@ -52,8 +52,12 @@ def ratio_row(what: str, value: float, target: float, higher: bool = True) -> Ro
 def mounts_rows(results: dict[str, sftp_mounts.MountResult]) -> list[Row]:
     rows = []
     targets = {"seq read": 1.2, "seq write": 1.0, "metadata": 1.0, "tar": 1.0}
+    # Issue 19 raised the streaming targets on OpenSSH's sftp-server, the realistic server.
+    raised = {"seq read": 2.0, "seq write": 1.3}
     for server, result in results.items():
         for case, target in targets.items():
+            if server == "openssh":
+                target = raised.get(case, target)
             rows.append(ratio_row(f"telemount/sshfs {case} ({server})", result.ratio(case), target))
         peak = max(result.rss_kib["telemount"]) / 1024
         rows.append(
