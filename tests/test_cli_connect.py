@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import threading
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from telenet.cli.status import format_status, format_statuses
 from telenet.cli.subnets import Taken, check_subnet
 from telenet.core.gocompat import safe_name
 from telenet.testing import MemoryControl, MemoryDocker
+from tests.unixhttp import QuietHandler, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -710,7 +710,7 @@ def test_an_engine_elsewhere_is_reached_through_docker(world: World) -> None:
     assert [p["mode"] for p in status["plugins"]] == ["managed", "managed"]
 
 
-class _ControlServer(http.server.BaseHTTPRequestHandler):
+class _ControlServer(QuietHandler):
     """A stand-in control API: echoes what it got, refuses unknown paths like the real one."""
 
     def _answer(self) -> None:
@@ -726,11 +726,6 @@ class _ControlServer(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    do_GET = do_POST = do_DELETE = _answer
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
 
 def test_exec_control_runs_its_request_in_the_daemon_container() -> None:
     """
@@ -738,7 +733,6 @@ def test_exec_control_runs_its_request_in_the_daemon_container() -> None:
     stand-in control API), gives the same answers and errors as HTTPControl.
     """
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ControlServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     docker = MemoryDocker()
     docker.create_container(ContainerSpec(image="telenet", command=[], name="tp-x"))
@@ -750,16 +744,13 @@ def test_exec_control_runs_its_request_in_the_daemon_container() -> None:
         return done.returncode, done.stdout, done.stderr
 
     docker.exec_handler = run_here
-    try:
+    with serving(server):
         for control in (ExecControl(docker, "tp-x", port), HTTPControl("127.0.0.1", port)):
             assert control.status() == {"method": "GET", "path": "/status", "body": ""}
             answer = control._request("POST", "/bridges", {"agent": "10.0.0.5:8022"})
             assert json.loads(answer["body"]) == {"agent": "10.0.0.5:8022"}
             with pytest.raises(DaemonControlError, match="no bridge on port 1"):
                 control._request("DELETE", "/missing")
-    finally:
-        server.shutdown()
-        server.server_close()
     with pytest.raises(DaemonControlError, match="GET /status: .*Connection refused"):
         ExecControl(docker, "tp-x", port).status()
     docker.exec_handler = None

@@ -5,12 +5,9 @@ engine's unix socket; here against a small HTTP server on a socket in a temporar
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import socketserver
 import tempfile
-import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,6 +17,7 @@ import pytest
 from telenet.cli.dockerapi import Conflict, DockerUnavailable, NotFound, SDKDocker
 from telenet.cli.dockercontext import DockerEndpoint
 from telenet.cli.dockerhttp import QuickAPI, StatusError, Unreachable
+from tests.unixhttp import QuietHandler, UnixServer, serving
 
 
 class Engine:
@@ -33,12 +31,11 @@ class Engine:
         self.headers: dict[str, str] = {}
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class _Server(UnixServer):
     engine: Engine
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
@@ -66,14 +63,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    do_GET = do_POST = do_DELETE = _answer
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def address_string(self) -> str:
-        return "unix"
-
 
 @pytest.fixture
 def engine() -> Iterator[tuple[Engine, str]]:
@@ -81,14 +70,8 @@ def engine() -> Iterator[tuple[Engine, str]]:
         path = os.path.join(d, "docker.sock")
         server = _Server(path, _Handler)
         server.engine = Engine()
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        try:
+        with serving(server):
             yield server.engine, path
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
 
 
 def _never() -> Any:

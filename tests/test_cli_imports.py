@@ -6,13 +6,10 @@ time: each run is a fresh interpreter, whose ``sys.modules`` is the answer.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import socketserver
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ import pytest
 from twisted.application.internet import backoffPolicy
 
 from telenet.cli.workload import PROBE_BACKOFF
+from tests.unixhttp import QuietHandler, UnixServer, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,12 +109,11 @@ ANSWERS: dict[tuple[str, str], Any] = {
 }
 
 
-class _Engine(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class _Engine(UnixServer):
     asked: list[str]
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
     server: _Engine
 
@@ -132,34 +129,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    do_GET = do_POST = do_DELETE = _answer
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def address_string(self) -> str:
-        return "unix"
-
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[tuple[_Engine, Path]]:
     """A fake engine on a socket, and a fake docker CLI (``create`` prints c1) beside it."""
     server = _Engine(str(tmp_path / "docker.sock"), _Handler)
     server.asked = []
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
     docker = tmp_path / "bin" / "docker"
     docker.parent.mkdir()
     docker.write_text(
         f'#!/bin/sh\necho "$*" >> {tmp_path}/docker.log\n[ "$1" = create ] && echo c1\nexit 0\n'
     )
     docker.chmod(0o755)
-    try:
+    with serving(server):
         yield server, tmp_path
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def test_a_docker_run_imports_only_its_path(engine: tuple[_Engine, Path]) -> None:
