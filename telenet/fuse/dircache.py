@@ -19,6 +19,7 @@ from a listing while it holds.
 from __future__ import annotations
 
 import collections
+import itertools
 
 from telenet.sftp.codec import FileAttrs
 
@@ -42,7 +43,11 @@ def trust_for(mtime: int | None, wall_now: float, least: float, most: float) -> 
 class Snapshot:
     """A directory as one complete listing showed it, trusted until ``until`` (monotonic)."""
 
-    __slots__ = ("key", "names", "attrs", "taken", "until")
+    __slots__ = ("key", "names", "attrs", "taken", "until", "serial")
+
+    #: Each listing's own number: what the kernel was given is remembered by it, not by a
+    #: reference that would keep a dropped listing alive.
+    _serials = itertools.count(1)
 
     def __init__(
         self, key: Key, entries: list[tuple[bytes, FileAttrs]], taken: float, until: float
@@ -53,6 +58,7 @@ class Snapshot:
         self.attrs: dict[bytes, FileAttrs | None] = dict(entries)
         self.taken = taken  # when the listing was asked for: what it says is at least this old
         self.until = until
+        self.serial = next(Snapshot._serials)
 
     def entries(self) -> list[tuple[bytes, FileAttrs]] | None:
         """The listing, in order; None if some name's attributes are no longer known."""

@@ -44,7 +44,7 @@ class DirectoriesMixin(ListingsMixin):
         # The kernel may keep reading its own copy while the listing it was filled from is
         # the one kept here: the same trust, no request per walk of an unchanged tree.
         kept = self._dircache.get((node.vol.vid, node.rel), self._now())
-        return opened_dir(fh, kept is not None and kept is node.kernel_listing)
+        return opened_dir(fh, kept is not None and kept.serial == node.kernel_listing)
 
     @fuse_op()
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
@@ -108,7 +108,7 @@ class DirectoriesMixin(ListingsMixin):
         listed = None if kept is None else kept.entries()
         if kept is not None and listed is not None:
             dh.taken = kept.taken
-            dh.snapshot = kept
+            dh.snapshot = kept.serial
             entries.extend(listed)
             dh.done = True
             self._remember_listing(node, entries)  # type: ignore[arg-type]
@@ -132,7 +132,8 @@ class DirectoriesMixin(ListingsMixin):
                 dh.done = True
                 self._remember_listing(node, entries)  # type: ignore[arg-type]
                 self._keep_listing(node, entries, taken)
-                dh.snapshot = self._dircache.get(key, self._now())
+                kept = self._dircache.get(key, self._now())
+                dh.snapshot = None if kept is None else kept.serial
                 self._read_dir(node, [(n, a) for n, a in entries if isinstance(a, FileAttrs)])
                 dh.wake()
 

@@ -16,7 +16,6 @@ from typing import Protocol
 import pyfuse3
 from pyfuse3 import EntryAttributes
 
-from telenet.fuse.dircache import Snapshot
 from telenet.fuse.owners import SERVER_OWNED, Ownership
 from telenet.fuse.resume import Resume
 from telenet.sftp.client import SFTPClient
@@ -176,8 +175,8 @@ class Node:
         self.fetched = 0.0  # when the server said ``attrs`` (monotonic)
         # (mtime, size, when) at the last open of a file changed too lately to be "settled"
         self.opened_young: tuple[int | None, int | None, float] | None = None
-        # The kept listing the kernel's own copy of this directory was filled from.
-        self.kernel_listing: Snapshot | None = None
+        # The kept listing (its serial) the kernel's own copy of this directory was filled from.
+        self.kernel_listing = 0
 
     @property
     def remote(self) -> bytes:
@@ -232,7 +231,7 @@ class DirHandle:
         self.done = False
         self.error: BaseException | None = None
         self.waiter: Resume[None] | None = None
-        self.snapshot: Snapshot | None = None  # the kept listing ``entries`` is, once done
+        self.snapshot: int | None = None  # the kept listing ``entries`` is (its serial), once done
 
     def wake(self) -> None:
         waiter, self.waiter = self.waiter, None
