@@ -25,6 +25,7 @@ from telenet.fuse.errors import IO_ERRNOS
 from telenet.fuse.nodes import OPEN_FLAGS, handle_of
 from telenet.sftp.codec import FileAttrs
 from telenet.sftp.errors import SFTPStatusError
+from tests.sftpfakes import FakeSFTPClient
 from tests.test_sftpfs import World, aio, fuse_errno
 
 HOUR_AGO = int(time.time()) - 3600
@@ -523,3 +524,39 @@ async def test_mode_and_times_set_while_a_made_file_is_written_go_out_with_its_f
     world.client.fail_setstat = ft.FX_PERMISSION_DENIED
     assert await fuse_errno(world.fs.flush(fi.fh)) == errno.EPERM
     await aio(world.fs.release(fi.fh))
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_lost_to_a_reconnect_fail_the_flush_that_carries_a_mode(
+    world: World,
+) -> None:
+    """
+    A mode set while writing waits for the flush: writes the old connection lost fail it; with
+    none lost, the handle is opened again on the new connection and the mode goes out there.
+    """
+    await aio(world.setup())
+    vol = await world.lookup_path(b"data")
+    fi, _ = await aio(world.fs.create(vol.st_ino, b"lost", 0o600, os.O_WRONLY, None))
+    made = await aio(world.fs.lookup(vol.st_ino, b"lost", None))
+    world.client.hold_writes = True
+    await aio(world.fs.write(fi.fh, 0, b"never answered"))
+    attr = EntryAttributes()
+    attr.st_mode = stat.S_IFREG | 0o644
+    await aio(world.fs.setattr(made.st_ino, attr, _fields(mode=True), None, None))
+    world.client.kill()
+    world.source.client = FakeSFTPClient(world.client.tree)
+    assert await fuse_errno(world.fs.flush(fi.fh)) == errno.EIO
+    assert stat.S_IMODE(world.client.tree[b"/exp/app/data/lost"].mode) == 0o600
+    assert await fuse_errno(world.fs.release(fi.fh)) == errno.EIO  # the kernel ignores it
+
+    # Nothing lost (every write answered before the reconnect): the mode gets there.
+    fi, _ = await aio(world.fs.create(vol.st_ino, b"kept", 0o600, os.O_WRONLY, None))
+    kept = await aio(world.fs.lookup(vol.st_ino, b"kept", None))
+    await aio(world.fs.write(fi.fh, 0, b"answered"))
+    await aio(world.fs.setattr(kept.st_ino, attr, _fields(mode=True), None, None))
+    world.source.client.kill()
+    world.source.client = FakeSFTPClient(world.client.tree)
+    await aio(world.fs.flush(fi.fh))
+    await aio(world.fs.release(fi.fh))
+    entry = world.client.tree[b"/exp/app/data/kept"]
+    assert stat.S_IMODE(entry.mode) == 0o644 and bytes(entry.data) == b"answered"

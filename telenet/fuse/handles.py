@@ -75,9 +75,14 @@ class HandlesMixin(ListingsMixin):
                 self._stale(h.node)
             return
         # The mode and times set through this handle, after its writes (the same handle's
-        # requests are done in order), then what the file is now: one round trip.
+        # requests are done in order), then what the file is now: one round trip. After a
+        # reconnect the handle is opened again, unless writes it never confirmed were lost
+        # with the old connection: then the flush fails, as it would have without a mode.
         node = h.node
         await self._ready(h)
+        if h.error is not None:
+            self._stale(node)
+            raise FUSEError(h.error)
         change = h.client.fsetstat(h.handle, pending, lazy=True)
         fresh = h.client.lstat(node.remote)
         try:
