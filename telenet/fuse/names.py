@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 
 from telenet.fuse.errors import fuse_op
 from telenet.fuse.listings import ListingsMixin
-from telenet.fuse.nodes import ROOT_INODE, MountedVolume, Node, as_written, writing
+from telenet.fuse.nodes import ROOT_INODE, MountedVolume, Node, as_written, changed_attrs, writing
 from telenet.fuse.owners import check_name, new_owner, owner_change
 from telenet.fuse.resume import both, wait
 from telenet.fuse.specials import Special
@@ -164,7 +164,7 @@ class NamesMixin(ListingsMixin):
                     mtime = current.mtime if current.mtime is not None else now
         special = self._specials.get(node.vol.vid, node.rel) if self._specials else None
         if special is not None:
-            special.attrs = _changed(special.attrs, uid, gid, perms, atime, mtime)
+            special.attrs = changed_attrs(special.attrs, uid, gid, perms, atime, mtime)
             return self._set_attrs(node, special.attrs)
         known = local or (node.attrs if node.expires > self._now() else None)
         if known is not None and not (known.permissions or 0) & (stat.S_ISUID | stat.S_ISGID):
@@ -179,10 +179,10 @@ class NamesMixin(ListingsMixin):
             if writer is not None and (size, uid, gid) == (None,) * 3:
                 assert local is not None
                 if perms is not None or mtime is not None:
-                    writer.pending = _changed(
+                    writer.pending = changed_attrs(
                         writer.pending or FileAttrs(), None, None, perms, atime, mtime
                     )
-                return self._guessed(node, _changed(local, None, None, perms, atime, mtime))
+                return self._guessed(node, changed_attrs(local, None, None, perms, atime, mtime))
             if node.entry is not None and (size, uid, gid, perms, atime, mtime) == (None,) * 6:
                 return self._cached(node.entry, node.expires)
         for h in list(node.handles):
@@ -431,24 +431,3 @@ class NamesMixin(ListingsMixin):
             except SFTPStatusError as e:
                 if e.errno != errno.ENOENT:
                     raise
-
-
-def _changed(
-    a: FileAttrs,
-    uid: int | None,
-    gid: int | None,
-    perms: int | None,
-    atime: int | None,
-    mtime: int | None,
-) -> FileAttrs:
-    """``a`` with a SETSTAT's changes (the type bits of ``permissions`` kept)."""
-    if perms is not None:
-        a = a._replace(permissions=stat.S_IFMT(a.permissions or 0) | perms)
-    if uid is not None or gid is not None:
-        a = a._replace(uid=uid if uid is not None else a.uid, gid=gid if gid is not None else a.gid)
-    if atime is not None or mtime is not None:
-        a = a._replace(
-            atime=atime if atime is not None else a.atime,
-            mtime=mtime if mtime is not None else a.mtime,
-        )
-    return a

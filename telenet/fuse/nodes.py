@@ -129,12 +129,30 @@ def as_written(attrs: FileAttrs, h: FileHandle, wall_now: int) -> FileAttrs:
     mtime = attrs.mtime if h.wrote_at <= h.node.fetched else wall_now
     attrs = attrs._replace(size=h.size, mtime=mtime)
     p = h.pending
-    if p is not None:
-        if p.permissions is not None:
-            attrs = attrs._replace(permissions=stat.S_IFMT(attrs.permissions or 0) | p.permissions)
-        if p.mtime is not None:
-            attrs = attrs._replace(atime=p.atime, mtime=p.mtime)
-    return attrs
+    if p is None:
+        return attrs
+    return changed_attrs(attrs, None, None, p.permissions, p.atime, p.mtime)
+
+
+def changed_attrs(
+    a: FileAttrs,
+    uid: int | None,
+    gid: int | None,
+    perms: int | None,
+    atime: int | None,
+    mtime: int | None,
+) -> FileAttrs:
+    """``a`` with a SETSTAT's changes (the type bits of ``permissions`` kept)."""
+    if perms is not None:
+        a = a._replace(permissions=stat.S_IFMT(a.permissions or 0) | perms)
+    if uid is not None or gid is not None:
+        a = a._replace(uid=uid if uid is not None else a.uid, gid=gid if gid is not None else a.gid)
+    if atime is not None or mtime is not None:
+        a = a._replace(
+            atime=atime if atime is not None else a.atime,
+            mtime=mtime if mtime is not None else a.mtime,
+        )
+    return a
 
 
 def handle_of(opened: int | pyfuse3.FileInfo) -> int:
